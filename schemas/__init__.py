@@ -1,0 +1,1 @@
+"""The data contract: bands, classes, naming, TFRecord spec, manifest and failure vocabulary."""

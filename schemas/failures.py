@@ -1,0 +1,91 @@
+"""Dead-letter vocabulary: pipeline stages, failure reasons, and injected fault kinds.
+
+Every dead letter is ``{"patch_id", "stage", "reason", "detail"}`` where ``stage`` and
+``reason`` come from the tables below (they name Beam counters too) and ``detail`` is a
+sentence a person can act on. The synthetic generator's fault kinds map to the
+(stage, reason) the pipeline must report for them: tests use that mapping as ground truth.
+"""
+
+from __future__ import annotations
+
+# Stages, in pipeline order.
+METADATA = "metadata"  # a row of metadata.parquet is unusable
+FETCH = "fetch"  # an object could not be read from storage
+DECODE = "decode"  # an object's bytes are not a readable GeoTIFF
+CHECK = "check"  # decoded rasters violate the reBEN format
+WRITE = "write"  # the example could not be encoded or written
+STAGES = (METADATA, FETCH, DECODE, CHECK, WRITE)
+
+REASONS: dict[str, str] = {
+    # metadata
+    "missing_field": "a required column is null or absent",
+    "malformed_patch_id": "patch_id does not follow the reBEN naming",
+    "malformed_s1_name": "s1_name does not follow the reBEN naming",
+    "unknown_split": "split is not train, validation or test",
+    "unknown_label": "a label is not one of the 19 classes",
+    "empty_labels": "the patch has no labels",
+    "duplicate_patch_id": "the patch id occurs more than once",
+    # fetch
+    "missing_object": "an object does not exist",
+    "empty_object": "an object is zero bytes",
+    "read_error": "an object could not be read (after retries)",
+    # decode
+    "decode_error": "an object is not a decodable GeoTIFF (truncated or corrupt)",
+    "decode_timeout": "decoding an object took too long",
+    # check
+    "wrong_size": "a raster has the wrong width/height for its band",
+    "wrong_dtype": "a raster has the wrong data type",
+    "crs_mismatch": "a layer's CRS differs from the patch's UTM zone",
+    "grid_mismatch": "a layer's origin or pixel size is not on the patch's grid",
+    "s2_nodata": "an S2 band holds nodata (0) pixels",
+    "s1_nan": "an S1 band holds NaN or infinite values",
+    "unknown_clc_code": "the reference map holds a code outside the CLC table",
+    # write
+    "encode_error": "the example could not be serialised",
+}
+
+
+class PatchError(Exception):
+    """A patch-level failure that becomes a dead letter (never crashes the job)."""
+
+    def __init__(self, stage: str, reason: str, detail: str):
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        if reason not in REASONS:
+            raise ValueError(f"unknown reason {reason!r}")
+        super().__init__(stage, reason, detail)
+        self.stage, self.reason, self.detail = stage, reason, detail
+
+    def __str__(self) -> str:
+        return f"{self.stage}/{self.reason}: {self.detail}"
+
+    def record(self, patch_id: str, split: str | None = None) -> dict:
+        return dead_letter(patch_id, self.stage, self.reason, self.detail, split)
+
+
+def dead_letter(patch_id, stage: str, reason: str, detail: str, split=None) -> dict:
+    """A dead-letter record; ``split`` is kept for per-split accounting."""
+    return {
+        "patch_id": patch_id if isinstance(patch_id, str) else repr(patch_id),
+        "split": split if isinstance(split, str) else (None if split is None else repr(split)),
+        "stage": stage,
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+# Fault kinds the synthetic generator can inject -> the (stage, reason) they must produce.
+FAULT_EXPECTATIONS: dict[str, tuple[str, str]] = {
+    "missing_band_file": (FETCH, "missing_object"),
+    "zero_byte_file": (FETCH, "empty_object"),
+    "truncated_tiff": (DECODE, "decode_error"),
+    "wrong_raster_size": (CHECK, "wrong_size"),
+    "s2_nodata_zeros": (CHECK, "s2_nodata"),
+    "s1_nan": (CHECK, "s1_nan"),
+    "misaligned_origin": (CHECK, "grid_mismatch"),
+    "wrong_crs": (CHECK, "crs_mismatch"),
+    "missing_s1_folder": (FETCH, "missing_object"),
+    "unknown_clc_code": (CHECK, "unknown_clc_code"),
+    "missing_files": (FETCH, "missing_object"),
+}
+FAULT_KINDS: tuple[str, ...] = tuple(FAULT_EXPECTATIONS)

@@ -1,0 +1,44 @@
+"""bigearthnet-beam: BigEarthNet v2.0 (reBEN) -> sharded TFRecords with Apache Beam, and a Keras U-Net.
+
+Dataflow workers install the package through this file (``--setup_file``), so
+``install_requires`` lists every runtime dependency.
+"""
+
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "beam_pipeline" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="bigearthnet-beam",
+    version=VERSION,
+    description="BigEarthNet v2.0 (reBEN) to training-ready sharded TFRecords with Apache Beam, plus a Keras U-Net",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10,<3.13",
+    packages=["beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch"],
+    package_data={"schemas": ["data/*.json"], "synth": ["data/*.parquet"]},
+    include_package_data=True,
+    install_requires=[
+        "apache-beam[gcp]>=2.60,<3",
+        "rasterio>=1.3.9,<2",
+        "numpy>=1.26,<3",
+        "tensorflow>=2.16,<3",
+        "tfx-bsl>=1.16,<2",
+        "tensorflow-metadata>=1.16,<2",
+        "pyarrow>=14",
+        "fsspec>=2024.2",
+        "gcsfs>=2024.2",
+        "s3fs>=2024.2",
+        "tifffile>=2024.1",
+        "google-crc32c>=1.5,<2",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+    },
+    entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
+)
