@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine with Python 3.11 and pip:
+#   make demo   install into .venv, then synth -> convert -> train -> evaluate on a built-in sample
+#   make test   install into .venv (with test tools), then run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   ?= demo_out
+DEMO_N ?= 400
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/.installed: setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	rm -rf $(DEMO)
+	$(BIN)/benbeam synth --out $(DEMO)/reben --n $(DEMO_N) --seed 0 --corrupt 0.02
+	$(BIN)/benbeam convert --meta $(DEMO)/reben/metadata.parquet --out $(DEMO)/dataset --shard_size 64
+	$(BIN)/python -m beam_pipeline.demo_summary $(DEMO)/dataset
+
+test: setup
+	$(BIN)/python -m pytest -q tests; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	$(BIN)/python benchmarks/bench_convert.py
+
+clean:
+	rm -rf $(DEMO) bench_out .pytest_cache

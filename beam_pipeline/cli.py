@@ -1,0 +1,101 @@
+"""``benbeam``: one command with subcommands.
+
+    benbeam synth     write a synthetic reBEN replica (metadata + GeoTIFFs)
+    benbeam index     add the 15 object URLs of every patch to the metadata
+    benbeam validate  check every patch's objects exist (and, --deep, decode)
+    benbeam convert   the main pipeline: TFRecord shards + statistics + manifest
+    benbeam train     train the U-Net on a converted dataset
+    benbeam evaluate  per-class IoU, mIoU, confusion matrix
+
+Each subcommand's ``--help`` lists its flags. Beam flags (``--runner`` …) pass through
+to the pipelines unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+COMMANDS = ("synth", "index", "validate", "convert", "train", "evaluate")
+
+
+def _synth(argv: list[str]) -> int:
+    from beam_pipeline.options import add_storage_args
+    from schemas.failures import FAULT_KINDS
+    from transforms import storage
+
+    ap = argparse.ArgumentParser(prog="benbeam synth", description="Write a synthetic BigEarthNet v2.0 replica.")
+    ap.add_argument("--out", required=True, help="output folder or URL")
+    ap.add_argument("--n", type=int, required=True, help="number of patches")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--include_snow_cloud", action="store_true",
+                    help="sample from the snow/cloud/shadow metadata too")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--corrupt", type=float, default=0.0, metavar="FRACTION",
+                   help="inject a fault into this fraction of the patches")
+    g.add_argument("--faults", default=None, metavar="KIND,...",
+                   help="inject one patch per listed fault kind: " + ",".join(FAULT_KINDS))
+    ap.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    add_storage_args(ap)
+    args = ap.parse_args(argv)
+    storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
+    from synth.generator import generate
+
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()] if args.faults else None
+    try:
+        summary = generate(args.out, args.n, seed=args.seed, include_snow_cloud=args.include_snow_cloud,
+                           corrupt=args.corrupt, faults=faults, workers=args.workers, progress=True)
+    except ValueError as e:
+        print(f"benbeam synth: error: {e}", file=sys.stderr)
+        return 2
+    for k, v in summary.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def _dispatch(cmd: str, argv: list[str]) -> int:
+    if cmd == "synth":
+        return _synth(argv)
+    if cmd == "convert":
+        from beam_pipeline.convert import run
+
+        return run(argv)
+    if cmd == "index":
+        from beam_pipeline.index import run
+
+        return run(argv)
+    if cmd == "validate":
+        from beam_pipeline.validate import run
+
+        return run(argv)
+    if cmd in ("train", "evaluate"):
+        from trainer import cli as tcli
+
+        return tcli.train_cli(argv) if cmd == "train" else tcli.evaluate_cli(argv)
+    raise AssertionError(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from beam_pipeline import __version__
+
+        print(f"benbeam {__version__}")
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"benbeam: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("apache_beam", "absl", "fsspec", "s3fs", "gcsfs", "botocore", "urllib3", "rasterio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return _dispatch(cmd, rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""``benbeam convert``: metadata -> validated, paired, decoded patches -> band statistics ->
+normalised, sharded TFRecords with a manifest.
+
+``build(pipeline, args)`` assembles the graph; ``run(argv)`` parses options, checks
+the inputs up front (clear errors before any work), runs the pipeline and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_pipeline import finalize as fin
+from beam_pipeline.options import ConvertOptions, local_runner_args, parse
+from schemas import manifest as M
+from transforms import metadata as md
+from transforms import storage
+from transforms.ptransforms import AssignShards, CheckRows, ComputeBandStats, ReadMetadata, WriteShards
+
+LOG = logging.getLogger("benbeam")
+
+# Options recorded in the manifest (never credentials: those never enter the options).
+RECORDED = ("meta", "include_snow_cloud", "root", "out", "splits", "frac", "resampling", "shard_size",
+            "compression", "image_dtype", "clip_percentiles", "clip", "stats", "stats_fraction")
+
+
+def _stats_from_acc(acc, clip, clip_percentiles):
+    from transforms.histogram import BandStats
+    from transforms.normalize import NormParams
+
+    extracted = BandStats().extract(acc, clip_percentiles=tuple(clip_percentiles))
+    bad = [b for b, s in extracted.items() if not s.get("count")]
+    if bad:
+        raise RuntimeError(f"no training pixels for band(s) {', '.join(bad)}: every training patch failed or the "
+                           "training split is empty; pass --stats from an earlier run")
+    norm = NormParams.from_stats(extracted, clip=clip).to_dict()
+    return fin.stats_document(extracted, norm, "computed", clip, clip_percentiles)
+
+
+def _stats_from_file(url, clip, clip_percentiles, storage_options):
+    from transforms.normalize import NormParams
+
+    storage.set_options(storage_options)
+    doc = fin.load_stats_document(url)
+    norm = NormParams.from_stats(doc["bands"], clip=clip).to_dict()
+    return fin.stats_document(doc["bands"], norm, url, clip, clip_percentiles)
+
+
+def build(p: beam.Pipeline, args) -> None:
+    """Assemble the convert graph on ``p`` from parsed ConvertOptions ``args``."""
+    sopts = storage.options()
+    metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
+    root = args.root or storage.parent(args.meta)
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+
+    read = p | "ReadMetadata" >> ReadMetadata(tuple(metas), sopts)
+    checked = read["rows"] | "CheckRows" >> CheckRows(root, splits, args.frac)
+    selected = (checked["selected"] | "CountSelected" >> beam.combiners.Count.PerElement())
+    shards = checked["patches"] | "AssignShards" >> AssignShards(args.shard_size)
+
+    clip_p = tuple(args.clip_percentiles)
+    if args.stats:
+        stats_doc = (p | "StatsPath" >> beam.Create([args.stats])
+                     | "LoadStats" >> beam.Map(_stats_from_file, args.clip, clip_p, sopts))
+        hist = p | "NoHistogram" >> beam.Create([b""])
+    else:
+        acc = shards | "ComputeBandStats" >> ComputeBandStats(args.resampling, args.stats_fraction, sopts)
+        stats_doc = acc | "ExtractStats" >> beam.Map(_stats_from_acc, args.clip, clip_p)
+
+        def to_npz(a):
+            from transforms.histogram import to_npz_bytes
+
+            return to_npz_bytes(a)
+
+        hist = acc | "HistogramNpz" >> beam.Map(to_npz)
+    norm = stats_doc | "NormParams" >> beam.Map(lambda d: d["normalization"])
+
+    written = shards | "WriteShards" >> WriteShards(
+        args.out, norm, args.resampling, args.compression, args.image_dtype, sopts)
+    dead = (checked["dead"], written["dead"]) | "AllDead" >> beam.Flatten()
+
+    options = {k: getattr(args, k) for k in RECORDED}
+    options["splits"] = list(splits)
+    options["clip_percentiles"] = list(clip_p)
+    S = beam.pvalue
+    _ = (
+        p
+        | "Once" >> beam.Create([None])
+        | "Finalize" >> beam.Map(
+            lambda x, **kw: (storage.set_options(sopts), fin.finalize(x, **kw))[1],
+            out=args.out, options=options, compression=args.compression, image_dtype=args.image_dtype,
+            shards=S.AsList(written["shards"]), dead=S.AsList(dead), selected=S.AsDict(selected),
+            stats_doc=S.AsSingleton(stats_doc), histogram_npz=S.AsSingleton(hist),
+            meta_info=S.AsList(read["info"]))
+    )
+
+
+def preflight(args) -> None:
+    """Check inputs before any work; raise ValueError with the fix."""
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    for s in splits:
+        M.check_split(s)
+    if not 0 < args.frac <= 1:
+        raise ValueError(f"--frac must be in (0, 1], got {args.frac}")
+    if not 0 < args.stats_fraction <= 1:
+        raise ValueError(f"--stats_fraction must be in (0, 1], got {args.stats_fraction}")
+    if args.shard_size < 1:
+        raise ValueError("--shard_size must be at least 1")
+    lo, hi = args.clip_percentiles
+    if not 0 <= lo < hi <= 100:
+        raise ValueError(f"--clip_percentiles must satisfy 0 <= LO < HI <= 100, got {lo} {hi}")
+    if "train" not in splits and not args.stats:
+        raise ValueError("statistics are computed on the training split, which is not selected: add 'train' "
+                         "to --splits or pass --stats with the stats.json of an earlier run")
+    for meta in [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else []):
+        md.read_table(meta)  # raises MetadataError with a clear message
+    root = args.root or storage.parent(args.meta)
+    if args.root and not storage.exists(root):
+        raise ValueError(f"dataset root {root} does not exist")
+    if args.stats:
+        fin.load_stats_document(args.stats)
+    # The output must be writable, and a stale manifest must not outlive this run.
+    storage.makedirs(args.out)
+    probe = storage.join(args.out, ".benbeam-write-test")
+    try:
+        storage.write_bytes_atomic(probe, b"ok")
+        storage.filesystem(probe).rm(probe)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"output {args.out} is not writable: {e}") from None
+    manifest = storage.join(args.out, M.MANIFEST)
+    if storage.exists(manifest):
+        storage.filesystem(manifest).rm(manifest)
+
+
+def summary(out: str) -> dict:
+    return json.loads(storage.read_bytes(storage.join(out, M.MANIFEST)))
+
+
+def print_summary(man: dict, seconds: float, stream=sys.stdout) -> None:
+    total_in = sum(s["input"] for s in man["splits"].values())
+    total_w = sum(s["written"] for s in man["splits"].values())
+    print(f"dataset: {man['options']['out']}", file=stream)
+    for name, s in man["splits"].items():
+        print(f"  {name:<11} input {s['input']:>7}  written {s['written']:>7}  failed {s['failed']:>6}  "
+              f"shards {len(s['shards'])}", file=stream)
+    if man["failures"]["total"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in man["failures"]["by_reason"].items())
+        print(f"  failures: {man['failures']['total']} ({reasons}) -> {man['failures']['file']}", file=stream)
+    rate = total_in / seconds if seconds else 0.0
+    print(f"  {total_w} patches written in {seconds:.1f} s ({rate:.1f} patches/s)", file=stream)
+
+
+def run(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, _ = parse(ConvertOptions, argv, "benbeam convert", __doc__.splitlines()[0])
+    storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
+    try:
+        preflight(args)
+    except (ValueError, md.MetadataError) as e:
+        print(f"benbeam convert: error: {e}", file=sys.stderr)
+        return 2
+    beam_argv = local_runner_args(argv, args.workers)
+    opts = PipelineOptions(beam_argv)
+    t0 = time.perf_counter()
+    with beam.Pipeline(options=opts) as p:
+        build(p, opts.view_as(ConvertOptions))
+    dt = time.perf_counter() - t0
+    man = summary(args.out)
+    print_summary(man, dt)
+    if args.max_failure_fraction is not None:
+        total = sum(s["input"] for s in man["splits"].values())
+        frac = man["failures"]["total"] / total if total else 0.0
+        if frac > args.max_failure_fraction:
+            print(f"benbeam convert: {frac:.2%} of the input failed, more than --max_failure_fraction "
+                  f"{args.max_failure_fraction:.2%}; see {storage.join(args.out, M.FAILURES_JSONL)}",
+                  file=sys.stderr)
+            return 1
+    return 0

@@ -1,0 +1,102 @@
+"""Command-line options of the Beam pipelines, as PipelineOptions subclasses.
+
+Each subclass declares its flags once; the CLI uses the same declaration for ``--help``
+and validation, and Beam options (``--runner`` and everything else) pass through
+unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from schemas.tfrecord import IMAGE_DTYPES
+
+RESAMPLING_METHODS = ("bilinear", "nearest", "cubic", "average")
+DEFAULT_SHARD_SIZE = 180  # ~150 MB float32 shards (~820 KB per patch)
+
+
+def add_storage_args(parser) -> None:
+    g = parser.add_argument_group("object storage")
+    g.add_argument("--s3_endpoint_url", default=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+                   help="S3-compatible endpoint (MinIO, SeaweedFS, Ceph); credentials come from the standard AWS chain")
+    g.add_argument("--anon", action="store_true", help="anonymous access to public buckets")
+    g.add_argument("--gcs_endpoint_url", default=None,
+                   help="GCS endpoint (defaults to $STORAGE_EMULATOR_HOST when set)")
+
+
+def add_workers_arg(parser, default_help="all cores") -> None:
+    parser.add_argument("--workers", type=int, default=None,
+                        help=f"local worker processes for the DirectRunner (default: {default_help}); "
+                             "ignored by other runners")
+
+
+class ConvertOptions(PipelineOptions):
+    """Options of ``benbeam convert``.
+
+    No flag is ``required=True`` here: Beam parses every PipelineOptions subclass for
+    any pipeline in the process; ``parse`` checks REQUIRED instead.
+    """
+
+    REQUIRED = ("meta", "out")
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--meta", default=None, help="metadata.parquet (local path, s3:// or gs://); required")
+        parser.add_argument("--include_snow_cloud", default=None, metavar="PARQUET",
+                            help="also convert the patches of this parquet (the snow/cloud/shadow metadata)")
+        parser.add_argument("--root", default=None,
+                            help="dataset root holding BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/ "
+                                 "(default: the folder of --meta); not needed for `benbeam index` output")
+        parser.add_argument("--out", default=None, help="output dataset directory or URL; required")
+        parser.add_argument("--splits", default="train,validation,test",
+                            help="comma-separated splits to convert (default: all three)")
+        parser.add_argument("--frac", type=float, default=1.0,
+                            help="deterministic hash sample of patch ids (0.001 sample is a subset of 0.01)")
+        parser.add_argument("--resampling", choices=RESAMPLING_METHODS, default="bilinear",
+                            help="resampling of 20 m and 60 m bands to the 10 m grid")
+        parser.add_argument("--shard_size", "--batch", dest="shard_size", type=int, default=DEFAULT_SHARD_SIZE,
+                            help=f"patches per shard (default {DEFAULT_SHARD_SIZE}: ~150 MB float32 shards)")
+        parser.add_argument("--compression", choices=("none", "gzip"), default="none")
+        parser.add_argument("--dtype", dest="image_dtype", choices=IMAGE_DTYPES, default="float32",
+                            help="dtype of the image features")
+        parser.add_argument("--clip_percentiles", type=float, nargs=2, default=[1.0, 99.0], metavar=("LO", "HI"),
+                            help="percentiles that bound each band before normalisation")
+        parser.add_argument("--no_clip", dest="clip", action="store_false",
+                            help="normalise with plain mean/std, without percentile clipping")
+        parser.add_argument("--stats", default=None,
+                            help="apply these statistics (a stats.json of an earlier run) instead of computing them")
+        parser.add_argument("--stats_fraction", type=float, default=1.0,
+                            help="compute statistics on a deterministic sample of training patches")
+        parser.add_argument("--max_failure_fraction", type=float, default=None,
+                            help="exit non-zero (after writing everything) if more than this fraction of "
+                                 "the input failed")
+        add_workers_arg(parser)
+        add_storage_args(parser)
+
+
+def local_runner_args(argv: list[str], workers: int | None) -> list[str]:
+    """Default to the DirectRunner in multi-process mode on all cores, unless the user
+    chose a runner or a running mode."""
+    joined = " ".join(argv)
+    extra = []
+    runner_given = "--runner" in joined
+    if not runner_given or "DirectRunner" in joined:
+        if "--direct_running_mode" not in joined:
+            extra.append("--direct_running_mode=multi_processing")
+        if "--direct_num_workers" not in joined:
+            extra.append(f"--direct_num_workers={workers or os.cpu_count() or 1}")
+    return list(argv) + extra
+
+
+def parse(cls, argv: list[str], prog: str, description: str):
+    """Parse ``argv`` for an options class: our flags strictly, Beam's passed through."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    cls._add_argparse_args(parser)
+    known, rest = parser.parse_known_args(argv)
+    missing = [f"--{r}" for r in getattr(cls, "REQUIRED", ()) if getattr(known, r) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    return known, rest

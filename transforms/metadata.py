@@ -1,0 +1,150 @@
+"""Metadata rows: reading, validation, deterministic sampling and shard keys (no Beam).
+
+A row that cannot be used becomes a dead letter whose detail says how to fix it. Sampling
+(``--frac``) and shard assignment hash the patch id with BLAKE2b, so they are stable
+across runs, processes and machines, and the 0.001 sample is a subset of the 0.01 one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas import failures as F
+from schemas.classes import CLASS_INDEX
+from schemas.manifest import SPLIT_ALIASES, SPLITS
+from schemas.naming import OBJECT_KEYS, PATCH_ID_RE, S1_NAME_RE, object_urls
+from transforms import storage
+
+REQUIRED_COLUMNS = ("patch_id", "s1_name", "split", "labels")
+OPTIONAL_COLUMNS = ("country", "s2v1_name", "contains_seasonal_snow", "contains_cloud_or_shadow")
+URL_COLUMNS = tuple(f"url_{k}" for k in OBJECT_KEYS)  # written by `benbeam index`
+
+
+class MetadataError(ValueError):
+    """The metadata file as a whole is unusable (not a row-level problem)."""
+
+
+def hash_unit(text: str, salt: str) -> float:
+    """A stable pseudo-random number in [0, 1) from ``text``."""
+    d = hashlib.blake2b(f"{salt}\x00{text}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(d, "big") / 2.0**64
+
+
+def sampled(patch_id, frac: float, salt: str = "frac") -> bool:
+    """Deterministic hash sampling: nested across fractions (0.001 sample ⊂ 0.01 sample).
+
+    Different ``salt`` values give independent samples (e.g. ``--stats_fraction``
+    inside a ``--frac`` sample).
+    """
+    if frac >= 1.0:
+        return True
+    key = patch_id if isinstance(patch_id, str) else repr(patch_id)
+    return hash_unit(key, salt) < frac
+
+
+def shard_count(n_patches: int, shard_size: int) -> int:
+    return max(1, math.ceil(n_patches / max(1, shard_size)))
+
+
+def shard_index(patch_id: str, n_shards: int) -> int:
+    """Shard of a patch: a hash of its id, independent of the sampling hash."""
+    return int(hash_unit(patch_id, "shard") * n_shards) % n_shards
+
+
+def read_table(url: str) -> tuple[pa.Table, str]:
+    """Read a metadata parquet (local or URL); returns (table, sha256 of the file bytes)."""
+    try:
+        data = storage.read_bytes(url)
+    except FileNotFoundError:
+        raise MetadataError(f"metadata file {url} does not exist") from None
+    except Exception as e:  # noqa: BLE001 - turned into a clear message
+        raise MetadataError(f"cannot read metadata file {url}: {e}") from None
+    if not data:
+        raise MetadataError(f"metadata file {url} is empty (0 bytes); expected a parquet file")
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001
+        raise MetadataError(f"metadata file {url} is not a readable parquet file: {e}") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise MetadataError(
+            f"metadata file {url} lacks the column(s) {', '.join(missing)}; a reBEN metadata "
+            f"parquet needs at least {', '.join(REQUIRED_COLUMNS)} (found: {', '.join(table.column_names)})"
+        )
+    return table, storage.sha256_bytes(data)
+
+
+def table_rows(table: pa.Table, source: int = 0) -> list[dict]:
+    """Rows as plain dicts, each tagged with its (source file, row index) for tie-breaking."""
+    cols = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + URL_COLUMNS if c in table.column_names]
+    rows = table.select(cols).to_pylist()
+    for i, r in enumerate(rows):
+        r["_source"] = source
+        r["_row"] = i
+    return rows
+
+
+def check_row(row: dict, root: str | None = None) -> dict:
+    """Validate one row; returns a clean patch record or raises PatchError (stage metadata).
+
+    The clean record holds patch_id, s1_name, split, labels (canonical order), country
+    and ``urls`` (15 object URLs, from ``url_*`` columns when present, else derived
+    from ``root`` by the reBEN naming rules).
+    """
+    def bad(reason, detail):
+        raise F.PatchError(F.METADATA, reason, detail)
+
+    for col in REQUIRED_COLUMNS:
+        if row.get(col) is None:
+            bad("missing_field", f"column {col!r} is null; every row needs {', '.join(REQUIRED_COLUMNS)}")
+    pid, s1, split, labels = row["patch_id"], row["s1_name"], row["split"], row["labels"]
+    if not isinstance(pid, str) or not PATCH_ID_RE.match(pid):
+        bad("malformed_patch_id", f"patch_id {str(pid)[:80]!r} does not match the reBEN pattern "
+            "S2[AB]_MSIL2A_<date>T<time>_N9999_R<orbit>_T<tile>_<x>_<y>; fix or drop the row")
+    if not isinstance(s1, str) or not S1_NAME_RE.match(s1):
+        bad("malformed_s1_name", f"s1_name {str(s1)[:80]!r} does not match the reBEN pattern "
+            "S1[AB]_IW_GRDH_1SDV_<date>T<time>_<tile>_<x>_<y>; fix or drop the row")
+    if split not in SPLITS:
+        hint = f"; the metadata uses {SPLIT_ALIASES[split]!r}" if split in SPLIT_ALIASES else ""
+        bad("unknown_split", f"split {str(split)[:40]!r} is unknown{hint}; use one of {', '.join(SPLITS)}")
+    if isinstance(labels, str) or not hasattr(labels, "__iter__"):
+        bad("unknown_label", f"labels must be a list of class names, got {type(labels).__name__}")
+    labels = list(labels)
+    if not labels:
+        bad("empty_labels", "the row has no labels; every reBEN patch has 1-11 of the 19 classes")
+    unknown = [lab for lab in labels if lab not in CLASS_INDEX]
+    if unknown:
+        bad("unknown_label", f"label(s) {', '.join(repr(str(u)[:60]) for u in unknown[:3])} are not among the "
+            "19 classes (schemas.classes.CLASS_NAMES); use the official 19-class names")
+    if all(row.get(c) for c in URL_COLUMNS):
+        urls = {k: row[f"url_{k}"] for k in OBJECT_KEYS}
+    elif root is not None:
+        urls = object_urls(root, pid, s1)
+    else:
+        bad("missing_field", "no dataset root given and the row has no url_* columns; pass --root "
+            "or run `benbeam index` first")
+    country = row.get("country")
+    return {
+        "patch_id": pid,
+        "s1_name": s1,
+        "split": split,
+        "labels": tuple(sorted(set(labels), key=CLASS_INDEX.__getitem__)),
+        "country": country if isinstance(country, str) else "",
+        "urls": urls,
+    }
+
+
+def row_split(row: dict):
+    """The split a row is accounted under (its raw value, even when invalid)."""
+    s = row.get("split")
+    return s if isinstance(s, str) else repr(s)
+
+
+def row_key(row: dict):
+    pid = row.get("patch_id")
+    return pid if isinstance(pid, str) else repr(pid)

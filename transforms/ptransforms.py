@@ -1,0 +1,311 @@
+"""The Beam PTransforms of the conversion pipeline. Each is thin: the logic lives in plain
+modules (metadata, patch, histogram, normalize, encode) that import no Beam.
+
+Only references cross stage boundaries: metadata rows, shard keys, small per-shard
+accumulators and shard descriptions. Pixels are decoded, normalised, encoded and written
+inside one DoFn per shard, so nothing large is ever shuffled or materialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from schemas import failures as F
+from schemas import manifest as M
+from schemas.classes import CLASS_INDEX, IGNORE_INDEX, NUM_CLASSES, multi_hot
+from transforms import metadata as md
+from transforms import storage
+
+LOG = logging.getLogger("benbeam")
+NAMESPACE = "benbeam"
+DEAD = "dead"
+
+
+def _count(name: str, n: int = 1) -> None:
+    Metrics.counter(NAMESPACE, name).inc(n)
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _read_source(source: tuple[int, str]):
+    index, url = source
+    table, sha = md.read_table(url)
+    rows = md.table_rows(table, source=index)
+    _count("metadata_rows_read", len(rows))
+    yield beam.pvalue.TaggedOutput("info", {"source": index, "path": url, "sha256": sha, "rows": len(rows)})
+    yield from rows
+
+
+@dataclass
+class ReadMetadata(beam.PTransform):
+    """Read one or more metadata parquet files (local or URL) into row dicts.
+
+    Outputs: main = rows (each tagged with _source/_row), ``info`` = one
+    {path, sha256, rows} per file.
+    """
+
+    urls: tuple[str, ...]
+    storage_options: dict = field(default_factory=dict)
+
+    def expand(self, pbegin):
+        opts = self.storage_options
+
+        def read(source):
+            storage.set_options(opts)
+            yield from _read_source(source)
+
+        out = (
+            pbegin
+            | "Sources" >> beam.Create(list(enumerate(self.urls)))
+            | "Read" >> beam.FlatMap(read).with_outputs("info", main="rows")
+        )
+        rows = out.rows | "Spread" >> beam.Reshuffle()
+        return {"rows": rows, "info": out.info}
+
+
+def _check(row, root, splits, frac):
+    if not md.sampled(row.get("patch_id"), frac):
+        return
+    split = md.row_split(row)
+    if splits and split in M.SPLITS and split not in splits:
+        return
+    yield beam.pvalue.TaggedOutput("selected", split)
+    try:
+        rec = md.check_row(row, root)
+    except F.PatchError as e:
+        _count(f"failed_{e.stage}_{e.reason}")
+        yield beam.pvalue.TaggedOutput(DEAD, e.record(md.row_key(row), split))
+        return
+    yield (rec["patch_id"], ((row["_source"], row["_row"]), rec))
+
+
+def _dedupe(kv):
+    pid, items = kv
+    items = sorted(items, key=lambda x: x[0])
+    yield items[0][1]
+    for (src, idx), rec in items[1:]:
+        _count("failed_metadata_duplicate_patch_id")
+        yield beam.pvalue.TaggedOutput(DEAD, F.dead_letter(
+            pid, F.METADATA, "duplicate_patch_id",
+            f"patch id occurs more than once; kept the first occurrence (file {items[0][0][0]}, row "
+            f"{items[0][0][1]}), dropped file {src} row {idx}: remove duplicate rows from the metadata",
+            rec["split"]))
+
+
+@dataclass
+class CheckRows(beam.PTransform):
+    """Sample (``frac``), select splits, validate and de-duplicate metadata rows.
+
+    Outputs: ``patches`` (clean records), ``dead`` (dead letters), ``selected`` (the
+    split of every selected row: the accounting input).
+    """
+
+    root: str | None
+    splits: tuple[str, ...]
+    frac: float = 1.0
+
+    def expand(self, rows):
+        checked = rows | "Check" >> beam.FlatMap(_check, self.root, self.splits, self.frac).with_outputs(
+            DEAD, "selected", main="keyed")
+        unique = (
+            checked.keyed
+            | "GroupById" >> beam.GroupByKey()
+            | "Dedupe" >> beam.FlatMap(_dedupe).with_outputs(DEAD, main="patches")
+        )
+        dead = (checked[DEAD], unique[DEAD]) | "AllRowDead" >> beam.Flatten()
+        return {"patches": unique.patches, "dead": dead, "selected": checked.selected}
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+def _shard_key(rec, counts, shard_size):
+    n = md.shard_count(counts[rec["split"]], shard_size)
+    return ((rec["split"], md.shard_index(rec["patch_id"], n), n), rec)
+
+
+@dataclass
+class AssignShards(beam.PTransform):
+    """Group patch records into deterministic shards: key (split, index, count)."""
+
+    shard_size: int
+
+    def expand(self, patches):
+        counts = (
+            patches
+            | "Split" >> beam.Map(lambda r: r["split"])
+            | "CountPerSplit" >> beam.combiners.Count.PerElement()
+        )
+        return (
+            patches
+            | "Key" >> beam.Map(_shard_key, beam.pvalue.AsDict(counts), self.shard_size)
+            | "GroupByShard" >> beam.GroupByKey()
+            | "SortShard" >> beam.MapTuple(lambda k, recs: (k, sorted(recs, key=lambda r: r["patch_id"])))
+        )
+
+
+# --------------------------------------------------------------------------- per-patch work
+
+
+def load_patch(rec: dict, resampling: str):
+    """Fetch and decode one patch; raises PatchError."""
+    from transforms.patch import decode_patch, fetch_objects
+
+    objects = fetch_objects(rec["urls"])
+    return decode_patch(rec["patch_id"], objects, resampling=resampling)
+
+
+def _safe_load(rec, resampling):
+    """load_patch that turns any unexpected error into a PatchError (never kills the job)."""
+    try:
+        return load_patch(rec, resampling)
+    except F.PatchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt file must not kill the job
+        raise F.PatchError(F.DECODE, "decode_error", f"unexpected {type(e).__name__}: {e}") from None
+
+
+class ShardStatsFn(beam.DoFn):
+    """Per training shard: a partial band-statistics accumulator (failures are skipped
+    here; the writer reports them)."""
+
+    def __init__(self, resampling: str, stats_fraction: float, storage_options: dict):
+        self.resampling = resampling
+        self.stats_fraction = stats_fraction
+        self.storage_options = storage_options
+
+    def setup(self):
+        storage.set_options(self.storage_options)
+        from transforms.histogram import BandStats
+
+        self.stats = BandStats()
+
+    def process(self, element):
+        (split, _, _), recs = element
+        acc = self.stats.create()
+        for rec in recs:
+            if not md.sampled(rec["patch_id"], self.stats_fraction, salt="stats"):
+                continue
+            try:
+                p = _safe_load(rec, self.resampling)
+            except F.PatchError:
+                continue
+            self.stats.add(acc, np.concatenate([p.s2, p.s1], axis=-1))
+            _count("stats_patches")
+        yield acc
+
+
+@dataclass
+class ComputeBandStats(beam.PTransform):
+    """Dataset-wide band statistics over the training shards: per-shard partial
+    accumulators combined globally with fanout. Output: one accumulator."""
+
+    resampling: str
+    stats_fraction: float = 1.0
+    storage_options: dict = field(default_factory=dict)
+    fanout: int = 16
+
+    def expand(self, shards):
+        from transforms.combiners import BandStatsCombineFn
+
+        return (
+            shards
+            | "TrainOnly" >> beam.Filter(lambda kv: kv[0][0] == "train")
+            | "PartialStats" >> beam.ParDo(ShardStatsFn(self.resampling, self.stats_fraction, self.storage_options))
+            | "CombineStats" >> beam.CombineGlobally(BandStatsCombineFn()).with_fanout(self.fanout)
+        )
+
+
+class WriteShardFn(beam.DoFn):
+    """Decode, normalise, encode and write one shard, in patch-id order, atomically.
+
+    Main output: a shard description; ``dead`` output: dead letters.
+    """
+
+    def __init__(self, out: str, resampling: str, compression: str, image_dtype: str, storage_options: dict):
+        self.out = out
+        self.resampling = resampling
+        self.compression = compression
+        self.image_dtype = image_dtype
+        self.storage_options = storage_options
+
+    def setup(self):
+        storage.set_options(self.storage_options)
+
+    def process(self, element, norm):
+        from transforms.encode import ShardWriter, encode_example
+        from transforms.normalize import NormParams, normalize
+
+        (split, index, count), recs = element
+        params = NormParams.from_dict(norm)
+        rel = M.shard_path(split, index, count, self.compression)
+        t0 = time.perf_counter()
+        class_pixels = np.zeros(256, dtype=np.int64)
+        disagreements = 0
+        dead = []
+        with ShardWriter(storage.join(self.out, rel), self.compression) as writer:
+            for rec in recs:
+                try:
+                    p = _safe_load(rec, self.resampling)
+                except F.PatchError as e:
+                    _count(f"failed_{e.stage}_{e.reason}")
+                    dead.append(e.record(rec["patch_id"], split))
+                    continue
+                try:
+                    pix = normalize(np.concatenate([p.s2, p.s1], axis=-1), params)
+                    dtype = np.float16 if self.image_dtype == "float16" else np.float32
+                    n2 = p.s2.shape[-1]
+                    data = encode_example(
+                        rec["patch_id"], pix[..., :n2].astype(dtype), pix[..., n2:].astype(dtype), p.label,
+                        multi_hot(rec["labels"]), split, rec["country"], image_dtype=self.image_dtype)
+                except Exception as e:  # noqa: BLE001
+                    _count("failed_write_encode_error")
+                    dead.append(F.dead_letter(rec["patch_id"], F.WRITE, "encode_error",
+                                              f"{type(e).__name__}: {e}", split))
+                    continue
+                writer.write(data)
+                counts = np.bincount(p.label.ravel(), minlength=256)
+                class_pixels += counts
+                present = {int(c) for c in np.flatnonzero(counts[:NUM_CLASSES])}
+                if present != {CLASS_INDEX[lab] for lab in rec["labels"]}:
+                    disagreements += 1
+                _count("patches_written")
+            info = writer.close()
+        dt = time.perf_counter() - t0
+        n = info["records"]
+        _count("shards_written")
+        _count("bytes_written", info["bytes"])
+        LOG.info("wrote %s: %d patches, %d failed, %.1f patches/s", rel, n, len(dead), n / dt if dt else 0.0)
+        for d in dead:
+            yield beam.pvalue.TaggedOutput(DEAD, d)
+        yield {
+            "split": split, "index": index, "count": count, "path": rel,
+            "records": n, "bytes": info["bytes"], "sha256": info["sha256"],
+            "class_pixel_counts": class_pixels[:NUM_CLASSES].tolist(),
+            "ignored_pixels": int(class_pixels[IGNORE_INDEX]),
+            "label_disagreements": disagreements, "seconds": dt,
+        }
+
+
+@dataclass
+class WriteShards(beam.PTransform):
+    """Write every shard; ``norm`` is a singleton PCollection of NormParams dicts."""
+
+    out: str
+    norm: beam.pvalue.PCollection
+    resampling: str
+    compression: str
+    image_dtype: str
+    storage_options: dict = field(default_factory=dict)
+
+    def expand(self, shards):
+        fn = WriteShardFn(self.out, self.resampling, self.compression, self.image_dtype, self.storage_options)
+        out = shards | "Write" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.norm)).with_outputs(DEAD, main="shards")
+        return {"shards": out.shards, "dead": out[DEAD]}
