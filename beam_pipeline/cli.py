@@ -4,6 +4,7 @@
     benbeam index     add the 15 object URLs of every patch to the metadata
     benbeam validate  check every patch's objects exist (and, --deep, decode)
     benbeam convert   the main pipeline: TFRecord shards + statistics + manifest
+    benbeam verify    re-check a dataset's shards against its manifest
     benbeam train     train the U-Net on a converted dataset
     benbeam evaluate  per-class IoU, mIoU, confusion matrix
 
@@ -17,7 +18,7 @@ import argparse
 import logging
 import sys
 
-COMMANDS = ("synth", "index", "validate", "convert", "train", "evaluate")
+COMMANDS = ("synth", "index", "validate", "convert", "verify", "train", "evaluate")
 
 
 def _synth(argv: list[str]) -> int:
@@ -63,6 +64,10 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         return run(argv)
     if cmd == "index":
         from beam_pipeline.index import run
+
+        return run(argv)
+    if cmd == "verify":
+        from beam_pipeline.verify import run
 
         return run(argv)
     if cmd == "validate":

@@ -155,6 +155,20 @@ def print_summary(man: dict, seconds: float, stream=sys.stdout) -> None:
     print(f"  {total_w} patches written in {seconds:.1f} s ({rate:.1f} patches/s)", file=stream)
 
 
+def print_counters(result, stream=sys.stderr) -> None:
+    """Summarise the pipeline's Beam counters (outcomes by reason, bytes)."""
+    try:
+        counters = result.metrics().query()["counters"]
+    except Exception:  # noqa: BLE001 - some runners do not report metrics
+        return
+    totals: dict[str, int] = {}
+    for c in counters:
+        if c.key.metric.namespace == "benbeam":
+            totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (c.committed or c.attempted or 0)
+    if totals:
+        print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), file=stream)
+
+
 def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, _ = parse(ConvertOptions, argv, "benbeam convert", __doc__.splitlines()[0])
@@ -167,9 +181,12 @@ def run(argv: list[str] | None = None) -> int:
     beam_argv = local_runner_args(argv, args.workers)
     opts = PipelineOptions(beam_argv)
     t0 = time.perf_counter()
-    with beam.Pipeline(options=opts) as p:
-        build(p, opts.view_as(ConvertOptions))
+    p = beam.Pipeline(options=opts)
+    build(p, opts.view_as(ConvertOptions))
+    result = p.run()
+    result.wait_until_finish()
     dt = time.perf_counter() - t0
+    print_counters(result)
     man = summary(args.out)
     print_summary(man, dt)
     if args.max_failure_fraction is not None:

@@ -1,0 +1,209 @@
+"""End to end through the real CLI: synth (with every fault kind) -> index -> validate -> convert.
+
+Checks the dead letters against the generator's ground truth, the accounting invariant,
+the TFRecords against an independent rasterio reference, the statistics against numpy,
+and byte-identical reruns.
+"""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+from rasterio.enums import Resampling
+
+from beam_pipeline.cli import main
+from schemas import bands as B
+from schemas import classes as C
+from schemas import manifest as M
+from schemas import tfrecord as T
+from schemas.failures import FAULT_EXPECTATIONS, FAULT_KINDS
+from schemas.naming import object_urls
+from transforms.encode import decode_example, iter_records
+
+N = 36
+
+
+@pytest.fixture(scope="module")
+def reben(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reben")
+    assert main(["synth", "--out", str(root), "--n", str(N), "--seed", "7", "--faults", ",".join(FAULT_KINDS)]) == 0
+    return root
+
+
+def convert(reben, out, *extra):
+    argv = ["convert", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "8", *extra]
+    return main(argv)
+
+
+@pytest.fixture(scope="module")
+def dataset(reben, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds")
+    assert convert(reben, out) == 0
+    return out
+
+
+def _manifest(out):
+    return json.loads((out / M.MANIFEST).read_text())
+
+
+def _failures(out):
+    return [json.loads(line) for line in (out / M.FAILURES_JSONL).read_text().splitlines()]
+
+
+def test_every_injected_fault_is_dead_lettered_and_no_clean_patch(reben, dataset):
+    injected = json.loads((reben / "injected_faults.json").read_text())
+    assert sorted(f["kind"] for f in injected) == sorted(FAULT_KINDS)
+    got = {d["patch_id"]: d for d in _failures(dataset)}
+    for f in injected:
+        stage, reason = FAULT_EXPECTATIONS[f["kind"]]
+        assert f["patch_id"] in got, f"injected {f['kind']} not dead-lettered"
+        d = got[f["patch_id"]]
+        assert (d["stage"], d["reason"]) == (stage, reason), (f, d)
+        assert d["detail"]
+    assert set(got) == {f["patch_id"] for f in injected}
+
+
+def test_accounting_invariant_and_manifest(reben, dataset):
+    man = _manifest(dataset)
+    M.validate(man)
+    meta = pq.read_table(reben / "metadata.parquet").to_pylist()
+    per_split = Counter(r["split"] for r in meta)
+    assert {s: e["input"] for s, e in man["splits"].items()} == dict(per_split)
+    for s, e in man["splits"].items():
+        assert e["written"] + e["failed"] == e["input"]
+        for sh in e["shards"]:
+            assert (dataset / sh["path"]).exists()
+    assert man["failures"]["total"] == len(FAULT_KINDS)
+    assert man["input"]["metadata"][0]["rows"] == len(meta)
+    # no temp files left behind, no stray files outside the declared ones
+    leftovers = [p for p in dataset.rglob("*") if p.name.startswith(".tmp")]
+    assert leftovers == []
+
+
+def _reference_patch(reben, rec, stats):
+    """Independent reference: rasterio reads + rasterio resampling + the stats.json params."""
+    urls = object_urls(str(reben), rec["patch_id"], rec["s1_name"])
+    chans = []
+    for band in B.ALL_BANDS:
+        with rasterio.open(urls[band.name]) as ds:
+            chans.append(ds.read(1, out_shape=(B.PATCH_SIZE, B.PATCH_SIZE), out_dtype="float32",
+                                 resampling=Resampling.bilinear))
+    with rasterio.open(urls["reference_map"]) as ds:
+        label = C.map_reference(ds.read(1))
+    x = np.stack(chans, -1).astype(np.float64)
+    norm = stats["normalization"]
+    lo, hi = np.array(norm["lo"]), np.array(norm["hi"])
+    off, scale = np.array(norm["offset"]), np.array(norm["scale"])
+    x = (np.clip(x, lo, hi) - off) / scale if stats["clip"] else (x - off) / scale
+    return x, label
+
+
+def test_tfrecords_parse_back_to_the_normalised_arrays(reben, dataset):
+    import tensorflow as tf
+
+    man = _manifest(dataset)
+    stats = json.loads((dataset / M.STATS_JSON).read_text())
+    meta = {r["patch_id"]: r for r in pq.read_table(reben / "metadata.parquet").to_pylist()}
+    spec = T.parsing_spec(man["image_dtype"])
+    seen = 0
+    for split, e in man["splits"].items():
+        for sh in e["shards"]:
+            ids = []
+            for raw in tf.data.TFRecordDataset(str(dataset / sh["path"])):
+                ex = T.decode_parsed(tf.io.parse_single_example(raw, spec))
+                pid = ex[T.PATCH_ID].numpy().decode()
+                ids.append(pid)
+                rec = meta[pid]
+                x, label = _reference_patch(reben, rec, stats)
+                got = np.concatenate([ex[T.S2].numpy(), ex[T.S1].numpy()], -1)
+                assert got.shape == (120, 120, 14) and got.dtype == np.float32
+                np.testing.assert_allclose(got, x, atol=2e-3, rtol=0)
+                np.testing.assert_array_equal(ex[T.LABEL].numpy(), label)
+                np.testing.assert_array_equal(ex[T.MULTI_HOT].numpy(), C.multi_hot(rec["labels"]))
+                assert ex[T.SPLIT].numpy().decode() == split == rec["split"]
+                assert ex[T.COUNTRY].numpy().decode() == rec["country"]
+                seen += 1
+            assert ids == sorted(ids)
+            assert len(ids) == sh["records"]
+    assert seen == sum(e["written"] for e in man["splits"].values()) == len(meta) - len(FAULT_KINDS)
+
+
+def test_statistics_equal_numpy_over_the_training_pixels(reben, dataset):
+    from transforms.patch import decode_patch, fetch_objects
+
+    stats = json.loads((dataset / M.STATS_JSON).read_text())
+    bad = {d["patch_id"] for d in _failures(dataset)}
+    rows = [r for r in pq.read_table(reben / "metadata.parquet").to_pylist()
+            if r["split"] == "train" and r["patch_id"] not in bad]
+    assert rows
+    pix = []
+    for r in rows:
+        p = decode_patch(r["patch_id"], fetch_objects(object_urls(str(reben), r["patch_id"], r["s1_name"])))
+        pix.append(np.concatenate([p.s2, p.s1], -1).reshape(-1, 14))
+    pix = np.concatenate(pix)
+    for i, name in enumerate(B.ALL_NAMES):
+        s = stats["bands"][name]
+        assert s["count"] == len(pix)
+        assert s["mean"] == pytest.approx(np.mean(pix[:, i], dtype=np.float64), rel=1e-6)
+        assert s["std"] == pytest.approx(np.std(pix[:, i], dtype=np.float64), rel=1e-6)
+        width = (B.BAND_BY_NAME[name].hist_max - B.BAND_BY_NAME[name].hist_min) / B.HIST_BINS
+        assert abs(s["p_low"] - np.percentile(pix[:, i], 1)) <= width
+        assert abs(s["p_high"] - np.percentile(pix[:, i], 99)) <= width
+
+
+def test_rerun_is_byte_identical_and_index_path_matches(reben, dataset, tmp_path):
+    out2 = tmp_path / "again"
+    idx = tmp_path / "indexed.parquet"
+    assert main(["index", "--meta", str(reben / "metadata.parquet"), "--out", str(idx)]) == 0
+    # the index carries the URLs: no --root needed, same shards
+    assert main(["convert", "--meta", str(idx), "--out", str(out2), "--shard_size", "8"]) == 0
+    a, b = _manifest(dataset), _manifest(out2)
+    for split in a["splits"]:
+        assert [s["sha256"] for s in a["splits"][split]["shards"]] == [s["sha256"] for s in b["splits"][split]["shards"]]
+    for sh in a["splits"]["train"]["shards"]:
+        assert (dataset / sh["path"]).read_bytes() == (out2 / sh["path"]).read_bytes()
+    assert (dataset / M.FAILURES_JSONL).read_bytes() == (out2 / M.FAILURES_JSONL).read_bytes()
+    assert a["statistics"] == b["statistics"]
+
+
+def test_validate_reports_missing_objects_and_deep_finds_the_rest(reben, tmp_path):
+    rep_path = tmp_path / "validation.json"
+    assert main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(rep_path)]) == 0
+    rep = json.loads(rep_path.read_text())
+    injected = {f["patch_id"]: f["kind"] for f in json.loads((reben / "injected_faults.json").read_text())}
+    shallow = {k for k, (stage, _) in FAULT_EXPECTATIONS.items() if stage == "fetch"}
+    failing = {f["patch_id"]: f for f in rep["failures"]}
+    assert {injected[p] for p in failing} == shallow
+    for pid, f in failing.items():
+        assert f["reasons"][0]["reason"] == FAULT_EXPECTATIONS[injected[pid]][1]
+    assert rep["totals"]["patches"] == pq.read_metadata(reben / "metadata.parquet").num_rows
+    assert rep["totals"]["failed"] == len(shallow)
+    deep_path = tmp_path / "deep.json"
+    assert main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(deep_path), "--deep"]) == 0
+    deep = json.loads(deep_path.read_text())
+    assert {f["patch_id"] for f in deep["failures"]} == set(injected)
+
+
+def test_stats_reuse_frac_subset_and_failure_threshold(reben, dataset, tmp_path):
+    # --stats applies the training statistics to a validation-only conversion
+    out = tmp_path / "val"
+    assert convert(reben, out, "--splits", "validation", "--stats", str(dataset / M.STATS_JSON)) == 0
+    man = _manifest(out)
+    assert set(man["splits"]) == {"validation"}
+    assert man["statistics"]["normalization"] == _manifest(dataset)["statistics"]["normalization"]
+    # without train and without --stats: a clear error, nothing written
+    bad = tmp_path / "bad"
+    assert convert(reben, bad, "--splits", "validation") == 2
+    assert not (bad / M.MANIFEST).exists()
+    # more than 1% failed -> exit 1, but everything is written
+    thr = tmp_path / "thr"
+    assert convert(reben, thr, "--max_failure_fraction", "0.01") == 1
+    assert (thr / M.MANIFEST).exists()
+    # frac sample is a subset
+    small = tmp_path / "small"
+    assert convert(reben, small, "--frac", "0.5") == 0
+    sm = _manifest(small)
+    assert 0 < sm["input"]["rows_selected"] < _manifest(dataset)["input"]["rows_selected"]
