@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 COMMANDS = ("synth", "index", "validate", "convert", "verify", "train", "evaluate")
@@ -81,6 +82,40 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
     raise AssertionError(cmd)
 
 
+_WORKER_MSG = re.compile(r'message: "(?P<msg>(?:[^"\\]|\\.)*)".*?log_location: "(?P<loc>[^"]*)"')
+
+
+class _WorkerLogFilter(logging.Filter):
+    """Shows the project's own worker log lines (shard progress) as plain lines, drops the
+    DirectRunner's routine worker warnings, keeps everything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        m = _WORKER_MSG.search(record.getMessage())
+        if not m:
+            return record.levelno >= logging.WARNING
+        loc = m.group("loc")
+        if "/transforms/" in loc or "/beam_pipeline/" in loc or "/synth/" in loc:
+            record.msg, record.args = "worker: " + m.group("msg").replace("\\'", "'"), ()
+            return True
+        noise = ("Discarding unparseable args", "No semi_persistent_directory")
+        if any(n in m.group("msg") for n in noise):
+            return False
+        return record.levelno >= logging.WARNING
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    for noisy in ("apache_beam", "absl", "fsspec", "s3fs", "gcsfs", "botocore", "urllib3", "rasterio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in ("apache_beam.runners.portability.local_job_service",
+                 "apache_beam.runners.portability.fn_api_runner.worker_handlers"):
+        lg = logging.getLogger(name)
+        lg.setLevel(logging.INFO)
+        if not any(isinstance(f, _WorkerLogFilter) for f in lg.filters):
+            lg.addFilter(_WorkerLogFilter())
+    logging.getLogger("root").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -95,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         print(f"benbeam: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    for noisy in ("apache_beam", "absl", "fsspec", "s3fs", "gcsfs", "botocore", "urllib3", "rasterio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     return _dispatch(cmd, rest)
 
 

@@ -18,13 +18,21 @@ RESAMPLING_METHODS = ("bilinear", "nearest", "cubic", "average")
 DEFAULT_SHARD_SIZE = 180  # ~150 MB float32 shards (~820 KB per patch)
 
 
-def add_storage_args(parser) -> None:
+def add_storage_args(parser, s3_endpoint: bool = True) -> None:
+    """Storage flags. Beam's own S3Options already defines ``--s3_endpoint_url`` (same
+    meaning), so PipelineOptions subclasses pass ``s3_endpoint=False``."""
     g = parser.add_argument_group("object storage")
-    g.add_argument("--s3_endpoint_url", default=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
-                   help="S3-compatible endpoint (MinIO, SeaweedFS, Ceph); credentials come from the standard AWS chain")
+    if s3_endpoint:
+        add_s3_endpoint(g)
     g.add_argument("--anon", action="store_true", help="anonymous access to public buckets")
     g.add_argument("--gcs_endpoint_url", default=None,
                    help="GCS endpoint (defaults to $STORAGE_EMULATOR_HOST when set)")
+
+
+def add_s3_endpoint(parser) -> None:
+    parser.add_argument("--s3_endpoint_url", default=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+                        help="S3-compatible endpoint (MinIO, SeaweedFS, Ceph); credentials come from the "
+                             "standard AWS chain")
 
 
 def add_workers_arg(parser, default_help="all cores") -> None:
@@ -74,7 +82,7 @@ class ConvertOptions(PipelineOptions):
                             help="exit non-zero (after writing everything) if more than this fraction of "
                                  "the input failed")
         add_workers_arg(parser)
-        add_storage_args(parser)
+        add_storage_args(parser, s3_endpoint=False)
 
 
 def local_runner_args(argv: list[str], workers: int | None) -> list[str]:
@@ -95,6 +103,8 @@ def parse(cls, argv: list[str], prog: str, description: str):
     """Parse ``argv`` for an options class: our flags strictly, Beam's passed through."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     cls._add_argparse_args(parser)
+    if "--s3_endpoint_url" not in parser._option_string_actions:
+        add_s3_endpoint(parser)
     known, rest = parser.parse_known_args(argv)
     missing = [f"--{r}" for r in getattr(cls, "REQUIRED", ()) if getattr(known, r) is None]
     if missing:

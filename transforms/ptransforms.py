@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any, Iterable, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -34,7 +35,7 @@ def _count(name: str, n: int = 1) -> None:
 # --------------------------------------------------------------------------- metadata
 
 
-def _read_source(source: tuple[int, str]):
+def _read_source(source: tuple[int, str]) -> Iterable[Any]:
     index, url = source
     table, sha = md.read_table(url)
     rows = md.table_rows(table, source=index)
@@ -57,7 +58,7 @@ class ReadMetadata(beam.PTransform):
     def expand(self, pbegin):
         opts = self.storage_options
 
-        def read(source):
+        def read(source) -> Iterable[Any]:
             storage.set_options(opts)
             yield from _read_source(source)
 
@@ -70,7 +71,7 @@ class ReadMetadata(beam.PTransform):
         return {"rows": rows, "info": out.info}
 
 
-def _check(row, root, splits, frac):
+def _check(row, root, splits, frac) -> Iterable[Tuple[str, Any]]:
     if not md.sampled(row.get("patch_id"), frac):
         return
     split = md.row_split(row)
@@ -86,7 +87,7 @@ def _check(row, root, splits, frac):
     yield (rec["patch_id"], ((row["_source"], row["_row"]), rec))
 
 
-def _dedupe(kv):
+def _dedupe(kv) -> Iterable[Any]:
     pid, items = kv
     items = sorted(items, key=lambda x: x[0])
     yield items[0][1]

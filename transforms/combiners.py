@@ -1,0 +1,41 @@
+"""The Beam CombineFn around ``transforms.histogram.BandStats``."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+
+from transforms.histogram import BandStats, BandStatsAccumulator
+
+
+class BandStatsCombineFn(beam.CombineFn):
+    """Combine pixel arrays (channels-last) or pre-built partial accumulators."""
+
+    def __init__(self):
+        self._stats = None
+
+    @property
+    def stats(self) -> BandStats:
+        if self._stats is None:
+            self._stats = BandStats()
+        return self._stats
+
+    def create_accumulator(self):
+        return self.stats.create()
+
+    def add_input(self, acc, element):
+        if isinstance(element, BandStatsAccumulator):
+            return self.stats.merge([acc, element])
+        return self.stats.add(acc, np.asarray(element))
+
+    def merge_accumulators(self, accumulators):
+        return self.stats.merge(accumulators)
+
+    def extract_output(self, acc):
+        return acc
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self._stats = None

@@ -1,0 +1,344 @@
+"""Fast, deterministic TFRecord encoding without TensorFlow (plain Python + numpy).
+
+``encode_example`` writes the protobuf wire format of a ``tf.train.Example`` directly:
+float32 images become packed FloatLists from ``ndarray.tobytes()`` (no per-element
+Python work: ~0.1 ms per patch instead of ~43 ms through ``tf.train.FloatList``), map
+entries are serialised in sorted key order so equal inputs give equal bytes.
+``frame_record`` adds the TFRecord framing (length, masked CRC32C). The tests check the
+bytes against TensorFlow's own parser.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import struct
+import tempfile
+import uuid
+from typing import Iterator
+
+import google_crc32c
+import numpy as np
+
+from schemas import tfrecord as T
+from transforms import storage
+
+_MASK_DELTA = 0xA282EAD8
+
+
+# --------------------------------------------------------------------------- protobuf wire format
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint((field << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _bytes_feature(values: list[bytes]) -> bytes:
+    # Feature.bytes_list = 1 ; BytesList.value = 1 (repeated bytes)
+    return _ld(1, b"".join(_ld(1, v) for v in values))
+
+
+def _float_feature(arr: np.ndarray) -> bytes:
+    # Feature.float_list = 2 ; FloatList.value = 1 (packed float)
+    data = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+    return _ld(2, _ld(1, data) if data else b"")
+
+
+def _int64_feature(arr) -> bytes:
+    # Feature.int64_list = 3 ; Int64List.value = 1 (packed varint, two's complement for negatives)
+    packed = b"".join(_varint(int(v) & 0xFFFFFFFFFFFFFFFF) for v in np.asarray(arr).ravel())
+    return _ld(3, _ld(1, packed) if packed else b"")
+
+
+def serialize_features(features: dict[str, bytes]) -> bytes:
+    """Example{features: Features{feature: map<string, Feature>}} from encoded Feature bytes."""
+    entries = b"".join(
+        _ld(1, _ld(1, name.encode("utf-8")) + _ld(2, feat)) for name, feat in sorted(features.items())
+    )
+    return _ld(1, entries)
+
+
+def _check(name: str, arr: np.ndarray, shape, dtypes) -> np.ndarray:
+    arr = np.asarray(arr)
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"feature {name!r} must have shape {tuple(shape)}, got {arr.shape}")
+    if arr.dtype not in dtypes:
+        raise ValueError(f"feature {name!r} must have dtype {' or '.join(str(d) for d in dtypes)}, got {arr.dtype}")
+    return arr
+
+
+def encode_example(patch_id: str, s2, s1, label, multi_hot, split: str, country: str,
+                   image_dtype: str = "float32") -> bytes:
+    """Serialised ``tf.train.Example`` of one patch, following ``schemas.tfrecord.features``."""
+    spec = T.feature_by_name(image_dtype)
+    img_dt = np.dtype(image_dtype)
+    feats: dict[str, bytes] = {}
+    for name, arr in ((T.S2, s2), (T.S1, s1)):
+        a = _check(name, arr, spec[name].shape, (np.dtype(np.float32), np.dtype(np.float16)))
+        if image_dtype == "float32":
+            feats[name] = _float_feature(a)
+        else:
+            feats[name] = _bytes_feature([np.ascontiguousarray(a, dtype=img_dt.newbyteorder("<")).tobytes()])
+    lab = _check(T.LABEL, label, spec[T.LABEL].shape, (np.dtype(np.uint8),))
+    feats[T.LABEL] = _bytes_feature([np.ascontiguousarray(lab).tobytes()])
+    mh = np.asarray(multi_hot)
+    if mh.shape != spec[T.MULTI_HOT].shape:
+        raise ValueError(f"feature {T.MULTI_HOT!r} must have shape {spec[T.MULTI_HOT].shape}, got {mh.shape}")
+    feats[T.MULTI_HOT] = _int64_feature(mh)
+    for name, text in ((T.PATCH_ID, patch_id), (T.SPLIT, split), (T.COUNTRY, country)):
+        if not isinstance(text, str):
+            raise ValueError(f"feature {name!r} must be a string, got {type(text).__name__}")
+        feats[name] = _bytes_feature([text.encode("utf-8")])
+    return serialize_features(feats)
+
+
+# --------------------------------------------------------------------------- decoding (verify, tests)
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 70:
+            raise ValueError("varint too long")
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, object]]:
+    pos = 0
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 2:
+            n, pos = _read_varint(buf, pos)
+            if pos + n > len(buf):
+                raise ValueError("truncated length-delimited field")
+            yield field, wire, buf[pos:pos + n]
+            pos += n
+        elif wire == 0:
+            v, pos = _read_varint(buf, pos)
+            yield field, wire, v
+        elif wire == 5:
+            yield field, wire, buf[pos:pos + 4]
+            pos += 4
+        elif wire == 1:
+            yield field, wire, buf[pos:pos + 8]
+            pos += 8
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+def parse_features(data: bytes) -> dict[str, tuple[str, object]]:
+    """Generic Example parser: name -> ("bytes", [bytes...]) | ("float", ndarray) | ("int64", ndarray)."""
+    out: dict[str, tuple[str, object]] = {}
+    for f, _, features in _fields(memoryview(data)):
+        if f != 1:
+            continue
+        for f2, _, entry in _fields(features):
+            if f2 != 1:
+                continue
+            name, feat = None, b""
+            for f3, _, v in _fields(entry):
+                if f3 == 1:
+                    name = bytes(v).decode("utf-8")
+                elif f3 == 2:
+                    feat = v
+            for kind, _, payload in _fields(memoryview(feat)):
+                if kind == 1:
+                    out[name] = ("bytes", [bytes(v) for ff, _, v in _fields(payload) if ff == 1])
+                elif kind == 2:
+                    parts = [bytes(v) for ff, w, v in _fields(payload) if ff == 1 and w == 2]
+                    out[name] = ("float", np.frombuffer(b"".join(parts), dtype="<f4"))
+                elif kind == 3:
+                    vals = []
+                    for ff, w, v in _fields(payload):
+                        if ff != 1:
+                            continue
+                        if w == 2:
+                            p = 0
+                            while p < len(v):
+                                x, p = _read_varint(v, p)
+                                vals.append(x)
+                        else:
+                            vals.append(v)
+                    arr = np.array(vals, dtype=np.uint64).astype(np.int64)
+                    out[name] = ("int64", arr)
+    return out
+
+
+def decode_example(data: bytes, image_dtype: str = "float32") -> dict:
+    """Decode one of our examples into numpy arrays / str, shaped per ``schemas.tfrecord``."""
+    raw = parse_features(data)
+    out: dict = {}
+    for f in T.features(image_dtype):
+        if f.name not in raw:
+            raise ValueError(f"example lacks feature {f.name!r}")
+        kind, val = raw[f.name]
+        if f.kind == "float":
+            out[f.name] = np.asarray(val, dtype=np.float32).reshape(f.shape)
+        elif f.kind == "raw":
+            out[f.name] = np.frombuffer(val[0], dtype=np.dtype(f.dtype).newbyteorder("<")).reshape(f.shape)
+        elif f.kind == "int64":
+            out[f.name] = np.asarray(val).reshape(f.shape)
+        else:
+            out[f.name] = val[0].decode("utf-8")
+    return out
+
+
+# --------------------------------------------------------------------------- TFRecord framing
+
+
+def masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def frame_record(data: bytes) -> bytes:
+    """TFRecord framing: uint64 length, masked crc32c(length), data, masked crc32c(data)."""
+    header = struct.pack("<Q", len(data))
+    return header + struct.pack("<I", masked_crc(header)) + data + struct.pack("<I", masked_crc(data))
+
+
+def _open_raw(url: str, compression: str):
+    fh = storage.filesystem(url).open(url, "rb")
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=fh, mode="rb")
+    return fh
+
+
+def iter_records(url: str, compression: str = "none", verify_crc: bool = True) -> Iterator[bytes]:
+    """Records of a TFRecord file; raises ValueError on a truncated record or a bad CRC."""
+    with _open_raw(url, compression) as fh:
+        offset = 0
+        while True:
+            header = fh.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise ValueError(f"{url}: truncated record header at offset {offset}")
+            (length,) = struct.unpack("<Q", header[:8])
+            if verify_crc and struct.unpack("<I", header[8:])[0] != masked_crc(header[:8]):
+                raise ValueError(f"{url}: bad length CRC at offset {offset}")
+            body = fh.read(length + 4)
+            if len(body) < length + 4:
+                raise ValueError(f"{url}: truncated record at offset {offset}")
+            data = body[:length]
+            if verify_crc and struct.unpack("<I", body[length:])[0] != masked_crc(data):
+                raise ValueError(f"{url}: bad data CRC at offset {offset}")
+            offset += 12 + length + 4
+            yield data
+
+
+class ShardWriter:
+    """Write a TFRecord file that only ever appears complete under its final name.
+
+    Local: records go to ``.tmp-<name>-<uuid>`` beside the target, which is fsynced and
+    renamed on ``close``. Remote (s3://, gs://): a local temp file is uploaded once on
+    ``close`` (a single PUT is atomic). ``gzip`` output is deterministic (mtime 0, no
+    name). On an exception inside ``with``, the temp file is removed and nothing appears.
+    """
+
+    def __init__(self, url: str, compression: str = "none"):
+        if compression not in ("none", "gzip"):
+            raise ValueError(f"compression must be 'none' or 'gzip', got {compression!r}")
+        self.url = str(url)
+        self.compression = compression
+        self.records = 0
+        self._result: dict | None = None
+        if storage.is_remote(self.url):
+            fd, self._tmp = tempfile.mkstemp(prefix=".tmp-benbeam-", suffix=".tfrecord")
+            os.close(fd)
+        else:
+            d = os.path.dirname(os.path.abspath(self.url))
+            os.makedirs(d, exist_ok=True)
+            self._tmp = os.path.join(d, f".tmp-{os.path.basename(self.url)}-{uuid.uuid4().hex}")
+        self._raw = open(self._tmp, "wb")
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._gz = None
+        if compression == "gzip":
+            self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=_HashingWriter(self), mtime=0)
+
+    def _emit(self, b: bytes) -> None:
+        self._raw.write(b)
+        self._hash.update(b)
+        self._size += len(b)
+
+    def write(self, example: bytes) -> None:
+        framed = frame_record(example)
+        if self._gz is not None:
+            self._gz.write(framed)
+        else:
+            self._emit(framed)
+        self.records += 1
+
+    def close(self) -> dict:
+        if self._result is not None:
+            return self._result
+        if self._gz is not None:
+            self._gz.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        if storage.is_remote(self.url):
+            storage.filesystem(self.url).put_file(self._tmp, self.url)
+            os.unlink(self._tmp)
+        else:
+            os.replace(self._tmp, self.url)
+        self._result = {"records": self.records, "bytes": self._size, "sha256": self._hash.hexdigest()}
+        return self._result
+
+    def abort(self) -> None:
+        if self._result is None:
+            try:
+                self._raw.close()
+            finally:
+                if os.path.exists(self._tmp):
+                    os.unlink(self._tmp)
+            self._result = {"aborted": True}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+            return False
+        self.close()
+        return False
+
+
+class _HashingWriter(io.RawIOBase):
+    """File-like sink for GzipFile that feeds ShardWriter's hash and size."""
+
+    def __init__(self, owner: ShardWriter):
+        self._owner = owner
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        b = bytes(b)
+        self._owner._emit(b)
+        return len(b)

@@ -1,0 +1,128 @@
+"""One patch: fetch its 15 objects, decode, check against the reBEN format, resample to
+the 10 m grid and map the reference map to class indices (no Beam).
+
+Every failure is a ``PatchError`` whose reason comes from ``schemas.failures`` and whose
+detail names the object, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas import failures as F
+from schemas.bands import BAND_BY_NAME, PATCH_SIZE, S1_NAMES, S2_NAMES
+from schemas.classes import map_reference, unknown_codes
+from schemas.naming import OBJECT_KEYS, REFERENCE_MAP_KEY, parse_patch_id
+from transforms import storage
+from transforms.decode import Raster, decode_geotiff
+from transforms.resample import upsample
+
+
+@dataclass
+class DecodedPatch:
+    patch_id: str
+    s2: np.ndarray  # float32 (120, 120, 12) raw DN on the 10 m grid, schemas.bands.S2_NAMES order
+    s1: np.ndarray  # float32 (120, 120, 2) VV, VH in dB
+    codes: np.ndarray  # uint16 (120, 120) CLC codes
+    label: np.ndarray  # uint8 (120, 120) class index, 255 = ignore
+
+
+def fetch_objects(urls: dict[str, str], fs=None) -> dict[str, bytes]:
+    """Read the 15 objects of a patch. Remote objects are fetched concurrently in one
+    fsspec bulk call; local files with plain reads."""
+    keys = [k for k in OBJECT_KEYS if k in urls]
+    first = urls[keys[0]]
+    out: dict[str, bytes] = {}
+    if fs is None and not storage.is_remote(first):
+        for k in keys:
+            try:
+                with open(urls[k], "rb") as fh:
+                    out[k] = fh.read()
+            except FileNotFoundError:
+                raise F.PatchError(F.FETCH, "missing_object", f"{k} object {urls[k]} does not exist") from None
+            except OSError as e:
+                raise F.PatchError(F.FETCH, "read_error", f"{k} object {urls[k]}: {e}") from None
+    else:
+        fs = fs or storage.filesystem(first)
+        got = fs.cat([urls[k] for k in keys], on_error="return")
+        for k in keys:
+            v = got.get(urls[k])
+            if v is None:  # fsspec may strip the protocol from the keys
+                v = got.get(urls[k].split("://", 1)[-1])
+            if isinstance(v, FileNotFoundError) or v is None:
+                raise F.PatchError(F.FETCH, "missing_object", f"{k} object {urls[k]} does not exist")
+            if isinstance(v, BaseException):
+                raise F.PatchError(F.FETCH, "read_error", f"{k} object {urls[k]}: {type(v).__name__}: {v}")
+            out[k] = v
+    for k in keys:
+        if len(out[k]) == 0:
+            raise F.PatchError(F.FETCH, "empty_object", f"{k} object {urls[k]} is 0 bytes")
+    return out
+
+
+def _check_raster(key: str, r: Raster, expect_size: int, expect_dtype: str, res: float, epsg: int,
+                  origin: tuple[float, float] | None) -> None:
+    h, w = r.array.shape
+    if (h, w) != (expect_size, expect_size):
+        raise F.PatchError(F.CHECK, "wrong_size",
+                           f"{key} is {w}×{h} pixels; a {res:g} m band of a 1,200 m patch is {expect_size}×{expect_size}")
+    if r.array.dtype != np.dtype(expect_dtype):
+        raise F.PatchError(F.CHECK, "wrong_dtype", f"{key} is {r.array.dtype}; expected {expect_dtype}")
+    if r.epsg != epsg:
+        raise F.PatchError(F.CHECK, "crs_mismatch",
+                           f"{key} has CRS EPSG:{r.epsg}; the patch's tile is in UTM zone EPSG:{epsg}")
+    x0, px, _, y0, _, py = r.transform
+    if abs(px - res) > 1e-6 or abs(-py - res) > 1e-6:
+        raise F.PatchError(F.CHECK, "grid_mismatch", f"{key} has pixel size {px:g}×{-py:g} m; expected {res:g} m")
+    if origin is not None and (abs(x0 - origin[0]) > 1e-3 or abs(y0 - origin[1]) > 1e-3):
+        raise F.PatchError(F.CHECK, "grid_mismatch",
+                           f"{key} origin ({x0:.2f}, {y0:.2f}) differs from B02's ({origin[0]:.2f}, {origin[1]:.2f}): "
+                           "layers are not on the same grid")
+
+
+def decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str = "bilinear") -> DecodedPatch:
+    """Decode and check the 15 objects of a patch; raises PatchError."""
+    epsg = parse_patch_id(patch_id).epsg
+    rasters = {k: decode_geotiff(objects[k], k) for k in OBJECT_KEYS}
+    ref = rasters["B02"]
+    origin = (ref.transform[0], ref.transform[3])
+    for k in OBJECT_KEYS:
+        if k == REFERENCE_MAP_KEY:
+            _check_raster(k, rasters[k], PATCH_SIZE, "uint16", 10.0, epsg, origin)
+        else:
+            band = BAND_BY_NAME[k]
+            _check_raster(k, rasters[k], band.native_size, band.dtype, float(band.resolution_m), epsg, origin)
+
+    s2 = np.empty((PATCH_SIZE, PATCH_SIZE, len(S2_NAMES)), dtype=np.float32)
+    by_factor: dict[int, list[int]] = {}
+    for i, name in enumerate(S2_NAMES):
+        arr = rasters[name].array
+        if not arr.all():
+            n = int(arr.size - np.count_nonzero(arr))
+            raise F.PatchError(F.CHECK, "s2_nodata",
+                               f"{name} holds {n} nodata (0) pixels; reBEN patches contain no S2 nodata, "
+                               "so the file is defective")
+        by_factor.setdefault(PATCH_SIZE // arr.shape[0], []).append(i)
+    for factor, idx in by_factor.items():
+        stack = np.stack([rasters[S2_NAMES[i]].array for i in idx]).astype(np.float32)
+        up = upsample(stack, factor, resampling) if factor > 1 else stack
+        s2[..., idx] = np.moveaxis(up, 0, -1)
+
+    s1 = np.empty((PATCH_SIZE, PATCH_SIZE, len(S1_NAMES)), dtype=np.float32)
+    for i, name in enumerate(S1_NAMES):
+        arr = rasters[name].array
+        finite = np.isfinite(arr)
+        if not finite.all():
+            raise F.PatchError(F.CHECK, "s1_nan",
+                               f"{name} holds {int(arr.size - finite.sum())} NaN/infinite pixels")
+        s1[..., i] = arr
+
+    codes = rasters[REFERENCE_MAP_KEY].array
+    bad = unknown_codes(codes)
+    if bad:
+        raise F.PatchError(F.CHECK, "unknown_clc_code",
+                           f"reference map holds code(s) {', '.join(map(str, bad[:5]))} outside the CLC table "
+                           "(schemas/data/clc_metadata.json)")
+    return DecodedPatch(patch_id, s2, s1, codes, map_reference(codes))
