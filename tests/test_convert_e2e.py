@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.io import MemoryFile
 
 from beam_pipeline.cli import main
 from schemas import bands as B
@@ -89,8 +90,15 @@ def _reference_patch(reben, rec, stats):
     chans = []
     for band in B.ALL_BANDS:
         with rasterio.open(urls[band.name]) as ds:
-            chans.append(ds.read(1, out_shape=(B.PATCH_SIZE, B.PATCH_SIZE), out_dtype="float32",
-                                 resampling=Resampling.bilinear))
+            native, profile = ds.read(1).astype(np.float32), ds.profile
+        # GDAL resamples in the file's dtype (rounding uint16 results); resample a float32
+        # copy of the same raster so the reference is exact.
+        profile.update(dtype="float32", nodata=None)
+        with MemoryFile() as mem:
+            with mem.open(**profile) as tmp:
+                tmp.write(native, 1)
+            with mem.open() as tmp:
+                chans.append(tmp.read(1, out_shape=(B.PATCH_SIZE, B.PATCH_SIZE), resampling=Resampling.bilinear))
     with rasterio.open(urls["reference_map"]) as ds:
         label = C.map_reference(ds.read(1))
     x = np.stack(chans, -1).astype(np.float64)
@@ -120,7 +128,7 @@ def test_tfrecords_parse_back_to_the_normalised_arrays(reben, dataset):
                 x, label = _reference_patch(reben, rec, stats)
                 got = np.concatenate([ex[T.S2].numpy(), ex[T.S1].numpy()], -1)
                 assert got.shape == (120, 120, 14) and got.dtype == np.float32
-                np.testing.assert_allclose(got, x, atol=2e-3, rtol=0)
+                np.testing.assert_allclose(got, x, atol=1e-4, rtol=0)
                 np.testing.assert_array_equal(ex[T.LABEL].numpy(), label)
                 np.testing.assert_array_equal(ex[T.MULTI_HOT].numpy(), C.multi_hot(rec["labels"]))
                 assert ex[T.SPLIT].numpy().decode() == split == rec["split"]

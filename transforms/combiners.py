@@ -26,7 +26,8 @@ class BandStatsCombineFn(beam.CombineFn):
     def add_input(self, acc, element):
         if isinstance(element, BandStatsAccumulator):
             return self.stats.merge([acc, element])
-        return self.stats.add(acc, np.asarray(element))
+        # seal after each array so the result does not depend on the order of inputs
+        return self.stats.seal(self.stats.add(acc, np.asarray(element)))
 
     def merge_accumulators(self, accumulators):
         return self.stats.merge(accumulators)

@@ -20,16 +20,34 @@ import numpy as np
 from schemas.bands import ALL_BANDS, HIST_BINS
 
 
+_SCALE = 2.0**24  # exact sums are integers in units of 2^-24
+
+
 @dataclass
 class BandStatsAccumulator:
     counts: np.ndarray  # int64[B, bins]
-    bin_sum: np.ndarray  # float64[B, bins]  sum of (x - shift) per bin
+    bin_sum: np.ndarray  # float64[B, bins]  local (unsealed) sum of (x - shift) per bin
     bin_sumsq: np.ndarray  # float64[B, bins]
     count: np.ndarray  # int64[B]
-    sum: np.ndarray  # float64[B]  sum of (x - shift)
-    sumsq: np.ndarray  # float64[B]  sum of (x - shift)^2
+    sum: np.ndarray  # float64[B]  local sum of (x - shift)
+    sumsq: np.ndarray  # float64[B]
     min: np.ndarray  # float64[B]
     max: np.ndarray  # float64[B]
+    # Sealed totals: Python ints (object arrays) in units of 2^-24. Integer addition is
+    # associative, so merged results do not depend on the order Beam merges in.
+    x_bin_sum: np.ndarray | None = None
+    x_bin_sumsq: np.ndarray | None = None
+    x_sum: np.ndarray | None = None
+    x_sumsq: np.ndarray | None = None
+
+
+def _to_exact(a: np.ndarray) -> np.ndarray:
+    flat = np.rint(a * _SCALE).ravel().tolist()
+    return np.array([int(v) for v in flat], dtype=object).reshape(a.shape)
+
+
+def _from_exact(a: np.ndarray) -> np.ndarray:
+    return np.array([float(v) / _SCALE for v in a.ravel().tolist()], dtype=np.float64).reshape(a.shape)
 
 
 class BandStats:
@@ -84,22 +102,48 @@ class BandStats:
         np.maximum(acc.max, x.max(axis=0), out=acc.max)
         return acc
 
+    def seal(self, acc: BandStatsAccumulator) -> BandStatsAccumulator:
+        """Move the local float sums into the exact integer totals (in place).
+
+        Call it after a deterministic sequence of ``add`` (e.g. one shard's patches in
+        patch-id order); ``merge`` and ``extract`` seal their inputs themselves.
+        """
+        if acc.x_sum is None:
+            acc.x_bin_sum, acc.x_bin_sumsq = _to_exact(acc.bin_sum), _to_exact(acc.bin_sumsq)
+            acc.x_sum, acc.x_sumsq = _to_exact(acc.sum), _to_exact(acc.sumsq)
+        elif acc.sum.any() or acc.sumsq.any() or acc.bin_sum.any() or acc.bin_sumsq.any():
+            acc.x_bin_sum = acc.x_bin_sum + _to_exact(acc.bin_sum)
+            acc.x_bin_sumsq = acc.x_bin_sumsq + _to_exact(acc.bin_sumsq)
+            acc.x_sum = acc.x_sum + _to_exact(acc.sum)
+            acc.x_sumsq = acc.x_sumsq + _to_exact(acc.sumsq)
+        for f in (acc.bin_sum, acc.bin_sumsq, acc.sum, acc.sumsq):
+            f[...] = 0.0
+        return acc
+
     def merge(self, accs) -> BandStatsAccumulator:
-        """Merge into the first accumulator, in place."""
+        """Merge into the first accumulator, in place; exact and order-independent."""
         accs = iter(accs)
         first = next(accs, None)
         if first is None:
-            return self.create()
+            return self.seal(self.create())
+        self.seal(first)
         for a in accs:
+            self.seal(a)
             first.counts += a.counts
-            first.bin_sum += a.bin_sum
-            first.bin_sumsq += a.bin_sumsq
             first.count += a.count
-            first.sum += a.sum
-            first.sumsq += a.sumsq
+            first.x_bin_sum = first.x_bin_sum + a.x_bin_sum
+            first.x_bin_sumsq = first.x_bin_sumsq + a.x_bin_sumsq
+            first.x_sum = first.x_sum + a.x_sum
+            first.x_sumsq = first.x_sumsq + a.x_sumsq
             np.minimum(first.min, a.min, out=first.min)
             np.maximum(first.max, a.max, out=first.max)
         return first
+
+    def totals(self, acc: BandStatsAccumulator) -> dict[str, np.ndarray]:
+        """Float64 views of the sealed totals (sums of x - shift)."""
+        self.seal(acc)
+        return {"sum": _from_exact(acc.x_sum), "sumsq": _from_exact(acc.x_sumsq),
+                "bin_sum": _from_exact(acc.x_bin_sum), "bin_sumsq": _from_exact(acc.x_bin_sumsq)}
 
     def _percentile(self, counts: np.ndarray, b: int, q: float) -> float:
         """q-th percentile (0..100) from band b's histogram, linear inside the bin."""
@@ -122,6 +166,7 @@ class BandStats:
         boundary bins (error bounded by a fraction of one bin width).
         """
         lo_q, hi_q = clip_percentiles
+        t = self.totals(acc)
         out = {}
         for b, name in enumerate(self.names):
             n = int(acc.count[b])
@@ -129,12 +174,12 @@ class BandStats:
                 out[name] = {"count": 0}
                 continue
             s = self.shift[b]
-            mean_d = acc.sum[b] / n
-            var = max(acc.sumsq[b] / n - mean_d * mean_d, 0.0)
+            mean_d = t["sum"][b] / n
+            var = max(t["sumsq"][b] / n - mean_d * mean_d, 0.0)
             counts = acc.counts[b]
             p_lo = max(self._percentile(counts, b, lo_q), float(acc.min[b]))
             p_hi = min(self._percentile(counts, b, hi_q), float(acc.max[b]))
-            cm, cs = self._clipped_moments(acc, b, p_lo, p_hi)
+            cm, cs = self._clipped_moments(acc, t, b, p_lo, p_hi)
             out[name] = {
                 "count": n,
                 "mean": float(mean_d + s),
@@ -152,7 +197,7 @@ class BandStats:
             }
         return out
 
-    def _clipped_moments(self, acc, b, p_lo, p_hi) -> tuple[float, float]:
+    def _clipped_moments(self, acc, t, b, p_lo, p_hi) -> tuple[float, float]:
         s = self.shift[b]
         counts = acc.counts[b].astype(np.float64)
         n = counts.sum()
@@ -164,8 +209,8 @@ class BandStats:
         m2 = 0.0
         # whole bins strictly inside (i_lo, i_hi): exact
         if i_hi > i_lo + 1:
-            m1 += acc.bin_sum[b, i_lo + 1:i_hi].sum()
-            m2 += acc.bin_sumsq[b, i_lo + 1:i_hi].sum()
+            m1 += t["bin_sum"][b, i_lo + 1:i_hi].sum()
+            m2 += t["bin_sumsq"][b, i_lo + 1:i_hi].sum()
         # tails: every value below p_lo counts as p_lo, above p_hi as p_hi
         below = counts[:i_lo].sum()
         above = counts[i_hi + 1:].sum()
@@ -177,7 +222,7 @@ class BandStats:
         if i_lo == i_hi:
             c = counts[i_lo]
             if c:
-                v = min(max(acc.bin_sum[b, i_lo] / c + s, p_lo), p_hi) - s
+                v = min(max(t["bin_sum"][b, i_lo] / c + s, p_lo), p_hi) - s
                 m1 += c * v
                 m2 += c * v * v
         else:
@@ -189,8 +234,8 @@ class BandStats:
                 part_out = c * (f if is_low else 1.0 - f)
                 part_in = c - part_out
                 dv = clip_v - s
-                m1 += part_out * dv + part_in * acc.bin_sum[b, i] / c
-                m2 += part_out * dv * dv + part_in * acc.bin_sumsq[b, i] / c
+                m1 += part_out * dv + part_in * t["bin_sum"][b, i] / c
+                m2 += part_out * dv * dv + part_in * t["bin_sumsq"][b, i] / c
         mean_d = m1 / n
         var = max(m2 / n - mean_d * mean_d, 0.0)
         return float(mean_d + s), float(math.sqrt(var))
@@ -203,10 +248,11 @@ class BandStats:
 def to_npz_bytes(acc: BandStatsAccumulator, stats: BandStats | None = None) -> bytes:
     """``histograms.npz`` content: counts, bin edges, band names and exact moments (deterministic)."""
     stats = stats or BandStats()
+    t = stats.totals(acc)
     arrays = {
         "bands": np.array(stats.names), "counts": acc.counts, "bin_edges": stats.bin_edges(),
-        "count": acc.count, "sum_shifted": acc.sum, "sumsq_shifted": acc.sumsq, "shift": stats.shift,
-        "min": acc.min, "max": acc.max, "bin_sum_shifted": acc.bin_sum, "bin_sumsq_shifted": acc.bin_sumsq,
+        "count": acc.count, "sum_shifted": t["sum"], "sumsq_shifted": t["sumsq"], "shift": stats.shift,
+        "min": acc.min, "max": acc.max, "bin_sum_shifted": t["bin_sum"], "bin_sumsq_shifted": t["bin_sumsq"],
     }
     buf = io.BytesIO()
     # np.savez stamps the current time into the zip entries; write them with a fixed date.
@@ -221,7 +267,9 @@ def to_npz_bytes(acc: BandStatsAccumulator, stats: BandStats | None = None) -> b
 
 
 def from_npz_bytes(data: bytes) -> BandStatsAccumulator:
+    """An (unsealed) accumulator from ``histograms.npz`` content."""
     z = np.load(io.BytesIO(data))
-    return BandStatsAccumulator(counts=z["counts"], bin_sum=z["bin_sum_shifted"], bin_sumsq=z["bin_sumsq_shifted"],
-                                count=z["count"], sum=z["sum_shifted"], sumsq=z["sumsq_shifted"],
+    return BandStatsAccumulator(counts=z["counts"], bin_sum=z["bin_sum_shifted"].copy(),
+                                bin_sumsq=z["bin_sumsq_shifted"].copy(), count=z["count"],
+                                sum=z["sum_shifted"].copy(), sumsq=z["sumsq_shifted"].copy(),
                                 min=z["min"], max=z["max"])

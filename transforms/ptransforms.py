@@ -200,7 +200,7 @@ class ShardStatsFn(beam.DoFn):
                 continue
             self.stats.add(acc, np.concatenate([p.s2, p.s1], axis=-1))
             _count("stats_patches")
-        yield acc
+        yield self.stats.seal(acc)
 
 
 @dataclass
