@@ -14,10 +14,18 @@ to the pipelines unchanged.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import re
-import sys
+import os
+
+# One worker process per core already: keep BLAS/OpenMP in each single-threaded (their
+# thread pools oversubscribe the cores and make small matmuls 10x slower). Worker
+# processes inherit this environment.
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
 
 COMMANDS = ("synth", "index", "validate", "convert", "verify", "train", "evaluate")
 

@@ -1,11 +1,17 @@
 """GeoTIFF decoding from in-memory bytes (no Beam).
 
-Fast path: ``tifffile`` on the bytes (~0.2 ms for a 120×120 uncompressed band vs ~1 ms
-through GDAL), reading the GeoTIFF tags for the grid (ModelPixelScale + ModelTiepoint),
-the CRS (ProjectedCSTypeGeoKey) and the nodata value (GDAL_NODATA). Anything the fast
-path does not cover (ModelTransformation, several bands, unusual layouts) falls back to
-rasterio. Tests prove both give identical arrays, transforms and CRS. Truncated or corrupt
-bytes raise ``PatchError(decode, decode_error)``; they never return silent zeros.
+Three paths, fastest first, each handing anything it does not cover to the next:
+
+1. ``_strip_tiff``: a small reader for exactly the layout reBEN ships — classic TIFF,
+   one band, strips, uncompressed or DEFLATE with horizontal predictor — about 0.03 ms
+   per band (struct + zlib + numpy);
+2. ``tifffile`` on the bytes (~0.2–0.4 ms per band);
+3. rasterio / GDAL (~1 ms per band), for everything else.
+
+All three read the grid from ModelPixelScale + ModelTiepoint, the CRS from
+ProjectedCSTypeGeoKey and nodata from GDAL_NODATA; tests prove they return identical
+arrays, transforms and CRS. Truncated or corrupt bytes raise
+``PatchError(decode, decode_error)``; they never return silent zeros.
 """
 
 from __future__ import annotations
@@ -50,7 +56,102 @@ def _geokeys(values) -> dict[int, int]:
     return keys
 
 
-def _fast(data: bytes) -> Raster:
+_DTYPES = {(1, 8): "u1", (1, 16): "u2", (1, 32): "u4", (2, 8): "i1", (2, 16): "i2", (2, 32): "i4",
+           (3, 32): "f4", (3, 64): "f8"}
+_TYPE_FMT = {1: ("B", 1), 2: ("s", 1), 3: ("H", 2), 4: ("I", 4), 11: ("f", 4), 12: ("d", 8), 16: ("Q", 8)}
+_NEEDED = {256, 257, 258, 259, 273, 277, 278, 279, 284, 317, 339, _TAG_PIXEL_SCALE, _TAG_TIEPOINT,
+           _TAG_GEOKEYS, _TAG_NODATA}
+_UNSUPPORTED = {322, 323, 324, 325, _TAG_TRANSFORMATION}  # tiles, ModelTransformation
+
+
+def _strip_tiff(data: bytes) -> Raster:
+    """Decode a single-band, stripped, classic TIFF (none / DEFLATE, predictor 1 or 2)."""
+    import struct
+    import zlib
+
+    bo = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if bo is None or struct.unpack(bo + "H", data[2:4])[0] != 42:
+        raise _Fallback("not a classic TIFF")
+    (ifd,) = struct.unpack(bo + "I", data[4:8])
+    size = len(data)
+    if ifd + 2 > size:
+        raise F.PatchError(F.DECODE, "decode_error", "TIFF header points past the end of the file: truncated")
+    (n,) = struct.unpack(bo + "H", data[ifd:ifd + 2])
+    if ifd + 2 + 12 * n > size:
+        raise F.PatchError(F.DECODE, "decode_error", "TIFF directory runs past the end of the file: truncated")
+    tags: dict[int, tuple] = {}
+    for k in range(n):
+        e = ifd + 2 + 12 * k
+        tag, typ, cnt = struct.unpack(bo + "HHI", data[e:e + 8])
+        if tag in _UNSUPPORTED:
+            raise _Fallback(f"tag {tag}")
+        if tag not in _NEEDED:
+            continue
+        if typ not in _TYPE_FMT:
+            raise _Fallback(f"tag type {typ}")
+        fmt, width = _TYPE_FMT[typ]
+        nbytes = width * cnt
+        if nbytes <= 4:
+            raw = data[e + 8:e + 8 + nbytes]
+        else:
+            (off,) = struct.unpack(bo + "I", data[e + 8:e + 12])
+            if off + nbytes > size:
+                raise F.PatchError(F.DECODE, "decode_error", f"TIFF tag {tag} runs past the end of the file: truncated")
+            raw = data[off:off + nbytes]
+        tags[tag] = (raw.rstrip(b"\0").decode("latin-1"),) if fmt == "s" else struct.unpack(f"{bo}{cnt}{fmt}", raw)
+    get = lambda t, d=None: tags[t][0] if t in tags else d  # noqa: E731
+    if get(277, 1) != 1 or get(284, 1) != 1:
+        raise _Fallback("not a single band")
+    comp, pred = get(259, 1), get(317, 1)
+    if comp not in (1, 8, 32946) or pred not in (1, 2) or (pred == 2 and comp == 1):
+        raise _Fallback("compression")
+    if any(t not in tags for t in (256, 257, 273, 279, _TAG_PIXEL_SCALE, _TAG_TIEPOINT)):
+        raise _Fallback("missing tags")
+    w, h = get(256), get(257)
+    key = (get(339, 1), get(258, 1))
+    if key not in _DTYPES or len(tags[258]) != 1:
+        raise _Fallback("sample format")
+    dtype = np.dtype(bo + _DTYPES[key])
+    if pred == 2 and dtype.kind == "f":
+        raise _Fallback("float predictor")
+    chunks = []
+    for off, cnt in zip(tags[273], tags[279]):
+        if off + cnt > size:
+            raise F.PatchError(F.DECODE, "decode_error",
+                               f"TIFF data runs past the end of the file ({off + cnt} > {size} bytes): truncated")
+        chunk = data[off:off + cnt]
+        if comp != 1:
+            try:
+                chunk = zlib.decompress(chunk)
+            except zlib.error as e:
+                raise F.PatchError(F.DECODE, "decode_error", f"corrupt DEFLATE strip: {e}") from None
+        chunks.append(chunk)
+    buf = b"".join(chunks)
+    need = w * h * dtype.itemsize
+    if len(buf) < need:
+        raise F.PatchError(F.DECODE, "decode_error", f"TIFF strips hold {len(buf)} of {need} bytes: truncated")
+    arr = np.frombuffer(buf, dtype=dtype, count=w * h).reshape(h, w)
+    if pred == 2:
+        arr = np.cumsum(arr, axis=1, dtype=dtype)
+    arr = arr.astype(dtype.newbyteorder("="), copy=True)
+    keys = _geokeys(tags[_TAG_GEOKEYS]) if _TAG_GEOKEYS in tags else {}
+    if keys.get(_KEY_RASTER_TYPE, 1) != 1:
+        raise _Fallback("pixel is point")
+    epsg = keys.get(_KEY_PROJECTED_CRS) or keys.get(_KEY_GEOGRAPHIC_CRS)
+    if epsg == 32767:
+        raise _Fallback("user-defined CRS")
+    sx, sy = tags[_TAG_PIXEL_SCALE][:2]
+    i, j, _, x, y = tags[_TAG_TIEPOINT][:5]
+    nodata = None
+    if _TAG_NODATA in tags:
+        text = tags[_TAG_NODATA][0].strip()
+        nodata = float(text) if text else None
+    x0 = float(x) - float(i) * float(sx)
+    y0 = float(y) + float(j) * float(sy)
+    return Raster(arr, (x0, float(sx), 0.0, y0, 0.0, -float(sy)), int(epsg) if epsg else None, nodata)
+
+
+def _tifffile(data: bytes) -> Raster:
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
@@ -103,14 +204,13 @@ def decode_geotiff(data: bytes, name: str = "") -> Raster:
     what = f"{name}: " if name else ""
     if len(data) < 8:
         raise F.PatchError(F.DECODE, "decode_error", f"{what}{len(data)} bytes is too short to be a TIFF")
-    try:
-        return _fast(data)
-    except F.PatchError as e:
-        raise F.PatchError(e.stage, e.reason, what + e.detail) from None
-    except _Fallback:
-        pass
-    except Exception:  # noqa: BLE001 - let GDAL try before declaring the file corrupt
-        pass
+    for path in (_strip_tiff, _tifffile):
+        try:
+            return path(data)
+        except F.PatchError as e:
+            raise F.PatchError(e.stage, e.reason, what + e.detail) from None
+        except Exception:  # noqa: BLE001 - _Fallback or a parser hiccup: let the next path try
+            continue
     try:
         return _rasterio(data)
     except F.PatchError as e:
