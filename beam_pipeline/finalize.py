@@ -168,6 +168,8 @@ def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_np
         "files": files,
     }
     M.validate(manifest)
+    if not storage.is_remote(out) and hasattr(os, "sync"):
+        os.sync()  # every shard reaches the disk before the manifest that vouches for it
     storage.write_bytes_atomic(storage.join(out, M.MANIFEST), M.dumps(manifest).encode())
     LOG.info("wrote %s", storage.join(out, M.MANIFEST))
     return manifest["failures"]["total"]

@@ -62,6 +62,8 @@ _TYPE_FMT = {1: ("B", 1), 2: ("s", 1), 3: ("H", 2), 4: ("I", 4), 11: ("f", 4), 1
 _NEEDED = {256, 257, 258, 259, 273, 277, 278, 279, 284, 317, 339, _TAG_PIXEL_SCALE, _TAG_TIEPOINT,
            _TAG_GEOKEYS, _TAG_NODATA}
 _UNSUPPORTED = {322, 323, 324, 325, _TAG_TRANSFORMATION}  # tiles, ModelTransformation
+_IFD_DTYPE = {bo: np.dtype([("tag", bo + "u2"), ("type", bo + "u2"), ("count", bo + "u4"), ("value", bo + "u4")])
+              for bo in "<>"}
 
 
 def _strip_tiff(data: bytes) -> Raster:
@@ -79,22 +81,23 @@ def _strip_tiff(data: bytes) -> Raster:
     (n,) = struct.unpack(bo + "H", data[ifd:ifd + 2])
     if ifd + 2 + 12 * n > size:
         raise F.PatchError(F.DECODE, "decode_error", "TIFF directory runs past the end of the file: truncated")
+    # the whole directory in one vectorised read: (tag, type, count, value-or-offset)
+    entries = np.frombuffer(data, dtype=_IFD_DTYPE[bo], count=n, offset=ifd + 2).tolist()
     tags: dict[int, tuple] = {}
-    for k in range(n):
-        e = ifd + 2 + 12 * k
-        tag, typ, cnt = struct.unpack(bo + "HHI", data[e:e + 8])
+    for k, (tag, typ, cnt, value) in enumerate(entries):
         if tag in _UNSUPPORTED:
-            raise _Fallback(f"tag {tag}")
+            raise _Fallback("tiles or ModelTransformation")
         if tag not in _NEEDED:
             continue
         if typ not in _TYPE_FMT:
             raise _Fallback(f"tag type {typ}")
         fmt, width = _TYPE_FMT[typ]
         nbytes = width * cnt
+        e = ifd + 2 + 12 * k
         if nbytes <= 4:
             raw = data[e + 8:e + 8 + nbytes]
         else:
-            (off,) = struct.unpack(bo + "I", data[e + 8:e + 12])
+            off = value
             if off + nbytes > size:
                 raise F.PatchError(F.DECODE, "decode_error", f"TIFF tag {tag} runs past the end of the file: truncated")
             raw = data[off:off + nbytes]

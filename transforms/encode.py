@@ -48,29 +48,58 @@ def _ld(field: int, payload: bytes) -> bytes:
     return _varint((field << 3) | 2) + _varint(len(payload)) + payload
 
 
-def _bytes_feature(values: list[bytes]) -> bytes:
+def _head(field: int, length: int) -> bytes:
+    """The key and length of a length-delimited field whose payload follows separately."""
+    return _varint((field << 3) | 2) + _varint(length)
+
+
+# A feature is encoded as a list of byte parts plus their total length, so the large
+# payloads (image bytes) are copied once, by the final join, not at every nesting level.
+
+
+def _bytes_feature(values: list[bytes]) -> tuple[list[bytes], int]:
     # Feature.bytes_list = 1 ; BytesList.value = 1 (repeated bytes)
-    return _ld(1, b"".join(_ld(1, v) for v in values))
+    parts: list = []
+    n = 0
+    for v in values:
+        h = _head(1, len(v))
+        parts += [h, v]
+        n += len(h) + len(v)
+    h = _head(1, n)
+    return [h] + parts, len(h) + n
 
 
-def _float_feature(arr: np.ndarray) -> bytes:
+def _float_feature(arr: np.ndarray) -> tuple[list[bytes], int]:
     # Feature.float_list = 2 ; FloatList.value = 1 (packed float)
-    data = np.ascontiguousarray(arr, dtype="<f4").tobytes()
-    return _ld(2, _ld(1, data) if data else b"")
+    data = np.ascontiguousarray(arr, dtype="<f4").data.cast("B")
+    if not len(data):
+        h = _head(2, 0)
+        return [h], len(h)
+    h1 = _head(1, len(data))
+    h2 = _head(2, len(h1) + len(data))
+    return [h2, h1, data], len(h2) + len(h1) + len(data)
 
 
-def _int64_feature(arr) -> bytes:
+def _int64_feature(arr) -> tuple[list[bytes], int]:
     # Feature.int64_list = 3 ; Int64List.value = 1 (packed varint, two's complement for negatives)
     packed = b"".join(_varint(int(v) & 0xFFFFFFFFFFFFFFFF) for v in np.asarray(arr).ravel())
-    return _ld(3, _ld(1, packed) if packed else b"")
+    payload = _ld(3, _ld(1, packed) if packed else b"")
+    return [payload], len(payload)
 
 
-def serialize_features(features: dict[str, bytes]) -> bytes:
-    """Example{features: Features{feature: map<string, Feature>}} from encoded Feature bytes."""
-    entries = b"".join(
-        _ld(1, _ld(1, name.encode("utf-8")) + _ld(2, feat)) for name, feat in sorted(features.items())
-    )
-    return _ld(1, entries)
+def serialize_features(features: dict[str, tuple[list[bytes], int]]) -> bytes:
+    """Example{features: Features{feature: map<string, Feature>}} from encoded features,
+    map entries in sorted key order (deterministic bytes)."""
+    parts: list = []
+    total = 0
+    for name, (fparts, flen) in sorted(features.items()):
+        key = _ld(1, name.encode("utf-8"))
+        fhead = _head(2, flen)
+        entry_len = len(key) + len(fhead) + flen
+        ehead = _head(1, entry_len)
+        parts += [ehead, key, fhead, *fparts]
+        total += len(ehead) + entry_len
+    return b"".join([_head(1, total), *parts])
 
 
 def _check(name: str, arr: np.ndarray, shape, dtypes) -> np.ndarray:
@@ -93,9 +122,9 @@ def encode_example(patch_id: str, s2, s1, label, multi_hot, split: str, country:
         if image_dtype == "float32":
             feats[name] = _float_feature(a)
         else:
-            feats[name] = _bytes_feature([np.ascontiguousarray(a, dtype=img_dt.newbyteorder("<")).tobytes()])
+            feats[name] = _bytes_feature([np.ascontiguousarray(a, dtype=img_dt.newbyteorder("<")).data.cast("B")])
     lab = _check(T.LABEL, label, spec[T.LABEL].shape, (np.dtype(np.uint8),))
-    feats[T.LABEL] = _bytes_feature([np.ascontiguousarray(lab).tobytes()])
+    feats[T.LABEL] = _bytes_feature([np.ascontiguousarray(lab).data.cast("B")])
     mh = np.asarray(multi_hot)
     if mh.shape != spec[T.MULTI_HOT].shape:
         raise ValueError(f"feature {T.MULTI_HOT!r} must have shape {spec[T.MULTI_HOT].shape}, got {mh.shape}")
@@ -214,10 +243,16 @@ def masked_crc(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
-def frame_record(data: bytes) -> bytes:
-    """TFRecord framing: uint64 length, masked crc32c(length), data, masked crc32c(data)."""
+def frame_parts(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """TFRecord framing as (head, data, tail): uint64 length + masked crc32c(length), the
+    data, masked crc32c(data). Written as parts, the data is never copied."""
     header = struct.pack("<Q", len(data))
-    return header + struct.pack("<I", masked_crc(header)) + data + struct.pack("<I", masked_crc(data))
+    return header + struct.pack("<I", masked_crc(header)), data, struct.pack("<I", masked_crc(data))
+
+
+def frame_record(data: bytes) -> bytes:
+    """One framed TFRecord record as bytes."""
+    return b"".join(frame_parts(data))
 
 
 def _open_raw(url: str, compression: str):
@@ -253,8 +288,8 @@ def iter_records(url: str, compression: str = "none", verify_crc: bool = True) -
 class ShardWriter:
     """Write a TFRecord file that only ever appears complete under its final name.
 
-    Local: records go to ``.tmp-<name>-<uuid>`` beside the target, which is fsynced and
-    renamed on ``close``. Remote (s3://, gs://): a local temp file is uploaded once on
+    Local: records go to ``.tmp-<name>-<uuid>`` beside the target, renamed on ``close``
+    (no per-shard fsync: ``convert`` flushes once before writing its manifest). Remote (s3://, gs://): a local temp file is uploaded once on
     ``close`` (a single PUT is atomic). ``gzip`` output is deterministic (mtime 0, no
     name). On an exception inside ``with``, the temp file is removed and nothing appears.
     """
@@ -286,11 +321,11 @@ class ShardWriter:
         self._size += len(b)
 
     def write(self, example: bytes) -> None:
-        framed = frame_record(example)
-        if self._gz is not None:
-            self._gz.write(framed)
-        else:
-            self._emit(framed)
+        for part in frame_parts(example):
+            if self._gz is not None:
+                self._gz.write(part)
+            else:
+                self._emit(part)
         self.records += 1
 
     def close(self) -> dict:
@@ -298,9 +333,7 @@ class ShardWriter:
             return self._result
         if self._gz is not None:
             self._gz.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
+        self._raw.close()  # durability: convert syncs once, before it writes dataset.json
         if storage.is_remote(self.url):
             storage.filesystem(self.url).put_file(self._tmp, self.url)
             os.unlink(self._tmp)

@@ -66,13 +66,20 @@ class NormParams:
         return NormParams(tuple(channels), self.lo[idx], self.hi[idx], self.offset[idx], self.scale[idx], self.clip)
 
 
-def normalize(pixels: np.ndarray, params: NormParams) -> np.ndarray:
-    """Normalise a channels-last float array (..., C); returns a new float32 array."""
-    x = np.array(pixels, dtype=np.float32, copy=True)
+def normalize(pixels: np.ndarray, params: NormParams, inplace: bool = False) -> np.ndarray:
+    """Normalise a channels-last float array (..., C); a new float32 array, or ``pixels``
+    itself (float32) when ``inplace``."""
+    if inplace:
+        if pixels.dtype != np.float32:
+            raise ValueError("in-place normalisation needs a float32 array")
+        x = pixels
+    else:
+        x = np.array(pixels, dtype=np.float32, copy=True)
     if x.shape[-1] != len(params.channels):
         raise ValueError(f"expected {len(params.channels)} channels last, got shape {x.shape}")
     if params.clip:
-        np.clip(x, params.lo, params.hi, out=x)
+        np.maximum(x, params.lo, out=x)
+        np.minimum(x, params.hi, out=x)
     x -= params.offset
     x /= params.scale
     return x

@@ -23,10 +23,19 @@ from transforms.resample import upsample
 @dataclass
 class DecodedPatch:
     patch_id: str
-    s2: np.ndarray  # float32 (120, 120, 12) raw DN on the 10 m grid, schemas.bands.S2_NAMES order
-    s1: np.ndarray  # float32 (120, 120, 2) VV, VH in dB
+    pixels: np.ndarray  # float32 (120, 120, 14): S2 DN (schemas.bands.S2_NAMES) then VV, VH dB, 10 m grid
     codes: np.ndarray  # uint16 (120, 120) CLC codes
     label: np.ndarray  # uint8 (120, 120) class index, 255 = ignore
+
+    @property
+    def s2(self) -> np.ndarray:
+        """float32 (120, 120, 12) view: raw DN resampled to the 10 m grid."""
+        return self.pixels[..., : len(S2_NAMES)]
+
+    @property
+    def s1(self) -> np.ndarray:
+        """float32 (120, 120, 2) view: VV, VH in dB."""
+        return self.pixels[..., len(S2_NAMES):]
 
 
 def fetch_objects(urls: dict[str, str], fs=None) -> dict[str, bytes]:
@@ -95,7 +104,8 @@ def decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str = "bi
             band = BAND_BY_NAME[k]
             _check_raster(k, rasters[k], band.native_size, band.dtype, float(band.resolution_m), epsg, origin)
 
-    s2 = np.empty((PATCH_SIZE, PATCH_SIZE, len(S2_NAMES)), dtype=np.float32)
+    pixels = np.empty((PATCH_SIZE, PATCH_SIZE, len(S2_NAMES) + len(S1_NAMES)), dtype=np.float32)
+    s2 = pixels[..., : len(S2_NAMES)]
     by_factor: dict[int, list[int]] = {}
     for i, name in enumerate(S2_NAMES):
         arr = rasters[name].array
@@ -104,13 +114,17 @@ def decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str = "bi
             raise F.PatchError(F.CHECK, "s2_nodata",
                                f"{name} holds {n} nodata (0) pixels; reBEN patches contain no S2 nodata, "
                                "so the file is defective")
-        by_factor.setdefault(PATCH_SIZE // arr.shape[0], []).append(i)
+        factor = PATCH_SIZE // arr.shape[0]
+        if factor == 1:
+            s2[..., i] = arr
+        else:
+            by_factor.setdefault(factor, []).append(i)
     for factor, idx in by_factor.items():
-        stack = np.stack([rasters[S2_NAMES[i]].array for i in idx]).astype(np.float32)
-        up = upsample(stack, factor, resampling) if factor > 1 else stack
-        s2[..., idx] = np.moveaxis(up, 0, -1)
+        up = upsample(np.stack([rasters[S2_NAMES[i]].array for i in idx]), factor, resampling)
+        for j, i in enumerate(idx):
+            s2[..., i] = up[j]
 
-    s1 = np.empty((PATCH_SIZE, PATCH_SIZE, len(S1_NAMES)), dtype=np.float32)
+    s1 = pixels[..., len(S2_NAMES):]
     for i, name in enumerate(S1_NAMES):
         arr = rasters[name].array
         finite = np.isfinite(arr)
@@ -125,4 +139,4 @@ def decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str = "bi
         raise F.PatchError(F.CHECK, "unknown_clc_code",
                            f"reference map holds code(s) {', '.join(map(str, bad[:5]))} outside the CLC table "
                            "(schemas/data/clc_metadata.json)")
-    return DecodedPatch(patch_id, s2, s1, codes, map_reference(codes))
+    return DecodedPatch(patch_id, pixels, codes, map_reference(codes))

@@ -198,7 +198,7 @@ class ShardStatsFn(beam.DoFn):
                 p = _safe_load(rec, self.resampling)
             except F.PatchError:
                 continue
-            self.stats.add(acc, np.concatenate([p.s2, p.s1], axis=-1))
+            self.stats.add(acc, p.pixels)
             _count("stats_patches")
         yield self.stats.seal(acc)
 
@@ -260,12 +260,12 @@ class WriteShardFn(beam.DoFn):
                     dead.append(e.record(rec["patch_id"], split))
                     continue
                 try:
-                    pix = normalize(np.concatenate([p.s2, p.s1], axis=-1), params)
-                    dtype = np.float16 if self.image_dtype == "float16" else np.float32
-                    n2 = p.s2.shape[-1]
-                    data = encode_example(
-                        rec["patch_id"], pix[..., :n2].astype(dtype), pix[..., n2:].astype(dtype), p.label,
-                        multi_hot(rec["labels"]), split, rec["country"], image_dtype=self.image_dtype)
+                    normalize(p.pixels, params, inplace=True)
+                    s2, s1 = p.s2, p.s1
+                    if self.image_dtype == "float16":
+                        s2, s1 = s2.astype(np.float16), s1.astype(np.float16)
+                    data = encode_example(rec["patch_id"], s2, s1, p.label, multi_hot(rec["labels"]), split,
+                                          rec["country"], image_dtype=self.image_dtype)
                 except Exception as e:  # noqa: BLE001
                     _count("failed_write_encode_error")
                     dead.append(F.dead_letter(rec["patch_id"], F.WRITE, "encode_error",

@@ -60,14 +60,17 @@ def weights(n_src: int, factor: int, method: str) -> np.ndarray:
 
 
 def upsample(arr: np.ndarray, factor: int, method: str = "bilinear") -> np.ndarray:
-    """Upsample (h, w) or (bands, h, w) by an integer factor; returns float32."""
+    """Upsample (h, w) or (bands, h, w) by an integer factor; returns float32.
+
+    ``weights(h) @ x @ weights(w).T`` (single-threaded BLAS: see beam_pipeline.cli).
+    """
     x = np.asarray(arr, dtype=np.float32)
     if factor == 1:
         return x.copy()
     if x.ndim not in (2, 3):
         raise ValueError(f"upsample takes (h, w) or (bands, h, w), got shape {x.shape}")
-    wr = weights(x.shape[-2], factor, method)
-    wc = weights(x.shape[-1], factor, method)
+    if method not in RESAMPLING_METHODS:
+        raise ValueError(f"resampling must be one of {RESAMPLING_METHODS}, got {method!r}")
     if method in ("nearest", "average"):
         return np.repeat(np.repeat(x, factor, axis=-2), factor, axis=-1)
-    return np.matmul(np.matmul(wr, x), wc.T)
+    return np.matmul(np.matmul(weights(x.shape[-2], factor, method), x), weights(x.shape[-1], factor, method).T)
