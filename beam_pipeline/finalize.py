@@ -76,6 +76,27 @@ def _cleanup(out: str, keep: set[str], splits) -> None:
                     pass
 
 
+def _fsync_local(out: str, rels: list[str]) -> None:
+    """Flush our files (and their folders) to disk before the manifest that vouches for
+    them: shards are not fsynced one by one while written, only here, once."""
+    dirs = {out}
+    for rel in rels:
+        path = os.path.join(out, rel)
+        if os.path.exists(path):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dirs.add(os.path.dirname(path))
+    for d in sorted(dirs):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_npz, meta_info, compression,
              image_dtype):
     """Write failures.jsonl, stats.json, histograms.npz, schema.pbtxt, then dataset.json."""
@@ -168,8 +189,8 @@ def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_np
         "files": files,
     }
     M.validate(manifest)
-    if not storage.is_remote(out) and hasattr(os, "sync"):
-        os.sync()  # every shard reaches the disk before the manifest that vouches for it
+    if not storage.is_remote(out):
+        _fsync_local(out, sorted(keep) + [M.FAILURES_JSONL, M.STATS_JSON])
     storage.write_bytes_atomic(storage.join(out, M.MANIFEST), M.dumps(manifest).encode())
     LOG.info("wrote %s", storage.join(out, M.MANIFEST))
     return manifest["failures"]["total"]
