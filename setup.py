@@ -7,7 +7,7 @@ Dataflow workers install the package through this file (``--setup_file``), so
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "beam_pipeline" / "__init__.py").read_text()).group(1)
@@ -20,7 +20,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10,<3.13",
-    packages=["beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch"],
+    packages=find_packages(include=["beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch"]),
     package_data={"schemas": ["data/*.json"], "synth": ["data/*.parquet"]},
     include_package_data=True,
     install_requires=[
@@ -36,6 +36,7 @@ setup(
         "s3fs>=2024.2",
         "tifffile>=2024.1",
         "google-crc32c>=1.5,<2",
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],

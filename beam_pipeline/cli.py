@@ -84,9 +84,9 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
 
         return run(argv)
     if cmd in ("train", "evaluate"):
-        from trainer import cli as tcli
+        from trainer import train as tr
 
-        return tcli.train_cli(argv) if cmd == "train" else tcli.evaluate_cli(argv)
+        return tr.train_cli(argv) if cmd == "train" else tr.evaluate_cli(argv)
     raise AssertionError(cmd)
 
 
