@@ -177,6 +177,24 @@ def test_rerun_is_byte_identical_and_index_path_matches(reben, dataset, tmp_path
     assert a["statistics"] == b["statistics"]
 
 
+def test_verify_accepts_the_dataset_and_catches_one_corrupt_byte(dataset, tmp_path, capsys):
+    import shutil
+
+    assert main(["verify", str(dataset)]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    shard = copy / _manifest(copy)["splits"]["train"]["shards"][0]["path"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["verify", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "sha256" in err and "CRC" in err
+    (copy / M.MANIFEST).unlink()
+    assert main(["verify", str(copy)]) == 2
+
+
 def test_validate_reports_missing_objects_and_deep_finds_the_rest(reben, tmp_path):
     rep_path = tmp_path / "validation.json"
     assert main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(rep_path)]) == 0
@@ -198,10 +216,31 @@ def test_validate_reports_missing_objects_and_deep_finds_the_rest(reben, tmp_pat
 def test_stats_reuse_frac_subset_and_failure_threshold(reben, dataset, tmp_path):
     # --stats applies the training statistics to a validation-only conversion
     out = tmp_path / "val"
-    assert convert(reben, out, "--splits", "validation", "--stats", str(dataset / M.STATS_JSON)) == 0
+    assert convert(reben, out, "--splits", "validation", "--stats", str(dataset / M.STATS_JSON),
+                   "--compression", "gzip", "--dtype", "float16") == 0
     man = _manifest(out)
     assert set(man["splits"]) == {"validation"}
     assert man["statistics"]["normalization"] == _manifest(dataset)["statistics"]["normalization"]
+    assert man["compression"] == "gzip" and man["image_dtype"] == "float16"
+    assert all(sh["path"].endswith(".tfrecord.gz") for sh in man["splits"]["validation"]["shards"])
+    # float16 + gzip parse with the schema spec and match the float32 dataset's values
+    import tensorflow as tf
+
+    a = {}
+    for sh in _manifest(dataset)["splits"]["validation"]["shards"]:
+        for raw in tf.data.TFRecordDataset(str(dataset / sh["path"])):
+            ex = T.decode_parsed(tf.io.parse_single_example(raw, T.parsing_spec("float32")))
+            a[ex[T.PATCH_ID].numpy()] = ex[T.S2].numpy()
+    n = 0
+    for sh in man["splits"]["validation"]["shards"]:
+        for raw in tf.data.TFRecordDataset(str(out / sh["path"]), compression_type="GZIP"):
+            ex = T.decode_parsed(tf.io.parse_single_example(raw, T.parsing_spec("float16")), "float16")
+            got = ex[T.S2].numpy()
+            assert got.dtype == np.float16
+            np.testing.assert_allclose(got.astype(np.float32), a[ex[T.PATCH_ID].numpy()], atol=4e-3, rtol=1e-3)
+            n += 1
+    assert n == man["splits"]["validation"]["written"] > 0
+    assert main(["verify", str(out)]) == 0
     # without train and without --stats: a clear error, nothing written
     bad = tmp_path / "bad"
     assert convert(reben, bad, "--splits", "validation") == 2

@@ -189,7 +189,8 @@ class ShardStatsFn(beam.DoFn):
         self.stats = BandStats()
 
     def process(self, element):
-        (split, _, _), recs = element
+        (split, index, count), recs = element
+        t0 = time.perf_counter()
         acc = self.stats.create()
         for rec in recs:
             if not md.sampled(rec["patch_id"], self.stats_fraction, salt="stats"):
@@ -200,6 +201,8 @@ class ShardStatsFn(beam.DoFn):
                 continue
             self.stats.add(acc, p.pixels)
             _count("stats_patches")
+        LOG.info("statistics: %s shard %d of %d: %d patches in %.1f s", split, index + 1, count, len(recs),
+                 time.perf_counter() - t0)
         yield self.stats.seal(acc)
 
 
