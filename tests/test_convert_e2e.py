@@ -254,3 +254,31 @@ def test_stats_reuse_frac_subset_and_failure_threshold(reben, dataset, tmp_path)
     assert convert(reben, small, "--frac", "0.5") == 0
     sm = _manifest(small)
     assert 0 < sm["input"]["rows_selected"] < _manifest(dataset)["input"]["rows_selected"]
+
+
+def test_label_disagreements_are_counted_not_failed_and_stats_fraction(reben, dataset, tmp_path):
+    import pyarrow as pa
+
+    table = pq.read_table(reben / "metadata.parquet")
+    rows = table.to_pylist()
+    bad = {d["patch_id"] for d in _failures(dataset)}
+    victim = next(r for r in rows if r["split"] == "train" and r["patch_id"] not in bad and len(r["labels"]) > 1)
+    victim["labels"] = victim["labels"][:-1]  # metadata now lacks a class the map holds
+    meta = tmp_path / "metadata.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), meta)
+    out = tmp_path / "dis"
+    assert main(["convert", "--meta", str(meta), "--root", str(reben), "--out", str(out), "--shard_size", "8",
+                 "--stats_fraction", "0.5"]) == 0
+    man = _manifest(out)
+    assert man["splits"]["train"]["label_disagreements"] == 1
+    assert man["splits"]["train"]["written"] == _manifest(dataset)["splits"]["train"]["written"]
+    # statistics from a deterministic half of the training patches
+    full = _manifest(dataset)["statistics"]["bands"]["B02"]["count"]
+    half = man["statistics"]["bands"]["B02"]["count"]
+    assert 0 < half < full and half % (120 * 120) == 0
+    # the TensorFlow Metadata schema is written and parses
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = text_format.Parse((out / M.TFMD_SCHEMA).read_text(), schema_pb2.Schema())
+    assert [f.name for f in schema.feature] == [f.name for f in T.features()]
