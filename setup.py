@@ -28,6 +28,8 @@ setup(
         "rasterio>=1.3.9,<2",
         "numpy>=1.26,<3",
         "tensorflow>=2.16,<3",
+        "keras>=3.3,<4",
+        "tensorboard>=2.16,<3",
         "tfx-bsl>=1.16,<2",
         "tensorflow-metadata>=1.16,<2",
         "pyarrow>=14",

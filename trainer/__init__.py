@@ -1,0 +1,1 @@
+"""Keras U-Net training, evaluation and inference on datasets written by `benbeam convert`."""

@@ -1,0 +1,260 @@
+"""The trainer's reader of datasets written by ``benbeam convert``.
+
+All file access of the trainer goes through this module: ``open_dataset`` reads and checks
+``dataset.json`` (through ``transforms.storage``, so local paths, ``s3://`` and ``gs://``
+alike) and ``record_dataset`` turns shard URLs into a ``tf.data`` stream of serialised
+examples — TensorFlow's native reader for local files, the project's own fsspec TFRecord
+reader (``transforms.encode.iter_records``) for object stores. ``make_dataset`` builds the
+training / evaluation input pipeline on top: interleaved shards, batched parsing with the
+feature spec of ``schemas.tfrecord``, channel selection by modality, flips / 90°
+rotations, prefetch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import tensorflow as tf
+
+from schemas import bands as B
+from schemas import classes as C
+from schemas import manifest as M
+from schemas import tfrecord as T
+from transforms import storage
+
+# Which TFRecord feature holds each modality's channels (in schemas.bands.MODALITIES order).
+MODALITY_FEATURE = {"s2": T.S2, "s1": T.S1}
+
+
+@dataclass
+class Dataset:
+    """A converted dataset: its root URL, its checked manifest and its shard URLs per split."""
+
+    root: str
+    manifest: dict
+    shards: dict[str, list[str]] = field(default_factory=dict)
+    manifest_sha256: str = ""
+
+    @property
+    def image_dtype(self) -> str:
+        return self.manifest["image_dtype"]
+
+    @property
+    def compression(self) -> str:
+        return self.manifest["compression"]
+
+    def records(self, split: str) -> int:
+        return int(self.split_info(split)["written"])
+
+    def split_info(self, split: str) -> dict:
+        M.check_split(split)
+        try:
+            return self.manifest["splits"][split]
+        except KeyError:
+            have = ", ".join(sorted(self.manifest["splits"])) or "none"
+            raise ValueError(f"the dataset at {self.root} has no split {split!r} (it has: {have}); "
+                             "convert it with that split selected") from None
+
+
+def open_dataset(url: str) -> Dataset:
+    """Read and check ``<url>/dataset.json``; refuse a dataset without a complete manifest.
+
+    Raises ``schemas.manifest.ManifestError`` saying what is wrong and what to do.
+    """
+    url = str(url)
+    path = storage.join(url, M.MANIFEST)
+    try:
+        raw = storage.read_bytes(path)
+    except FileNotFoundError:
+        raise M.ManifestError(
+            f"{url} has no {M.MANIFEST}, so it is not a complete dataset (`benbeam convert` writes the "
+            "manifest last: an interrupted or still-running conversion has none); run `benbeam convert` "
+            "to completion and pass its --out folder as --data") from None
+    except IsADirectoryError:
+        raise M.ManifestError(f"{path} is a folder, not the manifest") from None
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise M.ManifestError(f"{path} is not valid JSON ({e}); re-run `benbeam convert`") from None
+    M.validate(manifest, path)
+    _check_contract(manifest, path)
+    shards = {split: [storage.join(url, s["path"]) for s in info.get("shards", [])]
+              for split, info in manifest["splits"].items()}
+    return Dataset(url, manifest, shards, hashlib.sha256(raw).hexdigest())
+
+
+def _check_contract(manifest: dict, where: str) -> None:
+    """The parts of the manifest the trainer relies on must match this code's schemas."""
+    problems = []
+    if manifest.get("compression") not in ("none", "gzip"):
+        problems.append(f"compression {manifest.get('compression')!r} is not 'none' or 'gzip'")
+    if manifest.get("image_dtype") not in T.IMAGE_DTYPES:
+        problems.append(f"image_dtype {manifest.get('image_dtype')!r} is not one of {T.IMAGE_DTYPES}")
+    want_bands = {m: list(names) for m, names in B.MODALITIES.items()}
+    if manifest.get("bands") != want_bands:
+        problems.append(f"bands {manifest.get('bands')!r} differ from {want_bands!r}")
+    if list(manifest.get("classes", [])) != list(C.CLASS_NAMES):
+        problems.append("classes differ from the 19 canonical classes (schemas.classes.CLASS_NAMES)")
+    if manifest.get("ignore_index") != C.IGNORE_INDEX:
+        problems.append(f"ignore_index {manifest.get('ignore_index')!r} is not {C.IGNORE_INDEX}")
+    for split, info in manifest["splits"].items():
+        for s in info.get("shards", []):
+            if not isinstance(s, dict) or "path" not in s:
+                problems.append(f"split {split!r} lists a shard without a path")
+                break
+    if problems:
+        raise M.ManifestError(f"{where} does not match this version of the trainer: " + "; ".join(problems)
+                              + ". Re-run `benbeam convert` with this version of bigearthnet-beam")
+
+
+# --------------------------------------------------------------------------- records
+
+
+def record_dataset(urls: list[str], compression: str, *, parallel: int = 4, deterministic: bool = True,
+                   shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
+    """Serialised examples of the given shards, ``parallel`` shards read interleaved.
+
+    Local shards use ``tf.data.TFRecordDataset``; remote ones (``s3://``, ``gs://``,
+    anything fsspec reads) are streamed through ``transforms.encode.iter_records`` with
+    CRC checks, using the storage options set by ``transforms.storage.configure``.
+    """
+    urls = [str(u) for u in urls]
+    if not urls:
+        raise ValueError("no shards to read")
+    tf_compression = "GZIP" if compression == "gzip" else ""
+    files = tf.data.Dataset.from_tensor_slices(urls)
+    if shuffle_files:
+        files = files.shuffle(len(urls), seed=seed, reshuffle_each_iteration=True)
+    if any(storage.is_remote(u) for u in urls):
+        opts = storage.options()
+        read = _remote_reader(compression, opts)
+    else:
+        def read(u):
+            return tf.data.TFRecordDataset(u, compression_type=tf_compression, buffer_size=1 << 20)
+    cycle = max(1, min(parallel, len(urls)))
+    return files.interleave(read, cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
+                            deterministic=deterministic)
+
+
+def _remote_reader(compression: str, opts: dict):
+    def gen(url):
+        from transforms.encode import iter_records
+
+        storage.set_options(opts)
+        u = url.decode() if isinstance(url, bytes) else str(url)
+        yield from iter_records(u, compression)
+
+    def read(u):
+        return tf.data.Dataset.from_generator(gen, args=(u,),
+                                              output_signature=tf.TensorSpec((), tf.string))
+
+    return read
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def channel_selection(modalities) -> tuple[tuple[str, ...], list[tuple[str, list[int]]]]:
+    """Channels for ``modalities`` and, per needed feature, the indices to take from it."""
+    channels = B.channels_for(modalities)
+    picks = []
+    for m, names in B.MODALITIES.items():
+        idx = [names.index(c) for c in channels if c in names]
+        if idx:
+            picks.append((MODALITY_FEATURE[m], idx))
+    return channels, picks
+
+
+def parse_batch(serialized, *, image_dtype: str, modalities="s2,s1", with_multi_hot: bool = False,
+                with_ids: bool = False):
+    """A batch of serialised examples -> ``(image float32[B,H,W,C], targets[, ids])``.
+
+    ``targets`` is ``{"seg": uint8[B,H,W]}`` (255 = ignore) plus ``"multi": float32[B,19]``.
+    """
+    from trainer.model import MULTI, SEG
+
+    _, picks = channel_selection(modalities)
+    parsed = tf.io.parse_example(serialized, T.parsing_spec(image_dtype))
+    ex = T.decode_parsed(parsed, image_dtype)
+    parts = []
+    for feat, idx in picks:
+        t = ex[feat]
+        n = T.feature_by_name(image_dtype)[feat].shape[-1]
+        if idx != list(range(n)):
+            t = tf.gather(t, idx, axis=-1)
+        parts.append(tf.cast(t, tf.float32))
+    image = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
+    targets = {SEG: ex[T.LABEL]}
+    if with_multi_hot:
+        targets[MULTI] = tf.cast(ex[T.MULTI_HOT], tf.float32)
+    if with_ids:
+        return image, targets, ex[T.PATCH_ID]
+    return image, targets
+
+
+def augment_batch(image, targets, seed=None):
+    """Random element of the dihedral group D4 per patch (flips and 90° rotations), applied
+    identically to the image and the label map: an optional transpose, then optional
+    left–right and up–down flips, each drawn independently per patch."""
+    from trainer.model import SEG
+
+    n = tf.shape(image)[0]
+    draws = tf.random.uniform((3, n), 0, 2, dtype=tf.int32, seed=seed) > 0
+
+    def apply(x, chan: bool):
+        if not chan:
+            x = x[..., None]
+        for flag, fn in ((draws[0], lambda t: tf.transpose(t, [0, 2, 1, 3])),
+                         (draws[1], lambda t: tf.reverse(t, [2])),
+                         (draws[2], lambda t: tf.reverse(t, [1]))):
+            x = tf.where(flag[:, None, None, None], fn(x), x)
+        return x if chan else x[..., 0]
+
+    out = dict(targets)
+    out[SEG] = apply(targets[SEG], False)
+    return apply(image, True), out
+
+
+def make_dataset(ds: Dataset, split: str, *, batch_size: int = 32, modalities="s2,s1", training: bool = False,
+                 augment: bool = False, shuffle_buffer: int = 256, repeat: bool = False,
+                 max_patches: int | None = None, with_multi_hot: bool = False, with_ids: bool = False,
+                 seed: int | None = None, parallel_reads: int = 4, drop_remainder: bool = False) -> tf.data.Dataset:
+    """The ``tf.data`` input pipeline of one split.
+
+    ``training``: shard order shuffled per epoch, non-deterministic interleave, a shuffle
+    buffer of serialised records. ``max_patches`` keeps the first N records of the split
+    (in a fixed shard order, so the subset is the same every epoch). ``repeat`` makes the
+    stream endless (for ``steps_per_epoch``). Parsing is batched (``tf.io.parse_example``)
+    and runs in parallel with training.
+    """
+    urls = ds.shards.get(split)
+    info = ds.split_info(split)
+    if not urls or not info.get("written"):
+        raise ValueError(f"split {split!r} of {ds.root} holds no patches")
+    fixed_subset = max_patches is not None
+    records = record_dataset(urls, ds.compression, parallel=parallel_reads,
+                             deterministic=not training or fixed_subset,
+                             shuffle_files=training and not fixed_subset, seed=seed)
+    if max_patches is not None:
+        records = records.take(int(max_patches))
+    if training and shuffle_buffer > 1:
+        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        records = records.repeat()
+    records = records.batch(batch_size, drop_remainder=drop_remainder)
+    parse = lambda s: parse_batch(s, image_dtype=ds.image_dtype, modalities=modalities,  # noqa: E731
+                                  with_multi_hot=with_multi_hot, with_ids=with_ids)
+    out = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    if augment:
+        if with_ids:
+            out = out.map(lambda x, y, i: (*augment_batch(x, y, seed), i), num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            out = out.map(lambda x, y: augment_batch(x, y, seed), num_parallel_calls=tf.data.AUTOTUNE)
+    return out.prefetch(tf.data.AUTOTUNE)
+
+
+def num_patches(ds: Dataset, split: str, max_patches: int | None = None) -> int:
+    n = ds.records(split)
+    return min(n, int(max_patches)) if max_patches is not None else n

@@ -1,0 +1,360 @@
+"""The U-Net, its masked loss, its metrics, and saving/loading with the inference contract.
+
+Plain Keras 3 (TensorFlow backend). The model takes normalised 120×120×C patches (C from
+``schemas.bands.channels_for``) and returns a per-pixel softmax over the 19 classes
+(float32 even under ``mixed_float16``), plus, with ``task="both"``, 19 sigmoids for the
+patch's multi-label vector.
+
+What inference needs travels inside the ``.keras`` file: a pass-through ``ModelInfo``
+layer right after the input holds a JSON-able dict (channels, modalities, the
+normalisation statistics of the dataset, the class table, the ignore index). ``save``
+also writes it beside the model as ``<model>.json`` for tools that do not load Keras.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from schemas.bands import PATCH_SIZE
+from schemas.classes import IGNORE_INDEX, NUM_CLASSES
+
+INFO_FORMAT = "benbeam-unet"
+INFO_VERSION = 1
+SEG = "seg"  # output name of the per-pixel softmax
+MULTI = "multi"  # output name of the multi-label head
+TASKS = ("seg", "both")
+DEFAULT_WIDTH = 24  # ~1.09 M parameters with 14 channels
+DEFAULT_DEPTH = 3  # 120 -> 60 -> 30 -> 15
+
+
+# --------------------------------------------------------------------------- layers
+
+
+@keras.saving.register_keras_serializable(package="benbeam")
+class ModelInfo(layers.Layer):
+    """Identity layer whose config carries the model's inference contract (a JSON-able dict)."""
+
+    def __init__(self, info: dict | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        # A round trip through JSON proves the dict serialises and detaches it from the caller.
+        self.info = json.loads(json.dumps(info or {}, allow_nan=False))
+
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config["info"] = self.info
+        return config
+
+
+def _conv_bn_relu(x, filters: int, name: str, kernel: int = 3):
+    x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, kernel_initializer="he_normal",
+                      name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _block(x, filters: int, name: str):
+    x = _conv_bn_relu(x, filters, f"{name}a")
+    return _conv_bn_relu(x, filters, f"{name}b")
+
+
+def check_depth(depth: int, size: int = PATCH_SIZE) -> None:
+    if depth < 1 or size % (2 ** depth):
+        ok = [d for d in range(1, 6) if size % (2 ** d) == 0]
+        raise ValueError(f"depth {depth} does not divide a {size}-pixel patch by 2 at every level; "
+                         f"choose one of {ok}")
+
+
+def build_unet(in_channels: int, *, num_classes: int = NUM_CLASSES, width: int = DEFAULT_WIDTH,
+               depth: int = DEFAULT_DEPTH, task: str = "seg", dropout: float = 0.0,
+               info: dict | None = None, size: int = PATCH_SIZE) -> keras.Model:
+    """A U-Net: ``depth`` poolings, ``width·2^i`` filters at level i, two 3×3 conv–BN–ReLU per
+    level, transposed-conv upsampling and concatenated skips.
+
+    120 halves cleanly three times (120 → 60 → 30 → 15); ``depth`` must keep that exact.
+    Outputs a dict: ``{"seg": [B,H,W,classes] softmax}`` plus ``"multi": [B,classes]``
+    sigmoids when ``task == "both"``. Final activations are float32 under any policy.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if width < 1:
+        raise ValueError(f"width must be a positive integer, got {width}")
+    check_depth(depth, size)
+    inputs = keras.Input((size, size, in_channels), name="image")
+    x = ModelInfo(info, name="model_info")(inputs)
+    skips = []
+    for i in range(depth):
+        x = _block(x, width * 2 ** i, f"enc{i}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = _block(x, width * 2 ** depth, "mid")
+    if dropout:
+        x = layers.Dropout(dropout, name="mid_dropout")(x)
+    bottleneck = x
+    for i in reversed(range(depth)):
+        f = width * 2 ** i
+        x = layers.Conv2DTranspose(f, 2, strides=2, padding="same", kernel_initializer="he_normal",
+                                   name=f"up{i}")(x)
+        x = layers.Concatenate(name=f"skip{i}")([x, skips[i]])
+        x = _block(x, f, f"dec{i}")
+    logits = layers.Conv2D(num_classes, 1, name="seg_logits")(x)
+    outputs = {SEG: layers.Activation("softmax", dtype="float32", name=SEG)(logits)}
+    if task == "both":
+        g = layers.GlobalAveragePooling2D(name="multi_pool")(bottleneck)
+        g = layers.Dense(num_classes, name="multi_logits")(g)
+        outputs[MULTI] = layers.Activation("sigmoid", dtype="float32", name=MULTI)(g)
+    return keras.Model(inputs, outputs, name="benbeam_unet")
+
+
+def unet_param_count(in_channels: int, *, num_classes: int = NUM_CLASSES, width: int = DEFAULT_WIDTH,
+                     depth: int = DEFAULT_DEPTH, task: str = "seg") -> int:
+    """Closed-form parameter count of ``build_unet`` (BatchNorm's 4 per channel included)."""
+
+    def conv_bn(cin, cout):  # 3x3 conv without bias + BN (gamma, beta, mean, var)
+        return 9 * cin * cout + 4 * cout
+
+    total, cin = 0, in_channels
+    for i in range(depth):
+        f = width * 2 ** i
+        total += conv_bn(cin, f) + conv_bn(f, f)
+        cin = f
+    fm = width * 2 ** depth
+    total += conv_bn(cin, fm) + conv_bn(fm, fm)
+    cin = fm
+    for i in reversed(range(depth)):
+        f = width * 2 ** i
+        total += 4 * cin * f + f  # 2x2 transposed conv with bias
+        total += conv_bn(2 * f, f) + conv_bn(f, f)
+        cin = f
+    total += cin * num_classes + num_classes
+    if task == "both":
+        total += fm * num_classes + num_classes
+    return total
+
+
+# --------------------------------------------------------------------------- loss
+
+
+@keras.saving.register_keras_serializable(package="benbeam")
+class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
+    """Per-pixel cross-entropy that ignores ``ignore_index`` pixels, optionally class-weighted.
+
+    ``loss = Σ w[y]·(−log p[y]) / Σ w[y]`` over the labelled pixels of the batch (``w`` = 1
+    without class weights), so the value does not depend on how many pixels are ignored and
+    ignored pixels contribute nothing, whatever the prediction there. A batch with no
+    labelled pixel gives 0.
+    """
+
+    def __init__(self, class_weights=None, ignore_index: int = IGNORE_INDEX, from_logits: bool = False,
+                 name: str = "masked_sparse_categorical_crossentropy", **kwargs):
+        kwargs.pop("reduction", None)
+        super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.ignore_index = int(ignore_index)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        y_pred = ops.cast(y_pred, "float32")
+        num_classes = y_pred.shape[-1]
+        labels = ops.cast(ops.round(ops.cast(y_true, "float32")), "int32")
+        if len(labels.shape) == len(y_pred.shape):  # [..., 1] label maps
+            labels = ops.squeeze(labels, -1)
+        valid = ops.not_equal(labels, self.ignore_index)
+        safe = ops.where(valid, labels, ops.zeros_like(labels))
+        onehot = ops.one_hot(safe, num_classes, dtype="float32")
+        if self.from_logits:
+            logp = ops.log_softmax(y_pred, axis=-1)
+        else:
+            logp = ops.log(ops.clip(y_pred, 1e-7, 1.0))
+        nll = -ops.sum(onehot * logp, axis=-1)
+        w = ops.cast(valid, "float32")
+        if self.class_weights is not None:
+            cw = ops.convert_to_tensor(np.asarray(self.class_weights, dtype=np.float32))
+            w = w * ops.take(cw, safe)
+        # Keras skips its replica scaling for a scalar loss: scale here as it would.
+        loss = ops.divide_no_nan(ops.sum(nll * w), ops.sum(w))
+        return _scale_for_replicas(loss)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("reduction", None)
+        config.update(class_weights=self.class_weights, ignore_index=self.ignore_index,
+                      from_logits=self.from_logits)
+        return config
+
+
+def _scale_for_replicas(value):
+    import tensorflow as tf
+
+    n = tf.distribute.get_strategy().num_replicas_in_sync
+    return value * (1.0 / n) if n > 1 else value
+
+
+def class_weights_from_counts(counts, scheme: str = "inv_sqrt", max_weight: float = 10.0) -> list[float]:
+    """Per-class loss weights from pixel counts (the manifest's ``class_pixel_counts``).
+
+    ``inv_sqrt``: w ∝ 1/√f; ``median_freq``: w = median(f)/f (Eigen & Fergus), f the pixel
+    frequency over the classes present. Weights are normalised so that the pixel-weighted
+    mean weight is 1, then capped at ``max_weight``. Absent classes get weight 0 (they are
+    never a target).
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    if c.shape != (NUM_CLASSES,) or (c < 0).any():
+        raise ValueError(f"class_pixel_counts must be {NUM_CLASSES} non-negative counts, got {counts!r}")
+    present = c > 0
+    if not present.any():
+        raise ValueError("class_pixel_counts are all zero: the training split has no labelled pixel")
+    f = np.where(present, c / c.sum(), 0.0)
+    w = np.zeros_like(f)
+    if scheme == "inv_sqrt":
+        w[present] = 1.0 / np.sqrt(f[present])
+    elif scheme == "median_freq":
+        w[present] = np.median(f[present]) / f[present]
+    else:
+        raise ValueError(f"class weight scheme must be 'inv_sqrt' or 'median_freq', got {scheme!r}")
+    w /= float((f * w).sum())
+    w = np.minimum(w, max_weight)
+    return [float(v) for v in w]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class _ConfusionMetric(keras.metrics.Metric):
+    """Accumulates a [classes, classes] confusion matrix (rows = truth) over labelled pixels."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX, name=None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.matrix = self.add_variable(shape=(self.num_classes, self.num_classes), initializer="zeros",
+                                        dtype="float32", name="confusion")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        pred = ops.cast(ops.reshape(ops.argmax(y_pred, axis=-1), (-1,)), "int32")
+        valid = ops.logical_and(ops.not_equal(labels, self.ignore_index),
+                                ops.logical_and(labels >= 0, labels < self.num_classes))
+        idx = ops.where(valid, labels * self.num_classes + pred, ops.zeros_like(labels))
+        counts = ops.bincount(idx, weights=ops.cast(valid, "float32"), minlength=self.num_classes ** 2)
+        self.matrix.assign_add(ops.reshape(counts[: self.num_classes ** 2], (self.num_classes, self.num_classes)))
+
+    def reset_state(self):
+        self.matrix.assign(ops.zeros((self.num_classes, self.num_classes), dtype="float32"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, ignore_index=self.ignore_index)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="benbeam")
+class MeanIoU(_ConfusionMetric):
+    """Mean over classes of TP / (TP + FP + FN), classes with an empty union left out."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX, name="miou", **kwargs):
+        super().__init__(num_classes, ignore_index, name=name, **kwargs)
+
+    def result(self):
+        m = self.matrix
+        tp = ops.diagonal(m)
+        union = ops.sum(m, axis=0) + ops.sum(m, axis=1) - tp
+        present = ops.cast(union > 0, "float32")
+        return ops.divide_no_nan(ops.sum(ops.divide_no_nan(tp, union)), ops.sum(present))
+
+
+@keras.saving.register_keras_serializable(package="benbeam")
+class PixelAccuracy(_ConfusionMetric):
+    """Correct labelled pixels / labelled pixels."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX, name="pixel_acc",
+                 **kwargs):
+        super().__init__(num_classes, ignore_index, name=name, **kwargs)
+
+    def result(self):
+        return ops.divide_no_nan(ops.sum(ops.diagonal(self.matrix)), ops.sum(self.matrix))
+
+
+# --------------------------------------------------------------------------- compile, save, load
+
+
+def compile_model(model: keras.Model, *, lr: float = 1e-3, class_weights=None, task: str = "seg",
+                  multi_weight: float = 1.0, ignore_index: int = IGNORE_INDEX) -> keras.Model:
+    """Adam, the masked loss on ``seg`` (+ binary cross-entropy on ``multi``), mIoU / accuracy."""
+    losses = {SEG: MaskedSparseCategoricalCrossentropy(class_weights, ignore_index=ignore_index)}
+    metrics = {SEG: [MeanIoU(ignore_index=ignore_index), PixelAccuracy(ignore_index=ignore_index)]}
+    weights = {SEG: 1.0}
+    if task == "both":
+        losses[MULTI] = keras.losses.BinaryCrossentropy(name="multi_bce")
+        metrics[MULTI] = [keras.metrics.AUC(multi_label=True, num_labels=NUM_CLASSES, name="auc")]
+        weights[MULTI] = float(multi_weight)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=losses, loss_weights=weights,
+                  metrics=metrics)
+    return model
+
+
+def model_info(model: keras.Model) -> dict:
+    """The info dict carried by a model's ``ModelInfo`` layer."""
+    try:
+        return dict(model.get_layer("model_info").info)
+    except ValueError:
+        raise ValueError("this model has no 'model_info' layer: it was not built by trainer.model.build_unet") from None
+
+
+def sidecar_path(path: str) -> str:
+    return f"{path}.json"
+
+
+def save_model(model: keras.Model, path: str) -> None:
+    """Save ``model`` (with its optimizer) to ``path`` (.keras) and its info to ``path.json``.
+
+    Both files are written to temporary names first and renamed, so a crash never leaves
+    a half-written model under the final name.
+    """
+    if not str(path).endswith(".keras"):
+        raise ValueError(f"model path must end in .keras, got {path!r}")
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    model.save(tmp)
+    os.replace(tmp, path)
+    text = json.dumps(model_info(model), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    tmpj = tmp + ".json"
+    with open(tmpj, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmpj, sidecar_path(path))
+
+
+def load_model(path: str, compile: bool = False) -> tuple[keras.Model, dict]:
+    """Load a model saved by ``save_model``: ``(keras_model, info)``.
+
+    ``info`` holds what inference needs: ``channels`` (band order of the input),
+    ``modalities``, ``statistics`` (the dataset's normalisation statistics, verbatim),
+    ``classes``, ``class_colors``, ``ignore_index``, ``task``. Read from the model itself;
+    the ``.json`` sidecar is used only for a model without the info layer.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model {path} does not exist")
+    model = keras.models.load_model(path, compile=compile)
+    try:
+        info = model_info(model)
+    except ValueError:
+        side = sidecar_path(path)
+        if not os.path.exists(side):
+            raise
+        with open(side, encoding="utf-8") as fh:
+            info = json.load(fh)
+    if info.get("format") != INFO_FORMAT:
+        raise ValueError(f"{path} carries no {INFO_FORMAT} info (format={info.get('format')!r})")
+    return model, info
