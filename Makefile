@@ -6,6 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo_out
 DEMO_N ?= 400
+DEMO_EPOCHS ?= 3
 
 .PHONY: setup demo test bench clean
 
@@ -22,6 +23,8 @@ demo: setup
 	$(BIN)/benbeam synth --out $(DEMO)/reben --n $(DEMO_N) --seed 0 --corrupt 0.02
 	$(BIN)/benbeam convert --meta $(DEMO)/reben/metadata.parquet --out $(DEMO)/dataset --shard_size 64
 	$(BIN)/python -m beam_pipeline.demo_summary $(DEMO)/dataset
+	$(BIN)/benbeam train --data $(DEMO)/dataset --epochs $(DEMO_EPOCHS) --batch 16 --lr 0.002 --augment --save $(DEMO)/run/unet.keras
+	$(BIN)/benbeam evaluate --model $(DEMO)/run/unet.keras --data $(DEMO)/dataset --split test --out $(DEMO)/run/eval_test
 
 test: setup
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
@@ -29,6 +32,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_convert.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(DEMO) bench_out .pytest_cache

@@ -21,6 +21,8 @@ import os
 # processes inherit this environment.
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
+# TensorFlow's C++ INFO lines (oneDNN, CUDA probing) drown the commands' own output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import argparse  # noqa: E402
 import logging  # noqa: E402

@@ -106,7 +106,27 @@ def parse(cls, argv: list[str], prog: str, description: str):
     if "--s3_endpoint_url" not in parser._option_string_actions:
         add_s3_endpoint(parser)
     known, rest = parser.parse_known_args(argv)
+    unknown = unknown_pipeline_args(rest)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither a {prog} flag nor an Apache Beam "
+                     "pipeline option; see --help)")
     missing = [f"--{r}" for r in getattr(cls, "REQUIRED", ()) if getattr(known, r) is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     return known, rest
+
+
+def unknown_pipeline_args(args: list[str]) -> list[str]:
+    """The flags in ``args`` that no PipelineOptions class knows (Beam would only warn and drop them)."""
+    if not args:
+        return []
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    subset = {}
+    for c in PipelineOptions.__subclasses__():
+        subset.setdefault(str(c), c)
+    for c in subset.values():
+        c._add_argparse_args(parser)  # the same set Beam parses for every pipeline
+    _, unknown = parser.parse_known_args(args)
+    return [a for a in unknown if a.startswith("-")]

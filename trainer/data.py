@@ -244,6 +244,10 @@ def make_dataset(ds: Dataset, split: str, *, batch_size: int = 32, modalities="s
     if repeat:
         records = records.repeat()
     records = records.batch(batch_size, drop_remainder=drop_remainder)
+    if not repeat:  # known length: progress bars with a total, no "ran out of data" warnings
+        n = num_patches(ds, split, max_patches)
+        batches = n // batch_size if drop_remainder else -(-n // batch_size)
+        records = records.apply(tf.data.experimental.assert_cardinality(batches))
     parse = lambda s: parse_batch(s, image_dtype=ds.image_dtype, modalities=modalities,  # noqa: E731
                                   with_multi_hot=with_multi_hot, with_ids=with_ids)
     out = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)

@@ -30,6 +30,9 @@ MULTI = "multi"  # output name of the multi-label head
 TASKS = ("seg", "both")
 DEFAULT_WIDTH = 24  # ~1.09 M parameters with 14 channels
 DEFAULT_DEPTH = 3  # 120 -> 60 -> 30 -> 15
+# Moving statistics of BatchNorm settle within tens of steps (Keras' 0.99 needs hundreds,
+# which makes validation after a short first epoch meaningless).
+BN_MOMENTUM = 0.9
 
 
 # --------------------------------------------------------------------------- layers
@@ -60,7 +63,7 @@ class ModelInfo(layers.Layer):
 def _conv_bn_relu(x, filters: int, name: str, kernel: int = 3):
     x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, kernel_initializer="he_normal",
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

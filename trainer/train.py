@@ -106,6 +106,16 @@ def _clean(v):
     return f if math.isfinite(f) else None
 
 
+def seg_metric(logs: dict, name: str, val: bool = False):
+    """A segmentation metric from Keras logs or a history row: ``miou`` / ``pixel_acc`` / ``loss``
+    (named ``seg_<name>`` when the model also has the multi-label head); None if absent."""
+    pre = "val_" if val else ""
+    for key in (f"{pre}{name}", f"{pre}seg_{name}"):
+        if key in logs and logs[key] not in (None, ""):
+            return float(logs[key])
+    return None
+
+
 def _callbacks(paths: dict, *, state: dict, batch: int, has_val: bool, tensorboard: bool, resume: bool):
     import keras
 
@@ -132,7 +142,7 @@ def _callbacks(paths: dict, *, state: dict, batch: int, has_val: bool, tensorboa
 
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
-            score = logs.get("val_miou") if has_val else None
+            score = seg_metric(logs, "miou", val=True) if has_val else None
             improved = score is not None and (state["best_val_miou"] is None or score > state["best_val_miou"])
             if improved or not has_val:
                 save_model(self.model, paths["model"])
@@ -274,6 +284,8 @@ def train(*, data: str, save: str = DEFAULTS["save"], epochs: int = DEFAULTS["ep
         LOG.info("training on %d patches (%s, %d channels), %d parameters, epochs %d..%d", n_train, modalities,
                  len(channels), model.count_params(), initial_epoch + 1, epochs)
         t0 = time.perf_counter()
+        if verbose == "auto":  # one line per epoch when not on a terminal (logs, CI)
+            verbose = 1 if sys.stdout.isatty() else 2
         hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch,
                          steps_per_epoch=steps_per_epoch, callbacks=cbs, verbose=verbose)
         wall = time.perf_counter() - t0

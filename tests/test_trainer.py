@@ -1,0 +1,273 @@
+"""The trainer: model shape and parameter count, masked loss, a tiny run that learns,
+save -> load, evaluation against plain numpy, the input pipeline against what the ETL
+wrote, resume, refusal of incomplete datasets, the CLI.
+
+Models here are narrow (``width`` 4–8) so the suite stays fast on two CPU cores; the
+default model is only built, never trained.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
+
+from beam_pipeline.cli import main  # noqa: E402
+from schemas import bands as B  # noqa: E402
+from schemas import classes as C  # noqa: E402
+from schemas import manifest as M  # noqa: E402
+from schemas import tfrecord as T  # noqa: E402
+from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
+from trainer import data as D  # noqa: E402
+from trainer import model as TM  # noqa: E402
+from trainer.evaluate import evaluate  # noqa: E402
+from trainer.train import run_paths, seg_metric, train  # noqa: E402
+from transforms.encode import decode_example, iter_records  # noqa: E402
+
+FAST = dict(width=4, batch=8, tensorboard=False, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"), n_train=24, n_val=8, n_test=8, shards=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """A narrow U-Net with the multi-label head, trained a few epochs on the tiny dataset."""
+    save = str(tmp_path_factory.mktemp("run") / "m.keras")
+    metrics = train(data=tiny.path, save=save, epochs=4, lr=5e-3, task="both", **{**FAST, "width": 6})
+    return save, metrics
+
+
+# --------------------------------------------------------------------------- model
+
+
+def test_default_model_has_about_one_million_parameters_and_the_right_outputs():
+    m = TM.build_unet(14)
+    n = m.count_params()
+    assert n == TM.unet_param_count(14)
+    assert 0.9e6 <= n <= 1.2e6, n
+    y = m(np.zeros((2, 120, 120, 14), np.float32))
+    assert tuple(y[TM.SEG].shape) == (2, 120, 120, C.NUM_CLASSES)
+    np.testing.assert_allclose(y[TM.SEG].numpy().sum(-1), 1.0, atol=1e-5)
+    both = TM.build_unet(12, width=8, task="both")
+    assert both.count_params() == TM.unet_param_count(12, width=8, task="both")
+    assert tuple(both(np.zeros((1, 120, 120, 12), np.float32))[TM.MULTI].shape) == (1, C.NUM_CLASSES)
+    # --width scales it
+    assert TM.unet_param_count(14, width=12) < n < TM.unet_param_count(14, width=32)
+    with pytest.raises(ValueError, match="depth 4"):
+        TM.build_unet(14, depth=4)
+
+
+def test_masked_loss_ignores_255_and_equals_numpy():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(C.NUM_CLASSES), size=(2, 6, 6)).astype(np.float32)
+    labels = rng.integers(0, C.NUM_CLASSES, (2, 6, 6)).astype(np.uint8)
+    labels[0, :3] = C.IGNORE_INDEX
+    weights = rng.uniform(0.5, 2.0, C.NUM_CLASSES)
+    valid = labels != C.IGNORE_INDEX
+    y = np.where(valid, labels, 0)
+    nll = -np.log(np.take_along_axis(probs, y[..., None].astype(np.int64), -1)[..., 0])
+    for cw in (None, weights):
+        w = valid * (1.0 if cw is None else cw[y])
+        want = (nll * w).sum() / w.sum()
+        got = float(TM.MaskedSparseCategoricalCrossentropy(cw)(labels, probs))
+        assert got == pytest.approx(want, rel=1e-5)
+    # whatever the prediction on ignored pixels, the loss does not move
+    probs2 = probs.copy()
+    probs2[0, :3] = rng.dirichlet(np.ones(C.NUM_CLASSES), size=(3, 6))
+    loss = TM.MaskedSparseCategoricalCrossentropy()
+    assert float(loss(labels, probs2)) == pytest.approx(float(loss(labels, probs)), rel=1e-6)
+    assert float(loss(np.full((1, 2, 2), 255, np.uint8), probs[:1, :2, :2])) == 0.0
+
+
+def test_class_weights_from_manifest_counts():
+    counts = [0] * C.NUM_CLASSES
+    counts[0], counts[1], counts[5] = 900, 100, 0
+    w = np.array(TM.class_weights_from_counts(counts))
+    f = np.array(counts) / 1000
+    assert w[5] == 0 and w[0] < w[1]
+    assert (f * w).sum() == pytest.approx(1.0)
+    assert w[1] / w[0] == pytest.approx(3.0)  # inverse square root of the frequency ratio 9
+    with pytest.raises(ValueError, match="all zero"):
+        TM.class_weights_from_counts([0] * C.NUM_CLASSES)
+
+
+# --------------------------------------------------------------------------- input pipeline
+
+
+def test_input_pipeline_yields_the_arrays_the_etl_wrote(tmp_path):
+    """Real `synth` + `convert` output, read by the trainer, equals the records decoded by the ETL's own reader."""
+    reben, out = tmp_path / "reben", tmp_path / "ds"
+    assert main(["synth", "--out", str(reben), "--n", "10", "--seed", "3"]) == 0
+    assert main(["convert", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "3",
+                 "--compression", "gzip", "--dtype", "float16"]) == 0
+    ds = D.open_dataset(str(out))
+    for split in ds.manifest["splits"]:
+        if not ds.records(split):
+            continue
+        want = {}
+        for url in ds.shards[split]:
+            for rec in iter_records(url, "gzip"):
+                ex = decode_example(rec, "float16")
+                want[ex[T.PATCH_ID]] = ex
+        assert len(want) == ds.records(split)
+        for mods in ("s2,s1", "s2", "s1"):
+            idx = [B.ALL_NAMES.index(c) for c in B.channels_for(mods)]
+            got = 0
+            stream = D.make_dataset(ds, split, batch_size=4, modalities=mods, with_multi_hot=True, with_ids=True)
+            for x, y, ids in stream:
+                for i, pid in enumerate(ids.numpy()):
+                    ex = want[pid.decode()]
+                    full = np.concatenate([ex[T.S2], ex[T.S1]], -1).astype(np.float32)
+                    np.testing.assert_array_equal(x[i].numpy(), full[..., idx])
+                    np.testing.assert_array_equal(y[TM.SEG][i].numpy(), ex[T.LABEL])
+                    np.testing.assert_array_equal(y[TM.MULTI][i].numpy(), ex[T.MULTI_HOT].astype(np.float32))
+                    got += 1
+            assert got == len(want)
+
+
+def _d4(a):
+    """The 8 flips / rotations of [H, W, ...] arrays."""
+    out = []
+    for t in (a, np.swapaxes(a, 0, 1)):
+        for f in (t, t[::-1], t[:, ::-1], t[::-1, ::-1]):
+            out.append(f)
+    return out
+
+
+def test_augmentation_moves_image_and_label_together(tiny):
+    ds = D.open_dataset(tiny.path)
+    x0, y0 = next(iter(D.make_dataset(ds, "train", batch_size=24)))
+    x1, y1 = next(iter(D.make_dataset(ds, "train", batch_size=24, augment=True, seed=1)))
+    changed = 0
+    for i in range(24):
+        img, lab = x1[i].numpy(), y1[TM.SEG][i].numpy()
+        matches = [k for k, (a, b) in enumerate(zip(_d4(x0[i].numpy()), _d4(y0[TM.SEG][i].numpy())))
+                   if np.array_equal(a, img) and np.array_equal(b, lab)]
+        assert matches, f"patch {i}: image and label were not transformed alike"
+        changed += 0 not in matches
+    assert changed >= 12  # 7 of 8 draws change a patch
+
+
+def test_incomplete_dataset_is_refused_with_a_clear_message(tiny, tmp_path, capsys):
+    with pytest.raises(M.ManifestError, match="no dataset.json"):
+        D.open_dataset(str(tmp_path))
+    with open(os.path.join(tiny.path, M.MANIFEST)) as fh:
+        bad = json.load(fh)
+    bad["classes"] = list(reversed(bad["classes"]))
+    (tmp_path / M.MANIFEST).write_text(json.dumps(bad))
+    with pytest.raises(M.ManifestError, match="classes differ"):
+        D.open_dataset(str(tmp_path))
+    assert main(["train", "--data", str(tmp_path / "nothing"), "--save", str(tmp_path / "m.keras")]) == 2
+    assert "no dataset.json" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_tiny_run_decreases_the_loss_and_writes_its_outputs(trained):
+    save, metrics = trained
+    paths = run_paths(save)
+    with open(paths["history"]) as fh:
+        hist = list(csv.DictReader(fh))
+    assert len(hist) == 4
+    losses = [float(r["loss"]) for r in hist]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.92 * losses[0], losses
+    assert seg_metric(hist[-1], "miou") > seg_metric(hist[0], "miou")
+    for key in ("model", "info", "last", "state", "metrics"):
+        assert os.path.exists(paths[key]), key
+    assert metrics["epochs_completed"] == 4
+    assert metrics["best_val_miou"] == max(seg_metric(r, "miou", val=True) for r in hist)
+    assert metrics["best_epoch"] is not None
+    assert json.loads(open(paths["metrics"]).read())["params"] == TM.unet_param_count(14, width=6, task="both")
+
+
+def test_save_load_gives_identical_predictions_and_carries_the_inference_contract(trained, tiny):
+    save, _ = trained
+    model, info = TM.load_model(save)
+    again, info2 = TM.load_model(save)
+    x = tiny.split_arrays("test")[1][:4]
+    a, b = model.predict(x, verbose=0), again.predict(x, verbose=0)
+    np.testing.assert_array_equal(a[TM.SEG], b[TM.SEG])
+    np.testing.assert_array_equal(a[TM.MULTI], b[TM.MULTI])
+    assert info == info2 == json.loads(open(save + ".json").read())
+    assert info["channels"] == list(B.ALL_NAMES)
+    assert info["classes"] == list(C.CLASS_NAMES)
+    assert info["ignore_index"] == 255
+    assert info["statistics"] == tiny.manifest["statistics"]
+    assert info["task"] == "both"
+
+
+def test_evaluation_equals_plain_numpy(trained, tiny, tmp_path):
+    save, _ = trained
+    out = tmp_path / "ev"
+    r = evaluate(model=save, data=tiny.path, split="test", out=str(out))
+    model, _ = TM.load_model(save)
+    _, x, lab, mh = tiny.split_arrays("test")
+    y = model.predict(x, batch_size=8, verbose=0)
+    pred = y[TM.SEG].argmax(-1)
+    valid = lab != 255
+    # IoU per class, written out longhand
+    ious = []
+    for c in range(C.NUM_CLASSES):
+        tp = np.sum((pred == c) & (lab == c) & valid)
+        fp = np.sum((pred == c) & (lab != c) & valid)
+        fn = np.sum((pred != c) & (lab == c) & valid)
+        ious.append(tp / (tp + fp + fn) if tp + fp + fn else None)
+        assert r["per_class"][c]["iou"] == (None if ious[-1] is None else pytest.approx(ious[-1], abs=1e-12))
+    assert r["miou"] == pytest.approx(np.mean([v for v in ious if v is not None]), abs=1e-12)
+    assert r["pixel_accuracy"] == pytest.approx(np.sum((pred == lab) & valid) / valid.sum(), abs=1e-12)
+    cm = json.loads((out / "confusion_matrix.json").read_text())["matrix"]
+    assert np.sum(cm) == valid.sum() and np.trace(cm) == np.sum((pred == lab) & valid)
+    assert (out / "confusion_matrix.png").stat().st_size > 10_000
+    # multi-label: micro F1 and per-class AP against longhand numpy
+    s = y[TM.MULTI]
+    p = s >= 0.5
+    t = mh.astype(bool)
+    tp, fp, fn = np.sum(p & t), np.sum(p & ~t), np.sum(~p & t)
+    assert r["multilabel"]["micro_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-9)
+    aps = []
+    for c in range(C.NUM_CLASSES):
+        if not t[:, c].any():
+            continue
+        order = np.argsort(-s[:, c], kind="stable")
+        hits = t[order, c]
+        prec_at_hits = np.cumsum(hits)[hits] / (np.nonzero(hits)[0] + 1)
+        aps.append(prec_at_hits.mean())  # AP without ties (scores are continuous)
+    assert r["multilabel"]["map_macro"] == pytest.approx(np.mean(aps), abs=1e-6)
+
+
+def test_resume_continues_from_the_last_epoch(tiny, tmp_path):
+    save = str(tmp_path / "r.keras")
+    train(data=tiny.path, save=save, epochs=1, max_train_patches=8, **FAST)
+    paths = run_paths(save)
+    assert json.loads(open(paths["state"]).read())["epoch"] == 1
+    m = train(data=tiny.path, save=save, epochs=2, max_train_patches=8, resume=True, **FAST)
+    assert m["epochs_completed"] == 2 and m["epochs_this_run"] == 1
+    with open(paths["history"]) as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1]
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train(data=tiny.path, save=str(tmp_path / "other.keras"), epochs=2, resume=True, **FAST)
+
+
+def test_cli_train_and_evaluate_s2_only_with_seed_flags(tiny, tmp_path, capsys):
+    save = tmp_path / "cli" / "s2.keras"
+    argv = ["train", "--data", tiny.path, "--epochs", "1", "--batch", "8", "--lr", "0.003", "--save", str(save),
+            "--modalities", "s2", "--width", "4", "--steps_per_epoch", "2", "--class_weights", "--augment",
+            "--no_tensorboard"]
+    assert main(argv) == 0
+    _, info = TM.load_model(str(save))
+    assert info["channels"] == list(B.S2_NAMES) and info["class_weights"] is not None
+    assert main(["evaluate", "--model", str(save), "--data", tiny.path, "--split", "validation",
+                 "--out", str(tmp_path / "ev")]) == 0
+    r = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert r["channels"] == list(B.S2_NAMES) and r["patches"] == 8
+    assert "mIoU" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(save), "--data", tiny.path, "--split", "val", "--out",
+                 str(tmp_path / "x")]) == 2
