@@ -271,3 +271,17 @@ def test_cli_train_and_evaluate_s2_only_with_seed_flags(tiny, tmp_path, capsys):
     assert "mIoU" in capsys.readouterr().out
     assert main(["evaluate", "--model", str(save), "--data", tiny.path, "--split", "val", "--out",
                  str(tmp_path / "x")]) == 2
+
+
+def test_gpu_options_run_on_cpu_and_tensorboard_logs_are_written(tiny, tmp_path):
+    """--mixed_precision and --strategy mirrored take the same code path as on a GPU (one CPU replica here)."""
+    save = str(tmp_path / "mp.keras")
+    m = train(data=tiny.path, save=save, epochs=1, steps_per_epoch=1, max_val_patches=4, mixed_precision=True,
+              strategy="mirrored", width=4, batch=4, tensorboard=True, verbose=0)
+    assert m["epochs_completed"] == 1
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
+    model, _ = TM.load_model(save)
+    assert model.get_layer("enc0a_conv").dtype_policy.name == "mixed_float16"
+    assert model.predict(np.zeros((1, 120, 120, 14), np.float32), verbose=0)[TM.SEG].dtype == np.float32
+    events = [f for _, _, fs in os.walk(run_paths(save)["tensorboard"]) for f in fs if "tfevents" in f]
+    assert events, "no TensorBoard event files"
