@@ -11,15 +11,21 @@ per-patch cost of the pipeline in core-seconds vs the loop, and peak memory.
 
 from __future__ import annotations
 
-import argparse
 import os
-import subprocess
-import sys
-import tempfile
-import threading
-import time
 
-import numpy as np
+# The loop runs single-threaded like the pipeline's workers (the CLI sets the same for them).
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -49,9 +55,16 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_convert(meta: str, out: str, extra: list[str]) -> tuple[float, int]:
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_convert(meta: str, out: str, extra: list[str]) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS of the process tree, CPU seconds of the whole tree)."""
     cmd = [sys.executable, "-m", "beam_pipeline", "convert", "--meta", meta, "--out", out, *extra]
     os.sync()  # do not charge this run for flushing earlier runs' dirty pages
+    cpu0 = _children_cpu()  # reaped descendants accumulate into their parents, then into us
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0
@@ -69,10 +82,11 @@ def run_convert(meta: str, out: str, extra: list[str]) -> tuple[float, int]:
     stop.set()
     th.join()
     dt = time.perf_counter() - t0
+    cpu = _children_cpu() - cpu0
     if proc.returncode != 0:
         print(output)
         raise SystemExit(f"convert failed with exit code {proc.returncode}")
-    return dt, peak
+    return dt, peak, cpu
 
 
 def plain_loop(meta: str, root: str, out_dir: str, clip_percentiles=(1.0, 99.0)) -> tuple[float, int]:
@@ -94,6 +108,7 @@ def plain_loop(meta: str, root: str, out_dir: str, clip_percentiles=(1.0, 99.0))
 
     os.sync()
     t0 = time.perf_counter()
+    c0 = time.process_time()
     st = BandStats()
     acc = st.create()
     for r in rows:
@@ -108,7 +123,7 @@ def plain_loop(meta: str, root: str, out_dir: str, clip_percentiles=(1.0, 99.0))
             w.write(encode_example(r["patch_id"], p.s2, p.s1, p.label, multi_hot(r["labels"]),
                                    r["split"], r["country"]))
             n += 1
-    return time.perf_counter() - t0, n
+    return time.perf_counter() - t0, time.process_time() - c0, n
 
 
 def main() -> int:
@@ -131,23 +146,29 @@ def main() -> int:
         meta = os.path.join(data, "metadata.parquet")
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             out = os.path.join(tmp, "ds")
-            dt, peak = run_convert(meta, out, args.extra)
-            loop_dt, loop_n = plain_loop(meta, data, tmp)
+            dt, peak, cpu = run_convert(meta, out, args.extra)
+            loop_dt, loop_cpu, loop_n = plain_loop(meta, data, tmp)
         loop_cost = loop_dt / max(1, loop_n)
-        runs.append((n, dt, loop_cost))
+        runs.append((n, dt, loop_cost, cpu, loop_cpu / max(1, loop_n)))
         print(f"[{n}] convert end to end (process start to exit): {dt:.1f} s = {n / dt:.1f} patches/s; "
               f"peak RSS of the whole process tree {peak / 2**30:.2f} GiB")
         print(f"[{n}] plain single-process loop, same work (stats pass + write pass): "
               f"{loop_cost * 1e3:.2f} ms/patch")
         print(f"[{n}] pipeline total cost {dt * cores / n * 1e3:.2f} core-ms/patch = "
-              f"{dt * cores / n / loop_cost:.2f}x the loop (start-up included)")
+              f"{dt * cores / n / loop_cost:.2f}x the loop (wall x cores, start-up and idle cores included)")
+        print(f"[{n}] CPU time: pipeline (all processes) {cpu / n * 1e3:.2f} ms/patch = "
+              f"{cpu / n / runs[-1][4]:.2f}x the loop's {runs[-1][4] * 1e3:.2f} CPU-ms/patch (start-up included)")
     if len(runs) >= 2:
-        (n1, t1, _), (n2, t2, _) = runs[0], runs[-1]
+        (n1, t1, _, c1, _), (n2, t2, _, c2, _) = runs[0], runs[-1]
         loop = sum(r[2] for r in runs) / len(runs)
+        loop_c = sum(r[4] for r in runs) / len(runs)
         marginal = (t2 - t1) / (n2 - n1) * cores
-        print(f"marginal per-patch cost between {n1} and {n2}: {marginal * 1e3:.2f} core-ms/patch = "
+        marginal_c = (c2 - c1) / (n2 - n1)
+        print(f"marginal per-patch cost between {n1} and {n2}: {marginal * 1e3:.2f} core-ms/patch (wall x cores) = "
               f"{marginal / loop:.2f}x the loop's {loop * 1e3:.2f} ms/patch (fixed start-up "
               f"{t1 - marginal / cores * n1:.1f} s)")
+        print(f"marginal CPU per patch between {n1} and {n2}: {marginal_c * 1e3:.2f} CPU-ms/patch = "
+              f"{marginal_c / loop_c:.2f}x the loop's {loop_c * 1e3:.2f} CPU-ms/patch")
     return 0
 
 
