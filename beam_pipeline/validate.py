@@ -43,6 +43,8 @@ def list_sizes(prefix: str) -> dict[str, int]:
         found = fs.find(prefix, detail=True)
     except FileNotFoundError:
         return {}
+    if storage.is_remote(prefix):  # fsspec lists remote keys without their protocol
+        return {str(k).split("://", 1)[-1]: int(v.get("size") or 0) for k, v in found.items()}
     return {_norm(str(k)): int(v.get("size") or 0) for k, v in found.items()}
 
 

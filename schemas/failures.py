@@ -29,6 +29,7 @@ REASONS: dict[str, str] = {
     "missing_object": "an object does not exist",
     "empty_object": "an object is zero bytes",
     "read_error": "an object could not be read (after retries)",
+    "access_denied": "reading an object was refused (403): credentials or bucket permissions",
     # decode
     "decode_error": "an object is not a decodable GeoTIFF (truncated or corrupt)",
     "decode_timeout": "decoding an object took too long",

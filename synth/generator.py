@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -215,7 +216,7 @@ def patch_files(row: dict, seed: int, fault: str | None = None) -> tuple[dict[st
 def _write(out: str, rel: str, data: bytes) -> None:
     url = storage.join(out, rel)
     if storage.is_remote(out):
-        storage.filesystem(url).pipe_file(url, data)
+        storage.retry(storage.filesystem(url).pipe_file, url, data, what=f"write {url}")
     else:
         os.makedirs(os.path.dirname(url), exist_ok=True)
         with open(url, "wb") as fh:
@@ -310,7 +311,10 @@ def generate(out: str, n: int, seed: int = 0, include_snow_cloud: bool = False, 
             if progress:
                 print(f"\rsynth: {written}/{n} patches", end="", file=sys.stderr, flush=True)
     else:
-        with ProcessPoolExecutor(workers) as ex:
+        # fork is cheap, but a forked child must not inherit the parent's open object-store
+        # connections and event-loop thread: remote outputs use fresh (spawned) workers.
+        ctx = multiprocessing.get_context("spawn" if storage.is_remote(out) else "fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
             for res in ex.map(_work, jobs):
                 written += len(res)
                 details.update(res)

@@ -12,7 +12,9 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -113,15 +115,24 @@ def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int
     if multi:
         result["multilabel"] = MT.multilabel_report(np.concatenate(truths), np.concatenate(scores),
                                                     info["classes"], threshold)
-    os.makedirs(out, exist_ok=True)
-    _write_json(os.path.join(out, "metrics.json"), result)
-    _write_json(os.path.join(out, "confusion_matrix.json"),
-                {"classes": info["classes"], "rows": "truth", "columns": "prediction",
-                 "ignore_index": info["ignore_index"], "matrix": report["confusion_matrix"]})
-    if plot:
-        plot_confusion_matrix(acc.matrix, info["classes"], os.path.join(out, "confusion_matrix.png"),
-                              title=f"{os.path.basename(str(model))} on {split}: mIoU {_fmt(result['miou'])}, "
-                                    f"pixel acc. {_fmt(result['pixel_accuracy'])}")
+    from transforms import storage
+
+    local_out = tempfile.mkdtemp(prefix="benbeam-eval-") if storage.is_remote(out) else out
+    try:
+        os.makedirs(local_out, exist_ok=True)
+        _write_json(os.path.join(local_out, "metrics.json"), result)
+        _write_json(os.path.join(local_out, "confusion_matrix.json"),
+                    {"classes": info["classes"], "rows": "truth", "columns": "prediction",
+                     "ignore_index": info["ignore_index"], "matrix": report["confusion_matrix"]})
+        if plot:
+            plot_confusion_matrix(acc.matrix, info["classes"], os.path.join(local_out, "confusion_matrix.png"),
+                                  title=f"{os.path.basename(str(model))} on {split}: mIoU {_fmt(result['miou'])}, "
+                                        f"pixel acc. {_fmt(result['pixel_accuracy'])}")
+        if local_out != out:
+            storage.upload_tree(local_out, out)
+    finally:
+        if local_out != out:
+            shutil.rmtree(local_out, ignore_errors=True)
     return result
 
 
@@ -206,7 +217,9 @@ def evaluate_main(args: argparse.Namespace) -> int:
         ml = r["multilabel"]
         line += f", micro F1 {_fmt(ml['micro_f1'])}, macro F1 {_fmt(ml['macro_f1'])}, mAP {_fmt(ml['map_macro'])}"
     print(line)
-    print(f"wrote {os.path.join(args.out, 'metrics.json')}")
+    from transforms import storage
+
+    print(f"wrote {storage.join(args.out, 'metrics.json')}")
     return 0
 
 

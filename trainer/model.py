@@ -347,6 +347,26 @@ def load_model(path: str, compile: bool = False) -> tuple[keras.Model, dict]:
     ``classes``, ``class_colors``, ``ignore_index``, ``task``. Read from the model itself;
     the ``.json`` sidecar is used only for a model without the info layer.
     """
+    from transforms import storage
+
+    if storage.is_remote(path):  # Keras reads local files: fetch the model (and its sidecar) first
+        import shutil
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="benbeam-model-")
+        try:
+            local = os.path.join(tmp, os.path.basename(path))
+            try:
+                storage.download_file(path, local)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"model {path} does not exist") from None
+            try:
+                storage.download_file(sidecar_path(path), sidecar_path(local))
+            except FileNotFoundError:
+                pass
+            return load_model(local, compile=compile)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model {path} does not exist")
     model = keras.models.load_model(path, compile=compile)

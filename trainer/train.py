@@ -42,6 +42,59 @@ def run_paths(save: str) -> dict[str, str]:
             "history": stem + ".history.csv", "tensorboard": stem + ".tb", "metrics": stem + ".metrics.json"}
 
 
+class RunFiles:
+    """Where a run's files live: beside ``save`` on local disk, or, for an ``s3://`` /
+    ``gs://`` ``save``, in a local staging folder mirrored to the bucket after every epoch
+    (Keras, the CSV logger and TensorBoard write local files only)."""
+
+    def __init__(self, save: str):
+        from transforms import storage
+
+        self.remote = storage.is_remote(save)
+        self.urls = run_paths(save)
+        if self.remote:
+            import hashlib
+            import tempfile
+
+            tag = hashlib.sha256(save.encode()).hexdigest()[:16]
+            self.stage = tempfile.mkdtemp(prefix=f"benbeam-run-{tag}-")
+            self.paths = run_paths(os.path.join(self.stage, os.path.basename(save)))
+        else:
+            self.stage = None
+            self.paths = self.urls
+
+    def pull(self, *keys: str) -> None:
+        """Fetch existing files of an earlier run (for --resume); absent ones are skipped."""
+        from transforms import storage
+
+        if not self.remote:
+            return
+        for k in keys:
+            try:
+                storage.download_file(self.urls[k], self.paths[k])
+            except FileNotFoundError:
+                pass
+
+    def push(self, *keys: str) -> None:
+        """Publish files (folders recursively) to the bucket; a no-op for local runs."""
+        from transforms import storage
+
+        if not self.remote:
+            return
+        for k in keys:
+            local = self.paths[k]
+            if os.path.isdir(local):
+                storage.upload_tree(local, self.urls[k])
+            elif os.path.exists(local):
+                storage.upload_file(local, self.urls[k])
+
+    def cleanup(self) -> None:
+        if self.stage:
+            import shutil
+
+            shutil.rmtree(self.stage, ignore_errors=True)
+
+
 def _modalities_canonical(modalities) -> str:
     from schemas.bands import MODALITIES, channels_for
 
@@ -116,10 +169,12 @@ def seg_metric(logs: dict, name: str, val: bool = False):
     return None
 
 
-def _callbacks(paths: dict, *, state: dict, batch: int, has_val: bool, tensorboard: bool, resume: bool):
+def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tensorboard: bool, resume: bool):
     import keras
 
     from trainer.model import save_model
+
+    paths = files.paths
 
     class Throughput(keras.callbacks.Callback):
         """patches/s of each epoch's training steps (the first step, which compiles, left out)."""
@@ -153,6 +208,8 @@ def _callbacks(paths: dict, *, state: dict, batch: int, has_val: bool, tensorboa
             state["epoch"] = epoch + 1
             state["last_logs"] = {k: _clean(v) for k, v in logs.items()}
             _write_json(paths["state"], state)
+            # the checkpoint before the state that points at it
+            files.push(*(("model", "info") if (improved or not has_val) else ()), "last", "history", "state")
 
     cbs = [Throughput(), keras.callbacks.CSVLogger(paths["history"], append=resume), Checkpoints()]
     if tensorboard:
@@ -212,7 +269,8 @@ def train(*, data: str, save: str = DEFAULTS["save"], epochs: int = DEFAULTS["ep
     modalities = _modalities_canonical(modalities)
     val_split = M.check_split(val_split)
     TM.check_depth(depth)
-    paths = run_paths(save)
+    files = RunFiles(save)
+    paths = files.paths
     ds = D.open_dataset(data)
     if not ds.records("train"):
         raise ValueError(f"split 'train' of {data} holds no patches")
@@ -223,8 +281,9 @@ def train(*, data: str, save: str = DEFAULTS["save"], epochs: int = DEFAULTS["ep
 
     state = None
     if resume:
+        files.pull("state", "last", "history", "model", "info")
         if not (os.path.exists(paths["state"]) and os.path.exists(paths["last"])):
-            raise ValueError(f"--resume: no checkpoint to resume from ({paths['last']} and {paths['state']} "
+            raise ValueError(f"--resume: no checkpoint to resume from ({files.urls['last']} and {files.urls['state']} "
                              "are written after each epoch); drop --resume to start a new run")
         with open(paths["state"], encoding="utf-8") as fh:
             state = json.load(fh)
@@ -234,7 +293,9 @@ def train(*, data: str, save: str = DEFAULTS["save"], epochs: int = DEFAULTS["ep
         if int(state["epoch"]) >= epochs:
             LOG.info("--resume: %s already reached epoch %d of %d; nothing to train", paths["last"],
                      state["epoch"], epochs)
-            return _load_metrics(paths)
+            out = _load_metrics(paths)
+            files.cleanup()
+            return out
 
     weights = None
     if class_weights:
@@ -278,7 +339,7 @@ def train(*, data: str, save: str = DEFAULTS["save"], epochs: int = DEFAULTS["ep
         val_ds = (D.make_dataset(ds, val_split, batch_size=batch, modalities=modalities, max_patches=max_val_patches,
                                  with_multi_hot=multi) if has_val else None)
         os.makedirs(os.path.dirname(os.path.abspath(paths["model"])), exist_ok=True)
-        cbs = _callbacks(paths, state=state, batch=batch, has_val=has_val, tensorboard=tensorboard,
+        cbs = _callbacks(files, state=state, batch=batch, has_val=has_val, tensorboard=tensorboard,
                          resume=initial_epoch > 0) + list(extra_callbacks)
         n_train = D.num_patches(ds, "train", max_train_patches)
         LOG.info("training on %d patches (%s, %d channels), %d parameters, epochs %d..%d", n_train, modalities,
@@ -296,8 +357,8 @@ def train(*, data: str, save: str = DEFAULTS["save"], epochs: int = DEFAULTS["ep
     history = {k: [_clean(v) for v in vals] for k, vals in hist.history.items()}
     last = {k: v[-1] for k, v in history.items() if v}
     metrics = {
-        "model": paths["model"],
-        "last_model": paths["last"],
+        "model": files.urls["model"],
+        "last_model": files.urls["last"],
         "epochs_completed": state["epoch"],
         "epochs_this_run": len(hist.epoch),
         "best_epoch": state["best_epoch"],
@@ -314,6 +375,8 @@ def train(*, data: str, save: str = DEFAULTS["save"], epochs: int = DEFAULTS["ep
         "settings": state["settings"],
     }
     _write_json(paths["metrics"], metrics)
+    files.push("history", "metrics", "tensorboard")
+    files.cleanup()
     return metrics
 
 

@@ -54,14 +54,35 @@ def fetch_objects(urls: dict[str, str], fs=None) -> dict[str, bytes]:
             except OSError as e:
                 raise F.PatchError(F.FETCH, "read_error", f"{k} object {urls[k]}: {e}") from None
     else:
-        fs = fs or storage.filesystem(first)
-        got = fs.cat([urls[k] for k in keys], on_error="return")
+        from transforms import fastget
+
+        if fs is None and fastget.enabled(first):  # s3://: concurrent GETs through obstore
+            got = fastget.get_many([urls[k] for k in keys])
+            fs = storage.filesystem(first)  # only for a retry of an object that got no answer at all
+        else:
+            fs = fs or storage.filesystem(first)
+            got = None
+        try:
+            if got is None:
+                got = fs.cat([urls[k] for k in keys], on_error="return")
+        except Exception as e:  # noqa: BLE001 - the bulk call itself failed: fetch one by one below
+            if not storage.is_transient(e):
+                raise F.PatchError(F.FETCH, "read_error", f"{type(e).__name__}: {e}") from None
+            got = {}
         for k in keys:
             v = got.get(urls[k])
             if v is None:  # fsspec may strip the protocol from the keys
                 v = got.get(urls[k].split("://", 1)[-1])
-            if isinstance(v, FileNotFoundError) or v is None:
+            if v is None or (isinstance(v, BaseException) and storage.is_transient(v)):
+                try:  # transient failure of the bulk fetch (or none reported): retry this object with backoff
+                    v = storage.retry(fs.cat_file, urls[k], what=f"read {urls[k]}")
+                except Exception as e:  # noqa: BLE001 - reported as a dead letter below
+                    v = e
+            if isinstance(v, FileNotFoundError):
                 raise F.PatchError(F.FETCH, "missing_object", f"{k} object {urls[k]} does not exist")
+            if isinstance(v, PermissionError):
+                raise F.PatchError(F.FETCH, "access_denied", f"{k} object {urls[k]}: {v} (check the credentials "
+                                   "and the bucket's permissions)")
             if isinstance(v, BaseException):
                 raise F.PatchError(F.FETCH, "read_error", f"{k} object {urls[k]}: {type(v).__name__}: {v}")
             out[k] = v
