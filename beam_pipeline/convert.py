@@ -61,7 +61,9 @@ def build(p: beam.Pipeline, args) -> None:
     read = p | "ReadMetadata" >> ReadMetadata(tuple(metas), sopts)
     checked = read["rows"] | "CheckRows" >> CheckRows(root, splits, args.frac)
     selected = (checked["selected"] | "CountSelected" >> beam.combiners.Count.PerElement())
-    shards = checked["patches"] | "AssignShards" >> AssignShards(args.shard_size)
+    # Shard counts are fixed here, from the metadata, not counted inside the pipeline.
+    counts = md.split_counts([md.read_table(m)[0] for m in metas], splits, args.frac)
+    shards = checked["patches"] | "AssignShards" >> AssignShards(args.shard_size, counts)
 
     clip_p = tuple(args.clip_percentiles)
     if args.stats:

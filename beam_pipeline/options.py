@@ -120,7 +120,20 @@ def unknown_pipeline_args(args: list[str]) -> list[str]:
     """The flags in ``args`` that no PipelineOptions class knows (Beam would only warn and drop them)."""
     if not args:
         return []
+    import importlib
+
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    # A runner named by its module path (e.g. apache_beam.runners.dask.dask_runner.DaskRunner)
+    # registers its own options class when imported.
+    for i, a in enumerate(args):
+        name = a.split("=", 1)[1] if a.startswith("--runner=") else (
+            args[i + 1] if a == "--runner" and i + 1 < len(args) else None)
+        if name and "." in name:
+            try:
+                importlib.import_module(name.rsplit(".", 1)[0])
+            except ImportError:
+                pass
 
     parser = _BeamArgumentParser(allow_abbrev=False)
     subset = {}

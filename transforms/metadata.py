@@ -139,6 +139,26 @@ def check_row(row: dict, root: str | None = None) -> dict:
     }
 
 
+def split_counts(tables, splits, frac: float) -> dict[str, int]:
+    """Rows per split that a conversion selects (``--frac`` sample, ``--splits``), counted
+    before row checks. Decides the shard count of each split up front, in the driver, so
+    that no runner needs a side input for it."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for table in tables:
+        if "patch_id" not in table.column_names or "split" not in table.column_names:
+            continue
+        for pid, split in zip(table.column("patch_id").to_pylist(), table.column("split").to_pylist()):
+            if not sampled(pid, frac):
+                continue
+            s = row_split({"split": split})
+            if splits and s in SPLITS and s not in splits:
+                continue
+            counts[s] += 1
+    return dict(counts)
+
+
 def row_split(row: dict):
     """The split a row is accounted under (its raw value, even when invalid)."""
     s = row.get("split")

@@ -28,8 +28,28 @@ NAMESPACE = "benbeam"
 DEAD = "dead"
 
 
+MAIN = "main"
+
+
 def _count(name: str, n: int = 1) -> None:
     Metrics.counter(NAMESPACE, name).inc(n)
+
+
+# Multiple outputs travel as (tag, value) pairs split by Filter steps, not as Beam's tagged
+# outputs: every runner executes this the same way (the DaskRunner misroutes tagged outputs).
+
+
+@dataclass
+class Demux(beam.PTransform):
+    """Split a PCollection of ``(tag, value)`` pairs into ``{tag: PCollection of values}``."""
+
+    tags: tuple[str, ...]
+
+    def expand(self, pairs):
+        return {t: (pairs
+                    | f"Only{t.capitalize()}" >> beam.Filter(lambda kv, t=t: kv[0] == t)
+                    | f"Value{t.capitalize()}" >> beam.Map(lambda kv: kv[1]))
+                for t in self.tags}
 
 
 # --------------------------------------------------------------------------- metadata
@@ -40,8 +60,9 @@ def _read_source(source: tuple[int, str]) -> Iterable[Any]:
     table, sha = md.read_table(url)
     rows = md.table_rows(table, source=index)
     _count("metadata_rows_read", len(rows))
-    yield beam.pvalue.TaggedOutput("info", {"source": index, "path": url, "sha256": sha, "rows": len(rows)})
-    yield from rows
+    yield ("info", {"source": index, "path": url, "sha256": sha, "rows": len(rows)})
+    for r in rows:
+        yield (MAIN, r)
 
 
 @dataclass
@@ -65,10 +86,11 @@ class ReadMetadata(beam.PTransform):
         out = (
             pbegin
             | "Sources" >> beam.Create(list(enumerate(self.urls)))
-            | "Read" >> beam.FlatMap(read).with_outputs("info", main="rows")
+            | "Read" >> beam.FlatMap(read)
+            | "Outputs" >> Demux((MAIN, "info"))
         )
-        rows = out.rows | "Spread" >> beam.Reshuffle()
-        return {"rows": rows, "info": out.info}
+        rows = out[MAIN] | "Spread" >> beam.Reshuffle()
+        return {"rows": rows, "info": out["info"]}
 
 
 def _check(row, root, splits, frac) -> Iterable[Tuple[str, Any]]:
@@ -77,23 +99,23 @@ def _check(row, root, splits, frac) -> Iterable[Tuple[str, Any]]:
     split = md.row_split(row)
     if splits and split in M.SPLITS and split not in splits:
         return
-    yield beam.pvalue.TaggedOutput("selected", split)
+    yield ("selected", split)
     try:
         rec = md.check_row(row, root)
     except F.PatchError as e:
         _count(f"failed_{e.stage}_{e.reason}")
-        yield beam.pvalue.TaggedOutput(DEAD, e.record(md.row_key(row), split))
+        yield (DEAD, e.record(md.row_key(row), split))
         return
-    yield (rec["patch_id"], ((row["_source"], row["_row"]), rec))
+    yield (MAIN, (rec["patch_id"], ((row["_source"], row["_row"]), rec)))
 
 
 def _dedupe(kv) -> Iterable[Any]:
     pid, items = kv
     items = sorted(items, key=lambda x: x[0])
-    yield items[0][1]
+    yield (MAIN, items[0][1])
     for (src, idx), rec in items[1:]:
         _count("failed_metadata_duplicate_patch_id")
-        yield beam.pvalue.TaggedOutput(DEAD, F.dead_letter(
+        yield (DEAD, F.dead_letter(
             pid, F.METADATA, "duplicate_patch_id",
             f"patch id occurs more than once; kept the first occurrence (file {items[0][0][0]}, row "
             f"{items[0][0][1]}), dropped file {src} row {idx}: remove duplicate rows from the metadata",
@@ -113,15 +135,17 @@ class CheckRows(beam.PTransform):
     frac: float = 1.0
 
     def expand(self, rows):
-        checked = rows | "Check" >> beam.FlatMap(_check, self.root, self.splits, self.frac).with_outputs(
-            DEAD, "selected", main="keyed")
+        checked = (rows
+                   | "Check" >> beam.FlatMap(_check, self.root, self.splits, self.frac)
+                   | "CheckOutputs" >> Demux((MAIN, DEAD, "selected")))
         unique = (
-            checked.keyed
+            checked[MAIN]
             | "GroupById" >> beam.GroupByKey()
-            | "Dedupe" >> beam.FlatMap(_dedupe).with_outputs(DEAD, main="patches")
+            | "Dedupe" >> beam.FlatMap(_dedupe)
+            | "DedupeOutputs" >> Demux((MAIN, DEAD))
         )
         dead = (checked[DEAD], unique[DEAD]) | "AllRowDead" >> beam.Flatten()
-        return {"patches": unique.patches, "dead": dead, "selected": checked.selected}
+        return {"patches": unique[MAIN], "dead": dead, "selected": checked["selected"]}
 
 
 # --------------------------------------------------------------------------- sharding
@@ -137,16 +161,19 @@ class AssignShards(beam.PTransform):
     """Group patch records into deterministic shards: key (split, index, count)."""
 
     shard_size: int
+    counts: dict | None = None  # rows per split, known up front (see metadata.split_counts)
 
     def expand(self, patches):
-        counts = (
-            patches
-            | "Split" >> beam.Map(lambda r: r["split"])
-            | "CountPerSplit" >> beam.combiners.Count.PerElement()
-        )
+        if self.counts is not None:
+            counts = self.counts
+        else:  # counted in the pipeline: a side input
+            counts = beam.pvalue.AsDict(
+                patches
+                | "Split" >> beam.Map(lambda r: r["split"])
+                | "CountPerSplit" >> beam.combiners.Count.PerElement())
         return (
             patches
-            | "Key" >> beam.Map(_shard_key, beam.pvalue.AsDict(counts), self.shard_size)
+            | "Key" >> beam.Map(_shard_key, counts, self.shard_size)
             | "GroupByShard" >> beam.GroupByKey()
             | "SortShard" >> beam.MapTuple(lambda k, recs: (k, sorted(recs, key=lambda r: r["patch_id"])))
         )
@@ -206,6 +233,14 @@ class ShardStatsFn(beam.DoFn):
         yield self.stats.seal(acc)
 
 
+def _fanout_key(acc, fanout: int) -> int:
+    """A stable key in [0, fanout) from a partial accumulator's content (merging is exact and
+    order-independent, so any grouping gives the same result; this one is reproducible)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(np.asarray(acc.count, dtype="<i8").tobytes()).digest()[:4], "little") % max(1, fanout)
+
+
 @dataclass
 class ComputeBandStats(beam.PTransform):
     """Dataset-wide band statistics over the training shards: per-shard partial
@@ -223,7 +258,12 @@ class ComputeBandStats(beam.PTransform):
             shards
             | "TrainOnly" >> beam.Filter(lambda kv: kv[0][0] == "train")
             | "PartialStats" >> beam.ParDo(ShardStatsFn(self.resampling, self.stats_fraction, self.storage_options))
-            | "CombineStats" >> beam.CombineGlobally(BandStatsCombineFn()).with_fanout(self.fanout)
+            # Two-level combine with a deterministic fanout key of our own (what
+            # CombineGlobally.with_fanout does with random keys, which the DaskRunner cannot run).
+            | "FanoutKey" >> beam.Map(lambda acc: (_fanout_key(acc, self.fanout), acc))
+            | "CombinePartials" >> beam.CombinePerKey(BandStatsCombineFn())
+            | "DropKey" >> beam.Values()
+            | "CombineStats" >> beam.CombineGlobally(BandStatsCombineFn())
         )
 
 
@@ -288,14 +328,14 @@ class WriteShardFn(beam.DoFn):
         _count("bytes_written", info["bytes"])
         LOG.info("wrote %s: %d patches, %d failed, %.1f patches/s", rel, n, len(dead), n / dt if dt else 0.0)
         for d in dead:
-            yield beam.pvalue.TaggedOutput(DEAD, d)
-        yield {
+            yield (DEAD, d)
+        yield (MAIN, {
             "split": split, "index": index, "count": count, "path": rel,
             "records": n, "bytes": info["bytes"], "sha256": info["sha256"],
             "class_pixel_counts": class_pixels[:NUM_CLASSES].tolist(),
             "ignored_pixels": int(class_pixels[IGNORE_INDEX]),
             "label_disagreements": disagreements, "seconds": dt,
-        }
+        })
 
 
 @dataclass
@@ -311,5 +351,7 @@ class WriteShards(beam.PTransform):
 
     def expand(self, shards):
         fn = WriteShardFn(self.out, self.resampling, self.compression, self.image_dtype, self.storage_options)
-        out = shards | "Write" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.norm)).with_outputs(DEAD, main="shards")
-        return {"shards": out.shards, "dead": out[DEAD]}
+        out = (shards
+               | "Write" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.norm))
+               | "WriteOutputs" >> Demux((MAIN, DEAD)))
+        return {"shards": out[MAIN], "dead": out[DEAD]}
