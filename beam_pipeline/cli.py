@@ -7,6 +7,7 @@
     benbeam verify    re-check a dataset's shards against its manifest
     benbeam train     train the U-Net on a converted dataset
     benbeam evaluate  per-class IoU, mIoU, confusion matrix
+    benbeam launch    run convert on Dataflow, Flink, Spark, a portable job service or Dask
 
 Each subcommand's ``--help`` lists its flags. Beam flags (``--runner`` …) pass through
 to the pipelines unchanged.
@@ -29,7 +30,7 @@ import logging  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 
-COMMANDS = ("synth", "index", "validate", "convert", "verify", "train", "evaluate")
+COMMANDS = ("synth", "index", "validate", "convert", "verify", "train", "evaluate", "launch")
 
 
 def _synth(argv: list[str]) -> int:
@@ -83,6 +84,10 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         return run(argv)
     if cmd == "validate":
         from beam_pipeline.validate import run
+
+        return run(argv)
+    if cmd == "launch":
+        from launch.submit import run
 
         return run(argv)
     if cmd in ("train", "evaluate"):

@@ -102,7 +102,7 @@ def build(p: beam.Pipeline, args) -> None:
     )
 
 
-def preflight(args) -> None:
+def preflight(args, probe_output: bool = True) -> None:
     """Check inputs before any work; raise ValueError with the fix."""
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     for s in splits:
@@ -126,6 +126,8 @@ def preflight(args) -> None:
         raise ValueError(f"dataset root {root} does not exist")
     if args.stats:
         fin.load_stats_document(args.stats)
+    if not probe_output:
+        return
     # The output must be writable, and a stale manifest must not outlive this run.
     storage.makedirs(args.out)
     probe = storage.join(args.out, ".benbeam-write-test")
@@ -175,17 +177,22 @@ def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, _ = parse(ConvertOptions, argv, "benbeam convert", __doc__.splitlines()[0])
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
+    beam_argv = local_runner_args(argv, args.workers)
+    opts = PipelineOptions(beam_argv)
+    dry_run = bool(opts.get_all_options().get("dry_run"))
     try:
-        preflight(args)
+        preflight(args, probe_output=not dry_run)
     except (ValueError, md.MetadataError) as e:
         print(f"benbeam convert: error: {e}", file=sys.stderr)
         return 2
-    beam_argv = local_runner_args(argv, args.workers)
-    opts = PipelineOptions(beam_argv)
     t0 = time.perf_counter()
     p = beam.Pipeline(options=opts)
     build(p, opts.view_as(ConvertOptions))
     result = p.run()
+    if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled
+        print(f"dry run: the {opts.get_all_options().get('runner') or 'runner'} job graph of `convert` was built; "
+              "nothing was submitted or written")
+        return 0
     result.wait_until_finish()
     dt = time.perf_counter() - t0
     print_counters(result)
