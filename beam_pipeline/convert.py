@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
@@ -129,9 +130,9 @@ def preflight(args, probe_output: bool = True) -> None:
     if not probe_output:
         return
     # The output must be writable, and a stale manifest must not outlive this run.
-    storage.makedirs(args.out)
     probe = storage.join(args.out, ".benbeam-write-test")
     try:
+        storage.makedirs(args.out)
         storage.write_bytes_atomic(probe, b"ok")
         storage.filesystem(probe).rm(probe)
     except Exception as e:  # noqa: BLE001
@@ -145,7 +146,8 @@ def summary(out: str) -> dict:
     return json.loads(storage.read_bytes(storage.join(out, M.MANIFEST)))
 
 
-def print_summary(man: dict, seconds: float, stream=sys.stdout) -> None:
+def print_summary(man: dict, seconds: float, stream=None) -> None:
+    stream = stream or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     total_in = sum(s["input"] for s in man["splits"].values())
     total_w = sum(s["written"] for s in man["splits"].values())
     print(f"dataset: {man['options']['out']}", file=stream)
@@ -159,7 +161,8 @@ def print_summary(man: dict, seconds: float, stream=sys.stdout) -> None:
     print(f"  {total_w} patches written in {seconds:.1f} s ({rate:.1f} patches/s)", file=stream)
 
 
-def print_counters(result, stream=sys.stderr) -> None:
+def print_counters(result, stream=None) -> None:
+    stream = stream or sys.stderr
     """Summarise the pipeline's Beam counters (outcomes by reason, bytes)."""
     try:
         counters = result.metrics().query()["counters"]
@@ -188,12 +191,22 @@ def run(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     p = beam.Pipeline(options=opts)
     build(p, opts.view_as(ConvertOptions))
-    result = p.run()
-    if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled
-        print(f"dry run: the {opts.get_all_options().get('runner') or 'runner'} job graph of `convert` was built; "
-              "nothing was submitted or written")
-        return 0
-    result.wait_until_finish()
+    try:
+        result = p.run()
+        if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled
+            print(f"dry run: the {opts.get_all_options().get('runner') or 'runner'} job graph of `convert` was "
+                  "built; nothing was submitted or written")
+            return 0
+        result.wait_until_finish()
+    except Exception as e:  # noqa: BLE001 - a failed job: one clear line, no manifest, exit 1
+        msg = str(e)
+        known = re.search(r"no training pixels for band\(s\) [A-Z0-9, ]+:[^\n\[\"]*?pass --stats from an earlier run",
+                          msg)
+        line = known.group(0) if known else f"{type(e).__name__}: {msg.strip().splitlines()[-1][:500]}"
+        print(f"benbeam convert: error: the conversion failed: {line}", file=sys.stderr)
+        print(f"benbeam convert: no {M.MANIFEST} was written to {args.out}; the shards there are incomplete",
+              file=sys.stderr)
+        return 1
     dt = time.perf_counter() - t0
     print_counters(result)
     man = summary(args.out)

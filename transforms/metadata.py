@@ -109,8 +109,9 @@ def check_row(row: dict, root: str | None = None) -> dict:
     if not isinstance(s1, str) or not S1_NAME_RE.match(s1):
         bad("malformed_s1_name", f"s1_name {str(s1)[:80]!r} does not match the reBEN pattern "
             "S1[AB]_IW_GRDH_1SDV_<date>T<time>_<tile>_<x>_<y>; fix or drop the row")
-    if split not in SPLITS:
-        hint = f"; the metadata uses {SPLIT_ALIASES[split]!r}" if split in SPLIT_ALIASES else ""
+    if not isinstance(split, str) or split not in SPLITS:
+        hint = (f"; the metadata uses {SPLIT_ALIASES[split]!r}"
+                if isinstance(split, str) and split in SPLIT_ALIASES else "")
         bad("unknown_split", f"split {str(split)[:40]!r} is unknown{hint}; use one of {', '.join(SPLITS)}")
     if isinstance(labels, str) or not hasattr(labels, "__iter__"):
         bad("unknown_label", f"labels must be a list of class names, got {type(labels).__name__}")

@@ -94,6 +94,9 @@ def fetch_objects(urls: dict[str, str], fs=None) -> dict[str, bytes]:
 
 def _check_raster(key: str, r: Raster, expect_size: int, expect_dtype: str, res: float, epsg: int,
                   origin: tuple[float, float] | None) -> None:
+    if r.array.ndim != 2:
+        raise F.PatchError(F.CHECK, "wrong_size", f"{key} decoded to an array of shape {r.array.shape}; "
+                           f"expected one {expect_size}×{expect_size} band")
     h, w = r.array.shape
     if (h, w) != (expect_size, expect_size):
         raise F.PatchError(F.CHECK, "wrong_size",
@@ -113,7 +116,17 @@ def _check_raster(key: str, r: Raster, expect_size: int, expect_dtype: str, res:
 
 
 def decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str = "bilinear") -> DecodedPatch:
-    """Decode and check the 15 objects of a patch; raises PatchError."""
+    """Decode and check the 15 objects of a patch; raises PatchError (and only PatchError:
+    whatever corrupt bytes make a decoder raise becomes a ``decode_error``)."""
+    try:
+        return _decode_patch(patch_id, objects, resampling)
+    except F.PatchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - corrupt input must become a dead letter, not a crash
+        raise F.PatchError(F.DECODE, "decode_error", f"unexpected {type(e).__name__}: {e}") from None
+
+
+def _decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str) -> DecodedPatch:
     epsg = parse_patch_id(patch_id).epsg
     rasters = {k: decode_geotiff(objects[k], k) for k in OBJECT_KEYS}
     ref = rasters["B02"]

@@ -1,0 +1,208 @@
+"""Bad input never crashes a run and never escapes the output directory.
+
+Property-based (hypothesis): random and malformed metadata rows become clean records or
+dead letters with a known reason; mutated and truncated GeoTIFF bytes become decode/check
+dead letters, never another exception; whole conversions of fuzzed metadata tables keep the
+accounting invariant and write nothing outside `--out`.
+"""
+
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from beam_pipeline.cli import main
+from schemas import failures as F
+from schemas import manifest as M
+from schemas.classes import CLASS_NAMES
+from schemas.naming import OBJECT_KEYS, object_urls
+from transforms import metadata as md
+from transforms.patch import decode_patch, fetch_objects
+from transforms.ptransforms import DEAD, MAIN, _check, _dedupe
+
+GOOD_ID = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
+GOOD_S1 = "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_26_57"
+
+nasty_text = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["../../etc/passwd", "/abs/path", "a/b", "..", GOOD_ID + "\n", GOOD_ID + "/..", "",
+                     "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57/../../x", "\x00", "é" * 500]),
+    st.text(min_size=1000, max_size=3000),
+)
+any_value = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True), st.booleans(), nasty_text,
+                      st.lists(st.text(max_size=10), max_size=3))
+patch_ids = st.one_of(st.just(GOOD_ID), st.sampled_from([GOOD_ID[:-2] + f"{i:02d}" for i in range(5)]), any_value)
+s1_names = st.one_of(st.just(GOOD_S1), any_value)
+splits = st.one_of(st.sampled_from(["train", "validation", "test", "val", "Train"]), any_value)
+labels = st.one_of(st.lists(st.sampled_from(CLASS_NAMES), max_size=4), st.lists(nasty_text, max_size=3), any_value)
+rows = st.fixed_dictionaries({"patch_id": patch_ids, "s1_name": s1_names, "split": splits, "labels": labels,
+                              "country": st.one_of(st.none(), st.text(max_size=20))})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(rows, max_size=12))
+def test_any_metadata_row_is_a_clean_record_or_a_dead_letter(tmp_path_factory, batch):
+    root = "/data/reben"
+    selected, keyed, dead = [], [], []
+    for i, row in enumerate(batch):
+        row = dict(row, _source=0, _row=i)
+        for tag, value in _check(row, root, ("train", "validation", "test"), 1.0):
+            {"selected": selected, MAIN: keyed, DEAD: dead}[tag].append(value)
+    groups: dict = {}
+    for pid, item in keyed:
+        groups.setdefault(pid, []).append(item)
+    clean = []
+    for pid, items in groups.items():
+        for tag, value in _dedupe((pid, items)):
+            (clean if tag == MAIN else dead).append(value)
+    assert len(selected) == len(batch)  # every row is accounted for
+    assert len(clean) + len(dead) == len(selected)
+    for d in dead:
+        assert d["stage"] == F.METADATA and d["reason"] in F.REASONS and d["detail"]
+        json.dumps(d)  # a dead letter always serialises
+    for rec in clean:
+        for key in OBJECT_KEYS:  # every object a clean record points at lies under the root
+            url = rec["urls"][key]
+            assert os.path.normpath(url).startswith(root + "/") and ".." not in url.split("/")
+        assert M.shard_path(rec["split"], 0, 1).split("/")[0] in M.SPLITS
+
+
+@pytest.fixture(scope="module")
+def patch_bytes(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fuzzsrc")
+    assert main(["synth", "--out", str(d), "--n", "1", "--seed", "3"]) == 0
+    row = pq.read_table(d / "metadata.parquet").to_pylist()[0]
+    return row["patch_id"], fetch_objects(object_urls(str(d), row["patch_id"], row["s1_name"]))
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(OBJECT_KEYS), data=st.data())
+def test_mutated_or_truncated_tiffs_become_dead_letters(patch_bytes, key, data):
+    pid, objs = patch_bytes
+    raw = bytearray(objs[key])
+    kind = data.draw(st.sampled_from(["flip", "truncate", "header", "garbage"]))
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 20))):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] = data.draw(st.integers(0, 255))
+    elif kind == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    elif kind == "header":  # the IFD and tag area: offsets, counts, sizes
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, min(400, len(raw) - 1)))
+            raw[i] = data.draw(st.integers(0, 255))
+    else:
+        raw = bytearray(data.draw(st.binary(max_size=2000)))
+    mutated = dict(objs)
+    mutated[key] = bytes(raw)
+    try:
+        p = decode_patch(pid, mutated)
+    except F.PatchError as e:
+        assert e.stage in (F.FETCH, F.DECODE, F.CHECK) and e.reason in F.REASONS
+        return
+    # accepted: then it is a well-formed patch (a flip in pixel data is still valid data)
+    assert p.pixels.shape == (120, 120, 14) and p.pixels.dtype == np.float32
+    assert np.isfinite(p.pixels).all()
+
+
+column_values = st.one_of(
+    st.lists(st.one_of(st.none(), st.text(max_size=30)), min_size=1, max_size=6),
+    st.lists(st.integers(-5, 5), min_size=1, max_size=6),
+)
+
+
+@pytest.fixture(scope="module")
+def stats_json(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stats")
+    assert main(["synth", "--out", str(d / "reben"), "--n", "6", "--seed", "1"]) == 0
+    assert main(["convert", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ds")]) == 0
+    return str(d / "ds" / "stats.json")
+
+
+def test_no_decodable_training_patch_is_a_clear_error_without_manifest(tmp_path, capsys):
+    pq.write_table(pa.table({"patch_id": [GOOD_ID], "s1_name": [GOOD_S1], "split": ["train"],
+                             "labels": [["Pastures"]]}), tmp_path / "m.parquet")
+    (tmp_path / "root").mkdir()
+    rc = main(["convert", "--meta", str(tmp_path / "m.parquet"), "--root", str(tmp_path / "root"),
+               "--out", str(tmp_path / "out"), "--workers", "1"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "no training pixels" in err and "--stats" in err
+    assert not (tmp_path / "out" / M.MANIFEST).exists()
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(rows, min_size=1, max_size=8), extra_cols=st.dictionaries(
+    st.sampled_from(["contains_cloud_or_shadow", "bogus", "country"]), column_values, max_size=2),
+    drop=st.sets(st.sampled_from(["country", "labels"]), max_size=1))
+def test_fuzzed_metadata_tables_end_to_end(tmp_path_factory, stats_json, batch, extra_cols, drop):
+    tmp = tmp_path_factory.mktemp("fz")
+    cols = {k: [r[k] if not isinstance(r[k], (list, float)) or k == "labels" else str(r[k]) for r in batch]
+            for k in ("patch_id", "s1_name", "split", "labels", "country") if k not in drop}
+    cols["labels"] = [v if isinstance(v, list) else ([] if v is None else [str(v)]) for v in cols.get(
+        "labels", [[]] * len(batch))] if "labels" not in drop else None
+    if cols["labels"] is None:
+        del cols["labels"]
+    for k in ("patch_id", "s1_name", "split", "country"):
+        if k in cols:
+            cols[k] = [None if v is None else str(v) for v in cols[k]]
+    for name, vals in extra_cols.items():
+        if name not in cols:
+            cols[name] = (vals * len(batch))[: len(batch)]
+    meta = tmp / "meta.parquet"
+    pq.write_table(pa.table(cols), meta)
+    out = tmp / "out"
+    (tmp / "root_that_is_empty").mkdir()
+    before = {p for p in tmp.rglob("*")}
+    rc = main(["convert", "--meta", str(meta), "--root", str(tmp / "root_that_is_empty"), "--out", str(out),
+               "--workers", "1", "--stats", stats_json])
+    after = {p for p in tmp.rglob("*")} - before
+    assert all(out in p.parents or p == out for p in after), sorted(map(str, after))[:5]
+    if "labels" in drop:
+        assert rc == 2  # a required column is missing: a clear error, nothing converted
+        assert not (out / M.MANIFEST).exists()
+        return
+    assert rc == 0
+    man = json.loads((out / M.MANIFEST).read_text())
+    selected = Counter(md.row_split({"split": s}) for s in cols["split"])
+    assert {k: v["input"] for k, v in man["splits"].items()} == dict(selected)
+    for s in man["splits"].values():
+        assert s["written"] + s["failed"] == s["input"]
+    assert sum(s["written"] for s in man["splits"].values()) == 0  # the root is empty: nothing can be written
+
+
+@pytest.mark.parametrize("case", ["not_parquet", "zero_bytes", "no_rows", "missing_root", "out_not_writable",
+                                  "missing_column"])
+def test_bad_inputs_give_a_clear_error_and_no_manifest(tmp_path, capsys, case):
+    meta, root, out = tmp_path / "m.parquet", tmp_path / "root", tmp_path / "out"
+    root.mkdir()
+    good = {"patch_id": [GOOD_ID], "s1_name": [GOOD_S1], "split": ["train"], "labels": [["Pastures"]]}
+    if case == "not_parquet":
+        meta.write_text("patch_id,split\nS2A,train\n")
+    elif case == "zero_bytes":
+        meta.write_bytes(b"")
+    elif case == "no_rows":
+        pq.write_table(pa.table(good).slice(0, 0), meta)
+    elif case == "missing_column":
+        pq.write_table(pa.table({k: v for k, v in good.items() if k != "split"}), meta)
+    else:
+        pq.write_table(pa.table(good), meta)
+    if case == "missing_root":
+        root = tmp_path / "no_such_root"
+    if case == "out_not_writable":
+        (tmp_path / "a_file").write_text("x")
+        out = tmp_path / "a_file" / "out"
+    rc = main(["convert", "--meta", str(meta), "--root", str(root), "--out", str(out), "--workers", "1"])
+    err = capsys.readouterr().err
+    want = {"not_parquet": "not a readable parquet", "zero_bytes": "is empty", "no_rows": "no training pixels",
+            "missing_root": "does not exist", "out_not_writable": "not writable",
+            "missing_column": "lacks the column(s) split"}[case]
+    assert rc in (1, 2) and want in err, (rc, err[-500:])
+    assert "Traceback" not in err
+    assert not (out / M.MANIFEST).exists()
