@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,15 +42,9 @@ def server_cpu() -> float:
 
 
 def convert(meta: str, out: str, extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "beam_pipeline", "convert", "--meta", meta, "--out", out, *extra]
-    os.sync()
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    if res.returncode != 0:
-        print(res.stdout[-3000:], res.stderr[-3000:])
-        raise SystemExit(f"convert failed ({res.returncode})")
-    return dt
+    from benchmarks.common import timed_convert
+
+    return timed_convert(meta, out, extra)
 
 
 def main() -> int:

@@ -25,15 +25,9 @@ sys.path.insert(0, ROOT)
 
 
 def convert(meta: str, out: str, extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "beam_pipeline", "convert", "--meta", meta, "--out", out, *extra]
-    os.sync()
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    if res.returncode != 0:
-        print(res.stdout[-3000:], res.stderr[-3000:])
-        raise SystemExit(f"convert failed ({res.returncode})")
-    return dt
+    from benchmarks.common import timed_convert
+
+    return timed_convert(meta, out, extra)
 
 
 def _hashes(out: str) -> list[str]:

@@ -22,7 +22,6 @@ from schemas import manifest as M
 from schemas import tfrecord as T
 from schemas.failures import FAULT_EXPECTATIONS, FAULT_KINDS
 from schemas.naming import object_urls
-from transforms.encode import decode_example, iter_records
 
 N = 36
 

@@ -12,7 +12,7 @@ import rasterio
 import tifffile
 
 from schemas import classes as C
-from schemas.bands import BAND_BY_NAME, S1_NAMES, S2_NAMES
+from schemas.bands import BAND_BY_NAME, S2_NAMES
 from schemas.failures import FAULT_KINDS
 from schemas.naming import OBJECT_KEYS, REFERENCE_MAP_KEY, object_urls, parse_patch_id
 from synth.generator import generate, patch_origin, tile_origin
