@@ -52,8 +52,9 @@ def _stats_from_file(url, clip, clip_percentiles, storage_options):
     return fin.stats_document(doc["bands"], norm, url, clip, clip_percentiles)
 
 
-def build(p: beam.Pipeline, args) -> None:
-    """Assemble the convert graph on ``p`` from parsed ConvertOptions ``args``."""
+def build(p: beam.Pipeline, args, counts: dict[str, int] | None = None) -> None:
+    """Assemble the convert graph on ``p`` from parsed ConvertOptions ``args``; ``counts``
+    (rows per split, from ``preflight``) fixes the shard counts, read from the metadata if absent."""
     sopts = storage.options()
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     root = args.root or storage.parent(args.meta)
@@ -62,8 +63,9 @@ def build(p: beam.Pipeline, args) -> None:
     read = p | "ReadMetadata" >> ReadMetadata(tuple(metas), sopts)
     checked = read["rows"] | "CheckRows" >> CheckRows(root, splits, args.frac)
     selected = (checked["selected"] | "CountSelected" >> beam.combiners.Count.PerElement())
-    # Shard counts are fixed here, from the metadata, not counted inside the pipeline.
-    counts = md.split_counts([md.read_table(m)[0] for m in metas], splits, args.frac)
+    # Shard counts are fixed up front, from the metadata, not counted inside the pipeline.
+    if counts is None:
+        counts = md.split_counts([md.read_table(m)[0] for m in metas], splits, args.frac)
     shards = checked["patches"] | "AssignShards" >> AssignShards(args.shard_size, counts)
 
     clip_p = tuple(args.clip_percentiles)
@@ -103,7 +105,7 @@ def build(p: beam.Pipeline, args) -> None:
     )
 
 
-def preflight(args, probe_output: bool = True) -> None:
+def preflight(args, probe_output: bool = True) -> dict[str, int]:
     """Check inputs before any work; raise ValueError with the fix."""
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     for s in splits:
@@ -120,15 +122,16 @@ def preflight(args, probe_output: bool = True) -> None:
     if "train" not in splits and not args.stats:
         raise ValueError("statistics are computed on the training split, which is not selected: add 'train' "
                          "to --splits or pass --stats with the stats.json of an earlier run")
-    for meta in [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else []):
-        md.read_table(meta)  # raises MetadataError with a clear message
+    metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
+    tables = [md.read_table(m)[0] for m in metas]  # raises MetadataError with a clear message
+    counts = md.split_counts(tables, tuple(splits), args.frac)
     root = args.root or storage.parent(args.meta)
     if args.root and not storage.exists(root):
         raise ValueError(f"dataset root {root} does not exist")
     if args.stats:
         fin.load_stats_document(args.stats)
     if not probe_output:
-        return
+        return counts
     # The output must be writable, and a stale manifest must not outlive this run.
     probe = storage.join(args.out, ".benbeam-write-test")
     try:
@@ -140,6 +143,7 @@ def preflight(args, probe_output: bool = True) -> None:
     manifest = storage.join(args.out, M.MANIFEST)
     if storage.exists(manifest):
         storage.filesystem(manifest).rm(manifest)
+    return counts
 
 
 def summary(out: str) -> dict:
@@ -184,13 +188,13 @@ def run(argv: list[str] | None = None) -> int:
     opts = PipelineOptions(beam_argv)
     dry_run = bool(opts.get_all_options().get("dry_run"))
     try:
-        preflight(args, probe_output=not dry_run)
+        counts = preflight(args, probe_output=not dry_run)
     except (ValueError, md.MetadataError) as e:
         print(f"benbeam convert: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     p = beam.Pipeline(options=opts)
-    build(p, opts.view_as(ConvertOptions))
+    build(p, opts.view_as(ConvertOptions), counts)
     try:
         result = p.run()
         if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled

@@ -22,6 +22,25 @@ from __future__ import annotations
 import json
 
 SCHEMA_VERSION = 1
+
+
+def contract(image_dtype: str, compression: str) -> dict:
+    """The part of ``dataset.json`` that readers rely on and this package fixes: the feature
+    spec, image dtype, compression, band and class tables, ignore index."""
+    from schemas import bands as B
+    from schemas import classes as C
+    from schemas import tfrecord as T
+
+    return {
+        "features": [{"name": f.name, "kind": f.kind, "shape": list(f.shape), "dtype": f.dtype,
+                      "description": f.description} for f in T.features(image_dtype)],
+        "image_dtype": image_dtype,
+        "compression": compression,
+        "bands": {"s2": list(B.S2_NAMES), "s1": list(B.S1_NAMES)},
+        "classes": list(C.CLASS_NAMES),
+        "class_colors": [list(c) for c in C.class_colors()],
+        "ignore_index": C.IGNORE_INDEX,
+    }
 MANIFEST = "dataset.json"
 STATS_JSON = "stats.json"
 HISTOGRAMS_NPZ = "histograms.npz"

@@ -56,24 +56,22 @@ def fetch_objects(urls: dict[str, str], fs=None) -> dict[str, bytes]:
     else:
         from transforms import fastget
 
-        if fs is None and fastget.enabled(first):  # s3://: concurrent GETs through obstore
+        retried = fs is None and fastget.enabled(first)
+        if retried:  # s3://: concurrent GETs through obstore, each already retried with backoff
             got = fastget.get_many([urls[k] for k in keys])
-            fs = storage.filesystem(first)  # only for a retry of an object that got no answer at all
         else:
             fs = fs or storage.filesystem(first)
-            got = None
-        try:
-            if got is None:
+            try:
                 got = fs.cat([urls[k] for k in keys], on_error="return")
-        except Exception as e:  # noqa: BLE001 - the bulk call itself failed: fetch one by one below
-            if not storage.is_transient(e):
-                raise F.PatchError(F.FETCH, "read_error", f"{type(e).__name__}: {e}") from None
-            got = {}
+            except Exception as e:  # noqa: BLE001 - the bulk call itself failed: fetch one by one below
+                if not storage.is_transient(e):
+                    raise F.PatchError(F.FETCH, "read_error", f"{type(e).__name__}: {e}") from None
+                got = {}
         for k in keys:
             v = got.get(urls[k])
             if v is None:  # fsspec may strip the protocol from the keys
                 v = got.get(urls[k].split("://", 1)[-1])
-            if v is None or (isinstance(v, BaseException) and storage.is_transient(v)):
+            if not retried and (v is None or (isinstance(v, BaseException) and storage.is_transient(v))):
                 try:  # transient failure of the bulk fetch (or none reported): retry this object with backoff
                     v = storage.retry(fs.cat_file, urls[k], what=f"read {urls[k]}")
                 except Exception as e:  # noqa: BLE001 - reported as a dead letter below
