@@ -74,7 +74,8 @@ def build(p: beam.Pipeline, args, counts: dict[str, int] | None = None) -> None:
                      | "LoadStats" >> beam.Map(_stats_from_file, args.clip, clip_p, sopts))
         hist = p | "NoHistogram" >> beam.Create([b""])
     else:
-        acc = shards | "ComputeBandStats" >> ComputeBandStats(args.resampling, args.stats_fraction, sopts)
+        acc = shards | "ComputeBandStats" >> ComputeBandStats(args.resampling, args.stats_fraction, sopts,
+                                                                decode_timeout=args.decode_timeout)
         stats_doc = acc | "ExtractStats" >> beam.Map(_stats_from_acc, args.clip, clip_p)
 
         def to_npz(a):
@@ -86,7 +87,7 @@ def build(p: beam.Pipeline, args, counts: dict[str, int] | None = None) -> None:
     norm = stats_doc | "NormParams" >> beam.Map(lambda d: d["normalization"])
 
     written = shards | "WriteShards" >> WriteShards(
-        args.out, norm, args.resampling, args.compression, args.image_dtype, sopts)
+        args.out, norm, args.resampling, args.compression, args.image_dtype, sopts, args.decode_timeout)
     dead = (checked["dead"], written["dead"]) | "AllDead" >> beam.Flatten()
 
     options = {k: getattr(args, k) for k in RECORDED}

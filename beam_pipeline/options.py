@@ -78,11 +78,26 @@ class ConvertOptions(PipelineOptions):
                             help="apply these statistics (a stats.json of an earlier run) instead of computing them")
         parser.add_argument("--stats_fraction", type=float, default=1.0,
                             help="compute statistics on a deterministic sample of training patches")
+        add_decode_timeout_arg(parser)
         parser.add_argument("--max_failure_fraction", type=float, default=None,
                             help="exit non-zero (after writing everything) if more than this fraction of "
                                  "the input failed")
         add_workers_arg(parser)
         add_storage_args(parser, s3_endpoint=False)
+
+
+def add_decode_timeout_arg(parser) -> None:
+    from transforms.patch import DEFAULT_DECODE_TIMEOUT
+
+    def seconds(text: str) -> float:
+        v = float(text)
+        if not v >= 0:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+        return v
+
+    parser.add_argument("--decode_timeout", type=seconds, default=DEFAULT_DECODE_TIMEOUT, metavar="SECONDS",
+                        help="give up decoding an object after this long and dead-letter its patch as "
+                             f"decode_timeout (default {DEFAULT_DECODE_TIMEOUT:g}; 0: no limit)")
 
 
 def local_runner_args(argv: list[str], workers: int | None) -> list[str]:

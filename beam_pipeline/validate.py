@@ -18,7 +18,7 @@ from collections import Counter
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline.options import add_storage_args, add_workers_arg, local_runner_args
+from beam_pipeline.options import add_storage_args, add_decode_timeout_arg, add_workers_arg, local_runner_args
 from schemas import failures as F
 from schemas import manifest as M
 from schemas.naming import OBJECT_KEYS
@@ -62,8 +62,9 @@ def check_objects(rec: dict, listing) -> list[F.PatchError]:
 
 
 class ValidateGroupFn(beam.DoFn):
-    def __init__(self, deep: bool, storage_options: dict):
+    def __init__(self, deep: bool, storage_options: dict, decode_timeout: float | None = None):
         self.deep = deep
+        self.decode_timeout = decode_timeout
         self.storage_options = storage_options
 
     def setup(self):
@@ -85,7 +86,7 @@ class ValidateGroupFn(beam.DoFn):
                 from transforms.ptransforms import _safe_load
 
                 try:
-                    _safe_load(rec, "nearest")
+                    _safe_load(rec, "nearest", self.decode_timeout)
                 except F.PatchError as e:
                     errs = [e]
             _count("patches_ok" if not errs else "patches_failed")
@@ -102,7 +103,7 @@ def build(p, args, root, splits):
         checked["patches"]
         | "ByFolder" >> beam.Map(lambda r: (_prefix(r["urls"][OBJECT_KEYS[0]]), r))
         | "Group" >> beam.GroupByKey()
-        | "Check" >> beam.ParDo(ValidateGroupFn(args.deep, sopts))
+        | "Check" >> beam.ParDo(ValidateGroupFn(args.deep, sopts, args.decode_timeout))
     )
     meta_fail = checked["dead"] | "MetaDead" >> beam.Map(
         lambda d: {"patch_id": d["patch_id"], "split": d["split"],
@@ -143,6 +144,7 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--frac", type=float, default=1.0, help="deterministic hash sample of patch ids")
     ap.add_argument("--splits", default="train,validation,test")
     ap.add_argument("--deep", action="store_true", help="also decode every object and check size/dtype/grid")
+    add_decode_timeout_arg(ap)
     add_workers_arg(ap)
     add_storage_args(ap)
     args, rest = ap.parse_known_args(argv)

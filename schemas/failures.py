@@ -32,6 +32,7 @@ REASONS: dict[str, str] = {
     "access_denied": "reading an object was refused (403): credentials or bucket permissions",
     # decode
     "decode_error": "an object is not a decodable GeoTIFF (truncated or corrupt)",
+    "decode_timeout": "decoding an object took longer than --decode_timeout (corrupt or hostile file)",
     "decode_timeout": "decoding an object took too long",
     # check
     "wrong_size": "a raster has the wrong width/height for its band",

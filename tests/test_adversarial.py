@@ -111,6 +111,138 @@ def test_mutated_or_truncated_tiffs_become_dead_letters(patch_bytes, key, data):
     assert np.isfinite(p.pixels).all()
 
 
+def _set_tag(raw: bytes, tag: int, value: int) -> bytes:
+    """A little-endian classic TIFF with one SHORT/LONG tag's inline value replaced."""
+    import struct
+
+    (ifd,) = struct.unpack("<I", raw[4:8])
+    (n,) = struct.unpack("<H", raw[ifd:ifd + 2])
+    out = bytearray(raw)
+    for k in range(n):
+        e = ifd + 2 + 12 * k
+        t, typ = struct.unpack("<HH", raw[e:e + 4])
+        if t == tag:
+            struct.pack_into("<I" if typ == 4 else "<H", out, e + 8, value)
+            return bytes(out)
+    raise AssertionError(f"tag {tag} not found")
+
+
+@pytest.mark.parametrize("width,height", [(65_535, 65_535), (60_000, 120)])
+def test_a_header_declaring_a_huge_raster_is_refused_before_decoding(patch_bytes, width, height):
+    """A mutated width/height must not make a worker allocate gigabytes: wrong_size at once,
+    from each of the three decoders."""
+    from transforms import decode as D
+
+    pid, objs = patch_bytes
+    raw = _set_tag(_set_tag(objs["B02"], 256, width), 257, height)
+    with pytest.raises(F.PatchError) as e:
+        decode_patch(pid, dict(objs, B02=raw))
+    assert e.value.reason == "wrong_size" and "declares" in e.value.detail
+    for decoder in (D._strip_tiff, D._tifffile, D._rasterio):
+        with pytest.raises(F.PatchError) as e:
+            decoder(raw)
+        assert e.value.reason == "wrong_size", decoder
+
+
+def test_a_deflate_bomb_inflates_no_further_than_the_image(patch_bytes):
+    """A strip that inflates to far more than width × height × itemsize is cut off there."""
+    import zlib
+
+    from transforms.decode import _strip_tiff
+
+    bomb = zlib.compress(b"\0" * (60 * 1024 * 1024), 9)  # 60 MB of zeros in ~60 kB
+    pid, objs = patch_bytes
+    import tifffile
+
+    def deflated(key):
+        with tifffile.TiffFile(__import__("io").BytesIO(objs[key])) as tif:
+            return tif.pages.first.compression in (8, 32946)
+
+    key = next(k for k in OBJECT_KEYS if deflated(k))  # the reference map: the bomb goes through zlib
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        _strip_tiff_with_strip = _replace_strip(objs[key], bomb)
+        try:
+            _strip_tiff(_strip_tiff_with_strip)
+        except (F.PatchError, Exception):  # noqa: BLE001 - only the memory matters here
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 1024 * 1024, f"inflating the strip took {peak / 2**20:.0f} MiB"
+
+
+def _replace_strip(raw: bytes, strip: bytes) -> bytes:
+    """The TIFF with its first strip replaced by ``strip`` appended at the end (one strip)."""
+    import struct
+
+    (ifd,) = struct.unpack("<I", raw[4:8])
+    (n,) = struct.unpack("<H", raw[ifd:ifd + 2])
+    out = bytearray(raw)
+    off = len(out)
+    out += strip
+    for k in range(n):
+        e = ifd + 2 + 12 * k
+        t, typ, cnt = struct.unpack("<HHI", raw[e:e + 8])
+        if t in (273, 279):  # StripOffsets, StripByteCounts: point every entry at the bomb
+            value = off if t == 273 else len(strip)
+            if cnt == 1:
+                struct.pack_into("<I", out, e + 8, value)
+            else:
+                (where,) = struct.unpack("<I", raw[e + 8:e + 12])
+                for j in range(cnt):
+                    struct.pack_into("<I" if typ == 4 else "<H", out, where + j * (4 if typ == 4 else 2),
+                                     value if j == 0 else (off if t == 273 else 0))
+    return bytes(out)
+
+
+def test_a_hung_decode_becomes_a_decode_timeout_and_the_worker_goes_on(patch_bytes, monkeypatch):
+    """A decoder that never returns (as a hostile file can make native code do) is abandoned
+    after the per-object timeout; the patch is a decode_timeout dead letter naming the object,
+    and the next patch decodes normally."""
+    import threading
+    import time
+
+    from transforms import patch as P
+
+    pid, objs = patch_bytes
+    release = threading.Event()
+    real = P.decode_geotiff
+
+    def hanging(data, name=""):
+        if name == "B05":
+            release.wait(60)  # "hangs" until the test lets it go
+        return real(data, name)
+
+    monkeypatch.setattr(P, "decode_geotiff", hanging)
+    t0 = time.monotonic()
+    with pytest.raises(F.PatchError) as e:
+        P.decode_patch(pid, objs, timeout=0.5)
+    took = time.monotonic() - t0
+    assert e.value.stage == F.DECODE and e.value.reason == "decode_timeout" and "B05" in e.value.detail
+    assert took < 10, took  # generous: it gave up, it did not wait the 60 s
+    monkeypatch.setattr(P, "decode_geotiff", real)
+    p = P.decode_patch(pid, objs, timeout=0.5)  # a fresh helper thread takes the next patch
+    assert p.pixels.shape == (120, 120, 14)
+    release.set()
+    # the per-object deadline restarts at each object: 15 objects each under the limit pass
+    slow = lambda data, name="": (time.sleep(0.05), real(data, name))[1]  # noqa: E731
+    monkeypatch.setattr(P, "decode_geotiff", slow)
+    assert P.decode_patch(pid, objs, timeout=0.3).pixels.shape == (120, 120, 14)
+
+
+def test_decode_timeout_flag(tmp_path, capsys):
+    meta = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"patch_id": [GOOD_ID], "s1_name": [GOOD_S1], "split": ["train"],
+                             "labels": [["Pastures"]]}), meta)
+    with pytest.raises(SystemExit) as e:  # argparse's usage error
+        main(["convert", "--meta", str(meta), "--out", str(tmp_path / "o"), "--decode_timeout", "-1"])
+    assert e.value.code == 2 and "--decode_timeout" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 column_values = st.one_of(
     st.lists(st.one_of(st.none(), st.text(max_size=30)), min_size=1, max_size=6),
     st.lists(st.integers(-5, 5), min_size=1, max_size=6),

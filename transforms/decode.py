@@ -23,6 +23,11 @@ import numpy as np
 
 from schemas import failures as F
 
+# No reBEN object is larger than 120×120; a header declaring more than this is corrupt or
+# hostile, and is refused before any decoder allocates for it (a mutated width field must
+# not make a worker allocate gigabytes or spend minutes decompressing).
+MAX_PIXELS = 2048 * 2048
+
 _TAG_PIXEL_SCALE = 33550
 _TAG_TIEPOINT = 33922
 _TAG_TRANSFORMATION = 34264
@@ -64,6 +69,12 @@ _NEEDED = {256, 257, 258, 259, 273, 277, 278, 279, 284, 317, 339, _TAG_PIXEL_SCA
 _UNSUPPORTED = {322, 323, 324, 325, _TAG_TRANSFORMATION}  # tiles, ModelTransformation
 _IFD_DTYPE = {bo: np.dtype([("tag", bo + "u2"), ("type", bo + "u2"), ("count", bo + "u4"), ("value", bo + "u4")])
               for bo in "<>"}
+
+
+def _check_declared(w: int, h: int) -> None:
+    if w * h > MAX_PIXELS:
+        raise F.PatchError(F.CHECK, "wrong_size", f"the header declares {w}×{h} pixels, more than any reBEN object "
+                           f"(at most 120×120; refused above {MAX_PIXELS:,} pixels without decoding)")
 
 
 def _strip_tiff(data: bytes) -> Raster:
@@ -111,26 +122,28 @@ def _strip_tiff(data: bytes) -> Raster:
     if any(t not in tags for t in (256, 257, 273, 279, _TAG_PIXEL_SCALE, _TAG_TIEPOINT)):
         raise _Fallback("missing tags")
     w, h = get(256), get(257)
+    _check_declared(w, h)
     key = (get(339, 1), get(258, 1))
     if key not in _DTYPES or len(tags[258]) != 1:
         raise _Fallback("sample format")
     dtype = np.dtype(bo + _DTYPES[key])
     if pred == 2 and dtype.kind == "f":
         raise _Fallback("float predictor")
-    chunks = []
+    need = w * h * dtype.itemsize
+    chunks, got = [], 0
     for off, cnt in zip(tags[273], tags[279]):
         if off + cnt > size:
             raise F.PatchError(F.DECODE, "decode_error",
                                f"TIFF data runs past the end of the file ({off + cnt} > {size} bytes): truncated")
         chunk = data[off:off + cnt]
         if comp != 1:
-            try:
-                chunk = zlib.decompress(chunk)
+            try:  # never inflate past what the image can hold (a DEFLATE bomb stops here)
+                chunk = zlib.decompressobj().decompress(chunk, max(need - got, 0) + 1)
             except zlib.error as e:
                 raise F.PatchError(F.DECODE, "decode_error", f"corrupt DEFLATE strip: {e}") from None
         chunks.append(chunk)
+        got += len(chunk)
     buf = b"".join(chunks)
-    need = w * h * dtype.itemsize
     if len(buf) < need:
         raise F.PatchError(F.DECODE, "decode_error", f"TIFF strips hold {len(buf)} of {need} bytes: truncated")
     arr = np.frombuffer(buf, dtype=dtype, count=w * h).reshape(h, w)
@@ -163,6 +176,7 @@ def _tifffile(data: bytes) -> Raster:
         page = tif.pages.first
         if page.samplesperpixel != 1 or len(page.shape) != 2:
             raise _Fallback("not a single band")
+        _check_declared(page.shape[1], page.shape[0])
         tags = page.tags
         if _TAG_TRANSFORMATION in tags or _TAG_PIXEL_SCALE not in tags or _TAG_TIEPOINT not in tags:
             raise _Fallback("no scale/tiepoint georeferencing")
@@ -197,6 +211,7 @@ def _rasterio(data: bytes) -> Raster:
     with rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile(data) as mem, mem.open() as ds:
         if ds.count != 1:
             raise F.PatchError(F.CHECK, "wrong_size", f"expected a single-band GeoTIFF, found {ds.count} bands")
+        _check_declared(ds.width, ds.height)
         arr = ds.read(1)
         epsg = ds.crs.to_epsg() if ds.crs else None
         return Raster(arr, tuple(ds.transform.to_gdal()), epsg, ds.nodata)

@@ -7,6 +7,9 @@ detail names the object, what was expected and what was found.
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,20 +116,88 @@ def _check_raster(key: str, r: Raster, expect_size: int, expect_dtype: str, res:
                            "layers are not on the same grid")
 
 
-def decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str = "bilinear") -> DecodedPatch:
+DEFAULT_DECODE_TIMEOUT = 30.0  # seconds per object; reBEN objects decode in well under 1 ms
+
+
+class _Watchdog:
+    """Runs decodes in a helper thread and gives up on one that overruns its deadline.
+
+    Native decoders (GDAL) cannot be interrupted from Python, so a decode that hangs is
+    abandoned: its thread is left to finish (or not) on its own, a fresh pool takes the
+    next patches, and the patch becomes a ``decode_timeout`` dead letter. The worker goes on.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pool = None
+
+    def pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="benbeam-decode")
+            return self._pool
+
+    def abandon(self, pool: ThreadPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+_WATCHDOG = _Watchdog()
+
+
+def decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str = "bilinear",
+                 timeout: float | None = DEFAULT_DECODE_TIMEOUT) -> DecodedPatch:
     """Decode and check the 15 objects of a patch; raises PatchError (and only PatchError:
-    whatever corrupt bytes make a decoder raise becomes a ``decode_error``)."""
+    whatever corrupt bytes make a decoder raise becomes a ``decode_error``).
+
+    ``timeout``: seconds allowed for each object's decode (``None`` or 0: no limit); an
+    object that takes longer makes the patch a ``decode_timeout`` dead letter.
+    """
+    if not timeout:
+        return _guarded(patch_id, objects, resampling, None)
+    progress = {"key": None, "since": time.monotonic()}
+    pool = _WATCHDOG.pool()
+    fut = pool.submit(_guarded, patch_id, objects, resampling, progress)
+    while True:
+        wait = progress["since"] + timeout - time.monotonic()
+        if wait > 0:
+            try:
+                return fut.result(timeout=wait)
+            except TimeoutError:
+                continue  # the deadline may have moved on to the next object: look again
+        if fut.done():
+            return fut.result()
+        _WATCHDOG.abandon(pool)
+        raise F.PatchError(F.DECODE, "decode_timeout",
+                           f"{progress['key'] or 'patch'}: decoding took longer than {timeout:g} s and was abandoned "
+                           "(a corrupt or hostile file; --decode_timeout sets the limit)")
+
+
+def _guarded(patch_id: str, objects: dict[str, bytes], resampling: str, progress) -> DecodedPatch:
     try:
-        return _decode_patch(patch_id, objects, resampling)
+        return _decode_patch(patch_id, objects, resampling, progress)
     except F.PatchError:
         raise
     except Exception as e:  # noqa: BLE001 - corrupt input must become a dead letter, not a crash
         raise F.PatchError(F.DECODE, "decode_error", f"unexpected {type(e).__name__}: {e}") from None
 
 
-def _decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str) -> DecodedPatch:
+def _decode_all(objects: dict[str, bytes], progress) -> dict[str, Raster]:
+    rasters = {}
+    for k in OBJECT_KEYS:
+        if progress is not None:
+            progress["key"], progress["since"] = k, time.monotonic()
+        rasters[k] = decode_geotiff(objects[k], k)
+    if progress is not None:  # checks and resampling: a deadline of their own
+        progress["key"], progress["since"] = "checks", time.monotonic()
+    return rasters
+
+
+def _decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str, progress=None) -> DecodedPatch:
     epsg = parse_patch_id(patch_id).epsg
-    rasters = {k: decode_geotiff(objects[k], k) for k in OBJECT_KEYS}
+    rasters = _decode_all(objects, progress)
     ref = rasters["B02"]
     origin = (ref.transform[0], ref.transform[3])
     for k in OBJECT_KEYS:

@@ -22,6 +22,7 @@ from schemas import manifest as M
 from schemas.classes import CLASS_INDEX, IGNORE_INDEX, NUM_CLASSES, multi_hot
 from transforms import metadata as md
 from transforms import storage
+from transforms.patch import DEFAULT_DECODE_TIMEOUT
 
 LOG = logging.getLogger("benbeam")
 NAMESPACE = "benbeam"
@@ -182,18 +183,18 @@ class AssignShards(beam.PTransform):
 # --------------------------------------------------------------------------- per-patch work
 
 
-def load_patch(rec: dict, resampling: str):
+def load_patch(rec: dict, resampling: str, decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
     """Fetch and decode one patch; raises PatchError."""
     from transforms.patch import decode_patch, fetch_objects
 
     objects = fetch_objects(rec["urls"])
-    return decode_patch(rec["patch_id"], objects, resampling=resampling)
+    return decode_patch(rec["patch_id"], objects, resampling=resampling, timeout=decode_timeout)
 
 
-def _safe_load(rec, resampling):
+def _safe_load(rec, resampling, decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
     """load_patch that turns any unexpected error into a PatchError (never kills the job)."""
     try:
-        return load_patch(rec, resampling)
+        return load_patch(rec, resampling, decode_timeout)
     except F.PatchError:
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt file must not kill the job
@@ -204,10 +205,12 @@ class ShardStatsFn(beam.DoFn):
     """Per training shard: a partial band-statistics accumulator (failures are skipped
     here; the writer reports them)."""
 
-    def __init__(self, resampling: str, stats_fraction: float, storage_options: dict):
+    def __init__(self, resampling: str, stats_fraction: float, storage_options: dict,
+                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
         self.resampling = resampling
         self.stats_fraction = stats_fraction
         self.storage_options = storage_options
+        self.decode_timeout = decode_timeout
 
     def setup(self):
         storage.set_options(self.storage_options)
@@ -223,7 +226,7 @@ class ShardStatsFn(beam.DoFn):
             if not md.sampled(rec["patch_id"], self.stats_fraction, salt="stats"):
                 continue
             try:
-                p = _safe_load(rec, self.resampling)
+                p = _safe_load(rec, self.resampling, self.decode_timeout)
             except F.PatchError:
                 continue
             self.stats.add(acc, p.pixels)
@@ -250,6 +253,7 @@ class ComputeBandStats(beam.PTransform):
     stats_fraction: float = 1.0
     storage_options: dict = field(default_factory=dict)
     fanout: int = 16
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
 
     def expand(self, shards):
         from transforms.combiners import BandStatsCombineFn
@@ -257,7 +261,8 @@ class ComputeBandStats(beam.PTransform):
         return (
             shards
             | "TrainOnly" >> beam.Filter(lambda kv: kv[0][0] == "train")
-            | "PartialStats" >> beam.ParDo(ShardStatsFn(self.resampling, self.stats_fraction, self.storage_options))
+            | "PartialStats" >> beam.ParDo(ShardStatsFn(self.resampling, self.stats_fraction, self.storage_options,
+                                                             self.decode_timeout))
             # Two-level combine with a deterministic fanout key of our own (what
             # CombineGlobally.with_fanout does with random keys, which the DaskRunner cannot run).
             | "FanoutKey" >> beam.Map(lambda acc: (_fanout_key(acc, self.fanout), acc))
@@ -273,9 +278,11 @@ class WriteShardFn(beam.DoFn):
     Main output: a shard description; ``dead`` output: dead letters.
     """
 
-    def __init__(self, out: str, resampling: str, compression: str, image_dtype: str, storage_options: dict):
+    def __init__(self, out: str, resampling: str, compression: str, image_dtype: str, storage_options: dict,
+                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
         self.out = out
         self.resampling = resampling
+        self.decode_timeout = decode_timeout
         self.compression = compression
         self.image_dtype = image_dtype
         self.storage_options = storage_options
@@ -297,7 +304,7 @@ class WriteShardFn(beam.DoFn):
         with ShardWriter(storage.join(self.out, rel), self.compression) as writer:
             for rec in recs:
                 try:
-                    p = _safe_load(rec, self.resampling)
+                    p = _safe_load(rec, self.resampling, self.decode_timeout)
                 except F.PatchError as e:
                     _count(f"failed_{e.stage}_{e.reason}")
                     dead.append(e.record(rec["patch_id"], split))
@@ -348,9 +355,11 @@ class WriteShards(beam.PTransform):
     compression: str
     image_dtype: str
     storage_options: dict = field(default_factory=dict)
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
 
     def expand(self, shards):
-        fn = WriteShardFn(self.out, self.resampling, self.compression, self.image_dtype, self.storage_options)
+        fn = WriteShardFn(self.out, self.resampling, self.compression, self.image_dtype, self.storage_options,
+                          self.decode_timeout)
         out = (shards
                | "Write" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.norm))
                | "WriteOutputs" >> Demux((MAIN, DEAD)))
