@@ -209,6 +209,10 @@ def run(argv: list[str] | None = None) -> int:
                           msg)
         line = known.group(0) if known else f"{type(e).__name__}: {msg.strip().splitlines()[-1][:500]}"
         print(f"benbeam convert: error: the conversion failed: {line}", file=sys.stderr)
+        if "No space left on device" in msg or "Errno 28" in msg or "Disk quota exceeded" in msg:
+            print(f"benbeam convert: the disk holding {args.out} is full: free space (the dataset needs about "
+                  "0.85 MB per patch as float32, half that with --dtype float16, less with --compression gzip) or "
+                  "choose another --out, then run the same command again", file=sys.stderr)
         print(f"benbeam convert: no {M.MANIFEST} was written to {args.out}; the shards there are incomplete",
               file=sys.stderr)
         return 1

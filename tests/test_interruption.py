@@ -87,3 +87,48 @@ def test_kill_at_four_points_then_rerun_gives_the_same_dataset(reference, tmp_pa
         leftovers = [p for p in out.rglob(".tmp-*")]
         assert not leftovers, leftovers
     assert kills >= 3, kills  # the kill points really interrupted running conversions
+
+
+_FULL_DISK_SCRIPT = r"""
+import hashlib, json, os, subprocess, sys
+mnt, size, cmd = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", mnt], check=True)
+res = subprocess.run(cmd, capture_output=True, text=True)
+files = {}
+for dirpath, _, names in os.walk(mnt):
+    for n in names:
+        p = os.path.join(dirpath, n)
+        files[os.path.relpath(p, mnt)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+print(json.dumps({"rc": res.returncode, "stderr": res.stderr[-3000:], "files": files}))
+"""
+
+
+def test_a_full_disk_is_a_clear_error_and_no_dataset_is_presented_as_complete(reference, tmp_path):
+    """`convert` onto a filesystem that fills up half way (a small tmpfs, mounted in a private
+    mount namespace): exit non-zero with a message that says the disk is full, no
+    dataset.json, and every file under a shard's final name is a complete shard, byte-identical
+    to the uninterrupted run's."""
+    import shutil
+
+    d, ref = reference
+    if shutil.which("unshare") is None:
+        msg = "util-linux's unshare is needed to mount a small tmpfs for the full-disk test"
+        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    total = sum(s["bytes"] for info in ref["splits"].values() for s in info["shards"])
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cmd = _convert_cmd(d, mnt / "ds")
+    res = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", _FULL_DISK_SCRIPT,
+                          str(mnt), str(total // 2), json.dumps(cmd)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]  # the namespace and the mount worked
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["rc"] == 1, out["stderr"]
+    assert "No space left on device" in out["stderr"] and "is full" in out["stderr"]
+    assert f"no {M.MANIFEST} was written" in out["stderr"]
+    assert M.MANIFEST not in {os.path.basename(f) for f in out["files"]}
+    ref_hashes = {s["path"]: s["sha256"] for info in ref["splits"].values() for s in info["shards"]}
+    final = {f[len("ds/"):]: h for f, h in out["files"].items()
+             if f.endswith(".tfrecord") and not os.path.basename(f).startswith(".tmp-")}
+    assert 0 < len(final) < len(ref_hashes)  # some shards were finished before the disk filled
+    for path, h in final.items():
+        assert ref_hashes[path] == h, f"{path} is visible under its final name but is not the complete shard"
