@@ -268,8 +268,10 @@ def _mtd(level: str, nm: dict, date: str, files: list[str], ext: str) -> str:
       </Product_Organisation>
     </Product_Info>
     <Product_Image_Characteristics>
-      <Special_Values><SPECIAL_VALUE_TEXT>NODATA</SPECIAL_VALUE_TEXT><SPECIAL_VALUE_INDEX>0</SPECIAL_VALUE_INDEX></Special_Values>
-      <Special_Values><SPECIAL_VALUE_TEXT>SATURATED</SPECIAL_VALUE_TEXT><SPECIAL_VALUE_INDEX>65535</SPECIAL_VALUE_INDEX></Special_Values>
+      <Special_Values><SPECIAL_VALUE_TEXT>NODATA</SPECIAL_VALUE_TEXT>
+        <SPECIAL_VALUE_INDEX>0</SPECIAL_VALUE_INDEX></Special_Values>
+      <Special_Values><SPECIAL_VALUE_TEXT>SATURATED</SPECIAL_VALUE_TEXT>
+        <SPECIAL_VALUE_INDEX>65535</SPECIAL_VALUE_INDEX></Special_Values>
       <QUANTIFICATION_VALUES_LIST>{qtag}</QUANTIFICATION_VALUES_LIST>
 {offs}
       <Spectral_Information_List>
@@ -282,13 +284,14 @@ def _mtd(level: str, nm: dict, date: str, files: list[str], ext: str) -> str:
 
 
 def _mtd_tl(level: str, nm: dict, date: str, epsg: int, x0: float, y0: float, size: int) -> str:
-    sizes = "\n".join(f'        <Size resolution="{r}"><NROWS>{size * 10 // r}</NROWS><NCOLS>{size * 10 // r}</NCOLS></Size>'
-                      for r in (10, 20, 60))
+    sizes = "\n".join(f'        <Size resolution="{r}"><NROWS>{size * 10 // r}</NROWS>'
+                      f"<NCOLS>{size * 10 // r}</NCOLS></Size>" for r in (10, 20, 60))
     geo = "\n".join(f'        <Geoposition resolution="{r}"><ULX>{x0:.0f}</ULX><ULY>{y0:.0f}</ULY><XDIM>{r}</XDIM>'
                     f"<YDIM>-{r}</YDIM></Geoposition>" for r in (10, 20, 60))
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <!-- synthetic granule metadata written by benbeam synth-tile -->
-<n1:Level-{level[1:]}_Tile_ID xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/S2_PDI_Level-{level[1:]}_Tile_Metadata.xsd">
+<n1:Level-{level[1:]}_Tile_ID
+    xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/S2_PDI_Level-{level[1:]}_Tile_Metadata.xsd">
   <n1:General_Info>
     <TILE_ID>{nm['granule']}</TILE_ID>
     <SENSING_TIME>{_iso(date)}</SENSING_TIME>

@@ -213,13 +213,12 @@ class TileSource:
         self.warnings = warnings
         self.resampling = resampling
         self._bands = bands
-        self._env = rasterio.Env(GDAL_PAM_ENABLED="NO")
-        self._env.__enter__()
         self._ds: dict[str, object] = {}
         try:
-            for b in bands:
-                if b.path not in self._ds:
-                    self._ds[b.path] = rasterio.open(b.path)
+            with rasterio.Env(GDAL_PAM_ENABLED="NO"):  # no .aux.xml written next to a product
+                for b in bands:
+                    if b.path not in self._ds:
+                        self._ds[b.path] = rasterio.open(b.path)
             self._check_grid()
         except Exception:
             self.close()
@@ -249,7 +248,9 @@ class TileSource:
 
     def read(self, window) -> tuple[np.ndarray, np.ndarray]:
         """(pixels float32 (h, w, C) in reBEN raw units — S2 DN, S1 dB — on the 10 m grid;
-        valid bool (h, w): False where a requested S2 band is nodata (0) or S1 is not finite)."""
+        valid bool (h, w): False where a requested S2 band is nodata (0) or S1 is not finite).
+        Not thread-safe (GDAL datasets): one TileSource per thread."""
+        import rasterio
         from rasterio.windows import Window
 
         r0, c0 = int(window.row_off), int(window.col_off)
@@ -258,6 +259,12 @@ class TileSource:
                 or r0 < 0 or c0 < 0 or h <= 0 or w <= 0 or r0 + h > self.height or c0 + w > self.width):
             raise ValueError(f"window {window} is not an integer window inside the tile "
                              f"({self.width}x{self.height} px)")
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+            return self._read(r0, c0, h, w)
+
+    def _read(self, r0: int, c0: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        from rasterio.windows import Window
+
         pixels = np.empty((h, w, len(self._bands)), dtype=np.float32)
         valid = np.ones((h, w), dtype=bool)
         for ci, b in enumerate(self._bands):
@@ -287,12 +294,12 @@ class TileSource:
         return pixels, valid
 
     def close(self) -> None:
-        for ds in self._ds.values():
-            ds.close()
+        import rasterio
+
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+            for ds in self._ds.values():
+                ds.close()
         self._ds = {}
-        if self._env is not None:
-            self._env.__exit__(None, None, None)
-            self._env = None
 
     def __enter__(self) -> "TileSource":
         return self
@@ -345,7 +352,8 @@ def _safe_bands(path: str, wanted: list[str]) -> tuple[str, dict[str, tuple[str,
                    else [] for r in (10, 20, 60)}
         for band in wanted:
             for r in (10, 20, 60):  # finest resolution that holds the band
-                hit = [f for f in listing[r] if re.search(rf"_{band}_{r}m\.", f) and f.lower().endswith(BAND_EXTENSIONS)]
+                hit = [f for f in listing[r]
+                       if re.search(rf"_{band}_{r}m\.", f) and f.lower().endswith(BAND_EXTENSIONS)]
                 if hit:
                     found[band] = (os.path.join(img, f"R{r}m", hit[0]), r // 10)
                     if r > BAND_BY_NAME[band].resolution_m:
