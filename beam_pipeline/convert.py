@@ -166,19 +166,46 @@ def print_summary(man: dict, seconds: float, stream=None) -> None:
     print(f"  {total_w} patches written in {seconds:.1f} s ({rate:.1f} patches/s)", file=stream)
 
 
-def print_counters(result, stream=None) -> None:
+def print_counters(result, stream=None) -> dict[str, int]:
+    """Summarise the pipeline's Beam counters (outcomes by reason, bytes); returns them."""
     stream = stream or sys.stderr
-    """Summarise the pipeline's Beam counters (outcomes by reason, bytes)."""
+    totals: dict[str, int] = {}
     try:
         counters = result.metrics().query()["counters"]
     except Exception:  # noqa: BLE001 - some runners do not report metrics
-        return
-    totals: dict[str, int] = {}
+        return totals
     for c in counters:
         if c.key.metric.namespace == "benbeam":
             totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (c.committed or c.attempted or 0)
     if totals:
         print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), file=stream)
+    return dict(sorted(totals.items()))
+
+
+def write_run_record(out: str, man: dict, seconds: float, opts, counters: dict) -> dict:
+    """``run.json``: how this run went (time, throughput, runner). Not part of the manifest,
+    which stays byte-identical between runs; the report's throughput section reads it."""
+    import datetime
+    import resource
+
+    from beam_pipeline import __version__
+
+    allopts = opts.get_all_options()
+    patches = sum(s["input"] for s in man["splits"].values())
+    rec = {
+        "package_version": __version__,
+        "seconds": round(seconds, 3),
+        "patches": patches,
+        "patches_per_s": round(patches / seconds, 2) if seconds else None,
+        "runner": allopts.get("runner") or "DirectRunner",
+        "direct_running_mode": allopts.get("direct_running_mode"),
+        "workers": allopts.get("direct_num_workers") or allopts.get("num_workers"),
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "counters": counters,
+    }
+    storage.write_bytes_atomic(storage.join(out, M.RUN_JSON), (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode())
+    return rec
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -217,9 +244,18 @@ def run(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     dt = time.perf_counter() - t0
-    print_counters(result)
+    counters = print_counters(result)
     man = summary(args.out)
     print_summary(man, dt)
+    try:
+        write_run_record(args.out, man, dt, opts, counters)
+        if args.report:
+            from beam_pipeline.report import write_report
+
+            print(f"  report: {write_report(args.out)}")
+    except Exception as e:  # noqa: BLE001 - the dataset is complete; a failed report must not hide that
+        print(f"benbeam convert: warning: the dataset is complete, but its report could not be written "
+              f"({type(e).__name__}: {e}); `benbeam report {args.out}` tries again", file=sys.stderr)
     if args.max_failure_fraction is not None:
         total = sum(s["input"] for s in man["splits"].values())
         frac = man["failures"]["total"] / total if total else 0.0

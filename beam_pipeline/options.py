@@ -79,6 +79,8 @@ class ConvertOptions(PipelineOptions):
         parser.add_argument("--stats_fraction", type=float, default=1.0,
                             help="compute statistics on a deterministic sample of training patches")
         add_decode_timeout_arg(parser)
+        parser.add_argument("--no_report", dest="report", action="store_false",
+                            help="do not write report.html (`benbeam report DATASET` writes it later)")
         parser.add_argument("--max_failure_fraction", type=float, default=None,
                             help="exit non-zero (after writing everything) if more than this fraction of "
                                  "the input failed")

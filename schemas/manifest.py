@@ -46,6 +46,10 @@ STATS_JSON = "stats.json"
 HISTOGRAMS_NPZ = "histograms.npz"
 FAILURES_JSONL = "failures.jsonl"
 TFMD_SCHEMA = "schema.pbtxt"
+# Written after dataset.json, outside its contract: how the run went and what it did, for people.
+RUN_JSON = "run.json"
+REPORT_HTML = "report.html"
+REPORT_DIR = "report"
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "eval": "validation", "training": "train", "testing": "test"}

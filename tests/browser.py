@@ -35,6 +35,7 @@ _COLLECT = """() => ({
     loaded: i.complete && i.naturalWidth > 0 && i.naturalHeight > 0})),
   links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
   text: document.body ? document.body.innerText : '',
+  scroll_width: document.documentElement.scrollWidth,
 })"""
 
 
