@@ -1,8 +1,9 @@
 """``report.html``: what a conversion did, for a person to read.
 
 ``benbeam convert`` writes it after ``dataset.json``; ``benbeam report DATASET`` writes it
-again from the dataset alone. One self-contained HTML file (plots embedded as PNG data
-URIs, no scripts, no network) plus the same plots as files under ``report/``:
+again from the dataset alone. One self-contained HTML file (SVG plots and PNG sample
+images embedded as data URIs, no scripts, no network) plus the same images as files under
+``report/``:
 
 - accounting: input, written and failed patches per split, and the invariant;
 - failures per split and reason, with the first failing patches and their reasons;
@@ -82,105 +83,164 @@ def _samples(dataset: str, man: dict, n: int = SAMPLES) -> list[dict]:
 # --------------------------------------------------------------------------- plots
 
 
-def _plt():
-    import matplotlib
+# Plots are small SVG documents built here: drawing them costs milliseconds, where
+# matplotlib's layout of 14 histogram panels took over a second at the end of every run.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "figure.dpi": 100,
-                         "svg.hashsalt": "benbeam", "path.simplify": True})
-    return plt
+_FONT = "font-family:DejaVu Sans,Arial,sans-serif"
 
 
-def _png(fig, tight: bool = True) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight" if tight else None, metadata={"Software": None})
-    _plt().close(fig)
-    return buf.getvalue()
+def _svg(width: int, height: int, body: list[str]) -> bytes:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" style="{_FONT};font-size:10px">'
+            f'<rect width="{width}" height="{height}" fill="white"/>' + "".join(body) + "</svg>\n").encode()
+
+
+def _txt(x, y, text, anchor="start", size=10, extra="") -> str:
+    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}"{extra}>'
+            f"{html.escape(str(text))}</text>")
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    if not hi > lo:
+        return [lo]
+    raw = (hi - lo) / n
+    mag = 10 ** np.floor(np.log10(raw))
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=10 * mag)
+    first = np.ceil(lo / step) * step
+    return [float(v) for v in np.arange(first, hi + step * 1e-9, step)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 10 or v == int(v) else f"{v:g}"
 
 
 def plot_histograms(man: dict, npz: bytes) -> bytes:
     """One panel per band: the training histogram (log counts), the clipping percentiles
-    (dashed) and the mean (solid)."""
-    plt = _plt()
-    from matplotlib import ticker
-
+    (dashed red) and the mean (green)."""
     z = np.load(io.BytesIO(npz))
     names = [str(b) for b in z["bands"]]
     counts, edges = z["counts"], z["bin_edges"]
     stats = man["statistics"]["bands"]
-    cols = 4
+    cols, pw, ph, gap_x, gap_y, top = 4, 240, 110, 20, 46, 30
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 1.8))
-    for ax in np.ravel(axes)[len(names):]:
-        ax.axis("off")
-    for i, (name, ax) in enumerate(zip(names, np.ravel(axes))):
+    width, height = cols * (pw + gap_x) + gap_x, top + rows * (ph + gap_y)
+    pl = man["statistics"].get("clip_percentiles") or [None, None]
+    title = (f"training-split histograms (log counts); dashed: p{pl[0]:g} / p{pl[1]:g} clipping, solid: mean"
+             if pl[0] is not None else "training-split histograms (log counts); solid: mean")
+    body = [_txt(width / 2, 18, title, "middle", 12)]
+    for i, name in enumerate(names):
+        x0 = gap_x + (i % cols) * (pw + gap_x)
+        y0 = top + (i // cols) * (ph + gap_y) + 14
+        body.append(_txt(x0 + pw / 2, y0 - 4, name, "middle", 11, ' font-weight="bold"'))
+        body.append(f'<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
         c = np.asarray(counts[i], dtype=np.float64)
         e = np.asarray(edges[i] if np.ndim(edges) == 2 else edges, dtype=np.float64)
         nz = np.nonzero(c)[0]
-        s = stats.get(name, {})
-        if nz.size:
-            lo, hi = max(nz[0] - 2, 0), min(nz[-1] + 3, c.size)
-            # one filled step outline (thousands of bars would take seconds to draw)
-            ax.stairs(np.maximum(c[lo:hi], 0.8), e[lo:hi + 1], fill=True, color="#4a78a8", baseline=0.8)
-            ax.set_yscale("log")
-        # few, fixed ticks: matplotlib's automatic log ticks cost seconds for 14 panels
-        ax.yaxis.set_major_locator(ticker.NullLocator())
-        ax.yaxis.set_minor_locator(ticker.NullLocator())
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
-        for key, style in (("p_low", "--"), ("p_high", "--")):
-            if s.get(key) is not None:
-                ax.axvline(s[key], color="#c0392b", linestyle=style, linewidth=1)
-        if s.get("mean") is not None:
-            ax.axvline(s["mean"], color="#27ae60", linewidth=1)
-        ax.set_title(name)
-        ax.tick_params(labelsize=6)
-    pl = man["statistics"].get("clip_percentiles") or [None, None]
-    fig.suptitle(f"training-split histograms; dashed: p{pl[0]:g}/p{pl[1]:g} clipping, solid: mean"
-                 if pl[0] is not None else "training-split histograms; solid: mean", fontsize=9)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.06, top=0.9, wspace=0.08, hspace=0.45)
-    return _png(fig, tight=False)
+        if not nz.size:
+            continue
+        lo_i, hi_i = max(nz[0] - 2, 0), min(nz[-1] + 3, c.size)
+        lo, hi = e[lo_i], e[hi_i]
+        # at most one bar per horizontal pixel: merge bins, keeping their sum
+        k = max(1, -(-(hi_i - lo_i) // pw))
+        cc = np.add.reduceat(c[lo_i:hi_i], np.arange(0, hi_i - lo_i, k))
+        ee = e[lo_i:hi_i + 1:k]
+        ee = np.append(ee, hi) if ee.size == cc.size else ee[: cc.size + 1]
+        logc = np.log10(np.maximum(cc, 1.0))
+        top_v = max(float(logc.max()), 1.0)
+        sx = lambda v: x0 + (v - lo) / (hi - lo) * pw  # noqa: E731
+        sy = lambda v: y0 + ph - v / top_v * (ph - 4)  # noqa: E731
+        pts = [f"{sx(ee[0]):.1f},{y0 + ph}"]
+        for j in range(cc.size):
+            y = sy(logc[j]) if cc[j] > 0 else y0 + ph
+            pts.append(f"{sx(ee[j]):.1f},{y:.1f} {sx(ee[j + 1]):.1f},{y:.1f}")
+        pts.append(f"{sx(ee[-1]):.1f},{y0 + ph}")
+        body.append(f'<polygon points="{" ".join(pts)}" fill="#4a78a8" stroke="none"/>')
+        st = stats.get(name, {})
+        for key, dash, color in (("p_low", "4,3", "#c0392b"), ("p_high", "4,3", "#c0392b"), ("mean", "", "#27ae60")):
+            v = st.get(key)
+            if v is not None and lo <= v <= hi:
+                da = f' stroke-dasharray="{dash}"' if dash else ""
+                body.append(f'<line x1="{sx(v):.1f}" y1="{y0}" x2="{sx(v):.1f}" y2="{y0 + ph}" stroke="{color}"'
+                            f' stroke-width="1.2"{da}/>')
+        for t in _nice_ticks(lo, hi):
+            body.append(f'<line x1="{sx(t):.1f}" y1="{y0 + ph}" x2="{sx(t):.1f}" y2="{y0 + ph + 3}" stroke="#333"/>')
+            body.append(_txt(sx(t), y0 + ph + 13, _fmt(t), "middle", 9))
+    return _svg(width, height, body)
+
+
+def _hbars(labels: list[str], series: list[tuple[str, list[float], list[str]]], *, label_w: int, bar_w: int,
+           unit: str, integer: bool = False, stacked: bool = False) -> bytes:
+    """Horizontal bars: one panel per series (side by side), or one stacked panel."""
+    row_h, top, bottom = 15, 22, 28
+    panels = [series] if stacked else [[s] for s in series]
+    width = label_w + len(panels) * (bar_w + 20) + 10
+    height = top + len(labels) * row_h + bottom
+    body = []
+    for i, lab in enumerate(labels):
+        body.append(_txt(label_w - 6, top + i * row_h + row_h * 0.72, lab, "end", 9))
+    if stacked:
+        vmax = max((sum(vals[i] for _, vals, _ in series) for i in range(len(labels))), default=0.0)
+    else:
+        vmax = max((max(vals, default=0.0) for _, vals, _ in series), default=0.0)
+    vmax = vmax or 1.0
+    for p, group in enumerate(panels):
+        x0 = label_w + p * (bar_w + 20)
+        if stacked:  # a legend: one swatch per series
+            lx = x0
+            for name, _, colors in group:
+                body.append(f'<rect x="{lx}" y="5" width="10" height="10" fill="{colors[0]}"/>')
+                body.append(_txt(lx + 14, 14, name, "start", 10))
+                lx += 24 + 7 * len(name)
+        else:
+            body.append(_txt(x0 + bar_w / 2, 14, group[0][0], "middle", 10, ' font-weight="bold"'))
+        body.append(f'<line x1="{x0}" y1="{top}" x2="{x0}" y2="{top + len(labels) * row_h}" stroke="#333"/>')
+        left = np.zeros(len(labels))
+        for name, vals, colors in group:
+            for i, v in enumerate(vals):
+                w = v / vmax * bar_w
+                if w > 0:
+                    body.append(f'<rect x="{x0 + left[i] / vmax * bar_w:.1f}" y="{top + i * row_h + 2}" '
+                                f'width="{w:.1f}" height="{row_h - 4}" fill="{colors[i]}" stroke="#333" '
+                                f'stroke-width="0.3"><title>{html.escape(name)}: {v:g}</title></rect>')
+                left[i] += v
+        for t in _nice_ticks(0, vmax):
+            if integer and t != int(t):
+                continue
+            x = x0 + t / vmax * bar_w
+            y = top + len(labels) * row_h
+            body.append(f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 3}" stroke="#333"/>')
+            body.append(_txt(x, y + 13, _fmt(t), "middle", 9))
+        body.append(_txt(x0 + bar_w / 2, height - 3, unit, "middle", 9))
+    return _svg(int(width), int(height), body)
+
+
+def _hex(rgb) -> str:
+    return "#%02x%02x%02x" % tuple(int(v) for v in rgb[:3])
 
 
 def plot_classes(man: dict) -> bytes:
-    plt = _plt()
     names = man["classes"]
-    colors = np.asarray(man["class_colors"], dtype=np.float64) / 255.0
-    splits = [s for s in M.SPLITS if s in man["splits"]]
-    fig, axes = plt.subplots(1, len(splits), figsize=(3.6 * len(splits), 4.6), sharey=True, squeeze=False)
-    y = np.arange(len(names))
-    for ax, split in zip(axes[0], splits):
-        f = np.asarray(man["splits"][split].get("class_pixel_frequencies") or [0.0] * len(names))
-        ax.barh(y, f * 100, color=colors, edgecolor="#333", linewidth=0.3)
-        ax.set_title(f"{split} ({man['splits'][split]['written']} patches)")
-        ax.set_xlabel("% of labelled pixels")
-        ax.invert_yaxis()
-    axes[0][0].set_yticks(y, [f"{i} {n}" for i, n in enumerate(names)], fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
+    colors = [_hex(c) for c in man["class_colors"][: len(names)]]
+    series = []
+    for split in (s for s in M.SPLITS if s in man["splits"]):
+        f = man["splits"][split].get("class_pixel_frequencies") or [0.0] * len(names)
+        series.append((f"{split} ({man['splits'][split]['written']:,} patches)", [100 * v for v in f], colors))
+    labels = [f"{i} {n if len(n) <= 44 else n[:42] + '…'}" for i, n in enumerate(names)]
+    return _hbars(labels, series, label_w=250, bar_w=170, unit="% of labelled pixels")
+
+
+_SPLIT_COLORS = {"train": "#4a78a8", "validation": "#f28e2b", "test": "#59a14f"}
 
 
 def plot_failures(man: dict, failures: list[dict]) -> bytes | None:
     if not failures:
         return None
-    plt = _plt()
     by = Counter((d["reason"], d.get("split") or "?") for d in failures)
-    reasons = sorted({r for r, _ in by}, key=lambda r: -sum(v for (rr, _), v in by.items() if rr == r))
+    reasons = sorted({r for r, _ in by}, key=lambda r: (-sum(v for (rr, _), v in by.items() if rr == r), r))
     splits = sorted({s for _, s in by})
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(reasons) + 1.0))
-    left = np.zeros(len(reasons))
-    palette = {"train": "#4a78a8", "validation": "#f28e2b", "test": "#59a14f"}
-    for s in splits:
-        v = np.array([by.get((r, s), 0) for r in reasons], dtype=float)
-        ax.barh(reasons, v, left=left, label=s, color=palette.get(s, "#999"))
-        left += v
-    ax.invert_yaxis()
-    ax.xaxis.set_major_locator(__import__("matplotlib.ticker", fromlist=["MaxNLocator"]).MaxNLocator(integer=True))
-    ax.set_xlabel("failed patches")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return _png(fig)
+    series = [(s, [float(by.get((r, s), 0)) for r in reasons], [_SPLIT_COLORS.get(s, "#999")] * len(reasons))
+              for s in splits]
+    return _hbars(reasons, series, label_w=140, bar_w=320, unit="failed patches", integer=True, stacked=True)
 
 
 def render_sample(ex: dict, man: dict) -> tuple[bytes, bytes]:
@@ -222,23 +282,29 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 padding:0 1rem}
 h1{font-size:1.5rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem}td,th{border:1px solid #ddd;padding:.25rem .5rem;
-text-align:right;overflow-wrap:anywhere}th{background:#f4f4f4}td.l,th.l{text-align:left}.ok{color:#1e7b34}.bad{color:#b00020}
+text-align:right}th{background:#f4f4f4}td.w{overflow-wrap:anywhere;min-width:8rem}td.l,th.l{text-align:left}.ok{color:#1e7b34}.bad{color:#b00020}
 img.plot{max-width:100%;border:1px solid #eee}.samples{display:flex;flex-wrap:wrap;gap:1rem}
 figure{margin:0;font-size:.75rem}figure img{display:inline-block;margin-right:2px;image-rendering:pixelated}
 .muted{color:#777}code{background:#f6f6f6;padding:0 .2rem}
 """
 
 
-def _img(png: bytes, alt: str, cls: str = "plot", ident: str = "") -> str:
-    b64 = base64.b64encode(png).decode("ascii")
+def _img(data: bytes, alt: str, cls: str = "plot", ident: str = "") -> str:
+    mime = "image/svg+xml" if data.lstrip()[:4] == b"<svg" else "image/png"
+    b64 = base64.b64encode(data).decode("ascii")
     idattr = f' id="{html.escape(ident)}"' if ident else ""
-    return f'<img class="{cls}"{idattr} alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+    return f'<img class="{cls}"{idattr} alt="{html.escape(alt)}" src="data:{mime};base64,{b64}">'
 
 
-def _table(header: list[str], rows: list[list], left: int = 1) -> str:
+def _table(header: list[str], rows: list[list], left: int = 1, wrap: tuple[int, ...] = ()) -> str:
+    """``left``: how many leading columns are left-aligned; ``wrap``: columns whose long
+    values (paths, details) may break anywhere rather than widen the page."""
     def cell(tag, i, v):
-        cls = ' class="l"' if i < left else ""
-        return f"<{tag}{cls}>{v}</{tag}>"
+        cls = ["l"] if i < left else []
+        if tag == "td" and i in wrap:
+            cls.append("w")
+        attr = f' class="{" ".join(cls)}"' if cls else ""
+        return f"<{tag}{attr}>{v}</{tag}>"
 
     head = "".join(cell("th", i, html.escape(str(h))) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
@@ -311,7 +377,7 @@ def build_html(dataset: str, man: dict, *, failures: list[dict], plots: dict[str
                    f"<code>{esc(man['failures'].get('file', M.FAILURES_JSONL))}</code>):</p>")
         sec.append(_table(["patch", "split", "stage", "reason", "detail"],
                           [[esc(str(d["patch_id"])[:120]), esc(str(d.get("split"))), esc(d["stage"]), esc(d["reason"]),
-                            esc(str(d.get("detail", ""))[:300])] for d in listed], left=5))
+                            esc(str(d.get("detail", ""))[:300])] for d in listed], left=5, wrap=(4,)))
     sec.append("</section>")
     parts.append("".join(sec))
 
@@ -405,9 +471,9 @@ def write_report(dataset: str, out: str | None = None) -> str:
     page = build_html(dataset, man, failures=failures, plots=plots, samples=samples, run=run)
     target = out or storage.join(dataset, REPORT_HTML)
     plot_dir = storage.join(storage.parent(target), REPORT_DIR)
-    for name, png in plots.items():
-        if png:
-            storage.write_bytes_atomic(storage.join(plot_dir, f"{name}.png"), png)
+    for name, svg in plots.items():
+        if svg:
+            storage.write_bytes_atomic(storage.join(plot_dir, f"{name}.svg"), svg)
     for i, (_, rgb, lab) in enumerate(samples):
         storage.write_bytes_atomic(storage.join(plot_dir, f"sample-{i}-rgb.png"), rgb)
         storage.write_bytes_atomic(storage.join(plot_dir, f"sample-{i}-label.png"), lab)

@@ -32,7 +32,7 @@ def test_convert_writes_the_report_its_plots_and_the_run_record(dataset):
     html = (dataset / M.REPORT_HTML).read_text()
     assert 'src="http' not in html and "<script" not in html  # self-contained, nothing to fetch
     plots = {p.name for p in (dataset / M.REPORT_DIR).iterdir()}
-    assert {"histograms.png", "classes.png", "failures.png"} <= plots
+    assert {"histograms.svg", "classes.svg", "failures.svg"} <= plots
     assert {f"sample-{i}-rgb.png" for i in range(6)} <= plots
     run = json.loads((dataset / M.RUN_JSON).read_text())
     man = _manifest(dataset)
@@ -73,8 +73,8 @@ def test_benbeam_report_regenerates_it_identically(dataset, tmp_path, capsys):
     assert main(["report", str(dataset), "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     assert out.read_bytes() == (dataset / M.REPORT_HTML).read_bytes()
-    assert (tmp_path / M.REPORT_DIR / "histograms.png").read_bytes() == \
-        (dataset / M.REPORT_DIR / "histograms.png").read_bytes()
+    assert (tmp_path / M.REPORT_DIR / "histograms.svg").read_bytes() == \
+        (dataset / M.REPORT_DIR / "histograms.svg").read_bytes()
 
 
 def test_a_dataset_without_run_record_or_histograms_still_gets_a_report(dataset, tmp_path):
