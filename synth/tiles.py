@@ -7,7 +7,9 @@ rendered with the spectral and backscatter signatures of the synthetic patches
 (``synth.signatures``: same noise and texture constants, 20 m / 60 m bands as block means of
 the 10 m signal, S1 in dB), so a U-Net trained on ``benbeam synth`` patches maps a synthetic
 tile meaningfully. Everything is generated and written in strips of ``STRIP`` rows; only the
-strip (and small per-tile lattices) are ever in memory, so a full 10,980 px tile works.
+strip (and small per-tile lattices) are ever in memory, so a full 10,980 px tile works
+(measured: 3.4 min, 0.7 GB peak RSS; most of it is GDAL's JPEG 2000 encoder, which holds the
+one band it is encoding, about 250 MB for a 10 m band).
 
 Layouts:
 
@@ -354,7 +356,8 @@ def make_tile(out_dir: str, *, size: int = 1098, seed: int = 0, layout: str = "s
     tmp = tempfile.mkdtemp(prefix=".synth-tile-", dir=out_dir)
     outs: dict = {}
     try:
-        with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        # a bounded block cache: written strips go to disk, not into GDAL's default 5 % of RAM
+        with rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_CACHEMAX=128):
             truth_ds = _open_tif(truth_path, size, size, 1, "uint8", crs, transform, nodata=IGNORE_INDEX,
                                  compress="deflate", predictor=2)
             outs["truth"] = truth_ds

@@ -251,7 +251,6 @@ class TileSource:
         valid bool (h, w): False where a requested S2 band is nodata (0) or S1 is not finite).
         Not thread-safe (GDAL datasets): one TileSource per thread."""
         import rasterio
-        from rasterio.windows import Window
 
         r0, c0 = int(window.row_off), int(window.col_off)
         h, w = int(window.height), int(window.width)
