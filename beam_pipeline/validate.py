@@ -83,10 +83,10 @@ class ValidateGroupFn(beam.DoFn):
         for rec in sorted(recs, key=lambda r: r["patch_id"]):
             errs = check_objects(rec, listing)
             if not errs and self.deep:
-                from transforms.ptransforms import _safe_load
+                from transforms.ptransforms import load_patch
 
                 try:
-                    _safe_load(rec, "nearest", self.decode_timeout)
+                    load_patch(rec, "nearest", self.decode_timeout)
                 except F.PatchError as e:
                     errs = [e]
             _count("patches_ok" if not errs else "patches_failed")

@@ -74,3 +74,38 @@ def test_everything_that_ships_to_workers_pickles():
     fn = pickle.loads(pickle.dumps(WriteShardFn("/o", "nearest", "gzip", "float16", {})))
     assert (fn.out, fn.resampling, fn.compression, fn.image_dtype) == ("/o", "nearest", "gzip", "float16")
     assert WriteShards.__dataclass_fields__["compression"]
+
+
+def test_read_ahead_gives_the_same_patches_and_errors_in_the_same_order(tmp_path):
+    """`loaded_patches` fetches ahead on threads; what it yields equals loading one patch after
+    the other: same order, same arrays, same dead-letter reasons."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from beam_pipeline.cli import main
+    from schemas import failures as F
+    from schemas.naming import object_urls
+    from transforms.ptransforms import load_patch, loaded_patches
+
+    assert main(["synth", "--out", str(tmp_path), "--n", "14", "--seed", "5",
+                 "--faults", "missing_band_file,truncated_tiff,s1_nan"]) == 0
+    rows = pq.read_table(tmp_path / "metadata.parquet").to_pylist()
+    recs = [{"patch_id": r["patch_id"], "urls": object_urls(str(tmp_path), r["patch_id"], r["s1_name"])}
+            for r in sorted(rows, key=lambda r: r["patch_id"])]
+
+    def one_by_one(rec):
+        try:
+            return load_patch(rec, "bilinear")
+        except F.PatchError as e:
+            return e
+
+    expected = [one_by_one(r) for r in recs]
+    for ahead in (0, 1, 4, 32):
+        got = list(loaded_patches(recs, "bilinear", 30.0, read_ahead=ahead))
+        assert [r["patch_id"] for r, _ in got] == [r["patch_id"] for r in recs]
+        for (_, g), e in zip(got, expected):
+            if isinstance(e, F.PatchError):
+                assert isinstance(g, F.PatchError) and (g.stage, g.reason, g.detail) == (e.stage, e.reason, e.detail)
+            else:
+                assert np.array_equal(g.pixels, e.pixels) and np.array_equal(g.label, e.label)
+    assert sum(isinstance(e, F.PatchError) for e in expected) == 3

@@ -183,22 +183,76 @@ class AssignShards(beam.PTransform):
 # --------------------------------------------------------------------------- per-patch work
 
 
-def load_patch(rec: dict, resampling: str, decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
-    """Fetch and decode one patch; raises PatchError."""
-    from transforms.patch import decode_patch, fetch_objects
+def _fetch(rec: dict) -> dict[str, bytes]:
+    """The 15 objects of a patch; raises PatchError (and only PatchError)."""
+    from transforms.patch import fetch_objects
 
-    objects = fetch_objects(rec["urls"])
-    return decode_patch(rec["patch_id"], objects, resampling=resampling, timeout=decode_timeout)
-
-
-def _safe_load(rec, resampling, decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
-    """load_patch that turns any unexpected error into a PatchError (never kills the job)."""
     try:
-        return load_patch(rec, resampling, decode_timeout)
+        return fetch_objects(rec["urls"])
+    except F.PatchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an unexpected storage error is this patch's failure
+        raise F.PatchError(F.FETCH, "read_error", f"unexpected {type(e).__name__}: {e}") from None
+
+
+def _decode(rec: dict, objects: dict[str, bytes], resampling: str, decode_timeout):
+    from transforms.patch import decode_patch
+
+    try:
+        return decode_patch(rec["patch_id"], objects, resampling=resampling, timeout=decode_timeout)
     except F.PatchError:
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt file must not kill the job
         raise F.PatchError(F.DECODE, "decode_error", f"unexpected {type(e).__name__}: {e}") from None
+
+
+def load_patch(rec: dict, resampling: str, decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
+    """Fetch and decode one patch; raises PatchError."""
+    return _decode(rec, _fetch(rec), resampling, decode_timeout)
+
+
+READ_AHEAD = 4  # patches whose objects are fetched while the current one is decoded
+
+
+def loaded_patches(recs, resampling: str, decode_timeout, read_ahead: int = READ_AHEAD):
+    """``(rec, DecodedPatch | PatchError)`` for each record, in order.
+
+    The objects of the next ``read_ahead`` patches are fetched on threads while the current
+    patch is decoded, so that a worker's CPU is not idle while an object store answers
+    (fetching is I/O: file reads and HTTP GETs release the GIL). Order and results are those
+    of fetching and decoding one patch after the other.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    recs = list(recs)
+    if read_ahead <= 0 or len(recs) < 2:
+        for rec in recs:
+            try:
+                yield rec, load_patch(rec, resampling, decode_timeout)
+            except F.PatchError as e:
+                yield rec, e
+        return
+
+    def fetch(rec):
+        try:
+            return _fetch(rec)
+        except F.PatchError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=read_ahead, thread_name_prefix="benbeam-fetch") as pool:
+        pending = [pool.submit(fetch, r) for r in recs[:read_ahead]]
+        for i, rec in enumerate(recs):
+            objects = pending[i].result()
+            pending[i] = None  # release the bytes as soon as they are decoded
+            if i + read_ahead < len(recs):
+                pending.append(pool.submit(fetch, recs[i + read_ahead]))
+            if isinstance(objects, F.PatchError):
+                yield rec, objects
+                continue
+            try:
+                yield rec, _decode(rec, objects, resampling, decode_timeout)
+            except F.PatchError as e:
+                yield rec, e
 
 
 class ShardStatsFn(beam.DoFn):
@@ -222,12 +276,9 @@ class ShardStatsFn(beam.DoFn):
         (split, index, count), recs = element
         t0 = time.perf_counter()
         acc = self.stats.create()
-        for rec in recs:
-            if not md.sampled(rec["patch_id"], self.stats_fraction, salt="stats"):
-                continue
-            try:
-                p = _safe_load(rec, self.resampling, self.decode_timeout)
-            except F.PatchError:
+        chosen = [r for r in recs if md.sampled(r["patch_id"], self.stats_fraction, salt="stats")]
+        for rec, p in loaded_patches(chosen, self.resampling, self.decode_timeout):
+            if isinstance(p, F.PatchError):
                 continue
             self.stats.add(acc, p.pixels)
             _count("stats_patches")
@@ -302,12 +353,10 @@ class WriteShardFn(beam.DoFn):
         disagreements = 0
         dead = []
         with ShardWriter(storage.join(self.out, rel), self.compression) as writer:
-            for rec in recs:
-                try:
-                    p = _safe_load(rec, self.resampling, self.decode_timeout)
-                except F.PatchError as e:
-                    _count(f"failed_{e.stage}_{e.reason}")
-                    dead.append(e.record(rec["patch_id"], split))
+            for rec, p in loaded_patches(recs, self.resampling, self.decode_timeout):
+                if isinstance(p, F.PatchError):
+                    _count(f"failed_{p.stage}_{p.reason}")
+                    dead.append(p.record(rec["patch_id"], split))
                     continue
                 try:
                     normalize(p.pixels, params, inplace=True)
