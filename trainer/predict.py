@@ -257,6 +257,18 @@ def reset_peak_rss() -> None:
         pass
 
 
+def rss_bytes() -> int:
+    """Current resident set size of this process (VmRSS; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process since the last ``reset_peak_rss`` (VmHWM)."""
     try:
@@ -580,6 +592,7 @@ def predict_tile(predictor: Predictor, source, out_dir: str, *, chunk_size: int 
         e.names = None
     t0 = time.perf_counter()
     reset_peak_rss()
+    rss_start = rss_bytes()
     height, width = int(source.height), int(source.width)
     p = predictor.patch
     rows = window_starts(height, p, predictor.overlap)
@@ -652,6 +665,7 @@ def predict_tile(predictor: Predictor, source, out_dir: str, *, chunk_size: int 
         "seconds": seconds,
         "pixels_per_s": pixels / seconds if seconds > 0 else None,
         "peak_rss_bytes": peak_rss_bytes(),
+        "rss_start_bytes": rss_start,
         "device": device_name(),
         "model": getattr(predictor, "path", None),
         "channels": list(predictor.channels),
