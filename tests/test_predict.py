@@ -511,3 +511,22 @@ def test_beam_transforms_pickle_and_a_bad_tile_becomes_a_dead_letter(model_file,
     with TestPipeline(argv=["--runner=DirectRunner", "--direct_running_mode=in_memory"]) as p:
         res = p | beam.Create([tiles[0]["path"], str(bad)]) | PB.PredictTiles(settings)
         assert_that(res, check)
+
+
+def test_predict_resamples_tiles_as_the_training_data_was_converted(synthetic_model, tmp_path):
+    """The model records convert's --resampling; predict uses it unless --resampling is given."""
+    import json
+    import shutil
+
+    from trainer.model import sidecar_path
+    from trainer.predict import model_resampling
+
+    info = json.loads(open(sidecar_path(synthetic_model)).read())
+    assert info["resampling"] == "bilinear"  # what convert ran with in the fixture
+    assert model_resampling(synthetic_model) == "bilinear"
+    other = tmp_path / "m.keras"
+    shutil.copy(synthetic_model, other)
+    json.dump(dict(info, resampling="cubic"), open(sidecar_path(str(other)), "w"))
+    assert model_resampling(str(other)) == "cubic"
+    json.dump({k: v for k, v in info.items() if k != "resampling"}, open(sidecar_path(str(other)), "w"))
+    assert model_resampling(str(other)) == "bilinear"  # an older model: convert's default

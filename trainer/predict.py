@@ -686,6 +686,21 @@ def predict_tile(predictor: Predictor, source, out_dir: str, *, chunk_size: int 
     return summary
 
 
+def model_resampling(model: str) -> str:
+    """The resampling the model's training data was converted with, from the model's JSON
+    sidecar (no TensorFlow needed); ``bilinear`` (convert's default) when not recorded."""
+    import json
+
+    from transforms import storage
+    from trainer.model import sidecar_path
+
+    try:
+        info = json.loads(storage.read_bytes(sidecar_path(model)))
+    except (FileNotFoundError, ValueError):
+        return "bilinear"
+    return info.get("resampling") or "bilinear"
+
+
 def open_source(path: str, channels, s1: str | None = None, resampling: str = "bilinear"):
     """``trainer.tiles.open_tile`` with its errors turned into ``PredictError``. ``resampling``
     of the 20 m / 60 m bands: that of the training data's ``benbeam convert --resampling``."""
@@ -806,9 +821,9 @@ def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="output folder (local)")
     ap.add_argument("--s1", default=None,
                     help="Sentinel-1 VV/VH raster for --tile (needed by a model trained on S2+S1 or S1)")
-    ap.add_argument("--resampling", choices=("bilinear", "nearest", "cubic", "average"), default="bilinear",
-                    help="resampling of the 20 m and 60 m bands to 10 m: use the training data's "
-                         "`benbeam convert --resampling` (default: %(default)s)")
+    ap.add_argument("--resampling", choices=("bilinear", "nearest", "cubic", "average"), default=None,
+                    help="resampling of the 20 m and 60 m bands to 10 m (default: the training data's "
+                         "`benbeam convert --resampling`, recorded in the model; bilinear for older models)")
     ap.add_argument("--chunk_size", type=_positive_int, default=DEFAULTS["chunk_size"],
                     help="chunk side in px, a multiple of 128; peak memory grows with its square "
                          "(default: %(default)s)")
@@ -897,6 +912,8 @@ def run(argv: list[str] | None = None) -> int:
         tiles = _find_tiles(args.input_dir) if args.input_dir else [args.tile]
         _check_out(args.out)
         extras = [load_extra(s) for s in args.extra]
+        if args.resampling is None:
+            args.resampling = model_resampling(args.model)
         settings = dict(chunk_size=args.chunk_size, save_probs=args.save_probs, probs_dtype=args.probs_dtype,
                         preview_size=args.preview_size, resampling=args.resampling)
         if args.input_dir and not args.benchmark:

@@ -126,6 +126,8 @@ def build_info(ds, *, modalities: str, task: str, width: int, depth: int, class_
         "ignore_index": int(m["ignore_index"]),
         "statistics": m["statistics"],
         "image_dtype": m["image_dtype"],
+        # how convert resampled the 20 m / 60 m bands: predict resamples tiles the same way
+        "resampling": (m.get("options") or {}).get("resampling", "bilinear"),
         "class_weights": class_weights,
         "training_data": {"url": str(ds.root), "manifest_sha256": ds.manifest_sha256,
                           "package_version": m.get("package_version"), "created_by": m.get("created_by")},
