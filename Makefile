@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
-#   make demo   install into .venv, then synth -> convert -> train -> evaluate on a built-in sample
+#   make demo   install into .venv, then synth -> convert -> train -> evaluate -> predict on a built-in sample
 #   make test   install into .venv (with test tools), then run the test suite
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -25,6 +25,8 @@ demo: setup
 	$(BIN)/python -m beam_pipeline.demo_summary $(DEMO)/dataset
 	$(BIN)/benbeam train --data $(DEMO)/dataset --epochs $(DEMO_EPOCHS) --batch 16 --lr 0.002 --augment --save $(DEMO)/run/unet.keras
 	$(BIN)/benbeam evaluate --model $(DEMO)/run/unet.keras --data $(DEMO)/dataset --split test --out $(DEMO)/run/eval_test
+	$(BIN)/benbeam synth-tile --out $(DEMO)/tiles --n 2 --size 600 --seed 1 --s1
+	$(BIN)/benbeam predict --model $(DEMO)/run/unet.keras --input_dir $(DEMO)/tiles --out $(DEMO)/maps --benchmark
 
 # The HTML report / viewer tests render pages in Debian's Chromium. Installed when missing
 # and apt can be used (root, or sudo without a password); otherwise those tests say why they
