@@ -58,8 +58,20 @@ _SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-\d{5}-of-\d{5}\.tfrecord(\.gz)?$")
 
 
 def _cleanup(out: str, keep: set[str], splits) -> None:
-    """Remove temp files and shards of earlier runs that are not part of this dataset."""
+    """Remove temp files and shards of earlier runs that are not part of this dataset, and
+    the temporary files a killed run left at the top (its write probe, half-written JSON)."""
     fs = storage.filesystem(out)
+    try:
+        top = fs.ls(out, detail=False)
+    except FileNotFoundError:
+        top = []
+    for full in top:
+        name = os.path.basename(str(full).rstrip("/"))
+        if name.startswith(".tmp-") or name == ".benbeam-write-test":
+            try:
+                fs.rm(full)
+            except (FileNotFoundError, IsADirectoryError):
+                pass
     for split in splits:
         d = storage.join(out, split)
         try:

@@ -132,3 +132,18 @@ def test_a_full_disk_is_a_clear_error_and_no_dataset_is_presented_as_complete(re
     assert 0 < len(final) < len(ref_hashes)  # some shards were finished before the disk filled
     for path, h in final.items():
         assert ref_hashes[path] == h, f"{path} is visible under its final name but is not the complete shard"
+
+
+def test_a_rerun_removes_what_a_killed_run_left_at_the_top(reference, tmp_path):
+    """A kill between writing a temporary file and renaming it (the write probe, a JSON
+    file) leaves a `.tmp-*` at the top of the output: the next run removes it."""
+    d, ref = reference
+    out = tmp_path / "out"
+    out.mkdir()
+    left = [out / ".tmp-.benbeam-write-test-0123", out / ".tmp-dataset.json-4567", out / ".benbeam-write-test"]
+    for p in left:
+        p.write_bytes(b"half")
+    res = subprocess.run(_convert_cmd(d, out), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not [p for p in left if p.exists()]
+    assert json.loads((out / M.MANIFEST).read_text())["splits"] == ref["splits"]

@@ -285,3 +285,20 @@ def test_gpu_options_run_on_cpu_and_tensorboard_logs_are_written(tiny, tmp_path)
     assert model.predict(np.zeros((1, 120, 120, 14), np.float32), verbose=0)[TM.SEG].dtype == np.float32
     events = [f for _, _, fs in os.walk(run_paths(save)["tensorboard"]) for f in fs if "tfevents" in f]
     assert events, "no TensorBoard event files"
+
+
+def test_deterministic_training_gives_the_same_weights_twice(tiny, tmp_path):
+    """`--deterministic`: same data, seed and flags -> bit-identical weights."""
+    import keras
+
+    from trainer.model import load_model
+
+    weights = []
+    for i in range(2):
+        save = str(tmp_path / f"d{i}" / "m.keras")
+        train(data=tiny.path, save=save, epochs=2, max_train_patches=16, deterministic=True, augment=True, **FAST)
+        model, _ = load_model(save)
+        weights.append([w.numpy() if hasattr(w, "numpy") else keras.ops.convert_to_numpy(w) for w in model.weights])
+    assert len(weights[0]) == len(weights[1])
+    for a, b in zip(*weights):
+        assert np.array_equal(a, b)

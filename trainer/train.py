@@ -237,7 +237,8 @@ def train(*, data: str, save: str = DEFAULTS["save"], epochs: int = DEFAULTS["ep
           task: str = DEFAULTS["task"], class_weights: str | None = None, resume: bool = False,
           mixed_precision: bool = False, strategy: str = DEFAULTS["strategy"], seed: int = DEFAULTS["seed"],
           val_split: str = DEFAULTS["val_split"], shuffle_buffer: int = DEFAULTS["shuffle_buffer"],
-          tensorboard: bool = True, verbose: int | str = "auto", extra_callbacks=()) -> dict:
+          tensorboard: bool = True, verbose: int | str = "auto", extra_callbacks=(),
+          deterministic: bool = False) -> dict:
     """Train (or, with ``resume``, continue training) the U-Net; returns the final metrics.
 
     ``class_weights``: None, ``"inv_sqrt"`` or ``"median_freq"`` (from the train split's
@@ -304,6 +305,8 @@ def train(*, data: str, save: str = DEFAULTS["save"], epochs: int = DEFAULTS["ep
         weights = TM.class_weights_from_counts(ds.split_info("train")["class_pixel_counts"], class_weights)
 
     keras.utils.set_random_seed(int(seed))
+    if deterministic:  # same data, seed and flags -> the same weights (TF picks deterministic kernels)
+        tf.config.experimental.enable_op_determinism()
     prev_policy = keras.mixed_precision.global_policy().name
     if mixed_precision:
         if not tf.config.list_physical_devices("GPU"):
@@ -443,6 +446,9 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--strategy", default=DEFAULTS["strategy"], choices=["default", "mirrored"],
                     help="mirrored: tf.distribute.MirroredStrategy over all local GPUs")
     ap.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random seed (default: %(default)s)")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="bit-reproducible training: TensorFlow's deterministic kernels (somewhat slower; "
+                         "stays on for the rest of the process)")
     ap.add_argument("--val_split", default=DEFAULTS["val_split"],
                     help="split validated after each epoch (default: %(default)s)")
     ap.add_argument("--shuffle_buffer", type=int, default=DEFAULTS["shuffle_buffer"],
@@ -471,7 +477,7 @@ def train_main(args: argparse.Namespace) -> int:
                         width=args.width, depth=args.depth, task=args.task, class_weights=args.class_weights,
                         resume=args.resume, mixed_precision=args.mixed_precision, strategy=args.strategy,
                         seed=args.seed, val_split=args.val_split, shuffle_buffer=args.shuffle_buffer,
-                        tensorboard=not args.no_tensorboard)
+                        tensorboard=not args.no_tensorboard, deterministic=args.deterministic)
     except (ManifestError, ValueError, FileNotFoundError) as e:
         print(f"benbeam train: error: {e}", file=sys.stderr)
         return 2
