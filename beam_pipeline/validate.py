@@ -51,8 +51,9 @@ def list_sizes(prefix: str) -> dict[str, int]:
 def check_objects(rec: dict, listing) -> list[F.PatchError]:
     """Missing / empty objects of a patch according to folder listings."""
     errs = []
+    urls = md.record_urls(rec)
     for key in OBJECT_KEYS:
-        url = rec["urls"][key]
+        url = urls[key]
         size = listing(_prefix(url)).get(_norm(url))
         if size is None:
             errs.append(F.PatchError(F.FETCH, "missing_object", f"{key} object {url} does not exist"))
@@ -101,7 +102,7 @@ def build(p, args, root, splits):
     checked = read["rows"] | "CheckRows" >> CheckRows(root, splits, args.frac)
     results = (
         checked["patches"]
-        | "ByFolder" >> beam.Map(lambda r: (_prefix(r["urls"][OBJECT_KEYS[0]]), r))
+        | "ByFolder" >> beam.Map(lambda r: (_prefix(md.record_urls(r)[OBJECT_KEYS[0]]), r))
         | "Group" >> beam.GroupByKey()
         | "Check" >> beam.ParDo(ValidateGroupFn(args.deep, sopts, args.decode_timeout))
     )

@@ -24,12 +24,17 @@ def row(**kw):
 
 
 def test_clean_row_gives_canonical_labels_and_15_urls(tmp_path):
+    import pickle
+
     rec = md.check_row(row(), str(tmp_path))
     assert rec["labels"] == ("Arable land", "Pastures")  # canonical order: 2 before 4
-    assert set(rec["urls"]) == set(OBJECT_KEYS) and len(rec["urls"]) == 15
+    assert "urls" not in rec and rec["root"] == str(tmp_path)  # a reference, not 15 URLs
+    assert len(pickle.dumps(rec)) < 700
+    urls = md.record_urls(rec)
+    assert set(urls) == set(OBJECT_KEYS) and len(urls) == 15
     rel = relative_paths(PID, S1)
-    assert rec["urls"]["VV"] == f"{tmp_path}/{rel['VV']}"
-    assert rec["urls"]["reference_map"].endswith(f"Reference_Maps/{PID.rsplit('_', 2)[0]}/{PID}/{PID}_reference_map.tif")
+    assert urls["VV"] == f"{tmp_path}/{rel['VV']}"
+    assert urls["reference_map"].endswith(f"Reference_Maps/{PID.rsplit('_', 2)[0]}/{PID}/{PID}_reference_map.tif")
 
 
 @pytest.mark.parametrize("change,reason,needle", [
@@ -110,7 +115,7 @@ def test_index_adds_urls_and_reports_malformed_names(tmp_path):
     assert r1["url_B02"] is None and "malformed patch_id" in r1["index_error"]
     # the indexed rows are used as given (no root needed)
     rec = md.check_row({**r0, "_source": 0, "_row": 0}, root=None)
-    assert rec["urls"]["VH"] == r0["url_VH"]
+    assert md.record_urls(rec)["VH"] == r0["url_VH"]
     buf = io.BytesIO()
     pq.write_table(out, buf)
     assert pq.read_table(io.BytesIO(buf.getvalue())).column_names[-1] == "index_error"

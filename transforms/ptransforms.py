@@ -188,7 +188,7 @@ def _fetch(rec: dict) -> dict[str, bytes]:
     from transforms.patch import fetch_objects
 
     try:
-        return fetch_objects(rec["urls"])
+        return fetch_objects(md.record_urls(rec))
     except F.PatchError:
         raise
     except Exception as e:  # noqa: BLE001 - an unexpected storage error is this patch's failure
