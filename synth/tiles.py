@@ -214,8 +214,11 @@ def jp2_writable() -> bool:
 def _open_tif(path, width, height, count, dtype, crs, transform, **kw):
     import rasterio
 
+    import numpy as np
+
+    raw = width * height * count * np.dtype(dtype).itemsize
     profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype, crs=crs,
-                   transform=transform, **kw)
+                   transform=transform, BIGTIFF="YES" if raw > 2 * 2**30 else "IF_SAFER", **kw)
     return rasterio.open(path, "w", **profile)
 
 
@@ -393,8 +396,8 @@ def make_tile(out_dir: str, *, size: int = 1098, seed: int = 0, layout: str = "s
             else:
                 path = os.path.join(out_dir, f"{stem}.tif")
                 ds = _open_tif(path, size, size, len(S2_NAMES), "uint16", crs, transform, nodata=0,
-                               compress="deflate", predictor=2, interleave="band", tiled=True,
-                               blockxsize=256, blockysize=256)
+                               compress="deflate", predictor=2, interleave="band", tiled=False,
+                               blockysize=STRIP)  # one strip per written strip: no block is written twice
                 ds.descriptions = S2_NAMES
                 ds.update_tags(SOURCE="benbeam synth-tile", BOA_ADD_OFFSET="0",
                                VALUES="DN = surface reflectance x 10000 (reBEN units); 20 m and 60 m bands "
