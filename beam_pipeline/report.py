@@ -243,16 +243,23 @@ def plot_failures(man: dict, failures: list[dict]) -> bytes | None:
     return _hbars(reasons, series, label_w=140, bar_w=320, unit="failed patches", integer=True, stacked=True)
 
 
-def render_sample(ex: dict, man: dict) -> tuple[bytes, bytes]:
-    """(RGB PNG, label-map PNG) of one example, 240×240 each."""
+def sample_params(man: dict):
+    """The normalisation of the S2 bands, as ``convert`` applied it (to undo it for display)."""
+    from transforms.normalize import NormParams
+
+    st = man["statistics"]
+    return NormParams.from_stats(st["bands"], clip=st.get("clip", True), channels=tuple(man["bands"]["s2"]))
+
+
+def render_sample(ex: dict, man: dict, params) -> tuple[bytes, bytes]:
+    """(RGB PNG, label-map PNG) of one example, 240×240 each; ``params``: the dataset's S2
+    ``NormParams`` (``sample_params``), to undo the normalisation."""
     from PIL import Image
 
     from schemas import tfrecord as T
-    from transforms.normalize import NormParams
 
     s2 = np.asarray(ex[T.S2], dtype=np.float32)
     st = man["statistics"]
-    params = NormParams.from_stats(st["bands"], clip=st.get("clip", True), channels=tuple(man["bands"]["s2"]))
     raw = s2 * params.scale + params.offset  # back to DN (clipped at the percentiles)
     rgb = []
     for band in ("B04", "B03", "B02"):
@@ -467,7 +474,9 @@ def write_report(dataset: str, out: str | None = None) -> str:
     npz = _read(dataset, man["files"]["histograms"]) if man["files"].get("histograms") else None
     plots = {"classes": plot_classes(man), "failures": plot_failures(man, failures),
              "histograms": plot_histograms(man, npz) if npz else None}
-    samples = [(ex, *render_sample(ex, man)) for ex in _samples(dataset, man)]
+    examples = _samples(dataset, man)
+    params = sample_params(man) if examples else None
+    samples = [(ex, *render_sample(ex, man, params)) for ex in examples]
     page = build_html(dataset, man, failures=failures, plots=plots, samples=samples, run=run)
     target = out or storage.join(dataset, REPORT_HTML)
     plot_dir = storage.join(storage.parent(target), REPORT_DIR)

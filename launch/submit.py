@@ -54,12 +54,19 @@ def dataflow_args(*, project: str, region: str, temp_location: str, staging_loca
     return args + list(extra)
 
 
-def flink_args(*, flink_master: str, environment_type: str = "DOCKER", environment_config: str | None = None,
-               parallelism: int | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+def _portable(runner: str, endpoint_flag: str, endpoint: str, environment_type: str,
+              environment_config: str | None) -> list[str]:
+    """The flags every portable runner (Flink, Spark, a job service) takes."""
     _check_env(environment_type)
-    args = ["--runner", "FlinkRunner", "--flink_master", flink_master, "--environment_type", environment_type]
+    args = ["--runner", runner, endpoint_flag, endpoint, "--environment_type", environment_type]
     if environment_config:
         args += ["--environment_config", environment_config]
+    return args
+
+
+def flink_args(*, flink_master: str, environment_type: str = "DOCKER", environment_config: str | None = None,
+               parallelism: int | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    args = _portable("FlinkRunner", "--flink_master", flink_master, environment_type, environment_config)
     if parallelism:
         args += ["--parallelism", str(parallelism)]
     return args + list(extra)
@@ -67,20 +74,14 @@ def flink_args(*, flink_master: str, environment_type: str = "DOCKER", environme
 
 def spark_args(*, spark_master_url: str, environment_type: str = "DOCKER", environment_config: str | None = None,
                extra: tuple[str, ...] = ()) -> list[str]:
-    _check_env(environment_type)
-    args = ["--runner", "SparkRunner", "--spark_master_url", spark_master_url, "--environment_type", environment_type]
-    if environment_config:
-        args += ["--environment_config", environment_config]
-    return args + list(extra)
+    return _portable("SparkRunner", "--spark_master_url", spark_master_url, environment_type,
+                     environment_config) + list(extra)
 
 
 def portable_args(*, job_endpoint: str, environment_type: str = "LOOPBACK", environment_config: str | None = None,
                   extra: tuple[str, ...] = ()) -> list[str]:
-    _check_env(environment_type)
-    args = ["--runner", "PortableRunner", "--job_endpoint", job_endpoint, "--environment_type", environment_type]
-    if environment_config:
-        args += ["--environment_config", environment_config]
-    return args + list(extra)
+    return _portable("PortableRunner", "--job_endpoint", job_endpoint, environment_type,
+                     environment_config) + list(extra)
 
 
 def dask_args(*, dask_client_address: str, extra: tuple[str, ...] = ()) -> list[str]:

@@ -66,6 +66,10 @@ S2_NAMES: tuple[str, ...] = tuple(b.name for b in S2_BANDS)
 S1_NAMES: tuple[str, ...] = tuple(b.name for b in S1_BANDS)
 ALL_NAMES: tuple[str, ...] = S2_NAMES + S1_NAMES
 BAND_BY_NAME: dict[str, Band] = {b.name: b for b in ALL_BANDS}
+# All 13 bands of a Sentinel-2 product, in the product's own order (the bandId 0..12 of its
+# metadata): reBEN's 12 plus B10 (cirrus, 60 m), which L1C products carry and L2A drop.
+S2_PRODUCT_NAMES: tuple[str, ...] = S2_NAMES[:10] + ("B10",) + S2_NAMES[10:]
+S2_PRODUCT_RESOLUTION_M: dict[str, int] = {**{n: BAND_BY_NAME[n].resolution_m for n in S2_NAMES}, "B10": 60}
 
 # Reference map layer.
 REFERENCE_MAP_DTYPE = "uint16"

@@ -43,7 +43,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from schemas.bands import BAND_BY_NAME, S2_NAMES
+from schemas.bands import S2_NAMES, S2_PRODUCT_NAMES, S2_PRODUCT_RESOLUTION_M
 from schemas.classes import IGNORE_INDEX, NUM_CLASSES
 from synth.generator import _COL_SETS, _ROW_LETTERS, tile_origin
 from synth.signatures import NO_CLASS_ROW, S1_NOISE_DB, S1_TEXTURE_DB, S2_NOISE, S2_TEXTURE, block_mean, signatures
@@ -55,8 +55,8 @@ WARP_AMP = 0.35 * CELL
 TEX = 15  # spacing of the texture lattice, px (smooth_field's 8 cells over a 120 px patch)
 BASELINE = "05.10"
 DN_OFFSET = 1000  # baseline >= 04.00: DN = reflectance × 10,000 + 1000
-L1C_NAMES = S2_NAMES[:10] + ("B10",) + S2_NAMES[10:]
-_RES = {**{b: BAND_BY_NAME[b].resolution_m for b in S2_NAMES}, "B10": 60}
+L1C_NAMES = S2_PRODUCT_NAMES
+_RES = S2_PRODUCT_RESOLUTION_M
 # Rough prior of the 19 classes over a European tile (arable land and forests dominate).
 _PRIOR = np.array([5, 2, 20, 4, 10, 6, 6, 1.5, 9, 9, 7, 3, 2, 5, 1, 2, 1, 3, 3.5], dtype=np.float64)
 _PRIOR /= _PRIOR.sum()
@@ -235,8 +235,8 @@ def _iso(date: str) -> str:
 
 
 def _mtd(level: str, nm: dict, date: str, files: list[str], ext: str) -> str:
-    phys = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
-    res = [60, 10, 10, 10, 20, 20, 20, 10, 20, 60, 60, 20, 20]
+    phys = [n if n == "B8A" else f"B{int(n[1:])}" for n in S2_PRODUCT_NAMES]  # B01 -> B1, as the MTD spells it
+    res = [S2_PRODUCT_RESOLUTION_M[n] for n in S2_PRODUCT_NAMES]
     spectral = "\n".join(f'        <Spectral_Information bandId="{i}" physicalBand="{p}"><RESOLUTION>{r}</RESOLUTION>'
                          f"</Spectral_Information>" for i, (p, r) in enumerate(zip(phys, res)))
     tag, qtag = ("BOA_ADD_OFFSET", '<BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE>') \

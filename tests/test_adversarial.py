@@ -338,3 +338,42 @@ def test_bad_inputs_give_a_clear_error_and_no_manifest(tmp_path, capsys, case):
     assert rc in (1, 2) and want in err, (rc, err[-500:])
     assert "Traceback" not in err
     assert not (out / M.MANIFEST).exists()
+
+
+def test_a_hung_decode_in_one_thread_does_not_stall_another_threads_patches(patch_bytes, monkeypatch):
+    """Each worker thread has its own decode helper: while one thread's decode hangs, another
+    thread decodes its patches within a short timeout, without a false decode_timeout."""
+    import threading
+
+    from transforms import patch as P
+
+    pid, objs = patch_bytes
+    release, hung = threading.Event(), threading.Event()
+    real = P.decode_geotiff
+
+    def hanging(data, name=""):
+        if name == "B05" and threading.current_thread().name.startswith("benbeam-decode") and \
+                getattr(threading.current_thread(), "_hang", False):
+            hung.set()
+            release.wait(60)
+        return real(data, name)
+
+    monkeypatch.setattr(P, "decode_geotiff", hanging)
+    errors = []
+
+    def victim():
+        helper = P._WATCHDOG.helper()
+        helper.submit(lambda: setattr(threading.current_thread(), "_hang", True)).result()
+        try:
+            P.decode_patch(pid, objs, timeout=10)
+        except F.PatchError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=victim)
+    t.start()
+    assert hung.wait(10)  # thread 1's decode is stuck now
+    for _ in range(3):  # thread 2 (this one) decodes normally, well within 0.5 s each
+        assert P.decode_patch(pid, objs, timeout=0.5).pixels.shape == (120, 120, 14)
+    release.set()
+    t.join(20)
+    assert not errors  # released before its 10 s deadline: thread 1's patch decoded too

@@ -257,27 +257,28 @@ def reset_peak_rss() -> None:
         pass
 
 
-def rss_bytes() -> int:
-    """Current resident set size of this process (VmRSS; 0 where /proc is missing)."""
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status in bytes (None where /proc is missing)."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (VmRSS; 0 where /proc is missing)."""
+    return _status_bytes("VmRSS") or 0
 
 
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process since the last ``reset_peak_rss`` (VmHWM)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    hwm = _status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

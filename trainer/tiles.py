@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.bands import ALL_NAMES, BAND_BY_NAME, PIXEL_SIZE_M, S1_NAMES, S2_NAMES
+from schemas.bands import ALL_NAMES, BAND_BY_NAME, PIXEL_SIZE_M, S1_NAMES, S2_NAMES, S2_PRODUCT_NAMES
 from transforms.resample import RESAMPLING_METHODS, _bilinear, _cubic
 
 SIDECAR_SUFFIXES = ("_s1", "_truth")  # <tile>_s1.tif / <tile>_truth.tif are not tiles (see synth.tiles)
@@ -38,7 +38,7 @@ TILE_EXTENSIONS = (".tif", ".tiff")
 BAND_EXTENSIONS = (".jp2", ".tif", ".tiff")
 L1C_ONLY = ("B10",)  # cirrus band: in L1C, not in L2A (nor in reBEN)
 DEFAULT_OFFSET = -1000.0  # BOA/RADIO_ADD_OFFSET of processing baseline >= 04.00
-_PHYSICAL = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+_PHYSICAL = S2_PRODUCT_NAMES  # bandId 0..12 of a product's metadata
 L1C_WARNING = ("{path}: a Level-1C product (top-of-atmosphere reflectance). The model was trained on "
                "reBEN, which is Level-2A (bottom-of-atmosphere, Sen2Cor): expect a domain shift and "
                "lower accuracy; use the L2A product of the same acquisition where you can")

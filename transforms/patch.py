@@ -7,9 +7,10 @@ detail names the object, what was expected and what was found.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,29 +120,53 @@ def _check_raster(key: str, r: Raster, expect_size: int, expect_dtype: str, res:
 DEFAULT_DECODE_TIMEOUT = 30.0  # seconds per object; reBEN objects decode in well under 1 ms
 
 
+class _Helper:
+    """One daemon thread that runs submitted calls in turn (a daemon, unlike a
+    ThreadPoolExecutor's threads, so a decode stuck in native code never blocks the
+    process from exiting)."""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="benbeam-decode", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            fut, fn, args = self._jobs.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(e)
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        self._jobs.put((fut, fn, args))
+        return fut
+
+
 class _Watchdog:
     """Runs decodes in a helper thread and gives up on one that overruns its deadline.
 
     Native decoders (GDAL) cannot be interrupted from Python, so a decode that hangs is
-    abandoned: its thread is left to finish (or not) on its own, a fresh pool takes the
+    abandoned: its thread is left to finish (or not) on its own, a fresh helper takes the
     next patches, and the patch becomes a ``decode_timeout`` dead letter. The worker goes on.
+    Each calling thread has its own helper, so one hung decode never delays (or times out)
+    another thread's patches.
     """
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self._pool = None
+        self._local = threading.local()
 
-    def pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="benbeam-decode")
-            return self._pool
+    def helper(self) -> _Helper:
+        helper = getattr(self._local, "helper", None)
+        if helper is None:
+            helper = self._local.helper = _Helper()
+        return helper
 
-    def abandon(self, pool: ThreadPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is pool:
-                self._pool = None
-        pool.shutdown(wait=False, cancel_futures=True)
+    def abandon(self, helper: _Helper) -> None:
+        if getattr(self._local, "helper", None) is helper:
+            self._local.helper = None
 
 
 _WATCHDOG = _Watchdog()
@@ -158,8 +183,8 @@ def decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str = "bi
     if not timeout:
         return _guarded(patch_id, objects, resampling, None)
     progress = {"key": None, "since": time.monotonic()}
-    pool = _WATCHDOG.pool()
-    fut = pool.submit(_guarded, patch_id, objects, resampling, progress)
+    helper = _WATCHDOG.helper()
+    fut = helper.submit(_guarded, patch_id, objects, resampling, progress)
     while True:
         wait = progress["since"] + timeout - time.monotonic()
         if wait > 0:
@@ -169,7 +194,7 @@ def decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str = "bi
                 continue  # the deadline may have moved on to the next object: look again
         if fut.done():
             return fut.result()
-        _WATCHDOG.abandon(pool)
+        _WATCHDOG.abandon(helper)
         raise F.PatchError(F.DECODE, "decode_timeout",
                            f"{progress['key'] or 'patch'}: decoding took longer than {timeout:g} s and was abandoned "
                            "(a corrupt or hostile file; --decode_timeout sets the limit)")

@@ -196,14 +196,10 @@ def _fetch(rec: dict) -> dict[str, bytes]:
 
 
 def _decode(rec: dict, objects: dict[str, bytes], resampling: str, decode_timeout):
+    """``decode_patch`` of a record (raises PatchError only: decode_patch guarantees it)."""
     from transforms.patch import decode_patch
 
-    try:
-        return decode_patch(rec["patch_id"], objects, resampling=resampling, timeout=decode_timeout)
-    except F.PatchError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a corrupt file must not kill the job
-        raise F.PatchError(F.DECODE, "decode_error", f"unexpected {type(e).__name__}: {e}") from None
+    return decode_patch(rec["patch_id"], objects, resampling=resampling, timeout=decode_timeout)
 
 
 def load_patch(rec: dict, resampling: str, decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
