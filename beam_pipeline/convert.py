@@ -21,7 +21,8 @@ from beam_pipeline.options import ConvertOptions, local_runner_args, parse
 from schemas import manifest as M
 from transforms import metadata as md
 from transforms import storage
-from transforms.ptransforms import AssignShards, CheckRows, ComputeBandStats, ReadMetadata, WriteShards
+from transforms.plan import RowPlan
+from transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
 
 LOG = logging.getLogger("benbeam")
 
@@ -52,21 +53,20 @@ def _stats_from_file(url, clip, clip_percentiles, storage_options):
     return fin.stats_document(doc["bands"], norm, url, clip, clip_percentiles)
 
 
-def build(p: beam.Pipeline, args, counts: dict[str, int] | None = None) -> None:
-    """Assemble the convert graph on ``p`` from parsed ConvertOptions ``args``; ``counts``
-    (rows per split, from ``preflight``) fixes the shard counts, read from the metadata if absent."""
+def build(p: beam.Pipeline, args, plan: RowPlan | None = None) -> None:
+    """Assemble the convert graph on ``p`` from parsed ConvertOptions ``args``; ``plan``
+    (from ``preflight``, which has read the metadata) is made here if absent."""
     sopts = storage.options()
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     root = args.root or storage.parent(args.meta)
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
 
-    read = p | "ReadMetadata" >> ReadMetadata(tuple(metas), sopts)
-    checked = read["rows"] | "CheckRows" >> CheckRows(root, splits, args.frac)
-    selected = (checked["selected"] | "CountSelected" >> beam.combiners.Count.PerElement())
-    # Shard counts are fixed up front, from the metadata, not counted inside the pipeline.
-    if counts is None:
-        counts = md.split_counts([md.read_table(m)[0] for m in metas], splits, args.frac)
-    shards = checked["patches"] | "AssignShards" >> AssignShards(args.shard_size, counts)
+    # The plan (which rows each shard holds) is fixed here; the workers derive the rows of a
+    # shard from its key, so only keys, dead letters and per-shard results cross stages.
+    if plan is None:
+        plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size)
+    checked = p | "PlanShards" >> PlannedShards(plan, sopts)
+    shards, selected = checked["shards"], checked["selected"]
 
     clip_p = tuple(args.clip_percentiles)
     if args.stats:
@@ -74,7 +74,7 @@ def build(p: beam.Pipeline, args, counts: dict[str, int] | None = None) -> None:
                      | "LoadStats" >> beam.Map(_stats_from_file, args.clip, clip_p, sopts))
         hist = p | "NoHistogram" >> beam.Create([b""])
     else:
-        acc = shards | "ComputeBandStats" >> ComputeBandStats(args.resampling, args.stats_fraction, sopts,
+        acc = shards | "ComputeBandStats" >> ComputeBandStats(plan, args.resampling, args.stats_fraction, sopts,
                                                                 decode_timeout=args.decode_timeout)
         stats_doc = acc | "ExtractStats" >> beam.Map(_stats_from_acc, args.clip, clip_p)
 
@@ -87,7 +87,7 @@ def build(p: beam.Pipeline, args, counts: dict[str, int] | None = None) -> None:
     norm = stats_doc | "NormParams" >> beam.Map(lambda d: d["normalization"])
 
     written = shards | "WriteShards" >> WriteShards(
-        args.out, norm, args.resampling, args.compression, args.image_dtype, sopts, args.decode_timeout)
+        plan, args.out, norm, args.resampling, args.compression, args.image_dtype, sopts, args.decode_timeout)
     dead = (checked["dead"], written["dead"]) | "AllDead" >> beam.Flatten()
 
     options = {k: getattr(args, k) for k in RECORDED}
@@ -102,12 +102,12 @@ def build(p: beam.Pipeline, args, counts: dict[str, int] | None = None) -> None:
             out=args.out, options=options, compression=args.compression, image_dtype=args.image_dtype,
             shards=S.AsList(written["shards"]), dead=S.AsList(dead), selected=S.AsDict(selected),
             stats_doc=S.AsSingleton(stats_doc), histogram_npz=S.AsSingleton(hist),
-            meta_info=S.AsList(read["info"]))
+            meta_info=plan.info())
     )
 
 
-def preflight(args, probe_output: bool = True) -> dict[str, int]:
-    """Check inputs before any work; raise ValueError with the fix."""
+def preflight(args, probe_output: bool = True) -> RowPlan:
+    """Check inputs before any work (raise ValueError with the fix); returns the plan."""
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     for s in splits:
         M.check_split(s)
@@ -124,15 +124,15 @@ def preflight(args, probe_output: bool = True) -> dict[str, int]:
         raise ValueError("statistics are computed on the training split, which is not selected: add 'train' "
                          "to --splits or pass --stats with the stats.json of an earlier run")
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
-    tables = [md.read_table(m)[0] for m in metas]  # raises MetadataError with a clear message
-    counts = md.split_counts(tables, tuple(splits), args.frac)
+    tables = [md.read_table(m) for m in metas]  # raises MetadataError with a clear message
     root = args.root or storage.parent(args.meta)
+    plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size, tables)
     if args.root and not storage.exists(root):
         raise ValueError(f"dataset root {root} does not exist")
     if args.stats:
         fin.load_stats_document(args.stats)
     if not probe_output:
-        return counts
+        return plan
     # The output must be writable, and a stale manifest must not outlive this run.
     probe = storage.join(args.out, ".benbeam-write-test")
     try:
@@ -144,7 +144,7 @@ def preflight(args, probe_output: bool = True) -> dict[str, int]:
     manifest = storage.join(args.out, M.MANIFEST)
     if storage.exists(manifest):
         storage.filesystem(manifest).rm(manifest)
-    return counts
+    return plan
 
 
 def summary(out: str) -> dict:
@@ -216,13 +216,13 @@ def run(argv: list[str] | None = None) -> int:
     opts = PipelineOptions(beam_argv)
     dry_run = bool(opts.get_all_options().get("dry_run"))
     try:
-        counts = preflight(args, probe_output=not dry_run)
+        plan = preflight(args, probe_output=not dry_run)
     except (ValueError, md.MetadataError) as e:
         print(f"benbeam convert: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     p = beam.Pipeline(options=opts)
-    build(p, opts.view_as(ConvertOptions), counts)
+    build(p, opts.view_as(ConvertOptions), plan)
     try:
         result = p.run()
         if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled

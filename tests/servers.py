@@ -89,8 +89,9 @@ def weed_binary() -> str:
 
 
 @contextlib.contextmanager
-def seaweedfs(access_key: str, secret_key: str):
-    """An S3 endpoint (``http://127.0.0.1:PORT``) that accepts only the given credentials."""
+def seaweedfs(access_key: str, secret_key: str, extra_args: tuple[str, ...] = ()):
+    """An S3 endpoint (``http://127.0.0.1:PORT``) that accepts only the given credentials;
+    ``extra_args`` go to ``weed server`` as they are."""
     root = tempfile.mkdtemp(prefix="benbeam-weed-")
     cfg = os.path.join(root, "s3.json")
     with open(cfg, "w") as fh:
@@ -104,7 +105,7 @@ def seaweedfs(access_key: str, secret_key: str):
     os.makedirs(data)
     cmd = [weed_binary(), "server", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
-           "-s3", f"-s3.port={s3}", f"-s3.config={cfg}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=20", "-master.volumeSizeLimitMB=256"]
+           "-s3", f"-s3.port={s3}", f"-s3.config={cfg}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=20", "-master.volumeSizeLimitMB=256", *extra_args]
     with open(log, "wb") as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
     try:

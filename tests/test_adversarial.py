@@ -24,7 +24,7 @@ from schemas.classes import CLASS_NAMES
 from schemas.naming import OBJECT_KEYS, object_urls
 from transforms import metadata as md
 from transforms.patch import decode_patch, fetch_objects
-from transforms.ptransforms import DEAD, MAIN, _check, _dedupe
+from transforms.plan import check_rows
 
 GOOD_ID = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
 GOOD_S1 = "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_26_57"
@@ -49,18 +49,9 @@ rows = st.fixed_dictionaries({"patch_id": patch_ids, "s1_name": s1_names, "split
 @given(st.lists(rows, max_size=12))
 def test_any_metadata_row_is_a_clean_record_or_a_dead_letter(tmp_path_factory, batch):
     root = "/data/reben"
-    selected, keyed, dead = [], [], []
-    for i, row in enumerate(batch):
-        row = dict(row, _source=0, _row=i)
-        for tag, value in _check(row, root, ("train", "validation", "test"), 1.0):
-            {"selected": selected, MAIN: keyed, DEAD: dead}[tag].append(value)
-    groups: dict = {}
-    for pid, item in keyed:
-        groups.setdefault(pid, []).append(item)
-    clean = []
-    for pid, items in groups.items():
-        for tag, value in _dedupe((pid, items)):
-            (clean if tag == MAIN else dead).append(value)
+    rows = [dict(row, _source=0, _row=i) for i, row in enumerate(batch)]
+    selected, dead, clean = check_rows(rows, root, ("train", "validation", "test"), 1.0)
+    selected = list(selected.elements())
     assert len(selected) == len(batch)  # every row is accounted for
     assert len(clean) + len(dead) == len(selected)
     for d in dead:

@@ -1,5 +1,5 @@
-"""The Beam transforms on their own: row checks and de-duplication, shard assignment, and
-pickling of everything that ships to workers."""
+"""The Beam transforms on their own: row checks and de-duplication, the shard plan (which
+rows each shard holds), and pickling of everything that ships to workers."""
 
 import pickle
 
@@ -11,7 +11,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas.manifest import shard_path
 from transforms import metadata as md
 from transforms.combiners import BandStatsCombineFn
-from transforms.ptransforms import (AssignShards, CheckRows, ComputeBandStats, ShardStatsFn, WriteShardFn,
+from transforms import plan as P
+from transforms.plan import INVALID, RowPlan, check_rows
+from transforms.ptransforms import (CheckRows, ComputeBandStats, PlannedShards, ShardStatsFn, WriteShardFn,
                                     WriteShards)
 
 PIDS = [f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{x:02d}_{y:02d}" for x in range(3) for y in range(4)]
@@ -40,38 +42,100 @@ def test_check_rows_dead_letters_duplicates_and_bad_rows():
 
 def test_check_rows_selects_splits_and_samples_deterministically():
     rows = [_row(i, p, split=("train", "validation")[i % 2]) for i, p in enumerate(PIDS)]
-    keep = [p for i, p in enumerate(PIDS) if i % 2 == 0 and md.sampled(p, 0.5)]
+    keep = [p for i, p in enumerate(PIDS) if i % 2 == 0 and md.sampled(p, 0.8)]
+    assert 0 < len(keep) < len(PIDS) // 2
     with TestPipeline() as p:
-        out = p | beam.Create(rows) | CheckRows("/data", ("train",), frac=0.5)
+        out = p | beam.Create(rows) | CheckRows("/data", ("train",), frac=0.8)
         assert_that(out["patches"] | beam.Map(lambda r: r["patch_id"]), equal_to(keep))
 
 
-def test_assign_shards_is_deterministic_and_sorted():
-    recs = [{"patch_id": p, "split": "train"} for p in PIDS] + [{"patch_id": p, "split": "test"} for p in PIDS[:3]]
-    n_train = md.shard_count(len(PIDS), 5)
+def _plan(tmp_path, tables, splits=("train", "validation", "test"), frac=1.0, shard_size=5):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    def expected():
-        out = {}
-        for r in recs:
-            n = n_train if r["split"] == "train" else 1
-            out.setdefault((r["split"], md.shard_index(r["patch_id"], n), n), []).append(r["patch_id"])
-        return [(k, sorted(v)) for k, v in out.items()]
+    urls = []
+    for i, rows in enumerate(tables):
+        url = str(tmp_path / f"meta{i}.parquet")
+        pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]),
+                       url)
+        urls.append(url)
+    return RowPlan.create(urls, "/data", splits, frac, shard_size)
 
+
+def test_plan_shards_hold_exactly_what_a_global_check_gives(tmp_path):
+    """The plan's shards, each checked on its own, give the dead letters, clean records and
+    selected counts of checking all rows at once; every clean record lies in the shard of its
+    patch id, in patch-id order; duplicates across splits and files are resolved the same way."""
+    t0 = [_row(i, p, split=("train", "validation", "test")[i % 3]) for i, p in enumerate(PIDS)]
+    t0.append(_row(len(t0), PIDS[4], split="test"))  # duplicate in another split: the first is kept
+    t0.append(_row(len(t0), "not-an-id"))
+    t0.append(_row(len(t0), PIDS[0][:-1] + "9", split="val"))  # unknown split
+    t0.append(_row(len(t0), PIDS[1][:-1] + "8", labels=["No such class"]))
+    t1 = [_row(0, PIDS[2], split="validation", labels=["Unknown"]),  # bad duplicate: the clean one stays
+          _row(1, PIDS[5], split="train")]  # a second file repeats an id
+    plan = _plan(tmp_path, [t0, t1])
+    rows = [dict(r, _source=0, _row=i) for i, r in enumerate(t0)] + [dict(r, _source=1, _row=i) for i, r in
+                                                                     enumerate(t1)]
+    want_sel, want_dead, want_clean = check_rows(rows, "/data", plan.splits, 1.0)
+    got_sel, got_dead, got_clean = type(want_sel)(), [], []
+    n = plan.shard_counts()
+    for home in plan.homes():
+        sel, dead, clean = plan.check(home)
+        got_sel.update(sel)
+        got_dead += dead
+        got_clean += clean
+        assert [r["patch_id"] for r in clean] == sorted(r["patch_id"] for r in clean)
+        for r in clean:
+            assert home == (r["split"], md.shard_index(r["patch_id"], n[r["split"]]), n[r["split"]])
+    key = lambda d: (d["patch_id"], d["reason"], d["split"])  # noqa: E731
+    assert got_sel == want_sel and sum(got_sel.values()) == len(rows)
+    assert sorted(map(key, got_dead)) == sorted(map(key, want_dead)) and len(want_dead) == 6
+    assert sorted(r["patch_id"] for r in got_clean) == sorted(r["patch_id"] for r in want_clean) == PIDS
+    assert {r["patch_id"]: r["split"] for r in got_clean}[PIDS[4]] == "validation"
+    assert plan.check(INVALID)[1] and not plan.check(INVALID)[2]
+    assert plan.homes()[-1] == INVALID and len(plan.homes()) == sum(n.values()) + 1
+
+
+def test_plan_samples_selects_and_notices_a_changed_metadata_file(tmp_path):
+    import pytest
+
+    rows = [_row(i, p, split=("train", "validation")[i % 2]) for i, p in enumerate(PIDS)]
+    plan = _plan(tmp_path, [rows], splits=("train",), frac=0.8)
+    keep = [p for i, p in enumerate(PIDS) if i % 2 == 0 and md.sampled(p, 0.8)]
+    assert 0 < len(keep) < len(PIDS) // 2
+    assert sorted(r["patch_id"] for h in plan.homes() for r in plan.records(h)) == keep
+    assert set(plan.shard_counts()) == {"train"}
+    again = _plan(tmp_path, [rows], splits=("train",), frac=0.8)
+    assert again == plan and hash(again) == hash(plan)  # a plan is a value: the per-process cache key
+    changed = _plan(tmp_path, [rows[:-1]], splits=("train",), frac=0.8)  # rewrites meta0.parquet
+    P._CACHE.clear()  # as in a fresh worker process
+    with pytest.raises(md.MetadataError, match="changed while the conversion ran"):
+        plan.records(plan.homes()[0])
+    assert changed.records(changed.homes()[0]) is not None
+
+
+def test_planned_shards_in_a_pipeline(tmp_path):
+    rows = [_row(i, p) for i, p in enumerate(PIDS)] + [_row(len(PIDS), "bad")]
+    plan = _plan(tmp_path, [rows], shard_size=5)
     with TestPipeline() as p:
-        out = (p | beam.Create(recs) | AssignShards(5)
-               | beam.MapTuple(lambda k, rs: (k, [r["patch_id"] for r in rs])))
-        assert_that(out, equal_to(expected()))
+        out = p | PlannedShards(plan)
+        assert_that(out["shards"], equal_to([("train", i, 3) for i in range(3)
+                                             if plan.records(("train", i, 3))]), label="shards")
+        assert_that(out["selected"], equal_to([("train", 13)]), label="selected")
+        assert_that(out["dead"] | beam.Map(lambda d: d["reason"]), equal_to(["malformed_patch_id"]), label="dead")
     assert shard_path("train", 2, 12) == "train/train-00002-of-00012.tfrecord"
     assert shard_path("test", 0, 1, "gzip") == "test/test-00000-of-00001.tfrecord.gz"
 
 
 def test_everything_that_ships_to_workers_pickles():
-    for obj in (ShardStatsFn("bilinear", 1.0, {}), WriteShardFn("/out", "bilinear", "none", "float32", {}),
-                BandStatsCombineFn(), CheckRows("/data", ("train",), 0.5), AssignShards(10),
-                ComputeBandStats("cubic", 0.5, {"s3": {"anon": True}})):
+    plan = RowPlan(("/m.parquet",), ("0" * 64,), (10,), "/data", ("train",), 1.0, 5, (("train", 10),))
+    for obj in (ShardStatsFn(plan, "bilinear", 1.0, {}), WriteShardFn(plan, "/out", "bilinear", "none", "float32", {}),
+                BandStatsCombineFn(), CheckRows("/data", ("train",), 0.5), PlannedShards(plan),
+                ComputeBandStats(plan, "cubic", 0.5, {"s3": {"anon": True}})):
         back = pickler.loads(pickler.dumps(obj))
         assert type(back) is type(obj)
-    fn = pickle.loads(pickle.dumps(WriteShardFn("/o", "nearest", "gzip", "float16", {})))
+    fn = pickle.loads(pickle.dumps(WriteShardFn(plan, "/o", "nearest", "gzip", "float16", {})))
+    assert fn.plan == plan
     assert (fn.out, fn.resampling, fn.compression, fn.image_dtype) == ("/o", "nearest", "gzip", "float16")
     assert WriteShards.__dataclass_fields__["compression"]
 

@@ -66,7 +66,7 @@ def test_dataflow_dry_run_builds_the_whole_graph(sample, monkeypatch, capsys):
     assert "dry run" in capsys.readouterr().out
     (job,) = jobs
     names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
-    for step in ("ReadMetadata", "CheckRows", "AssignShards", "ComputeBandStats", "WriteShards", "Finalize"):
+    for step in ("PlanShards", "PlanShards/Check", "ComputeBandStats", "WriteShards", "Finalize"):
         assert step in names, step
     assert any(n.startswith("WriteShards/Write") for n in names)
     opts = job.options.get_all_options()

@@ -79,11 +79,17 @@ def read_table(url: str) -> tuple[pa.Table, str]:
     return table, storage.sha256_bytes(data)
 
 
-def table_rows(table: pa.Table, source: int = 0) -> list[dict]:
-    """Rows as plain dicts, each tagged with its (source file, row index) for tie-breaking."""
+def table_rows(table: pa.Table, source: int = 0, indices: list[int] | None = None) -> list[dict]:
+    """Rows (all, or those at ``indices``) as plain dicts, each tagged with its (source file,
+    row index) for tie-breaking."""
     cols = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + URL_COLUMNS if c in table.column_names]
-    rows = table.select(cols).to_pylist()
-    for i, r in enumerate(rows):
+    table = table.select(cols)
+    if indices is None:
+        indices = range(table.num_rows)
+    else:
+        table = table.take(pa.array(indices, type=pa.int64()))
+    rows = table.to_pylist()
+    for i, r in zip(indices, rows):
         r["_source"] = source
         r["_row"] = i
     return rows

@@ -1,9 +1,11 @@
 """The Beam PTransforms of the conversion pipeline. Each is thin: the logic lives in plain
 modules (metadata, patch, histogram, normalize, encode) that import no Beam.
 
-Only references cross stage boundaries: metadata rows, shard keys, small per-shard
-accumulators and shard descriptions. Pixels are decoded, normalised, encoded and written
-inside one DoFn per shard, so nothing large is ever shuffled or materialised.
+Only references cross the stage boundaries of a conversion: shard keys, dead letters, small
+per-shard accumulators and shard descriptions. Each stage derives a shard's metadata rows
+from its key (``transforms.plan``); pixels are decoded, normalised, encoded and written
+inside one DoFn per shard, so nothing large, and nothing per patch, is shuffled or
+materialised. (``CheckRows``, per row, serves ``benbeam validate``.)
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Tuple
+from typing import Any, Iterable
 
 import apache_beam as beam
 import numpy as np
@@ -23,12 +25,11 @@ from schemas.classes import CLASS_INDEX, IGNORE_INDEX, NUM_CLASSES, multi_hot
 from transforms import metadata as md
 from transforms import storage
 from transforms.patch import DEFAULT_DECODE_TIMEOUT
+from transforms.plan import INVALID, SELECTED, RowPlan, check_row_tagged, dedupe_tagged
 
 LOG = logging.getLogger("benbeam")
 NAMESPACE = "benbeam"
 DEAD = "dead"
-
-
 MAIN = "main"
 
 
@@ -94,33 +95,9 @@ class ReadMetadata(beam.PTransform):
         return {"rows": rows, "info": out["info"]}
 
 
-def _check(row, root, splits, frac) -> Iterable[Tuple[str, Any]]:
-    if not md.sampled(row.get("patch_id"), frac):
-        return
-    split = md.row_split(row)
-    if splits and split in M.SPLITS and split not in splits:
-        return
-    yield ("selected", split)
-    try:
-        rec = md.check_row(row, root)
-    except F.PatchError as e:
-        _count(f"failed_{e.stage}_{e.reason}")
-        yield (DEAD, e.record(md.row_key(row), split))
-        return
-    yield (MAIN, (rec["patch_id"], ((row["_source"], row["_row"]), rec)))
-
-
-def _dedupe(kv) -> Iterable[Any]:
-    pid, items = kv
-    items = sorted(items, key=lambda x: x[0])
-    yield (MAIN, items[0][1])
-    for (src, idx), rec in items[1:]:
-        _count("failed_metadata_duplicate_patch_id")
-        yield (DEAD, F.dead_letter(
-            pid, F.METADATA, "duplicate_patch_id",
-            f"patch id occurs more than once; kept the first occurrence (file {items[0][0][0]}, row "
-            f"{items[0][0][1]}), dropped file {src} row {idx}: remove duplicate rows from the metadata",
-            rec["split"]))
+def _count_dead(d: dict) -> dict:
+    _count(f"failed_{d['stage']}_{d['reason']}")
+    return d
 
 
 @dataclass
@@ -137,47 +114,61 @@ class CheckRows(beam.PTransform):
 
     def expand(self, rows):
         checked = (rows
-                   | "Check" >> beam.FlatMap(_check, self.root, self.splits, self.frac)
-                   | "CheckOutputs" >> Demux((MAIN, DEAD, "selected")))
+                   | "Check" >> beam.FlatMap(check_row_tagged, self.root, self.splits, self.frac)
+                   | "CheckOutputs" >> Demux((MAIN, DEAD, SELECTED)))
         unique = (
             checked[MAIN]
             | "GroupById" >> beam.GroupByKey()
-            | "Dedupe" >> beam.FlatMap(_dedupe)
+            | "Dedupe" >> beam.FlatMap(dedupe_tagged)
             | "DedupeOutputs" >> Demux((MAIN, DEAD))
         )
-        dead = (checked[DEAD], unique[DEAD]) | "AllRowDead" >> beam.Flatten()
+        dead = ((checked[DEAD], unique[DEAD]) | "AllRowDead" >> beam.Flatten()
+                | "CountDead" >> beam.Map(_count_dead))
         return {"patches": unique[MAIN], "dead": dead, "selected": checked["selected"]}
 
 
 # --------------------------------------------------------------------------- sharding
 
 
-def _shard_key(rec, counts, shard_size):
-    n = md.shard_count(counts[rec["split"]], shard_size)
-    return ((rec["split"], md.shard_index(rec["patch_id"], n), n), rec)
+class CheckShardFn(beam.DoFn):
+    """Per shard key of a RowPlan: its rows checked and de-duplicated. Outputs the key if
+    the shard has clean patches, a dead letter per bad row, ``(SELECTED, (split, n))``."""
+
+    def __init__(self, plan: RowPlan, storage_options: dict):
+        self.plan = plan
+        self.storage_options = storage_options
+
+    def setup(self):
+        storage.set_options(self.storage_options)
+
+    def process(self, home):
+        selected, dead, clean = self.plan.check(home)
+        for split, n in sorted(selected.items()):
+            yield (SELECTED, (split, n))
+        for d in dead:
+            yield (DEAD, _count_dead(d))
+        if clean:
+            if tuple(home) == INVALID:
+                raise AssertionError(f"rows without a shard passed the checks: {clean[:1]}")
+            yield (MAIN, tuple(home))
 
 
 @dataclass
-class AssignShards(beam.PTransform):
-    """Group patch records into deterministic shards: key (split, index, count)."""
+class PlannedShards(beam.PTransform):
+    """The shards of a RowPlan, checked where the rows are read: no per-patch element
+    crosses a stage boundary. Outputs: ``shards`` (keys (split, index, count) of shards with
+    clean patches), ``dead`` (dead letters), ``selected`` ((split, selected rows))."""
 
-    shard_size: int
-    counts: dict | None = None  # rows per split, known up front (see metadata.split_counts)
+    plan: RowPlan
+    storage_options: dict = field(default_factory=dict)
 
-    def expand(self, patches):
-        if self.counts is not None:
-            counts = self.counts
-        else:  # counted in the pipeline: a side input
-            counts = beam.pvalue.AsDict(
-                patches
-                | "Split" >> beam.Map(lambda r: r["split"])
-                | "CountPerSplit" >> beam.combiners.Count.PerElement())
-        return (
-            patches
-            | "Key" >> beam.Map(_shard_key, counts, self.shard_size)
-            | "GroupByShard" >> beam.GroupByKey()
-            | "SortShard" >> beam.MapTuple(lambda k, recs: (k, sorted(recs, key=lambda r: r["patch_id"])))
-        )
+    def expand(self, pbegin):
+        out = (pbegin
+               | "Shards" >> beam.Create(self.plan.homes())
+               | "Check" >> beam.ParDo(CheckShardFn(self.plan, self.storage_options))
+               | "CheckOutputs" >> Demux((MAIN, DEAD, SELECTED)))
+        selected = out[SELECTED] | "SelectedPerSplit" >> beam.CombinePerKey(sum)
+        return {"shards": out[MAIN], "dead": out[DEAD], "selected": selected}
 
 
 # --------------------------------------------------------------------------- per-patch work
@@ -252,11 +243,12 @@ def loaded_patches(recs, resampling: str, decode_timeout, read_ahead: int = READ
 
 
 class ShardStatsFn(beam.DoFn):
-    """Per training shard: a partial band-statistics accumulator (failures are skipped
-    here; the writer reports them)."""
+    """Per training shard key: a partial band-statistics accumulator over the shard's
+    records (from ``plan``; failures are skipped here, the writer reports them)."""
 
-    def __init__(self, resampling: str, stats_fraction: float, storage_options: dict,
+    def __init__(self, plan: RowPlan, resampling: str, stats_fraction: float, storage_options: dict,
                  decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
+        self.plan = plan
         self.resampling = resampling
         self.stats_fraction = stats_fraction
         self.storage_options = storage_options
@@ -269,8 +261,9 @@ class ShardStatsFn(beam.DoFn):
         self.stats = BandStats()
 
     def process(self, element):
-        (split, index, count), recs = element
+        split, index, count = element
         t0 = time.perf_counter()
+        recs = self.plan.records(element)
         acc = self.stats.create()
         chosen = [r for r in recs if md.sampled(r["patch_id"], self.stats_fraction, salt="stats")]
         for rec, p in loaded_patches(chosen, self.resampling, self.decode_timeout):
@@ -296,6 +289,7 @@ class ComputeBandStats(beam.PTransform):
     """Dataset-wide band statistics over the training shards: per-shard partial
     accumulators combined globally with fanout. Output: one accumulator."""
 
+    plan: RowPlan
     resampling: str
     stats_fraction: float = 1.0
     storage_options: dict = field(default_factory=dict)
@@ -307,8 +301,8 @@ class ComputeBandStats(beam.PTransform):
 
         return (
             shards
-            | "TrainOnly" >> beam.Filter(lambda kv: kv[0][0] == "train")
-            | "PartialStats" >> beam.ParDo(ShardStatsFn(self.resampling, self.stats_fraction, self.storage_options,
+            | "TrainOnly" >> beam.Filter(lambda key: key[0] == "train")
+            | "PartialStats" >> beam.ParDo(ShardStatsFn(self.plan, self.resampling, self.stats_fraction, self.storage_options,
                                                              self.decode_timeout))
             # Two-level combine with a deterministic fanout key of our own (what
             # CombineGlobally.with_fanout does with random keys, which the DaskRunner cannot run).
@@ -320,13 +314,15 @@ class ComputeBandStats(beam.PTransform):
 
 
 class WriteShardFn(beam.DoFn):
-    """Decode, normalise, encode and write one shard, in patch-id order, atomically.
+    """Decode, normalise, encode and write one shard (its key's records from ``plan``), in
+    patch-id order, atomically.
 
     Main output: a shard description; ``dead`` output: dead letters.
     """
 
-    def __init__(self, out: str, resampling: str, compression: str, image_dtype: str, storage_options: dict,
+    def __init__(self, plan: RowPlan, out: str, resampling: str, compression: str, image_dtype: str, storage_options: dict,
                  decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
+        self.plan = plan
         self.out = out
         self.resampling = resampling
         self.decode_timeout = decode_timeout
@@ -341,7 +337,8 @@ class WriteShardFn(beam.DoFn):
         from transforms.encode import ShardWriter, encode_example
         from transforms.normalize import NormParams, normalize
 
-        (split, index, count), recs = element
+        split, index, count = element
+        recs = self.plan.records(element)
         params = NormParams.from_dict(norm)
         rel = M.shard_path(split, index, count, self.compression)
         t0 = time.perf_counter()
@@ -392,8 +389,9 @@ class WriteShardFn(beam.DoFn):
 
 @dataclass
 class WriteShards(beam.PTransform):
-    """Write every shard; ``norm`` is a singleton PCollection of NormParams dicts."""
+    """Write every shard key of ``plan``; ``norm`` is a singleton PCollection of NormParams dicts."""
 
+    plan: RowPlan
     out: str
     norm: beam.pvalue.PCollection
     resampling: str
@@ -403,7 +401,7 @@ class WriteShards(beam.PTransform):
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
 
     def expand(self, shards):
-        fn = WriteShardFn(self.out, self.resampling, self.compression, self.image_dtype, self.storage_options,
+        fn = WriteShardFn(self.plan, self.out, self.resampling, self.compression, self.image_dtype, self.storage_options,
                           self.decode_timeout)
         out = (shards
                | "Write" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.norm))

@@ -1,0 +1,208 @@
+"""Which metadata rows each shard holds: the conversion's plan, derived where it is needed.
+
+Only shard keys cross the stage boundaries of a conversion. The driver fixes the plan
+(metadata files and their sha256, sampling, split selection, rows per split, shard size);
+each worker process reads the metadata once (cached per process, checked against the
+driver's sha256) and derives the rows of a shard from its key. Nothing per patch is
+grouped or buffered by the runner, so its memory does not grow with the number of patches.
+
+Every selected row has exactly one *home*: the shard of its patch id in its split, or
+``INVALID`` for a row that names no selectable split or has no string id (such a row can
+only become a dead letter). Rows sharing a patch id share a home, so de-duplication is
+local to a home. Plain Python (no Beam).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterable, Tuple
+
+import numpy as np
+
+from schemas import failures as F
+from schemas.manifest import SPLITS
+from transforms import metadata as md
+
+MAIN, DEAD, SELECTED = "main", "dead", "selected"
+INVALID = ("", 0, 1)
+
+
+# --------------------------------------------------------------------------- row checks
+
+
+def check_row_tagged(row, root, splits, frac) -> Iterable[Tuple[str, Any]]:
+    """One row: nothing (not sampled / split not selected), else ``(SELECTED, split)`` and
+    either ``(DEAD, dead letter)`` or ``(MAIN, (patch_id, ((source, row), record)))``."""
+    if not md.sampled(row.get("patch_id"), frac):
+        return
+    split = md.row_split(row)
+    if splits and split in SPLITS and split not in splits:
+        return
+    yield (SELECTED, split)
+    try:
+        rec = md.check_row(row, root)
+    except F.PatchError as e:
+        yield (DEAD, e.record(md.row_key(row), split))
+        return
+    yield (MAIN, (rec["patch_id"], ((row["_source"], row["_row"]), rec)))
+
+
+def dedupe_tagged(kv) -> Iterable[Tuple[str, Any]]:
+    """The clean records of one patch id: the first occurrence (file, row) is kept, every
+    later one is a ``duplicate_patch_id`` dead letter."""
+    pid, items = kv
+    items = sorted(items, key=lambda x: x[0])
+    yield (MAIN, items[0][1])
+    for (src, idx), rec in items[1:]:
+        yield (DEAD, F.dead_letter(
+            pid, F.METADATA, "duplicate_patch_id",
+            f"patch id occurs more than once; kept the first occurrence (file {items[0][0][0]}, row "
+            f"{items[0][0][1]}), dropped file {src} row {idx}: remove duplicate rows from the metadata",
+            rec["split"]))
+
+
+def check_rows(rows, root, splits, frac) -> tuple[Counter, list[dict], list[dict]]:
+    """Sample, select, check and de-duplicate ``rows`` (every row of a patch id among them):
+    (selected rows per split, dead letters, clean records sorted by patch id)."""
+    selected: Counter = Counter()
+    dead: list[dict] = []
+    groups: dict[str, list] = {}
+    for row in rows:
+        for tag, value in check_row_tagged(row, root, splits, frac):
+            if tag == SELECTED:
+                selected[value] += 1
+            elif tag == DEAD:
+                dead.append(value)
+            else:
+                groups.setdefault(value[0], []).append(value[1])
+    clean = []
+    for pid in sorted(groups):
+        for tag, value in dedupe_tagged((pid, groups[pid])):
+            (clean if tag == MAIN else dead).append(value)
+    return selected, dead, clean
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """What decides the rows of every shard; small, hashable, shipped to the workers."""
+
+    sources: tuple[str, ...]
+    sha256: tuple[str, ...]
+    rows: tuple[int, ...]
+    root: str | None
+    splits: tuple[str, ...]
+    frac: float
+    shard_size: int
+    counts: tuple[tuple[str, int], ...]  # selected rows per split, invalid split values included
+
+    @classmethod
+    def create(cls, sources, root, splits, frac: float, shard_size: int, tables=None) -> "RowPlan":
+        """Read (or take the already read ``[(table, sha256)]``) metadata and fix the plan."""
+        tables = tables if tables is not None else [md.read_table(u) for u in sources]
+        counts = md.split_counts([t for t, _ in tables], tuple(splits), frac)
+        return cls(tuple(sources), tuple(sha for _, sha in tables), tuple(t.num_rows for t, _ in tables), root,
+                   tuple(splits), float(frac), int(shard_size), tuple(sorted(counts.items())))
+
+    def shard_counts(self) -> dict[str, int]:
+        return {s: md.shard_count(n, self.shard_size) for s, n in self.counts if s in SPLITS}
+
+    def homes(self) -> list[tuple]:
+        """Every shard key, then ``INVALID``."""
+        return [(s, i, n) for s, n in sorted(self.shard_counts().items()) for i in range(n)] + [INVALID]
+
+    def info(self) -> list[dict]:
+        """Per metadata file: path, sha256, rows (for the manifest)."""
+        return [{"source": i, "path": u, "sha256": h, "rows": n}
+                for i, (u, h, n) in enumerate(zip(self.sources, self.sha256, self.rows))]
+
+    def rows_of(self, home) -> list[dict]:
+        """The metadata rows (dicts tagged with _source/_row) whose home is ``home``."""
+        return _index(self).rows_of(home)
+
+    def check(self, home) -> tuple[Counter, list[dict], list[dict]]:
+        """``check_rows`` of a home's rows."""
+        return check_rows(self.rows_of(home), self.root, self.splits, self.frac)
+
+    def records(self, home) -> list[dict]:
+        """The clean records of a shard, sorted by patch id."""
+        return self.check(home)[2]
+
+
+class _Index:
+    """Home of every row of every metadata file, as sorted integer arrays."""
+
+    def __init__(self, plan: RowPlan):
+        self.tables = []
+        for url, sha in zip(plan.sources, plan.sha256):
+            table, got = md.read_table(url)
+            if got != sha:
+                raise md.MetadataError(f"metadata file {url} changed while the conversion ran (sha256 {sha[:12]}… "
+                                       f"when planned, {got[:12]}… now); run the conversion again")
+            self.tables.append(table)
+        homes = plan.homes()
+        self.home_id = {h: i for i, h in enumerate(homes)}
+        n_shards = plan.shard_counts()
+        ids = [np.full(t.num_rows, -1, dtype=np.int32) for t in self.tables]
+        first: dict[str, list] = {}  # patch id -> [(source, row, split)], selectable rows only
+        for src, table in enumerate(self.tables):
+            pids = table.column("patch_id").to_pylist()
+            splits = table.column("split").to_pylist()
+            for i, (pid, split) in enumerate(zip(pids, splits)):
+                if not md.sampled(pid, plan.frac):
+                    continue
+                s = md.row_split({"split": split})
+                if plan.splits and s in SPLITS and s not in plan.splits:
+                    continue
+                if isinstance(pid, str) and s in n_shards:
+                    first.setdefault(pid, []).append((src, i, s))
+                else:
+                    ids[src][i] = self.home_id[INVALID]
+        for pid, occ in first.items():
+            s = occ[0][2]
+            if len(occ) > 1 and len({o[2] for o in occ}) > 1:
+                # The same id in several splits: the group lives where its kept row (the first
+                # clean occurrence, as dedupe_tagged decides) belongs.
+                s = next((o[2] for o in occ if self._clean(o[0], o[1], plan.root)), s)
+            h = self.home_id[(s, md.shard_index(pid, n_shards[s]), n_shards[s])]
+            for src, i, _ in occ:
+                ids[src][i] = h
+        self.order = [np.argsort(a, kind="stable") for a in ids]
+        self.sorted_ids = [a[o] for a, o in zip(ids, self.order)]
+
+    def _clean(self, src: int, i: int, root) -> bool:
+        row = md.table_rows(self.tables[src], src, [i])[0]
+        try:
+            md.check_row(row, root)
+            return True
+        except F.PatchError:
+            return False
+
+    def rows_of(self, home) -> list[dict]:
+        h = self.home_id.get(tuple(home))
+        if h is None:
+            raise KeyError(f"{home!r} is not a shard of this plan")
+        rows = []
+        for src, (table, order, sid) in enumerate(zip(self.tables, self.order, self.sorted_ids)):
+            lo, hi = np.searchsorted(sid, [h, h + 1])
+            if hi > lo:
+                rows.extend(md.table_rows(table, src, np.sort(order[lo:hi]).tolist()))
+        return rows
+
+
+_LOCK = threading.Lock()
+_CACHE: dict[RowPlan, _Index] = {}
+
+
+def _index(plan: RowPlan) -> _Index:
+    """The plan's index, built once per process (the latest plan only)."""
+    with _LOCK:
+        idx = _CACHE.get(plan)
+        if idx is None:
+            _CACHE.clear()
+            idx = _CACHE[plan] = _Index(plan)
+        return idx
