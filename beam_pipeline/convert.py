@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -21,6 +22,7 @@ from beam_pipeline.options import ConvertOptions, local_runner_args, parse
 from schemas import manifest as M
 from transforms import metadata as md
 from transforms import storage
+from transforms.objcache import PatchCache
 from transforms.plan import RowPlan
 from transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
 
@@ -53,9 +55,10 @@ def _stats_from_file(url, clip, clip_percentiles, storage_options):
     return fin.stats_document(doc["bands"], norm, url, clip, clip_percentiles)
 
 
-def build(p: beam.Pipeline, args, plan: RowPlan | None = None) -> None:
+def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache | None = None) -> None:
     """Assemble the convert graph on ``p`` from parsed ConvertOptions ``args``; ``plan``
-    (from ``preflight``, which has read the metadata) is made here if absent."""
+    (from ``preflight``, which has read the metadata) is made here if absent; ``cache``
+    (``object_cache``) keeps training patches fetched for the statistics for the writer."""
     sopts = storage.options()
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     root = args.root or storage.parent(args.meta)
@@ -75,7 +78,7 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None) -> None:
         hist = p | "NoHistogram" >> beam.Create([b""])
     else:
         acc = shards | "ComputeBandStats" >> ComputeBandStats(plan, args.resampling, args.stats_fraction, sopts,
-                                                                decode_timeout=args.decode_timeout)
+                                                                decode_timeout=args.decode_timeout, cache=cache)
         stats_doc = acc | "ExtractStats" >> beam.Map(_stats_from_acc, args.clip, clip_p)
 
         def to_npz(a):
@@ -87,7 +90,8 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None) -> None:
     norm = stats_doc | "NormParams" >> beam.Map(lambda d: d["normalization"])
 
     written = shards | "WriteShards" >> WriteShards(
-        plan, args.out, norm, args.resampling, args.compression, args.image_dtype, sopts, args.decode_timeout)
+        plan, args.out, norm, args.resampling, args.compression, args.image_dtype, sopts, args.decode_timeout,
+        cache)
     dead = (checked["dead"], written["dead"]) | "AllDead" >> beam.Flatten()
 
     options = {k: getattr(args, k) for k in RECORDED}
@@ -208,6 +212,28 @@ def write_run_record(out: str, man: dict, seconds: float, opts, counters: dict) 
     return rec
 
 
+LOCAL_RUNNERS = (None, "", "DirectRunner", "direct", "PrismRunner", "prism", "SwitchingDirectRunner")
+
+
+def object_cache(choice: str, root: str | None, opts) -> PatchCache | None:
+    """The object cache of a run: ``auto`` = in the system's temporary directory when the
+    dataset root is an object store and the runner is local (its workers share this disk);
+    ``none``; or a directory (used with any runner: it must exist on the workers)."""
+    import tempfile
+    import uuid
+
+    if choice == "none":
+        return None
+    if choice == "auto":
+        runner = opts.get_all_options().get("runner")
+        if not (root and storage.is_remote(root)) or runner not in LOCAL_RUNNERS:
+            return None
+        base = tempfile.gettempdir()
+    else:
+        base = choice
+    return PatchCache(os.path.join(base, f"benbeam-object-cache-{uuid.uuid4().hex[:12]}"))
+
+
 def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, _ = parse(ConvertOptions, argv, "benbeam convert", __doc__.splitlines()[0])
@@ -221,8 +247,11 @@ def run(argv: list[str] | None = None) -> int:
         print(f"benbeam convert: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
+    cache = None if dry_run else object_cache(args.object_cache, plan.root, opts)
+    if cache is not None:
+        LOG.info("object cache for training patches: %s", cache.directory)
     p = beam.Pipeline(options=opts)
-    build(p, opts.view_as(ConvertOptions), plan)
+    build(p, opts.view_as(ConvertOptions), plan, cache)
     try:
         result = p.run()
         if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled
@@ -243,6 +272,9 @@ def run(argv: list[str] | None = None) -> int:
         print(f"benbeam convert: no {M.MANIFEST} was written to {args.out}; the shards there are incomplete",
               file=sys.stderr)
         return 1
+    finally:
+        if cache is not None:
+            cache.remove()
     dt = time.perf_counter() - t0
     counters = print_counters(result)
     man = summary(args.out)

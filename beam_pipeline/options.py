@@ -79,6 +79,11 @@ class ConvertOptions(PipelineOptions):
         parser.add_argument("--stats_fraction", type=float, default=1.0,
                             help="compute statistics on a deterministic sample of training patches")
         add_decode_timeout_arg(parser)
+        parser.add_argument("--object_cache", default="auto", metavar="auto|none|DIR",
+                            help="keep the objects of training patches fetched for the statistics on local disk "
+                                 "for the writer, so that each is fetched once (default auto: in the system's "
+                                 "temporary directory when the dataset is in an object store and the runner is "
+                                 "local; removed at the end; never fills the disk)")
         parser.add_argument("--no_report", dest="report", action="store_false",
                             help="do not write report.html (`benbeam report DATASET` writes it later)")
         parser.add_argument("--max_failure_fraction", type=float, default=None,

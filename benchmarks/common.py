@@ -8,12 +8,14 @@ import sys
 import time
 
 
-def timed_convert(meta: str, out: str, extra: list[str]) -> float:
-    """Run `benbeam convert` in a fresh process (after flushing earlier dirty pages); wall seconds."""
+def timed_convert(meta: str, out: str, extra: list[str], cores: set[int] | None = None) -> float:
+    """Run `benbeam convert` in a fresh process (after flushing earlier dirty pages), on
+    ``cores`` only if given; wall seconds."""
     cmd = [sys.executable, "-m", "beam_pipeline", "convert", "--meta", meta, "--out", out, *extra]
     os.sync()
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    res = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin)
     dt = time.perf_counter() - t0
     if res.returncode != 0:
         print(res.stdout[-3000:], res.stderr[-3000:])

@@ -142,3 +142,21 @@ def test_normalize_with_and_without_clipping():
     np.testing.assert_array_equal(normalize(x[..., :3], sub), zc[..., :3])
     with pytest.raises(ValueError, match="channels"):
         normalize(x[..., :3], clipped)
+
+
+def test_accumulators_travel_small_and_come_back_equal():
+    """Runners buffer partial accumulators between stages: they pickle compressed, and a
+    round trip changes nothing (bins, exact sums, min/max) and stays mergeable."""
+    st = BandStats()
+    acc = st.create()
+    for x in _patches(3, seed=4):
+        st.add(acc, x)
+    st.seal(acc)
+    data = pickle.dumps(acc)
+    assert len(data) < 60_000 < acc.counts.nbytes
+    back = pickle.loads(data)
+    assert np.array_equal(back.counts, acc.counts) and back.counts.dtype == np.int64
+    assert back.x_sum == acc.x_sum and back.x_sumsq == acc.x_sumsq
+    assert np.array_equal(back.min, acc.min) and np.array_equal(back.count, acc.count)
+    merged = st.merge([back, pickle.loads(data)])  # in place: the array must be writable
+    assert np.array_equal(merged.counts, 2 * acc.counts)

@@ -8,8 +8,10 @@ of the server changes nothing, permanent errors (403, 404) become dead letters, 
 secret key never appears in any output, log, report, manifest or model.
 """
 
+import glob
 import json
 import os
+import tempfile
 
 import pytest
 
@@ -85,9 +87,15 @@ def _end_to_end(scheme: str, flags: list[str], local_run, tmp_path) -> dict:
                if any(r["reason"] == "missing_object" for r in f["reasons"])}
     assert missing and missing <= injected  # truncated TIFFs exist: only --deep sees them
 
+    caches_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "benbeam-object-cache-*")))
     assert main(["convert", "--meta", f"{reben}/indexed.parquet", "--out", ds, "--shard_size", "4", *flags]) == 0
     man = json.loads(fs.cat_file(f"{ds}/{M.MANIFEST}"))
     assert _shard_hashes(man) == _shard_hashes(local_run[1])
+    # Training patches were fetched once: the writer read what the statistics pass kept
+    # (every fetched one, the undecodable too), and the cache is gone.
+    counters = json.loads(fs.cat_file(f"{ds}/{M.RUN_JSON}"))["counters"]
+    assert counters["object_cache_hits"] == counters["object_cache_puts"] >= man["splits"]["train"]["written"] > 0
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "benbeam-object-cache-*"))) == caches_before
     assert man["statistics"]["bands"] == local_run[1]["statistics"]["bands"]
     assert man["failures"]["by_reason"] == local_run[1]["failures"]["by_reason"]
     assert main(["verify", ds, *flags]) == 0
@@ -141,7 +149,7 @@ def test_conversion_through_a_faulty_proxy_loses_nothing(s3_server, local_run, t
     with FaultProxy(endpoint, fraction=0.1, seed=3) as proxy:
         out = "s3://bench/proxied/ds"
         assert main(["convert", "--meta", f"{reben}/metadata.parquet", "--out", out, "--shard_size", "4",
-                     "--s3_endpoint_url", proxy.url]) == 0
+                     "--object_cache", "none", "--s3_endpoint_url", proxy.url]) == 0  # every read through the proxy
         stats = dict(proxy.stats)
     storage.configure(endpoint)
     assert stats["drop"] + stats["503"] >= 3, stats  # faults really happened

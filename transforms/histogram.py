@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,21 @@ class BandStatsAccumulator:
     max: np.ndarray  # float64[B]
     x_sum: list | None = None  # sealed totals: Python ints in units of 2^-24
     x_sumsq: list | None = None
+
+    # Accumulators cross stage boundaries (one per shard, then per fanout key) and runners
+    # buffer them: the 14 x 4,000 int64 bin counts are mostly zeros, so they travel
+    # compressed (~450 kB -> a few kB), keeping what a runner holds small.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        c = np.ascontiguousarray(state.pop("counts"), dtype="<i8")
+        state["counts_z"] = (c.shape, zlib.compress(c.tobytes(), 1))
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        shape, data = state.pop("counts_z")
+        state["counts"] = np.frombuffer(zlib.decompress(data), dtype="<i8").reshape(shape).copy()
+        self.__dict__.update(state)
 
 
 def _to_exact(a: np.ndarray) -> list[int]:

@@ -198,48 +198,65 @@ def load_patch(rec: dict, resampling: str, decode_timeout: float | None = DEFAUL
     return _decode(rec, _fetch(rec), resampling, decode_timeout)
 
 
+def _fetch_cached(rec: dict, cache, keep: bool) -> tuple[dict[str, bytes] | F.PatchError, str | None]:
+    """A patch's objects (or its PatchError) and the name of the cache counter to count.
+    With a ``cache``: ``keep`` stores what was fetched there; otherwise the cache is read
+    first (and the stored copy deleted). Runs on fetch threads: Beam counts only in the
+    DoFn's thread, so the caller counts."""
+    if cache is not None and not keep:
+        objects = cache.take(rec["patch_id"])
+        if objects is not None:
+            return objects, "object_cache_hits"
+    try:
+        objects = _fetch(rec)
+    except F.PatchError as e:
+        return e, None
+    if cache is not None and keep:
+        return objects, "object_cache_puts" if cache.put(rec["patch_id"], objects) else "object_cache_full"
+    return objects, None
+
+
 READ_AHEAD = 4  # patches whose objects are fetched while the current one is decoded
 
 
-def loaded_patches(recs, resampling: str, decode_timeout, read_ahead: int = READ_AHEAD):
+def loaded_patches(recs, resampling: str, decode_timeout, read_ahead: int = READ_AHEAD, cache=None,
+                   keep: bool = False):
     """``(rec, DecodedPatch | PatchError)`` for each record, in order.
 
     The objects of the next ``read_ahead`` patches are fetched on threads while the current
     patch is decoded, so that a worker's CPU is not idle while an object store answers
     (fetching is I/O: file reads and HTTP GETs release the GIL). Order and results are those
-    of fetching and decoding one patch after the other.
+    of fetching and decoding one patch after the other. ``cache`` / ``keep``: see
+    ``_fetch_cached`` (a ``transforms.objcache.PatchCache``).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     recs = list(recs)
-    if read_ahead <= 0 or len(recs) < 2:
-        for rec in recs:
-            try:
-                yield rec, load_patch(rec, resampling, decode_timeout)
-            except F.PatchError as e:
-                yield rec, e
-        return
 
-    def fetch(rec):
+    def decoded(rec, fetched):
+        objects, counter = fetched
+        if counter:
+            _count(counter)
+        if isinstance(objects, F.PatchError):
+            return objects
         try:
-            return _fetch(rec)
+            return _decode(rec, objects, resampling, decode_timeout)
         except F.PatchError as e:
             return e
 
+    if read_ahead <= 0 or len(recs) < 2:
+        for rec in recs:
+            yield rec, decoded(rec, _fetch_cached(rec, cache, keep))
+        return
+
     with ThreadPoolExecutor(max_workers=read_ahead, thread_name_prefix="benbeam-fetch") as pool:
-        pending = [pool.submit(fetch, r) for r in recs[:read_ahead]]
+        pending = [pool.submit(_fetch_cached, r, cache, keep) for r in recs[:read_ahead]]
         for i, rec in enumerate(recs):
             objects = pending[i].result()
             pending[i] = None  # release the bytes as soon as they are decoded
             if i + read_ahead < len(recs):
-                pending.append(pool.submit(fetch, recs[i + read_ahead]))
-            if isinstance(objects, F.PatchError):
-                yield rec, objects
-                continue
-            try:
-                yield rec, _decode(rec, objects, resampling, decode_timeout)
-            except F.PatchError as e:
-                yield rec, e
+                pending.append(pool.submit(_fetch_cached, recs[i + read_ahead], cache, keep))
+            yield rec, decoded(rec, objects)
 
 
 class ShardStatsFn(beam.DoFn):
@@ -247,8 +264,9 @@ class ShardStatsFn(beam.DoFn):
     records (from ``plan``; failures are skipped here, the writer reports them)."""
 
     def __init__(self, plan: RowPlan, resampling: str, stats_fraction: float, storage_options: dict,
-                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
+                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT, cache=None):
         self.plan = plan
+        self.cache = cache
         self.resampling = resampling
         self.stats_fraction = stats_fraction
         self.storage_options = storage_options
@@ -266,7 +284,7 @@ class ShardStatsFn(beam.DoFn):
         recs = self.plan.records(element)
         acc = self.stats.create()
         chosen = [r for r in recs if md.sampled(r["patch_id"], self.stats_fraction, salt="stats")]
-        for rec, p in loaded_patches(chosen, self.resampling, self.decode_timeout):
+        for rec, p in loaded_patches(chosen, self.resampling, self.decode_timeout, cache=self.cache, keep=True):
             if isinstance(p, F.PatchError):
                 continue
             self.stats.add(acc, p.pixels)
@@ -295,6 +313,7 @@ class ComputeBandStats(beam.PTransform):
     storage_options: dict = field(default_factory=dict)
     fanout: int = 16
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
+    cache: Any = None  # a PatchCache: keep the fetched objects of training patches for the writer
 
     def expand(self, shards):
         from transforms.combiners import BandStatsCombineFn
@@ -303,7 +322,7 @@ class ComputeBandStats(beam.PTransform):
             shards
             | "TrainOnly" >> beam.Filter(lambda key: key[0] == "train")
             | "PartialStats" >> beam.ParDo(ShardStatsFn(self.plan, self.resampling, self.stats_fraction, self.storage_options,
-                                                             self.decode_timeout))
+                                                             self.decode_timeout, self.cache))
             # Two-level combine with a deterministic fanout key of our own (what
             # CombineGlobally.with_fanout does with random keys, which the DaskRunner cannot run).
             | "FanoutKey" >> beam.Map(lambda acc: (_fanout_key(acc, self.fanout), acc))
@@ -321,8 +340,9 @@ class WriteShardFn(beam.DoFn):
     """
 
     def __init__(self, plan: RowPlan, out: str, resampling: str, compression: str, image_dtype: str, storage_options: dict,
-                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
+                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT, cache=None):
         self.plan = plan
+        self.cache = cache
         self.out = out
         self.resampling = resampling
         self.decode_timeout = decode_timeout
@@ -346,7 +366,7 @@ class WriteShardFn(beam.DoFn):
         disagreements = 0
         dead = []
         with ShardWriter(storage.join(self.out, rel), self.compression) as writer:
-            for rec, p in loaded_patches(recs, self.resampling, self.decode_timeout):
+            for rec, p in loaded_patches(recs, self.resampling, self.decode_timeout, cache=self.cache):
                 if isinstance(p, F.PatchError):
                     _count(f"failed_{p.stage}_{p.reason}")
                     dead.append(p.record(rec["patch_id"], split))
@@ -399,10 +419,11 @@ class WriteShards(beam.PTransform):
     image_dtype: str
     storage_options: dict = field(default_factory=dict)
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
+    cache: Any = None  # a PatchCache: read training patches kept by the statistics pass
 
     def expand(self, shards):
         fn = WriteShardFn(self.plan, self.out, self.resampling, self.compression, self.image_dtype, self.storage_options,
-                          self.decode_timeout)
+                          self.decode_timeout, self.cache)
         out = (shards
                | "Write" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.norm))
                | "WriteOutputs" >> Demux((MAIN, DEAD)))
