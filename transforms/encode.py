@@ -335,7 +335,7 @@ class ShardWriter:
             self._gz.close()
         self._raw.close()  # durability: convert syncs once, before it writes dataset.json
         if storage.is_remote(self.url):
-            storage.filesystem(self.url).put_file(self._tmp, self.url)
+            storage.upload_file(self._tmp, self.url)
             os.unlink(self._tmp)
         else:
             os.replace(self._tmp, self.url)

@@ -211,7 +211,10 @@ def sha256_file(url: str, chunk: int = 8 << 20) -> str:
 def upload_file(local: str, url: str) -> None:
     """Copy a local file to ``url`` (one PUT, or a multipart upload completed at once), retried."""
     if is_remote(url):
-        retry(filesystem(url).put_file, local, url, what=f"upload {url}")
+        from transforms import fastget
+
+        put = fastget.put_file if fastget.enabled(url) else filesystem(url).put_file
+        retry(put, local, url, what=f"upload {url}")
     else:
         write_bytes_atomic(url, open(local, "rb").read())
 
