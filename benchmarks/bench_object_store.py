@@ -85,10 +85,15 @@ def main() -> int:
     if not os.path.exists(os.path.join(local, "metadata.parquet")):
         generate(local, args.n, seed=11)
     cores = {0} if args.pin else None
+    mine = os.sched_getaffinity(0)
+    if args.pin:  # the server process and every thread it starts inherit core 1
+        os.sched_setaffinity(0, {1})
     with seaweedfs(KEY, SECRET) as endpoint:
+        os.sched_setaffinity(0, mine)
         if args.pin:
             for pid in weed_pids():
-                os.sched_setaffinity(pid, {1})
+                threads = os.listdir(f"/proc/{pid}/task")
+                assert all(os.sched_getaffinity(int(t)) == {1} for t in threads), "server not pinned"
         storage.configure(endpoint)
         storage.filesystem("s3://").mkdir("bench")
         t0 = time.perf_counter()
