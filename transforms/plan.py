@@ -143,7 +143,10 @@ class _Index:
             if got != sha:
                 raise md.MetadataError(f"metadata file {url} changed while the conversion ran (sha256 {sha[:12]}… "
                                        f"when planned, {got[:12]}… now); run the conversion again")
-            self.tables.append(table)
+            # Only the columns records use, in one chunk each: taking a shard's rows from a
+            # many-chunk table costs ~18 ms at 480,000 rows, from one chunk well under 1 ms.
+            keep = [c for c in md.REQUIRED_COLUMNS + md.OPTIONAL_COLUMNS + md.URL_COLUMNS if c in table.column_names]
+            self.tables.append(table.select(keep).combine_chunks())
         homes = plan.homes()
         self.home_id = {h: i for i, h in enumerate(homes)}
         n_shards = plan.shard_counts()
@@ -188,7 +191,7 @@ class _Index:
             raise KeyError(f"{home!r} is not a shard of this plan")
         rows = []
         for src, (table, order, sid) in enumerate(zip(self.tables, self.order, self.sorted_ids)):
-            lo, hi = np.searchsorted(sid, [h, h + 1])
+            lo, hi = np.searchsorted(sid, np.array([h, h + 1], dtype=sid.dtype))
             if hi > lo:
                 rows.extend(md.table_rows(table, src, np.sort(order[lo:hi]).tolist()))
         return rows
