@@ -26,25 +26,8 @@ sys.path.insert(0, ROOT)
 KEY, SECRET = "AKIABENCHMARK0000001", "bench-secret-key"
 
 
-def server_cpu() -> float:
-    """CPU seconds used so far by the SeaweedFS processes (they share this machine's cores)."""
-    tot = 0.0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"weed" not in fh.read().split(b"\0")[0]:
-                    continue
-            with open(f"/proc/{pid}/stat") as fh:
-                f = fh.read().rsplit(")", 1)[1].split()
-            tot += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            continue
-    return tot
-
-
 def weed_pids() -> list[int]:
+    """The SeaweedFS processes on this machine."""
     pids = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -55,6 +38,19 @@ def weed_pids() -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+def server_cpu() -> float:
+    """CPU seconds used so far by the SeaweedFS processes (they share this machine's cores)."""
+    tot = 0.0
+    for pid in weed_pids():
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+            tot += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            continue
+    return tot
 
 
 def convert(meta: str, out: str, extra: list[str], cores: set[int] | None) -> tuple[float, float]:

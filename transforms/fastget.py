@@ -124,17 +124,22 @@ def _translate(e: BaseException) -> BaseException:
     return e
 
 
-def get_one(url: str) -> bytes:
-    import obstore
-
+def _call(fn, url: str, *args):
+    """``fn(store, key, *args)`` for an ``s3://`` URL, obstore errors as builtin exceptions."""
     bucket, _, key = url[len("s3://"):].partition("/")
     try:
-        return bytes(obstore.get(_store(bucket), key).bytes())
+        return fn(_store(bucket), key, *args)
     except Exception as e:  # noqa: BLE001 - translated for the caller's classification
         t = _translate(e)
         if t is e:
             raise
         raise t from None
+
+
+def get_one(url: str) -> bytes:
+    import obstore
+
+    return bytes(_call(obstore.get, url).bytes())
 
 
 def put_file(local: str, url: str) -> None:
@@ -145,14 +150,7 @@ def put_file(local: str, url: str) -> None:
 
     import obstore
 
-    bucket, _, key = url[len("s3://"):].partition("/")
-    try:
-        obstore.put(_store(bucket), key, pathlib.Path(local))
-    except Exception as e:  # noqa: BLE001 - translated for the caller's classification
-        t = _translate(e)
-        if t is e:
-            raise
-        raise t from None
+    _call(obstore.put, url, pathlib.Path(local))
 
 
 def get_many(urls: list[str]) -> dict[str, bytes | BaseException]:

@@ -79,11 +79,15 @@ def read_table(url: str) -> tuple[pa.Table, str]:
     return table, storage.sha256_bytes(data)
 
 
+def record_columns(table: pa.Table) -> list[str]:
+    """The columns of ``table`` that rows and records use."""
+    return [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + URL_COLUMNS if c in table.column_names]
+
+
 def table_rows(table: pa.Table, source: int = 0, indices: list[int] | None = None) -> list[dict]:
     """Rows (all, or those at ``indices``) as plain dicts, each tagged with its (source file,
     row index) for tie-breaking."""
-    cols = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + URL_COLUMNS if c in table.column_names]
-    table = table.select(cols)
+    table = table.select(record_columns(table))
     if indices is None:
         indices = range(table.num_rows)
     else:
@@ -168,13 +172,22 @@ def split_counts(tables, splits, frac: float) -> dict[str, int]:
         if "patch_id" not in table.column_names or "split" not in table.column_names:
             continue
         for pid, split in zip(table.column("patch_id").to_pylist(), table.column("split").to_pylist()):
-            if not sampled(pid, frac):
-                continue
-            s = row_split({"split": split})
-            if splits and s in SPLITS and s not in splits:
-                continue
-            counts[s] += 1
+            s = selected_split(pid, split, splits, frac)
+            if s is not None:
+                counts[s] += 1
     return dict(counts)
+
+
+def selected_split(patch_id, split, splits, frac: float):
+    """The split a row is accounted under if a conversion selects it (in the ``frac``
+    sample, and its split among ``splits`` unless that split is invalid: such a row is
+    selected, to become a dead letter), else None."""
+    if not sampled(patch_id, frac):
+        return None
+    s = row_split({"split": split})
+    if splits and s in SPLITS and s not in splits:
+        return None
+    return s
 
 
 def row_split(row: dict):

@@ -35,10 +35,8 @@ INVALID = ("", 0, 1)
 def check_row_tagged(row, root, splits, frac) -> Iterable[Tuple[str, Any]]:
     """One row: nothing (not sampled / split not selected), else ``(SELECTED, split)`` and
     either ``(DEAD, dead letter)`` or ``(MAIN, (patch_id, ((source, row), record)))``."""
-    if not md.sampled(row.get("patch_id"), frac):
-        return
-    split = md.row_split(row)
-    if splits and split in SPLITS and split not in splits:
+    split = md.selected_split(row.get("patch_id"), row.get("split"), splits, frac)
+    if split is None:
         return
     yield (SELECTED, split)
     try:
@@ -145,8 +143,7 @@ class _Index:
                                        f"when planned, {got[:12]}… now); run the conversion again")
             # Only the columns records use, in one chunk each: taking a shard's rows from a
             # many-chunk table costs ~18 ms at 480,000 rows, from one chunk well under 1 ms.
-            keep = [c for c in md.REQUIRED_COLUMNS + md.OPTIONAL_COLUMNS + md.URL_COLUMNS if c in table.column_names]
-            self.tables.append(table.select(keep).combine_chunks())
+            self.tables.append(table.select(md.record_columns(table)).combine_chunks())
         homes = plan.homes()
         self.home_id = {h: i for i, h in enumerate(homes)}
         n_shards = plan.shard_counts()
@@ -156,10 +153,8 @@ class _Index:
             pids = table.column("patch_id").to_pylist()
             splits = table.column("split").to_pylist()
             for i, (pid, split) in enumerate(zip(pids, splits)):
-                if not md.sampled(pid, plan.frac):
-                    continue
-                s = md.row_split({"split": split})
-                if plan.splits and s in SPLITS and s not in plan.splits:
+                s = md.selected_split(pid, split, plan.splits, plan.frac)
+                if s is None:
                     continue
                 if isinstance(pid, str) and s in n_shards:
                     first.setdefault(pid, []).append((src, i, s))
