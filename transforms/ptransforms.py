@@ -409,11 +409,12 @@ class WriteShardFn(beam.DoFn):
 
 @dataclass
 class WriteShards(beam.PTransform):
-    """Write every shard key of ``plan``; ``norm`` is a singleton PCollection of NormParams dicts."""
+    """Write every shard key of ``plan``; ``norm`` is a NormParams dict (or a singleton
+    PCollection of one, read as a side input)."""
 
     plan: RowPlan
     out: str
-    norm: beam.pvalue.PCollection
+    norm: Any  # dict | beam.pvalue.PCollection
     resampling: str
     compression: str
     image_dtype: str
@@ -425,6 +426,6 @@ class WriteShards(beam.PTransform):
         fn = WriteShardFn(self.plan, self.out, self.resampling, self.compression, self.image_dtype, self.storage_options,
                           self.decode_timeout, self.cache)
         out = (shards
-               | "Write" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.norm))
+               | "Write" >> beam.ParDo(fn, self.norm if isinstance(self.norm, dict) else beam.pvalue.AsSingleton(self.norm))
                | "WriteOutputs" >> Demux((MAIN, DEAD)))
         return {"shards": out[MAIN], "dead": out[DEAD]}
