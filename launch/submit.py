@@ -93,7 +93,7 @@ def _environment(environment_type: str, environment_config: str | None, sdk_cont
     args = ["--environment_type", environment_type]
     if environment_config:
         args += ["--environment_config", environment_config]
-    if package and not sdk_container_image:
+    if package and not sdk_container_image and environment_type != "LOOPBACK":
         args += ["--extra_package", package]
     return args
 
@@ -211,6 +211,8 @@ def runner_args(ns: argparse.Namespace, package: str | None = None) -> list[str]
                              machine_type=ns.machine_type, num_workers=ns.num_workers, max_workers=ns.max_workers,
                              autoscaling=ns.autoscaling, sdk_container_image=ns.sdk_container_image,
                              job_name=ns.job_name, dry_run=ns.dry_run)
+    if ns.runner == "dask":
+        return dask_args(dask_client_address=ns.dask_client_address)
     env = dict(environment_type=ns.environment_type, environment_config=ns.environment_config,
                sdk_container_image=ns.sdk_container_image, package=package)
     if ns.runner == "flink":
@@ -218,9 +220,7 @@ def runner_args(ns: argparse.Namespace, package: str | None = None) -> list[str]
                           parallelism=ns.parallelism, **env)
     if ns.runner == "spark":
         return spark_args(spark_master_url=ns.spark_master_url, job_endpoint=ns.job_endpoint, **env)
-    if ns.runner == "portable":
-        return portable_args(job_endpoint=ns.job_endpoint, **env)
-    return dask_args(dask_client_address=ns.dask_client_address)
+    return portable_args(job_endpoint=ns.job_endpoint, **env)
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
