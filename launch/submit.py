@@ -140,10 +140,12 @@ def portable_args(*, job_endpoint: str, environment_type: str = "LOOPBACK", envi
             + _environment(environment_type, environment_config, sdk_container_image, package) + list(extra))
 
 
-def dask_args(*, dask_client_address: str, extra: tuple[str, ...] = ()) -> list[str]:
-    """Options of a DaskRunner job on a running dask.distributed scheduler."""
-    return ["--runner", DASK_RUNNER, "--dask_client_address", _hostport("--dask_client_address", dask_client_address)]\
-        + list(extra)
+def dask_args(*, dask_client_address: str, partition_size: int = 1, extra: tuple[str, ...] = ()) -> list[str]:
+    """Options of a DaskRunner job on a running dask.distributed scheduler. One shard key per
+    Dask partition (``partition_size`` 1): Beam's default of 128 elements per partition puts
+    every shard of a dataset into one task, on one worker."""
+    return ["--runner", DASK_RUNNER, "--dask_client_address", _hostport("--dask_client_address", dask_client_address),
+            "--dask_partition_size", str(partition_size)] + list(extra)
 
 
 def needs_package(ns: argparse.Namespace) -> bool:
@@ -200,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _portable_env_flags(pt, "LOOPBACK")
     k = sub.add_parser("dask", help="a dask.distributed cluster")
     k.add_argument("--dask_client_address", required=True, help="HOST:PORT of the Dask scheduler")
+    k.add_argument("--partition_size", type=int, default=1, help="shard keys per Dask partition (default 1)")
     return ap
 
 
@@ -212,7 +215,7 @@ def runner_args(ns: argparse.Namespace, package: str | None = None) -> list[str]
                              autoscaling=ns.autoscaling, sdk_container_image=ns.sdk_container_image,
                              job_name=ns.job_name, dry_run=ns.dry_run)
     if ns.runner == "dask":
-        return dask_args(dask_client_address=ns.dask_client_address)
+        return dask_args(dask_client_address=ns.dask_client_address, partition_size=ns.partition_size)
     env = dict(environment_type=ns.environment_type, environment_config=ns.environment_config,
                sdk_container_image=ns.sdk_container_image, package=package)
     if ns.runner == "flink":

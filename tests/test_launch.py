@@ -37,7 +37,7 @@ def test_spark_portable_dask_and_dataflow_arguments():
     assert _args(["portable", "--job_endpoint", "localhost:8099"]) == [
         "--runner", "PortableRunner", "--job_endpoint", "localhost:8099", "--environment_type", "LOOPBACK"]
     assert _args(["dask", "--dask_client_address", "10.0.0.1:8786"]) == [
-        "--runner", submit.DASK_RUNNER, "--dask_client_address", "10.0.0.1:8786"]
+        "--runner", submit.DASK_RUNNER, "--dask_client_address", "10.0.0.1:8786", "--dask_partition_size", "1"]
     df = _args(["dataflow", "--project", "p", "--region", "r", "--temp_location", "gs://b/t"])
     assert df[df.index("--extra_package") + 1] == "/w/pkg.whl" and "--setup_file" not in df
     assert df[df.index("--staging_location") + 1] == "gs://b/t/staging"

@@ -24,9 +24,13 @@ from tests.servers import free_port
 pytestmark = pytest.mark.slow
 
 
-def _clean_env() -> dict:
+def _clean_env(bin_dir=None) -> dict:
+    """The environment of an activated venv (the worker pool starts `python` from PATH)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    if bin_dir is not None:
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        env["VIRTUAL_ENV"] = os.path.dirname(str(bin_dir))
     return env
 
 
@@ -49,7 +53,7 @@ def wheel_env(tmp_path_factory):
 
 def _run(wheel_env, *argv, timeout=600):
     bin_dir, run_dir = wheel_env
-    return subprocess.run([str(bin_dir / argv[0]), *argv[1:]], env=_clean_env(), cwd=str(run_dir),
+    return subprocess.run([str(bin_dir / argv[0]), *argv[1:]], env=_clean_env(bin_dir), cwd=str(run_dir),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -92,12 +96,12 @@ def test_worker_pool_of_the_wheel_converts_through_the_job_api(wheel_env, sample
     bin_dir, run_dir = wheel_env
     pool_port, js_port = free_port(), free_port()
     procs = [subprocess.Popen([str(bin_dir / "python"), "-m", "apache_beam.runners.worker.worker_pool_main",
-                               f"--service_port={pool_port}"], env=_clean_env(), cwd=str(run_dir),
+                               f"--service_port={pool_port}"], env=_clean_env(bin_dir), cwd=str(run_dir),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
     try:
         procs.append(subprocess.Popen([str(bin_dir / "python"), "-m",
                                        "apache_beam.runners.portability.local_job_service_main", "--port",
-                                       str(js_port)], env=_clean_env(), cwd=str(run_dir),
+                                       str(js_port)], env=_clean_env(bin_dir), cwd=str(run_dir),
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         _wait_port(pool_port, procs[0], "worker pool")
         _wait_port(js_port, procs[1], "job service")
