@@ -58,7 +58,8 @@ setup(
             # drives Debian's chromium (no browser download) for the HTML report/viewer tests
             "playwright>=1.50,<2",
             # the packaging tests build the wheel
-            "build>=1.0"],
+            "build>=1.0",
+            "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
 )

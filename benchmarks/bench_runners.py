@@ -58,7 +58,8 @@ def _portable_external(meta: str, work: str) -> tuple[float, str]:
     procs = [subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
                                f"--service_port={pool}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               # the pool starts its workers as `python` from PATH
-                              env=dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])),
+                              env=dict(os.environ, PATH=os.pathsep.join([os.path.dirname(sys.executable),
+                                                                         os.environ["PATH"]]))),
              subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
                                "--port", str(js)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
@@ -130,7 +131,7 @@ def main() -> int:
         print(f"  {name:<46} {dt:7.1f} s  {args.n / dt:6.1f} patches/s  {direct / dt:5.2f}x Direct  "
               f"shards identical: {h == ref}")
     if args.envs:
-        for label, path in zip(("base install", "with [train,tfx]"), args.envs):
+        for label, path in zip(("base install", "with [train,tfx]"), args.envs, strict=True):
             print(f"  environment {label:<18} {path}: {_du_mb(path)} MB")
     return 0
 
