@@ -55,7 +55,9 @@ def _stats_from_file(url, clip, clip_percentiles, storage_options):
     return fin.stats_document(doc["bands"], norm, url, clip, clip_percentiles)
 
 
-STATS_PASS = ".stats-pass"  # under --out: the statistics job's result, kept until the dataset is complete
+# Under --out: the statistics job's result (histograms, then statistics with their key),
+# kept until the dataset is complete.
+STATS_PASS_JSON, STATS_PASS_NPZ = ".stats-pass.json", ".stats-pass.npz"
 _STATS_KEY = ("meta", "include_snow_cloud", "root", "splits", "frac", "shard_size", "resampling", "clip",
               "clip_percentiles", "stats_fraction")
 
@@ -69,37 +71,38 @@ def stats_pass_key(args, plan: RowPlan) -> dict:
     return {"package_version": __version__, "options": key, "metadata": plan.info(), "root": plan.root}
 
 
-def _write_stats_pass(acc, dest, key, clip, clip_percentiles, storage_options) -> None:
-    """Write the statistics job's result: stats.json, histograms.npz, then key.json (last: it
-    marks the pass complete)."""
+def _write_stats_pass(acc, out, key, clip, clip_percentiles, storage_options) -> None:
+    """Write the statistics job's result: the histograms, then statistics + key (last: that
+    file marks the pass complete)."""
     from transforms.histogram import to_npz_bytes
 
     storage.set_options(storage_options)
     doc = _stats_from_acc(acc, clip, clip_percentiles)
-    storage.write_bytes_atomic(storage.join(dest, M.STATS_JSON), json.dumps(doc, sort_keys=True).encode())
-    storage.write_bytes_atomic(storage.join(dest, M.HISTOGRAMS_NPZ), to_npz_bytes(acc))
-    storage.write_bytes_atomic(storage.join(dest, "key.json"), json.dumps(key, sort_keys=True).encode())
+    storage.write_bytes_atomic(storage.join(out, STATS_PASS_NPZ), to_npz_bytes(acc))
+    storage.write_bytes_atomic(storage.join(out, STATS_PASS_JSON),
+                               json.dumps({"key": key, "statistics": doc}, sort_keys=True).encode())
 
 
-def load_stats_pass(dest: str, key: dict) -> tuple[dict, bytes] | None:
+def load_stats_pass(out: str, key: dict) -> tuple[dict, bytes] | None:
     """The statistics and histograms of a complete stats pass with this ``key``, else None."""
     try:
-        if json.loads(storage.read_bytes(storage.join(dest, "key.json"))) != json.loads(json.dumps(key)):
+        done = json.loads(storage.read_bytes(storage.join(out, STATS_PASS_JSON)))
+        if done.get("key") != json.loads(json.dumps(key)):
             return None
-        return (json.loads(storage.read_bytes(storage.join(dest, M.STATS_JSON))),
-                storage.read_bytes(storage.join(dest, M.HISTOGRAMS_NPZ)))
-    except (FileNotFoundError, json.JSONDecodeError):
+        return done["statistics"], storage.read_bytes(storage.join(out, STATS_PASS_NPZ))
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return None
 
 
-def build_stats(p: beam.Pipeline, args, plan: RowPlan, dest: str, key: dict, cache: PatchCache | None = None) -> None:
-    """The statistics job: band statistics of the training shards, written under ``dest``."""
+def build_stats(p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None) -> None:
+    """The statistics job: band statistics of the training shards, written into ``args.out``."""
     sopts = storage.options()
     checked = p | "PlanShards" >> PlannedShards(plan, sopts)
     _ = (checked["shards"]
          | "ComputeBandStats" >> ComputeBandStats(plan, args.resampling, args.stats_fraction, sopts,
                                                   decode_timeout=args.decode_timeout, cache=cache)
-         | "WriteStatsPass" >> beam.Map(_write_stats_pass, dest, key, args.clip, tuple(args.clip_percentiles), sopts))
+         | "WriteStatsPass" >> beam.Map(_write_stats_pass, args.out, key, args.clip, tuple(args.clip_percentiles),
+                                        sopts))
 
 
 def _finalize_all(keyed, *, sopts, **kw):
@@ -275,11 +278,12 @@ def staged_artifacts(result) -> list[str]:
 
 
 def _remove_stats_pass(out: str) -> None:
-    url = storage.join(out, STATS_PASS)
-    try:
-        storage.filesystem(url).rm(url, recursive=True)
-    except FileNotFoundError:
-        pass
+    for name in (STATS_PASS_JSON, STATS_PASS_NPZ):
+        url = storage.join(out, name)
+        try:
+            storage.filesystem(url).rm(url)
+        except FileNotFoundError:
+            pass
 
 
 LOCAL_RUNNERS = (None, "", "DirectRunner", "direct", "PrismRunner", "prism", "SwitchingDirectRunner")
@@ -325,17 +329,17 @@ def run(argv: list[str] | None = None) -> int:
     try:
         stats = None
         if not args.stats:  # job 1: the statistics (skipped when an earlier run's pass is complete)
-            dest, key = storage.join(args.out, STATS_PASS), stats_pass_key(args, plan)
-            stats = None if dry_run else load_stats_pass(dest, key)
+            dest, key = storage.join(args.out, STATS_PASS_JSON), stats_pass_key(args, plan)
+            stats = None if dry_run else load_stats_pass(args.out, key)
             if stats is not None:
-                LOG.info("statistics from the complete statistics pass in %s (delete it to recompute)", dest)
+                LOG.info("statistics from the complete statistics pass %s (delete it to recompute)", dest)
             else:
                 ps = beam.Pipeline(options=opts)
-                build_stats(ps, opts.view_as(ConvertOptions), plan, dest, key, cache)
+                build_stats(ps, opts.view_as(ConvertOptions), plan, key, cache)
                 results.append(("stats", ps.run()))
                 results[-1][1].wait_until_finish()
                 stats = (fin.stats_document({}, {}, "dry run", args.clip, args.clip_percentiles), b"") if dry_run \
-                    else load_stats_pass(dest, key)
+                    else load_stats_pass(args.out, key)
                 if stats is None:
                     raise RuntimeError(f"the statistics job finished without writing {dest}")
         p = beam.Pipeline(options=opts)  # job 2: the shards and the manifest
@@ -361,8 +365,8 @@ def run(argv: list[str] | None = None) -> int:
         print(f"benbeam convert: no {M.MANIFEST} was written to {args.out}; the shards there are incomplete",
               file=sys.stderr)
         if not args.stats and stats is not None:
-            print(f"benbeam convert: the statistics are kept in {storage.join(args.out, STATS_PASS)}: the same "
-                  "command again resumes with the shards", file=sys.stderr)
+            print(f"benbeam convert: the statistics are kept in {storage.join(args.out, STATS_PASS_JSON)}: the "
+                  "same command again resumes with the shards", file=sys.stderr)
         return 1
     finally:
         if cache is not None:

@@ -124,3 +124,35 @@ def test_tfx_cross_check_finds_a_disagreeing_decoding(tmp_path, monkeypatch):
     examples[2]["country"] = "Atlantis"
     assert dec.compare(recs, examples) == [(1, "tfx-bsl decodes s2_data differently"),
                                            (2, "tfx-bsl decodes country differently")]
+
+
+def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
+    import json
+
+    from beam_pipeline import convert
+    from beam_pipeline.options import ConvertOptions, parse
+    from schemas import manifest as M
+
+    assert main(["synth", "--out", str(tmp_path / "reben"), "--n", "8", "--seed", "3"]) == 0
+    argv = ["--meta", str(tmp_path / "reben" / "metadata.parquet"), "--out", str(tmp_path / "ds"),
+            "--shard_size", "4", "--no_report"]
+    assert main(["convert", *argv]) == 0
+    out = tmp_path / "ds"
+    assert not list(out.glob(".stats-pass*"))  # removed once the dataset is complete
+    man = json.loads((out / M.MANIFEST).read_text())
+    # an interrupted run left a complete statistics pass (here: with a recognisable mean)
+    args, _ = parse(ConvertOptions, argv, "t", "t")
+    key = convert.stats_pass_key(args, convert.preflight(args, probe_output=False))
+    planted = json.loads(json.dumps(man["statistics"]))
+    planted["normalization"]["offset"] = [v + 1.0 for v in planted["normalization"]["offset"]]
+    planted["source"] = "planted"
+    (out / convert.STATS_PASS_NPZ).write_bytes((out / M.HISTOGRAMS_NPZ).read_bytes())
+    (out / convert.STATS_PASS_JSON).write_text(json.dumps({"key": key, "statistics": planted}))
+    assert main(["convert", *argv]) == 0
+    assert json.loads((out / M.MANIFEST).read_text())["statistics"] == planted  # reused, not recomputed
+    assert not list(out.glob(".stats-pass*"))
+    # a pass of other options (another --stats_fraction) is not reused
+    (out / convert.STATS_PASS_NPZ).write_bytes((out / M.HISTOGRAMS_NPZ).read_bytes())
+    (out / convert.STATS_PASS_JSON).write_text(json.dumps({"key": key, "statistics": planted}))
+    assert main(["convert", *argv, "--stats_fraction", "0.5"]) == 0
+    assert json.loads((out / M.MANIFEST).read_text())["statistics"]["source"] == "computed"

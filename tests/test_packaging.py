@@ -42,7 +42,7 @@ def wheel_env(tmp_path_factory):
     venv.EnvBuilder(with_pip=True).create(str(root / "venv"))
     bin_dir = root / "venv" / "bin"
     t0 = time.monotonic()
-    r = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", whl], env=_clean_env(),
+    r = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-compile", whl], env=_clean_env(),
                        capture_output=True, text=True, cwd=str(root))
     assert r.returncode == 0, r.stderr[-3000:]
     print(f"wheel environment installed in {time.monotonic() - t0:.0f} s", file=sys.stderr)
@@ -121,6 +121,11 @@ def test_worker_pool_of_the_wheel_converts_through_the_job_api(wheel_env, sample
     assert man["statistics"] == direct["statistics"] and man["failures"] == direct["failures"]
     run = json.loads((out / M.RUN_JSON).read_text())
     assert run["runner"] == "PortableRunner"
+    # verify works there too, without the tfx-bsl cross-check (which says which extra it needs)
+    r = _run(wheel_env, "benbeam", "verify", str(out))
+    assert r.returncode == 0 and "tfx-bsl not installed" in r.stdout, r.stderr[-2000:]
+    r = _run(wheel_env, "benbeam", "verify", str(out), "--tfx", "on")
+    assert r.returncode == 3 and "pip install 'bigearthnet-beam[tfx]'" in r.stderr
 
 
 def test_dataflow_dry_run_from_the_installed_wheel(wheel_env, sample):
