@@ -17,7 +17,7 @@ from schemas import bands as B
 from schemas import classes as C
 from schemas import manifest as M
 from schemas import tfrecord as T
-from transforms import storage
+from transforms import storage, tfds_meta
 
 LOG = logging.getLogger("benbeam")
 
@@ -194,8 +194,9 @@ def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_np
         "files": files,
     }
     M.validate(manifest)
+    tfds_files = tfds_meta.write(out, manifest)  # derived from the manifest, written before it
     if not storage.is_remote(out):
-        _fsync_local(out, sorted(keep) + [M.FAILURES_JSONL, M.STATS_JSON])
+        _fsync_local(out, sorted(keep) + [M.FAILURES_JSONL, M.STATS_JSON] + tfds_files)
     storage.write_bytes_atomic(storage.join(out, M.MANIFEST), M.dumps(manifest).encode())
     LOG.info("wrote %s", storage.join(out, M.MANIFEST))
     return manifest["failures"]["total"]
