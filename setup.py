@@ -49,7 +49,9 @@ setup(
                 # the Dask runner test runs a dask.distributed LocalCluster
                 "dask[distributed]>=2024.1",
                 # drives Debian's chromium (no browser download) for the HTML report/viewer tests
-                "playwright>=1.50,<2"],
+                "playwright>=1.50,<2",
+                "tensorflow-datasets>=4.9,<5", "torch>=2.2"],  # the TFDS and PyTorch readers' tests
+        "torch": ["torch>=2.2"],  # trainer.torch_data: a PyTorch IterableDataset, no TensorFlow
     },
     entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
 )
