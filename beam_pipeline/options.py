@@ -89,6 +89,9 @@ class ConvertOptions(PipelineOptions):
         parser.add_argument("--max_failure_fraction", type=float, default=None,
                             help="exit non-zero (after writing everything) if more than this fraction of "
                                  "the input failed")
+        parser.add_argument("--verbose", action="store_true",
+                            help="also log a line per shard of the statistics and writing passes (default: one "
+                                 "overall progress line per pass)")
         add_workers_arg(parser)
         add_storage_args(parser, s3_endpoint=False)
 

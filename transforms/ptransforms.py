@@ -23,6 +23,7 @@ from schemas import failures as F
 from schemas import manifest as M
 from schemas.classes import CLASS_INDEX, IGNORE_INDEX, NUM_CLASSES, multi_hot
 from transforms import metadata as md
+from transforms import progress
 from transforms import storage
 from transforms.patch import DEFAULT_DECODE_TIMEOUT
 from transforms.plan import INVALID, SELECTED, RowPlan, check_row_tagged, dedupe_tagged
@@ -291,6 +292,7 @@ class ShardStatsFn(beam.DoFn):
             _count("stats_patches")
         LOG.info("statistics: %s shard %d of %d: %d patches in %.1f s", split, index + 1, count, len(recs),
                  time.perf_counter() - t0)
+        progress.shard_done("statistics", len(recs))
         yield self.stats.seal(acc)
 
 
@@ -396,6 +398,7 @@ class WriteShardFn(beam.DoFn):
         _count("shards_written")
         _count("bytes_written", info["bytes"])
         LOG.info("wrote %s: %d patches, %d failed, %.1f patches/s", rel, n, len(dead), n / dt if dt else 0.0)
+        progress.shard_done("write", len(recs))
         for d in dead:
             yield (DEAD, d)
         yield (MAIN, {
