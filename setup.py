@@ -39,6 +39,7 @@ setup(
         "obstore>=0.6,<1",
         "tifffile>=2024.1",
         "google-crc32c>=1.5,<2",
+        "tqdm>=4.60",  # overall progress lines (transforms.progress)
         "matplotlib>=3.8,<4",
         "build>=1.0",  # Beam builds an sdist of this package for Dataflow workers (--setup_file)
     ],

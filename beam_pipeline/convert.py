@@ -235,16 +235,11 @@ def object_cache(choice: str, root: str | None, opts) -> PatchCache | None:
 
 
 def progress_watcher(args, plan: RowPlan, opts, dry_run: bool):
-    """The overall progress lines of the statistics and write passes (local runners, whose workers
-    share this machine: ``transforms.progress``); a no-op elsewhere."""
-    import contextlib
-
-    if dry_run or opts.get_all_options().get("runner") not in LOCAL_RUNNERS:
-        return contextlib.nullcontext()
+    """The overall progress lines of the statistics and write passes (``transforms.progress``)."""
     counts = {s: n for s, n in plan.counts if s in M.SPLITS}
     passes = [] if args.stats else [progress.Pass("statistics", "convert: statistics", counts.get("train", 0))]
     passes.append(progress.Pass("write", "convert: write", sum(counts.values())))
-    return progress.Watcher(passes)
+    return progress.watch(passes, "dry run" if dry_run else opts.get_all_options().get("runner"))
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ from schemas import failures as F
 from schemas import manifest as M
 from schemas.naming import OBJECT_KEYS
 from transforms import metadata as md
-from transforms import storage
+from transforms import progress, storage
 from transforms.ptransforms import CheckRows, ReadMetadata, _count
 
 
@@ -81,7 +81,9 @@ class ValidateGroupFn(beam.DoFn):
                 _count("folders_listed")
             return cache[prefix]
 
+        done = 0
         for rec in sorted(recs, key=lambda r: r["patch_id"]):
+            done += 1
             errs = check_objects(rec, listing)
             if not errs and self.deep:
                 from transforms.ptransforms import load_patch
@@ -93,6 +95,7 @@ class ValidateGroupFn(beam.DoFn):
             _count("patches_ok" if not errs else "patches_failed")
             yield {"patch_id": rec["patch_id"], "split": rec["split"],
                    "reasons": [{"stage": e.stage, "reason": e.reason, "detail": e.detail} for e in errs]}
+        progress.shard_done("validate", done)
 
 
 def build(p, args, root, splits):
@@ -154,15 +157,17 @@ def run(argv: list[str] | None = None) -> int:
         splits = tuple(M.check_split(s.strip()) for s in args.splits.split(",") if s.strip())
         if not 0 < args.frac <= 1:
             raise ValueError(f"--frac must be in (0, 1], got {args.frac}")
-        for m in [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else []):
-            md.read_table(m)
+        tables = [md.read_table(m) for m in [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])]
     except (ValueError, md.MetadataError) as e:
         print(f"benbeam validate: error: {e}", file=sys.stderr)
         return 2
     root = args.root or storage.parent(args.meta)
     t0 = time.perf_counter()
-    with beam.Pipeline(options=PipelineOptions(local_runner_args(rest, args.workers))) as p:
-        build(p, args, root, splits)
+    opts = PipelineOptions(local_runner_args(rest, args.workers))
+    total = sum(md.split_counts([t for t, _ in tables], splits, args.frac).values())
+    with progress.watch([progress.Pass("validate", "validate", total)], opts.get_all_options().get("runner")):
+        with beam.Pipeline(options=opts) as p:
+            build(p, args, root, splits)
     dt = time.perf_counter() - t0
     rep = json.loads(storage.read_bytes(args.out))
     t = rep["totals"]

@@ -206,6 +206,17 @@ class Watcher:
             self.bar.tick()
 
 
+# Runners whose workers run on this machine and inherit its environment (see the module docstring).
+LOCAL_RUNNERS = (None, "", "DirectRunner", "direct", "PrismRunner", "prism", "SwitchingDirectRunner")
+
+
+def watch(passes: list[Pass], runner: str | None):
+    """A ``Watcher`` of ``passes`` for a local ``runner``; a no-op context for any other runner."""
+    import contextlib
+
+    return Watcher(passes) if runner in LOCAL_RUNNERS else contextlib.nullcontext()
+
+
 # Per-shard log lines of the workers (shown with --verbose only): the writer's and the statistics pass's.
 _SHARD_LINE = re.compile(r"^(worker: )?(wrote \S+\.tfrecord(\.gz)?: |statistics: \w+ shard \d+ of \d+: )")
 
