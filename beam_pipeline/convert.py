@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import finalize as fin
-from beam_pipeline.options import ConvertOptions, local_runner_args, parse
+from beam_pipeline.options import ConvertOptions, description, local_runner_args, parse
 from schemas import manifest as M
 from transforms import metadata as md
 from transforms import progress, storage
@@ -244,7 +244,7 @@ def progress_watcher(args, plan: RowPlan, opts, dry_run: bool):
 
 def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, _ = parse(ConvertOptions, argv, "benbeam convert", __doc__.splitlines()[0])
+    args, _ = parse(ConvertOptions, argv, "benbeam convert", description(__doc__))
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     beam_argv = local_runner_args(argv, args.workers)
     opts = PipelineOptions(beam_argv)

@@ -12,8 +12,10 @@ import pytest
 
 from transforms import progress
 
-LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (?P<label>[\w: ]+): (?P<n>\d+)/(?P<total>\d+) patches "
-                  r"\((?P<pct>\d+)%\), (?P<rate>\?|\s*[\d.]+) patches/s(, ETA (?P<eta>\?|\d\d:\d\d)| in [\d.]+ s)$")
+LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (?P<label>[\w: ]+): (?P<n>\d+)/(?P<total>\d+) patches "
+    r"\((?P<pct>\d+)%\), (?P<rate>\?|\s*[\d.]+) patches/s(, ETA (?P<eta>\?|\d\d:\d\d)| in [\d.]+ s)$"
+)
 
 
 def _report(folder, stage, n, delay):
@@ -91,14 +93,24 @@ def test_without_a_watcher_workers_report_nothing(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("msg,level,shown", [
-    ("worker: wrote train/train-00000-of-00004.tfrecord: 8 patches, 0 failed, 3.1 patches/s", logging.INFO, False),
-    ("wrote validation/validation-00001-of-00002.tfrecord.gz: 8 patches, 1 failed, 2.0 patches/s", logging.INFO,
-     False),
-    ("worker: statistics: train shard 3 of 9: 180 patches in 40.2 s", logging.INFO, False),
-    ("worker: wrote /data/out/dataset.json", logging.INFO, True),
-    ("worker: wrote train/train-00000-of-00004.tfrecord: 8 patches, 0 failed, 3.1 patches/s", logging.WARNING, True),
-])
+@pytest.mark.parametrize(
+    "msg,level,shown",
+    [
+        ("worker: wrote train/train-00000-of-00004.tfrecord: 8 patches, 0 failed, 3.1 patches/s", logging.INFO, False),
+        (
+            "wrote validation/validation-00001-of-00002.tfrecord.gz: 8 patches, 1 failed, 2.0 patches/s",
+            logging.INFO,
+            False,
+        ),
+        ("worker: statistics: train shard 3 of 9: 180 patches in 40.2 s", logging.INFO, False),
+        ("worker: wrote /data/out/dataset.json", logging.INFO, True),
+        (
+            "worker: wrote train/train-00000-of-00004.tfrecord: 8 patches, 0 failed, 3.1 patches/s",
+            logging.WARNING,
+            True,
+        ),
+    ],
+)
 def test_per_shard_lines_are_kept_for_verbose(msg, level, shown):
     rec = logging.LogRecord("benbeam", level, __file__, 1, msg, (), None)
     assert progress.ShardLineFilter().filter(rec) is shown
@@ -120,8 +132,10 @@ def test_convert_prints_overall_lines_not_shard_lines_on_a_non_terminal(tmp_path
     assert {m["label"] for m in lines} == {"convert: statistics", "convert: write"}
     assert any(m["eta"] not in (None, "?") for m in lines), err
     totals = {m["label"]: m["total"] for m in lines}
-    assert [(m["n"], m["pct"]) for m in lines if m["eta"] is None] == [(totals["convert: statistics"], "100"),
-                                                                       ("24", "100")]
+    assert [(m["n"], m["pct"]) for m in lines if m["eta"] is None] == [
+        (totals["convert: statistics"], "100"),
+        ("24", "100"),
+    ]
     assert not re.search(r"wrote \S+\.tfrecord: ", err) and "statistics: train shard" not in err
 
     stats = tmp_path / "a" / "stats.json"

@@ -64,8 +64,11 @@ def _assert_same(path: str, manifest: dict) -> None:
 @pytest.mark.parametrize("image_dtype", ["float32", "float16"])
 def test_tfds_reads_every_split_like_the_trainer(tmp_path, image_dtype):
     tiny = make_tiny_dataset(tmp_path / "ds", n_train=7, n_val=5, n_test=3, shards=3, image_dtype=image_dtype)
-    before = {p: open(os.path.join(tiny.path, p), "rb").read() for e in tiny.manifest["splits"].values()
-              for p in (s["path"] for s in e["shards"])}
+    before = {
+        p: open(os.path.join(tiny.path, p), "rb").read()
+        for e in tiny.manifest["splits"].values()
+        for p in (s["path"] for s in e["shards"])
+    }
     assert tfds_meta.write(tiny.path, tiny.manifest) == sorted(tfds_meta.FILES)
     _assert_same(tiny.path, tiny.manifest)
     # shard names and bytes unchanged: TFDS reads the existing layout
@@ -99,8 +102,23 @@ def test_convert_writes_tfds_metadata_readable_like_the_trainer(tmp_path):
 
     root, out = tmp_path / "reben", tmp_path / "out"
     assert main(["synth", "--out", str(root), "--n", "14", "--seed", "3"]) == 0
-    assert main(["convert", "--meta", str(root / "metadata.parquet"), "--out", str(out), "--shard_size", "3",
-                 "--no_report", "--workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--meta",
+                str(root / "metadata.parquet"),
+                "--out",
+                str(out),
+                "--shard_size",
+                "3",
+                "--no_report",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     man = json.loads((out / M.MANIFEST).read_text())
     assert all((out / name).exists() for name in tfds_meta.FILES)
     assert (out / tfds_meta.DATASET_INFO).read_bytes() == tfds_meta.documents(man)[tfds_meta.DATASET_INFO]

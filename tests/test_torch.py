@@ -35,8 +35,9 @@ def _trainer_arrays(path: str, split: str, modalities: str = "s2,s1") -> dict:
 
     ds = data.open_dataset(path)
     out = {}
-    for img, tgt, ids in data.make_dataset(ds, split, batch_size=4, modalities=modalities, with_multi_hot=True,
-                                           with_ids=True):
+    for img, tgt, ids in data.make_dataset(
+        ds, split, batch_size=4, modalities=modalities, with_multi_hot=True, with_ids=True
+    ):
         for i, pid in enumerate(ids.numpy()):
             out[pid.decode()] = (img[i].numpy(), tgt[SEG][i].numpy(), tgt[MULTI][i].numpy())
     return out
@@ -118,11 +119,13 @@ def test_torchgeo_split_name_is_refused_with_the_fix(tiny):
 
 
 def test_no_tensorflow_import(tiny):
-    code = ("import sys; from trainer.torch_data import BenDataset; from torch.utils.data import DataLoader\n"
-            f"n = sum(len(b['mask']) for b in DataLoader(BenDataset({tiny.path!r}, 'train'), batch_size=4))\n"
-            "assert n == %d, n\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'apache_beam'))\n"
-            "assert not bad, bad\nprint('ok')" % N_TRAIN)
+    code = (
+        "import sys; from trainer.torch_data import BenDataset; from torch.utils.data import DataLoader\n"
+        f"n = sum(len(b['mask']) for b in DataLoader(BenDataset({tiny.path!r}, 'train'), batch_size=4))\n"
+        "assert n == %d, n\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'apache_beam'))\n"
+        "assert not bad, bad\nprint('ok')" % N_TRAIN
+    )
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

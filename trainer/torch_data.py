@@ -44,8 +44,9 @@ def read_manifest(root: str) -> dict:
     try:
         raw = storage.read_bytes(path)
     except FileNotFoundError:
-        raise M.ManifestError(f"{root} has no {M.MANIFEST}: run `benbeam convert` to completion and pass its "
-                              "--out folder") from None
+        raise M.ManifestError(
+            f"{root} has no {M.MANIFEST}: run `benbeam convert` to completion and pass its --out folder"
+        ) from None
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -73,9 +74,21 @@ def assign_shards(n_shards: int, part: int, parts: int, seed: int | None, epoch:
 class BenDataset(IterableDataset):
     """One split of a converted dataset as a stream of ``{"image", "mask"[, "label", "patch_id"]}`` dicts."""
 
-    def __init__(self, root: str, split: str, *, modalities: str = "s2,s1", multi_hot: bool = False,
-                 with_ids: bool = False, shuffle: bool = False, shuffle_buffer: int = 256, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None, storage_options: dict | None = None):
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        *,
+        modalities: str = "s2,s1",
+        multi_hot: bool = False,
+        with_ids: bool = False,
+        shuffle: bool = False,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        storage_options: dict | None = None,
+    ):
         M.check_split(split)  # torchgeo's "val" is refused with the hint: this format says "validation"
         if storage_options is not None:
             storage.set_options(storage_options)
@@ -87,8 +100,11 @@ class BenDataset(IterableDataset):
         info = self.manifest["splits"][split]
         self.shards = [(storage.join(self.root, s["path"]), int(s["records"])) for s in info["shards"]]
         self.channels = B.channels_for(modalities)
-        self.picks = [(MODALITY_FEATURE[m], [names.index(c) for c in self.channels if c in names])
-                      for m, names in B.MODALITIES.items() if any(c in names for c in self.channels)]
+        self.picks = [
+            (MODALITY_FEATURE[m], [names.index(c) for c in self.channels if c in names])
+            for m, names in B.MODALITIES.items()
+            if any(c in names for c in self.channels)
+        ]
         self.multi_hot, self.with_ids = multi_hot, with_ids
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, int(shuffle_buffer), int(seed)
         self.rank, self.world_size = _rank_and_world(rank, world_size)
@@ -108,8 +124,10 @@ class BenDataset(IterableDataset):
         ex = decode_example(record, self.manifest["image_dtype"])
         parts = [ex[feat][..., idx] for feat, idx in self.picks]
         image = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
-        out = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
-               "mask": torch.from_numpy(ex[T.LABEL].astype(np.int64))}
+        out = {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+            "mask": torch.from_numpy(ex[T.LABEL].astype(np.int64)),
+        }
         if self.multi_hot:
             out["label"] = torch.from_numpy(ex[T.MULTI_HOT].astype(np.int64))
         if self.with_ids:

@@ -57,16 +57,34 @@ def interval() -> float:
 class Bar:
     """The progress line of one pass; ``update`` from one thread only."""
 
-    def __init__(self, label: str, total: int, unit: str = " patches", stream=None, tty: bool | None = None,
-                 every: float | None = None):
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        unit: str = " patches",
+        stream=None,
+        tty: bool | None = None,
+        every: float | None = None,
+    ):
         self.label, self.total, self.unit = label, int(total), unit
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.every = interval() if every is None else every
         self.n, self.t0 = 0, time.monotonic()
         self.last = self.t0
-        self.bar = (tqdm(total=self.total, desc=label, unit=unit, file=self.stream, bar_format=BAR_FORMAT,
-                         mininterval=0.2, dynamic_ncols=True) if self.tty else None)
+        self.bar = (
+            tqdm(
+                total=self.total,
+                desc=label,
+                unit=unit,
+                file=self.stream,
+                bar_format=BAR_FORMAT,
+                mininterval=0.2,
+                dynamic_ncols=True,
+            )
+            if self.tty
+            else None
+        )
         if not self.tty:
             self.emit(self.line())
 
@@ -77,8 +95,9 @@ class Bar:
     def line(self) -> str:
         """The current progress as one line of text (``LOG_FORMAT``)."""
         n = min(self.n, self.total)
-        return tqdm.format_meter(n, self.total, time.monotonic() - self.t0, prefix=self.label, unit=self.unit,
-                                 bar_format=LOG_FORMAT)
+        return tqdm.format_meter(
+            n, self.total, time.monotonic() - self.t0, prefix=self.label, unit=self.unit, bar_format=LOG_FORMAT
+        )
 
     def update(self, n: int) -> None:
         """``n`` more patches done."""
@@ -232,14 +251,20 @@ def quiet_shard_lines() -> ShardLineFilter:
     """Install ``ShardLineFilter`` where the per-shard lines arrive: the in-process "benbeam" logger and
     the DirectRunner's worker-log loggers (multi-process mode); returns it for ``remove_filter``."""
     f = ShardLineFilter()
-    for name in ("benbeam", "apache_beam.runners.portability.local_job_service",
-                 "apache_beam.runners.portability.fn_api_runner.worker_handlers"):
+    for name in (
+        "benbeam",
+        "apache_beam.runners.portability.local_job_service",
+        "apache_beam.runners.portability.fn_api_runner.worker_handlers",
+    ):
         logging.getLogger(name).addFilter(f)
     return f
 
 
 def restore_shard_lines(f: ShardLineFilter) -> None:
     """Undo ``quiet_shard_lines``."""
-    for name in ("benbeam", "apache_beam.runners.portability.local_job_service",
-                 "apache_beam.runners.portability.fn_api_runner.worker_handlers"):
+    for name in (
+        "benbeam",
+        "apache_beam.runners.portability.local_job_service",
+        "apache_beam.runners.portability.fn_api_runner.worker_handlers",
+    ):
         logging.getLogger(name).removeFilter(f)

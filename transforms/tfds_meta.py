@@ -47,9 +47,11 @@ def _feature(f: dict) -> dict:
     if f["kind"] == "bytes":
         return {"description": f["description"], "pythonClassName": _TEXT, "text": {}}
     encoding = "bytes" if f["kind"] == "raw" else "none"  # float / int64 lists: plain tf.train.Example lists
-    return {"description": f["description"], "pythonClassName": _TENSOR,
-            "tensor": {"dtype": f["dtype"], "encoding": encoding,
-                       "shape": {"dimensions": [str(d) for d in f["shape"]]}}}
+    return {
+        "description": f["description"],
+        "pythonClassName": _TENSOR,
+        "tensor": {"dtype": f["dtype"], "encoding": encoding, "shape": {"dimensions": [str(d) for d in f["shape"]]}},
+    }
 
 
 def features_json(manifest: dict) -> dict:
@@ -64,19 +66,22 @@ def dataset_info_json(manifest: dict) -> dict:
     for name, info in sorted(manifest["splits"].items()):
         if name not in M.SPLITS or not info["shards"]:
             continue
-        splits.append({
-            "filepathTemplate": FILEPATH_TEMPLATE,
-            "name": name,
-            "numBytes": str(sum(int(s["bytes"]) for s in info["shards"])),
-            "shardLengths": [str(int(s["records"])) for s in info["shards"]],
-        })
+        splits.append(
+            {
+                "filepathTemplate": FILEPATH_TEMPLATE,
+                "name": name,
+                "numBytes": str(sum(int(s["bytes"]) for s in info["shards"])),
+                "shardLengths": [str(int(s["records"])) for s in info["shards"]],
+            }
+        )
     s2, s1 = ",".join(manifest["bands"]["s2"]), ",".join(manifest["bands"]["s1"])
     description = (
         "BigEarthNet v2.0 (reBEN) patches converted by bigearthnet-beam: normalised Sentinel-2 bands "
         f"{s2} and Sentinel-1 {s1} as HWC {manifest['image_dtype']} arrays on the 10 m grid, a 19-class "
         f"label map (uint8, {manifest['ignore_index']} = ignore) and the multi-hot of the metadata labels. "
         "Class names: metadata.json 'classes' (info.metadata['classes']). The dataset's dataset.json is the "
-        "source of truth; this file is derived from it.")
+        "source of truth; this file is derived from it."
+    )
     return {
         "description": description,
         "fileFormat": "tfrecord",
@@ -108,16 +113,21 @@ def documents(manifest: dict) -> dict[str, bytes]:
     """File name -> bytes of every TFDS file for ``manifest``; empty when TFDS cannot read the shards."""
     if not supported(manifest):
         return {}
-    return {DATASET_INFO: _dumps(dataset_info_json(manifest)), FEATURES: _dumps(features_json(manifest)),
-            METADATA: _dumps(metadata_json(manifest))}
+    return {
+        DATASET_INFO: _dumps(dataset_info_json(manifest)),
+        FEATURES: _dumps(features_json(manifest)),
+        METADATA: _dumps(metadata_json(manifest)),
+    }
 
 
 def write(out: str, manifest: dict) -> list[str]:
     """Write the TFDS files of ``manifest`` into the dataset folder ``out``; returns their names."""
     docs = documents(manifest)
     if not docs:
-        LOG.info("no TFDS metadata: TFDS reads uncompressed TFRecords only (this dataset is --compression %s)",
-                 manifest["compression"])
+        LOG.info(
+            "no TFDS metadata: TFDS reads uncompressed TFRecords only (this dataset is --compression %s)",
+            manifest["compression"],
+        )
         for name in FILES:  # an earlier uncompressed run's files would describe shards that are gone
             url = storage.join(out, name)
             if storage.exists(url):
