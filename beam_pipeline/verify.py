@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 
 import numpy as np
@@ -22,16 +21,8 @@ from transforms import storage
 
 
 def load_manifest(dataset: str) -> dict:
-    url = storage.join(dataset, M.MANIFEST)
-    try:
-        man = json.loads(storage.read_bytes(url))
-    except FileNotFoundError:
-        raise M.ManifestError(
-            f"{url} does not exist: {dataset} is not a complete dataset (convert writes dataset.json last)"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise M.ManifestError(f"{url} is not valid JSON: {e}") from None
-    return M.validate(man, url)
+    """The dataset's checked manifest (``schemas.manifest.load``), as its JSON dict."""
+    return M.load(dataset, storage.read_bytes)[0].to_dict()
 
 
 def check_example(ex: dict, split: str, dtype: str) -> list[str]:

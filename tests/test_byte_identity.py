@@ -6,7 +6,8 @@ Three conversions of one synthetic replica with dead letters of every fault kind
 small enough for several shards per split and a shard whose every patch fails:
 ``a`` float32 / uncompressed / bilinear with statistics computed (and its report);
 ``b`` float16 / gzip / cubic with ``--stats a/stats.json``;
-``c`` validation + test only with ``--stats a/stats.json``.
+``c`` validation + test only with ``--stats a/stats.json``; and ``d``, as ``c`` but with
+``--stats a/dataset.json`` (the manifest form), which must give ``c``'s shards.
 Excluded: ``run.json`` (timings, timestamps). The report is rewritten from a fixed
 ``run.json`` so that its page is deterministic too. The temporary folder and the package
 version are replaced by placeholders before hashing (paths and the version are recorded in
@@ -97,13 +98,15 @@ def produce(base: Path) -> dict[str, str]:
                  "--resampling", "cubic", "--stats", str(base / "a" / "stats.json"), "--no_report"]) == 0
     assert main(["convert", *common, "--out", str(base / "c"), "--splits", "validation,test",
                  "--stats", str(base / "a" / "stats.json"), "--no_report"]) == 0
+    assert main(["convert", *common, "--out", str(base / "d"), "--splits", "validation,test",
+                 "--stats", str(base / "a" / "dataset.json"), "--no_report"]) == 0
     (base / "a" / "run.json").write_text(json.dumps(FIXED_RUN, indent=2, sort_keys=True) + "\n")
     assert main(["report", str(base / "a")]) == 0
     # The input replica as one digest: if it changed, the outputs' differences are not convert's.
     inputs = "".join(f"{f.relative_to(reben).as_posix()} {hashlib.sha256(f.read_bytes()).hexdigest()}\n"
                      for f in sorted(reben.rglob("*")) if f.is_file())
     hashes = {"reben/* (every file of the synthetic replica)": hashlib.sha256(inputs.encode()).hexdigest()}
-    for name in ("a", "b", "c"):
+    for name in ("a", "b", "c", "d"):
         for path in sorted((base / name).rglob("*")):
             rel = path.relative_to(base).as_posix()
             if not path.is_file() or path.name == "run.json":
@@ -117,8 +120,14 @@ def produce(base: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def produced(tmp_path_factory):
-    return produce(tmp_path_factory.mktemp("bytes"))
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bytes")
+    return base, produce(base)
+
+
+@pytest.fixture(scope="module")
+def produced(run):
+    return {k: v for k, v in run[1].items() if not k.startswith("d/")}
 
 
 def test_every_output_file_has_its_recorded_bytes(produced):
@@ -138,9 +147,21 @@ def test_the_run_covers_what_it_claims(produced):
     assert empty in {v for k, v in produced.items() if k.startswith("a/") and k.endswith(".tfrecord")}
 
 
+def test_stats_from_a_manifest_equal_stats_from_its_stats_json(run):
+    base, hashes = run
+    c = {k[2:]: v for k, v in hashes.items() if k.startswith("c/")}
+    d = {k[2:]: v for k, v in hashes.items() if k.startswith("d/")}
+    assert set(c) == set(d)
+    assert {k: v for k, v in d.items() if k not in ("stats.json", "dataset.json")} == {
+        k: v for k, v in c.items() if k not in ("stats.json", "dataset.json")}
+    c_stats, d_stats = (json.loads((base / x / "stats.json").read_text()) for x in "cd")
+    assert d_stats.pop("source") == str(base / "a" / "dataset.json") and c_stats.pop("source")
+    assert c_stats == d_stats
+
+
 if __name__ == "__main__":  # re-record: prints the EXPECTED table
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        table = produce(Path(tmp))
+        table = {k: v for k, v in produce(Path(tmp)).items() if not k.startswith("d/")}
     sys.stdout.write("EXPECTED = {\n" + "".join(f'    "{k}": "{v}",\n' for k, v in table.items()) + "}\n")
