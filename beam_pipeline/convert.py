@@ -152,10 +152,12 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
 
 
 def summary(out: str) -> dict:
+    """The manifest a run just wrote, as its JSON dict."""
     return json.loads(storage.read_bytes(storage.join(out, M.MANIFEST)))
 
 
 def print_summary(man: dict, seconds: float, stream=None) -> None:
+    """Per split: input, written, failed and shards; the failures by reason; the throughput."""
     stream = stream or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     total_in = sum(s["input"] for s in man["splits"].values())
     total_w = sum(s["written"] for s in man["splits"].values())
@@ -235,6 +237,7 @@ def object_cache(choice: str, root: str | None, opts) -> PatchCache | None:
 
 
 def run(argv: list[str] | None = None) -> int:
+    """``benbeam convert``: the exit code (0 ok, 1 failed job or too many failures, 2 bad usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, _ = parse(ConvertOptions, argv, "benbeam convert", __doc__.splitlines()[0])
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)

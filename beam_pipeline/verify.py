@@ -26,6 +26,7 @@ def load_manifest(dataset: str) -> dict:
 
 
 def check_example(ex: dict, split: str, dtype: str) -> list[str]:
+    """What is wrong with one decoded example of a ``split`` shard (shapes, finite values, labels)."""
     problems = []
     feats = T.feature_by_name(dtype)
     for name in (T.S2, T.S1, T.LABEL, T.MULTI_HOT):
@@ -79,6 +80,7 @@ def verify(dataset: str, parse: bool = True) -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> int:
+    """``benbeam verify DATASET``: 0 if it matches its manifest, 1 on mismatches, 2 without a manifest."""
     ap = argparse.ArgumentParser(prog="benbeam verify", description=__doc__.splitlines()[0])
     ap.add_argument("dataset", help="dataset directory or URL holding dataset.json")
     ap.add_argument("--no_parse", dest="parse", action="store_false", help="check hashes and counts only")
