@@ -93,7 +93,7 @@ class ValidateGroupFn(beam.DoFn):
             done += 1
             errs = check_objects(rec, listing)
             if not errs and self.deep:
-                from transforms.ptransforms import load_patch
+                from transforms.shard_reader import load_patch
 
                 try:
                     load_patch(rec, "nearest", self.decode_timeout)

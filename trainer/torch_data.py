@@ -22,7 +22,6 @@ a multiple of ``world_size * num_workers`` and equal shard sizes.
 
 from __future__ import annotations
 
-import json
 import random
 
 import numpy as np
@@ -39,19 +38,11 @@ MODALITY_FEATURE = {"s2": T.S2, "s1": T.S1}
 
 
 def read_manifest(root: str) -> dict:
-    """``<root>/dataset.json``, checked; raises ``ManifestError`` saying what is wrong."""
-    path = storage.join(str(root), M.MANIFEST)
-    try:
-        raw = storage.read_bytes(path)
-    except FileNotFoundError:
-        raise M.ManifestError(
-            f"{root} has no {M.MANIFEST}: run `benbeam convert` to completion and pass its --out folder"
-        ) from None
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise M.ManifestError(f"{path} is not valid JSON ({e}); re-run `benbeam convert`") from None
-    return M.validate(manifest, path)
+    """``<root>/dataset.json``, checked (``schemas.manifest.load``); raises ``ManifestError`` saying what is wrong."""
+    manifest, _ = M.load(
+        str(root), storage.read_bytes, hint="run `benbeam convert` to completion and pass its --out folder"
+    )
+    return manifest.to_dict()
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
