@@ -88,6 +88,20 @@ def test_tfds_files_are_derived_deterministically(tmp_path):
     assert info["splits"][0]["shardLengths"] == ["2", "2"]
 
 
+def test_verify_checks_the_tfds_files_against_the_manifest(tmp_path):
+    from beam_pipeline.verify import verify
+
+    tiny = make_tiny_dataset(tmp_path / "ds", n_train=4, n_val=2, n_test=0, shards=2)
+    assert verify(tiny.path) == []  # no TFDS files (an older dataset): nothing to check
+    tfds_meta.write(tiny.path, tiny.manifest)
+    assert verify(tiny.path) == []
+    info = tmp_path / "ds" / tfds_meta.DATASET_INFO
+    info.write_text(info.read_text().replace('"2"', '"3"', 1))  # a shard length that is not the manifest's
+    assert verify(tiny.path) == [
+        f"{tfds_meta.DATASET_INFO}: differs from what dataset.json derives (re-run `benbeam convert`)"
+    ]
+
+
 def test_gzip_dataset_gets_no_tfds_files_and_stale_ones_go(tmp_path):
     tiny = make_tiny_dataset(tmp_path / "ds", n_train=4, n_val=0, n_test=0, shards=1, compression="gzip")
     for name in tfds_meta.FILES:  # as an earlier uncompressed run into the same folder left them

@@ -135,3 +135,19 @@ def write(out: str, manifest: dict) -> list[str]:
     for name, data in docs.items():
         storage.write_bytes_atomic(storage.join(out, name), data)
     return sorted(docs)
+
+
+def check(out: str, manifest: dict) -> list[str]:
+    """Problems of the TFDS files present in ``out``: each must equal what ``manifest`` derives
+    (a dataset converted before these files existed has none, which is no problem)."""
+    want = documents(manifest)
+    problems = []
+    for name in FILES:
+        url = storage.join(out, name)
+        if not storage.exists(url):
+            continue
+        if name not in want:
+            problems.append(f"{name}: present, but TFDS cannot read {manifest['compression']} shards")
+        elif storage.read_bytes(url) != want[name]:
+            problems.append(f"{name}: differs from what dataset.json derives (re-run `benbeam convert`)")
+    return problems
