@@ -14,6 +14,7 @@ progress) ``shard_done`` does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 ENV_DIR = "BENBEAM_PROGRESS_DIR"
 ENV_INTERVAL = "BENBEAM_PROGRESS_INTERVAL"
@@ -72,6 +74,7 @@ class Bar:
         self.every = interval() if every is None else every
         self.n, self.t0 = 0, time.monotonic()
         self.last = self.t0
+        self.closed = False
         self.bar = (
             tqdm(
                 total=self.total,
@@ -80,7 +83,9 @@ class Bar:
                 file=self.stream,
                 bar_format=BAR_FORMAT,
                 mininterval=0.2,
-                dynamic_ncols=True,
+                # a terminal reporting a size of 0 x 0 (tqdm would hide the bar) gets 100 x 24
+                ncols=shutil.get_terminal_size((100, 24)).columns,
+                nrows=shutil.get_terminal_size((100, 24)).lines,
             )
             if self.tty
             else None
@@ -115,9 +120,12 @@ class Bar:
             self.emit(self.line())
 
     def close(self, complete: bool = False) -> None:
-        """End the line; ``complete``: the pass finished, so show the total as done."""
+        """End the line (once); ``complete``: the pass finished, so show the total as done."""
+        if self.closed:
+            return
         if complete and self.n < self.total:
             self.update(self.total - self.n)
+        self.closed = True
         if self.bar is not None:
             self.bar.close()
         else:
@@ -148,8 +156,12 @@ class Watcher:
         self._thread = None
         self.folder = None
         self._saved_env = None
+        self._logs = contextlib.ExitStack()
 
     def __enter__(self) -> "Watcher":
+        if self.tty if self.tty is not None else (self.stream or sys.stderr).isatty():
+            # log lines are printed above the bar instead of through it
+            self._logs.enter_context(logging_redirect_tqdm())
         self.folder = tempfile.mkdtemp(prefix="benbeam-progress-")
         self._saved_env = os.environ.get(ENV_DIR)
         os.environ[ENV_DIR] = self.folder
@@ -173,6 +185,7 @@ class Watcher:
         else:
             os.environ[ENV_DIR] = self._saved_env
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._logs.close()
 
     def _advance(self, index: int) -> None:
         if index >= len(self.passes):
@@ -231,8 +244,6 @@ LOCAL_RUNNERS = (None, "", "DirectRunner", "direct", "PrismRunner", "prism", "Sw
 
 def watch(passes: list[Pass], runner: str | None):
     """A ``Watcher`` of ``passes`` for a local ``runner``; a no-op context for any other runner."""
-    import contextlib
-
     return Watcher(passes) if runner in LOCAL_RUNNERS else contextlib.nullcontext()
 
 
