@@ -70,6 +70,15 @@ def test_failed_run_does_not_claim_completion(monkeypatch):
     assert (last["n"], last["pct"]) == ("3", "30")
 
 
+def test_a_line_ends_once():
+    stream = io.StringIO()
+    bar = progress.Bar("validate", 4, stream=stream, tty=False)
+    bar.update(4)
+    bar.close(complete=True)
+    bar.close(complete=True)
+    assert [m["n"] for m in _lines(stream.getvalue())] == ["0", "4"]
+
+
 def test_terminal_bar_is_refreshed_in_place():
     class Tty(io.StringIO):
         def isatty(self):
