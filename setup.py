@@ -51,7 +51,7 @@ setup(
                 "dask[distributed]>=2024.1",
                 # drives Debian's chromium (no browser download) for the HTML report/viewer tests
                 "playwright>=1.50,<2",
-                "tensorflow-datasets>=4.9,<5", "torch>=2.2"],  # the TFDS and PyTorch readers' tests
+                "tensorflow-datasets>=4.9,<5", "torch==2.13.0"],  # the TFDS and PyTorch readers' tests (2.13.0: a CPU build)
         "torch": ["torch>=2.2"],  # trainer.torch_data: a PyTorch IterableDataset, no TensorFlow
     },
     entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
