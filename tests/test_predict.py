@@ -60,6 +60,7 @@ class ArrayTile:
         return cls(pix, np.ones((h, w), bool), channels, **kw)
 
     def read(self, window):
+        """The window's (pixels, valid), counting the read."""
         r0, c0, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
         assert r0 >= 0 and c0 >= 0 and r0 + h <= self.height and c0 + w <= self.width, window
         self.reads += 1
@@ -67,6 +68,7 @@ class ArrayTile:
         return self.pixels[r0:r0 + h, c0:c0 + w].copy(), self.valid[r0:r0 + h, c0:c0 + w].copy()
 
     def close(self):
+        """Nothing to close."""
         pass
 
     def __enter__(self):
@@ -77,6 +79,7 @@ class ArrayTile:
 
 
 def fake_info(channels=B.S2_NAMES) -> dict:
+    """A valid inference contract for channels (no trained model behind it)."""
     stats = {}
     for c in B.ALL_NAMES:
         i = B.ALL_NAMES.index(c)
@@ -100,12 +103,14 @@ def tiny_model(width=4, channels=B.S2_NAMES, seed=0):
 
 @pytest.fixture(scope="module")
 def predictor():
+    """A Predictor over an untrained narrow U-Net."""
     model, info = tiny_model()
     return Predictor(model, info, batch_size=8, overlap=32)
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
+    """That U-Net saved as .keras."""
     model, _ = tiny_model()
     path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
     save_model(model, path)
@@ -357,12 +362,14 @@ def synthetic_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def s1_model_file(tmp_path_factory):
+    """An untrained narrow U-Net reading S2 and S1, saved."""
     model, _ = tiny_model(channels=B.ALL_NAMES)
     path = str(tmp_path_factory.mktemp("s1model") / "s2s1.keras")
     save_model(model, path)
     return path
 
 
+@pytest.mark.slow
 def test_model_trained_on_synthetic_patches_maps_a_synthetic_safe_tile_well_above_chance(synthetic_model, tmp_path,
                                                                                          capsys):
     from synth.tiles import make_tile
@@ -444,6 +451,7 @@ def test_user_errors_exit_2_with_one_clear_line(model_file, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def two_tiles(tmp_path_factory):
+    """A GeoTIFF tile and a .SAFE tile in one folder."""
     from synth.tiles import make_tile, tile_ids
 
     d = tmp_path_factory.mktemp("two_tiles")
@@ -451,6 +459,7 @@ def two_tiles(tmp_path_factory):
             for i, tid in enumerate(tile_ids(2))], str(d)
 
 
+@pytest.mark.slow
 def test_benchmark_report_and_viewer_render_every_tile_in_chromium(model_file, two_tiles, tmp_path, capsys):
     import csv
 
@@ -525,6 +534,7 @@ def test_beam_transforms_pickle_and_a_bad_tile_becomes_a_dead_letter(model_file,
         assert_that(res, check)
 
 
+@pytest.mark.slow
 def test_predict_resamples_tiles_as_the_training_data_was_converted(synthetic_model, tmp_path):
     """The model records convert's --resampling; predict uses it unless --resampling is given."""
     import shutil

@@ -27,6 +27,7 @@ SIZE = B.PATCH_SIZE
 
 @dataclass
 class TinyDataset:
+    """A tiny converted dataset on disk and the arrays it holds."""
     path: str
     manifest: dict
     # split -> patch_id -> {"s2", "s1", "label", "multi_hot"} (arrays as written, image dtype)

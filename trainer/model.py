@@ -49,12 +49,15 @@ class ModelInfo(layers.Layer):
         self.info = json.loads(json.dumps(info or {}, allow_nan=False))
 
     def call(self, inputs):
+        """Pass the input through unchanged."""
         return inputs
 
     def compute_output_shape(self, input_shape):
+        """The input's shape."""
         return input_shape
 
     def get_config(self):
+        """The layer's config, the inference contract included."""
         config = super().get_config()
         config["info"] = self.info
         return config
@@ -73,6 +76,7 @@ def _block(x, filters: int, name: str):
 
 
 def check_depth(depth: int, size: int = PATCH_SIZE) -> None:
+    """Refuse a depth whose poolings do not divide the patch size."""
     if depth < 1 or size % (2 ** depth):
         ok = [d for d in range(1, 6) if size % (2 ** d) == 0]
         raise ValueError(f"depth {depth} does not divide a {size}-pixel patch by 2 at every level; "
@@ -168,6 +172,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         self.from_logits = bool(from_logits)
 
     def call(self, y_true, y_pred):
+        """The batch's (class-weighted) mean cross-entropy over its labelled pixels."""
         y_pred = ops.cast(y_pred, "float32")
         num_classes = y_pred.shape[-1]
         labels = ops.cast(ops.round(ops.cast(y_true, "float32")), "int32")
@@ -190,6 +195,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         return _scale_for_replicas(loss)
 
     def get_config(self):
+        """The loss's config (ignore index and class weights)."""
         config = super().get_config()
         config.pop("reduction", None)
         config.update(class_weights=self.class_weights, ignore_index=self.ignore_index,
@@ -270,6 +276,7 @@ class MeanIoU(_ConfusionMetric):
         super().__init__(num_classes, ignore_index, name=name, **kwargs)
 
     def result(self):
+        """Mean IoU over the classes seen so far."""
         m = self.matrix
         tp = ops.diagonal(m)
         union = ops.sum(m, axis=0) + ops.sum(m, axis=1) - tp
@@ -286,6 +293,7 @@ class PixelAccuracy(_ConfusionMetric):
         super().__init__(num_classes, ignore_index, name=name, **kwargs)
 
     def result(self):
+        """Correct labelled pixels / labelled pixels so far."""
         return ops.divide_no_nan(ops.sum(ops.diagonal(self.matrix)), ops.sum(self.matrix))
 
 
@@ -316,6 +324,7 @@ def model_info(model: keras.Model) -> dict:
 
 
 def sidecar_path(path: str) -> str:
+    """The model's inference-contract JSON beside it (<model>.json)."""
     return f"{path}.json"
 
 
