@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 def make_model(path: str, width: int) -> None:
-    """Save an untrained U-Net of width with a valid inference contract."""
+    """Save an untrained U-Net of ``width`` with a valid inference contract."""
     from schemas import bands as B
     from schemas import classes as C
     from trainer.model import INFO_FORMAT, INFO_VERSION, build_unet, save_model

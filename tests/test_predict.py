@@ -79,7 +79,7 @@ class ArrayTile:
 
 
 def fake_info(channels=B.S2_NAMES) -> dict:
-    """A valid inference contract for channels (no trained model behind it)."""
+    """A valid inference contract for ``channels`` (no trained model behind it)."""
     stats = {}
     for c in B.ALL_NAMES:
         i = B.ALL_NAMES.index(c)

@@ -161,7 +161,7 @@ def mean_average_precision(y_true, scores) -> dict:
 
 
 def multilabel_report(y_true, scores, class_names=None, threshold: float = 0.5) -> dict:
-    """Micro / macro F1 at threshold and mAP of the multi-label head."""
+    """Micro / macro F1 at ``threshold`` and mAP of the multi-label head."""
     out = f1_scores(y_true, scores, threshold)
     out.update(mean_average_precision(y_true, scores))
     out["patches"] = int(np.asarray(y_true).shape[0])

@@ -324,7 +324,7 @@ def model_info(model: keras.Model) -> dict:
 
 
 def sidecar_path(path: str) -> str:
-    """The model's inference-contract JSON beside it (<model>.json)."""
+    """The model's inference-contract JSON beside it (``<model>.json``)."""
     return f"{path}.json"
 
 
