@@ -234,6 +234,56 @@ def test_outputs_keep_the_georeferencing_and_satisfy_the_definitions_against_the
         sorted(os.listdir(tmp_path)) == sorted(s["outputs"])
 
 
+def _cog_problems(path) -> list[str]:
+    """The rules of GDAL's COG validation, checked on the file's own TIFF structure (tifffile):
+    tiled levels; every IFD ahead of all image data (a reader gets the whole index from the
+    file's start); overviews present, each half the previous, their data before the full
+    resolution's and the smallest first; and GDAL's own COG layout marker."""
+    import tifffile
+
+    problems = []
+    with tifffile.TiffFile(path) as tif:
+        levels = [p for p in tif.pages if not (p.tags.get("NewSubfileType") and p.tags["NewSubfileType"].value & 4)]
+        ifds = [p.offset for p in tif.pages]
+        data = [min(o for o in p.dataoffsets if o) for p in levels]
+        if not all(p.is_tiled for p in levels):
+            problems.append("a level is not tiled")
+        if max(ifds) > min(min(o for o in p.dataoffsets if o) for p in tif.pages):
+            problems.append("an IFD comes after image data")
+        if len(levels) < 2:
+            problems.append("no overviews")
+        for a, b in zip(levels, levels[1:], strict=False):
+            if b.shape[0] != -(-a.shape[0] // 2):
+                problems.append(f"overview of {b.shape[0]} rows under {a.shape[0]}")
+        if any(data[i + 1] > data[i] for i in range(len(data) - 1)):
+            problems.append("image data not ordered smallest overview first, full resolution last")
+    with rasterio.open(path) as ds:
+        if ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG":
+            problems.append("GDAL does not report LAYOUT=COG")
+    return problems
+
+
+def test_maps_are_cloud_optimised_geotiffs_with_overviews(predictor, tmp_path):
+    src = ArrayTile.random(300, 270, predictor.channels, np.random.default_rng(6))
+    src.valid[:20] = False
+    s = _run_tile(predictor, src, tmp_path, chunk_size=128, save_probs=True,
+                  extras=["tests.test_predict:_extra_layers"])
+    tifs = [f for f in s["outputs"] if f.endswith(".tif")]
+    assert len(tifs) == 7  # class, maxprob, entropy, gap, probs and the two --extra layers
+    for f in tifs:
+        assert _cog_problems(str(tmp_path / f)) == [], f
+        with rasterio.open(str(tmp_path / f)) as ds:
+            assert ds.overviews(1) == [2, 4] and ds.block_shapes[0] == (128, 128)  # 300 -> 150 -> 75 rows
+    with rasterio.open(str(tmp_path / f"{src.name}_class.tif")) as ds:
+        full, small = ds.read(1), ds.read(1, out_shape=(75, 68))  # the coarsest overview
+        assert ds.colormap(1)[0] == tuple(C.class_colors()[0]) + (255,)
+    assert set(np.unique(small)) <= set(np.unique(full))  # nearest: class ids that exist, never averages
+    with rasterio.open(str(tmp_path / f"{src.name}_maxprob.tif")) as ds:
+        half = ds.read(1, out_shape=(150, 135))
+    valid = ~np.isnan(half)
+    assert valid.any() and (half[valid] <= 1).all() and (half[valid] >= 1 / K).all()
+
+
 def test_chunked_equals_unchunked_and_reads_stay_chunk_sized(predictor, tmp_path):
     src = ArrayTile.random(380, 500, predictor.channels, np.random.default_rng(2))
     src.valid[330:, 450:] = False
