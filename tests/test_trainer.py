@@ -313,3 +313,63 @@ def test_deterministic_training_gives_the_same_weights_twice(tiny, tmp_path):
     assert len(weights[0]) == len(weights[1])
     for a, b in zip(*weights, strict=True):
         assert np.array_equal(a, b)
+
+
+PLAIN_KERAS_LOAD = '''
+import importlib.abc
+import sys
+
+import numpy as np
+
+
+class NoBenbeam(importlib.abc.MetaPathFinder):
+    """Any import of this project's packages fails: the process has Keras but not benbeam."""
+
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {"trainer", "schemas", "transforms", "beam_pipeline", "synth", "launch", "tests"}:
+            raise ImportError(f"{name}: this process has no benbeam")
+
+
+sys.meta_path.insert(0, NoBenbeam())
+import keras  # noqa: E402
+
+model = keras.models.load_model(sys.argv[1])  # compile=True, Keras' default
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0)["seg"])
+'''
+
+
+@pytest.mark.slow
+def test_the_saved_model_loads_with_plain_keras_in_a_process_without_the_project(trained, tiny, tmp_path):
+    import subprocess
+    import sys
+
+    save, _ = trained
+    x = tiny.split_arrays("test")[1][:2]
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "load.py").write_text(PLAIN_KERAS_LOAD)
+    r = subprocess.run([sys.executable, "load.py", save, "x.npy", "seg.npy"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    model, _ = TM.load_model(save)
+    np.testing.assert_array_equal(np.load(tmp_path / "seg.npy"), model.predict(x, verbose=0)[TM.SEG])
+
+
+@pytest.mark.slow
+def test_the_export_serves_on_raw_bands_as_the_predictor_does(trained, tmp_path):
+    from trainer.inference.predictor import Predictor
+
+    save, _ = trained
+    out = tmp_path / "exported"
+    assert main(["export", "--model", save, "--out", str(out)]) == 0
+    predictor = Predictor.load(save, batch_size=4)
+    bands = predictor.info["statistics"]["bands"]
+    rng = np.random.default_rng(7)
+    # raw values around each band's mean, a good share beyond the clip percentiles
+    raw = np.stack([rng.normal(bands[c]["mean"], 2 * bands[c]["std"] + 1, (3, 120, 120)) for c in predictor.channels],
+                   -1).astype(np.float32)
+    want = predictor.run_batch(predictor.preprocess(raw.copy(), np.ones(raw.shape[:3], bool)))
+    loaded = tf.saved_model.load(str(out))
+    got = loaded.serve(tf.constant(raw))
+    np.testing.assert_allclose(got[TM.SEG].numpy(), want, rtol=0, atol=1e-5)
+    assert set(got) == {TM.SEG, TM.MULTI}
+    assert json.loads((out / "info.json").read_text()) == predictor.info

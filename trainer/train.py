@@ -108,7 +108,7 @@ def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tenso
                 state["best_epoch"] = epoch + 1
                 if improved:
                     state["best_val_miou"] = float(score)
-            save_model(self.model, paths["last"])
+            save_model(self.model, paths["last"], portable=False)  # optimizer, loss and metrics: to resume
             state["epoch"] = epoch + 1
             state["last_logs"] = {k: finite_or_none(v) for k, v in logs.items()}
             write_json(paths["state"], state)
@@ -322,6 +322,9 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--shuffle_buffer", type=int, default=d.shuffle_buffer,
                     help="records in the shuffle buffer (default: %(default)s)")
     ap.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
+    ap.add_argument("--export", default=None, metavar="DIR",
+                    help="also write the best model as a TensorFlow SavedModel serving on raw bands "
+                         "(as `benbeam export`)")
     add_storage_args(ap)
     return ap
 
@@ -345,6 +348,10 @@ def train_main(args: argparse.Namespace) -> int:
     best = metrics.get("best_val_miou")
     print(f"model: {metrics['model']} (epoch {metrics.get('best_epoch')}"
           + (f", val mIoU {best:.4f})" if best is not None else ")"))
+    if getattr(args, "export", None):
+        from trainer.export import export_model
+
+        print(f"exported: {export_model(metrics['model'], args.export)}")
     return 0
 
 
