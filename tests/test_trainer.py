@@ -268,8 +268,9 @@ def test_cli_train_and_evaluate_s2_only_with_seed_flags(tiny, tmp_path, capsys):
     save = tmp_path / "cli" / "s2.keras"
     argv = ["train", "--data", tiny.path, "--epochs", "1", "--batch", "8", "--lr", "0.003", "--save", str(save),
             "--modalities", "s2", "--width", "4", "--steps_per_epoch", "2", "--class_weights", "--augment",
-            "--no_tensorboard"]
+            "--no_tensorboard", "--export", str(tmp_path / "serving")]
     assert main(argv) == 0
+    assert (tmp_path / "serving" / "saved_model.pb").is_file() and (tmp_path / "serving" / "info.json").is_file()
     _, info = TM.load_model(str(save))
     assert info["channels"] == list(B.S2_NAMES) and info["class_weights"] is not None
     assert main(["evaluate", "--model", str(save), "--data", tiny.path, "--split", "validation",
