@@ -25,7 +25,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1", "torchgeo", "requests", "pyarrow")  # torchgeo 0.8 needs both, undeclared
+# torchgeo 0.8 imports requests and reads parquet without declaring either
+TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1", "torchgeo", "requests", "pyarrow")
 
 # Runs inside the torchgeo environment: samples/s of BigEarthNetV2's train split.
 _TORCHGEO = r"""

@@ -7,10 +7,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from tests.trainer_fixtures import make_tiny_dataset
-from trainer import augment as A
-from trainer import data as D
-from trainer import model as TM
+from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
+from trainer import augment as A  # noqa: E402
+from trainer import data as D  # noqa: E402
+from trainer import model as TM  # noqa: E402
 
 
 def _aligned_batch(n=3, h=6, c=4, seed=0):
@@ -54,7 +54,7 @@ def test_the_pipeline_transforms_each_batch_and_its_labels_alike(tmp_path):
     for seed in (1, 2, 3):
         aug = list(D.make_dataset(ds, "train", batch_size=4, augment=True, seed=seed))
         assert len(aug) == len(plain)
-        for (x0, y0), (x1, y1) in zip(plain, aug):
+        for (x0, y0), (x1, y1) in zip(plain, aug, strict=True):
             x0, l0, x1, l1 = x0.numpy(), y0[TM.SEG].numpy(), x1.numpy(), y1[TM.SEG].numpy()
             ks = [k for k in range(A.NUM_TRANSFORMS)
                   if all(np.array_equal(A.dihedral_numpy(x0[b], k), x1[b])
@@ -62,6 +62,6 @@ def test_the_pipeline_transforms_each_batch_and_its_labels_alike(tmp_path):
             assert ks, "a batch's images and labels were not transformed alike"
             used.update(ks)
         again = list(D.make_dataset(ds, "train", batch_size=4, augment=True, seed=seed))
-        for (xa, _), (xb, _) in zip(aug, again):  # the same seed draws the same transforms
+        for (xa, _), (xb, _) in zip(aug, again, strict=True):  # the same seed draws the same transforms
             np.testing.assert_array_equal(xa.numpy(), xb.numpy())
     assert len(used) >= 4  # 18 batches draw several of the 8 transforms

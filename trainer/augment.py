@@ -73,7 +73,7 @@ def apply_dihedral(k, tensors: list[tf.Tensor]) -> list[tf.Tensor]:
     only the branch of ``k`` runs."""
     branches = [lambda i=i: [dihedral(t, i) for t in tensors] for i in range(NUM_TRANSFORMS)]
     out = tf.switch_case(tf.cast(k, tf.int32), branches)
-    for t, o in zip(tensors, out):
+    for t, o in zip(tensors, out, strict=True):
         o.set_shape(t.shape)
     return out
 
