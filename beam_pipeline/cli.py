@@ -72,6 +72,23 @@ def _synth(argv: list[str]) -> int:
     return 0
 
 
+# Commands that need an extra of the package (setup.py), and the modules it provides.
+EXTRAS = {"train": ("train", ("tensorflow", "keras")), "evaluate": ("train", ("tensorflow", "keras")),
+          "predict": ("train", ("tensorflow", "keras"))}
+
+
+def missing_extra(cmd: str) -> str | None:
+    """One line naming the extra to install when ``cmd``'s modules are missing, else None."""
+    import importlib.util
+
+    extra, modules = EXTRAS[cmd]
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not absent:
+        return None
+    return (f"benbeam {cmd}: error: {', '.join(absent)} is not installed; "
+            f"pip install 'bigearthnet-beam[{extra}]'")
+
+
 def _dispatch(cmd: str, argv: list[str]) -> int:
     if cmd == "synth":
         return _synth(argv)
@@ -99,12 +116,15 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         from beam_pipeline.report import run
 
         return run(argv)
+    if cmd in EXTRAS and (missing := missing_extra(cmd)):
+        print(missing, file=sys.stderr)
+        return 3
     if cmd == "predict":
         from trainer.inference.cli import run
 
         return run(argv)
     if cmd == "launch":
-        from launch.submit import run
+        from beam_pipeline.launch_cmd import run
 
         return run(argv)
     if cmd == "train":
