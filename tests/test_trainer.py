@@ -151,7 +151,7 @@ def test_augmentation_moves_image_and_label_together(tiny):
     common = set(range(8))
     for i in range(24):
         img, lab = x1[i].numpy(), y1[TM.SEG][i].numpy()
-        matches = [k for k, (a, b) in enumerate(zip(_d4(x0[i].numpy()), _d4(y0[TM.SEG][i].numpy())))
+        matches = [k for k, (a, b) in enumerate(zip(_d4(x0[i].numpy()), _d4(y0[TM.SEG][i].numpy()), strict=True))
                    if np.array_equal(a, img) and np.array_equal(b, lab)]
         assert matches, f"patch {i}: image and label were not transformed alike"
         common &= set(matches)
