@@ -37,16 +37,20 @@ class Dataset:
 
     @property
     def image_dtype(self) -> str:
+        """The images' dtype in the shards (float32 or float16)."""
         return self.manifest["image_dtype"]
 
     @property
     def compression(self) -> str:
+        """The shards' TFRecord compression (none or gzip)."""
         return self.manifest["compression"]
 
     def records(self, split: str) -> int:
+        """Patches written to ``split``."""
         return int(self.split_info(split)["written"])
 
     def split_info(self, split: str) -> dict:
+        """The manifest's entry of ``split`` (ValueError naming the splits there are)."""
         M.check_split(split)
         try:
             return self.manifest["splits"][split]
@@ -225,5 +229,6 @@ def make_dataset(ds: Dataset, split: str, *, batch_size: int = 32, modalities="s
 
 
 def num_patches(ds: Dataset, split: str, max_patches: int | None = None) -> int:
+    """Patches a run reads from ``split``: all, or at most ``max_patches``."""
     n = ds.records(split)
     return min(n, int(max_patches)) if max_patches is not None else n
