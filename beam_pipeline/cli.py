@@ -9,6 +9,7 @@
     benbeam report    (re)write a dataset's report.html
     benbeam train     train the U-Net on a converted dataset
     benbeam evaluate  per-class IoU, mIoU, confusion matrix
+    benbeam export    a trained model as a TensorFlow SavedModel serving on raw bands
     benbeam predict   map whole Sentinel-2 tiles with a trained model
     benbeam launch    run convert on Dataflow, Flink, Spark, a portable job service or Dask
 
@@ -34,7 +35,7 @@ import re  # noqa: E402
 import sys  # noqa: E402
 
 COMMANDS = ("synth", "synth-tile", "index", "validate", "convert", "verify", "report", "train", "evaluate",
-            "predict", "launch")
+            "export", "predict", "launch")
 
 
 def _synth(argv: list[str]) -> int:
@@ -73,7 +74,7 @@ def _synth(argv: list[str]) -> int:
 
 # Commands that need an extra of the package (setup.py), and the modules it provides.
 EXTRAS = {"train": ("train", ("tensorflow", "keras")), "evaluate": ("train", ("tensorflow", "keras")),
-          "predict": ("train", ("tensorflow", "keras"))}
+          "predict": ("train", ("tensorflow", "keras")), "export": ("train", ("tensorflow", "keras"))}
 
 
 def missing_extra(cmd: str) -> str | None:
@@ -134,6 +135,10 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         from trainer.evaluate import evaluate_cli
 
         return evaluate_cli(argv)
+    if cmd == "export":
+        from trainer.export import export_cli
+
+        return export_cli(argv)
     raise AssertionError(cmd)
 
 
