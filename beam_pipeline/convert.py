@@ -55,10 +55,12 @@ def _stats_from_file(url, clip, clip_percentiles, storage_options):
     return fin.stats_document(doc["bands"], norm, url, clip, clip_percentiles)
 
 
-def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache | None = None) -> None:
+def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache | None = None,
+          pack_dir: str | None = None) -> None:
     """Assemble the convert graph on ``p`` from parsed ConvertOptions ``args``; ``plan``
     (from ``preflight``, which has read the metadata) is made here if absent; ``cache``
-    (``object_cache``) keeps training patches fetched for the statistics for the writer."""
+    (``object_cache``) keeps training patches fetched for the statistics for the writer;
+    ``pack_dir``: where ``--archives`` packs go (the caller removes it; default: a new one)."""
     sopts = storage.options()
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     root = args.root or storage.parent(args.meta)
@@ -70,6 +72,14 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
         plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size)
     checked = p | "PlanShards" >> PlannedShards(plan, sopts)
     shards, selected = checked["shards"], checked["selected"]
+    objects = None  # the object source of the per-shard stages: the files, or the archives' packs
+    if getattr(args, "archives", None):
+        from transforms import archives
+        from transforms.archive_ptransforms import SplitArchives
+
+        pack_dir = pack_dir or archives.new_pack_dir(args.out)
+        shards = shards | "SplitArchives" >> SplitArchives(plan, args.archives, pack_dir, sopts)
+        objects = archives.PackObjects(pack_dir)
 
     clip_p = tuple(args.clip_percentiles)
     if args.stats:
@@ -78,7 +88,8 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
         hist = p | "NoHistogram" >> beam.Create([b""])
     else:
         acc = shards | "ComputeBandStats" >> ComputeBandStats(plan, args.resampling, args.stats_fraction, sopts,
-                                                                decode_timeout=args.decode_timeout, cache=cache)
+                                                                decode_timeout=args.decode_timeout, cache=cache,
+                                                                objects=objects)
         stats_doc = acc | "ExtractStats" >> beam.Map(_stats_from_acc, args.clip, clip_p)
 
         def to_npz(a):
@@ -91,7 +102,7 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
 
     written = shards | "WriteShards" >> WriteShards(
         plan, args.out, norm, args.resampling, args.compression, args.image_dtype, sopts, args.decode_timeout,
-        cache)
+        cache, objects)
     dead = (checked["dead"], written["dead"]) | "AllDead" >> beam.Flatten()
 
     options = {k: getattr(args, k) for k in RECORDED}
@@ -131,7 +142,14 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
     tables = [md.read_table(m) for m in metas]  # raises MetadataError with a clear message
     root = args.root or storage.parent(args.meta)
     plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size, tables)
-    if args.root and not storage.exists(root):
+    if args.archives:
+        from transforms.archives import check_archives
+
+        check_archives(args.archives)
+        if any(c.startswith("url_") for t, _ in tables for c in t.column_names):
+            raise ValueError("--archives reads the objects by their reBEN names; this metadata has url_* columns "
+                             "(`benbeam index` output): pass the official metadata.parquet instead")
+    elif args.root and not storage.exists(root):
         raise ValueError(f"dataset root {root} does not exist")
     if args.stats:
         fin.load_stats_document(args.stats)
@@ -250,8 +268,13 @@ def run(argv: list[str] | None = None) -> int:
     cache = None if dry_run else object_cache(args.object_cache, plan.root, opts)
     if cache is not None:
         LOG.info("object cache for training patches: %s", cache.directory)
+    pack_dir = None
+    if args.archives and not dry_run:
+        from transforms import archives
+
+        pack_dir = archives.new_pack_dir(args.out)
     p = beam.Pipeline(options=opts)
-    build(p, opts.view_as(ConvertOptions), plan, cache)
+    build(p, opts.view_as(ConvertOptions), plan, cache, pack_dir)
     try:
         result = p.run()
         if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled
@@ -275,6 +298,8 @@ def run(argv: list[str] | None = None) -> int:
     finally:
         if cache is not None:
             cache.remove()
+        if pack_dir is not None:
+            archives.remove_packs(pack_dir)
     dt = time.perf_counter() - t0
     counters = print_counters(result)
     man = summary(args.out)

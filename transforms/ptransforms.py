@@ -174,12 +174,13 @@ class PlannedShards(beam.PTransform):
 # --------------------------------------------------------------------------- per-patch work
 
 
-def _fetch(rec: dict) -> dict[str, bytes]:
-    """The 15 objects of a patch; raises PatchError (and only PatchError)."""
+def _fetch(rec: dict, fetch=None) -> dict[str, bytes]:
+    """The 15 objects of a patch (from its files, or ``fetch(rec)``: an object source's
+    fetcher, e.g. ``transforms.archives.ShardObjects``); raises PatchError (and only PatchError)."""
     from transforms.patch import fetch_objects
 
     try:
-        return fetch_objects(md.record_urls(rec))
+        return fetch(rec) if fetch is not None else fetch_objects(md.record_urls(rec))
     except F.PatchError:
         raise
     except Exception as e:  # noqa: BLE001 - an unexpected storage error is this patch's failure
@@ -198,7 +199,7 @@ def load_patch(rec: dict, resampling: str, decode_timeout: float | None = DEFAUL
     return _decode(rec, _fetch(rec), resampling, decode_timeout)
 
 
-def _fetch_cached(rec: dict, cache, keep: bool) -> tuple[dict[str, bytes] | F.PatchError, str | None]:
+def _fetch_cached(rec: dict, cache, keep: bool, fetch=None) -> tuple[dict[str, bytes] | F.PatchError, str | None]:
     """A patch's objects (or its PatchError) and the name of the cache counter to count.
     With a ``cache``: ``keep`` stores what was fetched there; otherwise the cache is read
     first (and the stored copy deleted). Runs on fetch threads: Beam counts only in the
@@ -208,7 +209,7 @@ def _fetch_cached(rec: dict, cache, keep: bool) -> tuple[dict[str, bytes] | F.Pa
         if objects is not None:
             return objects, "object_cache_hits"
     try:
-        objects = _fetch(rec)
+        objects = _fetch(rec, fetch)
     except F.PatchError as e:
         return e, None
     if cache is not None and keep:
@@ -220,7 +221,7 @@ READ_AHEAD = 4  # patches whose objects are fetched while the current one is dec
 
 
 def loaded_patches(recs, resampling: str, decode_timeout, read_ahead: int = READ_AHEAD, cache=None,
-                   keep: bool = False):
+                   keep: bool = False, fetch=None):
     """``(rec, DecodedPatch | PatchError)`` for each record, in order.
 
     The objects of the next ``read_ahead`` patches are fetched on threads while the current
@@ -246,16 +247,16 @@ def loaded_patches(recs, resampling: str, decode_timeout, read_ahead: int = READ
 
     if read_ahead <= 0 or len(recs) < 2:
         for rec in recs:
-            yield rec, decoded(rec, _fetch_cached(rec, cache, keep))
+            yield rec, decoded(rec, _fetch_cached(rec, cache, keep, fetch))
         return
 
     with ThreadPoolExecutor(max_workers=read_ahead, thread_name_prefix="benbeam-fetch") as pool:
-        pending = [pool.submit(_fetch_cached, r, cache, keep) for r in recs[:read_ahead]]
+        pending = [pool.submit(_fetch_cached, r, cache, keep, fetch) for r in recs[:read_ahead]]
         for i, rec in enumerate(recs):
             objects = pending[i].result()
             pending[i] = None  # release the bytes as soon as they are decoded
             if i + read_ahead < len(recs):
-                pending.append(pool.submit(_fetch_cached, recs[i + read_ahead], cache, keep))
+                pending.append(pool.submit(_fetch_cached, recs[i + read_ahead], cache, keep, fetch))
             yield rec, decoded(rec, objects)
 
 
@@ -264,9 +265,10 @@ class ShardStatsFn(beam.DoFn):
     records (from ``plan``; failures are skipped here, the writer reports them)."""
 
     def __init__(self, plan: RowPlan, resampling: str, stats_fraction: float, storage_options: dict,
-                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT, cache=None):
+                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT, cache=None, objects=None):
         self.plan = plan
         self.cache = cache
+        self.objects = objects  # an object source (``.shard(key)`` -> fetcher); None: the files
         self.resampling = resampling
         self.stats_fraction = stats_fraction
         self.storage_options = storage_options
@@ -284,7 +286,9 @@ class ShardStatsFn(beam.DoFn):
         recs = self.plan.records(element)
         acc = self.stats.create()
         chosen = [r for r in recs if md.sampled(r["patch_id"], self.stats_fraction, salt="stats")]
-        for rec, p in loaded_patches(chosen, self.resampling, self.decode_timeout, cache=self.cache, keep=True):
+        fetch = self.objects.shard(element) if self.objects is not None else None
+        for rec, p in loaded_patches(chosen, self.resampling, self.decode_timeout, cache=self.cache, keep=True,
+                                     fetch=fetch):
             if isinstance(p, F.PatchError):
                 continue
             self.stats.add(acc, p.pixels)
@@ -314,6 +318,7 @@ class ComputeBandStats(beam.PTransform):
     fanout: int = 16
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
     cache: Any = None  # a PatchCache: keep the fetched objects of training patches for the writer
+    objects: Any = None  # an object source (``transforms.archives.PackObjects``); None: the files
 
     def expand(self, shards):
         from transforms.combiners import BandStatsCombineFn
@@ -322,7 +327,7 @@ class ComputeBandStats(beam.PTransform):
             shards
             | "TrainOnly" >> beam.Filter(lambda key: key[0] == "train")
             | "PartialStats" >> beam.ParDo(ShardStatsFn(self.plan, self.resampling, self.stats_fraction, self.storage_options,
-                                                             self.decode_timeout, self.cache))
+                                                             self.decode_timeout, self.cache, self.objects))
             # Two-level combine with a deterministic fanout key of our own (what
             # CombineGlobally.with_fanout does with random keys, which the DaskRunner cannot run).
             | "FanoutKey" >> beam.Map(lambda acc: (_fanout_key(acc, self.fanout), acc))
@@ -340,9 +345,10 @@ class WriteShardFn(beam.DoFn):
     """
 
     def __init__(self, plan: RowPlan, out: str, resampling: str, compression: str, image_dtype: str, storage_options: dict,
-                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT, cache=None):
+                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT, cache=None, objects=None):
         self.plan = plan
         self.cache = cache
+        self.objects = objects  # an object source (``.shard(key)`` -> fetcher); None: the files
         self.out = out
         self.resampling = resampling
         self.decode_timeout = decode_timeout
@@ -366,7 +372,8 @@ class WriteShardFn(beam.DoFn):
         disagreements = 0
         dead = []
         with ShardWriter(storage.join(self.out, rel), self.compression) as writer:
-            for rec, p in loaded_patches(recs, self.resampling, self.decode_timeout, cache=self.cache):
+            fetch = self.objects.shard(element) if self.objects is not None else None
+            for rec, p in loaded_patches(recs, self.resampling, self.decode_timeout, cache=self.cache, fetch=fetch):
                 if isinstance(p, F.PatchError):
                     _count(f"failed_{p.stage}_{p.reason}")
                     dead.append(p.record(rec["patch_id"], split))
@@ -420,10 +427,11 @@ class WriteShards(beam.PTransform):
     storage_options: dict = field(default_factory=dict)
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
     cache: Any = None  # a PatchCache: read training patches kept by the statistics pass
+    objects: Any = None  # an object source (``transforms.archives.PackObjects``); None: the files
 
     def expand(self, shards):
         fn = WriteShardFn(self.plan, self.out, self.resampling, self.compression, self.image_dtype, self.storage_options,
-                          self.decode_timeout, self.cache)
+                          self.decode_timeout, self.cache, self.objects)
         out = (shards
                | "Write" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.norm))
                | "WriteOutputs" >> Demux((MAIN, DEAD)))
