@@ -69,16 +69,16 @@ def write_archive(out: str, folder: str, name: str) -> dict:
     url = storage.join(out, name)
     entries = _entries(out, folder)
     files = 0
-    with storage.filesystem(url).open(url, "wb") as raw:
-        with zstandard.ZstdCompressor(level=LEVEL).stream_writer(raw, closefd=False) as z:
-            with tarfile.open(fileobj=z, mode="w|", format=tarfile.GNU_FORMAT) as tar:
-                for rel, is_dir in entries:
-                    if is_dir:
-                        tar.addfile(_info(rel, True))
-                        continue
-                    data = storage.read_bytes(storage.join(out, rel))
-                    tar.addfile(_info(rel, False, len(data)), io.BytesIO(data))
-                    files += 1
+    with (storage.filesystem(url).open(url, "wb") as raw,
+          zstandard.ZstdCompressor(level=LEVEL).stream_writer(raw, closefd=False) as z,
+          tarfile.open(fileobj=z, mode="w|", format=tarfile.GNU_FORMAT) as tar):
+        for rel, is_dir in entries:
+            if is_dir:
+                tar.addfile(_info(rel, True))
+                continue
+            data = storage.read_bytes(storage.join(out, rel))
+            tar.addfile(_info(rel, False, len(data)), io.BytesIO(data))
+            files += 1
     return {"archive": url, "files": files, "bytes": storage.filesystem(url).size(url)}
 
 

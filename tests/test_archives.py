@@ -64,7 +64,8 @@ def _files(out):
         for f in files:
             rel = os.path.relpath(os.path.join(d, f), out)
             if rel not in (M.RUN_JSON, M.MANIFEST):
-                got[rel] = open(os.path.join(d, f), "rb").read()
+                with open(os.path.join(d, f), "rb") as fh:
+                    got[rel] = fh.read()
     return got
 
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 import numpy as np
 
 from schemas.bands import S1_NAMES, S2_NAMES
-from schemas.naming import MAP_DIR, OBJECT_KEYS, REFERENCE_MAP_KEY, S1_DIR, S2_DIR, parse_patch_id, parse_s1_name
+from schemas.naming import (
+    MAP_DIR,
+    OBJECT_KEYS,
+    REFERENCE_MAP_KEY,
+    S1_DIR,
+    S2_DIR,
+    parse_patch_id,
+    parse_s1_name,
+)
 from transforms.archives import iter_members, patch_folder
 
 FOLDER_KEYS: dict[str, tuple[str, ...]] = {S2_DIR: S2_NAMES, S1_DIR: S1_NAMES, MAP_DIR: (REFERENCE_MAP_KEY,)}

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import archive_inventory, archives
-from transforms import storage
+from transforms import archive_inventory, archives, storage
 
 LOG = logging.getLogger("benbeam")
 NAMESPACE = "benbeam"
@@ -38,16 +37,19 @@ class SplitArchiveFn(beam.DoFn):
         storage.set_options(self.storage_options)
 
     def process(self, item):
+        import os
+
         folder, url = item
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         router = archives.Router.from_plan(self.plan, folder)
         summary = archives.split_archive(url, folder, router, self.pack_dir, self.buffer_bytes)
         dt = time.perf_counter() - t0
         Metrics.counter(NAMESPACE, "archive_members_read").inc(summary["members"])
         Metrics.counter(NAMESPACE, "archive_members_unrouted").inc(summary["unrouted"])
         Metrics.counter(NAMESPACE, "archive_bytes_packed").inc(summary["bytes"])
-        LOG.info("archive %s: %d members (%d not used by the plan), %.1f MB packed for %d shards in %.1f s", url,
-                 summary["members"], summary["unrouted"], summary["bytes"] / 1e6, summary["shards"], dt)
+        LOG.info("archive %s: %d members (%d not used by the plan), %.1f MB packed for %d shards in %.1f s "
+                 "(process %d, from %.3f to %.3f)", url, summary["members"], summary["unrouted"],
+                 summary["bytes"] / 1e6, summary["shards"], dt, os.getpid(), started, started + dt)
         summary["seconds"] = round(dt, 3)
         yield summary
 

@@ -27,8 +27,8 @@ import struct
 import tarfile
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
@@ -191,7 +191,7 @@ def _where(z: _ZstdStream, tar_offset: int) -> str:
 
 def _members(z: _ZstdStream, url: str, read_data: bool) -> Iterator[Member]:
     try:
-        tf = tarfile.open(fileobj=z, mode="r|")
+        tf = tarfile.open(fileobj=z, mode="r|")  # noqa: SIM115 - the archive file is closed by iter_members
     except tarfile.ReadError as e:
         raise ArchiveError(f"archive {url} is not a tar archive {_where(z, 0)}: {e}") from None
     info = tf.firstmember
@@ -201,7 +201,7 @@ def _members(z: _ZstdStream, url: str, read_data: bool) -> Iterator[Member]:
     while True:
         if info.isreg():
             stream.seek(info.offset_data)
-            name = info.name[2:] if info.name.startswith("./") else info.name
+            name = info.name.removeprefix("./")
             if read_data:
                 data = stream.read(info.size)
                 if len(data) != info.size:
@@ -253,7 +253,7 @@ class Router:
     targets: np.ndarray  # int32, aligned with names
 
     @classmethod
-    def from_plan(cls, plan, folder: str) -> "Router":
+    def from_plan(cls, plan, folder: str) -> Router:
         """The router of an archive (its ``folder``: S2, S1 or reference maps) over ``plan``'s rows."""
         from transforms.plan import INVALID
 
@@ -454,7 +454,7 @@ class PackObjects:
 
     pack_dir: str
 
-    def shard(self, home) -> "ShardObjects":
+    def shard(self, home) -> ShardObjects:
         return ShardObjects(self.pack_dir, tuple(home))
 
 
