@@ -328,3 +328,38 @@ def test_inventory_marks_missing_empty_and_misplaced_members(tmp_path):
     rec = {"patch_id": pid, "s1_name": "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_75_43", "root": "/r", "split": "train"}
     errs = check_archived(rec, {(S2_DIR, k): v for k, v in lacking.items()})
     assert [(e.reason, e.detail.split(" ")[0]) for e in errs] == [("missing_object", "B01"), ("empty_object", "B02")]
+
+
+@pytest.mark.slow
+def test_archives_in_a_bucket_stream_through_the_storage_layer(reben, from_folders):
+    """s3:// archives on a real SeaweedFS server, packs under the bucket output, removed after."""
+    from tests.servers import seaweedfs
+    from transforms import storage
+
+    key, secret = "AKIABENBEAMARCHIVES1", "benbeam-archives-secret"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AWS_ACCESS_KEY_ID", key)
+    mp.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    mp.delenv("AWS_PROFILE", raising=False)
+    try:
+        with seaweedfs(key, secret) as endpoint:
+            storage.configure(endpoint)
+            storage.filesystem("s3://").mkdir("arch")
+            for _, name in A.ARCHIVES:
+                storage.upload_file(str(reben / name), f"s3://arch/in/{name}")
+            storage.upload_file(str(reben / "metadata.parquet"), "s3://arch/in/metadata.parquet")
+            assert main(["convert", "--meta", "s3://arch/in/metadata.parquet", "--archives", "s3://arch/in",
+                         "--out", "s3://arch/ds", "--shard_size", "6", "--workers", "2", "--no_report",
+                         "--s3_endpoint_url", endpoint]) == 0
+            fs = storage.filesystem("s3://arch")
+            man = json.loads(fs.cat_file(f"s3://arch/ds/{M.MANIFEST}"))
+            ref = json.loads((from_folders / M.MANIFEST).read_text())
+            shards = [(s["path"], s["sha256"]) for m in (man, ref) for e in m["splits"].values() for s in e["shards"]]
+            assert shards[: len(shards) // 2] == shards[len(shards) // 2:]
+            assert man["statistics"] == ref["statistics"]
+            got = fs.cat_file(f"s3://arch/ds/{M.FAILURES_JSONL}").decode().replace("s3://arch/in", str(reben))
+            assert got == (from_folders / M.FAILURES_JSONL).read_text()
+            assert not [p for p in fs.ls("arch/ds", detail=False) if ".benbeam-packs" in p]
+    finally:
+        mp.undo()
+        storage.configure()

@@ -88,7 +88,8 @@ class _ZstdStream(io.RawIOBase):
         self.name = name
         self.compressed_pos = 0  # compressed bytes consumed
         self._pos = 0  # decompressed bytes returned
-        self._buf = b""
+        self._buf = b""  # decompressed bytes, returned from ``_off`` on
+        self._off = 0
         self._dobj = zstandard.ZstdDecompressor().decompressobj()
         self._frame_open = False  # some input of the current frame was fed
         self._eof = False
@@ -124,7 +125,7 @@ class _ZstdStream(io.RawIOBase):
                                    f"file (tar stream offset {self._pos}): zstd: {e}; download it again") from None
             self._frame_open = True
             if out:
-                self._buf += out
+                self._buf = self._buf + out if self._buf else out
             if self._dobj.eof:  # a frame ended: the rest of the chunk starts the next one
                 rest = self._dobj.unused_data
                 self.compressed_pos += len(chunk) - len(rest)
@@ -139,14 +140,16 @@ class _ZstdStream(io.RawIOBase):
         parts = []
         want = size if size is not None and size >= 0 else None
         while want is None or want > 0:
-            if not self._buf and not self._fill():
-                break
-            take = self._buf if want is None else self._buf[:want]
-            self._buf = self._buf[len(take):]
-            parts.append(take)
+            if self._off == len(self._buf):
+                self._buf, self._off = b"", 0
+                if not self._fill():
+                    break
+            end = len(self._buf) if want is None else min(len(self._buf), self._off + want)
+            parts.append(self._buf[self._off:end])  # copies only what is returned
             if want is not None:
-                want -= len(take)
-        data = b"".join(parts)
+                want -= end - self._off
+            self._off = end
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         self._pos += len(data)
         return data
 
