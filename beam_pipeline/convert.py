@@ -25,6 +25,7 @@ from transforms import storage
 from transforms.objcache import PatchCache
 from transforms.plan import RowPlan
 from transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
+from transforms.shard_writer import ShardConfig
 
 LOG = logging.getLogger("benbeam")
 
@@ -70,16 +71,21 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
     # shard from its key, so only keys, dead letters and per-shard results cross stages.
     if plan is None:
         plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size)
-    checked = p | "PlanShards" >> PlannedShards(plan, sopts)
-    shards, selected = checked["shards"], checked["selected"]
-    objects = None  # the object source of the per-shard stages: the files, or the archives' packs
+    # The object source of the per-shard stages: the files, or (--archives) the archives' packs.
+    objects = None
     if getattr(args, "archives", None):
         from transforms import archives
-        from transforms.archive_ptransforms import SplitArchives
 
         pack_dir = pack_dir or archives.new_pack_dir(args.out)
-        shards = shards | "SplitArchives" >> SplitArchives(plan, args.archives, pack_dir, sopts)
         objects = archives.PackObjects(pack_dir)
+    config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
+                         args.decode_timeout, cache, objects=objects)
+    checked = p | "PlanShards" >> PlannedShards(config)
+    shards, selected = checked["shards"], checked["selected"]
+    if objects is not None:
+        from transforms.archive_ptransforms import SplitArchives
+
+        shards = shards | "SplitArchives" >> SplitArchives(plan, args.archives, objects.pack_dir, sopts)
 
     clip_p = tuple(args.clip_percentiles)
     if args.stats:
@@ -87,9 +93,7 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
                      | "LoadStats" >> beam.Map(_stats_from_file, args.clip, clip_p, sopts))
         hist = p | "NoHistogram" >> beam.Create([b""])
     else:
-        acc = shards | "ComputeBandStats" >> ComputeBandStats(plan, args.resampling, args.stats_fraction, sopts,
-                                                                decode_timeout=args.decode_timeout, cache=cache,
-                                                                objects=objects)
+        acc = shards | "ComputeBandStats" >> ComputeBandStats(config, args.stats_fraction)
         stats_doc = acc | "ExtractStats" >> beam.Map(_stats_from_acc, args.clip, clip_p)
 
         def to_npz(a):
@@ -100,9 +104,7 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
         hist = acc | "HistogramNpz" >> beam.Map(to_npz)
     norm = stats_doc | "NormParams" >> beam.Map(lambda d: d["normalization"])
 
-    written = shards | "WriteShards" >> WriteShards(
-        plan, args.out, norm, args.resampling, args.compression, args.image_dtype, sopts, args.decode_timeout,
-        cache, objects)
+    written = shards | "WriteShards" >> WriteShards(config, norm)
     dead = (checked["dead"], written["dead"]) | "AllDead" >> beam.Flatten()
 
     options = {k: getattr(args, k) for k in RECORDED}
@@ -170,10 +172,12 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
 
 
 def summary(out: str) -> dict:
+    """The manifest a run just wrote, as its JSON dict."""
     return json.loads(storage.read_bytes(storage.join(out, M.MANIFEST)))
 
 
 def print_summary(man: dict, seconds: float, stream=None) -> None:
+    """Per split: input, written, failed and shards; the failures by reason; the throughput."""
     stream = stream or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     total_in = sum(s["input"] for s in man["splits"].values())
     total_w = sum(s["written"] for s in man["splits"].values())
@@ -253,6 +257,7 @@ def object_cache(choice: str, root: str | None, opts) -> PatchCache | None:
 
 
 def run(argv: list[str] | None = None) -> int:
+    """``benbeam convert``: the exit code (0 ok, 1 failed job or too many failures, 2 bad usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args, _ = parse(ConvertOptions, argv, "benbeam convert", __doc__.splitlines()[0])
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)

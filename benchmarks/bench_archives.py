@@ -112,8 +112,8 @@ def main() -> int:
         if stages:
             t_first = min(float(s[4]) for s in stages)
             for url, members, secs, pid, start, end in stages:
-                print(f"    {os.path.basename(url):<24} {int(members):>7} members  {float(secs):6.1f} s  process {pid}  "
-                      f"[{float(start) - t_first:5.1f} s .. {float(end) - t_first:5.1f} s]")
+                print(f"    {os.path.basename(url):<24} {int(members):>7} members  {float(secs):6.1f} s  "
+                      f"process {pid}  [{float(start) - t_first:5.1f} s .. {float(end) - t_first:5.1f} s]")
     same = _identical(outs["folders"], outs["archives"])
     print(f"outputs identical (shards, stats, failures, histograms): {same}")
     for parallel in (False, True):

@@ -40,7 +40,7 @@ def expected_folders(metas, folder: str, splits, frac: float) -> np.ndarray:
     for url in metas:
         table, _ = md.read_table(url)
         for pid, split, v in zip(table.column("patch_id").to_pylist(), table.column("split").to_pylist(),
-                                 table.column(column).to_pylist()):
+                                 table.column(column).to_pylist(), strict=True):
             if isinstance(v, str) and md.selected_split(pid, split, splits, frac) is not None:
                 names.add(v.encode())
     return np.array(sorted(names), dtype=bytes) if names else np.array([], dtype="S1")
