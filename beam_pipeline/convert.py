@@ -270,7 +270,8 @@ def run(argv: list[str] | None = None) -> int:
         print(f"benbeam convert: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    cache = None if dry_run else object_cache(args.object_cache, plan.root, opts)
+    # With --archives a shard's objects come whole from its packs: nothing is fetched twice to cache.
+    cache = None if dry_run or args.archives else object_cache(args.object_cache, plan.root, opts)
     if cache is not None:
         LOG.info("object cache for training patches: %s", cache.directory)
     pack_dir = None

@@ -488,14 +488,19 @@ class ShardObjects:
 
 
 def remove_packs(pack_dir: str) -> None:
-    """Delete a conversion's packs (best effort: a missing folder is fine)."""
-    if storage.is_remote(pack_dir):
-        fs = storage.filesystem(pack_dir)
-        try:
-            fs.rm(pack_dir, recursive=True)
-        except FileNotFoundError:
-            pass
-    else:
-        import shutil
+    """Delete a conversion's packs (a missing folder is fine; a failure is logged, not raised)."""
+    import logging
+    import shutil
 
-        shutil.rmtree(pack_dir, ignore_errors=True)
+    try:
+        if storage.is_remote(pack_dir):
+            fs = storage.filesystem(pack_dir)
+            fs.invalidate_cache()
+            files = fs.find(pack_dir)
+            if files:
+                fs.rm(files)
+        else:
+            shutil.rmtree(pack_dir, ignore_errors=True)
+    except Exception as e:  # noqa: BLE001 - the dataset is complete (or the run failed already)
+        logging.getLogger("benbeam").warning("could not remove the archive packs %s (%s: %s); delete them by hand",
+                                             pack_dir, type(e).__name__, e)
