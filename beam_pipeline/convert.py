@@ -74,10 +74,10 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
     # The object source of the per-shard stages: the files, or (--archives) the archives' packs.
     objects = None
     if getattr(args, "archives", None):
-        from transforms import archives
+        from transforms import archive_packs
 
-        pack_dir = pack_dir or archives.new_pack_dir(args.out)
-        objects = archives.PackObjects(pack_dir)
+        pack_dir = pack_dir or archive_packs.new_pack_dir(args.out)
+        objects = archive_packs.PackObjects(pack_dir)
     config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
                          args.decode_timeout, cache, objects=objects)
     checked = p | "PlanShards" >> PlannedShards(config)
@@ -276,9 +276,9 @@ def run(argv: list[str] | None = None) -> int:
         LOG.info("object cache for training patches: %s", cache.directory)
     pack_dir = None
     if args.archives and not dry_run:
-        from transforms import archives
+        from transforms import archive_packs
 
-        pack_dir = archives.new_pack_dir(args.out)
+        pack_dir = archive_packs.new_pack_dir(args.out)
     p = beam.Pipeline(options=opts)
     build(p, opts.view_as(ConvertOptions), plan, cache, pack_dir)
     try:
@@ -305,7 +305,7 @@ def run(argv: list[str] | None = None) -> int:
         if cache is not None:
             cache.remove()
         if pack_dir is not None:
-            archives.remove_packs(pack_dir)
+            archive_packs.remove_packs(pack_dir)
     dt = time.perf_counter() - t0
     counters = print_counters(result)
     man = summary(args.out)

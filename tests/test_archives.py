@@ -15,6 +15,7 @@ from beam_pipeline.cli import main
 from schemas import manifest as M
 from schemas.failures import FAULT_KINDS
 from schemas.naming import S1_DIR, S2_DIR, object_urls
+from transforms import archive_packs as P
 from transforms import archives as A
 from transforms.archive_inventory import check_archived, expected_members, inventory
 
@@ -137,21 +138,21 @@ def test_a_corrupt_header_or_frame_is_an_error_not_a_silent_end(tmp_path):
 
 def test_pack_records_round_trip_and_damage_is_detected():
     recs = [("a/b.tif", b"x" * 10), ("c.tif", b""), ("a/b.tif", b"later wins")]
-    blob = b"".join(A.encode_record(n, d) for n, d in recs)
-    assert list(A.decode_records(blob)) == recs
+    blob = b"".join(P.encode_record(n, d) for n, d in recs)
+    assert list(P.decode_records(blob)) == recs
     with pytest.raises(ValueError, match="cut off"):
-        list(A.decode_records(blob[:-3], "p"))
+        list(P.decode_records(blob[:-3], "p"))
     with pytest.raises(ValueError, match="bad record marker"):
-        list(A.decode_records(b"zzzz" + blob[4:], "p"))
+        list(P.decode_records(b"zzzz" + blob[4:], "p"))
 
 
 def test_pack_writer_bounds_its_buffer_and_only_committed_attempts_are_read(tmp_path):
     d = str(tmp_path / "packs")
     homes = [("train", i, 3) for i in range(3)]
-    stale = A.PackWriter(d, S2_DIR, buffer_bytes=1000)
+    stale = P.PackWriter(d, S2_DIR, buffer_bytes=1000)
     stale.add(homes[0], "x", b"stale" * 100)
     stale._flush(homes[0])  # a failed attempt left a pack behind, without a commit
-    w = A.PackWriter(d, S2_DIR, buffer_bytes=1000)
+    w = P.PackWriter(d, S2_DIR, buffer_bytes=1000)
     expect = {h: {} for h in homes}
     for i in range(60):
         h = homes[i % 3]
@@ -161,11 +162,11 @@ def test_pack_writer_bounds_its_buffer_and_only_committed_attempts_are_read(tmp_
         assert w._held <= 1000
     summary = w.commit()
     assert summary["records"] == 60 and summary["writes"] > 3  # flushed several times, appending
-    attempts = A.committed_attempts(d)
+    attempts = P.committed_attempts(d)
     assert attempts == {S2_DIR: w.attempt}
     for h in homes:
-        assert A.read_shard_objects(d, h, attempts) == expect[h]
-    A.remove_packs(d)
+        assert P.read_shard_objects(d, h, attempts) == expect[h]
+    P.remove_packs(d)
     assert not os.path.exists(d)
 
 
@@ -181,7 +182,7 @@ def test_router_sends_a_shared_s1_folder_to_every_shard_that_reads_it():
 def test_transforms_and_sources_pickle():
     from transforms.archive_ptransforms import InventoryFn, SplitArchiveFn
 
-    for obj in (SplitArchiveFn(None, "/tmp/p", {}), InventoryFn(("m",), ("train",), 1.0, {}), A.PackObjects("/x")):
+    for obj in (SplitArchiveFn(None, "/tmp/p", {}), InventoryFn(("m",), ("train",), 1.0, {}), P.PackObjects("/x")):
         assert type(pickle.loads(pickle.dumps(obj))) is type(obj)
 
 

@@ -3,7 +3,7 @@
 ``SplitArchives``: one element per archive (the three are read in parallel, each by one
 worker, front to back, once); each archive's members go to per-shard packs. The shard keys
 it returns pass only once every archive is packed, so the per-shard stages that follow
-read complete packs (``transforms.archives.PackObjects``).
+read complete packs (``transforms.archive_packs.PackObjects``).
 
 ``ArchiveInventory``: per archive, the patch folders the metadata expects and the objects
 each lacks (or holds empty), for ``benbeam validate --archives``.

@@ -26,7 +26,7 @@ def no_count(name: str, n: int = 1) -> None:
 
 def fetch(rec: dict, source=None) -> dict[str, bytes]:
     """The 15 objects of a patch (from its files, or ``source(rec)``: an object source's
-    fetcher, e.g. ``transforms.archives.ShardObjects``); raises PatchError (and only PatchError)."""
+    fetcher, e.g. ``transforms.archive_packs.ShardObjects``); raises PatchError (and only PatchError)."""
     try:
         return source(rec) if source is not None else fetch_objects(md.record_urls(rec))
     except failures.PatchError:

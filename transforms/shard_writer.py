@@ -45,7 +45,7 @@ class ShardConfig:
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
     cache: Any = None  # a transforms.objcache.PatchCache: training patches kept by the statistics pass
     read_ahead: int = READ_AHEAD
-    objects: Any = None  # an object source (transforms.archives.PackObjects: ``.shard(key)`` -> fetcher); None: files
+    objects: Any = None  # an object source (transforms.archive_packs.PackObjects: ``.shard(key)`` -> fetcher); None: files
 
     def source(self, key: ShardKey):
         """The fetcher of a shard's objects (None: each patch's files)."""
