@@ -18,10 +18,10 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import finalize as fin
-from beam_pipeline.options import ConvertOptions, local_runner_args, parse
+from beam_pipeline.options import ConvertOptions, description, local_runner_args, parse
 from schemas import manifest as M
 from transforms import metadata as md
-from transforms import storage
+from transforms import progress, storage
 from transforms.objcache import PatchCache
 from transforms.plan import RowPlan
 from transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
@@ -256,10 +256,18 @@ def object_cache(choice: str, root: str | None, opts) -> PatchCache | None:
     return PatchCache(os.path.join(base, f"benbeam-object-cache-{uuid.uuid4().hex[:12]}"))
 
 
+def progress_watcher(args, plan: RowPlan, opts, dry_run: bool):
+    """The overall progress lines of the statistics and write passes (``transforms.progress``)."""
+    counts = {s: n for s, n in plan.counts if s in M.SPLITS}
+    passes = [] if args.stats else [progress.Pass("statistics", "convert: statistics", counts.get("train", 0))]
+    passes.append(progress.Pass("write", "convert: write", sum(counts.values())))
+    return progress.watch(passes, "dry run" if dry_run else opts.get_all_options().get("runner"))
+
+
 def run(argv: list[str] | None = None) -> int:
     """``benbeam convert``: the exit code (0 ok, 1 failed job or too many failures, 2 bad usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, _ = parse(ConvertOptions, argv, "benbeam convert", __doc__.splitlines()[0])
+    args, _ = parse(ConvertOptions, argv, "benbeam convert", description(__doc__))
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     beam_argv = local_runner_args(argv, args.workers)
     opts = PipelineOptions(beam_argv)
@@ -281,13 +289,15 @@ def run(argv: list[str] | None = None) -> int:
         pack_dir = archive_packs.new_pack_dir(args.out)
     p = beam.Pipeline(options=opts)
     build(p, opts.view_as(ConvertOptions), plan, cache, pack_dir)
+    quiet = None if args.verbose else progress.quiet_shard_lines()
     try:
-        result = p.run()
-        if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled
-            print(f"dry run: the {opts.get_all_options().get('runner') or 'runner'} job graph of `convert` was "
-                  "built; nothing was submitted or written")
-            return 0
-        result.wait_until_finish()
+        with progress_watcher(args, plan, opts, dry_run):
+            result = p.run()
+            if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled
+                print(f"dry run: the {opts.get_all_options().get('runner') or 'runner'} job graph of `convert` was "
+                      "built; nothing was submitted or written")
+                return 0
+            result.wait_until_finish()
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line, no manifest, exit 1
         msg = str(e)
         known = re.search(r"no training pixels for band\(s\) [A-Z0-9, ]+:[^\n\[\"]*?pass --stats from an earlier run",
@@ -302,6 +312,8 @@ def run(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     finally:
+        if quiet is not None:
+            progress.restore_shard_lines(quiet)
         if cache is not None:
             cache.remove()
         if pack_dir is not None:

@@ -17,8 +17,15 @@ from transforms.cli_args import add_s3_endpoint as add_s3_endpoint
 from transforms.cli_args import add_storage_args as add_storage_args
 from transforms.cli_args import unknown_pipeline_args as unknown_pipeline_args  # shared with trainer: re-exported
 
+BEAM_PASSTHROUGH = ("Apache Beam pipeline options (--runner, --direct_num_workers, --project, --temp_location, ...) "
+                    "are passed through to Beam unchanged.")
 RESAMPLING_METHODS = ("bilinear", "nearest", "cubic", "average")
 DEFAULT_SHARD_SIZE = 180  # ~150 MB float32 shards (~820 KB per patch)
+
+
+def description(doc: str) -> str:
+    """A command's --help description: the first paragraph of its module docstring, as one line."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
 
 
 def add_workers_arg(parser, default_help="all cores") -> None:
@@ -57,7 +64,8 @@ class ConvertOptions(PipelineOptions):
                             help="resampling of 20 m and 60 m bands to the 10 m grid")
         parser.add_argument("--shard_size", "--batch", dest="shard_size", type=int, default=DEFAULT_SHARD_SIZE,
                             help=f"patches per shard (default {DEFAULT_SHARD_SIZE}: ~150 MB float32 shards)")
-        parser.add_argument("--compression", choices=("none", "gzip"), default="none")
+        parser.add_argument("--compression", choices=("none", "gzip"), default="none",
+                            help="shard compression (default none; TFDS reads uncompressed shards only)")
         parser.add_argument("--dtype", dest="image_dtype", choices=IMAGE_DTYPES, default="float32",
                             help="dtype of the image features")
         parser.add_argument("--clip_percentiles", type=float, nargs=2, default=[1.0, 99.0], metavar=("LO", "HI"),
@@ -79,6 +87,9 @@ class ConvertOptions(PipelineOptions):
         parser.add_argument("--max_failure_fraction", type=float, default=None,
                             help="exit non-zero (after writing everything) if more than this fraction of "
                                  "the input failed")
+        parser.add_argument("--verbose", action="store_true",
+                            help="also log a line per shard of the statistics and writing passes (default: one "
+                                 "overall progress line per pass)")
         add_workers_arg(parser)
         add_storage_args(parser, s3_endpoint=False)
 
@@ -113,7 +124,7 @@ def local_runner_args(argv: list[str], workers: int | None) -> list[str]:
 
 def parse(cls, argv: list[str], prog: str, description: str):
     """Parse ``argv`` for an options class: our flags strictly, Beam's passed through."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=BEAM_PASSTHROUGH)
     cls._add_argparse_args(parser)
     if "--s3_endpoint_url" not in parser._option_string_actions:
         add_s3_endpoint(parser)

@@ -18,12 +18,19 @@ from collections import Counter
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline.options import add_storage_args, add_decode_timeout_arg, add_workers_arg, local_runner_args
+from beam_pipeline.options import (
+    BEAM_PASSTHROUGH,
+    add_decode_timeout_arg,
+    add_storage_args,
+    add_workers_arg,
+    description,
+    local_runner_args,
+)
 from schemas import failures as F
 from schemas import manifest as M
 from schemas.naming import OBJECT_KEYS
 from transforms import metadata as md
-from transforms import storage
+from transforms import progress, storage
 from transforms.ptransforms import CheckRows, ReadMetadata, _count
 
 
@@ -81,7 +88,9 @@ class ValidateGroupFn(beam.DoFn):
                 _count("folders_listed")
             return cache[prefix]
 
+        done = 0
         for rec in sorted(recs, key=lambda r: r["patch_id"]):
+            done += 1
             errs = check_objects(rec, listing)
             if not errs and self.deep:
                 from transforms.shard_reader import load_patch
@@ -91,6 +100,7 @@ class ValidateGroupFn(beam.DoFn):
                 except F.PatchError as e:
                     errs = [e]
             yield _result(rec, errs)
+        progress.shard_done("validate", done)
 
 
 def _result(rec: dict, errs: list) -> dict:
@@ -150,13 +160,15 @@ def write_report(args, results, meta_info) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="benbeam validate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="benbeam validate", description=description(__doc__), epilog=BEAM_PASSTHROUGH)
     ap.add_argument("--meta", required=True, help="metadata.parquet or `benbeam index` output")
-    ap.add_argument("--include_snow_cloud", default=None, metavar="PARQUET")
+    ap.add_argument("--include_snow_cloud", default=None, metavar="PARQUET",
+                    help="also check the patches of this parquet (the snow/cloud/shadow metadata)")
     ap.add_argument("--root", default=None, help="dataset root (default: the folder of --meta)")
     ap.add_argument("--out", required=True, help="report JSON (local, s3:// or gs://)")
     ap.add_argument("--frac", type=float, default=1.0, help="deterministic hash sample of patch ids")
-    ap.add_argument("--splits", default="train,validation,test")
+    ap.add_argument("--splits", default="train,validation,test",
+                    help="comma-separated splits to check (default: all three)")
     ap.add_argument("--deep", action="store_true", help="also decode every object and check size/dtype/grid")
     ap.add_argument("--archives", default=None, metavar="DIR_OR_URL",
                     help="check the official .tar.zst archives in this folder or bucket prefix instead of the "
@@ -170,8 +182,8 @@ def run(argv: list[str] | None = None) -> int:
         splits = tuple(M.check_split(s.strip()) for s in args.splits.split(",") if s.strip())
         if not 0 < args.frac <= 1:
             raise ValueError(f"--frac must be in (0, 1], got {args.frac}")
-        for m in [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else []):
-            md.read_table(m)
+        metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
+        tables = [md.read_table(m) for m in metas]
         if args.archives:
             if args.deep:
                 raise ValueError("--deep decodes objects, which --archives does not extract: run "
@@ -184,8 +196,11 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     root = args.root or storage.parent(args.meta)
     t0 = time.perf_counter()
-    with beam.Pipeline(options=PipelineOptions(local_runner_args(rest, args.workers))) as p:
-        build(p, args, root, splits)
+    opts = PipelineOptions(local_runner_args(rest, args.workers))
+    total = sum(md.split_counts([t for t, _ in tables], splits, args.frac).values())
+    with progress.watch([progress.Pass("validate", "validate", total)], opts.get_all_options().get("runner")):
+        with beam.Pipeline(options=opts) as p:
+            build(p, args, root, splits)
     dt = time.perf_counter() - t0
     rep = json.loads(storage.read_bytes(args.out))
     t = rep["totals"]
