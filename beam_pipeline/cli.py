@@ -9,6 +9,7 @@
     benbeam report    (re)write a dataset's report.html
     benbeam train     train the U-Net on a converted dataset
     benbeam evaluate  per-class IoU, mIoU, confusion matrix
+    benbeam export    a trained model as a TensorFlow SavedModel serving on raw bands
     benbeam predict   map whole Sentinel-2 tiles with a trained model
     benbeam launch    run convert on Dataflow, Flink, Spark, a portable job service or Dask
 
@@ -34,7 +35,7 @@ import re  # noqa: E402
 import sys  # noqa: E402
 
 COMMANDS = ("synth", "synth-tile", "index", "validate", "convert", "verify", "report", "train", "evaluate",
-            "predict", "launch")
+            "export", "predict", "launch")
 
 
 def _synth(argv: list[str]) -> int:
@@ -79,6 +80,23 @@ def _synth(argv: list[str]) -> int:
     return 0
 
 
+# Commands that need an extra of the package (setup.py), and the modules it provides.
+EXTRAS = {"train": ("train", ("tensorflow", "keras")), "evaluate": ("train", ("tensorflow", "keras")),
+          "predict": ("train", ("tensorflow", "keras"))}
+
+
+def missing_extra(cmd: str) -> str | None:
+    """One line naming the extra to install when ``cmd``'s modules are missing, else None."""
+    import importlib.util
+
+    extra, modules = EXTRAS[cmd]
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not absent:
+        return None
+    return (f"benbeam {cmd}: error: {', '.join(absent)} is not installed; "
+            f"pip install 'bigearthnet-beam[{extra}]'")
+
+
 def _dispatch(cmd: str, argv: list[str]) -> int:
     if cmd == "synth":
         return _synth(argv)
@@ -106,12 +124,15 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         from beam_pipeline.report import run
 
         return run(argv)
+    if cmd in EXTRAS and (missing := missing_extra(cmd)):
+        print(missing, file=sys.stderr)
+        return 3
     if cmd == "predict":
         from trainer.inference.cli import run
 
         return run(argv)
     if cmd == "launch":
-        from launch.submit import run
+        from beam_pipeline.launch_cmd import run
 
         return run(argv)
     if cmd == "train":
@@ -122,6 +143,10 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         from trainer.evaluate import evaluate_cli
 
         return evaluate_cli(argv)
+    if cmd == "export":
+        from trainer.export import export_cli
+
+        return export_cli(argv)
     raise AssertionError(cmd)
 
 

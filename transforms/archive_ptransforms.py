@@ -1,9 +1,8 @@
 """The Beam stages of reading the official archives (thin: the logic is ``transforms.archives``).
 
 ``SplitArchives``: one element per archive (the three are read in parallel, each by one
-worker, front to back, once); each archive's members go to per-shard packs. The shard keys
-it returns pass only once every archive is packed, so the per-shard stages that follow
-read complete packs (``transforms.archive_packs.PackObjects``).
+worker, front to back, once); each archive's members go to per-shard packs, which the
+per-shard stages of the later jobs read (``transforms.archive_packs.PackObjects``).
 
 ``ArchiveInventory``: per archive, the patch folders the metadata expects and the objects
 each lacks (or holds empty), for ``benbeam validate --archives``.
@@ -56,8 +55,9 @@ class SplitArchiveFn(beam.DoFn):
 
 @dataclass
 class SplitArchives(beam.PTransform):
-    """Pack the archives in ``location`` for ``plan``; applied to the shard keys, returns
-    them once every archive is packed (the packs' stages then read ``pack_dir``)."""
+    """Pack the archives in ``location`` for ``plan`` into ``pack_dir``, one element (and so one
+    worker) per archive. Output: one summary per archive. The per-shard stages read the packs
+    in a later job, once this one has finished (``beam_pipeline.convert.run``)."""
 
     plan: object
     location: str
@@ -65,13 +65,12 @@ class SplitArchives(beam.PTransform):
     storage_options: dict = field(default_factory=dict)
     buffer_bytes: int = archives.PACK_BUFFER_BYTES
 
-    def expand(self, shards):
-        summaries = (shards.pipeline
-                     | "Archives" >> beam.Create(sorted(archives.archive_urls(self.location).items()))
-                     | "OnePerWorker" >> beam.Reshuffle()
-                     | "Split" >> beam.ParDo(SplitArchiveFn(self.plan, self.pack_dir, self.storage_options,
-                                                            self.buffer_bytes)))
-        return shards | "AfterPacks" >> beam.Map(lambda key, done: key, beam.pvalue.AsList(summaries))
+    def expand(self, pbegin):
+        return (pbegin
+                | "Archives" >> beam.Create(sorted(archives.archive_urls(self.location).items()))
+                | "OnePerWorker" >> beam.Reshuffle()
+                | "Split" >> beam.ParDo(SplitArchiveFn(self.plan, self.pack_dir, self.storage_options,
+                                                       self.buffer_bytes)))
 
 
 class InventoryFn(beam.DoFn):
