@@ -55,6 +55,9 @@ def _synth(argv: list[str]) -> int:
     g.add_argument("--faults", default=None, metavar="KIND,...",
                    help="inject one patch per listed fault kind: " + ",".join(FAULT_KINDS))
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    ap.add_argument("--archives", action="store_true",
+                    help="also write the replica as official-style BigEarthNet-S2.tar.zst, BigEarthNet-S1.tar.zst "
+                         "and Reference_Maps.tar.zst (input of `benbeam convert --archives`)")
     add_storage_args(ap)
     args = ap.parse_args(argv)
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
@@ -67,6 +70,11 @@ def _synth(argv: list[str]) -> int:
     except ValueError as e:
         print(f"benbeam synth: error: {e}", file=sys.stderr)
         return 2
+    if args.archives:
+        from synth.archives import write_archives
+
+        for a in write_archives(args.out):
+            print(f"archive: {a['archive']} ({a['files']} files, {a['bytes']} bytes)")
     for k, v in summary.items():
         print(f"{k}: {v}")
     return 0

@@ -95,11 +95,21 @@ def load_stats_pass(out: str, key: dict) -> tuple[dict, bytes] | None:
         return None
 
 
-def build_stats(p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None) -> None:
-    """The statistics job: band statistics of the training shards, written into ``args.out``."""
+def build_packs(p: beam.Pipeline, args, plan: RowPlan, pack_dir: str) -> None:
+    """With ``--archives``, the first job: stream each archive (in parallel, once) into per-shard
+    packs under ``pack_dir``, which the other jobs read through ``PackObjects(pack_dir)``."""
+    from transforms.archive_ptransforms import SplitArchives
+
+    _ = p | "SplitArchives" >> SplitArchives(plan, args.archives, pack_dir, storage.options())
+
+
+def build_stats(p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None,
+                objects=None) -> None:
+    """The statistics job: band statistics of the training shards, written into ``args.out``;
+    ``objects``: the object source (None: the files; ``--archives``: the packs)."""
     sopts = storage.options()
     config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
-                         args.decode_timeout, cache)
+                         args.decode_timeout, cache, objects=objects)
     checked = p | "PlanShards" >> PlannedShards(config)
     _ = (checked["shards"]
          | "ComputeBandStats" >> ComputeBandStats(config, args.stats_fraction)
@@ -116,12 +126,13 @@ def _finalize_all(keyed, *, sopts, **kw):
 
 
 def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache | None = None,
-          stats: tuple[dict, bytes] | None = None) -> None:
+          stats: tuple[dict, bytes] | None = None, objects=None) -> None:
     """Assemble the write job on ``p`` from parsed ConvertOptions ``args``: ``stats`` = (stats
     document, histograms.npz bytes) are known at construction time (``--stats``, or the
     statistics job of ``run``), so no step reads a side input (the DaskRunner recomputes a
     side input's whole upstream wherever it is read). ``plan`` (from ``preflight``) is made
-    here if absent; ``cache`` (``object_cache``) holds patches the statistics job fetched."""
+    here if absent; ``cache`` (``object_cache``) holds patches the statistics job fetched;
+    ``objects``: the object source (None: the files; ``--archives``: the packs of ``build_packs``)."""
     sopts = storage.options()
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     root = args.root or storage.parent(args.meta)
@@ -138,7 +149,7 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
         stats = (_stats_from_file(args.stats, args.clip, clip_p, sopts), b"")
     stats_doc, hist = stats
     config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
-                         args.decode_timeout, cache)
+                         args.decode_timeout, cache, objects=objects)
     checked = p | "PlanShards" >> PlannedShards(config)
     written = checked["shards"] | "WriteShards" >> WriteShards(config, stats_doc["normalization"])
 
@@ -182,7 +193,14 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
     tables = [md.read_table(m) for m in metas]  # raises MetadataError with a clear message
     root = args.root or storage.parent(args.meta)
     plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size, tables)
-    if args.root and not storage.exists(root):
+    if args.archives:
+        from transforms.archives import check_archives
+
+        check_archives(args.archives)
+        if any(c.startswith("url_") for t, _ in tables for c in t.column_names):
+            raise ValueError("--archives reads the objects by their reBEN names; this metadata has url_* columns "
+                             "(`benbeam index` output): pass the official metadata.parquet instead")
+    elif args.root and not storage.exists(root):
         raise ValueError(f"dataset root {root} does not exist")
     if args.stats:
         fin.load_stats_document(args.stats)
@@ -334,13 +352,14 @@ def run(argv: list[str] | None = None) -> int:
         print(f"benbeam convert: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    cache = None if dry_run else object_cache(args.object_cache, plan.root, opts)
+    # With --archives a shard's objects come whole from its packs: nothing is fetched twice to cache.
+    cache = None if dry_run or args.archives else object_cache(args.object_cache, plan.root, opts)
     if cache is not None:
         LOG.info("object cache for training patches: %s", cache.directory)
     runner = opts.get_all_options().get("runner") or "runner"
     results = []
     quiet = None if args.verbose else progress.quiet_shard_lines()
-    stats = None
+    stats = pack_dir = objects = None
     try:
         if not args.stats:  # a complete statistics pass of an earlier, failed run is reused
             dest, key = storage.join(args.out, STATS_PASS_JSON), stats_pass_key(args, plan)
@@ -348,9 +367,19 @@ def run(argv: list[str] | None = None) -> int:
             if stats is not None:
                 LOG.info("statistics from the complete statistics pass %s (delete it to recompute)", dest)
         with progress_watcher(args, plan, opts, dry_run, statistics=not args.stats and stats is None):
+            if args.archives:  # job 0: the archives into per-shard packs
+                from transforms import archive_packs
+
+                pack_dir = archive_packs.new_pack_dir(args.out)
+                objects = archive_packs.PackObjects(pack_dir)
+                pa = beam.Pipeline(options=opts)
+                build_packs(pa, opts.view_as(ConvertOptions), plan, pack_dir)
+                results.append(("archives", pa.run()))
+                if not dry_run:
+                    results[-1][1].wait_until_finish()
             if not args.stats and stats is None:  # job 1: the statistics
                 ps = beam.Pipeline(options=opts)
-                build_stats(ps, opts.view_as(ConvertOptions), plan, key, cache)
+                build_stats(ps, opts.view_as(ConvertOptions), plan, key, cache, objects)
                 results.append(("stats", ps.run()))
                 results[-1][1].wait_until_finish()
                 stats = (fin.stats_document({}, {}, "dry run", args.clip, args.clip_percentiles), b"") if dry_run \
@@ -358,7 +387,7 @@ def run(argv: list[str] | None = None) -> int:
                 if stats is None:
                     raise RuntimeError(f"the statistics job finished without writing {dest}")
             p = beam.Pipeline(options=opts)  # job 2: the shards and the manifest
-            build(p, opts.view_as(ConvertOptions), plan, cache, stats)
+            build(p, opts.view_as(ConvertOptions), plan, cache, stats, objects)
             results.append(("write", p.run()))
             if dry_run:  # DataflowRunner --dry_run: the job graphs were built and every transform pickled
                 print(f"dry run: the {runner} job graphs of `convert` (statistics, then shards) were built; "
@@ -388,6 +417,8 @@ def run(argv: list[str] | None = None) -> int:
             progress.restore_shard_lines(quiet)
         if cache is not None:
             cache.remove()
+        if pack_dir is not None and not dry_run:
+            archive_packs.remove_packs(pack_dir)
     _remove_stats_pass(args.out)
     dt = time.perf_counter() - t0
     counters = print_counters(results)
