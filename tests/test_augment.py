@@ -1,6 +1,12 @@
-"""Batch augmentation (trainer.augment): each of the 8 flips / rotations keeps a label map
-aligned with its image, the switch runs the drawn transform, and the input pipeline
-applies one transform per batch to images and labels alike."""
+"""Augmentation inside the model (trainer.augment): each of the 8 flips / rotations and its
+inverse, the training-time wrapper ``T^-1(unet(T(x)))`` and its loss (equal to the plain
+model's on transformed image and label), an input pipeline that does no augmentation work,
+and a saved model that is the plain U-Net."""
+
+import json
+import subprocess
+import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -11,6 +17,10 @@ from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
 from trainer import augment as A  # noqa: E402
 from trainer import data as D  # noqa: E402
 from trainer import model as TM  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.train import train  # noqa: E402
+
+FAST = dict(width=4, batch=8, tensorboard=False, verbose=0)
 
 
 def _aligned_batch(n=3, h=6, c=4, seed=0):
@@ -22,6 +32,10 @@ def _aligned_batch(n=3, h=6, c=4, seed=0):
     return image, label
 
 
+def _numpy_batch(a, k):
+    return np.stack([A.dihedral_numpy(p, k) for p in a])
+
+
 def test_every_transform_keeps_label_and_image_aligned_and_the_8_are_distinct():
     image, label = _aligned_batch()
     seen = set()
@@ -29,39 +43,118 @@ def test_every_transform_keeps_label_and_image_aligned_and_the_8_are_distinct():
         xi = A.dihedral(tf.constant(image), k).numpy()
         yi = A.dihedral(tf.constant(label), k).numpy()
         np.testing.assert_array_equal(xi[..., 0], yi)  # the label moved with its pixels
-        for b in range(len(image)):  # the TF map is the numpy map, per patch
-            np.testing.assert_array_equal(xi[b], A.dihedral_numpy(image[b], k))
-            np.testing.assert_array_equal(yi[b], A.dihedral_numpy(label[b], k))
+        np.testing.assert_array_equal(xi, _numpy_batch(image, k))  # the TF map is the numpy map, per patch
+        np.testing.assert_array_equal(yi, _numpy_batch(label, k))
         seen.add(yi.tobytes())
     assert len(seen) == A.NUM_TRANSFORMS  # the 8 symmetries of the square, no repeats
     np.testing.assert_array_equal(A.dihedral(tf.constant(label), 0).numpy(), label)  # 0 is the identity
 
 
-def test_the_switch_runs_the_drawn_transform_on_every_tensor():
+def test_the_switch_runs_the_drawn_transform_and_the_inverse_undoes_it():
     image, label = _aligned_batch(seed=1)
     for k in range(A.NUM_TRANSFORMS):
         xi, yi = A.apply_dihedral(tf.constant(k), [tf.constant(image), tf.constant(label)])
-        np.testing.assert_array_equal(xi.numpy(), A.dihedral(tf.constant(image), k).numpy())
-        np.testing.assert_array_equal(yi.numpy(), A.dihedral(tf.constant(label), k).numpy())
-    assert {int(A.draw(tf.constant(v, tf.int64))) for v in range(-9, 9)} == set(range(8))
+        np.testing.assert_array_equal(xi.numpy(), _numpy_batch(image, k))
+        np.testing.assert_array_equal(yi.numpy(), _numpy_batch(label, k))
+        back, = A.apply_inverse(tf.constant(k), [xi])
+        np.testing.assert_array_equal(back.numpy(), image)
+        # INVERSE is the inverse in the numpy map too (not only of the TF ops)
+        np.testing.assert_array_equal(_numpy_batch(_numpy_batch(image, k), A.INVERSE[k]), image)
 
 
-def test_the_pipeline_transforms_each_batch_and_its_labels_alike(tmp_path):
-    tiny = make_tiny_dataset(tmp_path / "tiny", n_train=24, n_val=8, n_test=8, shards=2)
-    ds = D.open_dataset(tiny.path)
-    plain = list(D.make_dataset(ds, "train", batch_size=4))
-    used = set()
-    for seed in (1, 2, 3):
-        aug = list(D.make_dataset(ds, "train", batch_size=4, augment=True, seed=seed))
-        assert len(aug) == len(plain)
-        for (x0, y0), (x1, y1) in zip(plain, aug, strict=True):
-            x0, l0, x1, l1 = x0.numpy(), y0[TM.SEG].numpy(), x1.numpy(), y1[TM.SEG].numpy()
-            ks = [k for k in range(A.NUM_TRANSFORMS)
-                  if all(np.array_equal(A.dihedral_numpy(x0[b], k), x1[b])
-                         and np.array_equal(A.dihedral_numpy(l0[b], k), l1[b]) for b in range(len(x0)))]
-            assert ks, "a batch's images and labels were not transformed alike"
-            used.update(ks)
-        again = list(D.make_dataset(ds, "train", batch_size=4, augment=True, seed=seed))
-        for (xa, _), (xb, _) in zip(aug, again, strict=True):  # the same seed draws the same transforms
-            np.testing.assert_array_equal(xa.numpy(), xb.numpy())
-    assert len(used) >= 4  # 18 batches draw several of the 8 transforms
+@pytest.fixture(scope="module")
+def wrapped():
+    """A narrow two-head U-Net (8×8 patches), compiled with class weights, and its wrapper."""
+    tf.keras.utils.set_random_seed(0)
+    net = TM.build_unet(3, width=4, depth=1, task="both", size=8, info={})
+    TM.compile_model(net, class_weights=list(np.linspace(0.5, 2.0, TM.NUM_CLASSES)), task="both")
+    return net, A.augmented(net, seed=3)
+
+
+def test_the_wrapper_is_the_inverse_transform_of_the_unet_of_the_transformed_batch(wrapped):
+    net, model = wrapped
+    x = np.random.default_rng(2).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    plain = net(x, training=False)
+    np.testing.assert_array_equal(model(x, training=False)[TM.SEG].numpy(), plain[TM.SEG].numpy())
+    outs = []
+    for k in range(A.NUM_TRANSFORMS):
+        got = model.transformed(tf.constant(x), tf.constant(k), training=False)
+        ref = net(_numpy_batch(x, k), training=False)
+        np.testing.assert_allclose(got[TM.SEG].numpy(), _numpy_batch(ref[TM.SEG].numpy(), A.INVERSE[k]),
+                                   rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(got[TM.MULTI].numpy(), ref[TM.MULTI].numpy())  # not spatial: as it is
+        outs.append(got[TM.SEG].numpy())
+    # the U-Net is not equivariant itself, so the 8 wrapped outputs differ: the transform really ran
+    assert max(np.abs(o - outs[0]).max() for o in outs[1:]) > 1e-4
+    # training=True draws one of the 8 per call (batch norm then uses batch statistics)
+    train_outs = [model.transformed(tf.constant(x), tf.constant(k), training=True)[TM.SEG].numpy()
+                  for k in range(A.NUM_TRANSFORMS)]
+    drawn = set()
+    for _ in range(12):
+        d = model(x, training=True)[TM.SEG].numpy()
+        ks = [k for k, o in enumerate(train_outs) if np.allclose(d, o, rtol=0, atol=1e-6)]
+        assert ks, "a training call matched none of the 8 transforms"
+        drawn.update(ks)
+    assert len(drawn) > 1  # a fresh transform per call
+
+
+def test_the_wrappers_loss_equals_the_plain_models_on_the_transformed_image_and_label(wrapped):
+    net, model = wrapped
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
+    seg = rng.integers(0, TM.NUM_CLASSES, (2, 8, 8)).astype(np.uint8)
+    seg[0, :2] = 255  # ignored pixels move with the label too
+    multi = rng.integers(0, 2, (2, TM.NUM_CLASSES)).astype(np.float32)
+    losses = set()
+    for k in range(A.NUM_TRANSFORMS):
+        y = {TM.SEG: tf.constant(seg), TM.MULTI: tf.constant(multi)}
+        wrapper_loss = model.compute_loss(x, y, model.transformed(tf.constant(x), tf.constant(k), training=False))
+        tx = _numpy_batch(x, k)
+        ty = {TM.SEG: tf.constant(_numpy_batch(seg, k)), TM.MULTI: tf.constant(multi)}
+        plain_loss = net.compute_loss(tx, ty, net(tx, training=False))
+        np.testing.assert_allclose(float(wrapper_loss), float(plain_loss), rtol=1e-5)
+        losses.add(round(float(plain_loss), 6))
+    assert len(losses) > 1  # the losses of the 8 transformed batches differ: the check can fail
+
+
+@pytest.mark.slow
+def test_train_augment_feeds_the_unaugmented_pipeline_and_saves_the_plain_unet(tmp_path, monkeypatch):
+    """The input pipeline of `train --augment` yields exactly the batches of `train` without it; the
+    saved model is the plain U-Net (plain Keras loads it without the project); --resume works."""
+    from tests.test_trainer import PLAIN_KERAS_LOAD
+
+    tiny = make_tiny_dataset(tmp_path / "tiny", n_train=16, n_val=4, n_test=4, shards=2)
+    built = []
+    real = D.make_dataset
+
+    def spy(ds, split, **kwargs):
+        out = real(ds, split, **kwargs)
+        if split == "train":
+            built.append((kwargs, [x.numpy() for x, _ in out.take(2)], [y[TM.SEG].numpy() for _, y in out.take(2)]))
+        return out
+
+    monkeypatch.setattr(D, "make_dataset", spy)
+    runs = {}
+    for aug in (False, True):
+        runs[aug] = str(tmp_path / f"aug{int(aug)}" / "m.keras")
+        train(TrainConfig(data=tiny.path, save=runs[aug], epochs=1, max_train_patches=16, augment=aug,
+                          deterministic=True, **FAST))
+    (kw0, x0, y0), (kw1, x1, y1) = built
+    assert kw0 == kw1
+    for a, b in zip(x0 + y0, x1 + y1, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the augmentation did act: other weights than without it
+    w = [TM.load_model(runs[a])[0].get_weights() for a in (False, True)]
+    assert any(not np.array_equal(p, q) for p, q in zip(*w, strict=True))
+    with zipfile.ZipFile(runs[True]) as z:
+        config = z.read("config.json").decode()
+    assert "dihedral" not in config.lower() and json.loads(config)["class_name"] != "DihedralAugment"
+    x = np.zeros((1, 120, 120, 14), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "load.py").write_text(PLAIN_KERAS_LOAD)
+    r = subprocess.run([sys.executable, "load.py", runs[True], "x.npy", "seg.npy"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = train(TrainConfig(data=tiny.path, save=runs[True], epochs=2, max_train_patches=16, augment=True,
+                          resume=True, **FAST))
+    assert m["epochs_completed"] == 2 and m["epochs_this_run"] == 1

@@ -135,29 +135,6 @@ def test_input_pipeline_yields_the_arrays_the_etl_wrote(tmp_path):
             assert got == len(want)
 
 
-def _d4(a):
-    """The 8 flips / rotations of [H, W, ...] arrays."""
-    out = []
-    for t in (a, np.swapaxes(a, 0, 1)):
-        for f in (t, t[::-1], t[:, ::-1], t[::-1, ::-1]):
-            out.append(f)
-    return out
-
-
-def test_augmentation_moves_image_and_label_together(tiny):
-    ds = D.open_dataset(tiny.path)
-    x0, y0 = next(iter(D.make_dataset(ds, "train", batch_size=24)))
-    x1, y1 = next(iter(D.make_dataset(ds, "train", batch_size=24, augment=True, seed=1)))
-    common = set(range(8))
-    for i in range(24):
-        img, lab = x1[i].numpy(), y1[TM.SEG][i].numpy()
-        matches = [k for k, (a, b) in enumerate(zip(_d4(x0[i].numpy()), _d4(y0[TM.SEG][i].numpy()), strict=True))
-                   if np.array_equal(a, img) and np.array_equal(b, lab)]
-        assert matches, f"patch {i}: image and label were not transformed alike"
-        common &= set(matches)
-    assert common  # one transform per batch (trainer.augment), the same for every patch of it
-
-
 def test_incomplete_dataset_is_refused_with_a_clear_message(tiny, tmp_path, capsys):
     with pytest.raises(M.ManifestError, match="no dataset.json"):
         D.open_dataset(str(tmp_path))

@@ -1,12 +1,15 @@
-"""Flip / 90° rotation augmentation of whole batches (TensorFlow ops, no Keras).
+"""Flip / 90° rotation augmentation, run inside the fitted model (on the accelerator).
 
-One element of the dihedral group D4 (the 8 symmetries of a square) is drawn per batch
-and applied to every patch of it, image and label map alike, with one switch between 8
-branches: only the chosen transform runs (at most one transpose and one reverse per
-tensor). Drawing one transform per patch instead means computing every candidate for
-the whole batch and selecting per patch (6 full passes over the images): measured 10x
-dearer, more than the parsing it follows (``benchmarks/bench_input.py``). Over an
-epoch each patch still meets the 8 transforms with equal probability.
+``DihedralAugment`` wraps the U-Net for training only: ``x -> T(x) -> unet -> T^-1(out)``
+for one element ``T`` of the dihedral group D4 (the 8 symmetries of a square) drawn per
+batch from a seeded ``keras.random.SeedGenerator``. The per-pixel loss and metrics are
+invariant under the pixel permutation ``T^-1``, so this equals training the U-Net on
+``(T(x), T(y))``: image and label map transformed alike, with no augmentation work left in
+the ``tf.data`` pipeline. Outside training (validation) the wrapper is the plain U-Net,
+and ``--save`` always gets the plain U-Net (``unwrap``), never the wrapper.
+
+One switch between 8 branches runs only the drawn transform (at most one transpose and
+one reverse per tensor); the multi-label head's output, not spatial, is left as it is.
 
 Transform ``k`` (0..7): bit 2 = transpose rows and columns, then bit 1 = reverse the
 columns (left-right flip), then bit 0 = reverse the rows (up-down flip); 0 is the
@@ -15,10 +18,13 @@ identity. ``dihedral_numpy`` is the same map on numpy arrays (tests, tools).
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 NUM_TRANSFORMS = 8
+# INVERSE[k]: the transform undoing k (5 and 6 are the two 90° rotations; the rest are involutions)
+INVERSE = (0, 1, 2, 3, 4, 6, 5, 7)
 
 
 def _parts(k: int) -> tuple[bool, bool, bool]:
@@ -78,6 +84,45 @@ def apply_dihedral(k, tensors: list[tf.Tensor]) -> list[tf.Tensor]:
     return out
 
 
-def draw(random_int) -> tf.Tensor:
-    """The transform index of a batch from a random int64 (``tf.data.Dataset.random``)."""
-    return tf.cast(tf.math.floormod(random_int, NUM_TRANSFORMS), tf.int32)
+def apply_inverse(k, tensors: list[tf.Tensor]) -> list[tf.Tensor]:
+    """The inverse of transform ``k`` (an int32 scalar tensor) of each batch tensor."""
+    return apply_dihedral(tf.gather(tf.constant(INVERSE, tf.int32), tf.cast(k, tf.int32)), tensors)
+
+
+class DihedralAugment(keras.Model):
+    """Training-time wrapper ``x -> T^-1(net(T(x)))``, ``T`` drawn per batch; the plain ``net`` otherwise."""
+
+    def __init__(self, net: keras.Model, seed: int | None = None, **kwargs):
+        super().__init__(name="dihedral_augment", **kwargs)
+        self.net = net
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def draw(self) -> tf.Tensor:
+        """The transform index of the next batch (seeded stream)."""
+        return tf.cast(keras.random.randint((), 0, NUM_TRANSFORMS, seed=self.seed_generator), tf.int32)
+
+    def call(self, x, training=None):
+        """``net(x)`` for inference; ``T^-1(net(T(x)))`` with a fresh ``T`` when training."""
+        if not training:
+            return self.net(x, training=training)
+        return self.transformed(x, self.draw(), training=training)
+
+    def transformed(self, x, k, training=None):
+        """``T_k^-1(net(T_k(x)))``: spatial outputs ``[B, H, W, C]`` mapped back, others as they are."""
+        out = self.net(apply_dihedral(k, [x])[0], training=training)
+        return tf.nest.map_structure(lambda t: apply_inverse(k, [t])[0] if t.shape.rank == 4 else t, out)
+
+
+def augmented(net: keras.Model, seed: int | None) -> DihedralAugment:
+    """``net`` wrapped in ``DihedralAugment`` and compiled as ``net`` is (the same optimizer object,
+    so its state is what ``net``'s checkpoint saves; loss and metrics from ``net``'s compile config)."""
+    model = DihedralAugment(net, seed=seed)
+    config = keras.saving.deserialize_keras_object(net.get_compile_config())
+    config["optimizer"] = net.optimizer
+    model.compile(**config)
+    return model
+
+
+def unwrap(model: keras.Model) -> keras.Model:
+    """The plain network inside a ``DihedralAugment`` (what gets saved); any other model as it is."""
+    return model.net if isinstance(model, DihedralAugment) else model

@@ -6,8 +6,8 @@ alike) and ``record_dataset`` turns shard URLs into a ``tf.data`` stream of seri
 examples — TensorFlow's native reader for local files and ``gs://``, the project's own fsspec
 TFRecord reader (``transforms.encode.iter_records``) for the rest (``s3://``, emulators). ``make_dataset`` builds the
 training / evaluation input pipeline on top: interleaved shards, batched parsing with the
-feature spec of ``schemas.tfrecord``, channel selection by modality, flips / 90°
-rotations per batch (``trainer.augment``), prefetch.
+feature spec of ``schemas.tfrecord``, channel selection by modality, prefetch.
+No augmentation here: ``--augment`` runs inside the fitted model (``trainer.augment``).
 """
 
 from __future__ import annotations
@@ -170,19 +170,8 @@ def parse_batch(serialized, *, image_dtype: str, modalities="s2,s1", with_multi_
     return image, targets
 
 
-def augment_batch(image, targets, k):
-    """Flip / rotate a whole batch: transform ``k`` of ``trainer.augment`` (one of the 8
-    symmetries of the square), applied identically to the images and the label maps."""
-    from trainer.augment import apply_dihedral
-    from trainer.model import SEG
-
-    out = dict(targets)
-    image, out[SEG] = apply_dihedral(k, [image, targets[SEG]])
-    return image, out
-
-
 def make_dataset(ds: Dataset, split: str, *, batch_size: int = 32, modalities="s2,s1", training: bool = False,
-                 augment: bool = False, shuffle_buffer: int = 256, repeat: bool = False,
+                 shuffle_buffer: int = 256, repeat: bool = False,
                  max_patches: int | None = None, with_multi_hot: bool = False, with_ids: bool = False,
                  seed: int | None = None, parallel_reads: int = 4, drop_remainder: bool = False) -> tf.data.Dataset:
     """The ``tf.data`` input pipeline of one split.
@@ -215,16 +204,6 @@ def make_dataset(ds: Dataset, split: str, *, batch_size: int = 32, modalities="s
     parse = lambda s: parse_batch(s, image_dtype=ds.image_dtype, modalities=modalities,  # noqa: E731
                                   with_multi_hot=with_multi_hot, with_ids=with_ids)
     out = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    if augment:  # one random transform per batch, from a seeded stream zipped in order
-        from trainer.augment import draw
-
-        out = tf.data.Dataset.zip((out, tf.data.Dataset.random(seed=seed)))
-        if with_ids:
-            out = out.map(lambda b, r: (*augment_batch(b[0], b[1], draw(r)), b[2]),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-        else:
-            out = out.map(lambda b, r: augment_batch(b[0], b[1], draw(r)),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     return out.prefetch(tf.data.AUTOTUNE)
 
 

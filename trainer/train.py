@@ -76,6 +76,7 @@ def seg_metric(logs: dict, name: str, val: bool = False):
 def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tensorboard: bool, resume: bool):
     import keras
 
+    from trainer.augment import unwrap
     from trainer.model import save_model
 
     paths = files.paths
@@ -103,12 +104,13 @@ def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tenso
             logs = dict(logs or {})
             score = seg_metric(logs, "miou", val=True) if has_val else None
             improved = score is not None and (state["best_val_miou"] is None or score > state["best_val_miou"])
+            net = unwrap(self.model)  # the plain U-Net, never the training-time augmentation wrapper
             if improved or not has_val:
-                save_model(self.model, paths["model"])
+                save_model(net, paths["model"])
                 state["best_epoch"] = epoch + 1
                 if improved:
                     state["best_val_miou"] = float(score)
-            save_model(self.model, paths["last"], portable=False)  # optimizer, loss and metrics: to resume
+            save_model(net, paths["last"], portable=False)  # optimizer, loss and metrics: to resume
             state["epoch"] = epoch + 1
             state["last_logs"] = {k: finite_or_none(v) for k, v in logs.items()}
             write_json(paths["state"], state)
@@ -142,6 +144,7 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
     import tensorflow as tf
 
     from schemas.bands import channels_for
+    from trainer.augment import augmented
     from trainer.data import make_dataset, num_patches, open_dataset
     from trainer.model import build_unet, class_weights_from_counts, compile_model, load_model
 
@@ -198,10 +201,12 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
                 state = {"epoch": 0, "best_val_miou": None, "best_epoch": None, "modalities": cfg.modalities,
                          "task": cfg.task, "channels": list(channels), "width": cfg.width, "depth": cfg.depth,
                          "data": str(cfg.data), "params": int(model.count_params())}
+            # --augment: a random flip / rotation per batch inside the fitted model (trainer.augment)
+            fit_model = augmented(model, seed=cfg.seed) if cfg.augment else model
         state["settings"] = cfg.settings()
         multi = info["task"] == "both"
         train_ds = make_dataset(ds, "train", batch_size=cfg.batch, modalities=cfg.modalities, training=True,
-                                  augment=cfg.augment, shuffle_buffer=cfg.shuffle_buffer,
+                                  shuffle_buffer=cfg.shuffle_buffer,
                                   repeat=cfg.steps_per_epoch is not None, max_patches=cfg.max_train_patches,
                                   with_multi_hot=multi, seed=cfg.seed)
         val_ds = (make_dataset(ds, cfg.val_split, batch_size=cfg.batch, modalities=cfg.modalities,
@@ -216,8 +221,8 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
         verbose = cfg.verbose
         if verbose == "auto":  # one line per epoch when not on a terminal (logs, CI)
             verbose = 1 if sys.stdout.isatty() else 2
-        hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                         steps_per_epoch=cfg.steps_per_epoch, callbacks=cbs, verbose=verbose)
+        hist = fit_model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                             steps_per_epoch=cfg.steps_per_epoch, callbacks=cbs, verbose=verbose)
         wall = time.perf_counter() - t0
     finally:
         if cfg.mixed_precision:
