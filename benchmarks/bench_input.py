@@ -1,17 +1,21 @@
 """Throughput of the trainer's input pipeline (``trainer.data.make_dataset``, as `benbeam
-train` builds it); prints figures, asserts nothing.
+train` builds it) and the training step time with and without ``--augment``; prints
+figures, asserts nothing.
 
     python benchmarks/bench_input.py [--n 2000] [--batch 32] [--batches 60] [--workdir DIR]
-    python benchmarks/bench_input.py --data DATASET [DATASET ...]
+    python benchmarks/bench_input.py --data DATASET [DATASET ...] [--steps 5 --step_batch 8 --width 24]
 
 Without ``--data``: synthesises N patches and converts them twice (``--dtype float32`` and
 ``float16``) under ``--workdir``, reused by later runs. For each dataset it streams the
 train split exactly as training does (shuffled shards, shuffle buffer, batched parsing,
-prefetch; endless with ``repeat``), without and with ``--augment``, alternating the two
-``--rounds`` times, and prints patches/s (best round, and median), the CPU time per patch,
-and the share of the throughput that augmentation costs (from the wall clock, and from
-the CPU time, which other load on a shared machine disturbs less). TensorFlow uses every core of the machine; the
-per-8-core figure assumes throughput in proportion to the cores.
+prefetch; endless with ``repeat``) ``--rounds`` times, and prints patches/s (best round,
+and median) and the CPU time per patch. ``--augment`` adds no work there (it runs inside
+the fitted model, ``trainer.augment``; ``tests/test_augment.py`` checks that `train
+--augment` feeds the same batches), so the pipeline is measured once for both. The cost
+moved to the model: ``--steps`` training steps of the U-Net (``--width``, batch
+``--step_batch``, one batch held in memory so no input work is timed) without and with the
+``DihedralAugment`` wrapper, alternating, best and median ms per step. TensorFlow uses every
+core of the machine; the per-8-core figure assumes throughput in proportion to the cores.
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 
-def stream_rate(ds, *, augment: bool, batch: int, batches: int, warmup: int = 5, seed: int = 0) -> tuple[float, float]:
+def stream_rate(ds, *, batch: int, batches: int, warmup: int = 5, seed: int = 0) -> tuple[float, float]:
     """(patches/s, CPU-ms per patch of this process) over ``batches`` training batches after
     ``warmup`` (the shuffle buffer fills first)."""
     from trainer import data as D
 
-    stream = D.make_dataset(ds, "train", batch_size=batch, training=True, augment=augment, repeat=True, seed=seed)
+    stream = D.make_dataset(ds, "train", batch_size=batch, training=True, repeat=True, seed=seed)
     it = iter(stream)
     for _ in range(warmup):
         next(it)
@@ -41,6 +45,34 @@ def stream_rate(ds, *, augment: bool, batch: int, batches: int, warmup: int = 5,
         x, _y = next(it)
         n += int(x.shape[0])
     return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e3
+
+
+def step_times(ds, *, batch: int, steps: int, width: int, rounds: int, seed: int = 0) -> dict[bool, list[float]]:
+    """ms per training step (``model.fit`` on one batch held in memory, the first, compiling calls
+    left out) of the plain U-Net (False) and of it inside ``trainer.augment.DihedralAugment`` (True)."""
+    import keras
+    import tensorflow as tf
+
+    from trainer import augment as A
+    from trainer import data as D
+    from trainer import model as TM
+
+    x, y = next(iter(D.make_dataset(ds, "train", batch_size=batch, training=True, repeat=True, seed=seed)))
+    one = tf.data.Dataset.from_tensors((x, y)).repeat()
+    keras.utils.set_random_seed(seed)
+    models = {}
+    for aug in (False, True):
+        net = TM.build_unet(int(x.shape[-1]), width=width)
+        TM.compile_model(net)
+        models[aug] = A.augmented(net, seed=seed) if aug else net
+        models[aug].fit(one, epochs=1, steps_per_epoch=2, verbose=0)  # build + compile the step
+    out = {False: [], True: []}
+    for _ in range(rounds):
+        for aug in (False, True):
+            t0 = time.perf_counter()
+            models[aug].fit(one, epochs=1, steps_per_epoch=steps, verbose=0)
+            out[aug].append((time.perf_counter() - t0) / steps * 1e3)
+    return out
 
 
 def ensure_datasets(n: int, workdir: str) -> list[str]:
@@ -70,32 +102,40 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32, help="batch size (default: train's, %(default)s)")
     ap.add_argument("--batches", type=int, default=60, help="batches timed per round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5, help="training steps timed per round (0: no step timing)")
+    ap.add_argument("--step_batch", type=int, default=8, help="batch of the timed training steps")
+    ap.add_argument("--width", type=int, default=24, help="U-Net width of the timed training steps (train's default)")
     args = ap.parse_args()
 
     datasets = args.data or ensure_datasets(args.n, args.workdir)
+    import tensorflow as tf
+
     from trainer import data as D
 
     cores = os.cpu_count() or 1
-    print(f"machine: {cores} cores; batch {args.batch}; {args.batches} batches per round, {args.rounds} rounds")
+    gpus = tf.config.list_physical_devices("GPU")
+    print(f"machine: {cores} cores, {len(gpus)} GPU(s); batch {args.batch}; {args.batches} batches per round, "
+          f"{args.rounds} rounds")
     for path in datasets:
         ds = D.open_dataset(path)
-        rates = {False: [], True: []}
-        cpu = {False: [], True: []}
+        rates, cpu = [], []
         for _ in range(args.rounds):
-            for aug in (False, True):
-                r, c = stream_rate(ds, augment=aug, batch=args.batch, batches=args.batches)
-                rates[aug].append(r)
-                cpu[aug].append(c)
+            r, c = stream_rate(ds, batch=args.batch, batches=args.batches)
+            rates.append(r)
+            cpu.append(c)
+        best = max(rates)
         print(f"{path} ({ds.image_dtype}, {ds.records('train')} train patches):")
-        for flag, name in ((False, "no augmentation"), (True, "--augment")):
-            best = max(rates[flag])
-            print(f"  {name:16s} {best:8.0f} patches/s (median {statistics.median(rates[flag]):.0f}) on {cores} cores "
-                  f"= {best / cores * 8:.0f} per 8 cores, extrapolated; {min(cpu[flag]):.3f} CPU-ms/patch")
-        wall = 1 - max(rates[True]) / max(rates[False])
-        work = 1 - min(cpu[False]) / min(cpu[True])
-        print(f"  augmentation costs {100 * wall:.1f}% of the throughput (best rounds; a loaded machine makes this "
-              f"noisy) and {100 * work:.1f}% of the CPU time (least CPU per patch: the throughput share on an "
-              "otherwise idle machine)")
+        print(f"  input pipeline, with or without --augment (the same pipeline): {best:.0f} patches/s "
+              f"(median {statistics.median(rates):.0f}) on {cores} cores = {best / cores * 8:.0f} per 8 cores, "
+              f"extrapolated; {min(cpu):.3f} CPU-ms/patch")
+    if args.steps > 0:
+        ms = step_times(D.open_dataset(datasets[0]), batch=args.step_batch, steps=args.steps, width=args.width,
+                        rounds=args.rounds)
+        print(f"training step, U-Net width {args.width}, batch {args.step_batch} ({datasets[0]}), "
+              f"{'GPU' if gpus else 'CPU'}:")
+        for flag, name in ((False, "no augmentation"), (True, "--augment (in the model)")):
+            print(f"  {name:26s} {min(ms[flag]):9.1f} ms/step (median {statistics.median(ms[flag]):.1f})")
+        print(f"  augmentation costs {100 * (min(ms[True]) / min(ms[False]) - 1):+.1f}% of the step time (best rounds)")
     return 0
 
 

@@ -105,7 +105,7 @@ def main() -> int:
     ds = D.open_dataset(data)
     ours = []
     for _ in range(2):
-        ours.append(stream_rate(ds, augment=False, batch=args.batch, batches=args.batches)[0])
+        ours.append(stream_rate(ds, batch=args.batch, batches=args.batches)[0])
     t0 = time.perf_counter()
     res = subprocess.run([py, "-c", _TORCHGEO, reben, str(args.batch), str(args.batches), str(args.workers)],
                          capture_output=True, text=True)
