@@ -82,7 +82,7 @@ def _synth(argv: list[str]) -> int:
 
 # Commands that need an extra of the package (setup.py), and the modules it provides.
 EXTRAS = {"train": ("train", ("tensorflow", "keras")), "evaluate": ("train", ("tensorflow", "keras")),
-          "predict": ("train", ("tensorflow", "keras"))}
+          "predict": ("train", ("tensorflow", "keras")), "export": ("train", ("tensorflow", "keras"))}
 
 
 def missing_extra(cmd: str) -> str | None:

@@ -151,7 +151,7 @@ def test_augmentation_moves_image_and_label_together(tiny):
     common = set(range(8))
     for i in range(24):
         img, lab = x1[i].numpy(), y1[TM.SEG][i].numpy()
-        matches = [k for k, (a, b) in enumerate(zip(_d4(x0[i].numpy()), _d4(y0[TM.SEG][i].numpy())))
+        matches = [k for k, (a, b) in enumerate(zip(_d4(x0[i].numpy()), _d4(y0[TM.SEG][i].numpy()), strict=True))
                    if np.array_equal(a, img) and np.array_equal(b, lab)]
         assert matches, f"patch {i}: image and label were not transformed alike"
         common &= set(matches)
@@ -268,8 +268,9 @@ def test_cli_train_and_evaluate_s2_only_with_seed_flags(tiny, tmp_path, capsys):
     save = tmp_path / "cli" / "s2.keras"
     argv = ["train", "--data", tiny.path, "--epochs", "1", "--batch", "8", "--lr", "0.003", "--save", str(save),
             "--modalities", "s2", "--width", "4", "--steps_per_epoch", "2", "--class_weights", "--augment",
-            "--no_tensorboard"]
+            "--no_tensorboard", "--export", str(tmp_path / "serving")]
     assert main(argv) == 0
+    assert (tmp_path / "serving" / "saved_model.pb").is_file() and (tmp_path / "serving" / "info.json").is_file()
     _, info = TM.load_model(str(save))
     assert info["channels"] == list(B.S2_NAMES) and info["class_weights"] is not None
     assert main(["evaluate", "--model", str(save), "--data", tiny.path, "--split", "validation",
@@ -370,6 +371,7 @@ def test_the_export_serves_on_raw_bands_as_the_predictor_does(trained, tmp_path)
     want = predictor.run_batch(predictor.preprocess(raw.copy(), np.ones(raw.shape[:3], bool)))
     loaded = tf.saved_model.load(str(out))
     got = loaded.serve(tf.constant(raw))
-    np.testing.assert_allclose(got[TM.SEG].numpy(), want, rtol=0, atol=1e-5)
+    # the same float32 maths in another graph: summation order differs (seen: up to 1.1e-5)
+    np.testing.assert_allclose(got[TM.SEG].numpy(), want, rtol=0, atol=1e-4)
     assert set(got) == {TM.SEG, TM.MULTI}
     assert json.loads((out / "info.json").read_text()) == predictor.info
