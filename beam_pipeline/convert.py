@@ -61,13 +61,14 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
     (``object_cache``) keeps training patches fetched for the statistics for the writer."""
     sopts = storage.options()
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
-    root = args.root or storage.parent(args.meta)
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
 
     # The plan (which rows each shard holds) is fixed here; the workers derive the rows of a
     # shard from its key, so only keys, dead letters and per-shard results cross stages.
     if plan is None:
-        plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size)
+        tables = [md.read_table(m) for m in metas]
+        plan = RowPlan.create(metas, md.dataset_root(args.root, args.meta, tables), splits, args.frac,
+                              args.shard_size, tables)
     checked = p | "PlanShards" >> PlannedShards(plan, sopts)
     shards, selected = checked["shards"], checked["selected"]
 
@@ -129,7 +130,7 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
                          "to --splits or pass --stats with the stats.json of an earlier run")
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     tables = [md.read_table(m) for m in metas]  # raises MetadataError with a clear message
-    root = args.root or storage.parent(args.meta)
+    root = md.dataset_root(args.root, args.meta, tables)
     plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size, tables)
     if args.root and not storage.exists(root):
         raise ValueError(f"dataset root {root} does not exist")

@@ -43,7 +43,9 @@ def index_table(table: pa.Table, root: str) -> tuple[pa.Table, list[dict]]:
     for name, values in cols.items():
         out = out.append_column(name, pa.array(values, pa.string()))
     out = out.append_column("index_error", pa.array(errors_col, pa.string()))
-    return out, errors
+    meta = dict(out.schema.metadata or {})
+    meta[md.ROOT_KEY] = str(root).encode("utf-8")  # objects are read only from under this root
+    return out.replace_schema_metadata(meta), errors
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -203,7 +203,13 @@ class _Err(Exception):
     (_Err("SlowDown: Please reduce your request rate", 503), True),
     (_Err("Too Many Requests", 429), True),
     (_Err("Internal Server Error", 500), True),
-    (OSError("Server disconnected"), True),
+    (__import__("aiohttp").ServerDisconnectedError("Server disconnected"), True),
+    (OSError(16, "SlowDown"), True),  # s3fs translates 503/SlowDown to EBUSY
+    (ConnectionRefusedError(111, "Connection refused"), True),
+    # classified by type and status, never by words: a 500 in a patch id is not a 5xx
+    (OSError("Bad Request (400) S2A_MSIL2A_20170613T105001_N9999_R051_T32TNT_50_50"), False),
+    (_Err("Bad Request S2A_MSIL2A_20170613T105001_N9999", 400), False),
+    (OSError("connection timed out"), False),  # no type, errno or status says transient
     (PermissionError("Forbidden"), False),
     (FileNotFoundError("no such key"), False),
     (_Err("AccessDenied", 403), False),

@@ -179,7 +179,7 @@ def _fetch(rec: dict) -> dict[str, bytes]:
     from transforms.patch import fetch_objects
 
     try:
-        return fetch_objects(md.record_urls(rec))
+        return fetch_objects(md.record_urls(rec), root=rec.get("root"))
     except F.PatchError:
         raise
     except Exception as e:  # noqa: BLE001 - an unexpected storage error is this patch's failure
