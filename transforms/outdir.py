@@ -116,7 +116,10 @@ class Lock:
         if self.path is None:
             return self
         if not os.path.isdir(self.out):
-            os.makedirs(self.out, exist_ok=True)
+            try:
+                os.makedirs(self.out, exist_ok=True)
+            except OSError as e:
+                raise OutputRefused(f"output {self.out} is not writable: it cannot be created ({e})") from None
             self.created = True
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
               "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
