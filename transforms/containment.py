@@ -34,10 +34,13 @@ MAX_OBJECT_BYTES = 16 * LARGEST_RASTER_BYTES + (1 << 20)  # 16 tiles' worth of p
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
 
+LOCAL = ""  # the scheme of a plain path (a ``file://`` URL is not one: objects are plain paths or s3/gs URLs)
+
+
 def scheme(url: str) -> str:
-    """``s3`` / ``gs`` / ``http`` …, or ``file`` for a plain path."""
+    """``s3`` / ``gs`` / ``http`` / ``file`` … of a URL, or ``LOCAL`` ('') for a plain path."""
     url = str(url)
-    return url.split("://", 1)[0].lower() if "://" in url else "file"
+    return url.split("://", 1)[0].lower() if "://" in url else LOCAL
 
 
 def _segments(url: str) -> list[str]:
@@ -57,16 +60,17 @@ def check_url(url: str, root: str | None, what: str = "object") -> str:
     url = str(url)
     got = scheme(url)
     want = scheme(root) if root is not None else got
-    if got not in (("file",) + REMOTE_SCHEMES) or got != want:
-        raise _refuse("unsupported_scheme", f"{what} {url[:200]} uses scheme {got}://, but the dataset root "
-                      f"{root} is {'a local folder' if want == 'file' else want + '://'}; objects are read only "
+    if got not in ((LOCAL,) + REMOTE_SCHEMES) or got != want:
+        shown = f"scheme {got}://" if got else "a local path"
+        raise _refuse("unsupported_scheme", f"{what} {url[:200]} uses {shown}, but the dataset root "
+                      f"{root} is {'a local folder' if want == LOCAL else want + '://'}; objects are read only "
                       "from under the dataset root")
     if any(s in ("..", ".") for s in _segments(url)):
         raise _refuse("path_traversal", f"{what} {url[:200]} holds a '..' or '.' segment; object paths must "
                       "name files under the dataset root directly")
     if root is None:
-        return url if got != "file" else os.path.realpath(url)
-    if got != "file":
+        return url if got != LOCAL else os.path.realpath(url)
+    if got != LOCAL:
         prefix = str(root).rstrip("/") + "/"
         if not url.startswith(prefix):
             raise _refuse("outside_root", f"{what} {url[:200]} is not under the dataset root {root}")
@@ -132,8 +136,8 @@ def check_relative(rel: str, base: str, what: str = "file") -> str:
     if "://" in rel or rel.startswith(("/", "\\")) or any(s in ("..", ".", "") for s in rel.replace("\\", "/").split("/")):
         raise ValueError(f"{what} path {rel[:200]!r} is not a plain relative path inside {base}; the manifest "
                          "was not written by benbeam or was altered")
-    full = (base.rstrip("/") + "/" + rel) if scheme(base) != "file" else os.path.join(base, rel)
-    if scheme(base) == "file":
+    full = (base.rstrip("/") + "/" + rel) if scheme(base) != LOCAL else os.path.join(base, rel)
+    if scheme(base) == LOCAL:
         real_base, real = os.path.realpath(base), os.path.realpath(full)
         if os.path.commonpath([real_base, real]) != real_base:
             raise ValueError(f"{what} path {rel!r} resolves to {real}, outside {base} (a symlink)")

@@ -63,6 +63,8 @@ def read_table(url: str) -> tuple[pa.Table, str]:
     except FileNotFoundError:
         raise MetadataError(f"metadata file {url} does not exist") from None
     except Exception as e:  # noqa: BLE001 - turned into a clear message
+        if storage.is_transient(e) or isinstance(e, PermissionError) or type(e).__name__.endswith("CredentialsError"):
+            raise  # the store, not the file: an environment failure (the CLI says so, exit 3)
         raise MetadataError(f"cannot read metadata file {url}: {e}") from None
     if not data:
         raise MetadataError(f"metadata file {url} is empty (0 bytes); expected a parquet file")

@@ -48,7 +48,8 @@ def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dic
     (``transforms.containment``: refused ones are never opened) and no object may exceed
     ``containment.MAX_OBJECT_BYTES``. Raises one PatchError listing every failing object."""
     keys = [k for k in OBJECT_KEYS if k in urls]
-    first = urls[keys[0]]
+    # The root decides how objects are read (a URL of another scheme is refused, never fetched).
+    first = root if root is not None else urls[keys[0]]
     out: dict[str, bytes] = {}
     errors: list[F.PatchError] = []
     if fs is None and not storage.is_remote(first):
@@ -72,6 +73,7 @@ def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dic
             except F.PatchError as e:
                 errors.append(e)
         cap = containment.MAX_OBJECT_BYTES
+        first = urls[todo[0]] if todo else first
         retried = fs is None and fastget.enabled(first)
         if not todo:
             got = {}

@@ -55,7 +55,25 @@ def configure(s3_endpoint_url: str | None = None, anon: bool = False, gcs_endpoi
         gcs["token"] = "anon"
     _OPTIONS.clear()
     _OPTIONS.update({"s3": s3, "gs": gcs, "gcs": gcs})
+    for url in (s3_endpoint_url, endpoint):
+        if url:
+            probe_endpoint(url)
     return dict(_OPTIONS)
+
+
+def probe_endpoint(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in seconds, not after a minute of client retries, when nothing answers at a
+    custom endpoint: one TCP connect; ``ConnectionRefusedError`` naming the endpoint."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, f"nothing answers at the storage endpoint {url} "
+                                     f"({type(e).__name__}: {e})") from None
 
 
 def options() -> dict:
