@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
 #   make demo   install into .venv, then synth -> convert -> train -> evaluate -> predict on a built-in sample
 #   make test   install into .venv (with test tools), then run the test suite
+# (make test-fast: the tests not marked slow; make lint: ruff check + ruff format --check)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ DEMO   ?= demo_out
 DEMO_N ?= 400
 DEMO_EPOCHS ?= 3
 
-.PHONY: setup chromium demo test bench clean
+.PHONY: setup chromium demo test test-fast lint format bench clean
 
 $(BIN)/.installed: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +41,18 @@ chromium:
 test: setup chromium
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The inner loop: every test not marked slow (no servers, browsers, training or kill tests).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: setup
 	$(BIN)/python benchmarks/bench_convert.py

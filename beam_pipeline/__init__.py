@@ -1,3 +1,3 @@
 """bigearthnet-beam: graph assembly, options and the ``benbeam`` command line."""
 
-__version__ = "0.1.0"
+from schemas import __version__ as __version__  # one version, defined in schemas

@@ -108,17 +108,21 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
 
         return run(argv)
     if cmd == "predict":
-        from trainer.predict import run
+        from trainer.inference.cli import run
 
         return run(argv)
     if cmd == "launch":
         from launch.submit import run
 
         return run(argv)
-    if cmd in ("train", "evaluate"):
-        from trainer import train as tr
+    if cmd == "train":
+        from trainer.train import train_cli
 
-        return tr.train_cli(argv) if cmd == "train" else tr.evaluate_cli(argv)
+        return train_cli(argv)
+    if cmd == "evaluate":
+        from trainer.evaluate import evaluate_cli
+
+        return evaluate_cli(argv)
     raise AssertionError(cmd)
 
 

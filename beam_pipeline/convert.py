@@ -25,6 +25,7 @@ from transforms import outdir, storage
 from transforms.objcache import PatchCache
 from transforms.plan import RowPlan
 from transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
+from transforms.shard_writer import ShardConfig
 
 LOG = logging.getLogger("benbeam")
 
@@ -69,7 +70,9 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
         tables = [md.read_table(m) for m in metas]
         plan = RowPlan.create(metas, md.dataset_root(args.root, args.meta, tables), splits, args.frac,
                               args.shard_size, tables)
-    checked = p | "PlanShards" >> PlannedShards(plan, sopts)
+    config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
+                         args.decode_timeout, cache)
+    checked = p | "PlanShards" >> PlannedShards(config)
     shards, selected = checked["shards"], checked["selected"]
 
     clip_p = tuple(args.clip_percentiles)
@@ -78,8 +81,7 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
                      | "LoadStats" >> beam.Map(_stats_from_file, args.clip, clip_p, sopts))
         hist = p | "NoHistogram" >> beam.Create([b""])
     else:
-        acc = shards | "ComputeBandStats" >> ComputeBandStats(plan, args.resampling, args.stats_fraction, sopts,
-                                                                decode_timeout=args.decode_timeout, cache=cache)
+        acc = shards | "ComputeBandStats" >> ComputeBandStats(config, args.stats_fraction)
         stats_doc = acc | "ExtractStats" >> beam.Map(_stats_from_acc, args.clip, clip_p)
 
         def to_npz(a):
@@ -90,9 +92,7 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
         hist = acc | "HistogramNpz" >> beam.Map(to_npz)
     norm = stats_doc | "NormParams" >> beam.Map(lambda d: d["normalization"])
 
-    written = shards | "WriteShards" >> WriteShards(
-        plan, args.out, norm, args.resampling, args.compression, args.image_dtype, sopts, args.decode_timeout,
-        cache)
+    written = shards | "WriteShards" >> WriteShards(config, norm)
     dead = (checked["dead"], written["dead"]) | "AllDead" >> beam.Flatten()
 
     options = {k: getattr(args, k) for k in RECORDED}
@@ -159,10 +159,12 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
 
 
 def summary(out: str) -> dict:
+    """The manifest a run just wrote, as its JSON dict."""
     return json.loads(storage.read_bytes(storage.join(out, M.MANIFEST)))
 
 
 def print_summary(man: dict, seconds: float, stream=None) -> None:
+    """Per split: input, written, failed and shards; the failures by reason; the throughput."""
     stream = stream or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
     total_in = sum(s["input"] for s in man["splits"].values())
     total_w = sum(s["written"] for s in man["splits"].values())
@@ -255,7 +257,8 @@ class _Held:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """``benbeam convert``; returns the exit code (README: exit codes)."""
+    """``benbeam convert``: the exit code (0 ok, 1 failed job or too many failures, 2 bad usage,
+    3 environment: output folder in use, full disk; README: exit codes)."""
     with _Held() as held:
         return _run(argv, held)
 

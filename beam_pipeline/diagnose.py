@@ -20,7 +20,7 @@ LIMIT = 20_000  # training patches re-checked at most (a failed run should not t
 
 def training_dead_letters(plan, resampling: str, decode_timeout, limit: int = LIMIT) -> tuple[list[dict], int, int]:
     """(dead letters, training patches checked, training patches that decode) of ``plan``'s training split."""
-    from transforms.ptransforms import load_patch
+    from transforms.shard_reader import load_patch
 
     dead: list[dict] = []
     checked = ok = 0

@@ -10,11 +10,9 @@ import json
 import logging
 import os
 import re
-from collections import Counter
 
 from beam_pipeline import __version__
 from schemas import bands as B
-from schemas import classes as C
 from schemas import manifest as M
 from schemas import tfrecord as T
 from transforms import storage
@@ -23,6 +21,7 @@ LOG = logging.getLogger("benbeam")
 
 
 def stats_document(extracted: dict, norm: dict, source: str, clip: bool, clip_percentiles) -> dict:
+    """``stats.json`` (and the manifest's ``statistics``): the band statistics and the normalisation."""
     return {
         "schema_version": M.SCHEMA_VERSION,
         "source": source,
@@ -37,17 +36,23 @@ def stats_document(extracted: dict, norm: dict, source: str, clip: bool, clip_pe
 
 
 def load_stats_document(url: str) -> dict:
+    """The statistics ``--stats`` names: a ``stats.json``, or the ``dataset.json`` of an earlier
+    run (checked like every manifest). Raises ValueError saying what is wrong."""
     try:
         doc = json.loads(storage.read_bytes(url))
     except FileNotFoundError:
         raise ValueError(f"--stats {url} does not exist") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"--stats {url} is not JSON: {e}") from None
-    if "bands" in doc and isinstance(doc["bands"], dict):
-        pass
-    elif "statistics" in doc:  # a dataset.json
-        doc = doc["statistics"]
-    missing = [b for b in B.ALL_NAMES if b not in doc.get("bands", {})]
+    if not isinstance(doc, dict):
+        raise ValueError(f"--stats {url} is not a JSON object; pass the stats.json written by `benbeam convert`")
+    if "splits" in doc and "statistics" in doc:  # a dataset.json
+        try:
+            doc = M.from_dict(doc, url).statistics
+        except M.ManifestError as e:
+            raise ValueError(f"--stats: {e}") from None
+    bands = doc.get("bands")
+    missing = [b for b in B.ALL_NAMES if not isinstance(bands, dict) or b not in bands]
     if missing:
         raise ValueError(f"--stats {url} lacks statistics for band(s) {', '.join(missing)}; "
                          "pass the stats.json written by `benbeam convert`")
@@ -109,57 +114,33 @@ def _fsync_local(out: str, rels: list[str]) -> None:
             os.close(fd)
 
 
+def _with_empty_shards(out: str, shards: list[M.ShardRecord], compression: str) -> list[M.ShardRecord]:
+    """Shards that received no patch at all still exist (empty), so names stay of-N complete."""
+    from transforms.encode import ShardWriter
+
+    have = {(s.split, s.index) for s in shards}
+    counts = {s.split: s.count for s in shards}  # the same for every shard of a split
+    complete = list(shards)
+    for split, count in sorted(counts.items()):
+        for i in range(count):
+            if (split, i) not in have:
+                with ShardWriter(storage.join(out, M.shard_path(split, i, count, compression)), compression) as w:
+                    info = w.close()
+                complete.append(M.ShardRecord.build((split, i, count), compression, info))
+    return sorted(complete, key=lambda s: (s.split, s.index))
+
+
 def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_npz, meta_info, compression,
              image_dtype):
     """Write failures.jsonl, stats.json, histograms.npz, schema.pbtxt, then dataset.json."""
-    from transforms.encode import ShardWriter
-
-    shards = sorted(shards, key=lambda s: (s["split"], s["index"]))
+    shards = _with_empty_shards(out, list(shards), compression)
     dead = sorted(dead, key=lambda d: (d["patch_id"], d["stage"], d["reason"], d["detail"]))
-
-    # Shards that received no patch at all still exist (empty), so names stay of-N complete.
-    by_split: dict[str, list] = {}
-    for s in shards:
-        by_split.setdefault(s["split"], []).append(s)
-    for split, lst in list(by_split.items()):
-        count = lst[0]["count"]
-        have = {s["index"] for s in lst}
-        for i in range(count):
-            if i not in have:
-                rel = M.shard_path(split, i, count, compression)
-                with ShardWriter(storage.join(out, rel), compression) as w:
-                    info = w.close()
-                lst.append({"split": split, "index": i, "count": count, "path": rel, "records": 0,
-                            "bytes": info["bytes"], "sha256": info["sha256"],
-                            "class_pixel_counts": [0] * C.NUM_CLASSES, "ignored_pixels": 0,
-                            "label_disagreements": 0, "seconds": 0.0})
-        lst.sort(key=lambda s: s["index"])
-
-    failed_by_split = Counter(d["split"] for d in dead)
-    splits = {}
-    for split in sorted(set(selected) | set(by_split) | set(failed_by_split)):
-        lst = by_split.get(split, [])
-        pix = [sum(s["class_pixel_counts"][c] for s in lst) for c in range(C.NUM_CLASSES)]
-        entry = {
-            "input": int(selected.get(split, 0)),
-            "written": sum(s["records"] for s in lst),
-            "failed": int(failed_by_split.get(split, 0)),
-            "shards": [{"path": s["path"], "records": s["records"], "sha256": s["sha256"], "bytes": s["bytes"]}
-                       for s in lst],
-            "class_pixel_counts": pix,
-            "ignored_pixels": sum(s["ignored_pixels"] for s in lst),
-            "label_disagreements": sum(s["label_disagreements"] for s in lst),
-        }
-        total_pix = sum(pix) + entry["ignored_pixels"]
-        entry["class_pixel_frequencies"] = [p / total_pix if total_pix else 0.0 for p in pix]
-        if entry["written"] + entry["failed"] != entry["input"]:
-            raise RuntimeError(f"accounting broken for split {split!r}: written {entry['written']} + failed "
-                               f"{entry['failed']} != input {entry['input']}")
-        splits[split] = entry
+    splits = M.split_entries(selected, shards, dead)  # raises if the accounting is broken, before any write
 
     lines = "".join(json.dumps(d, sort_keys=True, ensure_ascii=True) + "\n" for d in dead)
     storage.write_bytes_atomic(storage.join(out, M.FAILURES_JSONL), lines.encode())
-    storage.write_bytes_atomic(storage.join(out, M.STATS_JSON), (json.dumps(stats_doc, indent=2, sort_keys=True) + "\n").encode())
+    storage.write_bytes_atomic(storage.join(out, M.STATS_JSON),
+                               (json.dumps(stats_doc, indent=2, sort_keys=True) + "\n").encode())
     files = {"stats": M.STATS_JSON, "failures": M.FAILURES_JSONL, "tfmd_schema": M.TFMD_SCHEMA}
     if histogram_npz:
         storage.write_bytes_atomic(storage.join(out, M.HISTOGRAMS_NPZ), histogram_npz)
@@ -172,30 +153,16 @@ def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_np
     except ImportError:  # tensorflow-metadata missing on a worker: the manifest still describes the features
         files.pop("tfmd_schema")
 
-    keep = {sh["path"] for e in splits.values() for sh in e["shards"]}
+    keep = {sh.path for e in splits.values() for sh in e.shards}
     _cleanup(out, keep, [s for s in splits if s in M.SPLITS])
 
-    manifest = {
-        "schema_version": M.SCHEMA_VERSION,
-        "package_version": __version__,
-        "created_by": "benbeam convert",
-        "options": options,
-        "input": {"metadata": sorted(meta_info, key=lambda m: m["source"]),
-                  "rows_selected": int(sum(selected.values()))},
-        **M.contract(image_dtype, compression),
-        "statistics": stats_doc,
-        "splits": splits,
-        "failures": {
-            "total": len(dead),
-            "by_stage": dict(sorted(Counter(d["stage"] for d in dead).items())),
-            "by_reason": dict(sorted(Counter(d["reason"] for d in dead).items())),
-            "file": M.FAILURES_JSONL,
-        },
-        "files": files,
-    }
-    M.validate(manifest)
+    manifest = M.build(package_version=__version__, options=options, meta_info=meta_info, selected=selected,
+                       splits=splits, dead=dead, statistics=stats_doc, files=files, image_dtype=image_dtype,
+                       compression=compression)
+    text = manifest.dumps()
+    M.loads(text)  # what is written passes what every reader checks
     if not storage.is_remote(out):
         _fsync_local(out, sorted(keep) + [M.FAILURES_JSONL, M.STATS_JSON])
-    storage.write_bytes_atomic(storage.join(out, M.MANIFEST), M.dumps(manifest).encode())
+    storage.write_bytes_atomic(storage.join(out, M.MANIFEST), text.encode())
     LOG.info("wrote %s", storage.join(out, M.MANIFEST))
-    return manifest["failures"]["total"]
+    return manifest.failures["total"]

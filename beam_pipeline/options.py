@@ -13,6 +13,10 @@ import os
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from schemas.tfrecord import IMAGE_DTYPES
+from transforms.cli_args import add_s3_endpoint as add_s3_endpoint
+from transforms.cli_args import add_storage_args as add_storage_args
+from transforms.cli_args import positive_int as positive_int
+from transforms.cli_args import unknown_pipeline_args as unknown_pipeline_args  # shared with trainer: re-exported
 
 RESAMPLING_METHODS = ("bilinear", "nearest", "cubic", "average")
 DEFAULT_SHARD_SIZE = 180  # ~150 MB float32 shards (~820 KB per patch)
@@ -22,17 +26,6 @@ DEFAULT_MAX_FAILURE_FRACTION = 0.05  # a run where more than 5 % of the input fa
 def strict_parser(**kwargs) -> argparse.ArgumentParser:
     """An ArgumentParser that takes no abbreviated flags (``--met`` is not ``--meta``)."""
     return argparse.ArgumentParser(allow_abbrev=False, **kwargs)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return v
 
 
 def _number(text: str) -> float:
@@ -67,23 +60,6 @@ def percentile(text: str) -> float:
     if not 0.0 <= v <= 100.0:
         raise argparse.ArgumentTypeError(f"must be a percentile in [0, 100], got {text!r}")
     return v
-
-
-def add_storage_args(parser, s3_endpoint: bool = True) -> None:
-    """Storage flags. Beam's own S3Options already defines ``--s3_endpoint_url`` (same
-    meaning), so PipelineOptions subclasses pass ``s3_endpoint=False``."""
-    g = parser.add_argument_group("object storage")
-    if s3_endpoint:
-        add_s3_endpoint(g)
-    g.add_argument("--anon", action="store_true", help="anonymous access to public buckets")
-    g.add_argument("--gcs_endpoint_url", default=None,
-                   help="GCS endpoint (defaults to $STORAGE_EMULATOR_HOST when set)")
-
-
-def add_s3_endpoint(parser) -> None:
-    parser.add_argument("--s3_endpoint_url", default=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
-                        help="S3-compatible endpoint (MinIO, SeaweedFS, Ceph); credentials come from the "
-                             "standard AWS chain")
 
 
 def add_workers_arg(parser, default_help="all cores") -> None:
@@ -209,32 +185,3 @@ def suggest(unknown: list[str], parser) -> str:
         if near:
             hints.append(f"{flag} -> {near[0]}")
     return f"; did you mean: {', '.join(hints)}" if hints else ""
-
-
-def unknown_pipeline_args(args: list[str]) -> list[str]:
-    """The flags in ``args`` that no PipelineOptions class knows (Beam would only warn and drop them)."""
-    if not args:
-        return []
-    import importlib
-
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-
-    # A runner named by its module path (e.g. apache_beam.runners.dask.dask_runner.DaskRunner)
-    # registers its own options class when imported.
-    for i, a in enumerate(args):
-        name = a.split("=", 1)[1] if a.startswith("--runner=") else (
-            args[i + 1] if a == "--runner" and i + 1 < len(args) else None)
-        if name and "." in name:
-            try:
-                importlib.import_module(name.rsplit(".", 1)[0])
-            except ImportError:
-                pass
-
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    subset = {}
-    for c in PipelineOptions.__subclasses__():
-        subset.setdefault(str(c), c)
-    for c in subset.values():
-        c._add_argparse_args(parser)  # the same set Beam parses for every pipeline
-    _, unknown = parser.parse_known_args(args)
-    return [a for a in unknown if a.startswith("-")]

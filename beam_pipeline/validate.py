@@ -98,7 +98,7 @@ class ValidateGroupFn(beam.DoFn):
         for rec in sorted(recs, key=lambda r: r["patch_id"]):
             errs = check_objects(rec, listing)
             if not errs and self.deep:
-                from transforms.ptransforms import load_patch
+                from transforms.shard_reader import load_patch
 
                 try:
                     load_patch(rec, "nearest", self.decode_timeout)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 
 import numpy as np
@@ -22,19 +21,12 @@ from transforms import storage
 
 
 def load_manifest(dataset: str) -> dict:
-    url = storage.join(dataset, M.MANIFEST)
-    try:
-        man = json.loads(storage.read_bytes(url))
-    except FileNotFoundError:
-        raise M.ManifestError(
-            f"{url} does not exist: {dataset} is not a complete dataset (convert writes dataset.json last)"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise M.ManifestError(f"{url} is not valid JSON: {e}") from None
-    return M.validate(man, url)
+    """The dataset's checked manifest (``schemas.manifest.load``), as its JSON dict."""
+    return M.load(dataset, storage.read_bytes)[0].to_dict()
 
 
 def check_example(ex: dict, split: str, dtype: str) -> list[str]:
+    """What is wrong with one decoded example of a ``split`` shard (shapes, finite values, labels)."""
     problems = []
     feats = T.feature_by_name(dtype)
     for name in (T.S2, T.S1, T.LABEL, T.MULTI_HOT):
@@ -88,6 +80,7 @@ def verify(dataset: str, parse: bool = True) -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> int:
+    """``benbeam verify DATASET``: 0 if it matches its manifest, 1 on mismatches, 2 without a manifest."""
     ap = argparse.ArgumentParser(prog="benbeam verify", allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("dataset", help="dataset directory or URL holding dataset.json")
     ap.add_argument("--no_parse", dest="parse", action="store_false", help="check hashes and counts only")

@@ -45,16 +45,18 @@ import numpy as np
 
 from schemas.bands import S2_NAMES, S2_PRODUCT_NAMES, S2_PRODUCT_RESOLUTION_M
 from schemas.classes import IGNORE_INDEX, NUM_CLASSES
+from schemas.tiles import DN_ADD_OFFSET, MTD_FILES, S1_SIDECAR, TRUTH_SIDECAR
 from synth.generator import _COL_SETS, _ROW_LETTERS, tile_origin
 from synth.signatures import NO_CLASS_ROW, S1_NOISE_DB, S1_TEXTURE_DB, S2_NOISE, S2_TEXTURE, block_mean, signatures
+from synth.tile_metadata import BASELINE, mtd_product, mtd_tile
+from transforms.resample import resample_window
 
 STRIP = 60  # rows generated and written at a time (a multiple of 6, the 60 m factor)
 CELL = 96  # spacing of the Voronoi seeds, px
 WARP = 128  # spacing of the border-warping lattice, px
 WARP_AMP = 0.35 * CELL
 TEX = 15  # spacing of the texture lattice, px (smooth_field's 8 cells over a 120 px patch)
-BASELINE = "05.10"
-DN_OFFSET = 1000  # baseline >= 04.00: DN = reflectance × 10,000 + 1000
+DN_OFFSET = -DN_ADD_OFFSET  # baseline >= 04.00: DN = reflectance × 10,000 + 1000
 L1C_NAMES = S2_PRODUCT_NAMES
 _RES = S2_PRODUCT_RESOLUTION_M
 # Rough prior of the 19 classes over a European tile (arable land and forests dominate).
@@ -214,8 +216,6 @@ def jp2_writable() -> bool:
 def _open_tif(path, width, height, count, dtype, crs, transform, **kw):
     import rasterio
 
-    import numpy as np
-
     raw = width * height * count * np.dtype(dtype).itemsize
     profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype, crs=crs,
                    transform=transform, BIGTIFF="YES" if raw > 2 * 2**30 else "IF_SAFER", **kw)
@@ -228,89 +228,6 @@ def _names(tile: str, date: str, level: str) -> dict:
     safe = f"S2A_{lv}_{date}_N{BASELINE.replace('.', '')}_R022_T{tile}_{gen}.SAFE"
     granule = f"{level}_T{tile}_A047373_{date[:9]}101337"
     return {"safe": safe, "granule": granule, "stem": f"T{tile}_{date}", "gen": gen}
-
-
-def _iso(date: str) -> str:
-    return f"{date[:4]}-{date[4:6]}-{date[6:8]}T{date[9:11]}:{date[11:13]}:{date[13:15]}.024Z"
-
-
-def _mtd(level: str, nm: dict, date: str, files: list[str], ext: str) -> str:
-    phys = [n if n == "B8A" else f"B{int(n[1:])}" for n in S2_PRODUCT_NAMES]  # B01 -> B1, as the MTD spells it
-    res = [S2_PRODUCT_RESOLUTION_M[n] for n in S2_PRODUCT_NAMES]
-    spectral = "\n".join(f'        <Spectral_Information bandId="{i}" physicalBand="{p}"><RESOLUTION>{r}</RESOLUTION>'
-                         f"</Spectral_Information>" for i, (p, r) in enumerate(zip(phys, res)))
-    tag, qtag = ("BOA_ADD_OFFSET", '<BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE>') \
-        if level == "L2A" else ("RADIO_ADD_OFFSET", '<QUANTIFICATION_VALUE unit="none">10000</QUANTIFICATION_VALUE>')
-    offs = "\n".join(f'        <{tag} band_id="{i}">-{DN_OFFSET}</{tag}>' for i in range(13))
-    offs = (f"      <BOA_ADD_OFFSET_VALUES_LIST>\n{offs}\n      </BOA_ADD_OFFSET_VALUES_LIST>" if level == "L2A"
-            else f"      <Radiometric_Offset_List>\n{offs}\n      </Radiometric_Offset_List>")
-    img = "\n".join(f"            <IMAGE_FILE>{os.path.splitext(f)[0]}</IMAGE_FILE>" for f in files)
-    root = "Level-2A_User_Product" if level == "L2A" else "Level-1C_User_Product"
-    ptype = "S2MSI2A" if level == "L2A" else "S2MSI1C"
-    fmt = "JPEG2000" if ext == ".jp2" else "GeoTIFF"
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<!-- synthetic product written by benbeam synth-tile: a minimal subset of the real metadata -->
-<n1:{root} xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_{root.split('_')[0]}.xsd">
-  <n1:General_Info>
-    <Product_Info>
-      <PRODUCT_START_TIME>{_iso(date)}</PRODUCT_START_TIME>
-      <PRODUCT_STOP_TIME>{_iso(date)}</PRODUCT_STOP_TIME>
-      <PRODUCT_URI>{nm['safe']}</PRODUCT_URI>
-      <PROCESSING_LEVEL>Level-{level[1:]}</PROCESSING_LEVEL>
-      <PRODUCT_TYPE>{ptype}</PRODUCT_TYPE>
-      <PROCESSING_BASELINE>{BASELINE}</PROCESSING_BASELINE>
-      <GENERATION_TIME>{_iso(nm['gen'])}</GENERATION_TIME>
-      <Datatake datatakeIdentifier="GS2A_{date}_047373_N{BASELINE}">
-        <SPACECRAFT_NAME>Sentinel-2A</SPACECRAFT_NAME>
-        <SENSING_ORBIT_NUMBER>22</SENSING_ORBIT_NUMBER>
-      </Datatake>
-      <Product_Organisation>
-        <Granule_List>
-          <Granule granuleIdentifier="{nm['granule']}" imageFormat="{fmt}">
-{img}
-          </Granule>
-        </Granule_List>
-      </Product_Organisation>
-    </Product_Info>
-    <Product_Image_Characteristics>
-      <Special_Values><SPECIAL_VALUE_TEXT>NODATA</SPECIAL_VALUE_TEXT>
-        <SPECIAL_VALUE_INDEX>0</SPECIAL_VALUE_INDEX></Special_Values>
-      <Special_Values><SPECIAL_VALUE_TEXT>SATURATED</SPECIAL_VALUE_TEXT>
-        <SPECIAL_VALUE_INDEX>65535</SPECIAL_VALUE_INDEX></Special_Values>
-      <QUANTIFICATION_VALUES_LIST>{qtag}</QUANTIFICATION_VALUES_LIST>
-{offs}
-      <Spectral_Information_List>
-{spectral}
-      </Spectral_Information_List>
-    </Product_Image_Characteristics>
-  </n1:General_Info>
-</n1:{root}>
-"""
-
-
-def _mtd_tl(level: str, nm: dict, date: str, epsg: int, x0: float, y0: float, size: int) -> str:
-    sizes = "\n".join(f'        <Size resolution="{r}"><NROWS>{size * 10 // r}</NROWS>'
-                      f"<NCOLS>{size * 10 // r}</NCOLS></Size>" for r in (10, 20, 60))
-    geo = "\n".join(f'        <Geoposition resolution="{r}"><ULX>{x0:.0f}</ULX><ULY>{y0:.0f}</ULY><XDIM>{r}</XDIM>'
-                    f"<YDIM>-{r}</YDIM></Geoposition>" for r in (10, 20, 60))
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<!-- synthetic granule metadata written by benbeam synth-tile -->
-<n1:Level-{level[1:]}_Tile_ID
-    xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/S2_PDI_Level-{level[1:]}_Tile_Metadata.xsd">
-  <n1:General_Info>
-    <TILE_ID>{nm['granule']}</TILE_ID>
-    <SENSING_TIME>{_iso(date)}</SENSING_TIME>
-  </n1:General_Info>
-  <n1:Geometric_Info>
-    <Tile_Geocoding>
-      <HORIZONTAL_CS_NAME>WGS84 / UTM zone {epsg - 32600}N</HORIZONTAL_CS_NAME>
-      <HORIZONTAL_CS_CODE>EPSG:{epsg}</HORIZONTAL_CS_CODE>
-{sizes}
-{geo}
-    </Tile_Geocoding>
-  </n1:Geometric_Info>
-</n1:Level-{level[1:]}_Tile_ID>
-"""
 
 
 def _check_args(size, layout, level, tile, date, nodata_border):
@@ -351,8 +268,8 @@ def make_tile(out_dir: str, *, size: int = 1098, seed: int = 0, layout: str = "s
     os.makedirs(out_dir, exist_ok=True)
     nm = _names(tile, date, level)
     stem = nm["stem"]
-    truth_path = os.path.join(out_dir, f"{stem}_truth.tif")
-    s1_path = os.path.join(out_dir, f"{stem}_s1.tif") if s1 else None
+    truth_path = os.path.join(out_dir, f"{stem}{TRUTH_SIDECAR}.tif")
+    s1_path = os.path.join(out_dir, f"{stem}{S1_SIDECAR}.tif") if s1 else None
     use_jp2 = layout == "safe" and jp2_writable()
     ext = ".jp2" if use_jp2 else ".tif"
 
@@ -414,10 +331,10 @@ def make_tile(out_dir: str, *, size: int = 1098, seed: int = 0, layout: str = "s
                                   REVERSIBLE="YES", QUALITY="100", YCBCR420="NO")
                         os.remove(os.path.join(tmp, f"{b}.tif"))
                 files = [os.path.join("GRANULE", nm["granule"], "IMG_DATA", rel[b]) for b in names]
-                with open(os.path.join(path, f"MTD_{'MSIL2A' if level == 'L2A' else 'MSIL1C'}.xml"), "w") as fh:
-                    fh.write(_mtd(level, nm, date, files, ext))
+                with open(os.path.join(path, MTD_FILES[0 if level == "L2A" else 1]), "w") as fh:
+                    fh.write(mtd_product(level, nm, date, files, ext))
                 with open(os.path.join(path, "GRANULE", nm["granule"], "MTD_TL.xml"), "w") as fh:
-                    fh.write(_mtd_tl(level, nm, date, epsg, x0, y0, size))
+                    fh.write(mtd_tile(level, nm, date, epsg, x0, y0, size))
     finally:
         for d in outs.values():
             d.close()
@@ -437,8 +354,6 @@ def _write_common(outs: dict, r0: int, truth: np.ndarray, s1v: np.ndarray) -> No
 def _write_geotiff(ds, outs: dict, size: int, seed: int, tile: str, nodata_border: int) -> None:
     """Strips with one strip of look-ahead: a 20 m / 60 m band's bilinear upsampling of a strip
     needs the coarse rows just above and below it (generated with the neighbouring strips)."""
-    from trainer.tiles import resample_window
-
     it = _strips(size, seed, tile, "L2A", nodata_border)
     prev, cur = None, next(it)
     for nxt in _lookahead(it):
@@ -485,6 +400,7 @@ def tile_ids(n: int, first: str = "32TQR") -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> int:
+    """``benbeam synth-tile ARGV``; returns the exit code."""
     ap = argparse.ArgumentParser(prog="benbeam synth-tile", allow_abbrev=False,
                                  description="Write synthetic Sentinel-2 tiles (SAFE folders or GeoTIFFs) with a "
                                              "ground-truth class map, for benbeam predict.")

@@ -160,3 +160,54 @@ def test_accumulators_travel_small_and_come_back_equal():
     assert np.array_equal(back.min, acc.min) and np.array_equal(back.count, acc.count)
     merged = st.merge([back, pickle.loads(data)])  # in place: the array must be writable
     assert np.array_equal(merged.counts, 2 * acc.counts)
+
+
+def _edge_values(st: BandStats, rng) -> np.ndarray:
+    """(N, B) values on and around every band's bin edges, range ends, and NaN / -inf."""
+    rows = []
+    for i in range(st.nb):
+        lo, hi, w = st.lo[i], st.hi[i], st.width[i]
+        k = rng.integers(0, st.bins + 1, 300)
+        edges = lo + k * w  # exact edges (in float64), then their float32 neighbours
+        v = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf),
+                            [lo, hi, lo - w, hi + w, lo - 1e6, hi + 1e6, np.nan, -np.inf]])
+        rows.append(v.astype(np.float32))
+    n = max(len(r) for r in rows)
+    return np.stack([np.resize(r, n) for r in rows], axis=1)
+
+
+def test_histogram_kernel_bins_like_numpy_on_edges_and_out_of_range_values():
+    """Every value lands in the bin numpy's float32 floor/clip rule gives — random data,
+    uint16-valued S2 data, values on and next to bin edges, range ends, out-of-range
+    values, NaN and -inf (first bin) — and the moments are numpy's float64 row sums."""
+    st = BandStats()
+    rng = np.random.default_rng(7)
+    ints = np.stack([rng.integers(1, 20000, (60, 60)) for _ in range(st.nb)], axis=-1).astype(np.float32)
+    cases = _patches(3, seed=5) + [ints, _edge_values(st, rng)]
+    for x in cases:
+        acc = st.add(st.create(), x)
+        flat = x.reshape(-1, st.nb)
+        for i in range(st.nb):
+            v = flat[:, i]
+            t = (v - np.float32(st.lo[i])) * np.float32(1.0 / st.width[i])  # float32, as documented
+            ref = np.clip(np.nan_to_num(np.floor(t), nan=0.0, neginf=0.0), 0, st.bins - 1).astype(np.int64)
+            np.testing.assert_array_equal(acc.counts[i], np.bincount(ref, minlength=st.bins))
+        # moments: the same float64 reductions as before, bit for bit
+        xt = np.ascontiguousarray(flat.T, dtype=np.float32)
+        d = xt.astype(np.float64) - st.shift[:, None]
+        assert np.array_equal(acc.sum, d.sum(axis=1), equal_nan=True)
+        assert np.array_equal(acc.sumsq, np.einsum("ij,ij->i", d, d), equal_nan=True)
+    # first and last bins hold the values below / above the range
+    acc = st.add(st.create(), np.stack([st.lo - 1e6, st.hi + 1e6]).astype(np.float32))
+    assert (acc.counts[:, 0] == 1).all() and (acc.counts[:, -1] == 1).all() and acc.counts.sum() == 2 * st.nb
+
+
+def test_values_past_the_int32_range_land_in_the_last_bin():
+    """+inf and huge values (e.g. a hostile S1 file) count in the last bin (a plain cast to
+    int32 would wrap them into the first one)."""
+    st = BandStats()
+    x = np.full((3, st.nb), np.inf, dtype=np.float32)
+    x[1] = 3e38
+    x[2] = st.lo + st.width * 2.5e9
+    acc = st.add(st.create(), x)
+    assert (acc.counts[:, -1] == 3).all() and acc.counts.sum() == 3 * st.nb

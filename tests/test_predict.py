@@ -18,11 +18,16 @@ tf = pytest.importorskip("tensorflow")
 rasterio = pytest.importorskip("rasterio")
 from affine import Affine  # noqa: E402
 from rasterio.crs import CRS  # noqa: E402
-from rasterio.windows import Window  # noqa: E402
 
 from schemas import bands as B  # noqa: E402
 from schemas import classes as C  # noqa: E402
-from trainer import predict as P  # noqa: E402
+from trainer.inference.grid import BLEND_FLOOR, blend_weights, check_chunk_size, window_starts  # noqa: E402
+from trainer.inference.layers import entropy, layers_from_probs, probs_for_file  # noqa: E402
+from trainer.inference.plugins import Extra, load_extra  # noqa: E402
+from trainer.inference.predictor import Predictor  # noqa: E402
+from trainer.inference.settings import PREVIEW, REPORT_CSV, VIEWER, PredictError  # noqa: E402
+from trainer.inference.staging import s1_sidecar  # noqa: E402
+from trainer.inference.tile import predict_tile  # noqa: E402
 from trainer.model import INFO_FORMAT, INFO_VERSION, build_unet, save_model  # noqa: E402
 
 K = C.NUM_CLASSES
@@ -96,7 +101,7 @@ def tiny_model(width=4, channels=B.S2_NAMES, seed=0):
 @pytest.fixture(scope="module")
 def predictor():
     model, info = tiny_model()
-    return P.Predictor(model, info, batch_size=8, overlap=32)
+    return Predictor(model, info, batch_size=8, overlap=32)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +119,7 @@ def _read(path, *bands):
 
 def _run_tile(predictor, src, out, **kw):
     kw.setdefault("progress", None)
-    return P.predict_tile(predictor, src, str(out), **kw)
+    return predict_tile(predictor, src, str(out), **kw)
 
 
 # --------------------------------------------------------------------------- grid and weights
@@ -122,7 +127,7 @@ def _run_tile(predictor, src, out, **kw):
 
 @pytest.mark.parametrize("size,overlap", [(120, 32), (121, 32), (300, 32), (1000, 0), (487, 100)])
 def test_window_grid_covers_the_axis_with_a_fixed_stride_and_the_last_window_on_the_edge(size, overlap):
-    s = P.window_starts(size, 120, overlap)
+    s = window_starts(size, 120, overlap)
     assert s[0] == 0 and s[-1] == size - 120
     assert (np.diff(s)[:-1] == 120 - overlap).all() and (np.diff(s) <= 120 - overlap).all()
     covered = np.zeros(size, bool)
@@ -132,20 +137,20 @@ def test_window_grid_covers_the_axis_with_a_fixed_stride_and_the_last_window_on_
 
 
 def test_grid_refuses_a_tile_smaller_than_a_window_and_a_bad_overlap():
-    with pytest.raises(P.PredictError, match="at least 120"):
-        P.window_starts(100, 120, 32)
-    with pytest.raises(P.PredictError, match="overlap"):
-        P.window_starts(300, 120, 120)
-    with pytest.raises(P.PredictError, match="multiple of 128"):
-        P.check_chunk_size(200)
+    with pytest.raises(PredictError, match="at least 120"):
+        window_starts(100, 120, 32)
+    with pytest.raises(PredictError, match="overlap"):
+        window_starts(300, 120, 120)
+    with pytest.raises(PredictError, match="multiple of 128"):
+        check_chunk_size(200)
 
 
 def test_blend_weights_are_smooth_symmetric_and_keep_a_floor():
-    w = P.blend_weights(120)
+    w = blend_weights(120)
     assert w.shape == (120, 120) and w.dtype == np.float32
     np.testing.assert_allclose(w, w.T)
     np.testing.assert_allclose(w, w[::-1, ::-1])
-    assert w.min() >= P.BLEND_FLOOR ** 2 * 0.99 and w.max() <= 1.0
+    assert w.min() >= BLEND_FLOOR ** 2 * 0.99 and w.max() <= 1.0
     assert np.abs(np.diff(w, axis=0)).max() < 0.05  # no step anywhere
 
 
@@ -164,7 +169,7 @@ def test_layers_satisfy_their_definitions():
     p = _dirichlet((20, 30))
     valid = np.ones((20, 30), bool)
     valid[5, 7] = False
-    lay = P.layers_from_probs(p, valid)
+    lay = layers_from_probs(p, valid)
     p64 = p.astype(np.float64)
     srt = np.sort(p64, axis=-1)
     ent = -np.sum(np.where(p64 > 0, p64 * np.log(np.where(p64 > 0, p64, 1)), 0), axis=-1)
@@ -176,8 +181,8 @@ def test_layers_satisfy_their_definitions():
     assert lay["entropy"][0, 0] == 0 and lay["maxprob"][0, 0] == 1 and lay["gap"][0, 0] == 1
     assert lay["class"][5, 7] == 255 and all(np.isnan(lay[k][5, 7]) for k in ("maxprob", "entropy", "gap"))
     uni = np.full((1, 1, K), 1.0 / K, np.float32)
-    np.testing.assert_allclose(P.entropy(uni), np.log(K), rtol=1e-6)
-    q = P.probs_for_file(p, valid, "uint8")
+    np.testing.assert_allclose(entropy(uni), np.log(K), rtol=1e-6)
+    q = probs_for_file(p, valid, "uint8")
     assert q.dtype == np.uint8 and (q[5, 7] == 255).all() and q[valid].max() <= 254
     np.testing.assert_allclose(q[valid] / 254.0, p[valid], atol=0.5 / 254 + 1e-7)
 
@@ -201,7 +206,7 @@ def test_outputs_keep_the_georeferencing_and_satisfy_the_definitions_against_the
     cls = _read(f"{stem}_class.tif", 1)
     valid = src.valid
     np.testing.assert_allclose(probs[valid].sum(-1), 1.0, atol=1e-5)
-    ref = P.layers_from_probs(np.nan_to_num(probs), valid)
+    ref = layers_from_probs(np.nan_to_num(probs), valid)
     np.testing.assert_array_equal(cls, ref["class"])
     for layer in ("maxprob", "entropy", "gap"):
         np.testing.assert_allclose(_read(f"{stem}_{layer}.tif", 1), ref[layer], rtol=0, atol=2e-6)
@@ -218,9 +223,9 @@ def test_outputs_keep_the_georeferencing_and_satisfy_the_definitions_against_the
     assert cm["classes"]["0"] == {"name": C.CLASS_NAMES[0], "color": list(C.class_colors()[0])}
     assert "natural" in cm["layers"]["entropy"]
     assert s["valid_pixels"] == int(valid.sum()) and sum(s["class_pixels"].values()) == s["valid_pixels"]
-    with open(tmp_path / P.PREVIEW, "rb") as fh:
+    with open(tmp_path / PREVIEW, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert sorted(os.listdir(tmp_path)) == sorted(s["outputs"] + [P.PREVIEW]) or \
+    assert sorted(os.listdir(tmp_path)) == sorted(s["outputs"] + [PREVIEW]) or \
         sorted(os.listdir(tmp_path)) == sorted(s["outputs"])
 
 
@@ -279,7 +284,7 @@ def _bad_extra(probs):
 def test_extra_layers_are_written_per_chunk_and_bad_specs_are_clear(predictor, tmp_path):
     src = ArrayTile.random(200, 200, predictor.channels, np.random.default_rng(4))
     src.valid[:10] = False
-    extras = [P.load_extra("tests.test_predict:_extra_layers")]
+    extras = [load_extra("tests.test_predict:_extra_layers")]
     _run_tile(predictor, src, tmp_path, chunk_size=128, save_probs=True, probs_dtype="float32", extras=extras)
     probs = np.moveaxis(_read(str(tmp_path / f"{src.name}_probs.tif")), 0, -1)
     pw = _read(str(tmp_path / f"{src.name}_p_water.tif"), 1)
@@ -293,12 +298,13 @@ def test_extra_layers_are_written_per_chunk_and_bad_specs_are_clear(predictor, t
     assert "p_water" in cm["layers"]
     f = tmp_path / "mylayers.py"
     f.write_text("def conf(p):\n    return p.max(-1)\n")
-    assert P.load_extra(f"{f}:conf").fn.__name__ == "conf"
+    assert load_extra(f"{f}:conf").fn.__name__ == "conf"
     for spec, msg in [("nocolon", "module:function"), ("no_such_module_x:f", "cannot import"),
-                      ("tests.test_predict:nope", "no function 'nope'"), (f"{tmp_path}/missing.py:f", "does not exist")]:
-        with pytest.raises(P.PredictError, match=msg):
-            P.load_extra(spec)
-    with pytest.raises(P.PredictError, match="2-D array"):
+                      ("tests.test_predict:nope", "no function 'nope'"),
+                      (f"{tmp_path}/missing.py:f", "does not exist")]:
+        with pytest.raises(PredictError, match=msg):
+            load_extra(spec)
+    with pytest.raises(PredictError, match="2-D array"):
         _run_tile(predictor, src, tmp_path / "bad", chunk_size=128, extras=["tests.test_predict:_bad_extra"])
 
 
@@ -313,7 +319,7 @@ def test_an_interrupted_run_leaves_no_finished_looking_output(predictor, tmp_pat
 
     src = ArrayTile.random(256, 256, predictor.channels, np.random.default_rng(5))
     with pytest.raises(KeyboardInterrupt):
-        _run_tile(predictor, src, tmp_path, chunk_size=128, extras=[P.Extra("x:boom", boom)])
+        _run_tile(predictor, src, tmp_path, chunk_size=128, extras=[Extra("x:boom", boom)])
     assert os.listdir(tmp_path) == []
 
 
@@ -321,7 +327,7 @@ def test_an_interrupted_run_leaves_no_finished_looking_output(predictor, tmp_pat
 
 
 def _cli(argv):
-    from trainer.predict import run
+    from trainer.inference.cli import run
 
     return run([str(a) for a in argv])
 
@@ -335,6 +341,7 @@ def _last_err(capsys) -> str:
 def synthetic_model(tmp_path_factory):
     """synth 300 patches → convert → train a narrow S2 U-Net (the real commands, in-process)."""
     from beam_pipeline.cli import main
+    from trainer.config import TrainConfig
     from trainer.train import train
 
     d = tmp_path_factory.mktemp("synthetic")
@@ -343,8 +350,8 @@ def synthetic_model(tmp_path_factory):
                  "--shard_size", "64", "--workers", "2"]) == 0
     save = str(d / "run" / "unet.keras")
     # deterministic: the same weights in every run, so the accuracy below is the same in CI as here
-    train(data=str(d / "ds"), save=save, epochs=8, batch=8, lr=1e-2, width=8, modalities="s2", tensorboard=False,
-          verbose=0, max_val_patches=16, deterministic=True)
+    train(TrainConfig(data=str(d / "ds"), save=save, epochs=8, batch=8, lr=1e-2, width=8, modalities="s2",
+                      tensorboard=False, verbose=0, max_val_patches=16, deterministic=True))
     return save
 
 
@@ -395,7 +402,7 @@ def test_s2_s1_model_reads_the_s1_raster_or_refuses_clearly(s1_model_file, tmp_p
         assert ds.count == K and ds.dtypes[0] == "uint8" and ds.nodata == 255 and ds.descriptions[0] == C.CLASS_NAMES[0]
     cls = _read(str(out / f"{t['name']}_class.tif"), 1)
     assert (cls[:, :30] == 255).all() and (cls[:, 31:] != 255).all()  # the nodata border, and only it
-    assert P.s1_sidecar(t["path"]) == t["s1"]
+    assert s1_sidecar(t["path"]) == t["s1"]
     summary = json.loads((out / f"{t['name']}_summary.json").read_text())
     assert summary["channels"] == list(B.ALL_NAMES) and summary["pixels"] == 180 * 180
 
@@ -419,7 +426,8 @@ def test_user_errors_exit_2_with_one_clear_line(model_file, tmp_path, capsys):
         (["--model", model_file, "--tile", tmp_path / "nope.tif", *base], "does not exist"),
         (["--model", model_file, "--tile", few, *base], "lacks bands"),
         (["--model", model_file, "--tile", t["path"], "--out", blocker / "sub"], "cannot write to --out"),
-        (["--model", model_file, "--tile", t["path"], "--out", tmp_path / "o2", "--chunk_size", 100], "multiple of 128"),
+        (["--model", model_file, "--tile", t["path"], "--out", tmp_path / "o2", "--chunk_size", 100],
+         "multiple of 128"),
         (["--model", model_file, "--tile", t["path"], *base, "--extra", "nocolon"], "module:function"),
         (["--model", model_file, "--tile", t["path"], *base, "--overlap", 120], "--overlap"),
         (["--model", model_file, "--input_dir", tmp_path / "empty_dir_missing", *base], "not a folder"),
@@ -452,7 +460,7 @@ def test_benchmark_report_and_viewer_render_every_tile_in_chromium(model_file, t
     tiles, d = two_tiles
     out = tmp_path / "bench"
     assert _cli(["--model", model_file, "--input_dir", d, "--out", out, "--benchmark", "--chunk_size", 128]) == 0
-    rows = {r["tile"]: r for r in csv.DictReader(open(out / P.REPORT_CSV))}
+    rows = {r["tile"]: r for r in csv.DictReader(open(out / REPORT_CSV))}
     assert sorted(rows) == sorted(t["name"] for t in tiles)
     for t in tiles:
         r = rows[t["name"]]
@@ -460,7 +468,7 @@ def test_benchmark_report_and_viewer_render_every_tile_in_chromium(model_file, t
         assert n == _read(t["truth"], 1).size
         assert float(r["seconds"]) > 0 and abs(float(r["pixels_per_s"]) * float(r["seconds"]) / n - 1) < 0.01
         assert float(r["peak_memory_mib"]) > 50 and r["device"] == "CPU"
-    page = render(out / P.VIEWER, screenshot=str(tmp_path / "viewer.png"))
+    page = render(out / VIEWER, screenshot=str(tmp_path / "viewer.png"))
     assert page["errors"] == []
     for t in tiles:
         assert t["name"] in page["headings"]
@@ -479,7 +487,7 @@ def test_beam_pipeline_gives_the_plain_commands_bytes(model_file, two_tiles, tmp
                  "--direct_running_mode", "in_memory", *flags]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mapped"] == 2 and summary["failures"] == []
-    assert (out / P.VIEWER).is_file()
+    assert (out / VIEWER).is_file()
     for t in tiles:
         plain = tmp_path / "plain" / t["name"]
         assert _cli(["--model", model_file, "--tile", t["path"], "--out", plain, *flags]) == 0
@@ -495,10 +503,12 @@ def test_beam_transforms_pickle_and_a_bad_tile_becomes_a_dead_letter(model_file,
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that
 
-    from trainer import predict_beam as PB
+    from trainer.inference import beam as predict_beam
+    from trainer.inference.settings import PredictSettings
 
-    settings = PB.PredictSettings(model=model_file, out=str(tmp_path), chunk_size=128)
-    for obj in (PB.PredictTileFn(settings), PB.PredictTiles(settings), PB.Finalize(str(tmp_path))):
+    settings = PredictSettings(model=model_file, out=str(tmp_path), chunk_size=128)
+    for obj in (predict_beam.PredictTileFn(settings), predict_beam.PredictTiles(settings),
+                predict_beam.Finalize(str(tmp_path))):
         assert type(pickle.loads(pickle.dumps(obj))) is type(obj)
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"not a tiff")
@@ -511,17 +521,16 @@ def test_beam_transforms_pickle_and_a_bad_tile_becomes_a_dead_letter(model_file,
         assert dead["tile"] == "broken.tif" and dead["stage"] == "open" and "not a readable raster" in dead["reason"]
 
     with TestPipeline(argv=["--runner=DirectRunner", "--direct_running_mode=in_memory"]) as p:
-        res = p | beam.Create([tiles[0]["path"], str(bad)]) | PB.PredictTiles(settings)
+        res = p | beam.Create([tiles[0]["path"], str(bad)]) | predict_beam.PredictTiles(settings)
         assert_that(res, check)
 
 
 def test_predict_resamples_tiles_as_the_training_data_was_converted(synthetic_model, tmp_path):
     """The model records convert's --resampling; predict uses it unless --resampling is given."""
-    import json
     import shutil
 
+    from trainer.inference.tile import model_resampling
     from trainer.model import sidecar_path
-    from trainer.predict import model_resampling
 
     info = json.loads(open(sidecar_path(synthetic_model)).read())
     assert info["resampling"] == "bilinear"  # what convert ran with in the fixture

@@ -13,8 +13,9 @@ from transforms import metadata as md
 from transforms.combiners import BandStatsCombineFn
 from transforms import plan as P
 from transforms.plan import INVALID, RowPlan, check_rows
-from transforms.ptransforms import (CheckRows, ComputeBandStats, PlannedShards, ShardStatsFn, WriteShardFn,
-                                    WriteShards)
+from transforms.ptransforms import (CheckRows, CheckShardFn, ComputeBandStats, PlannedShards, ShardStatsFn,
+                                    WriteShardFn, WriteShards)
+from transforms.shard_writer import ShardConfig
 
 PIDS = [f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{x:02d}_{y:02d}" for x in range(3) for y in range(4)]
 
@@ -118,7 +119,7 @@ def test_planned_shards_in_a_pipeline(tmp_path):
     rows = [_row(i, p) for i, p in enumerate(PIDS)] + [_row(len(PIDS), "bad")]
     plan = _plan(tmp_path, [rows], shard_size=5)
     with TestPipeline() as p:
-        out = p | PlannedShards(plan)
+        out = p | PlannedShards(ShardConfig(plan))
         assert_that(out["shards"], equal_to([("train", i, 3) for i in range(3)
                                              if plan.records(("train", i, 3))]), label="shards")
         assert_that(out["selected"], equal_to([("train", 13)]), label="selected")
@@ -129,15 +130,17 @@ def test_planned_shards_in_a_pipeline(tmp_path):
 
 def test_everything_that_ships_to_workers_pickles():
     plan = RowPlan(("/m.parquet",), ("0" * 64,), (10,), "/data", ("train",), 1.0, 5, (("train", 10),))
-    for obj in (ShardStatsFn(plan, "bilinear", 1.0, {}), WriteShardFn(plan, "/out", "bilinear", "none", "float32", {}),
-                BandStatsCombineFn(), CheckRows("/data", ("train",), 0.5), PlannedShards(plan),
-                ComputeBandStats(plan, "cubic", 0.5, {"s3": {"anon": True}})):
+    config = ShardConfig(plan, "/out", "cubic", "gzip", "float16", {"s3": {"anon": True}}, 12.0)
+    for obj in (ShardStatsFn(config, 1.0), WriteShardFn(config), CheckShardFn(config), BandStatsCombineFn(),
+                CheckRows("/data", ("train",), 0.5), PlannedShards(config), ComputeBandStats(config, 0.5), config):
         back = pickler.loads(pickler.dumps(obj))
         assert type(back) is type(obj)
-    fn = pickle.loads(pickle.dumps(WriteShardFn(plan, "/o", "nearest", "gzip", "float16", {})))
-    assert fn.plan == plan
-    assert (fn.out, fn.resampling, fn.compression, fn.image_dtype) == ("/o", "nearest", "gzip", "float16")
-    assert WriteShards.__dataclass_fields__["compression"]
+    fn = pickle.loads(pickle.dumps(WriteShardFn(ShardConfig(plan, "/o", "nearest", "gzip", "float16"))))
+    assert fn.config.plan == plan
+    assert (fn.config.out, fn.config.resampling, fn.config.compression, fn.config.image_dtype) == (
+        "/o", "nearest", "gzip", "float16")
+    assert pickle.loads(pickle.dumps(config)) == config  # a value: the DoFns share it as it is
+    assert WriteShards.__dataclass_fields__["config"] and ComputeBandStats.__dataclass_fields__["config"]
 
 
 def test_read_ahead_gives_the_same_patches_and_errors_in_the_same_order(tmp_path):
@@ -149,7 +152,7 @@ def test_read_ahead_gives_the_same_patches_and_errors_in_the_same_order(tmp_path
     from beam_pipeline.cli import main
     from schemas import failures as F
     from schemas.naming import object_urls
-    from transforms.ptransforms import load_patch, loaded_patches
+    from transforms.shard_reader import load_patch, loaded_patches
 
     assert main(["synth", "--out", str(tmp_path), "--n", "14", "--seed", "5",
                  "--faults", "missing_band_file,truncated_tiff,s1_nan"]) == 0

@@ -17,7 +17,15 @@ from schemas.failures import FAULT_KINDS
 from schemas.naming import OBJECT_KEYS, REFERENCE_MAP_KEY, object_urls, parse_patch_id
 from synth.generator import generate, patch_origin, tile_origin
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benv2"
+ROOT = Path(__file__).resolve().parents[1]
+# The official reBEN metadata and CLC table ship inside the package (synth/data, schemas/data);
+# their sha256 are those of the files distributed with reBEN v2.0.
+OFFICIAL_METADATA = ROOT / "synth" / "data" / "metadata.parquet"
+OFFICIAL_CLC = ROOT / "schemas" / "data" / "clc_metadata.json"
+OFFICIAL_SHA256 = {
+    OFFICIAL_METADATA: "408911df2da7092da9ecc72071972a808ec486ba09f6cb048f7716793d14ded6",
+    OFFICIAL_CLC: "8c7f1bac5039f3558530b8ac26b80680a53e1bd0879b74df3c16cc22fff95c5b",
+}
 N = 16
 
 
@@ -34,9 +42,14 @@ def _tree_hash(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def test_the_bundled_metadata_are_the_official_files():
+    for path, digest in OFFICIAL_SHA256.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, path
+
+
 def test_metadata_has_the_official_schema_and_real_rows(sample):
     ours = pq.read_table(sample / "metadata.parquet")
-    official = pq.read_table(SHARED / "metadata.parquet")
+    official = pq.read_table(OFFICIAL_METADATA)
     assert ours.schema.equals(official.schema)
     assert ours.num_rows == N
     ids = ours.column("patch_id").to_pylist()
@@ -116,7 +129,7 @@ def test_coarse_bands_are_area_averages_of_the_10m_signal(sample):
 
 
 def test_class_table_equals_the_official_clc_metadata():
-    off = json.loads((SHARED / "clc_metadata.json").read_text())["clc_data"]
+    off = json.loads(OFFICIAL_CLC.read_text())["clc_data"]
     names_in_order = []
     for row in off:
         if row["name_19"] != "UNLABELED" and row["name_19"] not in names_in_order:

@@ -1,4 +1,5 @@
-"""Synthetic whole tiles (synth.tiles) and the windowed tile reader for predict (trainer.tiles)."""
+"""Synthetic whole tiles (synth.tiles), the windowed tile reader for predict (trainer.tiles) and the
+window resampling both use (transforms.resample.taps / resample_window)."""
 
 import hashlib
 import os
@@ -18,8 +19,8 @@ from schemas.classes import IGNORE_INDEX, NUM_CLASSES
 from synth.generator import tile_origin
 from synth.signatures import signatures
 from synth.tiles import DN_OFFSET, L1C_NAMES, jp2_writable, make_tile, run, tile_ids
-from trainer.tiles import find_tiles, normalise_band_name, open_tile, read_offsets, resample_window, taps
-from transforms.resample import upsample, weights
+from trainer.tiles import find_tiles, normalise_band_name, open_tile, read_offsets
+from transforms.resample import resample_window, taps, upsample, weights
 
 SIZE = 240
 EXT = ".jp2" if jp2_writable() else ".tif"

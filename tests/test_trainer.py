@@ -24,8 +24,10 @@ from schemas import tfrecord as T  # noqa: E402
 from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
 from trainer import data as D  # noqa: E402
 from trainer import model as TM  # noqa: E402
+from trainer.config import TrainConfig  # noqa: E402
 from trainer.evaluate import evaluate  # noqa: E402
-from trainer.train import run_paths, seg_metric, train  # noqa: E402
+from trainer.run_files import run_paths  # noqa: E402
+from trainer.train import seg_metric, train  # noqa: E402
 from transforms.encode import decode_example, iter_records  # noqa: E402
 
 FAST = dict(width=4, batch=8, tensorboard=False, verbose=0)
@@ -40,7 +42,7 @@ def tiny(tmp_path_factory):
 def trained(tiny, tmp_path_factory):
     """A narrow U-Net with the multi-label head, trained a few epochs on the tiny dataset."""
     save = str(tmp_path_factory.mktemp("run") / "m.keras")
-    metrics = train(data=tiny.path, save=save, epochs=4, lr=5e-3, task="both", **{**FAST, "width": 6})
+    metrics = train(TrainConfig(data=tiny.path, save=save, epochs=4, lr=5e-3, task="both", **{**FAST, "width": 6}))
     return save, metrics
 
 
@@ -245,15 +247,15 @@ def test_evaluation_equals_plain_numpy(trained, tiny, tmp_path):
 
 def test_resume_continues_from_the_last_epoch(tiny, tmp_path):
     save = str(tmp_path / "r.keras")
-    train(data=tiny.path, save=save, epochs=1, max_train_patches=8, **FAST)
+    train(TrainConfig(data=tiny.path, save=save, epochs=1, max_train_patches=8, **FAST))
     paths = run_paths(save)
     assert json.loads(open(paths["state"]).read())["epoch"] == 1
-    m = train(data=tiny.path, save=save, epochs=2, max_train_patches=8, resume=True, **FAST)
+    m = train(TrainConfig(data=tiny.path, save=save, epochs=2, max_train_patches=8, resume=True, **FAST))
     assert m["epochs_completed"] == 2 and m["epochs_this_run"] == 1
     with open(paths["history"]) as fh:
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1]
     with pytest.raises(ValueError, match="no checkpoint"):
-        train(data=tiny.path, save=str(tmp_path / "other.keras"), epochs=2, resume=True, **FAST)
+        train(TrainConfig(data=tiny.path, save=str(tmp_path / "other.keras"), epochs=2, resume=True, **FAST))
 
 
 def test_cli_train_and_evaluate_s2_only_with_seed_flags(tiny, tmp_path, capsys):
@@ -276,8 +278,8 @@ def test_cli_train_and_evaluate_s2_only_with_seed_flags(tiny, tmp_path, capsys):
 def test_gpu_options_run_on_cpu_and_tensorboard_logs_are_written(tiny, tmp_path):
     """--mixed_precision and --strategy mirrored take the same code path as on a GPU (one CPU replica here)."""
     save = str(tmp_path / "mp.keras")
-    m = train(data=tiny.path, save=save, epochs=1, steps_per_epoch=1, max_val_patches=4, mixed_precision=True,
-              strategy="mirrored", width=4, batch=4, tensorboard=True, verbose=0)
+    m = train(TrainConfig(data=tiny.path, save=save, epochs=1, steps_per_epoch=1, max_val_patches=4,
+                          mixed_precision=True, strategy="mirrored", width=4, batch=4, tensorboard=True, verbose=0))
     assert m["epochs_completed"] == 1
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
     model, _ = TM.load_model(save)
@@ -296,9 +298,10 @@ def test_deterministic_training_gives_the_same_weights_twice(tiny, tmp_path):
     weights = []
     for i in range(2):
         save = str(tmp_path / f"d{i}" / "m.keras")
-        train(data=tiny.path, save=save, epochs=2, max_train_patches=16, deterministic=True, augment=True, **FAST)
+        train(TrainConfig(data=tiny.path, save=save, epochs=2, max_train_patches=16, deterministic=True, augment=True,
+                          **FAST))
         model, _ = load_model(save)
         weights.append([w.numpy() if hasattr(w, "numpy") else keras.ops.convert_to_numpy(w) for w in model.weights])
     assert len(weights[0]) == len(weights[1])
-    for a, b in zip(*weights):
+    for a, b in zip(*weights, strict=True):
         assert np.array_equal(a, b)

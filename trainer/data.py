@@ -13,13 +13,11 @@ rotations, prefetch.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 
 import tensorflow as tf
 
 from schemas import bands as B
-from schemas import classes as C
 from schemas import manifest as M
 from schemas import tfrecord as T
 from transforms import storage
@@ -64,49 +62,10 @@ def open_dataset(url: str) -> Dataset:
     Raises ``schemas.manifest.ManifestError`` saying what is wrong and what to do.
     """
     url = str(url)
-    path = storage.join(url, M.MANIFEST)
-    try:
-        raw = storage.read_bytes(path)
-    except FileNotFoundError:
-        raise M.ManifestError(
-            f"{url} has no {M.MANIFEST}, so it is not a complete dataset (`benbeam convert` writes the "
-            "manifest last: an interrupted or still-running conversion has none); run `benbeam convert` "
-            "to completion and pass its --out folder as --data") from None
-    except IsADirectoryError:
-        raise M.ManifestError(f"{path} is a folder, not the manifest") from None
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise M.ManifestError(f"{path} is not valid JSON ({e}); re-run `benbeam convert`") from None
-    M.validate(manifest, path)
-    _check_contract(manifest, path)
-    shards = {split: [storage.join(url, s["path"]) for s in info.get("shards", [])]
-              for split, info in manifest["splits"].items()}
-    return Dataset(url, manifest, shards, hashlib.sha256(raw).hexdigest())
-
-
-def _check_contract(manifest: dict, where: str) -> None:
-    """The parts of the manifest the trainer relies on must match this code's schemas."""
-    problems = []
-    if manifest.get("compression") not in ("none", "gzip"):
-        problems.append(f"compression {manifest.get('compression')!r} is not 'none' or 'gzip'")
-    if manifest.get("image_dtype") not in T.IMAGE_DTYPES:
-        problems.append(f"image_dtype {manifest.get('image_dtype')!r} is not one of {T.IMAGE_DTYPES}")
-    want_bands = {m: list(names) for m, names in B.MODALITIES.items()}
-    if manifest.get("bands") != want_bands:
-        problems.append(f"bands {manifest.get('bands')!r} differ from {want_bands!r}")
-    if list(manifest.get("classes", [])) != list(C.CLASS_NAMES):
-        problems.append("classes differ from the 19 canonical classes (schemas.classes.CLASS_NAMES)")
-    if manifest.get("ignore_index") != C.IGNORE_INDEX:
-        problems.append(f"ignore_index {manifest.get('ignore_index')!r} is not {C.IGNORE_INDEX}")
-    for split, info in manifest["splits"].items():
-        for s in info.get("shards", []):
-            if not isinstance(s, dict) or "path" not in s:
-                problems.append(f"split {split!r} lists a shard without a path")
-                break
-    if problems:
-        raise M.ManifestError(f"{where} does not match this version of the trainer: " + "; ".join(problems)
-                              + ". Re-run `benbeam convert` with this version of bigearthnet-beam")
+    manifest, raw = M.load(url, storage.read_bytes,
+                           hint="run `benbeam convert` to completion and pass its --out folder as --data")
+    shards = {split: [storage.join(url, s.path) for s in info.shards] for split, info in manifest.splits.items()}
+    return Dataset(url, manifest.to_dict(), shards, hashlib.sha256(raw).hexdigest())
 
 
 # --------------------------------------------------------------------------- records

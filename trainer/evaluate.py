@@ -9,7 +9,6 @@ accuracy, and for a model with the multi-label head micro / macro F1 and mAP),
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -18,6 +17,10 @@ import tempfile
 import time
 
 import numpy as np
+
+from trainer.run_files import write_json
+from transforms import storage
+from transforms.cli_args import add_storage_args, configure_storage
 
 LOG = logging.getLogger("benbeam.evaluate")
 
@@ -115,13 +118,11 @@ def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int
     if multi:
         result["multilabel"] = MT.multilabel_report(np.concatenate(truths), np.concatenate(scores),
                                                     info["classes"], threshold)
-    from transforms import storage
-
     local_out = tempfile.mkdtemp(prefix="benbeam-eval-") if storage.is_remote(out) else out
     try:
         os.makedirs(local_out, exist_ok=True)
-        _write_json(os.path.join(local_out, "metrics.json"), result)
-        _write_json(os.path.join(local_out, "confusion_matrix.json"),
+        write_json(os.path.join(local_out, "metrics.json"), result)
+        write_json(os.path.join(local_out, "confusion_matrix.json"),
                     {"classes": info["classes"], "rows": "truth", "columns": "prediction",
                      "ignore_index": info["ignore_index"], "matrix": report["confusion_matrix"]})
         if plot:
@@ -138,14 +139,6 @@ def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.3f}"
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, allow_nan=False)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def plot_confusion_matrix(cm, class_names, path: str, title: str = "") -> None:
@@ -186,8 +179,6 @@ def plot_confusion_matrix(cm, class_names, path: str, title: str = "") -> None:
 
 def add_evaluate_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the ``benbeam evaluate`` flags."""
-    from trainer.train import add_storage_flags
-
     ap.add_argument("--model", required=True, help="a .keras model written by `benbeam train`")
     ap.add_argument("--data", required=True, help="converted dataset: folder or URL holding dataset.json")
     ap.add_argument("--split", default="test", help="split to score (default: %(default)s)")
@@ -196,16 +187,15 @@ def add_evaluate_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--max_patches", type=int, default=None, help="score the first N patches only")
     ap.add_argument("--threshold", type=float, default=0.5,
                     help="score threshold of the multi-label head for F1 (default: %(default)s)")
-    add_storage_flags(ap)
+    add_storage_args(ap)
     return ap
 
 
 def evaluate_main(args: argparse.Namespace) -> int:
     """Run ``benbeam evaluate`` from parsed flags; returns the exit code."""
     from schemas.manifest import ManifestError
-    from trainer.train import _configure_storage
 
-    _configure_storage(args)
+    configure_storage(args)
     try:
         r = evaluate(model=args.model, data=args.data, split=args.split, out=args.out, batch=args.batch,
                      max_patches=args.max_patches, threshold=args.threshold)
@@ -217,13 +207,12 @@ def evaluate_main(args: argparse.Namespace) -> int:
         ml = r["multilabel"]
         line += f", micro F1 {_fmt(ml['micro_f1'])}, macro F1 {_fmt(ml['macro_f1'])}, mAP {_fmt(ml['map_macro'])}"
     print(line)
-    from transforms import storage
-
     print(f"wrote {storage.join(args.out, 'metrics.json')}")
     return 0
 
 
 def evaluate_cli(argv: list[str] | None = None) -> int:
+    """``benbeam evaluate ARGV``; returns the exit code."""
     ap = argparse.ArgumentParser(prog="benbeam evaluate", description="Score a trained model on a dataset split.")
     add_evaluate_args(ap)
     return evaluate_main(ap.parse_args(argv))

@@ -31,80 +31,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.bands import ALL_NAMES, BAND_BY_NAME, PIXEL_SIZE_M, S1_NAMES, S2_NAMES, S2_PRODUCT_NAMES
-from transforms.resample import RESAMPLING_METHODS, _bilinear, _cubic
+from schemas.tiles import DN_ADD_OFFSET, MTD_FILES, OFFSET_BASELINE, SIDECAR_SUFFIXES
+from transforms.resample import RESAMPLING_METHODS, resample_window, source_span
 
-SIDECAR_SUFFIXES = ("_s1", "_truth")  # <tile>_s1.tif / <tile>_truth.tif are not tiles (see synth.tiles)
 TILE_EXTENSIONS = (".tif", ".tiff")
 BAND_EXTENSIONS = (".jp2", ".tif", ".tiff")
 L1C_ONLY = ("B10",)  # cirrus band: in L1C, not in L2A (nor in reBEN)
-DEFAULT_OFFSET = -1000.0  # BOA/RADIO_ADD_OFFSET of processing baseline >= 04.00
 _PHYSICAL = S2_PRODUCT_NAMES  # bandId 0..12 of a product's metadata
 L1C_WARNING = ("{path}: a Level-1C product (top-of-atmosphere reflectance). The model was trained on "
                "reBEN, which is Level-2A (bottom-of-atmosphere, Sen2Cor): expect a domain shift and "
                "lower accuracy; use the L2A product of the same acquisition where you can")
-
-
-# --------------------------------------------------------------------------------------
-# Window resampling (plain numpy): the same kernel as transforms.resample, over a whole band
-# --------------------------------------------------------------------------------------
-
-def taps(n_src: int, factor: int, method: str, dst_start: int, dst_stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """(idx int64[n, T], w float32[n, T]) for destination pixels dst_start..dst_stop-1 of a band
-    of n_src source pixels upsampled by ``factor``: the nonzero part of the rows of
-    ``transforms.resample.weights(n_src, factor, method)``, computed the same way (bit for bit)
-    without building the (n_src·factor × n_src) matrix. Dropped taps get weight 0, index clipped.
-    """
-    if method not in RESAMPLING_METHODS:
-        raise ValueError(f"resampling must be one of {RESAMPLING_METHODS}, got {method!r}")
-    centres = (np.arange(dst_start, dst_stop) + 0.5) / factor
-    if method in ("nearest", "average") or factor == 1:
-        idx = np.minimum(np.floor(centres).astype(np.int64), n_src - 1)[:, None]
-        return idx, np.ones(idx.shape, dtype=np.float32)
-    kernel, radius = (_bilinear, 1) if method == "bilinear" else (_cubic, 2)
-    pos = centres - 0.5
-    lo = np.floor(pos).astype(np.int64) - radius + 1
-    t = lo[:, None] + np.arange(2 * radius)
-    k = kernel(t - pos[:, None])
-    keep = (t >= 0) & (t < n_src)
-    k = np.where(keep, k, 0.0)
-    total = k[:, 0].copy()
-    for j in range(1, k.shape[1]):  # left to right, as weights() sums the kept taps (dropped ones
-        total += k[:, j]  # are only ever at the ends, and adding 0.0 is exact)
-    return np.clip(t, 0, n_src - 1), (k / total[:, None]).astype(np.float32)
-
-
-def _apply(block: np.ndarray, idx: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
-    """Sum over taps of w * block gathered along ``axis`` (fixed order: identical results
-    whatever the window)."""
-    out = None
-    for t in range(idx.shape[1]):
-        g = np.take(block, idx[:, t], axis=axis)
-        ww = w[:, t][:, None] if axis == 0 else w[:, t][None, :]
-        term = ww * g
-        out = term if out is None else out + term
-    return out
-
-
-def resample_window(block: np.ndarray, block_origin: tuple[int, int], src_shape: tuple[int, int], factor: int,
-                    dst_window: tuple[int, int, int, int], method: str = "bilinear") -> np.ndarray:
-    """Upsample part of a band: float32 (h, w) of the 10 m window (row0, col0, h, w).
-
-    ``block`` holds source rows/cols starting at ``block_origin`` of a band of ``src_shape``;
-    it must cover ``source_span`` of the window. Equals ``transforms.resample.upsample`` of the
-    whole band cropped to the window (up to float32 rounding: same weights, same sums).
-    """
-    r0, c0, h, w = dst_window
-    ir, wr = taps(src_shape[0], factor, method, r0, r0 + h)
-    ic, wc = taps(src_shape[1], factor, method, c0, c0 + w)
-    x = np.asarray(block, dtype=np.float32)
-    rows = _apply(x, ir - block_origin[0], wr, 0)
-    return _apply(rows, ic - block_origin[1], wc, 1)
-
-
-def source_span(n_src: int, factor: int, method: str, dst_start: int, dst_stop: int) -> tuple[int, int]:
-    """[lo, hi) of the source pixels that destination pixels dst_start..dst_stop-1 reach."""
-    idx, _ = taps(n_src, factor, method, dst_start, dst_stop)
-    return int(idx.min()), int(idx.max()) + 1
 
 
 # --------------------------------------------------------------------------------------
@@ -138,10 +74,10 @@ def read_offsets(safe_dir: str) -> tuple[dict[str, float], list[str]]:
     folder name decides (N0400 and later: -1000, with a warning).
     """
     warnings: list[str] = []
-    mtd = [f for f in ("MTD_MSIL2A.xml", "MTD_MSIL1C.xml") if os.path.isfile(os.path.join(safe_dir, f))]
+    mtd = [f for f in MTD_FILES if os.path.isfile(os.path.join(safe_dir, f))]
     if not mtd:
         base = _baseline_from_name(os.path.basename(os.path.normpath(safe_dir)))
-        off = DEFAULT_OFFSET if base is not None and 400 <= base < 9999 else 0.0
+        off = float(DN_ADD_OFFSET) if base is not None and OFFSET_BASELINE <= base < 9999 else 0.0
         warnings.append(f"{safe_dir}: no MTD_MSIL2A.xml / MTD_MSIL1C.xml; assuming an additive DN offset of "
                         f"{off:g} from the processing baseline in the name")
         return {b: off for b in _PHYSICAL}, warnings
@@ -192,13 +128,14 @@ def find_tiles(input_dir: str) -> list[str]:
     out = []
     for entry in sorted(os.listdir(input_dir)):
         p = os.path.join(input_dir, entry)
-        if _is_safe(p):
+        if _is_safe(p) or (os.path.isfile(p) and is_tile_file(entry)):
             out.append(p)
-        elif os.path.isfile(p) and entry.lower().endswith(TILE_EXTENSIONS):
-            stem = os.path.splitext(entry)[0].lower()
-            if not stem.endswith(SIDECAR_SUFFIXES):
-                out.append(p)
     return out
+
+
+def is_tile_file(name: str) -> bool:
+    """Whether a file name is a GeoTIFF tile: ``.tif`` / ``.tiff``, not a ``*_s1`` / ``*_truth`` sidecar."""
+    return name.lower().endswith(TILE_EXTENSIONS) and not os.path.splitext(name)[0].lower().endswith(SIDECAR_SUFFIXES)
 
 
 class TileSource:

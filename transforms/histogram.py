@@ -83,7 +83,10 @@ class BandStats:
 
     def bin_index(self, bands_first: np.ndarray) -> np.ndarray:
         """Flat bin index (band offset included) of every pixel of a (B, N) array."""
-        idx = ((bands_first - self._lo32[:, None]) * self._inv_width[:, None]).astype(np.int32)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values -> +inf -> last bin; NaN -> first bin
+            t = (bands_first - self._lo32[:, None]) * self._inv_width[:, None]
+            np.minimum(t, self.bins, out=t)  # +inf, or past the int32 range, would wrap to the first bin on the cast
+            idx = t.astype(np.int32)
         np.clip(idx, 0, self.bins - 1, out=idx)
         idx += self._offsets[:, None]
         return idx

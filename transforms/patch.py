@@ -26,6 +26,8 @@ from transforms.resample import upsample
 
 @dataclass
 class DecodedPatch:
+    """One decoded, checked patch on the 10 m grid: its pixels, reference-map codes and class labels."""
+
     patch_id: str
     pixels: np.ndarray  # float32 (120, 120, 14): S2 DN (schemas.bands.S2_NAMES) then VV, VH dB, 10 m grid
     codes: np.ndarray  # uint16 (120, 120) CLC codes

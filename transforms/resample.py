@@ -74,3 +74,65 @@ def upsample(arr: np.ndarray, factor: int, method: str = "bilinear") -> np.ndarr
     if method in ("nearest", "average"):
         return np.repeat(np.repeat(x, factor, axis=-2), factor, axis=-1)
     return np.matmul(np.matmul(weights(x.shape[-2], factor, method), x), weights(x.shape[-1], factor, method).T)
+
+
+# --------------------------------------------------------------------------- windows of a band (tiles)
+
+
+def taps(n_src: int, factor: int, method: str, dst_start: int, dst_stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """(idx int64[n, T], w float32[n, T]) for destination pixels dst_start..dst_stop-1 of a band
+    of n_src source pixels upsampled by ``factor``: the nonzero part of the rows of
+    ``weights(n_src, factor, method)``, computed the same way (bit for bit) without building
+    the (n_src·factor × n_src) matrix. Dropped taps get weight 0, index clipped.
+    """
+    if method not in RESAMPLING_METHODS:
+        raise ValueError(f"resampling must be one of {RESAMPLING_METHODS}, got {method!r}")
+    centres = (np.arange(dst_start, dst_stop) + 0.5) / factor
+    if method in ("nearest", "average") or factor == 1:
+        idx = np.minimum(np.floor(centres).astype(np.int64), n_src - 1)[:, None]
+        return idx, np.ones(idx.shape, dtype=np.float32)
+    kernel, radius = (_bilinear, 1) if method == "bilinear" else (_cubic, 2)
+    pos = centres - 0.5
+    lo = np.floor(pos).astype(np.int64) - radius + 1
+    t = lo[:, None] + np.arange(2 * radius)
+    k = kernel(t - pos[:, None])
+    keep = (t >= 0) & (t < n_src)
+    k = np.where(keep, k, 0.0)
+    total = k[:, 0].copy()
+    for j in range(1, k.shape[1]):  # left to right, as weights() sums the kept taps (dropped ones
+        total += k[:, j]  # are only ever at the ends, and adding 0.0 is exact)
+    return np.clip(t, 0, n_src - 1), (k / total[:, None]).astype(np.float32)
+
+
+def _apply_taps(block: np.ndarray, idx: np.ndarray, w: np.ndarray, axis: int) -> np.ndarray:
+    """Sum over taps of w * block gathered along ``axis`` (fixed order: identical results
+    whatever the window)."""
+    out = None
+    for t in range(idx.shape[1]):
+        g = np.take(block, idx[:, t], axis=axis)
+        ww = w[:, t][:, None] if axis == 0 else w[:, t][None, :]
+        term = ww * g
+        out = term if out is None else out + term
+    return out
+
+
+def resample_window(block: np.ndarray, block_origin: tuple[int, int], src_shape: tuple[int, int], factor: int,
+                    dst_window: tuple[int, int, int, int], method: str = "bilinear") -> np.ndarray:
+    """Upsample part of a band: float32 (h, w) of the 10 m window (row0, col0, h, w).
+
+    ``block`` holds source rows/cols starting at ``block_origin`` of a band of ``src_shape``;
+    it must cover ``source_span`` of the window. Equals ``upsample`` of the whole band cropped
+    to the window (up to float32 rounding: same weights, same sums).
+    """
+    r0, c0, h, w = dst_window
+    ir, wr = taps(src_shape[0], factor, method, r0, r0 + h)
+    ic, wc = taps(src_shape[1], factor, method, c0, c0 + w)
+    x = np.asarray(block, dtype=np.float32)
+    rows = _apply_taps(x, ir - block_origin[0], wr, 0)
+    return _apply_taps(rows, ic - block_origin[1], wc, 1)
+
+
+def source_span(n_src: int, factor: int, method: str, dst_start: int, dst_stop: int) -> tuple[int, int]:
+    """[lo, hi) of the source pixels that destination pixels dst_start..dst_stop-1 reach."""
+    idx, _ = taps(n_src, factor, method, dst_start, dst_stop)
+    return int(idx.min()), int(idx.max()) + 1

@@ -2,16 +2,17 @@
 
 A table (tile, pixels, seconds, pixels/s, peak memory, device) and one card per tile with
 its preview embedded as a ``data:`` URI (the page works when copied alone) and links to
-the tile's outputs relative to the page (they work beside the outputs). No script.
+the tile's outputs relative to the page (they work beside the outputs). No script. The
+page's folder may be local or in ``s3://`` / ``gs://``.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import os
 
-from trainer.predict import PREVIEW
+from trainer.inference.settings import PREVIEW
+from transforms import storage
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -36,8 +37,7 @@ def _anchor(name: str) -> str:
 
 def _data_uri(path: str) -> str | None:
     try:
-        with open(path, "rb") as fh:
-            return "data:image/png;base64," + base64.b64encode(fh.read()).decode("ascii")
+        return "data:image/png;base64," + base64.b64encode(storage.read_bytes(path)).decode("ascii")
     except OSError:
         return None
 
@@ -52,8 +52,9 @@ def render_viewer(page_dir: str, summaries: list[dict], failures: list[dict] = (
         mib = s["peak_rss_bytes"] / 2 ** 20
         pps = f"{s['pixels_per_s']:,.0f}" if s.get("pixels_per_s") else ""
         rows.append(f"<tr><td><a href=\"#{_anchor(s['tile'])}\">{_esc(s['tile'])}</a></td><td>{s['pixels']:,}</td>"
-                    f"<td>{s['seconds']:.2f}</td><td>{pps}</td><td>{mib:,.0f} MiB</td><td>{_esc(s['device'])}</td></tr>")
-        uri = _data_uri(os.path.join(page_dir, d, PREVIEW))
+                    f"<td>{s['seconds']:.2f}</td><td>{pps}</td><td>{mib:,.0f} MiB</td>"
+                    f"<td>{_esc(s['device'])}</td></tr>")
+        uri = _data_uri(storage.join(page_dir, *(p for p in (d, PREVIEW) if p)))
         img = (f"<img id=\"preview-{_esc(_anchor(s['tile']))}\" src=\"{uri}\" alt=\"class map of {_esc(s['tile'])}\">"
                if uri else "<p class=\"warn\">no preview</p>")
         files = "".join(f"<li><a href=\"{_esc('/'.join(p for p in (d, f) if p))}\">{_esc(f)}</a></li>"
@@ -82,8 +83,6 @@ def render_viewer(page_dir: str, summaries: list[dict], failures: list[dict] = (
 
 
 def write_viewer(path: str, summaries: list[dict], failures: list[dict] = (), *, title: str = "benbeam predict"):
-    text = render_viewer(os.path.dirname(os.path.abspath(path)), summaries, failures, title=title)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """Write the page to ``path`` (local or a URL), its previews read from beside it."""
+    text = render_viewer(storage.parent(path), summaries, failures, title=title)
+    storage.write_bytes_atomic(path, text.encode("utf-8"))

@@ -1,52 +1,46 @@
 """``benbeam predict --input_dir DIR``: many tiles as a Beam pipeline, one element per tile.
 
-    Create(tile paths) → Reshuffle → PredictTiles (DoFn: model loaded once per worker,
-    shared by its threads; each tile mapped chunk by chunk into OUT/<tile name>/) →
+    Create(tile paths or URLs) → Reshuffle → PredictTiles (DoFn: model loaded once per
+    worker process in ``setup``, shared by its threads; each tile fetched if remote, mapped
+    chunk by chunk, its maps written to OUT/<tile name>/, uploaded if OUT is a URL) →
     ToList → Finalize (OUT/summary.json, OUT/viewer.html)
 
-The DoFn calls ``trainer.predict.predict_path`` (the plain command's code, same chunk and
-batch sizes), so a tile's outputs are byte-identical to ``benbeam predict --tile``'s. A tile
-that cannot be mapped becomes a dead letter ``{tile, path, stage, reason}`` in
-``summary.json`` (counted, shown in the viewer); the others are still mapped.
+The DoFn calls the plain command's code (``trainer.inference.tile``, same chunk and batch
+sizes), so a tile's outputs are byte-identical to ``benbeam predict --tile``'s. A tile that
+cannot be mapped becomes a dead letter ``{tile, path, stage, reason}`` in ``summary.json``
+(counted, shown in the viewer); the others are still mapped.
+
+Why not Beam's ``RunInference``: its unit is one model call on a batch of examples held in
+memory, with the results as ``PredictionResult`` elements. Here the unit is a whole tile
+whose windows are batched, blended and written chunk by chunk to GeoTIFFs (memory bounded
+by the chunk, not the tile), so a ModelHandler would only wrap this DoFn's ``setup`` (one
+model per worker process, through ``apache_beam.utils.shared`` as RunInference does) and
+add nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.utils import shared
 
-from trainer import predict as P
+from trainer.inference import staging
+from trainer.inference.plugins import load_extra
+from trainer.inference.predictor import Predictor
+from trainer.inference.settings import SUMMARY, VIEWER, PredictError, PredictSettings
+from trainer.inference.tile import open_tile_at, predict_tile, print_summary
+from trainer.inference.viewer import write_viewer
+from transforms import storage
 
 LOG = logging.getLogger("benbeam.predict")
-SUMMARY = "summary.json"
 NAMESPACE = "benbeam"
-
-
-@dataclass(frozen=True)
-class PredictSettings:
-    """Everything a worker needs to map a tile (plain values: pickles predictably)."""
-
-    model: str
-    out: str
-    chunk_size: int = P.DEFAULTS["chunk_size"]
-    overlap: int = P.DEFAULTS["overlap"]
-    batch_size: int = P.DEFAULTS["batch_size"]
-    save_probs: bool = False
-    probs_dtype: str = P.DEFAULTS["probs_dtype"]
-    preview_size: int = P.DEFAULTS["preview_size"]
-    resampling: str = "bilinear"
-    extras: tuple[str, ...] = field(default_factory=tuple)
-
-    def tile_kwargs(self) -> dict:
-        return dict(chunk_size=self.chunk_size, save_probs=self.save_probs, probs_dtype=self.probs_dtype,
-                    preview_size=self.preview_size)
 
 
 class _Loaded:
@@ -57,7 +51,14 @@ class _Loaded:
 
 
 def tile_name(path: str) -> str:
+    """The last component of a tile's path or URL."""
     return os.path.basename(path.rstrip("/"))
+
+
+def _use_storage(opts: dict) -> None:
+    """On a worker: the launching process's storage options (endpoints; credentials stay in the chains)."""
+    if opts:
+        storage.set_options(opts)
 
 
 class PredictTileFn(beam.DoFn):
@@ -70,30 +71,34 @@ class PredictTileFn(beam.DoFn):
         self._extras = None
 
     def setup(self):
+        """Load the model once per worker process (shared by its threads) and the --extra functions."""
         s = self.settings
+        _use_storage(s.storage)
 
         def load():
-            return _Loaded(P.Predictor.load(s.model, batch_size=s.batch_size, overlap=s.overlap))
+            return _Loaded(Predictor.load(s.model, batch_size=s.batch_size, overlap=s.overlap))
 
         self._predictor = self._shared.acquire(load, tag=f"{s.model}|{s.batch_size}|{s.overlap}").predictor
-        self._extras = [P.load_extra(e) for e in s.extras]
+        self._extras = [load_extra(e) for e in s.extras]
 
     def process(self, path: str):
+        """Map the tile at ``path`` (local or a URL) into ``settings.out/<tile name>/``."""
         s = self.settings
-        needs_s1 = any(c in ("VV", "VH") for c in self._predictor.channels)
         stage = "open"
         try:
-            src = P.open_source(path, self._predictor.channels, P.s1_sidecar(path) if needs_s1 else None,
-                                 s.resampling)
-            stage = "predict"
-            with src:
-                for w in src.warnings or []:
+            with contextlib.ExitStack() as stack:
+                s1 = staging.s1_sidecar(path) if self._predictor.needs_s1 else None
+                src = stack.enter_context(open_tile_at(path, self._predictor.channels, s1, s.resampling))
+                stage = "predict"
+                for w in src.warnings:
                     LOG.warning("%s: %s", src.name, w)
-                summary = P.predict_tile(self._predictor, src, os.path.join(s.out, src.name), extras=self._extras,
-                                         progress=LOG.info, **s.tile_kwargs())
+                out_dir = stack.enter_context(staging.local_folder(storage.join(s.out, src.name)))
+                summary = predict_tile(self._predictor, src, out_dir, extras=self._extras, progress=LOG.info,
+                                       **s.tile_kwargs())
+                stage = "write"
         except Exception as e:  # noqa: BLE001 - a dead letter with the reason, the other tiles go on
             beam.metrics.Metrics.counter(NAMESPACE, f"tiles_failed_{stage}").inc()
-            reason = str(e) if isinstance(e, P.PredictError) else f"{type(e).__name__}: {e}"
+            reason = str(e) if isinstance(e, PredictError) else f"{type(e).__name__}: {e}"
             yield "failed", {"tile": tile_name(path), "path": path, "stage": stage, "reason": reason}
             return
         beam.metrics.Metrics.counter(NAMESPACE, "tiles_mapped").inc()
@@ -115,41 +120,41 @@ class PredictTiles(beam.PTransform):
 
 
 def finalize(results: list, out: str) -> dict:
-    """Write ``summary.json`` (tiles sorted by name, dead letters) and ``viewer.html``."""
-    from trainer.viewer import write_viewer
-
+    """Write ``summary.json`` (tiles sorted by name, dead letters) and ``viewer.html`` into ``out``."""
     ok = sorted((r for tag, r in results if tag == "ok"), key=lambda r: r["tile"])
     failed = sorted((r for tag, r in results if tag == "failed"), key=lambda r: r["path"])
     summary = {"tiles": ok, "failures": failed, "mapped": len(ok), "failed": len(failed),
                "pixels": sum(r["pixels"] for r in ok)}
-    tmp = os.path.join(out, f".tmp-{os.getpid()}-{SUMMARY}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2, allow_nan=False)
-        fh.write("\n")
-    os.replace(tmp, os.path.join(out, SUMMARY))
-    write_viewer(os.path.join(out, P.VIEWER), ok, failed, title="benbeam predict")
+    storage.write_bytes_atomic(storage.join(out, SUMMARY),
+                               (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
+    write_viewer(storage.join(out, VIEWER), ok, failed, title="benbeam predict")
     return summary
 
 
 @dataclass
 class Finalize(beam.PTransform):
+    """All ``(status, dict)`` results → ``summary.json`` and ``viewer.html`` in ``out``; yields the count mapped."""
+
     out: str
+    storage_options: dict | None = None
 
     def expand(self, results):
         return (results
                 | "Collect" >> beam.combiners.ToList()
-                | "Write" >> beam.Map(_finalize_count, self.out))
+                | "Write" >> beam.Map(_finalize_count, self.out, self.storage_options or {}))
 
 
-def _finalize_count(results: list, out: str) -> int:
+def _finalize_count(results: list, out: str, storage_options: dict) -> int:
+    _use_storage(storage_options)
     return finalize(results, out)["mapped"]
 
 
 def build(p: beam.Pipeline, tiles: list[str], settings: PredictSettings):
+    """The pipeline over ``tiles`` (see the module's docstring)."""
     return (p
             | "Tiles" >> beam.Create(sorted(tiles))
             | "PredictTiles" >> PredictTiles(settings)
-            | "Finalize" >> Finalize(settings.out))
+            | "Finalize" >> Finalize(settings.out, settings.storage))
 
 
 def beam_argv(args: list[str]) -> list[str]:
@@ -166,15 +171,15 @@ def beam_argv(args: list[str]) -> list[str]:
 
 def run_pipeline(*, model: str, tiles: list[str], out: str, beam_args: list[str], overlap: int, batch_size: int,
                  extras: list[str], **tile_kwargs) -> int:
-    """Run the pipeline over ``tiles``; prints a summary; returns the exit code."""
+    """Run the pipeline over ``tiles`` (paths or URLs) into ``out`` (a folder or a URL); prints
+    a summary; returns the exit code."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from transforms import storage
-
-    if not storage.is_remote(model) and not os.path.exists(model):
-        raise P.PredictError(f"model {model} does not exist")
-    settings = PredictSettings(model=model, out=os.path.abspath(out), overlap=overlap, batch_size=batch_size,
-                               extras=tuple(extras), **tile_kwargs)
+    if not staging.exists(model):
+        raise PredictError(f"model {model} does not exist")
+    settings = PredictSettings(model=model, out=out if storage.is_remote(out) else os.path.abspath(out),
+                               overlap=overlap, batch_size=batch_size, extras=tuple(extras),
+                               storage=storage.options(), **tile_kwargs)
     t0 = time.perf_counter()
     p = beam.Pipeline(options=PipelineOptions(beam_argv(beam_args)))
     build(p, tiles, settings)
@@ -184,12 +189,11 @@ def run_pipeline(*, model: str, tiles: list[str], out: str, beam_args: list[str]
         msg = str(e).strip().splitlines()[-1][:500] if str(e).strip() else ""
         print(f"benbeam predict: error: the pipeline failed: {type(e).__name__}: {msg}", file=sys.stderr)
         return 1
-    with open(os.path.join(out, SUMMARY), encoding="utf-8") as fh:
-        summary = json.load(fh)
+    summary = json.loads(storage.read_bytes(storage.join(settings.out, SUMMARY)))
     for s in summary["tiles"]:
-        P._print_summary(s, os.path.join(out, s["dir"]))
+        print_summary(s, storage.join(out, s["dir"]))
     for f in summary["failures"]:
         print(f"benbeam predict: error: {f['tile']} ({f['stage']}): {f['reason']}", file=sys.stderr)
     print(f"{summary['mapped']} tiles mapped, {summary['failed']} failed in {time.perf_counter() - t0:.1f} s; "
-          f"wrote {os.path.join(out, SUMMARY)} and {os.path.join(out, P.VIEWER)}")
+          f"wrote {storage.join(out, SUMMARY)} and {storage.join(out, VIEWER)}")
     return 0 if not summary["failures"] else 1

@@ -1,0 +1,167 @@
+"""Output bytes stay what they were: the sha256 of every deterministic file that `benbeam synth`
+and `benbeam convert` write, through the real CLI, against hashes recorded from the code as it
+stood before the re-layering of issue 15 (manifest, per-shard function, report modules).
+
+Three conversions of one synthetic replica with dead letters of every fault kind, a shard size
+small enough for several shards per split and a shard whose every patch fails:
+``a`` float32 / uncompressed / bilinear with statistics computed (and its report);
+``b`` float16 / gzip / cubic with ``--stats a/stats.json``;
+``c`` validation + test only with ``--stats a/stats.json``; and ``d``, as ``c`` but with
+``--stats a/dataset.json`` (the manifest form), which must give ``c``'s shards.
+Excluded: ``run.json`` (timings, timestamps). The report is rewritten from a fixed
+``run.json`` so that its page is deterministic too. The temporary folder and the package
+version are replaced by placeholders before hashing (paths and the version are recorded in
+the manifest and the dead letters).
+
+When an intended change alters the bytes, re-record with
+``python -m tests.test_byte_identity`` and say why in the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from beam_pipeline import __version__
+from beam_pipeline.cli import main
+
+TEXT_SUFFIXES = (".json", ".jsonl", ".pbtxt", ".html", ".svg")
+FIXED_RUN = {
+    "counters": {}, "direct_running_mode": "multi_processing", "finished_utc": "2000-01-01T00:00:00Z",
+    "package_version": "@version", "patches": 23, "patches_per_s": 10.0, "peak_rss_mib": 100.0,
+    "runner": "DirectRunner", "seconds": 2.3, "workers": 1,
+}
+
+EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
+    "reben/* (every file of the synthetic replica)": "fbeeeb7e2ad2cb1344bba1269b1785eb7ae51c9438bfae0ce6a0151ccd6b2e2b",
+    "a/dataset.json": "b7d9a015d093eb51b79fc78def8b9a9dd8f515f00366b7fdb091356b32ea8784",
+    "a/failures.jsonl": "bc95c4e1f304f4534ab8e93fd7182dc606d315e99402172e7f591de240cdb96e",
+    "a/histograms.npz": "cd0f592aabe17a37a9fb5ece9c9717e51042cabed6f8fbfced6eceaf78a4cb18",
+    "a/report/classes.svg": "f4451d53168c6b5ab6f674ff1018f7a91d4adee4127e37f8947267b7b0cdf6f1",
+    "a/report/failures.svg": "2bb4852b4276c4d906eaa133a3b64ee83964a4eb339b41d31665ebdf47616b13",
+    "a/report/histograms.svg": "a87e7ba5450eb8a2fce57d13682d9b640c0e04cfcd69ec9d8021c7cb5b918eaa",
+    "a/report/sample-0-label.png": "6125cc4d12c84e6ea02e9c8b256799f03ffd38138e48938809eea25f84d32474",
+    "a/report/sample-0-rgb.png": "be8654f926a843ed38ce886474976bc3afe1c236ae886c0cc1d10e442180c869",
+    "a/report/sample-1-label.png": "0a94defdf746969f0196d81f97234696dc6667044c85b96828095821e9783acd",
+    "a/report/sample-1-rgb.png": "7e4bd9e519386043b2dc14e069bb882a00df085d0d106d82fc1f85b54467f829",
+    "a/report/sample-2-label.png": "d4d6ce97bd9c1c6d6854ee5e60c0b10cc89fb813e0d4e649745b08ec3e78106c",
+    "a/report/sample-2-rgb.png": "2480ba30af9822fc67a3705bfb8001d2ab7b304cfe01139080deb32948ce706e",
+    "a/report/sample-3-label.png": "0740f525e1fe5f70e07bfd21b055e17c530e02181660df63af01df65bd893896",
+    "a/report/sample-3-rgb.png": "46777e7ae696d3b812140015981f7ad89d679f0c7433ab88607605f3eb5f67ff",
+    "a/report/sample-4-label.png": "072ca84b1ee09d561a547eb34af0e30c5d96c9b36faa3c7890ed60b0beea728c",
+    "a/report/sample-4-rgb.png": "92db790ec95cfb45cdd5f50c55bdc176f5bacdec29996d1fe98143fb7229d518",
+    "a/report/sample-5-label.png": "345ce30a27566b6b9c478da07a6509622e4f21b9f193314100e3ccfd260e5660",
+    "a/report/sample-5-rgb.png": "cbeea1face0b3d05ed72bf9da379c950c37e159d7d2e1f22796b750aabbcf2a7",
+    "a/report.html": "8bb750cece9eb567aef996ea5dd56a655bd9d3c147e0f67ab97e46c4a9c965d3",
+    "a/schema.pbtxt": "6ff6fad88aac9e2b46aefbcc2f8475ce5f78c305ebe2e90b942ca4f836e76165",
+    "a/stats.json": "b9e8fb905f44d45790d026a1356c40caed8bef4b7919c7d2e16e46cd0e9961a8",
+    "a/test/test-00000-of-00002.tfrecord": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "a/test/test-00001-of-00002.tfrecord": "164e7d0de919e92cf9f972ea037ec339dc9d2a16dc3d0c7e9d69ba964a8848e0",
+    "a/train/train-00000-of-00003.tfrecord": "120936b58b6c3c99d3ecd4f6f9e8b906eaf1d7ade4c0bb113161ce60fbc7e79b",
+    "a/train/train-00001-of-00003.tfrecord": "f55d1c7a96aa06cd81a15a6d3a1448a3ee8c2cf1d2a0612f2e03efe051ddca80",
+    "a/train/train-00002-of-00003.tfrecord": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "a/validation/validation-00000-of-00002.tfrecord": "d0eaa87c71b3ec99aa1e533fda3b8f791ec9f7dc24704f54fbb4f1e85684a64c",
+    "a/validation/validation-00001-of-00002.tfrecord": "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
+    "b/dataset.json": "1228c98dc55ddfc4ad3499bd592f7b2fcc53966af42f196983b826b1e9aa9c79",
+    "b/failures.jsonl": "bc95c4e1f304f4534ab8e93fd7182dc606d315e99402172e7f591de240cdb96e",
+    "b/schema.pbtxt": "c1b5d79af0ce921d11d07e2db1d6d7a630da6a66a2e428f3bbe09386ea40ac69",
+    "b/stats.json": "e3088ef9bb2419f96394d4fb7d56e87385e024f03ffef3a1d75f1645309e4cb6",
+    "b/test/test-00000-of-00002.tfrecord.gz": "9ceffb7310338057cfe71a4ae1e2c98d2c485d81cdef906532a801f457a38d64",
+    "b/test/test-00001-of-00002.tfrecord.gz": "23a7a057b6c2bc9528a7e265b708ae93e9178b5e691e0e4f1164ec2d17f3fe57",
+    "b/train/train-00000-of-00003.tfrecord.gz": "70c574defaeabd58e4f21756e42b2280f6db44ea00bc47c4a0a7d93120c6f51f",
+    "b/train/train-00001-of-00003.tfrecord.gz": "453a2e7e93d73f9d20145a55252812a80fe198c292aa1c310d09e4d324452f2d",
+    "b/train/train-00002-of-00003.tfrecord.gz": "9ceffb7310338057cfe71a4ae1e2c98d2c485d81cdef906532a801f457a38d64",
+    "b/validation/validation-00000-of-00002.tfrecord.gz": "2d9a4c765e7bd4480d684ca535f0f8ff70689b2c816b07fe9893c32985e8a48e",
+    "b/validation/validation-00001-of-00002.tfrecord.gz": "8cf2f854eb9db58d760245990a19caf1b7414b11c13b71ea3ba5e13a0a2ed359",
+    "c/dataset.json": "72168140567a785575bfd455e7085b5f9d23e8bb12d76dfd001586501f2e5c7e",
+    "c/failures.jsonl": "6ce17a634c1b37b48297f0689d97f70fa1f762ab7d8294bc0686318c8ab33c48",
+    "c/schema.pbtxt": "6ff6fad88aac9e2b46aefbcc2f8475ce5f78c305ebe2e90b942ca4f836e76165",
+    "c/stats.json": "e3088ef9bb2419f96394d4fb7d56e87385e024f03ffef3a1d75f1645309e4cb6",
+    "c/test/test-00000-of-00002.tfrecord": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "c/test/test-00001-of-00002.tfrecord": "164e7d0de919e92cf9f972ea037ec339dc9d2a16dc3d0c7e9d69ba964a8848e0",
+    "c/validation/validation-00000-of-00002.tfrecord": "d0eaa87c71b3ec99aa1e533fda3b8f791ec9f7dc24704f54fbb4f1e85684a64c",
+    "c/validation/validation-00001-of-00002.tfrecord": "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
+}
+
+
+def produce(base: Path) -> dict[str, str]:
+    """Synth and convert under ``base``; the normalised sha256 of every deterministic file."""
+    reben = base / "reben"
+    assert main(["synth", "--out", str(reben), "--n", "22", "--seed", "3", "--corrupt", "0.5", "--workers", "1"]) == 0
+    common = ["--meta", str(reben / "metadata.parquet"), "--shard_size", "4", "--workers", "1"]
+    assert main(["convert", *common, "--out", str(base / "a")]) == 0
+    assert main(["convert", *common, "--out", str(base / "b"), "--compression", "gzip", "--dtype", "float16",
+                 "--resampling", "cubic", "--stats", str(base / "a" / "stats.json"), "--no_report"]) == 0
+    assert main(["convert", *common, "--out", str(base / "c"), "--splits", "validation,test",
+                 "--stats", str(base / "a" / "stats.json"), "--no_report"]) == 0
+    assert main(["convert", *common, "--out", str(base / "d"), "--splits", "validation,test",
+                 "--stats", str(base / "a" / "dataset.json"), "--no_report"]) == 0
+    (base / "a" / "run.json").write_text(json.dumps(FIXED_RUN, indent=2, sort_keys=True) + "\n")
+    assert main(["report", str(base / "a")]) == 0
+    # The input replica as one digest: if it changed, the outputs' differences are not convert's.
+    inputs = "".join(f"{f.relative_to(reben).as_posix()} {hashlib.sha256(f.read_bytes()).hexdigest()}\n"
+                     for f in sorted(reben.rglob("*")) if f.is_file())
+    hashes = {"reben/* (every file of the synthetic replica)": hashlib.sha256(inputs.encode()).hexdigest()}
+    for name in ("a", "b", "c", "d"):
+        for path in sorted((base / name).rglob("*")):
+            rel = path.relative_to(base).as_posix()
+            if not path.is_file() or path.name == "run.json":
+                continue
+            data = path.read_bytes()
+            if path.name.endswith(TEXT_SUFFIXES):
+                data = data.replace(str(base).encode(), b"@base").replace(
+                    f'"package_version": "{__version__}"'.encode(), b'"package_version": "@version"')
+            hashes[rel] = hashlib.sha256(data).hexdigest()
+    return hashes
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bytes")
+    return base, produce(base)
+
+
+@pytest.fixture(scope="module")
+def produced(run):
+    return {k: v for k, v in run[1].items() if not k.startswith("d/")}
+
+
+def test_every_output_file_has_its_recorded_bytes(produced):
+    assert set(produced) == set(EXPECTED), "the set of files written changed"
+    changed = sorted(k for k in EXPECTED if produced[k] != EXPECTED[k])
+    assert not changed, f"{len(changed)} file(s) differ from the recorded bytes: {changed}"
+
+
+def test_the_run_covers_what_it_claims(produced):
+    """Several shards per split, gzip shards, an empty shard and the three datasets' manifests."""
+    for ds in ("a", "b", "c"):
+        assert f"{ds}/dataset.json" in produced and f"{ds}/failures.jsonl" in produced
+    assert sum(k.startswith("a/train/") for k in produced) >= 2
+    assert any(k.startswith("b/") and k.endswith(".tfrecord.gz") for k in produced)
+    assert not any(k.startswith("c/train/") for k in produced)
+    empty = hashlib.sha256(b"").hexdigest()
+    assert empty in {v for k, v in produced.items() if k.startswith("a/") and k.endswith(".tfrecord")}
+
+
+def test_stats_from_a_manifest_equal_stats_from_its_stats_json(run):
+    base, hashes = run
+    c = {k[2:]: v for k, v in hashes.items() if k.startswith("c/")}
+    d = {k[2:]: v for k, v in hashes.items() if k.startswith("d/")}
+    assert set(c) == set(d)
+    assert {k: v for k, v in d.items() if k not in ("stats.json", "dataset.json")} == {
+        k: v for k, v in c.items() if k not in ("stats.json", "dataset.json")}
+    c_stats, d_stats = (json.loads((base / x / "stats.json").read_text()) for x in "cd")
+    assert d_stats.pop("source") == str(base / "a" / "dataset.json") and c_stats.pop("source")
+    assert c_stats == d_stats
+
+
+if __name__ == "__main__":  # re-record: prints the EXPECTED table
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        table = {k: v for k, v in produce(Path(tmp)).items() if not k.startswith("d/")}
+    sys.stdout.write("EXPECTED = {\n" + "".join(f'    "{k}": "{v}",\n' for k, v in table.items()) + "}\n")

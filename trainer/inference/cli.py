@@ -1,0 +1,141 @@
+"""``benbeam predict``: the flags and the command (``run(argv)``).
+
+``--tile`` maps one tile, ``--input_dir --benchmark`` many one after the other, and
+``--input_dir`` alone runs the Beam pipeline (``trainer.inference.beam``; Beam flags such as
+``--runner`` pass through). Tiles, ``--s1``, ``--model`` and ``--out`` may be local paths or
+``s3://`` / ``gs://`` URLs. Exit codes: 0 ok, 1 a tile or the job failed, 2 a usage error,
+3 an object store that cannot be reached, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trainer.inference import staging
+from trainer.inference.settings import DEFAULTS, PROBS_DTYPES, REPORT_CSV, VIEWER, PredictEnvironmentError, PredictError
+from transforms import storage
+from transforms.cli_args import add_storage_args, configure_storage, nonneg_int, positive_int, unknown_pipeline_args
+from transforms.resample import RESAMPLING_METHODS
+
+
+def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register the ``benbeam predict`` flags."""
+    ap.add_argument("--model", required=True, help="a .keras model written by `benbeam train` (path or URL)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tile", help="one tile: a Sentinel-2 L2A .SAFE folder or a multi-band GeoTIFF (path or URL)")
+    src.add_argument("--input_dir", help="every tile in this folder or bucket prefix (--benchmark, or a Beam pipeline)")
+    ap.add_argument("--out", required=True, help="output folder, or an s3:// / gs:// URL")
+    ap.add_argument("--s1", default=None,
+                    help="Sentinel-1 VV/VH raster for --tile (needed by a model trained on S2+S1 or S1)")
+    ap.add_argument("--resampling", choices=RESAMPLING_METHODS, default=None,
+                    help="resampling of the 20 m and 60 m bands to 10 m (default: the training data's "
+                         "`benbeam convert --resampling`, recorded in the model; bilinear for older models)")
+    ap.add_argument("--chunk_size", type=positive_int, default=DEFAULTS["chunk_size"],
+                    help="chunk side in px, a multiple of 128; peak memory grows with its square "
+                         "(default: %(default)s)")
+    ap.add_argument("--overlap", type=nonneg_int, default=DEFAULTS["overlap"],
+                    help="overlap of neighbouring 120-px windows, blended with a Hann weight (default: %(default)s)")
+    ap.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"],
+                    help="windows per model call (default: %(default)s; larger on a GPU)")
+    ap.add_argument("--save_probs", action="store_true", help="also write the 19-band probability cube")
+    ap.add_argument("--probs_dtype", choices=PROBS_DTYPES, default=DEFAULTS["probs_dtype"],
+                    help="uint8: round(254·p), 255 = no data; float32: exact, NaN = no data (default: %(default)s)")
+    ap.add_argument("--extra", action="append", default=[], metavar="MODULE:FUNCTION",
+                    help="a user layer f(probs[h, w, 19]) -> 2-D array or {name: 2-D array}, written as "
+                         "<tile>_<name>.tif; repeatable; module may be path/to/file.py")
+    ap.add_argument("--preview_size", type=positive_int, default=DEFAULTS["preview_size"],
+                    help="longest side of preview.png's map in px (default: %(default)s)")
+    ap.add_argument("--benchmark", action="store_true",
+                    help="map the tiles one after the other, timing each: benchmark_report.csv + viewer.html")
+    add_storage_args(ap)
+    return ap
+
+
+def _check_out(out: str) -> None:
+    staging.check_writable(out)
+
+
+def _find_tiles(input_dir: str) -> list[str]:
+    tiles = staging.tiles_in(input_dir)
+    if not tiles:
+        raise PredictError(f"--input_dir {input_dir} holds no tile (.SAFE folder or GeoTIFF)")
+    return tiles
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``benbeam predict ARGV``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="benbeam predict",
+                                 description="Map whole Sentinel-2 tiles with a model trained by `benbeam train`.",
+                                 epilog="Beam pipeline options (--runner, ...) make --input_dir run as a Beam "
+                                        "pipeline (the default without --benchmark: DirectRunner).")
+    add_predict_args(ap)
+    args, beam_args = ap.parse_known_args(argv)
+    if beam_args:
+        unknown = unknown_pipeline_args(beam_args)
+        if unknown:
+            ap.error(f"unrecognized arguments: {' '.join(unknown)} (neither a benbeam predict flag nor an Apache "
+                     "Beam pipeline option; see --help)")
+        if args.tile or args.benchmark:
+            ap.error("Beam pipeline options apply to --input_dir without --benchmark")
+    configure_storage(args)
+    try:
+        return _run(args, beam_args)
+    except PredictEnvironmentError as e:
+        print(f"benbeam predict: error: {e}", file=sys.stderr)
+        return 3
+    except PredictError as e:
+        print(f"benbeam predict: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("benbeam predict: interrupted; no finished output was left for the tile in progress", file=sys.stderr)
+        return 130
+    except (RuntimeError, OSError) as e:
+        print(f"benbeam predict: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from trainer.inference.grid import check_chunk_size
+    from trainer.inference.plugins import load_extra
+    from trainer.inference.tile import model_resampling, predict_path, print_summary
+
+    if not staging.exists(args.model):
+        raise PredictError(f"model {args.model} does not exist")
+    check_chunk_size(args.chunk_size)
+    if args.s1 and not args.tile:
+        raise PredictError("--s1 goes with --tile; with --input_dir each tile's S1 raster is found beside it")
+    if args.tile and not staging.exists(args.tile):
+        raise PredictError(f"tile {args.tile} does not exist")
+    tiles = _find_tiles(args.input_dir) if args.input_dir else [args.tile]
+    _check_out(args.out)
+    extras = [load_extra(s) for s in args.extra]
+    if args.resampling is None:
+        args.resampling = model_resampling(args.model)
+    settings = dict(chunk_size=args.chunk_size, save_probs=args.save_probs, probs_dtype=args.probs_dtype,
+                    preview_size=args.preview_size, resampling=args.resampling)
+    if args.input_dir and not args.benchmark:
+        from trainer.inference.beam import run_pipeline
+
+        return run_pipeline(model=args.model, tiles=tiles, out=args.out, batch_size=args.batch_size,
+                            overlap=args.overlap, extras=list(args.extra), beam_args=beam_args, **settings)
+    from trainer.inference.predictor import Predictor
+
+    predictor = Predictor.load(args.model, batch_size=args.batch_size, overlap=args.overlap)
+    with staging.local_folder(args.out) as out_dir:
+        if args.benchmark:
+            from trainer.inference.benchmark import benchmark
+
+            s1_for = staging.s1_sidecar if predictor.needs_s1 else None
+            results = benchmark(predictor, tiles, out_dir, extras=extras, s1_for=s1_for, **settings)
+        else:
+            s = predict_path(predictor, args.tile, out_dir, s1=args.s1, extras=extras, **settings)
+    if args.benchmark:
+        ok = [r for r in results if not r.get("failed")]
+        for s in ok:
+            print_summary(s, storage.join(args.out, s["dir"]))
+        print(f"wrote {storage.join(args.out, REPORT_CSV)} and {storage.join(args.out, VIEWER)}")
+        return 0 if len(ok) == len(results) else 1
+    print_summary(s, args.out)
+    return 0

@@ -1,0 +1,83 @@
+"""Command-line helpers that several commands share (``benbeam convert`` / ``train`` / ``predict`` …).
+
+Plain argparse: the storage flags and their application, integer types, and the check
+that the flags a command leaves to Beam are real pipeline options. ``beam_pipeline`` and
+``trainer`` both import this module; it imports neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_storage_args(parser, s3_endpoint: bool = True) -> None:
+    """Storage flags. Beam's own S3Options already defines ``--s3_endpoint_url`` (same
+    meaning), so PipelineOptions subclasses pass ``s3_endpoint=False``."""
+    g = parser.add_argument_group("object storage")
+    if s3_endpoint:
+        add_s3_endpoint(g)
+    g.add_argument("--anon", action="store_true", help="anonymous access to public buckets")
+    g.add_argument("--gcs_endpoint_url", default=None,
+                   help="GCS endpoint (defaults to $STORAGE_EMULATOR_HOST when set)")
+
+
+def add_s3_endpoint(parser) -> None:
+    """The ``--s3_endpoint_url`` flag (default: ``$AWS_ENDPOINT_URL_S3`` or ``$AWS_ENDPOINT_URL``)."""
+    default = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    parser.add_argument("--s3_endpoint_url", default=default,
+                        help="S3-compatible endpoint (MinIO, SeaweedFS, Ceph); credentials come from the "
+                             "standard AWS chain")
+
+
+def configure_storage(args: argparse.Namespace) -> dict:
+    """Apply the parsed storage flags to ``transforms.storage``; returns the options set."""
+    from transforms import storage
+
+    return storage.configure(getattr(args, "s3_endpoint_url", None), getattr(args, "anon", False),
+                             getattr(args, "gcs_endpoint_url", None))
+
+
+def positive_int(s: str) -> int:
+    """argparse type: an integer >= 1."""
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    """argparse type: an integer >= 0."""
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {s}")
+    return v
+
+
+def unknown_pipeline_args(args: list[str]) -> list[str]:
+    """The flags in ``args`` that no PipelineOptions class knows (Beam would only warn and drop them)."""
+    if not args:
+        return []
+    import importlib
+
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    # A runner named by its module path (e.g. apache_beam.runners.dask.dask_runner.DaskRunner)
+    # registers its own options class when imported.
+    for i, a in enumerate(args):
+        name = a.split("=", 1)[1] if a.startswith("--runner=") else (
+            args[i + 1] if a == "--runner" and i + 1 < len(args) else None)
+        if name and "." in name:
+            try:
+                importlib.import_module(name.rsplit(".", 1)[0])
+            except ImportError:
+                pass
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    subset = {}
+    for c in PipelineOptions.__subclasses__():
+        subset.setdefault(str(c), c)
+    for c in subset.values():
+        c._add_argparse_args(parser)  # the same set Beam parses for every pipeline
+    _, unknown = parser.parse_known_args(args)
+    return [a for a in unknown if a.startswith("-")]

@@ -1,0 +1,123 @@
+"""The per-shard work of a conversion as plain functions (no Beam): fetch -> decode -> check ->
+normalise -> encode -> write -> shard record, and a shard's partial band statistics.
+
+``ShardConfig`` carries what every per-shard step shares (the plan, the output, how patches
+are read and written); the Beam DoFns in ``transforms.ptransforms`` hold one and call
+``write_shard`` / ``shard_statistics``. Counting goes through a ``count(name, n=1)``
+function the caller passes (the DoFns pass their Beam metrics counter).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from schemas import failures
+from schemas import manifest as M
+from schemas.classes import CLASS_INDEX, NUM_CLASSES, multi_hot
+from transforms import metadata as md
+from transforms import storage
+from transforms.encode import ShardWriter, encode_example
+from transforms.normalize import NormParams, normalize
+from transforms.patch import DEFAULT_DECODE_TIMEOUT, DecodedPatch
+from transforms.plan import RowPlan
+from transforms.shard_reader import READ_AHEAD, Count, loaded_patches, no_count
+
+LOG = logging.getLogger("benbeam")
+
+ShardKey = tuple[str, int, int]  # (split, index, count)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """What the per-shard steps of a conversion share; pickles to the workers as it is."""
+
+    plan: RowPlan
+    out: str = ""
+    resampling: str = "bilinear"
+    compression: str = "none"
+    image_dtype: str = "float32"
+    storage_options: dict = field(default_factory=dict)
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
+    cache: Any = None  # a transforms.objcache.PatchCache: training patches kept by the statistics pass
+    read_ahead: int = READ_AHEAD
+
+
+def encode_patch(rec: dict, patch: DecodedPatch, params: NormParams, split: str, image_dtype: str) -> bytes:
+    """Normalise a decoded patch (in place) and serialise it as a ``tf.train.Example``."""
+    normalize(patch.pixels, params, inplace=True)
+    s2, s1 = patch.s2, patch.s1
+    if image_dtype == "float16":
+        s2, s1 = s2.astype(np.float16), s1.astype(np.float16)
+    return encode_example(rec["patch_id"], s2, s1, patch.label, multi_hot(rec["labels"]), split, rec["country"],
+                          image_dtype=image_dtype)
+
+
+def labels_agree(rec: dict, label_values: np.ndarray) -> bool:
+    """Whether the classes present in a label map (its per-value pixel counts) are the record's labels."""
+    present = {int(c) for c in np.flatnonzero(label_values[:NUM_CLASSES])}
+    return present == {CLASS_INDEX[lab] for lab in rec["labels"]}
+
+
+def write_shard(config: ShardConfig, key: ShardKey, norm: dict,
+                count: Count = no_count) -> tuple[M.ShardRecord, list[dict]]:
+    """Decode, normalise, encode and write one shard (the records of ``key`` in the plan), in
+    patch-id order, atomically; its record and its dead letters. ``norm``: NormParams dict."""
+    split, index, n_shards = key
+    recs = config.plan.records(key)
+    params = NormParams.from_dict(norm)
+    rel = M.shard_path(split, index, n_shards, config.compression)
+    t0 = time.perf_counter()
+    label_values = np.zeros(256, dtype=np.int64)
+    disagreements = 0
+    dead = []
+    with ShardWriter(storage.join(config.out, rel), config.compression) as writer:
+        for rec, patch in loaded_patches(recs, config.resampling, config.decode_timeout, config.read_ahead,
+                                         cache=config.cache, count=count):
+            if isinstance(patch, failures.PatchError):
+                count(f"failed_{patch.stage}_{patch.reason}")
+                dead.append(patch.record(rec["patch_id"], split))
+                continue
+            try:
+                data = encode_patch(rec, patch, params, split, config.image_dtype)
+            except Exception as e:  # noqa: BLE001 - a patch that cannot be encoded is a dead letter
+                count("failed_write_encode_error")
+                dead.append(failures.dead_letter(rec["patch_id"], failures.WRITE, "encode_error",
+                                                 f"{type(e).__name__}: {e}", split))
+                continue
+            writer.write(data)
+            values = np.bincount(patch.label.ravel(), minlength=256)
+            label_values += values
+            disagreements += not labels_agree(rec, values)
+            count("patches_written")
+        info = writer.close()
+    dt = time.perf_counter() - t0
+    count("shards_written")
+    count("bytes_written", info["bytes"])
+    n = info["records"]
+    LOG.info("wrote %s: %d patches, %d failed, %.1f patches/s", rel, n, len(dead), n / dt if dt else 0.0)
+    return M.ShardRecord.build(key, config.compression, info, label_values, disagreements, dt), dead
+
+
+def shard_statistics(config: ShardConfig, key: ShardKey, stats, stats_fraction: float, count: Count = no_count):
+    """A partial band-statistics accumulator (``stats``: a ``transforms.histogram.BandStats``)
+    over the sampled records of one shard; failed patches are skipped (the writer reports them).
+    With a cache, the fetched objects are kept there for the writer."""
+    split, index, n_shards = key
+    t0 = time.perf_counter()
+    recs = config.plan.records(key)
+    acc = stats.create()
+    chosen = [r for r in recs if md.sampled(r["patch_id"], stats_fraction, salt="stats")]
+    for _, patch in loaded_patches(chosen, config.resampling, config.decode_timeout, config.read_ahead,
+                                   cache=config.cache, keep=True, count=count):
+        if isinstance(patch, failures.PatchError):
+            continue
+        stats.add(acc, patch.pixels)
+        count("stats_patches")
+    LOG.info("statistics: %s shard %d of %d: %d patches in %.1f s", split, index + 1, n_shards, len(recs),
+             time.perf_counter() - t0)
+    return stats.seal(acc)
