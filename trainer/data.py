@@ -20,7 +20,7 @@ import tensorflow as tf
 from schemas import bands as B
 from schemas import manifest as M
 from schemas import tfrecord as T
-from transforms import storage
+from transforms import containment, storage
 
 # Which TFRecord feature holds each modality's channels (in schemas.bands.MODALITIES order).
 MODALITY_FEATURE = {"s2": T.S2, "s1": T.S1}
@@ -64,7 +64,11 @@ def open_dataset(url: str) -> Dataset:
     url = str(url)
     manifest, raw = M.load(url, storage.read_bytes,
                            hint="run `benbeam convert` to completion and pass its --out folder as --data")
-    shards = {split: [storage.join(url, s.path) for s in info.shards] for split, info in manifest.splits.items()}
+    try:  # shard paths must stay inside the dataset (transforms.containment): the manifest is editable
+        shards = {split: [containment.check_relative(s.path, url, what="shard") for s in info.shards]
+                  for split, info in manifest.splits.items()}
+    except ValueError as e:
+        raise M.ManifestError(f"{url}/{M.MANIFEST}: {e}") from None
     return Dataset(url, manifest.to_dict(), shards, hashlib.sha256(raw).hexdigest())
 
 
