@@ -225,3 +225,34 @@ def make_dataset(ds: Dataset, split: str, *, batch_size: int = 32, modalities="s
 def num_patches(ds: Dataset, split: str, max_patches: int | None = None) -> int:
     n = ds.records(split)
     return min(n, int(max_patches)) if max_patches is not None else n
+
+
+def corrupt_shards(data: str) -> list[str]:
+    """``path: problem`` for every shard of the dataset at ``data`` that does not read back
+    (CRC or truncation), so that a TensorFlow ``DataLossError`` can name its shard."""
+    from transforms.encode import iter_records
+
+    ds = open_dataset(data)
+    bad = []
+    for split, urls in sorted(ds.shards.items()):
+        for url in urls:
+            try:
+                for _ in iter_records(url, ds.manifest["compression"]):
+                    pass
+            except (ValueError, OSError) as e:
+                bad.append(f"{url}: {e}")
+    return bad
+
+
+def data_loss_line(data: str, exc: BaseException) -> str:
+    """One line for a corrupt shard met while training or evaluating, naming it."""
+    try:
+        bad = corrupt_shards(data)
+    except Exception as e:  # noqa: BLE001 - the line still says what happened
+        bad = [f"(the shards could not be re-checked: {type(e).__name__}: {e})"]
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    named = f"corrupt shard {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") if bad else (
+        "a shard failed to read")
+    return (f"{named} — TensorFlow: {type(exc).__name__}: {first}; `benbeam verify {data}` checks every shard, "
+            "convert again to repair")
+

@@ -362,6 +362,13 @@ def train_main(args: argparse.Namespace) -> int:
     except (ManifestError, ValueError, FileNotFoundError) as e:
         print(f"benbeam train: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a corrupt shard is named; anything else goes to the CLI's one line
+        if type(e).__name__ != "DataLossError":
+            raise
+        from trainer.data import data_loss_line
+
+        print(f"benbeam train: error: {data_loss_line(args.data, e)}", file=sys.stderr)
+        return 1
     best = metrics.get("best_val_miou")
     print(f"model: {metrics['model']} (epoch {metrics.get('best_epoch')}"
           + (f", val mIoU {best:.4f})" if best is not None else ")"))
@@ -370,6 +377,7 @@ def train_main(args: argparse.Namespace) -> int:
 
 def train_cli(argv: list[str] | None = None) -> int:
     """``benbeam train ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="benbeam train", description="Train the U-Net on a converted dataset.")
+    ap = argparse.ArgumentParser(prog="benbeam train", allow_abbrev=False,
+                                 description="Train the U-Net on a converted dataset.")
     add_train_args(ap)
     return train_main(ap.parse_args(argv))
