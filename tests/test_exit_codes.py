@@ -305,3 +305,17 @@ def test_a_corrupt_shard_in_train_and_evaluate_is_named_in_one_line(replica, tmp
         with pytest.raises(SystemExit):
             main(["train", "--data", str(out), flag, "1"])
         assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,word", [
+    (["--project", "p", "--region", "europe-west4", "--temp_location", "gs://my-bucket/tmp"], "--project"),
+    (["--project", "my-project", "--region", "r", "--temp_location", "gs://my-bucket/tmp"], "--region"),
+    (["--project", "my-project", "--region", "europe-west4", "--temp_location", "gs://b/tmp"], "--temp_location"),
+    (["--project", "my-project", "--region", "europe-west4", "--temp_location", "gs://My_Bucket/tmp"],
+     "--temp_location"),
+])
+def test_launch_dataflow_placeholder_names_are_one_line_exit_2(flags, word, capsys):
+    t0 = time.monotonic()
+    assert main(["launch", "dataflow", *flags, "--dry_run", "--", "--meta", "m.parquet", "--out", "gs://my-bucket/o"]) == 2
+    err = capsys.readouterr().err
+    assert word in err and err.count("\n") == 1 and time.monotonic() - t0 < 5
