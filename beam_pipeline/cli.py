@@ -183,7 +183,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
     if names & {"NoCredentialsError", "PartialCredentialsError", "UnauthenticatedError", "InvalidAccessKeyId",
                 "SignatureDoesNotMatch", "ExpiredToken", "RefreshError", "DefaultCredentialsError"}:
         return EXIT_ENV, f"the object store refused the credentials ({text}); check AWS_* / GOOGLE_* settings or --anon"
-    if storeconfig.is_refused(exc) or names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}:
+    unreachable = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}
+    if storeconfig.is_refused(exc) or names & unreachable:
         return EXIT_ENV, f"the storage endpoint cannot be reached ({text}); check --s3_endpoint_url / the network"
     if any(isinstance(e, PermissionError) for e in _chain(exc)):
         return EXIT_ENV, f"access refused ({text}); check the credentials and the permissions of the path or bucket"

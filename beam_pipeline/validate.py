@@ -8,7 +8,6 @@ totals, counts per reason and every failing patch with its reasons.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,14 +18,22 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import quiet
-from beam_pipeline.options import (add_decode_timeout_arg, add_max_failure_arg, add_storage_args, add_workers_arg,
-                                   local_runner_args, sample_fraction, strict_parser, suggest, unknown_pipeline_args)
+from beam_pipeline.options import (
+    add_decode_timeout_arg,
+    add_max_failure_arg,
+    add_storage_args,
+    add_workers_arg,
+    local_runner_args,
+    sample_fraction,
+    strict_parser,
+    suggest,
+    unknown_pipeline_args,
+)
 from schemas import failures as F
 from schemas import manifest as M
 from schemas.naming import OBJECT_KEYS
-from transforms import containment
+from transforms import containment, storage
 from transforms import metadata as md
-from transforms import storage
 from transforms.ptransforms import CheckRows, ReadMetadata, _count
 
 COMMAND = "benbeam validate"
@@ -196,8 +203,8 @@ def run(argv: list[str] | None = None) -> int:
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     try:
         splits = tuple(M.check_split(s.strip()) for s in args.splits.split(",") if s.strip())
-        tables = [md.read_table(m) for m in [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud
-                                                            else [])]
+        metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
+        tables = [md.read_table(m) for m in metas]
         check_out(args.out)
     except (ValueError, md.MetadataError) as e:
         print(f"{COMMAND}: error: {e}", file=sys.stderr)
@@ -206,7 +213,8 @@ def run(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     wlog: dict = {}
     try:
-        with quiet.worker_stderr(wlog), beam.Pipeline(options=PipelineOptions(local_runner_args(rest, args.workers))) as p:
+        opts = PipelineOptions(local_runner_args(rest, args.workers))
+        with quiet.worker_stderr(wlog), beam.Pipeline(options=opts) as p:
             build(p, args, root, splits)
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line
         msg = str(e).strip().splitlines()[-1][:500] if str(e).strip() else ""

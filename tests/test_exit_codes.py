@@ -23,7 +23,8 @@ from transforms import outdir
 def replica(tmp_path_factory):
     d = tmp_path_factory.mktemp("exits")
     assert main(["synth", "--out", str(d / "ok"), "--n", "6", "--seed", "2", "--workers", "1"]) == 0
-    assert main(["synth", "--out", str(d / "bad"), "--n", "6", "--seed", "2", "--corrupt", "1.0", "--workers", "1"]) == 0
+    assert main(["synth", "--out", str(d / "bad"), "--n", "6", "--seed", "2", "--corrupt", "1.0",
+                 "--workers", "1"]) == 0
     return d
 
 
@@ -316,6 +317,7 @@ def test_a_corrupt_shard_in_train_and_evaluate_is_named_in_one_line(replica, tmp
 ])
 def test_launch_dataflow_placeholder_names_are_one_line_exit_2(flags, word, capsys):
     t0 = time.monotonic()
-    assert main(["launch", "dataflow", *flags, "--dry_run", "--", "--meta", "m.parquet", "--out", "gs://my-bucket/o"]) == 2
+    argv = ["launch", "dataflow", *flags, "--dry_run", "--", "--meta", "m.parquet", "--out", "gs://my-bucket/o"]
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert word in err and err.count("\n") == 1 and time.monotonic() - t0 < 5

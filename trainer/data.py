@@ -234,7 +234,7 @@ def corrupt_shards(data: str) -> list[str]:
 
     ds = open_dataset(data)
     bad = []
-    for split, urls in sorted(ds.shards.items()):
+    for _, urls in sorted(ds.shards.items()):
         for url in urls:
             try:
                 for _ in iter_records(url, ds.manifest["compression"]):
