@@ -170,7 +170,7 @@ def table(rows, workdir: str = "") -> str:
     out = ["| kind | fault | what the user sees (last line) | exit | on disk afterwards |",
            "| --- | --- | --- | --- | --- |"]
     for kind, fault, _, rc, line, secs, disk in rows:
-        line = (line.replace(workdir, "D") if workdir else line).replace("|", "\\|")
+        line = (line.replace(workdir, "D") if workdir else line).replace("|", "\\|").replace("`", "'")
         line = (line[:230] + " …") if len(line) > 230 else line
         out.append(f"| {kind} | {fault} | `{line}` ({secs:.0f} s) | {rc if rc is not None else '-'} | {disk} |")
     return "\n".join(out)
