@@ -10,11 +10,18 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.manifest import shard_path
 from transforms import metadata as md
-from transforms.combiners import BandStatsCombineFn
 from transforms import plan as P
+from transforms.combiners import BandStatsCombineFn
 from transforms.plan import INVALID, RowPlan, check_rows
-from transforms.ptransforms import (CheckRows, CheckShardFn, ComputeBandStats, PlannedShards, ShardStatsFn,
-                                    WriteShardFn, WriteShards)
+from transforms.ptransforms import (
+    CheckRows,
+    CheckShardFn,
+    ComputeBandStats,
+    PlannedShards,
+    ShardStatsFn,
+    WriteShardFn,
+    WriteShards,
+)
 from transforms.shard_writer import ShardConfig
 
 PIDS = [f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{x:02d}_{y:02d}" for x in range(3) for y in range(4)]
@@ -170,7 +177,7 @@ def test_read_ahead_gives_the_same_patches_and_errors_in_the_same_order(tmp_path
     for ahead in (0, 1, 4, 32):
         got = list(loaded_patches(recs, "bilinear", 30.0, read_ahead=ahead))
         assert [r["patch_id"] for r, _ in got] == [r["patch_id"] for r in recs]
-        for (_, g), e in zip(got, expected):
+        for (_, g), e in zip(got, expected, strict=True):
             if isinstance(e, F.PatchError):
                 assert isinstance(g, F.PatchError) and (g.stage, g.reason, g.detail) == (e.stage, e.reason, e.detail)
             else:

@@ -67,7 +67,7 @@ def test_shard_statistics_counts_every_pixel_of_the_clean_patches(replica):
     acc = shard_statistics(ShardConfig(plan), key, BandStats(), 1.0, count=count)
     extracted = BandStats().extract(acc)
     pixels = np.stack([p.pixels for p in clean])
-    for c, (name, s) in enumerate(extracted.items()):
+    for c, s in enumerate(extracted.values()):
         assert s["count"] == pixels[..., c].size
         assert s["mean"] == pytest.approx(float(pixels[..., c].astype(np.float64).mean()), rel=1e-6)
     assert counts["stats_patches"] == len(clean) and 0 < len(clean) < len(loaded)
@@ -82,13 +82,13 @@ def test_write_shard_writes_the_normalised_patches_and_dead_letters_the_rest(rep
     counts, count = _counter()
     record, dead = write_shard(ShardConfig(plan, str(tmp_path)), key, norm, count=count)
 
-    clean = [(r, p) for r, p in zip(recs, loaded) if not isinstance(p, failures.PatchError)]
+    clean = [(r, p) for r, p in zip(recs, loaded, strict=True) if not isinstance(p, failures.PatchError)]
     assert record.path == M.shard_path(*key) and (record.split, record.index, record.count) == key
     data = (tmp_path / record.path).read_bytes()
     assert (record.records, record.bytes, record.sha256) == (len(clean), len(data), hashlib.sha256(data).hexdigest())
     examples = [decode_example(b) for b in iter_records(str(tmp_path / record.path))]
     assert [e[T.PATCH_ID] for e in examples] == [r["patch_id"] for r, _ in clean]
-    for ex, (_, p) in zip(examples, clean):
+    for ex, (_, p) in zip(examples, clean, strict=True):
         want = (np.clip(p.pixels, params.lo, params.hi) - params.offset) / params.scale
         np.testing.assert_allclose(np.concatenate([ex[T.S2], ex[T.S1]], axis=-1), want, rtol=1e-5, atol=1e-5)
         assert np.array_equal(ex[T.LABEL], p.label)
@@ -97,7 +97,7 @@ def test_write_shard_writes_the_normalised_patches_and_dead_letters_the_rest(rep
     assert record.ignored_pixels == values[IGNORE_INDEX]
     assert record.label_disagreements == sum(not labels_agree(r, np.bincount(p.label.ravel(), minlength=256))
                                              for r, p in clean)
-    want_dead = sorted((r["patch_id"], p.stage, p.reason) for r, p in zip(recs, loaded)
+    want_dead = sorted((r["patch_id"], p.stage, p.reason) for r, p in zip(recs, loaded, strict=True)
                        if isinstance(p, failures.PatchError))
     assert sorted((d["patch_id"], d["stage"], d["reason"]) for d in dead) == want_dead and want_dead
     assert all(d["split"] == key[0] and d["detail"] for d in dead)
