@@ -279,11 +279,10 @@ def _run(argv: list[str] | None, held: _Held) -> int:
     opts = PipelineOptions(beam_argv)
     dry_run = bool(opts.get_all_options().get("dry_run"))
     try:
-        if not dry_run:  # --out must be new, empty or an earlier convert's; one run at a time
+        if not dry_run:  # --out must be new, empty or an earlier convert's; one run at a time; marked first
             held.lock = outdir.claim(args.out, "benbeam convert")
-        plan = preflight(args, probe_output=not dry_run)
-        if not dry_run:
             outdir.mark(args.out, "benbeam convert")
+        plan = preflight(args, probe_output=not dry_run)
     except outdir.OutputBusy as e:
         print(f"benbeam convert: error: {e}", file=sys.stderr)
         return 3
