@@ -321,3 +321,14 @@ def test_launch_dataflow_placeholder_names_are_one_line_exit_2(flags, word, caps
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert word in err and err.count("\n") == 1 and time.monotonic() - t0 < 5
+
+
+def test_a_run_killed_while_writing_its_marker_is_still_recognised(tmp_path):
+    out = tmp_path / "killed"
+    out.mkdir()
+    (out / f".tmp-{outdir.MARKER}-0123").write_text("{")
+    (out / outdir.LOCK).write_text("{}")
+    outdir.check(str(out), "benbeam convert")  # no OutputRefused
+    (out / "theirs.txt").write_text("x")
+    with pytest.raises(outdir.OutputRefused):
+        outdir.check(str(out), "benbeam convert")

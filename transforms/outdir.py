@@ -72,7 +72,8 @@ def is_ours(out: str, command: str) -> bool:
 def check(out: str, command: str) -> None:
     """Raise OutputRefused unless ``out`` is new, empty, or an earlier run of ``command``."""
     names = _listing(out)
-    if not names or names == [LOCK]:
+    # Only a lock, or the temporary file of a marker being written when a run was killed: as empty.
+    if not [n for n in names or () if n != LOCK and not n.startswith(f".tmp-{MARKER}-")]:
         return
     if is_ours(out, command):
         return
