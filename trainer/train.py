@@ -34,7 +34,7 @@ LOG = logging.getLogger("benbeam.train")
 
 def build_info(ds, *, modalities: str, task: str, width: int, depth: int, class_weights) -> dict:
     """The inference contract stored in the model (see ``trainer.model.load_model``)."""
-    from schemas import classes as C
+    from schemas import classes
     from schemas.bands import PATCH_SIZE, channels_for
     from trainer.model import INFO_FORMAT, INFO_VERSION
 
@@ -51,7 +51,7 @@ def build_info(ds, *, modalities: str, task: str, width: int, depth: int, class_
         "width": int(width),
         "depth": int(depth),
         "classes": list(m["classes"]),
-        "class_colors": [list(c) for c in (m.get("class_colors") or C.class_colors())],
+        "class_colors": [list(c) for c in (m.get("class_colors") or classes.class_colors())],
         "ignore_index": int(m["ignore_index"]),
         "statistics": m["statistics"],
         "image_dtype": m["image_dtype"],
@@ -108,7 +108,7 @@ def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tenso
                 state["best_epoch"] = epoch + 1
                 if improved:
                     state["best_val_miou"] = float(score)
-            save_model(self.model, paths["last"])
+            save_model(self.model, paths["last"], portable=False)  # optimizer, loss and metrics: to resume
             state["epoch"] = epoch + 1
             state["last_logs"] = {k: finite_or_none(v) for k, v in logs.items()}
             write_json(paths["state"], state)
@@ -142,14 +142,14 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
     import tensorflow as tf
 
     from schemas.bands import channels_for
-    from trainer import data as D
-    from trainer import model as TM
+    from trainer.data import make_dataset, num_patches, open_dataset
+    from trainer.model import build_unet, class_weights_from_counts, compile_model, load_model
 
     cfg = config.checked()  # everything checked before touching the disk
     channels = channels_for(cfg.modalities)
     files = RunFiles(cfg.save)
     paths = files.paths
-    ds = D.open_dataset(cfg.data)
+    ds = open_dataset(cfg.data)
     if not ds.records("train"):
         raise ValueError(f"split 'train' of {cfg.data} holds no patches")
     has_val = cfg.val_split in ds.manifest["splits"] and ds.records(cfg.val_split) > 0
@@ -170,7 +170,7 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
 
     weights = None
     if cfg.class_weights:
-        weights = TM.class_weights_from_counts(ds.split_info("train")["class_pixel_counts"], cfg.class_weights)
+        weights = class_weights_from_counts(ds.split_info("train")["class_pixel_counts"], cfg.class_weights)
 
     keras.utils.set_random_seed(int(cfg.seed))
     if cfg.deterministic:  # same data, seed and flags -> the same weights (TF picks deterministic kernels)
@@ -184,7 +184,7 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
     try:
         with dist.scope():
             if state is not None:
-                model, info = TM.load_model(paths["last"], compile=True)
+                model, info = load_model(paths["last"], compile=True)
                 if list(info["channels"]) != list(channels):
                     raise ValueError(f"--resume: checkpoint channels {info['channels']} differ from {list(channels)}")
                 initial_epoch = int(state["epoch"])
@@ -193,8 +193,8 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
             else:
                 info = build_info(ds, modalities=cfg.modalities, task=cfg.task, width=cfg.width, depth=cfg.depth,
                                   class_weights=weights)
-                model = TM.build_unet(len(channels), width=cfg.width, depth=cfg.depth, task=cfg.task, info=info)
-                TM.compile_model(model, lr=cfg.lr, class_weights=weights, task=cfg.task)
+                model = build_unet(len(channels), width=cfg.width, depth=cfg.depth, task=cfg.task, info=info)
+                compile_model(model, lr=cfg.lr, class_weights=weights, task=cfg.task)
                 initial_epoch = 0
                 state = {"epoch": 0, "best_val_miou": None, "best_epoch": None, "modalities": cfg.modalities,
                          "task": cfg.task, "channels": list(channels), "width": cfg.width, "depth": cfg.depth,
@@ -202,16 +202,16 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
                          "params": int(model.count_params())}
         state["settings"] = cfg.settings()
         multi = info["task"] == "both"
-        train_ds = D.make_dataset(ds, "train", batch_size=cfg.batch, modalities=cfg.modalities, training=True,
+        train_ds = make_dataset(ds, "train", batch_size=cfg.batch, modalities=cfg.modalities, training=True,
                                   augment=cfg.augment, shuffle_buffer=cfg.shuffle_buffer,
                                   repeat=cfg.steps_per_epoch is not None, max_patches=cfg.max_train_patches,
                                   with_multi_hot=multi, seed=cfg.seed)
-        val_ds = (D.make_dataset(ds, cfg.val_split, batch_size=cfg.batch, modalities=cfg.modalities,
+        val_ds = (make_dataset(ds, cfg.val_split, batch_size=cfg.batch, modalities=cfg.modalities,
                                  max_patches=cfg.max_val_patches, with_multi_hot=multi) if has_val else None)
         os.makedirs(os.path.dirname(os.path.abspath(paths["model"])), exist_ok=True)
         cbs = _callbacks(files, state=state, batch=cfg.batch, has_val=has_val, tensorboard=cfg.tensorboard,
                          resume=initial_epoch > 0) + list(extra_callbacks)
-        n_train = D.num_patches(ds, "train", cfg.max_train_patches)
+        n_train = num_patches(ds, "train", cfg.max_train_patches)
         LOG.info("training on %d patches (%s, %d channels), %d parameters, epochs %d..%d", n_train, cfg.modalities,
                  len(channels), model.count_params(), initial_epoch + 1, cfg.epochs)
         t0 = time.perf_counter()
@@ -343,6 +343,9 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--shuffle_buffer", type=int, default=d.shuffle_buffer,
                     help="records in the shuffle buffer (default: %(default)s)")
     ap.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
+    ap.add_argument("--export", default=None, metavar="DIR",
+                    help="also write the best model as a TensorFlow SavedModel serving on raw bands "
+                         "(as `benbeam export`)")
     add_storage_args(ap)
     return ap
 
@@ -373,6 +376,10 @@ def train_main(args: argparse.Namespace) -> int:
     best = metrics.get("best_val_miou")
     print(f"model: {metrics['model']} (epoch {metrics.get('best_epoch')}"
           + (f", val mIoU {best:.4f})" if best is not None else ")"))
+    if getattr(args, "export", None):
+        from trainer.export import export_model
+
+        print(f"exported: {export_model(metrics['model'], args.export)}")
     return 0
 
 
