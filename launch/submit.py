@@ -214,11 +214,7 @@ def runner_args(ns: argparse.Namespace, package: str | None = None) -> list[str]
     if ns.runner == "dataflow":
         from launch import names  # placeholder names fail here, in one line, not in the Dataflow client
 
-        names.check_project(ns.project)
-        names.check_region(ns.region)
-        names.check_gcs_url(ns.temp_location, "--temp_location")
-        if ns.staging_location:
-            names.check_gcs_url(ns.staging_location, "--staging_location")
+        names.check_launch(ns)
         return dataflow_args(project=ns.project, region=ns.region, temp_location=ns.temp_location,
                              staging_location=ns.staging_location, package=package, setup_file=ns.setup_file,
                              machine_type=ns.machine_type, num_workers=ns.num_workers, max_workers=ns.max_workers,
