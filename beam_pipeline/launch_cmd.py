@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import tempfile
 
-from launch import staging, submit
+from launch import names, staging, submit
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -20,6 +20,11 @@ def run(argv: list[str] | None = None) -> int:
     if not convert_argv:
         print("benbeam launch: error: give the conversion's flags after `--` (at least --meta and --out)",
               file=sys.stderr)
+        return 2
+    try:  # placeholder project / bucket names: one line before a wheel is built or a client started
+        names.check_launch(ns)
+    except ValueError as e:
+        print(f"benbeam launch: error: {e}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="benbeam-stage-") as tmp:
         package = None

@@ -8,7 +8,6 @@ totals, counts per reason and every failing patch with its reasons.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,20 +17,28 @@ from collections import Counter
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipeline import quiet
 from beam_pipeline.options import (
     BEAM_PASSTHROUGH,
     add_decode_timeout_arg,
+    add_max_failure_arg,
     add_storage_args,
     add_workers_arg,
     description,
     local_runner_args,
+    sample_fraction,
+    strict_parser,
+    suggest,
+    unknown_pipeline_args,
 )
 from schemas import failures as F
 from schemas import manifest as M
 from schemas.naming import OBJECT_KEYS
+from transforms import containment, progress, storage
 from transforms import metadata as md
-from transforms import progress, storage
 from transforms.ptransforms import CheckRows, ReadMetadata, _count
+
+COMMAND = "benbeam validate"
 
 
 def _prefix(url: str) -> str:
@@ -56,16 +63,25 @@ def list_sizes(prefix: str) -> dict[str, int]:
 
 
 def check_objects(rec: dict, listing) -> list[F.PatchError]:
-    """Missing / empty objects of a patch according to folder listings."""
+    """Missing / empty / oversized objects of a patch according to folder listings; a path
+    outside the dataset root is refused before any listing (``transforms.containment``)."""
     errs = []
     urls = md.record_urls(rec)
     for key in OBJECT_KEYS:
         url = urls[key]
+        try:
+            containment.check_url(url, rec.get("root"), what=f"{key} object")
+        except F.PatchError as e:
+            errs.append(e)
+            continue
         size = listing(_prefix(url)).get(_norm(url))
         if size is None:
             errs.append(F.PatchError(F.FETCH, "missing_object", f"{key} object {url} does not exist"))
         elif size == 0:
             errs.append(F.PatchError(F.FETCH, "empty_object", f"{key} object {url} is 0 bytes"))
+        elif size > containment.MAX_OBJECT_BYTES:
+            errs.append(F.PatchError(F.FETCH, "object_too_large", f"{key} object {url} is {size:,} bytes; no reBEN "
+                                     f"object exceeds {containment.MAX_OBJECT_BYTES:,}"))
     return errs
 
 
@@ -98,7 +114,7 @@ class ValidateGroupFn(beam.DoFn):
                 try:
                     load_patch(rec, "nearest", self.decode_timeout)
                 except F.PatchError as e:
-                    errs = [e]
+                    errs = [e, *e.also]
             yield _result(rec, errs)
         progress.shard_done("validate", done)
 
@@ -158,15 +174,40 @@ def write_report(args, results, meta_info) -> None:
     storage.write_bytes_atomic(args.out, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
 
 
+def check_out(out: str) -> None:
+    """``--out`` is a report file: refuse a folder, and a file that is not an earlier report."""
+    if storage.is_remote(out):
+        if storage.exists(out) and not _is_report(out):
+            raise ValueError(f"--out {out} exists and is not a report of `{COMMAND}`; it is not overwritten — "
+                             "choose another name")
+        return
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a folder; give the report's file name, e.g. "
+                         f"{os.path.join(out, 'validation.json')}")
+    if os.path.lexists(out) and not _is_report(out):
+        raise ValueError(f"--out {out} exists and is not a report of `{COMMAND}`; it is not overwritten — "
+                         "choose another name")
+
+
+def _is_report(url: str) -> bool:
+    try:
+        doc = json.loads(storage.read_bytes(url))
+    except Exception:  # noqa: BLE001 - unreadable or not JSON: not ours
+        return False
+    return isinstance(doc, dict) and doc.get("command") == COMMAND
+
+
 def run(argv: list[str] | None = None) -> int:
+    """``benbeam validate``; returns the exit code (README: exit codes)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="benbeam validate", description=description(__doc__), epilog=BEAM_PASSTHROUGH)
+    ap = strict_parser(prog=COMMAND, description=description(__doc__), epilog=BEAM_PASSTHROUGH)
     ap.add_argument("--meta", required=True, help="metadata.parquet or `benbeam index` output")
     ap.add_argument("--include_snow_cloud", default=None, metavar="PARQUET",
                     help="also check the patches of this parquet (the snow/cloud/shadow metadata)")
-    ap.add_argument("--root", default=None, help="dataset root (default: the folder of --meta)")
-    ap.add_argument("--out", required=True, help="report JSON (local, s3:// or gs://)")
-    ap.add_argument("--frac", type=float, default=1.0, help="deterministic hash sample of patch ids")
+    ap.add_argument("--root", default=None, help="dataset root (default: the root an index declares, else the "
+                                                 "folder of --meta); objects outside it are refused")
+    ap.add_argument("--out", required=True, help="report JSON (local, s3:// or gs://); not a folder")
+    ap.add_argument("--frac", type=sample_fraction, default=1.0, help="deterministic hash sample of patch ids")
     ap.add_argument("--splits", default="train,validation,test",
                     help="comma-separated splits to check (default: all three)")
     ap.add_argument("--deep", action="store_true", help="also decode every object and check size/dtype/grid")
@@ -174,14 +215,17 @@ def run(argv: list[str] | None = None) -> int:
                     help="check the official .tar.zst archives in this folder or bucket prefix instead of the "
                          "extracted folders (their member lists, each streamed once)")
     add_decode_timeout_arg(ap)
+    add_max_failure_arg(ap)
     add_workers_arg(ap)
     add_storage_args(ap)
     args, rest = ap.parse_known_args(argv)
+    unknown = unknown_pipeline_args(rest)
+    if unknown:
+        ap.error(f"unrecognized arguments: {' '.join(unknown)} (neither a {COMMAND} flag nor an Apache Beam "
+                 f"pipeline option{suggest(unknown, ap)}; flags are never abbreviated; see --help)")
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     try:
         splits = tuple(M.check_split(s.strip()) for s in args.splits.split(",") if s.strip())
-        if not 0 < args.frac <= 1:
-            raise ValueError(f"--frac must be in (0, 1], got {args.frac}")
         metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
         tables = [md.read_table(m) for m in metas]
         if args.archives:
@@ -191,20 +235,35 @@ def run(argv: list[str] | None = None) -> int:
             from transforms.archives import check_archives
 
             check_archives(args.archives)
+        check_out(args.out)
     except (ValueError, md.MetadataError) as e:
-        print(f"benbeam validate: error: {e}", file=sys.stderr)
+        print(f"{COMMAND}: error: {e}", file=sys.stderr)
         return 2
-    root = args.root or storage.parent(args.meta)
+    root = md.dataset_root(args.root, args.meta, tables)
     t0 = time.perf_counter()
-    opts = PipelineOptions(local_runner_args(rest, args.workers))
-    total = sum(md.split_counts([t for t, _ in tables], splits, args.frac).values())
-    with progress.watch([progress.Pass("validate", "validate", total)], opts.get_all_options().get("runner")):
-        with beam.Pipeline(options=opts) as p:
-            build(p, args, root, splits)
+    wlog: dict = {}
+    try:
+        opts = PipelineOptions(local_runner_args(rest, args.workers))
+        total = sum(md.split_counts([t for t, _ in tables], splits, args.frac).values())
+        with quiet.worker_stderr(wlog), progress.watch([progress.Pass("validate", "validate", total)],
+                                                       opts.get_all_options().get("runner")):
+            with beam.Pipeline(options=opts) as p:
+                build(p, args, root, splits)
+    except Exception as e:  # noqa: BLE001 - a failed job: one clear line
+        msg = str(e).strip().splitlines()[-1][:500] if str(e).strip() else ""
+        print(f"{COMMAND}: error: the validation failed: {type(e).__name__}: {msg}", file=sys.stderr)
+        if wlog.get("log"):
+            print(f"{COMMAND}: the workers' output is in {wlog['log']} (--debug shows it here)", file=sys.stderr)
+        return 1
     dt = time.perf_counter() - t0
     rep = json.loads(storage.read_bytes(args.out))
     t = rep["totals"]
     print(f"validated {t['patches']} patches in {dt:.1f} s: {t['ok']} ok, {t['failed']} failed -> {args.out}")
     for reason, n in rep["by_reason"].items():
         print(f"  {reason}: {n}")
+    frac = t["failed"] / t["patches"] if t["patches"] else 0.0
+    if frac > args.max_failure_fraction:
+        print(f"{COMMAND}: error: {t['failed']} of {t['patches']} patches ({frac:.1%}) failed, more than "
+              f"--max_failure_fraction {args.max_failure_fraction:g}; see {args.out}", file=sys.stderr)
+        return 1
     return 0

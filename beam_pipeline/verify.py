@@ -22,7 +22,7 @@ from beam_pipeline.options import add_storage_args
 from schemas import manifest as M
 from schemas import tfrecord as T
 from schemas.classes import IGNORE_INDEX, NUM_CLASSES
-from transforms import storage, tfds_meta
+from transforms import containment, storage, tfds_meta
 
 
 def load_manifest(dataset: str) -> dict:
@@ -103,7 +103,11 @@ def verify(dataset: str, parse: bool = True, tfx: str = "auto") -> list[str]:
     problems: list[str] = []
     for split, entry in man["splits"].items():
         for sh in entry["shards"]:
-            url = storage.join(dataset, sh["path"])
+            try:  # a path from a file benbeam wrote, but one anyone can edit: it must stay inside the dataset
+                url = containment.check_relative(sh["path"], dataset, what="shard")
+            except ValueError as e:
+                problems.append(f"{str(sh['path'])[:200]}: refused, not read: {e}")
+                continue
             if not storage.exists(url):
                 problems.append(f"{sh['path']}: missing")
                 continue
@@ -138,7 +142,7 @@ def verify(dataset: str, parse: bool = True, tfx: str = "auto") -> list[str]:
 
 def run(argv: list[str] | None = None) -> int:
     """``benbeam verify DATASET``: 0 if it matches its manifest, 1 on mismatches, 2 without a manifest."""
-    ap = argparse.ArgumentParser(prog="benbeam verify", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="benbeam verify", allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("dataset", help="dataset directory or URL holding dataset.json")
     ap.add_argument("--no_parse", dest="parse", action="store_false", help="check hashes and counts only")
     ap.add_argument("--tfx", choices=("auto", "on", "off"), default="auto",

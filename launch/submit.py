@@ -169,10 +169,10 @@ def _portable_env_flags(parser, default_env: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``benbeam launch`` argument parser (one subcommand per runner)."""
-    ap = argparse.ArgumentParser(prog="benbeam launch", description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog="benbeam launch", allow_abbrev=False, description=__doc__.splitlines()[0],
                                  epilog="Everything after `--` goes to `benbeam convert` (--meta, --out, ...).")
     sub = ap.add_subparsers(dest="runner", required=True)
-    d = sub.add_parser("dataflow", help="Google Cloud Dataflow")
+    d = sub.add_parser("dataflow", allow_abbrev=False, help="Google Cloud Dataflow")
     d.add_argument("--project", required=True, help="Google Cloud project id")
     d.add_argument("--region", required=True, help="Dataflow region, e.g. europe-west4")
     d.add_argument("--temp_location", required=True, help="gs:// folder for temporary files")
@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--job_name", default=None, help="Dataflow job name (default: Beam derives one)")
     d.add_argument("--dry_run", action="store_true", help="build the job graph offline; submit nothing")
     for name, helptext in (("flink", "Apache Flink"), ("spark", "Apache Spark")):
-        f = sub.add_parser(name, help=f"{helptext} through Beam's {helptext.split()[-1]} job server")
+        f = sub.add_parser(name, allow_abbrev=False,
+                           help=f"{helptext} through Beam's {helptext.split()[-1]} job server")
         f.add_argument("--job_endpoint", default=None,
                        help="HOST:PORT of a running job server (PortableRunner: nothing is downloaded)")
         if name == "flink":
@@ -199,10 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             f.add_argument("--spark_master_url", default=None, help="spark://HOST:PORT (without --job_endpoint)")
         _portable_env_flags(f, "DOCKER")
-    pt = sub.add_parser("portable", help="any Beam job service (Job API)")
+    pt = sub.add_parser("portable", allow_abbrev=False, help="any Beam job service (Job API)")
     pt.add_argument("--job_endpoint", required=True, help="HOST:PORT")
     _portable_env_flags(pt, "LOOPBACK")
-    k = sub.add_parser("dask", help="a dask.distributed cluster")
+    k = sub.add_parser("dask", allow_abbrev=False, help="a dask.distributed cluster")
     k.add_argument("--dask_client_address", required=True, help="HOST:PORT of the Dask scheduler")
     k.add_argument("--partition_size", type=int, default=1, help="shard keys per Dask partition (default 1)")
     return ap
@@ -211,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 def runner_args(ns: argparse.Namespace, package: str | None = None) -> list[str]:
     """The pipeline options of parsed ``benbeam launch`` flags; ``package`` is the wheel to stage."""
     if ns.runner == "dataflow":
+        from launch import names  # placeholder names fail here, in one line, not in the Dataflow client
+
+        names.check_launch(ns)
         return dataflow_args(project=ns.project, region=ns.region, temp_location=ns.temp_location,
                              staging_location=ns.staging_location, package=package, setup_file=ns.setup_file,
                              machine_type=ns.machine_type, num_workers=ns.num_workers, max_workers=ns.max_workers,

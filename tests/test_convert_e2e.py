@@ -34,7 +34,7 @@ def reben(tmp_path_factory):
 
 
 def convert(reben, out, *extra):
-    argv = ["convert", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "8", *extra]
+    argv = ["convert", "--max_failure_fraction", "1", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "8", *extra]
     return main(argv)
 
 
@@ -166,7 +166,7 @@ def test_rerun_is_byte_identical_and_index_path_matches(reben, dataset, tmp_path
     idx = tmp_path / "indexed.parquet"
     assert main(["index", "--meta", str(reben / "metadata.parquet"), "--out", str(idx)]) == 0
     # the index carries the URLs: no --root needed, same shards
-    assert main(["convert", "--meta", str(idx), "--out", str(out2), "--shard_size", "8"]) == 0
+    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(idx), "--out", str(out2), "--shard_size", "8"]) == 0
     a, b = _manifest(dataset), _manifest(out2)
     for split in a["splits"]:
         assert [s["sha256"] for s in a["splits"][split]["shards"]] == [s["sha256"] for s in b["splits"][split]["shards"]]
@@ -196,7 +196,8 @@ def test_verify_accepts_the_dataset_and_catches_one_corrupt_byte(dataset, tmp_pa
 
 def test_validate_reports_missing_objects_and_deep_finds_the_rest(reben, tmp_path):
     rep_path = tmp_path / "validation.json"
-    assert main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(rep_path)]) == 0
+    # the replica fails on purpose: more than --max_failure_fraction (0.05) of it, so exit 1 after the report
+    assert main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(rep_path)]) == 1
     rep = json.loads(rep_path.read_text())
     injected = {f["patch_id"]: f["kind"] for f in json.loads((reben / "injected_faults.json").read_text())}
     shallow = {k for k, (stage, _) in FAULT_EXPECTATIONS.items() if stage == "fetch"}
@@ -207,7 +208,8 @@ def test_validate_reports_missing_objects_and_deep_finds_the_rest(reben, tmp_pat
     assert rep["totals"]["patches"] == pq.read_metadata(reben / "metadata.parquet").num_rows
     assert rep["totals"]["failed"] == len(shallow)
     deep_path = tmp_path / "deep.json"
-    assert main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(deep_path), "--deep"]) == 0
+    assert main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(deep_path), "--deep",
+                 "--max_failure_fraction", "1"]) == 0
     deep = json.loads(deep_path.read_text())
     assert {f["patch_id"] for f in deep["failures"]} == set(injected)
 
@@ -266,7 +268,7 @@ def test_label_disagreements_are_counted_not_failed_and_stats_fraction(reben, da
     meta = tmp_path / "metadata.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), meta)
     out = tmp_path / "dis"
-    assert main(["convert", "--meta", str(meta), "--root", str(reben), "--out", str(out), "--shard_size", "8",
+    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(meta), "--root", str(reben), "--out", str(out), "--shard_size", "8",
                  "--stats_fraction", "0.5"]) == 0
     man = _manifest(out)
     assert man["splits"]["train"]["label_disagreements"] == 1

@@ -20,7 +20,7 @@ import tensorflow as tf
 from schemas import bands as B
 from schemas import manifest as M
 from schemas import tfrecord as T
-from transforms import storage
+from transforms import containment, storage
 
 # Which TFRecord feature holds each modality's channels (in schemas.bands.MODALITIES order).
 MODALITY_FEATURE = {"s2": T.S2, "s1": T.S1}
@@ -68,7 +68,11 @@ def open_dataset(url: str) -> Dataset:
     url = str(url)
     manifest, raw = M.load(url, storage.read_bytes,
                            hint="run `benbeam convert` to completion and pass its --out folder as --data")
-    shards = {split: [storage.join(url, s.path) for s in info.shards] for split, info in manifest.splits.items()}
+    try:  # shard paths must stay inside the dataset (transforms.containment): the manifest is editable
+        shards = {split: [containment.check_relative(s.path, url, what="shard") for s in info.shards]
+                  for split, info in manifest.splits.items()}
+    except ValueError as e:
+        raise M.ManifestError(f"{url}/{M.MANIFEST}: {e}") from None
     return Dataset(url, manifest.to_dict(), shards, hashlib.sha256(raw).hexdigest())
 
 
@@ -211,3 +215,34 @@ def num_patches(ds: Dataset, split: str, max_patches: int | None = None) -> int:
     """Patches a run reads from ``split``: all, or at most ``max_patches``."""
     n = ds.records(split)
     return min(n, int(max_patches)) if max_patches is not None else n
+
+
+def corrupt_shards(data: str) -> list[str]:
+    """``path: problem`` for every shard of the dataset at ``data`` that does not read back
+    (CRC or truncation), so that a TensorFlow ``DataLossError`` can name its shard."""
+    from transforms.encode import iter_records
+
+    ds = open_dataset(data)
+    bad = []
+    for _, urls in sorted(ds.shards.items()):
+        for url in urls:
+            try:
+                for _ in iter_records(url, ds.manifest["compression"]):
+                    pass
+            except (ValueError, OSError) as e:
+                bad.append(f"{url}: {e}")
+    return bad
+
+
+def data_loss_line(data: str, exc: BaseException) -> str:
+    """One line for a corrupt shard met while training or evaluating, naming it."""
+    try:
+        bad = corrupt_shards(data)
+    except Exception as e:  # noqa: BLE001 - the line still says what happened
+        bad = [f"(the shards could not be re-checked: {type(e).__name__}: {e})"]
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    named = f"corrupt shard {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") if bad else (
+        "a shard failed to read")
+    return (f"{named} — TensorFlow: {type(exc).__name__}: {first}; `benbeam verify {data}` checks every shard, "
+            "convert again to repair")
+

@@ -202,6 +202,13 @@ def evaluate_main(args: argparse.Namespace) -> int:
     except (ManifestError, ValueError, FileNotFoundError) as e:
         print(f"benbeam evaluate: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a corrupt shard is named; anything else goes to the CLI's one line
+        if type(e).__name__ != "DataLossError":
+            raise
+        from trainer.data import data_loss_line
+
+        print(f"benbeam evaluate: error: {data_loss_line(args.data, e)}", file=sys.stderr)
+        return 1
     line = f"{r['split']}: {r['patches']} patches, mIoU {_fmt(r['miou'])}, pixel accuracy {_fmt(r['pixel_accuracy'])}"
     if "multilabel" in r:
         ml = r["multilabel"]
@@ -213,6 +220,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
 
 def evaluate_cli(argv: list[str] | None = None) -> int:
     """``benbeam evaluate ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="benbeam evaluate", description="Score a trained model on a dataset split.")
+    ap = argparse.ArgumentParser(prog="benbeam evaluate", allow_abbrev=False,
+                                 description="Score a trained model on a dataset split.")
     add_evaluate_args(ap)
     return evaluate_main(ap.parse_args(argv))

@@ -163,6 +163,7 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
     state = None
     if cfg.resume:
         state = _resume_state(files, cfg)
+        _check_resume(state, cfg, ds)
         if int(state["epoch"]) >= cfg.epochs:
             LOG.info("--resume: %s already reached epoch %d of %d; nothing to train", paths["last"],
                      state["epoch"], cfg.epochs)
@@ -200,7 +201,8 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
                 initial_epoch = 0
                 state = {"epoch": 0, "best_val_miou": None, "best_epoch": None, "modalities": cfg.modalities,
                          "task": cfg.task, "channels": list(channels), "width": cfg.width, "depth": cfg.depth,
-                         "data": str(cfg.data), "params": int(model.count_params())}
+                         "data": str(cfg.data), "data_manifest_sha256": ds.manifest_sha256,
+                         "params": int(model.count_params())}
             # --augment: a random flip / rotation per batch inside the fitted model (trainer.augment)
             fit_model = augmented(model, seed=cfg.seed) if cfg.augment else model
         state["settings"] = cfg.settings()
@@ -268,6 +270,24 @@ def _resume_state(files: RunFiles, cfg: TrainConfig) -> dict:
         raise ValueError(f"--resume: the checkpoint was trained with --modalities {state.get('modalities')} "
                          f"--task {state.get('task')}; pass the same values (got {cfg.modalities}, {cfg.task})")
     return state
+
+
+RESUME_MUST_MATCH = ("data", "width", "depth", "modalities", "task")  # flags a resumed run cannot change
+
+
+def _check_resume(state: dict, cfg: TrainConfig, ds) -> None:
+    """ValueError listing every difference between the saved run and this one (data, its
+    manifest, architecture flags): --resume continues the same run, or refuses."""
+    saved_sha = state.get("data_manifest_sha256")
+    same_data = bool(saved_sha) and saved_sha == ds.manifest_sha256  # the same dataset, however its path is spelt
+    diffs = [f"--{k} {state.get(k)!r} (saved) vs {getattr(cfg, k)!r} (now)" for k in RESUME_MUST_MATCH
+             if k in state and str(state.get(k)) != str(getattr(cfg, k)) and not (k == "data" and same_data)]
+    if saved_sha and ds.manifest_sha256 and saved_sha != ds.manifest_sha256:
+        diffs.append(f"the dataset's dataset.json changed (sha256 {saved_sha[:12]}… saved, "
+                     f"{ds.manifest_sha256[:12]}… now): it was converted again or is another dataset")
+    if diffs:
+        raise ValueError("--resume: this run differs from the saved one: " + "; ".join(diffs) +
+                         ". Pass the same values, or drop --resume (and choose another --save) to start a new run")
 
 
 def _load_metrics(paths: dict) -> dict:
@@ -351,6 +371,13 @@ def train_main(args: argparse.Namespace) -> int:
     except (ManifestError, ValueError, FileNotFoundError) as e:
         print(f"benbeam train: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a corrupt shard is named; anything else goes to the CLI's one line
+        if type(e).__name__ != "DataLossError":
+            raise
+        from trainer.data import data_loss_line
+
+        print(f"benbeam train: error: {data_loss_line(args.data, e)}", file=sys.stderr)
+        return 1
     best = metrics.get("best_val_miou")
     print(f"model: {metrics['model']} (epoch {metrics.get('best_epoch')}"
           + (f", val mIoU {best:.4f})" if best is not None else ")"))
@@ -363,6 +390,7 @@ def train_main(args: argparse.Namespace) -> int:
 
 def train_cli(argv: list[str] | None = None) -> int:
     """``benbeam train ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="benbeam train", description="Train the U-Net on a converted dataset.")
+    ap = argparse.ArgumentParser(prog="benbeam train", allow_abbrev=False,
+                                 description="Train the U-Net on a converted dataset.")
     add_train_args(ap)
     return train_main(ap.parse_args(argv))

@@ -28,7 +28,7 @@ def fetch(rec: dict, source=None) -> dict[str, bytes]:
     """The 15 objects of a patch (from its files, or ``source(rec)``: an object source's
     fetcher, e.g. ``transforms.archive_packs.ShardObjects``); raises PatchError (and only PatchError)."""
     try:
-        return source(rec) if source is not None else fetch_objects(md.record_urls(rec))
+        return source(rec) if source is not None else fetch_objects(md.record_urls(rec), root=rec.get("root"))
     except failures.PatchError:
         raise
     except Exception as e:  # noqa: BLE001 - an unexpected storage error is this patch's failure

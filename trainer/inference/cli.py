@@ -66,7 +66,7 @@ def _find_tiles(input_dir: str) -> list[str]:
 def run(argv: list[str] | None = None) -> int:
     """``benbeam predict ARGV``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="benbeam predict",
+    ap = argparse.ArgumentParser(prog="benbeam predict", allow_abbrev=False,
                                  description="Map whole Sentinel-2 tiles with a model trained by `benbeam train`.",
                                  epilog="Beam pipeline options (--runner, ...) make --input_dir run as a Beam "
                                         "pipeline (the default without --benchmark: DirectRunner).")
