@@ -13,7 +13,12 @@
     benbeam launch    run convert on Dataflow, Flink, Spark, a portable job service or Dask
 
 Each subcommand's ``--help`` lists its flags. Beam flags (``--runner`` …) pass through
-to the pipelines unchanged.
+to the pipelines unchanged. ``--debug`` (anywhere) shows tracebacks instead of one line.
+
+Exit codes, the same for every command: 0 ok · 1 data failures over the threshold (or a
+failed run) · 2 usage error (bad flag, bad input file, output folder refused) · 3
+environment (unreachable store, refused credentials, full disk, output folder in use) ·
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -28,32 +33,36 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 # TensorFlow's C++ INFO lines (oneDNN, CUDA probing) drown the commands' own output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-import argparse  # noqa: E402
+import errno  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
+
+from beam_pipeline.quiet import DEBUG  # noqa: E402 - --debug: tracebacks and the workers' error logs are shown
+
+EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_ENV, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 COMMANDS = ("synth", "synth-tile", "index", "validate", "convert", "verify", "report", "train", "evaluate",
             "predict", "launch")
 
 
 def _synth(argv: list[str]) -> int:
-    from beam_pipeline.options import add_storage_args
+    from beam_pipeline.options import add_storage_args, positive_int, strict_parser, unit_fraction
     from schemas.failures import FAULT_KINDS
     from transforms import storage
 
-    ap = argparse.ArgumentParser(prog="benbeam synth", description="Write a synthetic BigEarthNet v2.0 replica.")
+    ap = strict_parser(prog="benbeam synth", description="Write a synthetic BigEarthNet v2.0 replica.")
     ap.add_argument("--out", required=True, help="output folder or URL")
-    ap.add_argument("--n", type=int, required=True, help="number of patches")
+    ap.add_argument("--n", type=positive_int, required=True, help="number of patches")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--include_snow_cloud", action="store_true",
                     help="sample from the snow/cloud/shadow metadata too")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--corrupt", type=float, default=0.0, metavar="FRACTION",
+    g.add_argument("--corrupt", type=unit_fraction, default=0.0, metavar="FRACTION",
                    help="inject a fault into this fraction of the patches")
     g.add_argument("--faults", default=None, metavar="KIND,...",
                    help="inject one patch per listed fault kind: " + ",".join(FAULT_KINDS))
-    ap.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    ap.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all cores)")
     add_storage_args(ap)
     args = ap.parse_args(argv)
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
@@ -128,6 +137,8 @@ class _WorkerLogFilter(logging.Filter):
         m = _WORKER_MSG.search(record.getMessage())
         if not m:
             return record.levelno >= logging.WARNING
+        if record.levelno >= logging.ERROR and not DEBUG["on"]:
+            return False  # a worker's traceback: the command prints one line (--debug shows it)
         loc = m.group("loc")
         if "/transforms/" in loc or "/beam_pipeline/" in loc or "/synth/" in loc:
             record.msg, record.args = "worker: " + m.group("msg").replace("\\'", "'"), ()
@@ -139,6 +150,7 @@ class _WorkerLogFilter(logging.Filter):
 
 
 def setup_logging() -> None:
+    """Plain log lines on stderr; the libraries' routine INFO lines are dropped."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("apache_beam", "absl", "fsspec", "s3fs", "gcsfs", "botocore", "urllib3", "rasterio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -151,8 +163,62 @@ def setup_logging() -> None:
     logging.getLogger("root").setLevel(logging.WARNING)
 
 
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """(exit code, what to tell the user) for an exception a command did not handle itself."""
+    from transforms import storeconfig
+
+    names = {type(e).__name__ for e in _chain(exc)}
+    text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return EXIT_ENV, f"the disk is full ({text}); free space or choose another --out"
+    if names & {"NoCredentialsError", "PartialCredentialsError", "UnauthenticatedError", "InvalidAccessKeyId",
+                "SignatureDoesNotMatch", "ExpiredToken", "RefreshError", "DefaultCredentialsError"}:
+        return EXIT_ENV, f"the object store refused the credentials ({text}); check AWS_* / GOOGLE_* settings or --anon"
+    if storeconfig.is_refused(exc) or names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}:
+        return EXIT_ENV, f"the storage endpoint cannot be reached ({text}); check --s3_endpoint_url / the network"
+    if any(isinstance(e, PermissionError) for e in _chain(exc)):
+        return EXIT_ENV, f"access refused ({text}); check the credentials and the permissions of the path or bucket"
+    if storeconfig.is_transient(exc):
+        return EXIT_ENV, f"the storage kept failing after retries ({text}); try again later"
+    if isinstance(exc, FileNotFoundError):
+        return EXIT_USAGE, f"{text}"
+    return EXIT_DATA, f"unexpected {text} (run with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``benbeam``: dispatch a command; expected failures end with one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    DEBUG["on"] = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    cmd = argv[0] if argv else ""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        if DEBUG["on"]:
+            raise
+        print(f"benbeam {cmd}: interrupted; a rerun of the same command continues from what is complete",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - one clear line, the traceback with --debug
+        if DEBUG["on"]:
+            raise
+        code, line = classify(e)
+        print(f"benbeam {cmd}: error: {line}", file=sys.stderr)
+        return code
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else 2

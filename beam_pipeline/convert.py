@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import time
 
@@ -18,10 +17,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import finalize as fin
+from beam_pipeline import quiet
 from beam_pipeline.options import ConvertOptions, local_runner_args, parse
 from schemas import manifest as M
 from transforms import metadata as md
-from transforms import storage
+from transforms import outdir, storage
 from transforms.objcache import PatchCache
 from transforms.plan import RowPlan
 from transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
@@ -62,13 +62,14 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
     (``object_cache``) keeps training patches fetched for the statistics for the writer."""
     sopts = storage.options()
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
-    root = args.root or storage.parent(args.meta)
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
 
     # The plan (which rows each shard holds) is fixed here; the workers derive the rows of a
     # shard from its key, so only keys, dead letters and per-shard results cross stages.
     if plan is None:
-        plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size)
+        tables = [md.read_table(m) for m in metas]
+        plan = RowPlan.create(metas, md.dataset_root(args.root, args.meta, tables), splits, args.frac,
+                              args.shard_size, tables)
     config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
                          args.decode_timeout, cache)
     checked = p | "PlanShards" >> PlannedShards(config)
@@ -129,10 +130,16 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
                          "to --splits or pass --stats with the stats.json of an earlier run")
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     tables = [md.read_table(m) for m in metas]  # raises MetadataError with a clear message
-    root = args.root or storage.parent(args.meta)
+    root = md.dataset_root(args.root, args.meta, tables)
     plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size, tables)
     if args.root and not storage.exists(root):
         raise ValueError(f"dataset root {root} does not exist")
+    if not sum(n for _, n in plan.counts):
+        raise ValueError(f"the metadata selects no patch (rows: {', '.join(map(str, plan.rows))}; --splits "
+                         f"{args.splits}, --frac {args.frac:g}): nothing to convert")
+    if not args.stats and not dict(plan.counts).get("train"):
+        raise ValueError("the metadata selects no training patch, so no statistics can be computed: pass --stats "
+                         "with the stats.json of an earlier run")
     if args.stats:
         fin.load_stats_document(args.stats)
     if not probe_output:
@@ -236,8 +243,27 @@ def object_cache(choice: str, root: str | None, opts) -> PatchCache | None:
     return PatchCache(os.path.join(base, f"benbeam-object-cache-{uuid.uuid4().hex[:12]}"))
 
 
+class _Held:
+    """The output folder's lock while a run holds it (released however the run ends)."""
+
+    lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.release()
+
+
 def run(argv: list[str] | None = None) -> int:
-    """``benbeam convert``: the exit code (0 ok, 1 failed job or too many failures, 2 bad usage)."""
+    """``benbeam convert``: the exit code (0 ok, 1 failed job or too many failures, 2 bad usage,
+    3 environment: output folder in use, full disk; README: exit codes)."""
+    with _Held() as held:
+        return _run(argv, held)
+
+
+def _run(argv: list[str] | None, held: _Held) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, _ = parse(ConvertOptions, argv, "benbeam convert", __doc__.splitlines()[0])
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
@@ -245,7 +271,14 @@ def run(argv: list[str] | None = None) -> int:
     opts = PipelineOptions(beam_argv)
     dry_run = bool(opts.get_all_options().get("dry_run"))
     try:
+        if not dry_run:  # --out must be new, empty or an earlier convert's; one run at a time
+            held.lock = outdir.claim(args.out, "benbeam convert")
         plan = preflight(args, probe_output=not dry_run)
+        if not dry_run:
+            outdir.mark(args.out, "benbeam convert")
+    except outdir.OutputBusy as e:
+        print(f"benbeam convert: error: {e}", file=sys.stderr)
+        return 3
     except (ValueError, md.MetadataError) as e:
         print(f"benbeam convert: error: {e}", file=sys.stderr)
         return 2
@@ -255,23 +288,34 @@ def run(argv: list[str] | None = None) -> int:
         LOG.info("object cache for training patches: %s", cache.directory)
     p = beam.Pipeline(options=opts)
     build(p, opts.view_as(ConvertOptions), plan, cache)
+    wlog: dict = {}
     try:
-        result = p.run()
-        if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled
-            print(f"dry run: the {opts.get_all_options().get('runner') or 'runner'} job graph of `convert` was "
-                  "built; nothing was submitted or written")
-            return 0
-        result.wait_until_finish()
+        with quiet.worker_stderr(wlog):  # workers' tracebacks to a log file (--debug: here)
+            result = p.run()
+            if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled
+                print(f"dry run: the {opts.get_all_options().get('runner') or 'runner'} job graph of `convert` was "
+                      "built; nothing was submitted or written")
+                return 0
+            result.wait_until_finish()
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line, no manifest, exit 1
+        if wlog.get("log"):
+            print(f"benbeam convert: the workers' output is in {wlog['log']} (--debug shows it here)", file=sys.stderr)
         msg = str(e)
-        known = re.search(r"no training pixels for band\(s\) [A-Z0-9, ]+:[^\n\[\"]*?pass --stats from an earlier run",
-                          msg)
-        line = known.group(0) if known else f"{type(e).__name__}: {msg.strip().splitlines()[-1][:500]}"
+        if "no training pixels for band(s)" in msg:  # every training patch failed: say why, keep the reasons
+            from beam_pipeline.diagnose import no_statistics
+
+            print(f"benbeam convert: error: {no_statistics(plan, args.out, args.resampling, args.decode_timeout)}; "
+                  f"no {M.MANIFEST} was written", file=sys.stderr)
+            return 1
+        line = f"{type(e).__name__}: {msg.strip().splitlines()[-1][:500]}" if msg.strip() else type(e).__name__
         print(f"benbeam convert: error: the conversion failed: {line}", file=sys.stderr)
         if "No space left on device" in msg or "Errno 28" in msg or "Disk quota exceeded" in msg:
             print(f"benbeam convert: the disk holding {args.out} is full: free space (the dataset needs about "
                   "0.85 MB per patch as float32, half that with --dtype float16, less with --compression gzip) or "
                   "choose another --out, then run the same command again", file=sys.stderr)
+            print(f"benbeam convert: no {M.MANIFEST} was written to {args.out}; the shards there are incomplete",
+                  file=sys.stderr)
+            return 3
         print(f"benbeam convert: no {M.MANIFEST} was written to {args.out}; the shards there are incomplete",
               file=sys.stderr)
         return 1
@@ -291,12 +335,14 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the dataset is complete; a failed report must not hide that
         print(f"benbeam convert: warning: the dataset is complete, but its report could not be written "
               f"({type(e).__name__}: {e}); `benbeam report {args.out}` tries again", file=sys.stderr)
-    if args.max_failure_fraction is not None:
-        total = sum(s["input"] for s in man["splits"].values())
-        frac = man["failures"]["total"] / total if total else 0.0
-        if frac > args.max_failure_fraction:
-            print(f"benbeam convert: {frac:.2%} of the input failed, more than --max_failure_fraction "
-                  f"{args.max_failure_fraction:.2%}; see {storage.join(args.out, M.FAILURES_JSONL)}",
-                  file=sys.stderr)
-            return 1
+    total = sum(s["input"] for s in man["splits"].values())
+    frac = man["failures"]["total"] / total if total else 0.0
+    if frac > args.max_failure_fraction:
+        from beam_pipeline.diagnose import top_reasons
+
+        reasons = top_reasons([{"reason": r} for r, n in man["failures"]["by_reason"].items() for _ in range(n)])
+        print(f"benbeam convert: error: {man['failures']['total']} of {total} patches ({frac:.1%}) failed, more "
+              f"than --max_failure_fraction {args.max_failure_fraction:g} ({reasons}); the dataset was written, "
+              f"see {storage.join(args.out, M.FAILURES_JSONL)}", file=sys.stderr)
+        return 1
     return 0

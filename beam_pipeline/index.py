@@ -43,11 +43,13 @@ def index_table(table: pa.Table, root: str) -> tuple[pa.Table, list[dict]]:
     for name, values in cols.items():
         out = out.append_column(name, pa.array(values, pa.string()))
     out = out.append_column("index_error", pa.array(errors_col, pa.string()))
-    return out, errors
+    meta = dict(out.schema.metadata or {})
+    meta[md.ROOT_KEY] = str(root).encode("utf-8")  # objects are read only from under this root
+    return out.replace_schema_metadata(meta), errors
 
 
 def run(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="benbeam index", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="benbeam index", allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--meta", required=True, help="metadata.parquet (local, s3:// or gs://)")
     ap.add_argument("--root", default=None, help="dataset root (default: the folder of --meta)")
     ap.add_argument("--out", required=True, help="output parquet")

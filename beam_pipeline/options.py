@@ -15,14 +15,55 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from schemas.tfrecord import IMAGE_DTYPES
 from transforms.cli_args import add_s3_endpoint as add_s3_endpoint
 from transforms.cli_args import add_storage_args as add_storage_args
+from transforms.cli_args import positive_int as positive_int
 from transforms.cli_args import unknown_pipeline_args as unknown_pipeline_args  # shared with trainer: re-exported
 
 RESAMPLING_METHODS = ("bilinear", "nearest", "cubic", "average")
 DEFAULT_SHARD_SIZE = 180  # ~150 MB float32 shards (~820 KB per patch)
+DEFAULT_MAX_FAILURE_FRACTION = 0.05  # a run where more than 5 % of the input fails exits 1
+
+
+def strict_parser(**kwargs) -> argparse.ArgumentParser:
+    """An ArgumentParser that takes no abbreviated flags (``--met`` is not ``--meta``)."""
+    return argparse.ArgumentParser(allow_abbrev=False, **kwargs)
+
+
+def _number(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if v != v:
+        raise argparse.ArgumentTypeError("must be a number, got NaN")
+    return v
+
+
+def unit_fraction(text: str) -> float:
+    """argparse type: a fraction in [0, 1]."""
+    v = _number(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return v
+
+
+def sample_fraction(text: str) -> float:
+    """argparse type: a sampling fraction in (0, 1]."""
+    v = _number(text)
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text!r}")
+    return v
+
+
+def percentile(text: str) -> float:
+    """argparse type: a percentile in [0, 100]."""
+    v = _number(text)
+    if not 0.0 <= v <= 100.0:
+        raise argparse.ArgumentTypeError(f"must be a percentile in [0, 100], got {text!r}")
+    return v
 
 
 def add_workers_arg(parser, default_help="all cores") -> None:
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"local worker processes for the DirectRunner (default: {default_help}); "
                              "ignored by other runners")
 
@@ -47,22 +88,23 @@ class ConvertOptions(PipelineOptions):
         parser.add_argument("--out", default=None, help="output dataset directory or URL; required")
         parser.add_argument("--splits", default="train,validation,test",
                             help="comma-separated splits to convert (default: all three)")
-        parser.add_argument("--frac", type=float, default=1.0,
+        parser.add_argument("--frac", type=sample_fraction, default=1.0,
                             help="deterministic hash sample of patch ids (0.001 sample is a subset of 0.01)")
         parser.add_argument("--resampling", choices=RESAMPLING_METHODS, default="bilinear",
                             help="resampling of 20 m and 60 m bands to the 10 m grid")
-        parser.add_argument("--shard_size", "--batch", dest="shard_size", type=int, default=DEFAULT_SHARD_SIZE,
+        parser.add_argument("--shard_size", "--batch", dest="shard_size", type=positive_int,
+                            default=DEFAULT_SHARD_SIZE,
                             help=f"patches per shard (default {DEFAULT_SHARD_SIZE}: ~150 MB float32 shards)")
         parser.add_argument("--compression", choices=("none", "gzip"), default="none")
         parser.add_argument("--dtype", dest="image_dtype", choices=IMAGE_DTYPES, default="float32",
                             help="dtype of the image features")
-        parser.add_argument("--clip_percentiles", type=float, nargs=2, default=[1.0, 99.0], metavar=("LO", "HI"),
+        parser.add_argument("--clip_percentiles", type=percentile, nargs=2, default=[1.0, 99.0], metavar=("LO", "HI"),
                             help="percentiles that bound each band before normalisation")
         parser.add_argument("--no_clip", dest="clip", action="store_false",
                             help="normalise with plain mean/std, without percentile clipping")
         parser.add_argument("--stats", default=None,
                             help="apply these statistics (a stats.json of an earlier run) instead of computing them")
-        parser.add_argument("--stats_fraction", type=float, default=1.0,
+        parser.add_argument("--stats_fraction", type=sample_fraction, default=1.0,
                             help="compute statistics on a deterministic sample of training patches")
         add_decode_timeout_arg(parser)
         parser.add_argument("--object_cache", default="auto", metavar="auto|none|DIR",
@@ -72,18 +114,25 @@ class ConvertOptions(PipelineOptions):
                                  "local; removed at the end; never fills the disk)")
         parser.add_argument("--no_report", dest="report", action="store_false",
                             help="do not write report.html (`benbeam report DATASET` writes it later)")
-        parser.add_argument("--max_failure_fraction", type=float, default=None,
-                            help="exit non-zero (after writing everything) if more than this fraction of "
-                                 "the input failed")
+        add_max_failure_arg(parser)
         add_workers_arg(parser)
         add_storage_args(parser, s3_endpoint=False)
+
+
+def add_max_failure_arg(parser) -> None:
+    """``--max_failure_fraction`` (convert, validate): exit 1 when more of the input fails."""
+    parser.add_argument("--max_failure_fraction", type=unit_fraction, default=DEFAULT_MAX_FAILURE_FRACTION,
+                        metavar="FRACTION",
+                        help="exit 1 (after writing everything, failures.jsonl included) if more than this "
+                             f"fraction of the selected patches failed (default {DEFAULT_MAX_FAILURE_FRACTION:g}; "
+                             "1: never)")
 
 
 def add_decode_timeout_arg(parser) -> None:
     from transforms.patch import DEFAULT_DECODE_TIMEOUT
 
     def seconds(text: str) -> float:
-        v = float(text)
+        v = _number(text)
         if not v >= 0:
             raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
         return v
@@ -109,7 +158,7 @@ def local_runner_args(argv: list[str], workers: int | None) -> list[str]:
 
 def parse(cls, argv: list[str], prog: str, description: str):
     """Parse ``argv`` for an options class: our flags strictly, Beam's passed through."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = strict_parser(prog=prog, description=description)
     cls._add_argparse_args(parser)
     if "--s3_endpoint_url" not in parser._option_string_actions:
         add_s3_endpoint(parser)
@@ -117,8 +166,22 @@ def parse(cls, argv: list[str], prog: str, description: str):
     unknown = unknown_pipeline_args(rest)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither a {prog} flag nor an Apache Beam "
-                     "pipeline option; see --help)")
+                     f"pipeline option{suggest(unknown, parser)}; flags are never abbreviated; see --help)")
     missing = [f"--{r}" for r in getattr(cls, "REQUIRED", ()) if getattr(known, r) is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     return known, rest
+
+
+def suggest(unknown: list[str], parser) -> str:
+    """``; did you mean --meta?`` for flags close to ``parser``'s own, else ''."""
+    import difflib
+
+    known = [o for o in parser._option_string_actions if o.startswith("--")]
+    hints = []
+    for u in unknown:
+        flag = u.split("=", 1)[0]
+        near = [k for k in known if k.startswith(flag)] or difflib.get_close_matches(flag, known, n=1)
+        if near:
+            hints.append(f"{flag} -> {near[0]}")
+    return f"; did you mean: {', '.join(hints)}" if hints else ""

@@ -113,7 +113,7 @@ def run(argv: list[str] | None = None) -> int:
     from beam_pipeline.options import add_storage_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="benbeam report",
+    ap = argparse.ArgumentParser(prog="benbeam report", allow_abbrev=False,
                                  description="(Re)write a converted dataset's report.html and its plots.")
     ap.add_argument("dataset", help="dataset directory or URL (holding dataset.json)")
     ap.add_argument("--out", default=None, help="where to write the HTML (default: DATASET/report.html)")

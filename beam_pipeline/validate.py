@@ -18,13 +18,18 @@ from collections import Counter
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline.options import add_storage_args, add_decode_timeout_arg, add_workers_arg, local_runner_args
+from beam_pipeline import quiet
+from beam_pipeline.options import (add_decode_timeout_arg, add_max_failure_arg, add_storage_args, add_workers_arg,
+                                   local_runner_args, sample_fraction, strict_parser, suggest, unknown_pipeline_args)
 from schemas import failures as F
 from schemas import manifest as M
 from schemas.naming import OBJECT_KEYS
+from transforms import containment
 from transforms import metadata as md
 from transforms import storage
 from transforms.ptransforms import CheckRows, ReadMetadata, _count
+
+COMMAND = "benbeam validate"
 
 
 def _prefix(url: str) -> str:
@@ -49,16 +54,25 @@ def list_sizes(prefix: str) -> dict[str, int]:
 
 
 def check_objects(rec: dict, listing) -> list[F.PatchError]:
-    """Missing / empty objects of a patch according to folder listings."""
+    """Missing / empty / oversized objects of a patch according to folder listings; a path
+    outside the dataset root is refused before any listing (``transforms.containment``)."""
     errs = []
     urls = md.record_urls(rec)
     for key in OBJECT_KEYS:
         url = urls[key]
+        try:
+            containment.check_url(url, rec.get("root"), what=f"{key} object")
+        except F.PatchError as e:
+            errs.append(e)
+            continue
         size = listing(_prefix(url)).get(_norm(url))
         if size is None:
             errs.append(F.PatchError(F.FETCH, "missing_object", f"{key} object {url} does not exist"))
         elif size == 0:
             errs.append(F.PatchError(F.FETCH, "empty_object", f"{key} object {url} is 0 bytes"))
+        elif size > containment.MAX_OBJECT_BYTES:
+            errs.append(F.PatchError(F.FETCH, "object_too_large", f"{key} object {url} is {size:,} bytes; no reBEN "
+                                     f"object exceeds {containment.MAX_OBJECT_BYTES:,}"))
     return errs
 
 
@@ -89,7 +103,7 @@ class ValidateGroupFn(beam.DoFn):
                 try:
                     load_patch(rec, "nearest", self.decode_timeout)
                 except F.PatchError as e:
-                    errs = [e]
+                    errs = [e, *e.also]
             _count("patches_ok" if not errs else "patches_failed")
             yield {"patch_id": rec["patch_id"], "split": rec["split"],
                    "reasons": [{"stage": e.stage, "reason": e.reason, "detail": e.detail} for e in errs]}
@@ -135,38 +149,80 @@ def write_report(args, results, meta_info) -> None:
     storage.write_bytes_atomic(args.out, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
 
 
+def check_out(out: str) -> None:
+    """``--out`` is a report file: refuse a folder, and a file that is not an earlier report."""
+    if storage.is_remote(out):
+        if storage.exists(out) and not _is_report(out):
+            raise ValueError(f"--out {out} exists and is not a report of `{COMMAND}`; it is not overwritten — "
+                             "choose another name")
+        return
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out} is a folder; give the report's file name, e.g. "
+                         f"{os.path.join(out, 'validation.json')}")
+    if os.path.lexists(out) and not _is_report(out):
+        raise ValueError(f"--out {out} exists and is not a report of `{COMMAND}`; it is not overwritten — "
+                         "choose another name")
+
+
+def _is_report(url: str) -> bool:
+    try:
+        doc = json.loads(storage.read_bytes(url))
+    except Exception:  # noqa: BLE001 - unreadable or not JSON: not ours
+        return False
+    return isinstance(doc, dict) and doc.get("command") == COMMAND
+
+
 def run(argv: list[str] | None = None) -> int:
+    """``benbeam validate``; returns the exit code (README: exit codes)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="benbeam validate", description=__doc__.splitlines()[0])
+    ap = strict_parser(prog=COMMAND, description=__doc__.splitlines()[0])
     ap.add_argument("--meta", required=True, help="metadata.parquet or `benbeam index` output")
     ap.add_argument("--include_snow_cloud", default=None, metavar="PARQUET")
-    ap.add_argument("--root", default=None, help="dataset root (default: the folder of --meta)")
-    ap.add_argument("--out", required=True, help="report JSON (local, s3:// or gs://)")
-    ap.add_argument("--frac", type=float, default=1.0, help="deterministic hash sample of patch ids")
+    ap.add_argument("--root", default=None, help="dataset root (default: the root an index declares, else the "
+                                                 "folder of --meta); objects outside it are refused")
+    ap.add_argument("--out", required=True, help="report JSON (local, s3:// or gs://); not a folder")
+    ap.add_argument("--frac", type=sample_fraction, default=1.0, help="deterministic hash sample of patch ids")
     ap.add_argument("--splits", default="train,validation,test")
     ap.add_argument("--deep", action="store_true", help="also decode every object and check size/dtype/grid")
     add_decode_timeout_arg(ap)
+    add_max_failure_arg(ap)
     add_workers_arg(ap)
     add_storage_args(ap)
     args, rest = ap.parse_known_args(argv)
+    unknown = unknown_pipeline_args(rest)
+    if unknown:
+        ap.error(f"unrecognized arguments: {' '.join(unknown)} (neither a {COMMAND} flag nor an Apache Beam "
+                 f"pipeline option{suggest(unknown, ap)}; flags are never abbreviated; see --help)")
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     try:
         splits = tuple(M.check_split(s.strip()) for s in args.splits.split(",") if s.strip())
-        if not 0 < args.frac <= 1:
-            raise ValueError(f"--frac must be in (0, 1], got {args.frac}")
-        for m in [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else []):
-            md.read_table(m)
+        tables = [md.read_table(m) for m in [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud
+                                                            else [])]
+        check_out(args.out)
     except (ValueError, md.MetadataError) as e:
-        print(f"benbeam validate: error: {e}", file=sys.stderr)
+        print(f"{COMMAND}: error: {e}", file=sys.stderr)
         return 2
-    root = args.root or storage.parent(args.meta)
+    root = md.dataset_root(args.root, args.meta, tables)
     t0 = time.perf_counter()
-    with beam.Pipeline(options=PipelineOptions(local_runner_args(rest, args.workers))) as p:
-        build(p, args, root, splits)
+    wlog: dict = {}
+    try:
+        with quiet.worker_stderr(wlog), beam.Pipeline(options=PipelineOptions(local_runner_args(rest, args.workers))) as p:
+            build(p, args, root, splits)
+    except Exception as e:  # noqa: BLE001 - a failed job: one clear line
+        msg = str(e).strip().splitlines()[-1][:500] if str(e).strip() else ""
+        print(f"{COMMAND}: error: the validation failed: {type(e).__name__}: {msg}", file=sys.stderr)
+        if wlog.get("log"):
+            print(f"{COMMAND}: the workers' output is in {wlog['log']} (--debug shows it here)", file=sys.stderr)
+        return 1
     dt = time.perf_counter() - t0
     rep = json.loads(storage.read_bytes(args.out))
     t = rep["totals"]
     print(f"validated {t['patches']} patches in {dt:.1f} s: {t['ok']} ok, {t['failed']} failed -> {args.out}")
     for reason, n in rep["by_reason"].items():
         print(f"  {reason}: {n}")
+    frac = t["failed"] / t["patches"] if t["patches"] else 0.0
+    if frac > args.max_failure_fraction:
+        print(f"{COMMAND}: error: {t['failed']} of {t['patches']} patches ({frac:.1%}) failed, more than "
+              f"--max_failure_fraction {args.max_failure_fraction:g}; see {args.out}", file=sys.stderr)
+        return 1
     return 0

@@ -81,7 +81,7 @@ def verify(dataset: str, parse: bool = True) -> list[str]:
 
 def run(argv: list[str] | None = None) -> int:
     """``benbeam verify DATASET``: 0 if it matches its manifest, 1 on mismatches, 2 without a manifest."""
-    ap = argparse.ArgumentParser(prog="benbeam verify", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="benbeam verify", allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("dataset", help="dataset directory or URL holding dataset.json")
     ap.add_argument("--no_parse", dest="parse", action="store_false", help="check hashes and counts only")
     add_storage_args(ap)

@@ -94,10 +94,10 @@ def _check_env(environment_type: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="benbeam launch", description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog="benbeam launch", allow_abbrev=False, description=__doc__.splitlines()[0],
                                  epilog="Everything after `--` goes to `benbeam convert` (--meta, --out, ...).")
     sub = ap.add_subparsers(dest="runner", required=True)
-    d = sub.add_parser("dataflow", help="Google Cloud Dataflow")
+    d = sub.add_parser("dataflow", allow_abbrev=False, help="Google Cloud Dataflow")
     d.add_argument("--project", required=True)
     d.add_argument("--region", required=True)
     d.add_argument("--temp_location", required=True, help="gs:// folder for temporary files")
@@ -110,20 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--setup_file", default=REPO_SETUP, help="package installed on the workers (default: this repo's)")
     d.add_argument("--job_name", default=None)
     d.add_argument("--dry_run", action="store_true", help="build the job graph offline; submit nothing")
-    f = sub.add_parser("flink", help="Apache Flink (through Beam's Flink job server)")
+    f = sub.add_parser("flink", allow_abbrev=False, help="Apache Flink (through Beam's Flink job server)")
     f.add_argument("--flink_master", required=True, help="host:port of the Flink REST endpoint, or [local]")
     f.add_argument("--environment_type", default="DOCKER", choices=ENVIRONMENTS)
     f.add_argument("--environment_config", default=None)
     f.add_argument("--parallelism", type=int, default=None)
-    s = sub.add_parser("spark", help="Apache Spark (through Beam's Spark job server)")
+    s = sub.add_parser("spark", allow_abbrev=False, help="Apache Spark (through Beam's Spark job server)")
     s.add_argument("--spark_master_url", required=True)
     s.add_argument("--environment_type", default="DOCKER", choices=ENVIRONMENTS)
     s.add_argument("--environment_config", default=None)
-    pt = sub.add_parser("portable", help="any Beam job service (Job API)")
+    pt = sub.add_parser("portable", allow_abbrev=False, help="any Beam job service (Job API)")
     pt.add_argument("--job_endpoint", required=True, help="host:port")
     pt.add_argument("--environment_type", default="LOOPBACK", choices=ENVIRONMENTS)
     pt.add_argument("--environment_config", default=None)
-    k = sub.add_parser("dask", help="a dask.distributed cluster")
+    k = sub.add_parser("dask", allow_abbrev=False, help="a dask.distributed cluster")
     k.add_argument("--dask_client_address", required=True, help="host:port of the Dask scheduler")
     return ap
 

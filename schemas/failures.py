@@ -1,8 +1,10 @@
 """Dead-letter vocabulary: pipeline stages, failure reasons, and injected fault kinds.
 
-Every dead letter is ``{"patch_id", "stage", "reason", "detail"}`` where ``stage`` and
-``reason`` come from the tables below (they name Beam counters too) and ``detail`` is a
-sentence a person can act on. The synthetic generator's fault kinds map to the
+Every dead letter is ``{"patch_id", "split", "stage", "reason", "detail", "reasons"}`` where
+``stage`` and ``reason`` come from the tables below (they name Beam counters too) and
+``detail`` is a sentence a person can act on; ``reason`` is the first failing check (what
+counts are kept by) and ``reasons`` lists every failing check found, each
+``{"stage", "reason", "detail"}``, so that a patch's problems can be fixed at once. The synthetic generator's fault kinds map to the
 (stage, reason) the pipeline must report for them: tests use that mapping as ground truth.
 """
 
@@ -30,10 +32,15 @@ REASONS: dict[str, str] = {
     "empty_object": "an object is zero bytes",
     "read_error": "an object could not be read (after retries)",
     "access_denied": "reading an object was refused (403): credentials or bucket permissions",
+    # fetch, refused before anything is opened (transforms.containment)
+    "outside_root": "an object path resolves (after symlinks) outside the dataset root",
+    "unsupported_scheme": "an object URL uses a scheme other than the dataset root's (e.g. http://)",
+    "path_traversal": "an object path holds '..' or '.' segments",
+    "not_a_file": "an object path names a directory, FIFO, device or socket, not a regular file",
+    "object_too_large": "an object is larger than any reBEN object can be",
     # decode
     "decode_error": "an object is not a decodable GeoTIFF (truncated or corrupt)",
     "decode_timeout": "decoding an object took longer than --decode_timeout (corrupt or hostile file)",
-    "decode_timeout": "decoding an object took too long",
     # check
     "wrong_size": "a raster has the wrong width/height for its band",
     "wrong_dtype": "a raster has the wrong data type",
@@ -48,31 +55,51 @@ REASONS: dict[str, str] = {
 
 
 class PatchError(Exception):
-    """A patch-level failure that becomes a dead letter (never crashes the job)."""
+    """A patch-level failure that becomes a dead letter (never crashes the job).
 
-    def __init__(self, stage: str, reason: str, detail: str):
+    ``also``: further failing checks of the same patch (PatchErrors), found after this one.
+    """
+
+    def __init__(self, stage: str, reason: str, detail: str, also: tuple = ()):
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
         if reason not in REASONS:
             raise ValueError(f"unknown reason {reason!r}")
         super().__init__(stage, reason, detail)
         self.stage, self.reason, self.detail = stage, reason, detail
+        self.also = tuple(also)
 
     def __str__(self) -> str:
-        return f"{self.stage}/{self.reason}: {self.detail}"
+        more = f" (and {len(self.also)} more)" if self.also else ""
+        return f"{self.stage}/{self.reason}: {self.detail}{more}"
+
+    def __reduce__(self):
+        return (PatchError, (self.stage, self.reason, self.detail, self.also))
+
+    def checks(self) -> list[dict]:
+        """Every failing check: this one first, then ``also``."""
+        return [{"stage": e.stage, "reason": e.reason, "detail": e.detail} for e in (self, *self.also)]
 
     def record(self, patch_id: str, split: str | None = None) -> dict:
-        return dead_letter(patch_id, self.stage, self.reason, self.detail, split)
+        return dead_letter(patch_id, self.stage, self.reason, self.detail, split, self.checks())
 
 
-def dead_letter(patch_id, stage: str, reason: str, detail: str, split=None) -> dict:
-    """A dead-letter record; ``split`` is kept for per-split accounting."""
+def combine(errors: list) -> "PatchError":
+    """One PatchError for a patch's failing checks (the first; the others as ``also``)."""
+    first, rest = errors[0], errors[1:]
+    return PatchError(first.stage, first.reason, first.detail, tuple(rest) + first.also)
+
+
+def dead_letter(patch_id, stage: str, reason: str, detail: str, split=None, reasons: list | None = None) -> dict:
+    """A dead-letter record; ``split`` is kept for per-split accounting; ``reasons``: every
+    failing check (default: just this one)."""
     return {
         "patch_id": patch_id if isinstance(patch_id, str) else repr(patch_id),
         "split": split if isinstance(split, str) else (None if split is None else repr(split)),
         "stage": stage,
         "reason": reason,
         "detail": detail,
+        "reasons": reasons if reasons else [{"stage": stage, "reason": reason, "detail": detail}],
     }
 
 

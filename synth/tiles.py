@@ -401,7 +401,7 @@ def tile_ids(n: int, first: str = "32TQR") -> list[str]:
 
 def run(argv: list[str] | None = None) -> int:
     """``benbeam synth-tile ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="benbeam synth-tile",
+    ap = argparse.ArgumentParser(prog="benbeam synth-tile", allow_abbrev=False,
                                  description="Write synthetic Sentinel-2 tiles (SAFE folders or GeoTIFFs) with a "
                                              "ground-truth class map, for benbeam predict.")
     ap.add_argument("--out", required=True, help="output folder")

@@ -256,8 +256,13 @@ def test_no_decodable_training_patch_is_a_clear_error_without_manifest(tmp_path,
                "--out", str(tmp_path / "out"), "--workers", "1"])
     assert rc == 1
     err = capsys.readouterr().err
-    assert "no training pixels" in err and "--stats" in err
+    assert "no statistics: 1 of 1 training patches failed (missing_object 1)" in err, err[-800:]
+    assert "Traceback" not in err
     assert not (tmp_path / "out" / M.MANIFEST).exists()
+    # the per-patch reasons are kept even though no dataset could be made
+    dead = [json.loads(line) for line in (tmp_path / "out" / M.FAILURES_JSONL).read_text().splitlines()]
+    assert [d["patch_id"] for d in dead] == [GOOD_ID] and dead[0]["reason"] == "missing_object"
+    assert len(dead[0]["reasons"]) == 15  # every one of the 15 objects is missing, all listed
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -291,7 +296,7 @@ def test_fuzzed_metadata_tables_end_to_end(tmp_path_factory, stats_json, batch, 
         assert rc == 2  # a required column is missing: a clear error, nothing converted
         assert not (out / M.MANIFEST).exists()
         return
-    assert rc == 0
+    assert rc == 1  # every selected row fails: more than --max_failure_fraction (0.05), after writing everything
     man = json.loads((out / M.MANIFEST).read_text())
     selected = Counter(md.row_split({"split": s}) for s in cols["split"])
     assert {k: v["input"] for k, v in man["splits"].items()} == dict(selected)
@@ -323,7 +328,7 @@ def test_bad_inputs_give_a_clear_error_and_no_manifest(tmp_path, capsys, case):
         out = tmp_path / "a_file" / "out"
     rc = main(["convert", "--meta", str(meta), "--root", str(root), "--out", str(out), "--workers", "1"])
     err = capsys.readouterr().err
-    want = {"not_parquet": "not a readable parquet", "zero_bytes": "is empty", "no_rows": "no training pixels",
+    want = {"not_parquet": "not a readable parquet", "zero_bytes": "is empty", "no_rows": "selects no patch",
             "missing_root": "does not exist", "out_not_writable": "not writable",
             "missing_column": "lacks the column(s) split"}[case]
     assert rc in (1, 2) and want in err, (rc, err[-500:])

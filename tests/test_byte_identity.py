@@ -39,7 +39,8 @@ FIXED_RUN = {
 EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
     "reben/* (every file of the synthetic replica)": "fbeeeb7e2ad2cb1344bba1269b1785eb7ae51c9438bfae0ce6a0151ccd6b2e2b",
     "a/dataset.json": "b7d9a015d093eb51b79fc78def8b9a9dd8f515f00366b7fdb091356b32ea8784",
-    "a/failures.jsonl": "bc95c4e1f304f4534ab8e93fd7182dc606d315e99402172e7f591de240cdb96e",
+    "a/.benbeam-run.json": "977efadb044f16f0203a4f7bfc8750ea4a4219d9bd146ca58e69588e589ab6ea",
+    "a/failures.jsonl": "4247bd00787e375c17435afe755657b10c948e228c05d3503c09706595411f69",
     "a/histograms.npz": "cd0f592aabe17a37a9fb5ece9c9717e51042cabed6f8fbfced6eceaf78a4cb18",
     "a/report/classes.svg": "f4451d53168c6b5ab6f674ff1018f7a91d4adee4127e37f8947267b7b0cdf6f1",
     "a/report/failures.svg": "2bb4852b4276c4d906eaa133a3b64ee83964a4eb339b41d31665ebdf47616b13",
@@ -69,7 +70,8 @@ EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
     "a/validation/validation-00001-of-00002.tfrecord":
         "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
     "b/dataset.json": "1228c98dc55ddfc4ad3499bd592f7b2fcc53966af42f196983b826b1e9aa9c79",
-    "b/failures.jsonl": "bc95c4e1f304f4534ab8e93fd7182dc606d315e99402172e7f591de240cdb96e",
+    "b/.benbeam-run.json": "977efadb044f16f0203a4f7bfc8750ea4a4219d9bd146ca58e69588e589ab6ea",
+    "b/failures.jsonl": "4247bd00787e375c17435afe755657b10c948e228c05d3503c09706595411f69",
     "b/schema.pbtxt": "c1b5d79af0ce921d11d07e2db1d6d7a630da6a66a2e428f3bbe09386ea40ac69",
     "b/stats.json": "e3088ef9bb2419f96394d4fb7d56e87385e024f03ffef3a1d75f1645309e4cb6",
     "b/test/test-00000-of-00002.tfrecord.gz": "9ceffb7310338057cfe71a4ae1e2c98d2c485d81cdef906532a801f457a38d64",
@@ -82,7 +84,8 @@ EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
     "b/validation/validation-00001-of-00002.tfrecord.gz":
         "8cf2f854eb9db58d760245990a19caf1b7414b11c13b71ea3ba5e13a0a2ed359",
     "c/dataset.json": "72168140567a785575bfd455e7085b5f9d23e8bb12d76dfd001586501f2e5c7e",
-    "c/failures.jsonl": "6ce17a634c1b37b48297f0689d97f70fa1f762ab7d8294bc0686318c8ab33c48",
+    "c/.benbeam-run.json": "977efadb044f16f0203a4f7bfc8750ea4a4219d9bd146ca58e69588e589ab6ea",
+    "c/failures.jsonl": "4d262466bf99771ef4ab31e288449693472d22bb037854c9404e5dc04f608b19",
     "c/schema.pbtxt": "6ff6fad88aac9e2b46aefbcc2f8475ce5f78c305ebe2e90b942ca4f836e76165",
     "c/stats.json": "e3088ef9bb2419f96394d4fb7d56e87385e024f03ffef3a1d75f1645309e4cb6",
     "c/test/test-00000-of-00002.tfrecord": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
@@ -98,7 +101,7 @@ def produce(base: Path) -> dict[str, str]:
     """Synth and convert under ``base``; the normalised sha256 of every deterministic file."""
     reben = base / "reben"
     assert main(["synth", "--out", str(reben), "--n", "22", "--seed", "3", "--corrupt", "0.5", "--workers", "1"]) == 0
-    common = ["--meta", str(reben / "metadata.parquet"), "--shard_size", "4", "--workers", "1"]
+    common = ["--meta", str(reben / "metadata.parquet"), "--shard_size", "4", "--workers", "1", "--max_failure_fraction", "1"]
     assert main(["convert", *common, "--out", str(base / "a")]) == 0
     assert main(["convert", *common, "--out", str(base / "b"), "--compression", "gzip", "--dtype", "float16",
                  "--resampling", "cubic", "--stats", str(base / "a" / "stats.json"), "--no_report"]) == 0

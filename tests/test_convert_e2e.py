@@ -34,7 +34,7 @@ def reben(tmp_path_factory):
 
 
 def convert(reben, out, *extra):
-    argv = ["convert", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "8", *extra]
+    argv = ["convert", "--max_failure_fraction", "1", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "8", *extra]
     return main(argv)
 
 
@@ -166,7 +166,7 @@ def test_rerun_is_byte_identical_and_index_path_matches(reben, dataset, tmp_path
     idx = tmp_path / "indexed.parquet"
     assert main(["index", "--meta", str(reben / "metadata.parquet"), "--out", str(idx)]) == 0
     # the index carries the URLs: no --root needed, same shards
-    assert main(["convert", "--meta", str(idx), "--out", str(out2), "--shard_size", "8"]) == 0
+    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(idx), "--out", str(out2), "--shard_size", "8"]) == 0
     a, b = _manifest(dataset), _manifest(out2)
     for split in a["splits"]:
         assert [s["sha256"] for s in a["splits"][split]["shards"]] == [s["sha256"] for s in b["splits"][split]["shards"]]
@@ -266,7 +266,7 @@ def test_label_disagreements_are_counted_not_failed_and_stats_fraction(reben, da
     meta = tmp_path / "metadata.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), meta)
     out = tmp_path / "dis"
-    assert main(["convert", "--meta", str(meta), "--root", str(reben), "--out", str(out), "--shard_size", "8",
+    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(meta), "--root", str(reben), "--out", str(out), "--shard_size", "8",
                  "--stats_fraction", "0.5"]) == 0
     man = _manifest(out)
     assert man["splits"]["train"]["label_disagreements"] == 1

@@ -122,7 +122,7 @@ def test_a_full_disk_is_a_clear_error_and_no_dataset_is_presented_as_complete(re
                           str(mnt), str(total // 2), json.dumps(cmd)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]  # the namespace and the mount worked
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["rc"] == 1, out["stderr"]
+    assert out["rc"] == 3, out["stderr"]  # a full disk is an environment failure (README: exit codes)
     assert "No space left on device" in out["stderr"] and "is full" in out["stderr"]
     assert f"no {M.MANIFEST} was written" in out["stderr"]
     assert M.MANIFEST not in {os.path.basename(f) for f in out["files"]}

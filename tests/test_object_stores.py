@@ -35,7 +35,7 @@ def local_run(tmp_path_factory):
     """The same sample converted on local disk: the reference for byte equality."""
     d = tmp_path_factory.mktemp("local")
     assert main(["synth", "--out", str(d / "reben"), "--n", str(N), "--seed", "5", "--faults", FAULTS]) == 0
-    assert main(["convert", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ds"),
+    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ds"),
                  "--shard_size", "4"]) == 0
     return d, json.loads((d / "ds" / M.MANIFEST).read_text())
 
@@ -88,7 +88,7 @@ def _end_to_end(scheme: str, flags: list[str], local_run, tmp_path) -> dict:
     assert missing and missing <= injected  # truncated TIFFs exist: only --deep sees them
 
     caches_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "benbeam-object-cache-*")))
-    assert main(["convert", "--meta", f"{reben}/indexed.parquet", "--out", ds, "--shard_size", "4", *flags]) == 0
+    assert main(["convert", "--max_failure_fraction", "1", "--meta", f"{reben}/indexed.parquet", "--out", ds, "--shard_size", "4", *flags]) == 0
     man = json.loads(fs.cat_file(f"{ds}/{M.MANIFEST}"))
     assert _shard_hashes(man) == _shard_hashes(local_run[1])
     # Training patches were fetched once: the writer read what the statistics pass kept
@@ -148,7 +148,7 @@ def test_conversion_through_a_faulty_proxy_loses_nothing(s3_server, local_run, t
                      "--s3_endpoint_url", endpoint]) == 0
     with FaultProxy(endpoint, fraction=0.1, seed=3) as proxy:
         out = "s3://bench/proxied/ds"
-        assert main(["convert", "--meta", f"{reben}/metadata.parquet", "--out", out, "--shard_size", "4",
+        assert main(["convert", "--max_failure_fraction", "1", "--meta", f"{reben}/metadata.parquet", "--out", out, "--shard_size", "4",
                      "--object_cache", "none", "--s3_endpoint_url", proxy.url]) == 0  # every read through the proxy
         stats = dict(proxy.stats)
     storage.configure(endpoint)
@@ -203,7 +203,13 @@ class _Err(Exception):
     (_Err("SlowDown: Please reduce your request rate", 503), True),
     (_Err("Too Many Requests", 429), True),
     (_Err("Internal Server Error", 500), True),
-    (OSError("Server disconnected"), True),
+    (__import__("aiohttp").ServerDisconnectedError("Server disconnected"), True),
+    (OSError(16, "SlowDown"), True),  # s3fs translates 503/SlowDown to EBUSY
+    (ConnectionRefusedError(111, "Connection refused"), True),
+    # classified by type and status, never by words: a 500 in a patch id is not a 5xx
+    (OSError("Bad Request (400) S2A_MSIL2A_20170613T105001_N9999_R051_T32TNT_50_50"), False),
+    (_Err("Bad Request S2A_MSIL2A_20170613T105001_N9999", 400), False),
+    (OSError("connection timed out"), False),  # no type, errno or status says transient
     (PermissionError("Forbidden"), False),
     (FileNotFoundError("no such key"), False),
     (_Err("AccessDenied", 403), False),

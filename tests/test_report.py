@@ -19,7 +19,7 @@ FAULTS = "missing_band_file,truncated_tiff,s1_nan"
 def dataset(tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
     assert main(["synth", "--out", str(d / "reben"), "--n", "36", "--seed", "11", "--faults", FAULTS]) == 0
-    assert main(["convert", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ds"),
+    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ds"),
                  "--shard_size", "8"]) == 0
     return d / "ds"
 
@@ -82,7 +82,7 @@ def test_a_dataset_without_run_record_or_histograms_still_gets_a_report(dataset,
     """`--stats` from an earlier run: no histograms.npz; a copied dataset without run.json."""
     reben = dataset.parent / "reben"
     out = tmp_path / "ds2"
-    assert main(["convert", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "8",
+    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "8",
                  "--stats", str(dataset / M.STATS_JSON), "--no_report"]) == 0
     assert not (out / M.REPORT_HTML).exists()
     (out / M.RUN_JSON).unlink()

@@ -30,7 +30,7 @@ def sample(tmp_path_factory):
     d = tmp_path_factory.mktemp("runners")
     assert main(["synth", "--out", str(d / "reben"), "--n", str(N), "--seed", "9",
                  "--faults", "truncated_tiff,missing_files"]) == 0
-    assert main(["convert", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "direct"),
+    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "direct"),
                  "--shard_size", "4"]) == 0
     return d, json.loads((d / "direct" / M.MANIFEST).read_text())
 
@@ -102,7 +102,7 @@ def test_portable_job_service_gives_identical_shards(sample, tmp_path):
                 time.sleep(0.2)
         out = tmp_path / "portable"
         assert main(["launch", "portable", "--job_endpoint", f"localhost:{port}", "--environment_type", "LOOPBACK",
-                     "--", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(out),
+                     "--", "--max_failure_fraction", "1", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(out),
                      "--shard_size", "4"]) == 0
     finally:
         proc.terminate()
@@ -118,6 +118,6 @@ def test_dask_cluster_gives_identical_shards(sample, tmp_path):
         assert len(cluster.workers) == 2
         out = tmp_path / "dask"
         assert main(["launch", "dask", "--dask_client_address", cluster.scheduler_address.replace("tcp://", ""),
-                     "--", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(out),
+                     "--", "--max_failure_fraction", "1", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(out),
                      "--shard_size", "4"]) == 0
     _same_as_direct(sample, out)

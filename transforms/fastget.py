@@ -18,6 +18,9 @@ import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from transforms import storeconfig
 
 _LOCK = threading.Lock()
 _STORES: dict[tuple, object] = {}
@@ -36,15 +39,11 @@ def enabled(url: str) -> bool:
 
 
 def _endpoint() -> str | None:
-    from transforms import storage
-
-    return (storage.options().get("s3", {}).get("client_kwargs") or {}).get("endpoint_url")
+    return (storeconfig.options().get("s3", {}).get("client_kwargs") or {}).get("endpoint_url")
 
 
 def _anon() -> bool:
-    from transforms import storage
-
-    return bool(storage.options().get("s3", {}).get("anon"))
+    return bool(storeconfig.options().get("s3", {}).get("anon"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,8 +94,15 @@ def _store(bucket: str):
             kwargs = {"region": _region(endpoint)}
             if endpoint:
                 kwargs.update(endpoint=endpoint, virtual_hosted_style_request=False)
-            client = {"allow_http": bool(endpoint and endpoint.startswith("http://")), "timeout": "60s",
-                      "connect_timeout": "10s"}
+            client = {"allow_http": bool(endpoint and endpoint.startswith("http://")),
+                      "timeout": f"{storeconfig.READ_TIMEOUT_S}s",
+                      "connect_timeout": f"{storeconfig.CONNECT_TIMEOUT_S}s"}
+            # obstore's own retries are the only layer (5xx, connection errors, timeouts).
+            kwargs["retry_config"] = {
+                "max_retries": storeconfig.RETRY_ATTEMPTS - 1,
+                "backoff": {"init_backoff": timedelta(seconds=storeconfig.RETRY_BASE_S),
+                            "max_backoff": timedelta(seconds=storeconfig.RETRY_CAP_S), "base": 2},
+                "retry_timeout": timedelta(seconds=2 * storeconfig.READ_TIMEOUT_S)}
             if anon:
                 st = S3Store(bucket, skip_signature=True, client_options=client, **kwargs)
             else:
@@ -136,10 +142,15 @@ def _call(fn, url: str, *args):
         raise t from None
 
 
-def get_one(url: str) -> bytes:
+def get_one(url: str, max_bytes: int | None = None) -> bytes:
+    """The whole object at ``url``; ``OverflowError`` (nothing read) if it is larger than ``max_bytes``."""
     import obstore
 
-    return bytes(_call(obstore.get, url).bytes())
+    res = _call(obstore.get, url)
+    size = (res.meta or {}).get("size")
+    if max_bytes is not None and isinstance(size, int) and size > max_bytes:
+        raise OverflowError(f"{url} is {size:,} bytes, more than the {max_bytes:,} a reBEN object can be")
+    return bytes(res.bytes())
 
 
 def put_file(local: str, url: str) -> None:
@@ -153,13 +164,12 @@ def put_file(local: str, url: str) -> None:
     _call(obstore.put, url, pathlib.Path(local))
 
 
-def get_many(urls: list[str]) -> dict[str, bytes | BaseException]:
-    """Fetch every URL concurrently; per URL its bytes or the exception (after retries)."""
-    from transforms import storage
+def get_many(urls: list[str], max_bytes: int | None = None) -> dict[str, bytes | BaseException]:
+    """Fetch every URL concurrently; per URL its bytes or the exception (after obstore's retries)."""
 
     def one(u):
         try:
-            return storage.retry(get_one, u, what=f"read {u}")
+            return get_one(u, max_bytes)
         except Exception as e:  # noqa: BLE001 - returned to the caller, who dead-letters it
             return e
 

@@ -63,6 +63,8 @@ def read_table(url: str) -> tuple[pa.Table, str]:
     except FileNotFoundError:
         raise MetadataError(f"metadata file {url} does not exist") from None
     except Exception as e:  # noqa: BLE001 - turned into a clear message
+        if storage.is_transient(e) or isinstance(e, PermissionError) or type(e).__name__.endswith("CredentialsError"):
+            raise  # the store, not the file: an environment failure (the CLI says so, exit 3)
         raise MetadataError(f"cannot read metadata file {url}: {e}") from None
     if not data:
         raise MetadataError(f"metadata file {url} is empty (0 bytes); expected a parquet file")
@@ -77,6 +79,28 @@ def read_table(url: str) -> tuple[pa.Table, str]:
             f"parquet needs at least {', '.join(REQUIRED_COLUMNS)} (found: {', '.join(table.column_names)})"
         )
     return table, storage.sha256_bytes(data)
+
+
+ROOT_KEY = b"benbeam.root"  # parquet schema metadata: the dataset root an index's url_* columns lie under
+
+
+def declared_root(table: pa.Table) -> str | None:
+    """The dataset root an index file (``benbeam index`` output) declares, if any."""
+    meta = table.schema.metadata or {}
+    v = meta.get(ROOT_KEY)
+    return v.decode("utf-8") if v else None
+
+
+def dataset_root(root: str | None, meta_url: str, tables=None) -> str:
+    """The root every object must lie under: ``--root``, else the root the (first) index
+    declares, else the folder of the metadata file."""
+    if root:
+        return root
+    for t in tables or ():
+        declared = declared_root(t[0] if isinstance(t, tuple) else t)
+        if declared:
+            return declared
+    return storage.parent(meta_url)
 
 
 def record_columns(table: pa.Table) -> list[str]:
@@ -138,6 +162,8 @@ def check_row(row: dict, root: str | None = None) -> dict:
     where: dict = {}
     if all(row.get(c) for c in URL_COLUMNS):
         where["urls"] = {k: row[f"url_{k}"] for k in OBJECT_KEYS}
+        if root is not None:  # the listed objects must lie under it (transforms.containment, on fetch)
+            where["root"] = root
     elif root is not None:
         object_urls(root, pid, s1)  # the names parse (checked here, once, not on the worker)
         where["root"] = root

@@ -19,7 +19,7 @@ from schemas import failures as F
 from schemas.bands import BAND_BY_NAME, PATCH_SIZE, S1_NAMES, S2_NAMES
 from schemas.classes import map_reference, unknown_codes
 from schemas.naming import OBJECT_KEYS, REFERENCE_MAP_KEY, parse_patch_id
-from transforms import storage
+from transforms import containment, storage
 from transforms.decode import Raster, decode_geotiff
 from transforms.resample import upsample
 
@@ -44,55 +44,83 @@ class DecodedPatch:
         return self.pixels[..., len(S2_NAMES):]
 
 
-def fetch_objects(urls: dict[str, str], fs=None) -> dict[str, bytes]:
+def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dict[str, bytes]:
     """Read the 15 objects of a patch. Remote objects are fetched concurrently in one
-    fsspec bulk call; local files with plain reads."""
+    bulk call; local files with plain reads. Every URL must lie under ``root``
+    (``transforms.containment``: refused ones are never opened) and no object may exceed
+    ``containment.MAX_OBJECT_BYTES``. Raises one PatchError listing every failing object."""
     keys = [k for k in OBJECT_KEYS if k in urls]
-    first = urls[keys[0]]
+    # The root decides how objects are read (a URL of another scheme is refused, never fetched).
+    first = root if root is not None else urls[keys[0]]
     out: dict[str, bytes] = {}
+    errors: list[F.PatchError] = []
     if fs is None and not storage.is_remote(first):
         for k in keys:
             try:
-                with open(urls[k], "rb") as fh:
-                    out[k] = fh.read()
+                out[k] = containment.read_local(urls[k], root, what=f"{k} object")
+            except F.PatchError as e:
+                errors.append(e)
             except FileNotFoundError:
-                raise F.PatchError(F.FETCH, "missing_object", f"{k} object {urls[k]} does not exist") from None
+                errors.append(F.PatchError(F.FETCH, "missing_object", f"{k} object {urls[k]} does not exist"))
             except OSError as e:
-                raise F.PatchError(F.FETCH, "read_error", f"{k} object {urls[k]}: {e}") from None
+                errors.append(F.PatchError(F.FETCH, "read_error", f"{k} object {urls[k]}: {e}"))
     else:
         from transforms import fastget
 
+        todo = []
+        for k in keys:
+            try:
+                containment.check_url(urls[k], root, what=f"{k} object")
+                todo.append(k)
+            except F.PatchError as e:
+                errors.append(e)
+        cap = containment.MAX_OBJECT_BYTES
+        first = urls[todo[0]] if todo else first
         retried = fs is None and fastget.enabled(first)
-        if retried:  # s3://: concurrent GETs through obstore, each already retried with backoff
-            got = fastget.get_many([urls[k] for k in keys])
+        if not todo:
+            got = {}
+        elif retried:  # s3://: concurrent GETs through obstore, each retried by obstore itself
+            got = fastget.get_many([urls[k] for k in todo], max_bytes=cap)
         else:
             fs = fs or storage.filesystem(first)
-            try:
-                got = fs.cat([urls[k] for k in keys], on_error="return")
+            try:  # each read capped one byte past the largest legitimate object
+                got = fs.cat([urls[k] for k in todo], on_error="return", start=0, end=cap + 1)
             except Exception as e:  # noqa: BLE001 - the bulk call itself failed: fetch one by one below
                 if not storage.is_transient(e):
                     raise F.PatchError(F.FETCH, "read_error", f"{type(e).__name__}: {e}") from None
                 got = {}
-        for k in keys:
+        for k in todo:
             v = got.get(urls[k])
             if v is None:  # fsspec may strip the protocol from the keys
                 v = got.get(urls[k].split("://", 1)[-1])
             if not retried and (v is None or (isinstance(v, BaseException) and storage.is_transient(v))):
-                try:  # transient failure of the bulk fetch (or none reported): retry this object with backoff
-                    v = storage.retry(fs.cat_file, urls[k], what=f"read {urls[k]}")
+                try:  # transient failure of the bulk fetch (or none reported): this object once more
+                    v = storage.call(urls[k], fs.cat_file, urls[k], 0, cap + 1, what=f"read {urls[k]}")
                 except Exception as e:  # noqa: BLE001 - reported as a dead letter below
                     v = e
             if isinstance(v, FileNotFoundError):
-                raise F.PatchError(F.FETCH, "missing_object", f"{k} object {urls[k]} does not exist")
-            if isinstance(v, PermissionError):
-                raise F.PatchError(F.FETCH, "access_denied", f"{k} object {urls[k]}: {v} (check the credentials "
-                                   "and the bucket's permissions)")
-            if isinstance(v, BaseException):
-                raise F.PatchError(F.FETCH, "read_error", f"{k} object {urls[k]}: {type(v).__name__}: {v}")
-            out[k] = v
+                errors.append(F.PatchError(F.FETCH, "missing_object", f"{k} object {urls[k]} does not exist"))
+            elif isinstance(v, PermissionError):
+                errors.append(F.PatchError(F.FETCH, "access_denied", f"{k} object {urls[k]}: {v} (check the "
+                                           "credentials and the bucket's permissions)"))
+            elif isinstance(v, OverflowError):
+                errors.append(F.PatchError(F.FETCH, "object_too_large", f"{k} object: {v}; it was not read"))
+            elif isinstance(v, BaseException):
+                errors.append(F.PatchError(F.FETCH, "read_error", f"{k} object {urls[k]}: {type(v).__name__}: {v}"))
+            else:
+                try:
+                    out[k] = containment.check_size(urls[k], v, what=f"{k} object")
+                except F.PatchError as e:
+                    errors.append(e)
     for k in keys:
-        if len(out[k]) == 0:
-            raise F.PatchError(F.FETCH, "empty_object", f"{k} object {urls[k]} is 0 bytes")
+        if k in out and len(out[k]) == 0:
+            errors.append(F.PatchError(F.FETCH, "empty_object", f"{k} object {urls[k]} is 0 bytes"))
+    if errors:
+        # In object order, empty objects last: the first reason is what it was when fetching stopped there.
+        order = {k: i for i, k in enumerate(keys)}
+        errors.sort(key=lambda e: (e.reason == "empty_object",
+                                   next((order[k] for k in keys if e.detail.startswith(k + " ")), len(keys))))
+        raise F.combine(errors)
     return out
 
 

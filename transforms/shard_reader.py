@@ -27,7 +27,7 @@ def no_count(name: str, n: int = 1) -> None:
 def fetch(rec: dict) -> dict[str, bytes]:
     """The 15 objects of a patch; raises PatchError (and only PatchError)."""
     try:
-        return fetch_objects(md.record_urls(rec))
+        return fetch_objects(md.record_urls(rec), root=rec.get("root"))
     except failures.PatchError:
         raise
     except Exception as e:  # noqa: BLE001 - an unexpected storage error is this patch's failure

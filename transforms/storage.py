@@ -1,68 +1,36 @@
 """Storage access through fsspec: local paths, ``s3://`` and ``gs://`` alike.
 
-Plain Python (no Beam). Storage options (endpoint URL, anonymous access) are set once
-per process with ``configure`` (the CLI does it from ``--s3_endpoint_url`` / ``--anon``;
-workers do it in ``DoFn.setup``) and never contain credentials: those come from the
-standard AWS / Google credential chains.
+Plain Python (no Beam). Options and the retry policy live in ``transforms.storeconfig``
+(re-exported here: ``storage.configure``, ``storage.retry`` …); whole-object ``s3://``
+reads and uploads go through ``transforms.fastget`` (obstore). Both import only
+``storeconfig``, so there is no import cycle.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import logging
 import os
 import posixpath
-import random
-import time
 import uuid
 
 import fsspec
 
-LOG = logging.getLogger("benbeam.storage")
-
-# Client timeouts: a stalled connection fails (and is retried) instead of hanging a worker.
-CONNECT_TIMEOUT_S = 10
-READ_TIMEOUT_S = 60
-# Our retry layer above the clients' own (botocore "standard" mode, gcsfs's retries).
-RETRY_ATTEMPTS = 6
-RETRY_BASE_S = 0.25
-RETRY_CAP_S = 10.0
-
-_OPTIONS: dict[str, dict] = {}
-
-
-def configure(s3_endpoint_url: str | None = None, anon: bool = False, gcs_endpoint_url: str | None = None) -> dict:
-    """Set process-wide storage options; returns them (picklable, credential-free)."""
-    s3: dict = {"config_kwargs": {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
-                                  "retries": {"max_attempts": 5, "mode": "standard"}}}
-    if s3_endpoint_url:
-        s3["client_kwargs"] = {"endpoint_url": s3_endpoint_url}
-    if anon:
-        s3["anon"] = True
-    gcs: dict = {}
-    endpoint = gcs_endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST")
-    if endpoint:
-        if not endpoint.startswith("http"):
-            endpoint = "http://" + endpoint
-        gcs["endpoint_url"] = endpoint
-        gcs["token"] = "anon"
-        # gcsfs probes a bucket's type over gRPC first, which an emulator never answers.
-        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    elif anon:
-        gcs["token"] = "anon"
-    _OPTIONS.clear()
-    _OPTIONS.update({"s3": s3, "gs": gcs, "gcs": gcs})
-    return dict(_OPTIONS)
-
-
-def options() -> dict:
-    return dict(_OPTIONS)
-
-
-def set_options(opts: dict) -> None:
-    _OPTIONS.clear()
-    _OPTIONS.update(opts or {})
+from transforms import fastget
+from transforms.storeconfig import (  # noqa: F401 - the storage API: options and retries
+    CONNECT_TIMEOUT_S,
+    READ_TIMEOUT_S,
+    RETRIES,
+    RETRY_ATTEMPTS,
+    RETRY_BASE_S,
+    RETRY_CAP_S,
+    backoff,
+    configure,
+    is_transient,
+    options,
+    retry,
+    set_options,
+)
+from transforms.storeconfig import _OPTIONS
 
 
 def protocol(url: str) -> str:
@@ -75,8 +43,14 @@ def is_remote(url: str) -> bool:
 
 
 def filesystem(url: str) -> fsspec.AbstractFileSystem:
+    """The fsspec filesystem of ``url`` with this process's options."""
     proto = protocol(url)
-    return fsspec.filesystem(proto, **_OPTIONS.get(proto, {}))
+    opts = dict(_OPTIONS.get(proto, {}))
+    client_retries = opts.pop("retries", None)
+    fs = fsspec.filesystem(proto, **opts)
+    if client_retries is not None and hasattr(fs, "retries"):
+        fs.retries = client_retries  # s3fs: botocore retries; s3fs's own loop would multiply them
+    return fs
 
 
 def join(root: str, *parts: str) -> str:
@@ -94,71 +68,26 @@ def parent(url: str) -> str:
     return os.path.dirname(os.path.abspath(url))
 
 
+CLIENT_RETRIES = ("s3", "gs", "gcs")  # clients that retry transient failures themselves (configured)
+
+
+def call(url: str, fn, *args, what: str = ""):
+    """``fn(*args)`` on ``url``'s client with one retry layer: the client's own where it has
+    one (botocore / gcsfs, configured in ``storeconfig``), else ``retry``."""
+    if protocol(url) in CLIENT_RETRIES:
+        return fn(*args)
+    return retry(fn, *args, what=what or url)
+
+
 def exists(url: str) -> bool:
     return filesystem(url).exists(url)
 
 
 def read_bytes(url: str) -> bytes:
     if is_remote(url):
-        return retry(filesystem(url).cat_file, url, what=f"read {url}")
+        return call(url, filesystem(url).cat_file, url, what=f"read {url}")
     with open(url, "rb") as fh:
         return fh.read()
-
-
-# --------------------------------------------------------------------------- retries
-
-_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError,
-              ValueError, TypeError, KeyError)
-_TRANSIENT_WORDS = ("slowdown", "slow down", "throttl", "toomanyrequests", "too many requests", "requesttimeout",
-                    "internalerror", "internal error", "serviceunavailable", "service unavailable", "503", "500",
-                    "502", "504", "429", "timeout", "timed out", "reset", "broken pipe", "connection",
-                    "disconnected", "server closed", "payload", "incomplete", "eof")
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Throttling, 5xx, resets and timeouts are worth retrying; 403/404 and bad requests are not."""
-    if isinstance(exc, _PERMANENT):
-        return False
-    if isinstance(exc, (TimeoutError, ConnectionError)):
-        return True
-    if isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.ECONNREFUSED, errno.EPIPE,
-                                                  errno.ETIMEDOUT, errno.ECONNABORTED):
-        return True
-    code = getattr(exc, "code", None) or getattr(exc, "status", None)
-    if isinstance(code, int):
-        if code in (408, 429) or 500 <= code < 600:
-            return True
-        if 400 <= code < 500:
-            return False
-    text = f"{type(exc).__name__} {exc}".lower()
-    if any(w in text for w in ("accessdenied", "forbidden", "nosuchkey", "nosuchbucket", "not found", "403", "404")):
-        return False
-    return any(w in text for w in _TRANSIENT_WORDS)
-
-
-def backoff(attempt: int, base: float = RETRY_BASE_S, cap: float = RETRY_CAP_S, rng=random) -> float:
-    """Capped exponential backoff with full jitter: uniform in [0, min(cap, base·2^attempt)]."""
-    return rng.uniform(0.0, min(cap, base * (2 ** attempt)))
-
-
-RETRIES = {"count": 0}  # retries made in this process (tests and progress lines read it)
-
-
-def retry(fn, *args, what: str = "", attempts: int = RETRY_ATTEMPTS, sleep=time.sleep, **kwargs):
-    """Call ``fn(*args, **kwargs)``; retry transient failures with capped exponential backoff
-    and jitter; raise permanent ones (and the last transient one) at once."""
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - classified below
-            if attempt == attempts - 1 or not is_transient(e):
-                raise
-            delay = backoff(attempt)
-            RETRIES["count"] += 1
-            LOG.warning("transient error (%s: %s) on %s; retry %d of %d in %.2f s", type(e).__name__,
-                        str(e)[:200], what or getattr(fn, "__name__", "call"), attempt + 1, attempts - 1, delay)
-            sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def makedirs(url: str) -> None:
@@ -174,7 +103,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     """
     url = str(url)
     if is_remote(url):
-        retry(filesystem(url).pipe_file, url, data, what=f"write {url}")
+        call(url, filesystem(url).pipe_file, url, data, what=f"write {url}")
         return
     d = os.path.dirname(os.path.abspath(url))
     os.makedirs(d, exist_ok=True)
@@ -211,10 +140,8 @@ def sha256_file(url: str, chunk: int = 8 << 20) -> str:
 def upload_file(local: str, url: str) -> None:
     """Copy a local file to ``url`` (one PUT, or a multipart upload completed at once), retried."""
     if is_remote(url):
-        from transforms import fastget
-
         put = fastget.put_file if fastget.enabled(url) else filesystem(url).put_file
-        retry(put, local, url, what=f"upload {url}")
+        call(url, put, local, url, what=f"upload {url}")
     else:
         write_bytes_atomic(url, open(local, "rb").read())
 
@@ -237,7 +164,7 @@ def download_file(url: str, local: str) -> None:
     tmp = f"{local}.part-{uuid.uuid4().hex}"
     try:
         if is_remote(url):
-            retry(filesystem(url).get_file, url, tmp, what=f"download {url}")
+            call(url, filesystem(url).get_file, url, tmp, what=f"download {url}")
         else:
             with open(url, "rb") as src, open(tmp, "wb") as dst:
                 dst.write(src.read())

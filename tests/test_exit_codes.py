@@ -1,0 +1,288 @@
+"""Flags, output folders, honest exits and one clear line (README: "Bad input and interruption").
+
+Exit codes, the same for every command: 0 ok, 1 data failures over the threshold, 2 usage
+error, 3 environment, 130 interrupted.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from beam_pipeline import cli
+from beam_pipeline.cli import main
+from schemas import manifest as M
+from transforms import outdir
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory):
+    d = tmp_path_factory.mktemp("exits")
+    assert main(["synth", "--out", str(d / "ok"), "--n", "6", "--seed", "2", "--workers", "1"]) == 0
+    assert main(["synth", "--out", str(d / "bad"), "--n", "6", "--seed", "2", "--corrupt", "1.0", "--workers", "1"]) == 0
+    return d
+
+
+# --------------------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["convert", "--met", "m.parquet", "--ou", "out"], "--met"),
+    (["convert", "--meta", "m.parquet", "--ou", "out"], "--ou"),
+    (["validate", "--met", "m.parquet", "--out", "v.json"], "--met"),
+    (["index", "--met", "m.parquet", "--out", "i.parquet"], "--met"),
+    (["synth", "--ou", "x", "--n", "1"], "--ou"),
+    (["verify", "x", "--strct"], "--strct"),
+    (["report", "x", "--ou", "y"], "--ou"),
+    (["synth-tile", "--ou", "x"], "--ou"),
+    (["launch", "dataflow", "--proj", "p", "--region", "r", "--temp_location", "gs://b/t"], "--proj"),
+    (["convert", "--meta", "m.parquet", "--out", "o", "--shard_sise", "4"], "--shard_sise"),
+])
+def test_abbreviated_and_misspelled_flags_are_refused_and_named(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and flag in err, err[-400:]
+
+
+def test_a_misspelled_flag_gets_a_suggestion(capsys):
+    with pytest.raises(SystemExit):
+        main(["convert", "--met", "m.parquet", "--ou", "out"])
+    err = capsys.readouterr().err
+    assert "--met -> --meta" in err and "--ou -> --out" in err and "never abbreviated" in err
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["convert", "--meta", "m", "--out", "o", "--workers", "0"], "--workers"),
+    (["convert", "--meta", "m", "--out", "o", "--shard_size", "0"], "--shard_size"),
+    (["convert", "--meta", "m", "--out", "o", "--frac", "1.5"], "--frac"),
+    (["convert", "--meta", "m", "--out", "o", "--frac", "0"], "--frac"),
+    (["convert", "--meta", "m", "--out", "o", "--stats_fraction", "nan"], "--stats_fraction"),
+    (["convert", "--meta", "m", "--out", "o", "--max_failure_fraction", "-0.1"], "--max_failure_fraction"),
+    (["convert", "--meta", "m", "--out", "o", "--clip_percentiles", "1", "101"], "--clip_percentiles"),
+    (["validate", "--meta", "m", "--out", "o", "--workers", "-2"], "--workers"),
+    (["validate", "--meta", "m", "--out", "o", "--frac", "2"], "--frac"),
+    (["synth", "--out", "o", "--n", "0"], "--n"),
+    (["synth", "--out", "o", "--n", "3", "--corrupt", "1.5"], "--corrupt"),
+])
+def test_numeric_flags_are_checked_up_front(argv, flag, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # nothing was created
+
+
+# --------------------------------------------------------------------------- output folders
+
+
+def _convert(replica, out, *extra):
+    return main(["convert", "--meta", str(replica / "ok" / "metadata.parquet"), "--out", str(out), "--workers", "1",
+                 "--no_report", *extra])
+
+
+def test_a_folder_holding_other_files_is_refused_and_left_untouched(replica, tmp_path, capsys):
+    out = tmp_path / "theirs"
+    (out / "train").mkdir(parents=True)
+    files = {"train/train-00000-of-00001.tfrecord": b"someone else's shard", ".tmp-x": b"their temp file",
+             "stats.json": b'{"theirs": 1}', "notes.txt": b"mine"}
+    for rel, data in files.items():
+        (out / rel).write_bytes(data)
+    assert _convert(replica, out) == 2
+    err = capsys.readouterr().err
+    assert "not written by `benbeam convert`" in err and "nothing there is deleted" in err
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == set(files)
+    assert all((out / rel).read_bytes() == data for rel, data in files.items())
+
+
+def test_an_earlier_run_of_convert_is_recognised_and_rerun_in_place(replica, tmp_path):
+    out = tmp_path / "ds"
+    assert _convert(replica, out) == 0
+    assert (out / outdir.MARKER).exists() and not (out / outdir.LOCK).exists()
+    first = (out / M.MANIFEST).read_bytes()
+    assert _convert(replica, out) == 0
+    assert (out / M.MANIFEST).read_bytes() == first
+
+
+def test_a_folder_of_another_command_is_refused(replica, tmp_path, capsys):
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / outdir.MARKER).write_text(json.dumps({"command": "benbeam predict"}))
+    (out / "map.tif").write_bytes(b"x")
+    assert _convert(replica, out) == 2
+    assert "benbeam predict" in capsys.readouterr().err
+
+
+def test_a_live_lock_fails_a_second_run_at_once(replica, tmp_path, capsys):
+    out = tmp_path / "busy"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / outdir.LOCK).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                   "command": "benbeam convert", "since": "now"}))
+        t0 = time.monotonic()
+        assert _convert(replica, out) == 3
+        assert time.monotonic() - t0 < 15
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "in use by another run" in err
+        assert sorted(os.listdir(out)) == [outdir.LOCK]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(replica, tmp_path):
+    out = tmp_path / "stale"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / outdir.LOCK).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    assert _convert(replica, out) == 0
+    assert (out / M.MANIFEST).exists() and not (out / outdir.LOCK).exists()
+
+
+def test_two_concurrent_converts_into_one_folder_one_is_refused(replica, tmp_path):
+    out = tmp_path / "race"
+    cmd = [sys.executable, "-m", "beam_pipeline", "convert", "--meta", str(replica / "ok" / "metadata.parquet"),
+           "--out", str(out), "--workers", "1", "--no_report"]
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 3], results
+    assert "in use by another run" in next(err for rc, err in results if rc == 3)
+    assert main(["verify", str(out)]) == 0
+
+
+def test_validate_out_rules(replica, tmp_path, capsys):
+    meta = str(replica / "ok" / "metadata.parquet")
+    assert main(["validate", "--meta", meta, "--out", str(tmp_path), "--workers", "1"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"mine": true}')
+    assert main(["validate", "--meta", meta, "--out", str(mine), "--workers", "1"]) == 2
+    assert mine.read_text() == '{"mine": true}'
+    rep = tmp_path / "v.json"
+    assert main(["validate", "--meta", meta, "--out", str(rep), "--workers", "1"]) == 0
+    assert main(["validate", "--meta", meta, "--out", str(rep), "--workers", "1"]) == 0  # its own report: rewritten
+
+
+# --------------------------------------------------------------------------- honest exits
+
+
+def test_a_mostly_failing_convert_exits_1_after_writing_everything(replica, tmp_path, capsys):
+    out = tmp_path / "bad"
+    rc = main(["convert", "--meta", str(replica / "bad" / "metadata.parquet"), "--out", str(out), "--workers", "1"])
+    err = capsys.readouterr().err
+    if (out / M.MANIFEST).exists():  # some training patch survived: a dataset, and exit 1 by the threshold
+        assert rc == 1 and "more than --max_failure_fraction 0.05" in err
+        assert (out / M.REPORT_HTML).exists()
+    else:  # no training patch survived: the reasons are still written
+        assert rc == 1 and "no statistics" in err
+    assert (out / M.FAILURES_JSONL).read_text().strip()
+    assert "Traceback" not in err
+
+
+def test_validate_exits_1_when_patches_fail(replica, tmp_path, capsys):
+    rep = tmp_path / "v.json"
+    assert main(["validate", "--meta", str(replica / "bad" / "metadata.parquet"), "--out", str(rep),
+                 "--workers", "1", "--deep"]) == 1
+    doc = json.loads(rep.read_text())
+    assert doc["totals"]["failed"] > 0 and "more than --max_failure_fraction" in capsys.readouterr().err
+    assert main(["validate", "--meta", str(replica / "bad" / "metadata.parquet"), "--out", str(rep),
+                 "--workers", "1", "--deep", "--max_failure_fraction", "1"]) == 0
+
+
+def test_every_failing_check_of_a_patch_is_listed(replica, tmp_path):
+    import shutil
+
+    src = replica / "ok"
+    work = tmp_path / "two"
+    shutil.copytree(src, work)
+    from transforms import metadata as md
+
+    table, _ = md.read_table(str(work / "metadata.parquet"))
+    rec = md.check_row(md.table_rows(table)[0], str(work))
+    urls = md.record_urls(rec)
+    os.unlink(urls["B04"])
+    open(urls["VH"], "wb").close()
+    from schemas import failures as F
+    from transforms.patch import fetch_objects
+
+    with pytest.raises(F.PatchError) as e:
+        fetch_objects(urls, root=str(work))
+    checks = e.value.checks()
+    assert [c["reason"] for c in checks] == ["missing_object", "empty_object"]
+    assert checks[0]["detail"].startswith("B04 ") and checks[1]["detail"].startswith("VH ")
+    d = e.value.record(rec["patch_id"], rec["split"])
+    assert d["reason"] == "missing_object" and len(d["reasons"]) == 2
+
+
+# --------------------------------------------------------------------------- one clear line
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import beam_pipeline.index as index
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(index, "run", interrupted)
+    assert main(["index", "--meta", "m", "--out", "o"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err
+
+
+def test_debug_shows_the_traceback(monkeypatch):
+    import beam_pipeline.index as index
+
+    def broken(argv):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(index, "run", broken)
+    assert main(["index", "--meta", "m", "--out", "o"]) == 1
+    with pytest.raises(RuntimeError):
+        main(["index", "--meta", "m", "--out", "o", "--debug"])
+    cli.DEBUG["on"] = False
+
+
+@pytest.mark.parametrize("exc,code,words", [
+    (ConnectionRefusedError(111, "Connection refused"), 3, "cannot be reached"),
+    (OSError(28, "No space left on device"), 3, "disk is full"),
+    (PermissionError("Access Denied"), 3, "access refused"),
+    (type("NoCredentialsError", (Exception,), {})("Unable to locate credentials"), 3, "credentials"),
+    (RuntimeError("a bug"), 1, "--debug"),
+])
+def test_unhandled_failures_are_classified(exc, code, words):
+    got, line = cli.classify(exc)
+    assert got == code and words in line and "\n" not in line
+
+
+def test_an_unreachable_endpoint_fails_in_seconds_with_exit_3(capsys):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    rc = main(["convert", "--meta", "s3://bucket/metadata.parquet", "--out", "s3://bucket/out",
+               "--s3_endpoint_url", f"http://127.0.0.1:{port}"])
+    assert rc == 3 and time.monotonic() - t0 < 10
+    err = capsys.readouterr().err
+    assert "cannot be reached" in err and err.count("\n") == 1
+
+
+def test_refused_connections_are_retried_twice_not_five_times():
+    from transforms import storeconfig
+
+    calls = []
+
+    def refused():
+        calls.append(1)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(ConnectionRefusedError):
+        storeconfig.retry(refused, sleep=lambda s: None)
+    assert len(calls) == storeconfig.REFUSED_ATTEMPTS == 2
