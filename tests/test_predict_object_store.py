@@ -77,7 +77,8 @@ def _remote_files(url: str) -> dict[str, bytes]:
     fs = storage.filesystem(url)
     fs.invalidate_cache()
     root = url.split("://", 1)[1].rstrip("/") + "/"
-    return {o[len(root):]: fs.cat_file(o) for o in sorted(fs.find(url)) if not o.endswith("_summary.json")}
+    return {o[len(root):]: fs.cat_file(o) for o in sorted(fs.find(url))
+            if not o.endswith(("_summary.json", "/.benbeam-run.json"))}  # the output-folder marker: not a map
 
 
 def test_a_tile_read_from_s3_and_mapped_to_s3_equals_the_local_run(local, s3, capsys):

@@ -12,6 +12,7 @@ rotations, prefetch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from schemas import bands as B
 from schemas import manifest as M
 from schemas import tfrecord as T
 from transforms import storage
+from transforms.containment import check_relative
 
 # Which TFRecord feature holds each modality's channels (in schemas.bands.MODALITIES order).
 MODALITY_FEATURE = {"s2": T.S2, "s1": T.S1}
@@ -64,11 +66,54 @@ def open_dataset(url: str) -> Dataset:
     url = str(url)
     manifest, raw = M.load(url, storage.read_bytes,
                            hint="run `benbeam convert` to completion and pass its --out folder as --data")
-    shards = {split: [storage.join(url, s.path) for s in info.shards] for split, info in manifest.splits.items()}
+    # shard paths come from a file the user did not write by hand: each must stay under the dataset folder
+    shards = {split: [check_relative(s.path, url, f"{M.MANIFEST}: shard") for s in info.shards]
+              for split, info in manifest.splits.items()}
     return Dataset(url, manifest.to_dict(), shards, hashlib.sha256(raw).hexdigest())
 
 
 # --------------------------------------------------------------------------- records
+
+
+class ShardError(Exception):
+    """A shard of the dataset cannot be read (corrupt or truncated): a data failure, exit 1."""
+
+
+def unreadable_shard(ds: Dataset, splits) -> str | None:
+    """What is wrong with the first shard of ``splits`` that does not read back cleanly (CRCs
+    and record counts checked, as ``benbeam verify`` does); None if every one does."""
+    from transforms.encode import iter_records
+
+    for split in splits:
+        counts = [s["records"] for s in ds.split_info(split)["shards"]]
+        for url, want in zip(ds.shards.get(split, ()), counts, strict=False):
+            n = 0
+            try:
+                for _ in iter_records(url, ds.compression):
+                    n += 1
+            except Exception as e:  # noqa: BLE001 - whatever breaks the read is the finding
+                text = str(e)
+                return text if url in text else f"{url}: {type(e).__name__}: {text}"
+            if n != want:
+                return f"{url}: {n} records, {M.MANIFEST} says {want}"
+    return None
+
+
+@contextlib.contextmanager
+def shard_errors(ds: Dataset, splits):
+    """Within the block, TensorFlow's read error on a shard of ``splits`` (a ``DataLossError``
+    that does not say which file) becomes a ``ShardError`` naming the shard."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        urls = [u for s in splits for u in ds.shards.get(s, ())]
+        if not isinstance(e, tf.errors.DataLossError) and not any(u in str(e) for u in urls):
+            raise
+        bad = unreadable_shard(ds, splits)
+        if bad is None:
+            raise
+        raise ShardError(f"corrupt shard {bad} (`benbeam verify {ds.root}` lists every problem; convert the "
+                         "dataset again)") from e
 
 
 def record_dataset(urls: list[str], compression: str, *, parallel: int = 4, deterministic: bool = True,
