@@ -17,7 +17,7 @@ from beam_pipeline.options import add_storage_args
 from schemas import manifest as M
 from schemas import tfrecord as T
 from schemas.classes import IGNORE_INDEX, NUM_CLASSES
-from transforms import storage
+from transforms import containment, storage
 
 
 def load_manifest(dataset: str) -> dict:
@@ -53,7 +53,11 @@ def verify(dataset: str, parse: bool = True) -> list[str]:
     problems: list[str] = []
     for split, entry in man["splits"].items():
         for sh in entry["shards"]:
-            url = storage.join(dataset, sh["path"])
+            try:  # a path from a file benbeam wrote, but one anyone can edit: it must stay inside the dataset
+                url = containment.check_relative(sh["path"], dataset, what="shard")
+            except ValueError as e:
+                problems.append(f"{str(sh['path'])[:200]}: refused, not read: {e}")
+                continue
             if not storage.exists(url):
                 problems.append(f"{sh['path']}: missing")
                 continue

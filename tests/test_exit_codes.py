@@ -286,3 +286,22 @@ def test_refused_connections_are_retried_twice_not_five_times():
     with pytest.raises(ConnectionRefusedError):
         storeconfig.retry(refused, sleep=lambda s: None)
     assert len(calls) == storeconfig.REFUSED_ATTEMPTS == 2
+
+
+def test_a_corrupt_shard_in_train_and_evaluate_is_named_in_one_line(replica, tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert _convert(replica, out) == 0
+    man = json.loads((out / M.MANIFEST).read_text())
+    shard = out / man["splits"]["train"]["shards"][0]["path"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a record: its CRC no longer matches
+    shard.write_bytes(bytes(data))
+    capsys.readouterr()
+    rc = main(["train", "--data", str(out), "--save", str(tmp_path / "m.keras"), "--epochs", "1", "--width", "4",
+               "--batch", "4", "--no_tensorboard"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "corrupt shard" in err and str(shard) in err and "Traceback" not in err, err[-1500:]
+    for flag in ("--epoch", "--widt"):  # the trainer's flags are never abbreviated either
+        with pytest.raises(SystemExit):
+            main(["train", "--data", str(out), flag, "1"])
+        assert flag in capsys.readouterr().err

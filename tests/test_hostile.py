@@ -237,3 +237,26 @@ def _stats(world, tmp_path):
         assert main(["convert", "--meta", str(world["root"] / "metadata.parquet"), "--out", str(world["base"] / "clean"),
                      "--workers", "1"]) == 0
     return path
+
+
+def test_a_manifest_pointing_outside_its_dataset_is_refused_by_verify_and_the_trainer(world, tmp_path):
+    clean = _stats(world, tmp_path).parent
+    ds = tmp_path / "edited"
+    shutil.copytree(clean, ds)
+    man = json.loads((ds / M.MANIFEST).read_text())
+    secret = str(world["paths"]["outside_abs"])
+    man["splits"]["train"]["shards"][0]["path"] = os.path.relpath(secret, ds)  # ../../…/secret.tif
+    (ds / M.MANIFEST).write_text(json.dumps(man))
+    from beam_pipeline.verify import verify
+
+    with audit() as opened:
+        try:
+            problems = verify(str(ds))
+        except M.ManifestError as e:  # the typed manifest may refuse the path itself
+            problems = [str(e)]
+    assert problems and not any(os.path.realpath(p) == os.path.realpath(secret) for p in opened)
+    assert main(["verify", str(ds)]) != 0
+    from trainer.data import open_dataset
+
+    with pytest.raises(M.ManifestError):
+        open_dataset(str(ds))

@@ -256,6 +256,18 @@ def test_resume_continues_from_the_last_epoch(tiny, tmp_path):
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [0, 1]
     with pytest.raises(ValueError, match="no checkpoint"):
         train(TrainConfig(data=tiny.path, save=str(tmp_path / "other.keras"), epochs=2, resume=True, **FAST))
+    # --resume continues the same run or refuses, listing every difference (issue 16)
+    fast = {k: v for k, v in FAST.items() if k not in ("width", "depth")}
+    with pytest.raises(ValueError) as e:
+        train(TrainConfig(data=tiny.path, save=save, epochs=3, max_train_patches=8, resume=True, **fast,
+                          width=int(FAST.get("width", 24)) + 8, depth=2))
+    assert "--width" in str(e.value) and "--depth" in str(e.value)
+    state = json.loads(open(paths["state"]).read())
+    state["data_manifest_sha256"] = "0" * 64  # as if the dataset had been converted again since
+    open(paths["state"], "w").write(json.dumps(state))
+    with pytest.raises(ValueError, match="dataset.json changed"):
+        train(TrainConfig(data=tiny.path, save=save, epochs=3, max_train_patches=8, resume=True, **FAST))
+    assert json.loads(open(paths["state"]).read())["epoch"] == 2  # nothing trained
 
 
 def test_cli_train_and_evaluate_s2_only_with_seed_flags(tiny, tmp_path, capsys):

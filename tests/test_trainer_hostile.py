@@ -100,7 +100,8 @@ def test_resume_differences_compare_only_what_the_saved_state_records(data):
     cfg = TrainConfig(data=data["a"], width=4).checked()
     old = {"modalities": "s2,s1", "task": "seg", "width": 4, "depth": 3, "data": data["a"]}  # an older state file
     assert resume_differences(old, cfg, ds) == []
-    assert resume_differences({**old, "manifest_sha256": "0" * 64}, cfg, ds)[0].startswith("--data (sha256")
+    assert resume_differences({**old, "data_manifest_sha256": "0" * 64}, cfg, ds)[0].startswith(
+        "--data: its dataset.json changed")
     assert resume_differences({**old, "settings": {"val_split": "test"}}, cfg, ds)[0].startswith("--val_split")
 
 

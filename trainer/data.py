@@ -21,8 +21,7 @@ import tensorflow as tf
 from schemas import bands as B
 from schemas import manifest as M
 from schemas import tfrecord as T
-from transforms import storage
-from transforms.containment import check_relative
+from transforms import containment, storage
 
 # Which TFRecord feature holds each modality's channels (in schemas.bands.MODALITIES order).
 MODALITY_FEATURE = {"s2": T.S2, "s1": T.S1}
@@ -66,9 +65,11 @@ def open_dataset(url: str) -> Dataset:
     url = str(url)
     manifest, raw = M.load(url, storage.read_bytes,
                            hint="run `benbeam convert` to completion and pass its --out folder as --data")
-    # shard paths come from a file the user did not write by hand: each must stay under the dataset folder
-    shards = {split: [check_relative(s.path, url, f"{M.MANIFEST}: shard") for s in info.shards]
-              for split, info in manifest.splits.items()}
+    try:  # shard paths come from a file the user did not write by hand: each must stay inside the dataset
+        shards = {split: [containment.check_relative(s.path, url, what="shard") for s in info.shards]
+                  for split, info in manifest.splits.items()}
+    except ValueError as e:
+        raise M.ManifestError(f"{url}/{M.MANIFEST}: {e}") from None
     return Dataset(url, manifest.to_dict(), shards, hashlib.sha256(raw).hexdigest())
 
 

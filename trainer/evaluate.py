@@ -218,6 +218,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
 
 def evaluate_cli(argv: list[str] | None = None) -> int:
     """``benbeam evaluate ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="benbeam evaluate", description="Score a trained model on a dataset split.")
+    ap = argparse.ArgumentParser(prog="benbeam evaluate", allow_abbrev=False,
+                                 description="Score a trained model on a dataset split.")
     add_evaluate_args(ap)
     return evaluate_main(ap.parse_args(argv))

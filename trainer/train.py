@@ -305,7 +305,7 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
 
 # What a resumed run must share with the saved one (state key, flag): the data, the inputs, the
 # architecture, the loss and what picks the best model. The rest (--epochs, --batch …) may change.
-RESUME_KEYS = (("data", "--data"), ("manifest_sha256", "--data (sha256 of its dataset.json)"),
+RESUME_KEYS = (("data", "--data"), ("data_manifest_sha256", "--data: its dataset.json changed (sha256)"),
                ("modalities", "--modalities"), ("task", "--task"), ("width", "--width"), ("depth", "--depth"),
                ("class_weights", "--class_weights"), ("val_split", "--val_split"),
                ("max_val_patches", "--max_val_patches"))
@@ -319,9 +319,9 @@ def data_url(url: str) -> str:
 
 def run_identity(cfg: TrainConfig, ds) -> dict:
     """The values of ``RESUME_KEYS`` for this config and dataset (recorded in the state file)."""
-    return {"data": data_url(cfg.data), "manifest_sha256": ds.manifest_sha256, "modalities": cfg.modalities,
-            "task": cfg.task, "width": int(cfg.width), "depth": int(cfg.depth), "class_weights": cfg.class_weights,
-            "val_split": cfg.val_split, "max_val_patches": cfg.max_val_patches}
+    return {"data": data_url(cfg.data), "data_manifest_sha256": ds.manifest_sha256,
+            "modalities": cfg.modalities, "task": cfg.task, "width": int(cfg.width), "depth": int(cfg.depth),
+            "class_weights": cfg.class_weights, "val_split": cfg.val_split, "max_val_patches": cfg.max_val_patches}
 
 
 def resume_differences(state: dict, cfg: TrainConfig, ds) -> list[str]:
@@ -448,6 +448,7 @@ def train_main(args: argparse.Namespace) -> int:
 
 def train_cli(argv: list[str] | None = None) -> int:
     """``benbeam train ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="benbeam train", description="Train the U-Net on a converted dataset.")
+    ap = argparse.ArgumentParser(prog="benbeam train", allow_abbrev=False,
+                                 description="Train the U-Net on a converted dataset.")
     add_train_args(ap)
     return train_main(ap.parse_args(argv))

@@ -70,7 +70,7 @@ def _unmark_unused(out: str) -> None:
     """After a run that wrote nothing, the marker it left alone in a local --out goes again."""
     if storage.is_remote(out) or not os.path.isdir(out):
         return
-    if os.listdir(out) == [outdir.MARKER]:
+    if set(os.listdir(out)) - {outdir.LOCK} == {outdir.MARKER}:  # the lock goes when the run ends
         os.remove(os.path.join(out, outdir.MARKER))
 
 
@@ -84,7 +84,7 @@ def _find_tiles(input_dir: str) -> list[str]:
 def run(argv: list[str] | None = None) -> int:
     """``benbeam predict ARGV``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="benbeam predict",
+    ap = argparse.ArgumentParser(prog="benbeam predict", allow_abbrev=False,
                                  description="Map whole Sentinel-2 tiles with a model trained by `benbeam train`.",
                                  epilog="Beam pipeline options (--runner, ...) make --input_dir run as a Beam "
                                         "pipeline (the default without --benchmark: DirectRunner).")
