@@ -70,7 +70,8 @@ def s3(local):
 
 def _local_files(folder) -> dict[str, bytes]:
     """The maps of one tile, by file name (the summary holds timings: left out)."""
-    return {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder)) if not f.endswith("_summary.json")}
+    return {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder))
+            if not f.endswith("_summary.json") and f != ".benbeam-run.json"}  # the output-folder marker: not a map
 
 
 def _remote_files(url: str) -> dict[str, bytes]:
@@ -139,7 +140,8 @@ def test_a_missing_tile_is_a_usage_error_and_an_unreachable_store_an_environment
         assert _cli(["--model", d / "m.keras", "--tile", tiles[0]["path"], "--s1", tiles[0]["s1"],
                      "--out", "s3://predict/never", "--s3_endpoint_url", dead]) == 3
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("benbeam predict: error: cannot reach the object store for s3://predict/never"), line
+    # the endpoint is probed before any request (a refused connection fails in seconds): named, exit 3
+    assert line.startswith("benbeam predict: error: cannot reach the object store") and dead in line, line
     storage.configure(s3)
 
 

@@ -62,6 +62,10 @@ COMMAND = "benbeam predict"
 def _claim_out(out: str) -> outdir.Lock:
     """Check ``--out`` can be written and holds nothing but an earlier predict's output; its lock."""
     outdir.check(out, COMMAND)  # before the write probe: a folder of other files is not touched
+    if storage.is_remote(out):  # no lock in a bucket; a listing right after the probe may still show it
+        lock = outdir.claim(out, COMMAND)
+        staging.check_writable(out)
+        return lock
     staging.check_writable(out)
     return outdir.claim(out, COMMAND)
 
@@ -97,7 +101,11 @@ def run(argv: list[str] | None = None) -> int:
                      "Beam pipeline option; see --help)")
         if args.tile or args.benchmark:
             ap.error("Beam pipeline options apply to --input_dir without --benchmark")
-    configure_storage(args)
+    try:
+        configure_storage(args)
+    except ConnectionRefusedError as e:  # a custom endpoint is probed first: nothing answers there
+        print(f"benbeam predict: error: cannot reach the object store: {e}", file=sys.stderr)
+        return 3
     try:
         return _run(args, beam_args)
     except (PredictEnvironmentError, outdir.OutputBusy) as e:
