@@ -39,6 +39,7 @@ setup(
         "obstore>=0.6,<1",
         "tifffile>=2024.1",
         "google-crc32c>=1.5,<2",
+        "tqdm>=4.60",  # overall progress lines (transforms.progress)
         "matplotlib>=3.8,<4",
         "build>=1.0",  # Beam builds an sdist of this package for Dataflow workers (--setup_file)
     ],
@@ -49,7 +50,9 @@ setup(
                 # the Dask runner test runs a dask.distributed LocalCluster
                 "dask[distributed]>=2024.1",
                 # drives Debian's chromium (no browser download) for the HTML report/viewer tests
-                "playwright>=1.50,<2"],
+                "playwright>=1.50,<2",
+                "tensorflow-datasets>=4.9,<5", "torch==2.13.0"],  # the TFDS and PyTorch readers' tests (2.13.0: a CPU build)
+        "torch": ["torch>=2.2"],  # trainer.torch_data: a PyTorch IterableDataset, no TensorFlow
     },
     entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
 )

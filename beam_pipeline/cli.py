@@ -54,7 +54,7 @@ def _synth(argv: list[str]) -> int:
     ap = strict_parser(prog="benbeam synth", description="Write a synthetic BigEarthNet v2.0 replica.")
     ap.add_argument("--out", required=True, help="output folder or URL")
     ap.add_argument("--n", type=positive_int, required=True, help="number of patches")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes (default 0)")
     ap.add_argument("--include_snow_cloud", action="store_true",
                     help="sample from the snow/cloud/shadow metadata too")
     g = ap.add_mutually_exclusive_group()
@@ -183,7 +183,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
     if names & {"NoCredentialsError", "PartialCredentialsError", "UnauthenticatedError", "InvalidAccessKeyId",
                 "SignatureDoesNotMatch", "ExpiredToken", "RefreshError", "DefaultCredentialsError"}:
         return EXIT_ENV, f"the object store refused the credentials ({text}); check AWS_* / GOOGLE_* settings or --anon"
-    if storeconfig.is_refused(exc) or names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}:
+    unreachable = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}
+    if storeconfig.is_refused(exc) or names & unreachable:
         return EXIT_ENV, f"the storage endpoint cannot be reached ({text}); check --s3_endpoint_url / the network"
     if any(isinstance(e, PermissionError) for e in _chain(exc)):
         return EXIT_ENV, f"access refused ({text}); check the credentials and the permissions of the path or bucket"

@@ -17,11 +17,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import finalize as fin
-from beam_pipeline import quiet
-from beam_pipeline.options import ConvertOptions, local_runner_args, parse
+from beam_pipeline.options import ConvertOptions, description, local_runner_args, parse
+from beam_pipeline.quiet import worker_stderr
 from schemas import manifest as M
 from transforms import metadata as md
-from transforms import outdir, storage
+from transforms import outdir, progress, storage
 from transforms.objcache import PatchCache
 from transforms.plan import RowPlan
 from transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
@@ -256,6 +256,14 @@ class _Held:
             self.lock.release()
 
 
+def progress_watcher(args, plan: RowPlan, opts, dry_run: bool):
+    """The overall progress lines of the statistics and write passes (``transforms.progress``)."""
+    counts = {s: n for s, n in plan.counts if s in M.SPLITS}
+    passes = [] if args.stats else [progress.Pass("statistics", "convert: statistics", counts.get("train", 0))]
+    passes.append(progress.Pass("write", "convert: write", sum(counts.values())))
+    return progress.watch(passes, "dry run" if dry_run else opts.get_all_options().get("runner"))
+
+
 def run(argv: list[str] | None = None) -> int:
     """``benbeam convert``: the exit code (0 ok, 1 failed job or too many failures, 2 bad usage,
     3 environment: output folder in use, full disk; README: exit codes)."""
@@ -265,17 +273,16 @@ def run(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None, held: _Held) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, _ = parse(ConvertOptions, argv, "benbeam convert", __doc__.splitlines()[0])
+    args, _ = parse(ConvertOptions, argv, "benbeam convert", description(__doc__))
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     beam_argv = local_runner_args(argv, args.workers)
     opts = PipelineOptions(beam_argv)
     dry_run = bool(opts.get_all_options().get("dry_run"))
     try:
-        if not dry_run:  # --out must be new, empty or an earlier convert's; one run at a time
+        if not dry_run:  # --out must be new, empty or an earlier convert's; one run at a time; marked first
             held.lock = outdir.claim(args.out, "benbeam convert")
-        plan = preflight(args, probe_output=not dry_run)
-        if not dry_run:
             outdir.mark(args.out, "benbeam convert")
+        plan = preflight(args, probe_output=not dry_run)
     except outdir.OutputBusy as e:
         print(f"benbeam convert: error: {e}", file=sys.stderr)
         return 3
@@ -289,8 +296,10 @@ def _run(argv: list[str] | None, held: _Held) -> int:
     p = beam.Pipeline(options=opts)
     build(p, opts.view_as(ConvertOptions), plan, cache)
     wlog: dict = {}
+    quiet = None if args.verbose else progress.quiet_shard_lines()
     try:
-        with quiet.worker_stderr(wlog):  # workers' tracebacks to a log file (--debug: here)
+        # workers' tracebacks to a log file (--debug: here), then the progress lines
+        with worker_stderr(wlog), progress_watcher(args, plan, opts, dry_run):
             result = p.run()
             if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled
                 print(f"dry run: the {opts.get_all_options().get('runner') or 'runner'} job graph of `convert` was "
@@ -320,6 +329,8 @@ def _run(argv: list[str] | None, held: _Held) -> int:
               file=sys.stderr)
         return 1
     finally:
+        if quiet is not None:
+            progress.restore_shard_lines(quiet)
         if cache is not None:
             cache.remove()
     dt = time.perf_counter() - t0

@@ -15,7 +15,7 @@ from beam_pipeline import __version__
 from schemas import bands as B
 from schemas import manifest as M
 from schemas import tfrecord as T
-from transforms import storage
+from transforms import storage, tfds_meta
 
 LOG = logging.getLogger("benbeam")
 
@@ -161,8 +161,9 @@ def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_np
                        compression=compression)
     text = manifest.dumps()
     M.loads(text)  # what is written passes what every reader checks
+    tfds_files = tfds_meta.write(out, json.loads(text))  # derived from the manifest, written before it
     if not storage.is_remote(out):
-        _fsync_local(out, sorted(keep) + [M.FAILURES_JSONL, M.STATS_JSON])
+        _fsync_local(out, sorted(keep) + [M.FAILURES_JSONL, M.STATS_JSON] + tfds_files)
     storage.write_bytes_atomic(storage.join(out, M.MANIFEST), text.encode())
     LOG.info("wrote %s", storage.join(out, M.MANIFEST))
     return manifest.failures["total"]

@@ -18,6 +18,8 @@ from transforms.cli_args import add_storage_args as add_storage_args
 from transforms.cli_args import positive_int as positive_int
 from transforms.cli_args import unknown_pipeline_args as unknown_pipeline_args  # shared with trainer: re-exported
 
+BEAM_PASSTHROUGH = ("Apache Beam pipeline options (--runner, --direct_num_workers, --project, --temp_location, ...) "
+                    "are passed through to Beam unchanged.")
 RESAMPLING_METHODS = ("bilinear", "nearest", "cubic", "average")
 DEFAULT_SHARD_SIZE = 180  # ~150 MB float32 shards (~820 KB per patch)
 DEFAULT_MAX_FAILURE_FRACTION = 0.05  # a run where more than 5 % of the input fails exits 1
@@ -62,6 +64,11 @@ def percentile(text: str) -> float:
     return v
 
 
+def description(doc: str) -> str:
+    """A command's --help description: the first paragraph of its module docstring, as one line."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def add_workers_arg(parser, default_help="all cores") -> None:
     parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"local worker processes for the DirectRunner (default: {default_help}); "
@@ -95,7 +102,8 @@ class ConvertOptions(PipelineOptions):
         parser.add_argument("--shard_size", "--batch", dest="shard_size", type=positive_int,
                             default=DEFAULT_SHARD_SIZE,
                             help=f"patches per shard (default {DEFAULT_SHARD_SIZE}: ~150 MB float32 shards)")
-        parser.add_argument("--compression", choices=("none", "gzip"), default="none")
+        parser.add_argument("--compression", choices=("none", "gzip"), default="none",
+                            help="shard compression (default none; TFDS reads uncompressed shards only)")
         parser.add_argument("--dtype", dest="image_dtype", choices=IMAGE_DTYPES, default="float32",
                             help="dtype of the image features")
         parser.add_argument("--clip_percentiles", type=percentile, nargs=2, default=[1.0, 99.0], metavar=("LO", "HI"),
@@ -115,6 +123,9 @@ class ConvertOptions(PipelineOptions):
         parser.add_argument("--no_report", dest="report", action="store_false",
                             help="do not write report.html (`benbeam report DATASET` writes it later)")
         add_max_failure_arg(parser)
+        parser.add_argument("--verbose", action="store_true",
+                            help="also log a line per shard of the statistics and writing passes (default: one "
+                                 "overall progress line per pass)")
         add_workers_arg(parser)
         add_storage_args(parser, s3_endpoint=False)
 
@@ -158,7 +169,7 @@ def local_runner_args(argv: list[str], workers: int | None) -> list[str]:
 
 def parse(cls, argv: list[str], prog: str, description: str):
     """Parse ``argv`` for an options class: our flags strictly, Beam's passed through."""
-    parser = strict_parser(prog=prog, description=description)
+    parser = strict_parser(prog=prog, description=description, epilog=BEAM_PASSTHROUGH)
     cls._add_argparse_args(parser)
     if "--s3_endpoint_url" not in parser._option_string_actions:
         add_s3_endpoint(parser)

@@ -8,7 +8,6 @@ totals, counts per reason and every failing patch with its reasons.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,14 +18,24 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import quiet
-from beam_pipeline.options import (add_decode_timeout_arg, add_max_failure_arg, add_storage_args, add_workers_arg,
-                                   local_runner_args, sample_fraction, strict_parser, suggest, unknown_pipeline_args)
+from beam_pipeline.options import (
+    BEAM_PASSTHROUGH,
+    add_decode_timeout_arg,
+    add_max_failure_arg,
+    add_storage_args,
+    add_workers_arg,
+    description,
+    local_runner_args,
+    sample_fraction,
+    strict_parser,
+    suggest,
+    unknown_pipeline_args,
+)
 from schemas import failures as F
 from schemas import manifest as M
 from schemas.naming import OBJECT_KEYS
-from transforms import containment
+from transforms import containment, progress, storage
 from transforms import metadata as md
-from transforms import storage
 from transforms.ptransforms import CheckRows, ReadMetadata, _count
 
 COMMAND = "benbeam validate"
@@ -95,7 +104,9 @@ class ValidateGroupFn(beam.DoFn):
                 _count("folders_listed")
             return cache[prefix]
 
+        done = 0
         for rec in sorted(recs, key=lambda r: r["patch_id"]):
+            done += 1
             errs = check_objects(rec, listing)
             if not errs and self.deep:
                 from transforms.shard_reader import load_patch
@@ -107,6 +118,7 @@ class ValidateGroupFn(beam.DoFn):
             _count("patches_ok" if not errs else "patches_failed")
             yield {"patch_id": rec["patch_id"], "split": rec["split"],
                    "reasons": [{"stage": e.stage, "reason": e.reason, "detail": e.detail} for e in errs]}
+        progress.shard_done("validate", done)
 
 
 def build(p, args, root, splits):
@@ -175,14 +187,16 @@ def _is_report(url: str) -> bool:
 def run(argv: list[str] | None = None) -> int:
     """``benbeam validate``; returns the exit code (README: exit codes)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = strict_parser(prog=COMMAND, description=__doc__.splitlines()[0])
+    ap = strict_parser(prog=COMMAND, description=description(__doc__), epilog=BEAM_PASSTHROUGH)
     ap.add_argument("--meta", required=True, help="metadata.parquet or `benbeam index` output")
-    ap.add_argument("--include_snow_cloud", default=None, metavar="PARQUET")
+    ap.add_argument("--include_snow_cloud", default=None, metavar="PARQUET",
+                    help="also check the patches of this parquet (the snow/cloud/shadow metadata)")
     ap.add_argument("--root", default=None, help="dataset root (default: the root an index declares, else the "
                                                  "folder of --meta); objects outside it are refused")
     ap.add_argument("--out", required=True, help="report JSON (local, s3:// or gs://); not a folder")
     ap.add_argument("--frac", type=sample_fraction, default=1.0, help="deterministic hash sample of patch ids")
-    ap.add_argument("--splits", default="train,validation,test")
+    ap.add_argument("--splits", default="train,validation,test",
+                    help="comma-separated splits to check (default: all three)")
     ap.add_argument("--deep", action="store_true", help="also decode every object and check size/dtype/grid")
     add_decode_timeout_arg(ap)
     add_max_failure_arg(ap)
@@ -196,8 +210,8 @@ def run(argv: list[str] | None = None) -> int:
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     try:
         splits = tuple(M.check_split(s.strip()) for s in args.splits.split(",") if s.strip())
-        tables = [md.read_table(m) for m in [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud
-                                                            else [])]
+        metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
+        tables = [md.read_table(m) for m in metas]
         check_out(args.out)
     except (ValueError, md.MetadataError) as e:
         print(f"{COMMAND}: error: {e}", file=sys.stderr)
@@ -206,8 +220,12 @@ def run(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     wlog: dict = {}
     try:
-        with quiet.worker_stderr(wlog), beam.Pipeline(options=PipelineOptions(local_runner_args(rest, args.workers))) as p:
-            build(p, args, root, splits)
+        opts = PipelineOptions(local_runner_args(rest, args.workers))
+        total = sum(md.split_counts([t for t, _ in tables], splits, args.frac).values())
+        with quiet.worker_stderr(wlog), progress.watch([progress.Pass("validate", "validate", total)],
+                                                       opts.get_all_options().get("runner")):
+            with beam.Pipeline(options=opts) as p:
+                build(p, args, root, splits)
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line
         msg = str(e).strip().splitlines()[-1][:500] if str(e).strip() else ""
         print(f"{COMMAND}: error: the validation failed: {type(e).__name__}: {msg}", file=sys.stderr)

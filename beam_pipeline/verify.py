@@ -2,7 +2,8 @@
 
 Checks every shard's sha256, byte size and record count, every record's TFRecord CRCs,
 and parses every record with the ``schemas/`` feature spec (shapes, dtypes, finite
-values, labels in range). Exits 1 on any mismatch, listing each problem.
+values, labels in range); the TFDS files, where present, must equal what the manifest
+derives. Exits 1 on any mismatch, listing each problem.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from beam_pipeline.options import add_storage_args
 from schemas import manifest as M
 from schemas import tfrecord as T
 from schemas.classes import IGNORE_INDEX, NUM_CLASSES
-from transforms import containment, storage
+from transforms import containment, storage, tfds_meta
 
 
 def load_manifest(dataset: str) -> dict:
@@ -80,7 +81,7 @@ def verify(dataset: str, parse: bool = True) -> list[str]:
                 continue
             if n != sh["records"]:
                 problems.append(f"{sh['path']}: {n} records, manifest says {sh['records']}")
-    return problems
+    return problems + tfds_meta.check(dataset, man)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -30,15 +30,19 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=_HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def benbeam(*args, timeout=600, interrupt_after: float | None = None) -> tuple[int, str, float]:
-    """(exit code, last stderr line, seconds) of one command."""
+def benbeam(*args, timeout=600, interrupt_when: str | None = None) -> tuple[int, str, float]:
+    """(exit code, last stderr line, seconds) of one command; ``interrupt_when``: send Ctrl-C
+    (SIGINT to its process group) once this file exists (the run has begun writing) — or never."""
     cmd = [sys.executable, "-m", "beam_pipeline", *map(str, args)]
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
                          start_new_session=True)
-    if interrupt_after is not None:
-        time.sleep(interrupt_after)
-        os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    if interrupt_when is not None:
+        while p.poll() is None and not os.path.exists(interrupt_when):
+            time.sleep(0.05)
+        time.sleep(1.0)  # the pipeline is starting its workers
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
     _, err = p.communicate(timeout=timeout)
     lines = [x for x in err.strip().splitlines() if x.strip()]
     return p.returncode, (lines[-1] if lines else ""), time.monotonic() - t0
@@ -87,8 +91,8 @@ def scenarios(d: str):
     yield "output", "validate --out is a folder", "validate --out FOLDER", lambda: (
         *benbeam("validate", "--meta", meta, "--out", o("vdir"), "--workers", "1"), on_disk(o("vdir")))
     yield "process", "another run holds --out", "convert (second, concurrent)", lambda: conv(o("busy"))
-    yield "process", "Ctrl-C during convert", "convert, SIGINT after 6 s", lambda: conv(
-        o("sigint"), interrupt_after=6)
+    yield "process", "Ctrl-C during convert", "convert, SIGINT 1 s after it marked --out", lambda: conv(
+        o("sigint"), interrupt_when=os.path.join(o("sigint"), ".benbeam-run.json"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -161,12 +165,12 @@ def prepare(d: str) -> None:
     return holder
 
 
-def table(rows) -> str:
-    """The Markdown table of the rows."""
+def table(rows, workdir: str = "") -> str:
+    """The Markdown table of the rows (the work folder shown as ``D``)."""
     out = ["| kind | fault | what the user sees (last line) | exit | on disk afterwards |",
            "| --- | --- | --- | --- | --- |"]
     for kind, fault, _, rc, line, secs, disk in rows:
-        line = line.replace("|", "\\|")
+        line = (line.replace(workdir, "D") if workdir else line).replace("|", "\\|").replace("`", "'")
         line = (line[:230] + " …") if len(line) > 230 else line
         out.append(f"| {kind} | {fault} | `{line}` ({secs:.0f} s) | {rc if rc is not None else '-'} | {disk} |")
     return "\n".join(out)
@@ -190,7 +194,7 @@ def main(argv=None) -> int:
         holder.wait()
         if not args.keep:
             shutil.rmtree(d, ignore_errors=True)
-    text = table(rows)
+    text = table(rows, d)
     print(text)
     if args.readme:
         doc = open(args.readme).read()

@@ -22,6 +22,8 @@ import sys
 REPO_SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 ENVIRONMENTS = ("DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK")
+ENV_HELP = f"Beam SDK harness environment: {', '.join(ENVIRONMENTS)} (default %(default)s)"
+ENV_CONFIG_HELP = "its configuration: a container image (DOCKER), a JSON command (PROCESS), host:port (EXTERNAL)"
 
 
 def dataflow_args(*, project: str, region: str, temp_location: str, staging_location: str | None = None,
@@ -98,31 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog="Everything after `--` goes to `benbeam convert` (--meta, --out, ...).")
     sub = ap.add_subparsers(dest="runner", required=True)
     d = sub.add_parser("dataflow", allow_abbrev=False, help="Google Cloud Dataflow")
-    d.add_argument("--project", required=True)
-    d.add_argument("--region", required=True)
+    d.add_argument("--project", required=True, help="Google Cloud project id")
+    d.add_argument("--region", required=True, help="Dataflow region, e.g. europe-west4")
     d.add_argument("--temp_location", required=True, help="gs:// folder for temporary files")
     d.add_argument("--staging_location", default=None, help="gs:// folder for staged files (default: <temp>/staging)")
     d.add_argument("--machine_type", default=None, help="e.g. n2-standard-4")
-    d.add_argument("--num_workers", type=int, default=None)
-    d.add_argument("--max_workers", type=int, default=None)
-    d.add_argument("--autoscaling", default="THROUGHPUT_BASED", choices=["THROUGHPUT_BASED", "NONE"])
+    d.add_argument("--num_workers", type=int, default=None, help="initial workers (default: Dataflow's)")
+    d.add_argument("--max_workers", type=int, default=None, help="autoscaling upper bound")
+    d.add_argument("--autoscaling", default="THROUGHPUT_BASED", choices=["THROUGHPUT_BASED", "NONE"],
+                   help="autoscaling algorithm (default %(default)s)")
     d.add_argument("--sdk_container_image", default=None, help="custom worker image built from launch/Dockerfile")
     d.add_argument("--setup_file", default=REPO_SETUP, help="package installed on the workers (default: this repo's)")
-    d.add_argument("--job_name", default=None)
+    d.add_argument("--job_name", default=None, help="Dataflow job name (default: Beam derives one)")
     d.add_argument("--dry_run", action="store_true", help="build the job graph offline; submit nothing")
     f = sub.add_parser("flink", allow_abbrev=False, help="Apache Flink (through Beam's Flink job server)")
     f.add_argument("--flink_master", required=True, help="host:port of the Flink REST endpoint, or [local]")
-    f.add_argument("--environment_type", default="DOCKER", choices=ENVIRONMENTS)
-    f.add_argument("--environment_config", default=None)
-    f.add_argument("--parallelism", type=int, default=None)
+    f.add_argument("--environment_type", default="DOCKER", choices=ENVIRONMENTS, help=ENV_HELP)
+    f.add_argument("--environment_config", default=None, help=ENV_CONFIG_HELP)
+    f.add_argument("--parallelism", type=int, default=None, help="Flink parallelism (default: the cluster's)")
     s = sub.add_parser("spark", allow_abbrev=False, help="Apache Spark (through Beam's Spark job server)")
-    s.add_argument("--spark_master_url", required=True)
-    s.add_argument("--environment_type", default="DOCKER", choices=ENVIRONMENTS)
-    s.add_argument("--environment_config", default=None)
+    s.add_argument("--spark_master_url", required=True, help="spark://host:port of the Spark master, or local[N]")
+    s.add_argument("--environment_type", default="DOCKER", choices=ENVIRONMENTS, help=ENV_HELP)
+    s.add_argument("--environment_config", default=None, help=ENV_CONFIG_HELP)
     pt = sub.add_parser("portable", allow_abbrev=False, help="any Beam job service (Job API)")
     pt.add_argument("--job_endpoint", required=True, help="host:port")
-    pt.add_argument("--environment_type", default="LOOPBACK", choices=ENVIRONMENTS)
-    pt.add_argument("--environment_config", default=None)
+    pt.add_argument("--environment_type", default="LOOPBACK", choices=ENVIRONMENTS, help=ENV_HELP)
+    pt.add_argument("--environment_config", default=None, help=ENV_CONFIG_HELP)
     k = sub.add_parser("dask", allow_abbrev=False, help="a dask.distributed cluster")
     k.add_argument("--dask_client_address", required=True, help="host:port of the Dask scheduler")
     return ap
@@ -130,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def runner_args(ns: argparse.Namespace) -> list[str]:
     if ns.runner == "dataflow":
+        from launch import names  # placeholder names fail here, in one line, not in the Dataflow client
+
+        names.check_project(ns.project)
+        names.check_region(ns.region)
+        names.check_gcs_url(ns.temp_location, "--temp_location")
+        if ns.staging_location:
+            names.check_gcs_url(ns.staging_location, "--staging_location")
         return dataflow_args(project=ns.project, region=ns.region, temp_location=ns.temp_location,
                              staging_location=ns.staging_location, setup_file=ns.setup_file,
                              machine_type=ns.machine_type, num_workers=ns.num_workers, max_workers=ns.max_workers,

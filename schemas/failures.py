@@ -4,8 +4,9 @@ Every dead letter is ``{"patch_id", "split", "stage", "reason", "detail", "reaso
 ``stage`` and ``reason`` come from the tables below (they name Beam counters too) and
 ``detail`` is a sentence a person can act on; ``reason`` is the first failing check (what
 counts are kept by) and ``reasons`` lists every failing check found, each
-``{"stage", "reason", "detail"}``, so that a patch's problems can be fixed at once. The synthetic generator's fault kinds map to the
-(stage, reason) the pipeline must report for them: tests use that mapping as ground truth.
+``{"stage", "reason", "detail"}``, so that a patch's problems can be fixed at once. The
+synthetic generator's fault kinds map to the (stage, reason) the pipeline must report for
+them: tests use that mapping as ground truth.
 """
 
 from __future__ import annotations

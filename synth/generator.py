@@ -20,7 +20,6 @@ import io
 import json
 import multiprocessing
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
@@ -35,6 +34,7 @@ from schemas.classes import CLASS_INDEX, clc_table, no_class_codes
 from schemas.naming import REFERENCE_MAP_KEY, parse_patch_id, relative_paths
 from synth.signatures import NO_CLASS_ROW, render, smooth_field
 from transforms import storage
+from transforms.progress import Bar
 
 CLEAN = "metadata.parquet"
 SNOW_CLOUD = "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
@@ -302,26 +302,24 @@ def generate(out: str, n: int, seed: int = 0, include_snow_cloud: bool = False, 
     chunk = max(1, min(64, len(items) // (workers * 4) or 1))
     jobs = [(out, seed, items[i:i + chunk], storage.options()) for i in range(0, len(items), chunk)]
     details: dict[str, str] = {}
-    written = 0
+    bar = Bar("synth", n) if progress else None
     if workers == 1 or len(jobs) == 1:
         results = map(_work, jobs)
         for res in results:
-            written += len(res)
             details.update(res)
-            if progress:
-                print(f"\rsynth: {written}/{n} patches", end="", file=sys.stderr, flush=True)
+            if bar:
+                bar.update(len(res))
     else:
         # fork is cheap, but a forked child must not inherit the parent's open object-store
         # connections and event-loop thread: remote outputs use fresh (spawned) workers.
         ctx = multiprocessing.get_context("spawn" if storage.is_remote(out) else "fork")
         with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
             for res in ex.map(_work, jobs):
-                written += len(res)
                 details.update(res)
-                if progress:
-                    print(f"\rsynth: {written}/{n} patches", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+                if bar:
+                    bar.update(len(res))
+    if bar:
+        bar.close()
     injected = [{"patch_id": pid, "kind": kind, "detail": details[pid]} for pid, kind in plan.items()]
     if extra is not None:
         injected += [{"patch_id": pid, "kind": "missing_files", "detail": "metadata row without any files"}

@@ -407,9 +407,13 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--n", type=int, default=1, help="number of tiles (distinct tile ids and seeds)")
     ap.add_argument("--size", type=int, default=1098, help="pixels of 10 m a side, a multiple of 6 (real: 10980)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--layout", choices=LAYOUTS, default="safe")
-    ap.add_argument("--level", choices=LEVELS, default="L2A")
+    ap.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes (default 0)")
+    ap.add_argument("--layout", choices=LAYOUTS, default="safe",
+                    help="safe: a real .SAFE product folder (JPEG 2000 bands); geotiff: one 12-band GeoTIFF "
+                         "on the 10 m grid (default safe)")
+    ap.add_argument("--level", choices=LEVELS, default="L2A",
+                    help="processing level of a safe product: L2A (12 bands, as reBEN) or L1C (13, with B10) "
+                         "(default L2A)")
     ap.add_argument("--s1", action="store_true", help="also write a co-registered S1 raster <tile>_s1.tif")
     ap.add_argument("--nodata_border", type=int, default=0, metavar="N",
                     help="N columns on the left outside the swath (0 in all S2 bands)")

@@ -128,15 +128,16 @@ def fake_gcs_binary() -> str:
 
 
 @contextlib.contextmanager
-def fake_gcs():
-    """A GCS JSON-API endpoint (``http://127.0.0.1:PORT``)."""
+def fake_gcs(public_host: str | None = None):
+    """A GCS JSON-API endpoint (``http://127.0.0.1:PORT``); ``public_host``: the host name its
+    path-style downloads (``/<bucket>/<object>``) answer to (default: its own address)."""
     root = tempfile.mkdtemp(prefix="benbeam-gcs-")
     port = free_port()
     log = os.path.join(root, "gcs.log")
     data = os.path.join(root, "data")
     os.makedirs(data)
     cmd = [fake_gcs_binary(), "-scheme", "http", "-host", HOST, "-port", str(port), "-backend", "filesystem",
-           "-filesystem-root", data, "-public-host", f"{HOST}:{port}"]
+           "-filesystem-root", data, "-public-host", public_host or f"{HOST}:{port}"]
     with open(log, "wb") as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
     try:

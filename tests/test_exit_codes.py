@@ -23,7 +23,8 @@ from transforms import outdir
 def replica(tmp_path_factory):
     d = tmp_path_factory.mktemp("exits")
     assert main(["synth", "--out", str(d / "ok"), "--n", "6", "--seed", "2", "--workers", "1"]) == 0
-    assert main(["synth", "--out", str(d / "bad"), "--n", "6", "--seed", "2", "--corrupt", "1.0", "--workers", "1"]) == 0
+    assert main(["synth", "--out", str(d / "bad"), "--n", "6", "--seed", "2", "--corrupt", "1.0",
+                 "--workers", "1"]) == 0
     return d
 
 
@@ -305,3 +306,29 @@ def test_a_corrupt_shard_in_train_and_evaluate_is_named_in_one_line(replica, tmp
         with pytest.raises(SystemExit):
             main(["train", "--data", str(out), flag, "1"])
         assert flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,word", [
+    (["--project", "p", "--region", "europe-west4", "--temp_location", "gs://my-bucket/tmp"], "--project"),
+    (["--project", "my-project", "--region", "r", "--temp_location", "gs://my-bucket/tmp"], "--region"),
+    (["--project", "my-project", "--region", "europe-west4", "--temp_location", "gs://b/tmp"], "--temp_location"),
+    (["--project", "my-project", "--region", "europe-west4", "--temp_location", "gs://My_Bucket/tmp"],
+     "--temp_location"),
+])
+def test_launch_dataflow_placeholder_names_are_one_line_exit_2(flags, word, capsys):
+    t0 = time.monotonic()
+    argv = ["launch", "dataflow", *flags, "--dry_run", "--", "--meta", "m.parquet", "--out", "gs://my-bucket/o"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert word in err and err.count("\n") == 1 and time.monotonic() - t0 < 5
+
+
+def test_a_run_killed_while_writing_its_marker_is_still_recognised(tmp_path):
+    out = tmp_path / "killed"
+    out.mkdir()
+    (out / f".tmp-{outdir.MARKER}-0123").write_text("{")
+    (out / outdir.LOCK).write_text("{}")
+    outdir.check(str(out), "benbeam convert")  # no OutputRefused
+    (out / "theirs.txt").write_text("x")
+    with pytest.raises(outdir.OutputRefused):
+        outdir.check(str(out), "benbeam convert")

@@ -184,7 +184,7 @@ def test_hypothesis_index_rows_mixing_legitimate_and_hostile_paths(world, data):
         planted.append(hostile)
     ok = dead = 0
     with audit() as opened:
-        for row, hostile in zip(rows, planted):
+        for row, hostile in zip(rows, planted, strict=True):
             rec = md.check_row(row, str(world["root"]))
             try:
                 objects = fetch_objects(md.record_urls(rec), root=rec["root"])
@@ -234,8 +234,8 @@ def _stats(world, tmp_path):
     """A stats.json from a clean conversion of the same replica (so the hostile run needs no training patch)."""
     path = world["base"] / "clean" / M.STATS_JSON
     if not path.exists():
-        assert main(["convert", "--meta", str(world["root"] / "metadata.parquet"), "--out", str(world["base"] / "clean"),
-                     "--workers", "1"]) == 0
+        assert main(["convert", "--meta", str(world["root"] / "metadata.parquet"),
+                     "--out", str(world["base"] / "clean"), "--workers", "1"]) == 0
     return path
 
 

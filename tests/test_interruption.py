@@ -143,6 +143,8 @@ def test_a_rerun_removes_what_a_killed_run_left_at_the_top(reference, tmp_path):
     left = [out / ".tmp-.benbeam-write-test-0123", out / ".tmp-dataset.json-4567", out / ".benbeam-write-test"]
     for p in left:
         p.write_bytes(b"half")
+    # a run marks --out before writing anything else (transforms.outdir), so a killed one left its marker
+    (out / ".benbeam-run.json").write_text('{"command": "benbeam convert"}')
     res = subprocess.run(_convert_cmd(d, out), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert not [p for p in left if p.exists()]

@@ -80,7 +80,8 @@ def _end_to_end(scheme: str, flags: list[str], local_run, tmp_path) -> dict:
     assert len(fs.find(reben)) == n_local
 
     assert main(["index", "--meta", f"{reben}/metadata.parquet", "--out", f"{reben}/indexed.parquet", *flags]) == 0
-    assert main(["validate", "--meta", f"{reben}/metadata.parquet", "--out", f"{base}/validate.json", *flags]) == 0
+    # the replica fails on purpose (more than the default --max_failure_fraction 0.05): exit 1 after the report
+    assert main(["validate", "--meta", f"{reben}/metadata.parquet", "--out", f"{base}/validate.json", *flags]) == 1
     rep = json.loads(fs.cat_file(f"{base}/validate.json"))
     injected = {f["patch_id"] for f in json.loads((local_dir / "injected_faults.json").read_text())}
     missing = {f["patch_id"] for f in rep["failures"]

@@ -3,8 +3,8 @@
 All file access of the trainer goes through this module: ``open_dataset`` reads and checks
 ``dataset.json`` (through ``transforms.storage``, so local paths, ``s3://`` and ``gs://``
 alike) and ``record_dataset`` turns shard URLs into a ``tf.data`` stream of serialised
-examples — TensorFlow's native reader for local files, the project's own fsspec TFRecord
-reader (``transforms.encode.iter_records``) for object stores. ``make_dataset`` builds the
+examples — TensorFlow's native reader for local files and ``gs://``, the project's own fsspec
+TFRecord reader (``transforms.encode.iter_records``) for the rest (``s3://``, emulators). ``make_dataset`` builds the
 training / evaluation input pipeline on top: interleaved shards, batched parsing with the
 feature spec of ``schemas.tfrecord``, channel selection by modality, flips / 90°
 rotations, prefetch.
@@ -117,13 +117,26 @@ def shard_errors(ds: Dataset, splits):
                          "dataset again)") from e
 
 
+def native_reads(urls: list[str]) -> bool:
+    """Whether TensorFlow's own file systems read every URL: local paths, and ``gs://`` where this
+    TensorFlow has its GCS file system and no emulator endpoint is configured (TensorFlow's GCS
+    client always talks to storage.googleapis.com). ``s3://`` needs tensorflow-io: not native."""
+    schemes = {storage.protocol(u) for u in urls}
+    if schemes <= {"file"}:
+        return True
+    if schemes != {"gs"} or "gs" not in tf.io.gfile.get_registered_schemes():
+        return False
+    return not storage.options().get("gs", {}).get("endpoint_url")
+
+
 def record_dataset(urls: list[str], compression: str, *, parallel: int = 4, deterministic: bool = True,
-                   shuffle_files: bool = False, seed: int | None = None) -> tf.data.Dataset:
+                   shuffle_files: bool = False, seed: int | None = None, native: bool | None = None) -> tf.data.Dataset:
     """Serialised examples of the given shards, ``parallel`` shards read interleaved.
 
-    Local shards use ``tf.data.TFRecordDataset``; remote ones (``s3://``, ``gs://``,
-    anything fsspec reads) are streamed through ``transforms.encode.iter_records`` with
-    CRC checks, using the storage options set by ``transforms.storage.configure``.
+    Shards TensorFlow reads itself (``native_reads``: local, ``gs://``) go through
+    ``tf.data.TFRecordDataset``; others (``s3://``, an emulated ``gs://``, anything fsspec reads)
+    are streamed through ``transforms.encode.iter_records`` with CRC checks, using the storage
+    options set by ``transforms.storage.configure``. ``native`` forces one or the other.
     """
     urls = [str(u) for u in urls]
     if not urls:
@@ -132,7 +145,7 @@ def record_dataset(urls: list[str], compression: str, *, parallel: int = 4, dete
     files = tf.data.Dataset.from_tensor_slices(urls)
     if shuffle_files:
         files = files.shuffle(len(urls), seed=seed, reshuffle_each_iteration=True)
-    if any(storage.is_remote(u) for u in urls):
+    if not (native_reads(urls) if native is None else native):
         opts = storage.options()
         read = _remote_reader(compression, opts)
     else:

@@ -381,6 +381,7 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
                     help="model output path (.keras); logs, history and checkpoints go beside it "
                          "(default: %(default)s)")
     ap.add_argument("--modalities", default=d.modalities, choices=["s2,s1", "s2", "s1", "s1,s2"],
+                    metavar="{s2,s1 | s2 | s1 | s1,s2}",
                     help="input channels: s2 = 12 bands, s1 = VV,VH, both = 14 (default: %(default)s)")
     ap.add_argument("--augment", action="store_true", help="random flips and 90° rotations of image and labels")
     ap.add_argument("--steps_per_epoch", type=positive_int, default=None,

@@ -133,7 +133,8 @@ def check_relative(rel: str, base: str, what: str = "file") -> str:
     """``base/rel`` for a relative path taken from a manifest, if it stays under ``base``
     (no scheme, no absolute path, no ``..``); raises ValueError otherwise."""
     rel = str(rel)
-    if "://" in rel or rel.startswith(("/", "\\")) or any(s in ("..", ".", "") for s in rel.replace("\\", "/").split("/")):
+    parts = rel.replace("\\", "/").split("/")
+    if "://" in rel or rel.startswith(("/", "\\")) or any(s in ("..", ".", "") for s in parts):
         raise ValueError(f"{what} path {rel[:200]!r} is not a plain relative path inside {base}; the manifest "
                          "was not written by benbeam or was altered")
     full = (base.rstrip("/") + "/" + rel) if scheme(base) != LOCAL else os.path.join(base, rel)

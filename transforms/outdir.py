@@ -72,7 +72,8 @@ def is_ours(out: str, command: str) -> bool:
 def check(out: str, command: str) -> None:
     """Raise OutputRefused unless ``out`` is new, empty, or an earlier run of ``command``."""
     names = _listing(out)
-    if not names or names == [LOCK]:
+    # Only a lock, or the temporary file of a marker being written when a run was killed: as empty.
+    if not [n for n in names or () if n != LOCK and not n.startswith(f".tmp-{MARKER}-")]:
         return
     if is_ours(out, command):
         return
@@ -156,8 +157,10 @@ class Lock:
             except FileNotFoundError:
                 pass
         if self.created:
-            try:
-                os.rmdir(self.out)  # only if still empty: a run that stopped before writing anything
+            try:  # a run that stopped before writing anything but its marker leaves no folder
+                if os.listdir(self.out) == [MARKER]:
+                    os.unlink(os.path.join(self.out, MARKER))
+                os.rmdir(self.out)  # only if empty
             except OSError:
                 pass
 
@@ -170,7 +173,8 @@ class Lock:
 
 def claim(out: str, command: str) -> Lock:
     """Check ``out`` (OutputRefused) and take its lock (OutputBusy); returns the lock. The
-    caller ``mark``s the folder once its other checks pass, before writing anything."""
+    caller then ``mark``s the folder, before writing anything else (a write probe included),
+    so that whatever a killed run leaves is recognisably its own."""
     check(out, command)
     lock = Lock(out, command).acquire()
     try:

@@ -20,7 +20,7 @@ from schemas import failures
 from schemas import manifest as M
 from schemas.classes import CLASS_INDEX, NUM_CLASSES, multi_hot
 from transforms import metadata as md
-from transforms import storage
+from transforms import progress, storage
 from transforms.encode import ShardWriter, encode_example
 from transforms.normalize import NormParams, normalize
 from transforms.patch import DEFAULT_DECODE_TIMEOUT, DecodedPatch
@@ -100,6 +100,7 @@ def write_shard(config: ShardConfig, key: ShardKey, norm: dict,
     count("bytes_written", info["bytes"])
     n = info["records"]
     LOG.info("wrote %s: %d patches, %d failed, %.1f patches/s", rel, n, len(dead), n / dt if dt else 0.0)
+    progress.shard_done("write", len(recs))
     return M.ShardRecord.build(key, config.compression, info, label_values, disagreements, dt), dead
 
 
@@ -120,4 +121,5 @@ def shard_statistics(config: ShardConfig, key: ShardKey, stats, stats_fraction: 
         count("stats_patches")
     LOG.info("statistics: %s shard %d of %d: %d patches in %.1f s", split, index + 1, n_shards, len(recs),
              time.perf_counter() - t0)
+    progress.shard_done("statistics", len(recs))
     return stats.seal(acc)

@@ -17,6 +17,7 @@ import fsspec
 
 from transforms import fastget
 from transforms.storeconfig import (  # noqa: F401 - the storage API: options and retries
+    _OPTIONS,
     CONNECT_TIMEOUT_S,
     READ_TIMEOUT_S,
     RETRIES,
@@ -30,7 +31,6 @@ from transforms.storeconfig import (  # noqa: F401 - the storage API: options an
     retry,
     set_options,
 )
-from transforms.storeconfig import _OPTIONS
 
 
 def protocol(url: str) -> str:
