@@ -13,6 +13,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from beam_pipeline.cli import main  # noqa: E402
 from schemas import bands as B  # noqa: E402
 from tests.servers import fake_gcs, seaweedfs  # noqa: E402
 from tests.test_predict import tiny_model  # noqa: E402
@@ -137,11 +138,12 @@ def test_a_missing_tile_is_a_usage_error_and_an_unreachable_store_an_environment
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening: refused
-        assert _cli(["--model", d / "m.keras", "--tile", tiles[0]["path"], "--s1", tiles[0]["s1"],
+        # the endpoint is probed when the command starts (a refused connection fails in seconds): the
+        # error reaches benbeam's CLI, which names it in one line, exit 3 (--debug: the traceback)
+        assert main(["predict", "--model", str(d / "m.keras"), "--tile", tiles[0]["path"], "--s1", tiles[0]["s1"],
                      "--out", "s3://predict/never", "--s3_endpoint_url", dead]) == 3
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    # the endpoint is probed before any request (a refused connection fails in seconds): named, exit 3
-    assert line.startswith("benbeam predict: error: cannot reach the object store") and dead in line, line
+    assert line.startswith("benbeam predict: error: the storage endpoint cannot be reached") and dead in line, line
     storage.configure(s3)
 
 

@@ -240,6 +240,22 @@ def test_manifest_shard_paths_outside_the_dataset_are_refused(data, tmp_path, ho
     assert not save.parent.exists()  # refused before anything was written
 
 
+def test_the_torch_reader_refuses_shard_paths_outside_the_dataset_too(data, tmp_path):
+    if os.environ.get("CI"):  # torch is in the [dev] extra: a CI run without it fails instead of skipping
+        import torch  # noqa: F401
+    else:
+        pytest.importorskip("torch")
+    from trainer.torch_data import BenDataset
+
+    ds = tmp_path / "ds"
+    shutil.copytree(data["a"], ds)
+    man = json.loads((ds / M.MANIFEST).read_text())
+    man["splits"]["train"]["shards"][0]["path"] = "../outside.tfrecord"
+    (ds / M.MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(ValueError, match="outside.tfrecord"):
+        BenDataset(str(ds), "train")
+
+
 # --------------------------------------------------------------------------- one clear line
 
 

@@ -101,11 +101,7 @@ def run(argv: list[str] | None = None) -> int:
                      "Beam pipeline option; see --help)")
         if args.tile or args.benchmark:
             ap.error("Beam pipeline options apply to --input_dir without --benchmark")
-    try:
-        configure_storage(args)
-    except ConnectionRefusedError as e:  # a custom endpoint is probed first: nothing answers there
-        print(f"benbeam predict: error: cannot reach the object store: {e}", file=sys.stderr)
-        return 3
+    configure_storage(args)  # a custom endpoint nothing answers: raised, one line and exit 3 from benbeam's CLI
     try:
         return _run(args, beam_args)
     except (PredictEnvironmentError, outdir.OutputBusy) as e:
