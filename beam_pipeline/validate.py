@@ -115,10 +115,14 @@ class ValidateGroupFn(beam.DoFn):
                     load_patch(rec, "nearest", self.decode_timeout)
                 except F.PatchError as e:
                     errs = [e, *e.also]
-            _count("patches_ok" if not errs else "patches_failed")
-            yield {"patch_id": rec["patch_id"], "split": rec["split"],
-                   "reasons": [{"stage": e.stage, "reason": e.reason, "detail": e.detail} for e in errs]}
+            yield _result(rec, errs)
         progress.shard_done("validate", done)
+
+
+def _result(rec: dict, errs: list) -> dict:
+    _count("patches_ok" if not errs else "patches_failed")
+    return {"patch_id": rec["patch_id"], "split": rec["split"],
+            "reasons": [{"stage": e.stage, "reason": e.reason, "detail": e.detail} for e in errs]}
 
 
 def build(p, args, root, splits):
@@ -126,12 +130,20 @@ def build(p, args, root, splits):
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     read = p | "ReadMetadata" >> ReadMetadata(tuple(metas), sopts)
     checked = read["rows"] | "CheckRows" >> CheckRows(root, splits, args.frac)
-    results = (
-        checked["patches"]
-        | "ByFolder" >> beam.Map(lambda r: (_prefix(md.record_urls(r)[OBJECT_KEYS[0]]), r))
-        | "Group" >> beam.GroupByKey()
-        | "Check" >> beam.ParDo(ValidateGroupFn(args.deep, sopts, args.decode_timeout))
-    )
+    if getattr(args, "archives", None):  # each archive's member list, streamed once, against the metadata
+        from transforms.archive_inventory import check_archived
+        from transforms.archive_ptransforms import ArchiveInventory
+
+        lacking = p | "ArchiveInventory" >> ArchiveInventory(args.archives, tuple(metas), splits, args.frac, sopts)
+        results = checked["patches"] | "CheckArchived" >> beam.Map(
+            lambda r, lk: _result(r, check_archived(r, lk)), beam.pvalue.AsDict(lacking))
+    else:
+        results = (
+            checked["patches"]
+            | "ByFolder" >> beam.Map(lambda r: (_prefix(md.record_urls(r)[OBJECT_KEYS[0]]), r))
+            | "Group" >> beam.GroupByKey()
+            | "Check" >> beam.ParDo(ValidateGroupFn(args.deep, sopts, args.decode_timeout))
+        )
     meta_fail = checked["dead"] | "MetaDead" >> beam.Map(
         lambda d: {"patch_id": d["patch_id"], "split": d["split"],
                    "reasons": [{"stage": d["stage"], "reason": d["reason"], "detail": d["detail"]}]})
@@ -150,7 +162,8 @@ def write_report(args, results, meta_info) -> None:
     report = {
         "command": "benbeam validate",
         "options": {"meta": args.meta, "include_snow_cloud": args.include_snow_cloud, "root": args.root,
-                    "frac": args.frac, "deep": args.deep, "splits": args.splits},
+                    "frac": args.frac, "deep": args.deep, "splits": args.splits,
+                    "archives": getattr(args, "archives", None)},
         "metadata": sorted(meta_info, key=lambda m: m["source"]),
         "totals": {"patches": len(results), "ok": len(results) - len(failing), "failed": len(failing)},
         "by_split": {s: {"patches": n, "failed": sum(1 for r in failing if r["split"] == s)}
@@ -198,6 +211,9 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", default="train,validation,test",
                     help="comma-separated splits to check (default: all three)")
     ap.add_argument("--deep", action="store_true", help="also decode every object and check size/dtype/grid")
+    ap.add_argument("--archives", default=None, metavar="DIR_OR_URL",
+                    help="check the official .tar.zst archives in this folder or bucket prefix instead of the "
+                         "extracted folders (their member lists, each streamed once)")
     add_decode_timeout_arg(ap)
     add_max_failure_arg(ap)
     add_workers_arg(ap)
@@ -212,6 +228,13 @@ def run(argv: list[str] | None = None) -> int:
         splits = tuple(M.check_split(s.strip()) for s in args.splits.split(",") if s.strip())
         metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
         tables = [md.read_table(m) for m in metas]
+        if args.archives:
+            if args.deep:
+                raise ValueError("--deep decodes objects, which --archives does not extract: run "
+                                 "`benbeam convert --archives` (it reports every undecodable patch) instead")
+            from transforms.archives import check_archives
+
+            check_archives(args.archives)
         check_out(args.out)
     except (ValueError, md.MetadataError) as e:
         print(f"{COMMAND}: error: {e}", file=sys.stderr)

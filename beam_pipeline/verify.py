@@ -3,7 +3,11 @@
 Checks every shard's sha256, byte size and record count, every record's TFRecord CRCs,
 and parses every record with the ``schemas/`` feature spec (shapes, dtypes, finite
 values, labels in range); the TFDS files, where present, must equal what the manifest
-derives. Exits 1 on any mismatch, listing each problem.
+derives. With tfx-bsl installed (the ``[tfx]`` extra) every record is also decoded a
+second, independent way: by tfx-bsl's schema-driven C++ Example decoder against the TFMD
+schema of ``schemas/tfrecord.py`` (what ``schema.pbtxt`` holds), and both decodings must
+agree value for value (``--tfx auto|on|off``, default auto: on when tfx-bsl is importable).
+Exits 1 on any mismatch, listing each problem.
 """
 
 from __future__ import annotations
@@ -46,11 +50,56 @@ def check_example(ex: dict, split: str, dtype: str) -> list[str]:
     return problems
 
 
-def verify(dataset: str, parse: bool = True) -> list[str]:
+class TfxDecoder:
+    """tfx-bsl's ``ExamplesToRecordBatchDecoder`` for the dataset's TFMD schema."""
+
+    def __init__(self, image_dtype: str):
+        from tfx_bsl.coders import example_coder
+
+        self.features = T.features(image_dtype)
+        self.decoder = example_coder.ExamplesToRecordBatchDecoder(T.tfmd_schema(image_dtype).SerializeToString())
+
+    def compare(self, records: list[bytes], examples: list[dict]) -> list[tuple[int, str]]:
+        """(record number, problem) wherever tfx-bsl's decoding differs from ``examples``."""
+        batch = self.decoder.DecodeBatch(records)
+        problems = []
+        for f in self.features:
+            if f.name not in batch.schema.names:
+                return [(0, f"tfx-bsl decoded no feature {f.name!r}")]
+            column = batch.column(f.name)
+            for i, ex in enumerate(examples):
+                ours = np.asarray(ex[f.name])
+                if f.kind in ("float", "int64"):
+                    theirs = column[i].values.to_numpy(zero_copy_only=False)
+                    same = theirs.shape == (ours.size,) and np.array_equal(
+                        theirs.view(np.uint8), np.ascontiguousarray(ours, theirs.dtype).ravel().view(np.uint8))
+                else:
+                    values = column[i].values.to_pylist()
+                    want = ours.tobytes() if f.kind == "raw" else str(ex[f.name]).encode()
+                    same = values == [want]
+                if not same:
+                    problems.append((i, f"tfx-bsl decodes {f.name} differently"))
+        return problems
+
+
+def tfx_decoder(mode: str, image_dtype: str) -> TfxDecoder | None:
+    """The tfx-bsl cross-check for ``--tfx`` ``mode`` (None when off, or auto without tfx-bsl)."""
+    if mode == "off":
+        return None
+    try:
+        return TfxDecoder(image_dtype)
+    except ImportError:
+        if mode == "on":
+            raise
+        return None
+
+
+def verify(dataset: str, parse: bool = True, tfx: str = "auto") -> list[str]:
     """All problems found (empty list = the dataset matches its manifest)."""
     from transforms.encode import decode_example, iter_records
 
     man = load_manifest(dataset)
+    cross = tfx_decoder(tfx, man["image_dtype"]) if parse else None
     problems: list[str] = []
     for split, entry in man["splits"].items():
         for sh in entry["shards"]:
@@ -69,6 +118,7 @@ def verify(dataset: str, parse: bool = True) -> list[str]:
             if digest != sh["sha256"]:
                 problems.append(f"{sh['path']}: sha256 {digest[:16]}… differs from the manifest's {sh['sha256'][:16]}…")
             n = 0
+            records, examples = [], []
             try:
                 for rec in iter_records(url, man["compression"]):
                     n += 1
@@ -76,6 +126,12 @@ def verify(dataset: str, parse: bool = True) -> list[str]:
                         ex = decode_example(rec, man["image_dtype"])
                         for p in check_example(ex, split, man["image_dtype"]):
                             problems.append(f"{sh['path']} record {n - 1} ({ex.get(T.PATCH_ID)}): {p}")
+                        if cross is not None:
+                            records.append(rec)
+                            examples.append(ex)
+                if records:
+                    for i, p in cross.compare(records, examples):
+                        problems.append(f"{sh['path']} record {i} ({examples[i].get(T.PATCH_ID)}): {p}")
             except Exception as e:  # noqa: BLE001 - every failure is a finding
                 problems.append(f"{sh['path']}: unreadable after {n} records: {e}")
                 continue
@@ -89,14 +145,19 @@ def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="benbeam verify", allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("dataset", help="dataset directory or URL holding dataset.json")
     ap.add_argument("--no_parse", dest="parse", action="store_false", help="check hashes and counts only")
+    ap.add_argument("--tfx", choices=("auto", "on", "off"), default="auto",
+                    help="also decode every record with tfx-bsl against the TFMD schema (auto: when installed)")
     add_storage_args(ap)
     args = ap.parse_args(argv)
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     try:
-        problems = verify(args.dataset, parse=args.parse)
+        problems = verify(args.dataset, parse=args.parse, tfx=args.tfx)
     except M.ManifestError as e:
         print(f"benbeam verify: error: {e}", file=sys.stderr)
         return 2
+    except ImportError:
+        print("benbeam verify: error: --tfx on needs tfx-bsl; pip install 'bigearthnet-beam[tfx]'", file=sys.stderr)
+        return 3
     if problems:
         for p in problems:
             print(f"MISMATCH {p}", file=sys.stderr)
@@ -105,5 +166,7 @@ def run(argv: list[str] | None = None) -> int:
     man = load_manifest(args.dataset)
     n = sum(e["written"] for e in man["splits"].values())
     k = sum(len(e["shards"]) for e in man["splits"].values())
-    print(f"ok: {args.dataset}: {k} shards, {n} records match dataset.json")
+    how = "" if not args.parse else (
+        ", cross-decoded by tfx-bsl" if tfx_decoder(args.tfx, man["image_dtype"]) else ", tfx-bsl not installed")
+    print(f"ok: {args.dataset}: {k} shards, {n} records match dataset.json{how}")
     return 0

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 
 def make_model(path: str, width: int) -> None:
+    """Save an untrained U-Net of ``width`` with a valid inference contract."""
     from schemas import bands as B
     from schemas import classes as C
     from trainer.model import INFO_FORMAT, INFO_VERSION, build_unet, save_model
@@ -44,6 +45,7 @@ def make_model(path: str, width: int) -> None:
 
 
 def main() -> None:
+    """Run the benchmark from the command line."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1098, 2196], help="tile sizes, px (multiples of 6)")
     ap.add_argument("--chunks", type=int, nargs="+", default=[512, 1024], help="chunk sizes (multiples of 128)")

@@ -35,6 +35,7 @@ def _run(argv: list[str]) -> float:
 
 
 def main() -> int:
+    """Run the benchmark from the command line."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="synthetic patches (default: %(default)s)")
     ap.add_argument("--epochs", type=int, default=6)

@@ -1,2 +1,4 @@
 """Submission of ``benbeam convert`` to distributed runners (Dataflow, Flink, Spark, any
-portable job service, Dask): turn a few user-facing flags into Beam pipeline options."""
+portable job service, Dask): the pipeline options of each (``submit``), the wheel staged for
+the workers (``staging``) and the worker image's pins (``make_constraints``). Imports no
+other part of the project; ``beam_pipeline.launch_cmd`` is the command."""

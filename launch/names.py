@@ -28,6 +28,17 @@ def check_region(region: str) -> str:
     return region
 
 
+def check_launch(ns) -> None:
+    """The Google Cloud names among parsed ``benbeam launch`` flags (Dataflow only); ValueError."""
+    if getattr(ns, "runner", None) != "dataflow":
+        return
+    check_project(ns.project)
+    check_region(ns.region)
+    check_gcs_url(ns.temp_location, "--temp_location")
+    if ns.staging_location:
+        check_gcs_url(ns.staging_location, "--staging_location")
+
+
 def check_gcs_url(url: str, flag: str) -> str:
     """``url`` if it is ``gs://BUCKET/...`` with a valid bucket name, else ValueError."""
     if not str(url).startswith("gs://"):

@@ -89,9 +89,11 @@ def weed_binary() -> str:
 
 
 @contextlib.contextmanager
-def seaweedfs(access_key: str, secret_key: str, extra_args: tuple[str, ...] = ()):
-    """An S3 endpoint (``http://127.0.0.1:PORT``) that accepts only the given credentials;
-    ``extra_args`` go to ``weed server`` as they are."""
+def seaweedfs(access_key: str, secret_key: str, extra_args: tuple[str, ...] = (), host: str = HOST,
+              prefix: tuple[str, ...] = ()):
+    """An S3 endpoint (``http://HOST:PORT``, 127.0.0.1 by default) that accepts only the given
+    credentials; ``extra_args`` go to ``weed server`` as they are; ``prefix`` runs it through
+    another command (``ip netns exec NS``)."""
     root = tempfile.mkdtemp(prefix="benbeam-weed-")
     cfg = os.path.join(root, "s3.json")
     with open(cfg, "w") as fh:
@@ -103,14 +105,14 @@ def seaweedfs(access_key: str, secret_key: str, extra_args: tuple[str, ...] = ()
     log = os.path.join(root, "weed.log")
     data = os.path.join(root, "data")
     os.makedirs(data)
-    cmd = [weed_binary(), "server", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
+    cmd = [*prefix, weed_binary(), "server", f"-dir={data}", f"-ip={host}", f"-ip.bind={host}",
            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
            "-s3", f"-s3.port={s3}", f"-s3.config={cfg}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=20", "-master.volumeSizeLimitMB=256", *extra_args]
     with open(log, "wb") as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_http(f"http://{HOST}:{s3}/", proc, log)
-        yield f"http://{HOST}:{s3}"
+        _wait_http(f"http://{host}:{s3}/", proc, log)
+        yield f"http://{host}:{s3}"
     finally:
         _stop(proc)
         shutil.rmtree(root, ignore_errors=True)

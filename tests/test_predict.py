@@ -60,6 +60,7 @@ class ArrayTile:
         return cls(pix, np.ones((h, w), bool), channels, **kw)
 
     def read(self, window):
+        """The window's (pixels, valid), counting the read."""
         r0, c0, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
         assert r0 >= 0 and c0 >= 0 and r0 + h <= self.height and c0 + w <= self.width, window
         self.reads += 1
@@ -67,6 +68,7 @@ class ArrayTile:
         return self.pixels[r0:r0 + h, c0:c0 + w].copy(), self.valid[r0:r0 + h, c0:c0 + w].copy()
 
     def close(self):
+        """Nothing to close."""
         pass
 
     def __enter__(self):
@@ -77,6 +79,7 @@ class ArrayTile:
 
 
 def fake_info(channels=B.S2_NAMES) -> dict:
+    """A valid inference contract for ``channels`` (no trained model behind it)."""
     stats = {}
     for c in B.ALL_NAMES:
         i = B.ALL_NAMES.index(c)
@@ -100,12 +103,14 @@ def tiny_model(width=4, channels=B.S2_NAMES, seed=0):
 
 @pytest.fixture(scope="module")
 def predictor():
+    """A Predictor over an untrained narrow U-Net."""
     model, info = tiny_model()
     return Predictor(model, info, batch_size=8, overlap=32)
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
+    """That U-Net saved as .keras."""
     model, _ = tiny_model()
     path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
     save_model(model, path)
@@ -227,6 +232,56 @@ def test_outputs_keep_the_georeferencing_and_satisfy_the_definitions_against_the
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == sorted(s["outputs"] + [PREVIEW]) or \
         sorted(os.listdir(tmp_path)) == sorted(s["outputs"])
+
+
+def _cog_problems(path) -> list[str]:
+    """The rules of GDAL's COG validation, checked on the file's own TIFF structure (tifffile):
+    tiled levels; every IFD ahead of all image data (a reader gets the whole index from the
+    file's start); overviews present, each half the previous, their data before the full
+    resolution's and the smallest first; and GDAL's own COG layout marker."""
+    import tifffile
+
+    problems = []
+    with tifffile.TiffFile(path) as tif:
+        levels = [p for p in tif.pages if not (p.tags.get("NewSubfileType") and p.tags["NewSubfileType"].value & 4)]
+        ifds = [p.offset for p in tif.pages]
+        data = [min(o for o in p.dataoffsets if o) for p in levels]
+        if not all(p.is_tiled for p in levels):
+            problems.append("a level is not tiled")
+        if max(ifds) > min(min(o for o in p.dataoffsets if o) for p in tif.pages):
+            problems.append("an IFD comes after image data")
+        if len(levels) < 2:
+            problems.append("no overviews")
+        for a, b in zip(levels, levels[1:], strict=False):
+            if b.shape[0] != -(-a.shape[0] // 2):
+                problems.append(f"overview of {b.shape[0]} rows under {a.shape[0]}")
+        if any(data[i + 1] > data[i] for i in range(len(data) - 1)):
+            problems.append("image data not ordered smallest overview first, full resolution last")
+    with rasterio.open(path) as ds:
+        if ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG":
+            problems.append("GDAL does not report LAYOUT=COG")
+    return problems
+
+
+def test_maps_are_cloud_optimised_geotiffs_with_overviews(predictor, tmp_path):
+    src = ArrayTile.random(300, 270, predictor.channels, np.random.default_rng(6))
+    src.valid[:20] = False
+    s = _run_tile(predictor, src, tmp_path, chunk_size=128, save_probs=True,
+                  extras=["tests.test_predict:_extra_layers"])
+    tifs = [f for f in s["outputs"] if f.endswith(".tif")]
+    assert len(tifs) == 7  # class, maxprob, entropy, gap, probs and the two --extra layers
+    for f in tifs:
+        assert _cog_problems(str(tmp_path / f)) == [], f
+        with rasterio.open(str(tmp_path / f)) as ds:
+            assert ds.overviews(1) == [2, 4] and ds.block_shapes[0] == (128, 128)  # 300 -> 150 -> 75 rows
+    with rasterio.open(str(tmp_path / f"{src.name}_class.tif")) as ds:
+        full, small = ds.read(1), ds.read(1, out_shape=(75, 68))  # the coarsest overview
+        assert ds.colormap(1)[0] == tuple(C.class_colors()[0]) + (255,)
+    assert set(np.unique(small)) <= set(np.unique(full))  # nearest: class ids that exist, never averages
+    with rasterio.open(str(tmp_path / f"{src.name}_maxprob.tif")) as ds:
+        half = ds.read(1, out_shape=(150, 135))
+    valid = ~np.isnan(half)
+    assert valid.any() and (half[valid] <= 1).all() and (half[valid] >= 1 / K).all()
 
 
 def test_chunked_equals_unchunked_and_reads_stay_chunk_sized(predictor, tmp_path):
@@ -357,12 +412,14 @@ def synthetic_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def s1_model_file(tmp_path_factory):
+    """An untrained narrow U-Net reading S2 and S1, saved."""
     model, _ = tiny_model(channels=B.ALL_NAMES)
     path = str(tmp_path_factory.mktemp("s1model") / "s2s1.keras")
     save_model(model, path)
     return path
 
 
+@pytest.mark.slow
 def test_model_trained_on_synthetic_patches_maps_a_synthetic_safe_tile_well_above_chance(synthetic_model, tmp_path,
                                                                                          capsys):
     from synth.tiles import make_tile
@@ -444,6 +501,7 @@ def test_user_errors_exit_2_with_one_clear_line(model_file, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def two_tiles(tmp_path_factory):
+    """A GeoTIFF tile and a .SAFE tile in one folder."""
     from synth.tiles import make_tile, tile_ids
 
     d = tmp_path_factory.mktemp("two_tiles")
@@ -451,6 +509,7 @@ def two_tiles(tmp_path_factory):
             for i, tid in enumerate(tile_ids(2))], str(d)
 
 
+@pytest.mark.slow
 def test_benchmark_report_and_viewer_render_every_tile_in_chromium(model_file, two_tiles, tmp_path, capsys):
     import csv
 
@@ -525,6 +584,7 @@ def test_beam_transforms_pickle_and_a_bad_tile_becomes_a_dead_letter(model_file,
         assert_that(res, check)
 
 
+@pytest.mark.slow
 def test_predict_resamples_tiles_as_the_training_data_was_converted(synthetic_model, tmp_path):
     """The model records convert's --resampling; predict uses it unless --resampling is given."""
     import shutil

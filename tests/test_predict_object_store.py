@@ -115,6 +115,18 @@ def test_the_beam_pipeline_in_worker_processes_reads_and_writes_s3_with_the_loca
     assert "2 tiles mapped, 0 failed" in capsys.readouterr().out
 
 
+def test_the_benchmark_maps_tiles_from_s3_into_s3(local, s3):
+    d, tiles = local
+    out = "s3://predict/bench"
+    assert _cli(["--model", "s3://predict/m.keras", "--input_dir", "s3://predict/in", "--out", out, "--benchmark",
+                 *FLAGS, "--s3_endpoint_url", s3]) == 0
+    for t in tiles:
+        assert _remote_files(f"{out}/{t['name']}") == _local_files(d / "maps" / t["name"]), t["name"]
+    report = storage.read_bytes(f"{out}/benchmark_report.csv").decode().splitlines()
+    assert len(report) == 3 and report[0].startswith("tile,pixels,seconds")
+    assert storage.read_bytes(f"{out}/viewer.html").decode().count('src="data:image/png;base64,') == 2
+
+
 def test_only_the_files_the_model_needs_are_fetched(local, s3, tmp_path):
     _, tiles = local
     safe = f"s3://predict/in/{os.path.basename(tiles[1]['path'])}"

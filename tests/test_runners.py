@@ -18,7 +18,6 @@ import time
 import pytest
 
 from beam_pipeline.cli import main
-from launch import submit
 from schemas import manifest as M
 from tests.servers import free_port
 
@@ -63,25 +62,20 @@ def test_dataflow_dry_run_builds_the_whole_graph(sample, monkeypatch, capsys):
                "--temp_location", "gs://my-bucket/tmp", "--machine_type", "n2-standard-4", "--max_workers", "50",
                "--dry_run", "--", "--meta", str(d / "reben" / "metadata.parquet"), "--out", "gs://my-bucket/ds"])
     assert rc == 0
-    assert "dry run" in capsys.readouterr().out
-    (job,) = jobs
-    names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
-    for step in ("PlanShards", "PlanShards/Check", "ComputeBandStats", "WriteShards", "Finalize"):
-        assert step in names, step
-    assert any(n.startswith("WriteShards/Write") for n in names)
-    opts = job.options.get_all_options()
-    assert opts["setup_file"] == submit.REPO_SETUP and opts["max_num_workers"] == 50
+    out = capsys.readouterr().out
+    assert "dry run" in out and "staged: bigearthnet_beam-" in out
+    stats_job, write_job = jobs  # the statistics job, then the write job (statistics known at construction)
+    names = lambda job: {t.unique_name for t in job.proto_pipeline.components.transforms.values()}  # noqa: E731
+    for step in ("PlanShards", "PlanShards/Check", "ComputeBandStats", "WriteStatsPass"):
+        assert step in names(stats_job), step
+    for step in ("PlanShards", "WriteShards", "Gather", "Finalize"):
+        assert step in names(write_job), step
+    assert "ComputeBandStats" not in names(write_job)
+    assert any(n.startswith("WriteShards/Write") for n in names(write_job))
+    opts = write_job.options.get_all_options()
+    assert opts["extra_packages"][0].endswith(".whl") and not opts.get("setup_file")
+    assert opts["max_num_workers"] == 50
     assert opts["staging_location"].startswith("gs://my-bucket/tmp/staging")
-
-
-def test_launch_arguments_and_errors():
-    assert submit.flink_args(flink_master="localhost:8081", environment_type="PROCESS", parallelism=4)[:6] == [
-        "--runner", "FlinkRunner", "--flink_master", "localhost:8081", "--environment_type", "PROCESS"]
-    with pytest.raises(ValueError, match="gs://"):
-        submit.dataflow_args(project="p", region="r", temp_location="/tmp/x")
-    img = submit.dataflow_args(project="p", region="r", temp_location="gs://b/t", sdk_container_image="img:1")
-    assert "--sdk_container_image" in img and "--setup_file" not in img
-    assert main(["launch", "dask", "--dask_client_address", "127.0.0.1:1"]) == 2  # no convert flags
 
 
 def test_portable_job_service_gives_identical_shards(sample, tmp_path):

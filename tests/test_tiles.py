@@ -28,12 +28,14 @@ EXT = ".jp2" if jp2_writable() else ".tif"
 
 @pytest.fixture(scope="module")
 def l2a(tmp_path_factory):
+    """A synthetic L2A .SAFE tile with S1."""
     out = tmp_path_factory.mktemp("l2a")
     return make_tile(str(out), size=SIZE, seed=3, s1=True)
 
 
 @pytest.fixture(scope="module")
 def geotiff(tmp_path_factory):
+    """The same tile as a GeoTIFF."""
     out = tmp_path_factory.mktemp("gtiff")
     return make_tile(str(out), size=SIZE, seed=3, layout="geotiff", s1=True)
 

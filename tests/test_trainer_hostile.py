@@ -22,8 +22,8 @@ tf = pytest.importorskip("tensorflow")
 from beam_pipeline.cli import main  # noqa: E402
 from schemas import manifest as M  # noqa: E402
 from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
-from trainer import data as D  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
+from trainer.data import open_dataset, unreadable_shard  # noqa: E402
 from trainer.evaluate import evaluate  # noqa: E402
 from trainer.run_files import run_paths  # noqa: E402
 from trainer.train import resume_differences, train  # noqa: E402
@@ -96,7 +96,7 @@ def test_resume_with_other_data_or_architecture_is_refused_listing_the_differenc
 
 
 def test_resume_differences_compare_only_what_the_saved_state_records(data):
-    ds = D.open_dataset(data["a"])
+    ds = open_dataset(data["a"])
     cfg = TrainConfig(data=data["a"], width=4).checked()
     old = {"modalities": "s2,s1", "task": "seg", "width": 4, "depth": 3, "data": data["a"]}  # an older state file
     assert resume_differences(old, cfg, ds) == []
@@ -212,7 +212,7 @@ def test_a_corrupt_shard_is_named_in_one_line_exit_1(run, data, tmp_path, how, c
 
 
 def test_unreadable_shard_reports_nothing_for_a_clean_dataset(data):
-    assert D.unreadable_shard(D.open_dataset(data["a"]), ["train", "validation"]) is None
+    assert unreadable_shard(open_dataset(data["a"]), ["train", "validation"]) is None
 
 
 # --------------------------------------------------------------------------- manifest paths
@@ -232,7 +232,7 @@ def test_manifest_shard_paths_outside_the_dataset_are_refused(data, tmp_path, ho
     man["splits"]["train"]["shards"][0]["path"] = hostile
     (ds / M.MANIFEST).write_text(json.dumps(man))
     with pytest.raises(ValueError, match="shard"):
-        D.open_dataset(str(ds))
+        open_dataset(str(ds))
     save = tmp_path / "run" / "m.keras"
     assert main(["train", "--data", str(ds), "--save", str(save), *CLI_FAST]) == 2
     line = _one_error_line(capsys, "train")
@@ -263,7 +263,7 @@ def test_an_interrupted_train_or_evaluate_ends_with_one_line_and_130(data, tmp_p
     def interrupted(url):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(D, "open_dataset", interrupted)
+    monkeypatch.setattr("trainer.data.open_dataset", interrupted)
     save = tmp_path / "run" / "m.keras"
     assert main(["train", "--data", data["a"], "--save", str(save), *CLI_FAST]) == 130
     assert "interrupted" in _one_error_line(capsys, "train")

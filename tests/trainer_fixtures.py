@@ -27,6 +27,7 @@ SIZE = B.PATCH_SIZE
 
 @dataclass
 class TinyDataset:
+    """A tiny converted dataset on disk and the arrays it holds."""
     path: str
     manifest: dict
     # split -> patch_id -> {"s2", "s1", "label", "multi_hot"} (arrays as written, image dtype)
@@ -118,7 +119,8 @@ def make_tiny_dataset(dirpath, n_train: int = 24, n_val: int = 8, n_test: int = 
         pix = np.zeros(C.NUM_CLASSES, dtype=np.int64)
         ignored = 0
         for i in range(n):
-            pid = f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{i % 100:02d}_{(i // 100) + {'train': 0, 'validation': 30, 'test': 60}[split]:02d}"
+            row = (i // 100) + {"train": 0, "validation": 30, "test": 60}[split]
+            pid = f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{i % 100:02d}_{row:02d}"
             img, label, mh = _patch(rng, means, noise)
             if image_dtype == "float16":
                 img = img.astype(np.float16)

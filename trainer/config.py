@@ -49,8 +49,8 @@ class TrainConfig:
     def checked(self) -> TrainConfig:
         """This config with ``modalities`` and ``val_split`` canonical; ValueError (with the fix)
         for a value no run can use. Touches nothing on disk."""
-        from schemas import manifest as M
-        from trainer import model as TM
+        from schemas.manifest import check_split
+        from trainer.model import TASKS, check_depth
 
         for name in ("epochs", "batch"):
             if int(getattr(self, name)) < 1:
@@ -63,11 +63,11 @@ class TrainConfig:
                 raise ValueError(f"--{name} must be at least 1, got {v}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy must be 'default' or 'mirrored', got {self.strategy!r}")
-        if self.task not in TM.TASKS:
-            raise ValueError(f"--task must be one of {', '.join(TM.TASKS)}, got {self.task!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         modalities = canonical_modalities(self.modalities)
-        val_split = M.check_split(self.val_split)
-        TM.check_depth(self.depth)
+        val_split = check_split(self.val_split)
+        check_depth(self.depth)
         return dataclasses.replace(self, modalities=modalities, val_split=val_split)
 
     def settings(self) -> dict:

@@ -7,7 +7,7 @@ examples — TensorFlow's native reader for local files and ``gs://``, the proje
 TFRecord reader (``transforms.encode.iter_records``) for the rest (``s3://``, emulators). ``make_dataset`` builds the
 training / evaluation input pipeline on top: interleaved shards, batched parsing with the
 feature spec of ``schemas.tfrecord``, channel selection by modality, flips / 90°
-rotations, prefetch.
+rotations per batch (``trainer.augment``), prefetch.
 """
 
 from __future__ import annotations
@@ -38,16 +38,20 @@ class Dataset:
 
     @property
     def image_dtype(self) -> str:
+        """The images' dtype in the shards (float32 or float16)."""
         return self.manifest["image_dtype"]
 
     @property
     def compression(self) -> str:
+        """The shards' TFRecord compression (none or gzip)."""
         return self.manifest["compression"]
 
     def records(self, split: str) -> int:
+        """Patches written to ``split``."""
         return int(self.split_info(split)["written"])
 
     def split_info(self, split: str) -> dict:
+        """The manifest's entry of ``split`` (ValueError naming the splits there are)."""
         M.check_split(split)
         try:
             return self.manifest["splits"][split]
@@ -212,27 +216,15 @@ def parse_batch(serialized, *, image_dtype: str, modalities="s2,s1", with_multi_
     return image, targets
 
 
-def augment_batch(image, targets, seed=None):
-    """Random element of the dihedral group D4 per patch (flips and 90° rotations), applied
-    identically to the image and the label map: an optional transpose, then optional
-    left–right and up–down flips, each drawn independently per patch."""
+def augment_batch(image, targets, k):
+    """Flip / rotate a whole batch: transform ``k`` of ``trainer.augment`` (one of the 8
+    symmetries of the square), applied identically to the images and the label maps."""
+    from trainer.augment import apply_dihedral
     from trainer.model import SEG
 
-    n = tf.shape(image)[0]
-    draws = tf.random.uniform((3, n), 0, 2, dtype=tf.int32, seed=seed) > 0
-
-    def apply(x, chan: bool):
-        if not chan:
-            x = x[..., None]
-        for flag, fn in ((draws[0], lambda t: tf.transpose(t, [0, 2, 1, 3])),
-                         (draws[1], lambda t: tf.reverse(t, [2])),
-                         (draws[2], lambda t: tf.reverse(t, [1]))):
-            x = tf.where(flag[:, None, None, None], fn(x), x)
-        return x if chan else x[..., 0]
-
     out = dict(targets)
-    out[SEG] = apply(targets[SEG], False)
-    return apply(image, True), out
+    image, out[SEG] = apply_dihedral(k, [image, targets[SEG]])
+    return image, out
 
 
 def make_dataset(ds: Dataset, split: str, *, batch_size: int = 32, modalities="s2,s1", training: bool = False,
@@ -269,14 +261,20 @@ def make_dataset(ds: Dataset, split: str, *, batch_size: int = 32, modalities="s
     parse = lambda s: parse_batch(s, image_dtype=ds.image_dtype, modalities=modalities,  # noqa: E731
                                   with_multi_hot=with_multi_hot, with_ids=with_ids)
     out = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    if augment:
+    if augment:  # one random transform per batch, from a seeded stream zipped in order
+        from trainer.augment import draw
+
+        out = tf.data.Dataset.zip((out, tf.data.Dataset.random(seed=seed)))
         if with_ids:
-            out = out.map(lambda x, y, i: (*augment_batch(x, y, seed), i), num_parallel_calls=tf.data.AUTOTUNE)
+            out = out.map(lambda b, r: (*augment_batch(b[0], b[1], draw(r)), b[2]),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
         else:
-            out = out.map(lambda x, y: augment_batch(x, y, seed), num_parallel_calls=tf.data.AUTOTUNE)
+            out = out.map(lambda b, r: augment_batch(b[0], b[1], draw(r)),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     return out.prefetch(tf.data.AUTOTUNE)
 
 
 def num_patches(ds: Dataset, split: str, max_patches: int | None = None) -> int:
+    """Patches a run reads from ``split``: all, or at most ``max_patches``."""
     n = ds.records(split)
     return min(n, int(max_patches)) if max_patches is not None else n

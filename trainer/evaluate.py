@@ -61,21 +61,21 @@ def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int
     """Evaluate ``model`` on ``split`` of ``data``; writes and returns the metrics dict."""
     import tensorflow as tf
 
-    from schemas import manifest as M
-    from trainer import data as D
-    from trainer import metrics as MT
+    from schemas.manifest import check_split
+    from trainer import metrics
+    from trainer.data import make_dataset, open_dataset, shard_errors
     from trainer.model import MULTI, SEG, load_model
 
-    split = M.check_split(split)
+    split = check_split(split)
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
-    ds = D.open_dataset(data)
+    ds = open_dataset(data)
     keras_model, info = load_model(model)
     warnings = check_compatible(info, ds)
     for w in warnings:
         LOG.warning("%s", w)
     multi = info.get("task") == "both"
-    stream = D.make_dataset(ds, split, batch_size=batch, modalities=info["modalities"], max_patches=max_patches,
+    stream = make_dataset(ds, split, batch_size=batch, modalities=info["modalities"], max_patches=max_patches,
                             with_multi_hot=multi)
 
     @tf.function(reduce_retracing=True)
@@ -85,11 +85,11 @@ def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int
         return (cls, y[MULTI]) if multi else (cls, tf.zeros((tf.shape(x)[0], 0)))
 
     num_classes = len(info["classes"])
-    acc = MT.ConfusionAccumulator(num_classes, int(info["ignore_index"]))
+    acc = metrics.ConfusionAccumulator(num_classes, int(info["ignore_index"]))
     truths, scores = [], []
     n = 0
     t0 = time.perf_counter()
-    with D.shard_errors(ds, [split]):  # a corrupt shard: ShardError naming it
+    with shard_errors(ds, [split]):  # a corrupt shard: ShardError naming it
         for x, targets in stream:
             cls, sc = step(x)
             acc.add(targets[SEG].numpy(), cls.numpy())
@@ -101,7 +101,7 @@ def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int
     if n == 0:
         raise ValueError(f"split {split!r} of {data} yielded no patches")
 
-    report = MT.segmentation_report(acc.matrix, info["classes"])
+    report = metrics.segmentation_report(acc.matrix, info["classes"])
     result = {
         "model": str(model),
         "data": str(data),
@@ -117,7 +117,7 @@ def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int
         "warnings": warnings,
     }
     if multi:
-        result["multilabel"] = MT.multilabel_report(np.concatenate(truths), np.concatenate(scores),
+        result["multilabel"] = metrics.multilabel_report(np.concatenate(truths), np.concatenate(scores),
                                                     info["classes"], threshold)
     local_out = tempfile.mkdtemp(prefix="benbeam-eval-") if storage.is_remote(out) else out
     try:

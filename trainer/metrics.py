@@ -41,10 +41,12 @@ class ConfusionAccumulator:
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
 
     def add(self, y_true, y_pred) -> "ConfusionAccumulator":
+        """Count one batch of (truth, prediction) label maps."""
         self.matrix += confusion_matrix(y_true, y_pred, self.num_classes, self.ignore_index)
         return self
 
     def merge(self, other: "ConfusionAccumulator") -> "ConfusionAccumulator":
+        """Add another accumulator's counts to this one."""
         self.matrix += other.matrix
         return self
 
@@ -59,17 +61,20 @@ def iou_per_class(cm: np.ndarray) -> np.ndarray:
 
 
 def mean_iou(cm: np.ndarray) -> float:
+    """Mean of the per-class IoU over the classes present (NaN if none)."""
     iou = iou_per_class(cm)
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
 
 
 def pixel_accuracy(cm: np.ndarray) -> float:
+    """Correct labelled pixels / labelled pixels (NaN if none)."""
     cm = np.asarray(cm)
     total = cm.sum()
     return float(np.trace(cm) / total) if total else float("nan")
 
 
 def precision_recall_per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) float64[C] per class, NaN where undefined."""
     cm = np.asarray(cm, dtype=np.float64)
     tp = np.diag(cm)
     pred, true = cm.sum(0), cm.sum(1)
@@ -156,6 +161,7 @@ def mean_average_precision(y_true, scores) -> dict:
 
 
 def multilabel_report(y_true, scores, class_names=None, threshold: float = 0.5) -> dict:
+    """Micro / macro F1 at ``threshold`` and mAP of the multi-label head."""
     out = f1_scores(y_true, scores, threshold)
     out.update(mean_average_precision(y_true, scores))
     out["patches"] = int(np.asarray(y_true).shape[0])

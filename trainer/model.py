@@ -5,16 +5,24 @@ Plain Keras 3 (TensorFlow backend). The model takes normalised 120×120×C patch
 (float32 even under ``mixed_float16``), plus, with ``task="both"``, 19 sigmoids for the
 patch's multi-label vector.
 
-What inference needs travels inside the ``.keras`` file: a pass-through ``ModelInfo``
-layer right after the input holds a JSON-able dict (channels, modalities, the
-normalisation statistics of the dataset, the class table, the ignore index). ``save``
+What inference needs travels inside the ``.keras`` file: a JSON-able dict (channels,
+modalities, the normalisation statistics of the dataset, the class table, the ignore index)
+stored as the archive's extra entry ``benbeam_info.json``, which Keras ignores. ``save_model``
 also writes it beside the model as ``<model>.json`` for tools that do not load Keras.
+
+Portable: the graph holds only Keras' own layers, and the best model (``save_model``'s
+default) is saved without its training configuration (optimizer, the masked loss and the
+metrics, which are this project's classes), so ``keras.models.load_model(path)`` works in a
+process that has Keras but not this project. The resume checkpoint keeps them
+(``portable=False``). Models of earlier versions carried the dict in a pass-through
+``ModelInfo`` layer; ``load_model`` still reads them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import keras
 import numpy as np
@@ -28,6 +36,7 @@ INFO_VERSION = 1
 SEG = "seg"  # output name of the per-pixel softmax
 MULTI = "multi"  # output name of the multi-label head
 TASKS = ("seg", "both")
+INFO_ENTRY = "benbeam_info.json"  # the inference contract inside the .keras archive
 DEFAULT_WIDTH = 24  # ~1.09 M parameters with 14 channels
 DEFAULT_DEPTH = 3  # 120 -> 60 -> 30 -> 15
 # Moving statistics of BatchNorm settle within tens of steps (Keras' 0.99 needs hundreds,
@@ -40,7 +49,8 @@ BN_MOMENTUM = 0.9
 
 @keras.saving.register_keras_serializable(package="benbeam")
 class ModelInfo(layers.Layer):
-    """Identity layer whose config carries the model's inference contract (a JSON-able dict)."""
+    """Identity layer whose config carried the inference contract in models of earlier versions
+    (kept so that ``load_model`` reads them; new models have no such layer)."""
 
     def __init__(self, info: dict | None = None, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -49,12 +59,15 @@ class ModelInfo(layers.Layer):
         self.info = json.loads(json.dumps(info or {}, allow_nan=False))
 
     def call(self, inputs):
+        """Pass the input through unchanged."""
         return inputs
 
     def compute_output_shape(self, input_shape):
+        """The input's shape."""
         return input_shape
 
     def get_config(self):
+        """The layer's config, the inference contract included."""
         config = super().get_config()
         config["info"] = self.info
         return config
@@ -73,6 +86,7 @@ def _block(x, filters: int, name: str):
 
 
 def check_depth(depth: int, size: int = PATCH_SIZE) -> None:
+    """Refuse a depth whose poolings do not divide the patch size."""
     if depth < 1 or size % (2 ** depth):
         ok = [d for d in range(1, 6) if size % (2 ** d) == 0]
         raise ValueError(f"depth {depth} does not divide a {size}-pixel patch by 2 at every level; "
@@ -95,7 +109,7 @@ def build_unet(in_channels: int, *, num_classes: int = NUM_CLASSES, width: int =
         raise ValueError(f"width must be a positive integer, got {width}")
     check_depth(depth, size)
     inputs = keras.Input((size, size, in_channels), name="image")
-    x = ModelInfo(info, name="model_info")(inputs)
+    x = inputs
     skips = []
     for i in range(depth):
         x = _block(x, width * 2 ** i, f"enc{i}")
@@ -117,7 +131,17 @@ def build_unet(in_channels: int, *, num_classes: int = NUM_CLASSES, width: int =
         g = layers.GlobalAveragePooling2D(name="multi_pool")(bottleneck)
         g = layers.Dense(num_classes, name="multi_logits")(g)
         outputs[MULTI] = layers.Activation("sigmoid", dtype="float32", name=MULTI)(g)
-    return keras.Model(inputs, outputs, name="benbeam_unet")
+    model = keras.Model(inputs, outputs, name="benbeam_unet")
+    if info is not None:
+        attach_info(model, info)
+    return model
+
+
+def attach_info(model: keras.Model, info: dict) -> None:
+    """Give ``model`` its inference contract (a JSON-able dict; ``save_model`` stores it)."""
+    # A round trip through JSON proves the dict serialises and detaches it from the caller;
+    # object.__setattr__ keeps it out of Keras' attribute tracking (it is not model state).
+    object.__setattr__(model, "_benbeam_info", json.loads(json.dumps(info, allow_nan=False)))
 
 
 def unet_param_count(in_channels: int, *, num_classes: int = NUM_CLASSES, width: int = DEFAULT_WIDTH,
@@ -168,6 +192,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         self.from_logits = bool(from_logits)
 
     def call(self, y_true, y_pred):
+        """The batch's (class-weighted) mean cross-entropy over its labelled pixels."""
         y_pred = ops.cast(y_pred, "float32")
         num_classes = y_pred.shape[-1]
         labels = ops.cast(ops.round(ops.cast(y_true, "float32")), "int32")
@@ -190,6 +215,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         return _scale_for_replicas(loss)
 
     def get_config(self):
+        """The loss's config (ignore index and class weights)."""
         config = super().get_config()
         config.pop("reduction", None)
         config.update(class_weights=self.class_weights, ignore_index=self.ignore_index,
@@ -270,6 +296,7 @@ class MeanIoU(_ConfusionMetric):
         super().__init__(num_classes, ignore_index, name=name, **kwargs)
 
     def result(self):
+        """Mean IoU over the classes seen so far."""
         m = self.matrix
         tp = ops.diagonal(m)
         union = ops.sum(m, axis=0) + ops.sum(m, axis=1) - tp
@@ -286,6 +313,7 @@ class PixelAccuracy(_ConfusionMetric):
         super().__init__(num_classes, ignore_index, name=name, **kwargs)
 
     def result(self):
+        """Correct labelled pixels / labelled pixels so far."""
         return ops.divide_no_nan(ops.sum(ops.diagonal(self.matrix)), ops.sum(self.matrix))
 
 
@@ -308,31 +336,61 @@ def compile_model(model: keras.Model, *, lr: float = 1e-3, class_weights=None, t
 
 
 def model_info(model: keras.Model) -> dict:
-    """The info dict carried by a model's ``ModelInfo`` layer."""
+    """The inference contract attached to a model (or carried by an earlier version's ``ModelInfo`` layer)."""
+    info = getattr(model, "_benbeam_info", None)
+    if info is not None:
+        return dict(info)
     try:
         return dict(model.get_layer("model_info").info)
     except ValueError:
-        raise ValueError("this model has no 'model_info' layer: it was not built by trainer.model.build_unet") from None
+        raise ValueError("this model carries no inference contract: it was not built by "
+                         "trainer.model.build_unet") from None
+
+
+def _finish_archive(path: str, info: dict, *, portable: bool) -> None:
+    """Add the contract to a saved ``.keras`` archive; ``portable``: drop its training
+    configuration (compile config and optimizer state), which names this project's classes."""
+    entry = json.dumps(info, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    if not portable:
+        with zipfile.ZipFile(path, "a") as z:
+            z.writestr(INFO_ENTRY, entry)
+        return
+    tmp = path + ".portable"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                config.pop("compile_config", None)
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+        dst.writestr(INFO_ENTRY, entry)
+    os.replace(tmp, path)
 
 
 def sidecar_path(path: str) -> str:
+    """The model's inference-contract JSON beside it (``<model>.json``)."""
     return f"{path}.json"
 
 
-def save_model(model: keras.Model, path: str) -> None:
-    """Save ``model`` (with its optimizer) to ``path`` (.keras) and its info to ``path.json``.
+def save_model(model: keras.Model, path: str, *, portable: bool = True) -> None:
+    """Save ``model`` to ``path`` (.keras, its contract inside) and its contract to ``path.json``.
 
-    Both files are written to temporary names first and renamed, so a crash never leaves
-    a half-written model under the final name.
+    ``portable`` (default): without the training configuration, so plain Keras loads it;
+    ``portable=False``: with optimizer, loss and metrics (a checkpoint to resume). Both files
+    are written to temporary names first and renamed, so a crash never leaves a half-written
+    model under the final name.
     """
     if not str(path).endswith(".keras"):
         raise ValueError(f"model path must end in .keras, got {path!r}")
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    info = model_info(model)
     model.save(tmp)
+    _finish_archive(tmp, info, portable=portable)
     os.replace(tmp, path)
-    text = json.dumps(model_info(model), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    text = json.dumps(info, indent=2, sort_keys=True, allow_nan=False) + "\n"
     tmpj = tmp + ".json"
     with open(tmpj, "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -370,6 +428,10 @@ def load_model(path: str, compile: bool = False) -> tuple[keras.Model, dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"model {path} does not exist")
     model = keras.models.load_model(path, compile=compile)
+    with zipfile.ZipFile(path) as z:
+        entry = z.read(INFO_ENTRY) if INFO_ENTRY in z.namelist() else None
+    if entry is not None:
+        attach_info(model, json.loads(entry))
     try:
         info = model_info(model)
     except ValueError:

@@ -230,6 +230,7 @@ class TileSource:
         return pixels, valid
 
     def close(self) -> None:
+        """Close the tile's raster files."""
         import rasterio
 
         with rasterio.Env(GDAL_PAM_ENABLED="NO"):

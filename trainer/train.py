@@ -40,7 +40,7 @@ COMMAND = "benbeam train"
 
 def build_info(ds, *, modalities: str, task: str, width: int, depth: int, class_weights) -> dict:
     """The inference contract stored in the model (see ``trainer.model.load_model``)."""
-    from schemas import classes as C
+    from schemas import classes
     from schemas.bands import PATCH_SIZE, channels_for
     from trainer.model import INFO_FORMAT, INFO_VERSION
 
@@ -57,7 +57,7 @@ def build_info(ds, *, modalities: str, task: str, width: int, depth: int, class_
         "width": int(width),
         "depth": int(depth),
         "classes": list(m["classes"]),
-        "class_colors": [list(c) for c in (m.get("class_colors") or C.class_colors())],
+        "class_colors": [list(c) for c in (m.get("class_colors") or classes.class_colors())],
         "ignore_index": int(m["ignore_index"]),
         "statistics": m["statistics"],
         "image_dtype": m["image_dtype"],
@@ -144,7 +144,7 @@ def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tenso
                 state["best_epoch"] = epoch + 1
                 # without validation --save gets the last model, which has no score
                 state["best_val_miou"] = float(score) if improved else None
-            save_model(self.model, paths["last"])
+            save_model(self.model, paths["last"], portable=False)  # optimizer, loss and metrics: to resume
             state["epoch"] = epoch + 1
             state["last_logs"] = {k: finite_or_none(v) for k, v in logs.items()}
             write_json(paths["state"], state)
@@ -176,10 +176,10 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
     other files), ``OutputBusy`` while another run writes there, ``trainer.data.ShardError``
     for a corrupt shard. ``extra_callbacks``: Keras callbacks added to the run's own.
     """
-    from trainer import data as D
+    from trainer.data import open_dataset
 
     cfg = config.checked()  # everything checked before touching the disk
-    ds = D.open_dataset(cfg.data)
+    ds = open_dataset(cfg.data)
     folder = storage.parent(cfg.save)
     try:  # new, empty or an earlier run's folder; one run at a time
         lock = outdir.claim(folder, COMMAND)
@@ -197,8 +197,8 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
     import tensorflow as tf
 
     from schemas.bands import channels_for
-    from trainer import data as D
-    from trainer import model as TM
+    from trainer.data import make_dataset, num_patches, shard_errors
+    from trainer.model import build_unet, class_weights_from_counts, compile_model, load_model
 
     channels = channels_for(cfg.modalities)
     files = RunFiles(cfg.save)
@@ -222,7 +222,7 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
 
     weights = None
     if cfg.class_weights:
-        weights = TM.class_weights_from_counts(ds.split_info("train")["class_pixel_counts"], cfg.class_weights)
+        weights = class_weights_from_counts(ds.split_info("train")["class_pixel_counts"], cfg.class_weights)
 
     outdir.mark(folder, COMMAND)  # every check passed: the folder is this command's from now on
     keras.utils.set_random_seed(int(cfg.seed))
@@ -237,7 +237,7 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
     try:
         with dist.scope():
             if state is not None:
-                model, info = TM.load_model(paths["last"], compile=True)
+                model, info = load_model(paths["last"], compile=True)
                 if list(info["channels"]) != list(channels):
                     raise ValueError(f"--resume: checkpoint channels {info['channels']} differ from {list(channels)}")
                 initial_epoch = int(state["epoch"])
@@ -246,30 +246,30 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
             else:
                 info = build_info(ds, modalities=cfg.modalities, task=cfg.task, width=cfg.width, depth=cfg.depth,
                                   class_weights=weights)
-                model = TM.build_unet(len(channels), width=cfg.width, depth=cfg.depth, task=cfg.task, info=info)
-                TM.compile_model(model, lr=cfg.lr, class_weights=weights, task=cfg.task)
+                model = build_unet(len(channels), width=cfg.width, depth=cfg.depth, task=cfg.task, info=info)
+                compile_model(model, lr=cfg.lr, class_weights=weights, task=cfg.task)
                 initial_epoch = 0
                 state = {"epoch": 0, "best_val_miou": None, "best_epoch": None, "channels": list(channels),
                          "params": int(model.count_params()), **run_identity(cfg, ds)}
         state["settings"] = cfg.settings()
         multi = info["task"] == "both"
-        train_ds = D.make_dataset(ds, "train", batch_size=cfg.batch, modalities=cfg.modalities, training=True,
+        train_ds = make_dataset(ds, "train", batch_size=cfg.batch, modalities=cfg.modalities, training=True,
                                   augment=cfg.augment, shuffle_buffer=cfg.shuffle_buffer,
                                   repeat=cfg.steps_per_epoch is not None, max_patches=cfg.max_train_patches,
                                   with_multi_hot=multi, seed=cfg.seed)
-        val_ds = (D.make_dataset(ds, cfg.val_split, batch_size=cfg.batch, modalities=cfg.modalities,
+        val_ds = (make_dataset(ds, cfg.val_split, batch_size=cfg.batch, modalities=cfg.modalities,
                                  max_patches=cfg.max_val_patches, with_multi_hot=multi) if has_val else None)
         os.makedirs(os.path.dirname(os.path.abspath(paths["model"])), exist_ok=True)
         cbs = _callbacks(files, state=state, batch=cfg.batch, has_val=has_val, tensorboard=cfg.tensorboard,
                          resume=initial_epoch > 0) + list(extra_callbacks)
-        n_train = D.num_patches(ds, "train", cfg.max_train_patches)
+        n_train = num_patches(ds, "train", cfg.max_train_patches)
         LOG.info("training on %d patches (%s, %d channels), %d parameters, epochs %d..%d", n_train, cfg.modalities,
                  len(channels), model.count_params(), initial_epoch + 1, cfg.epochs)
         t0 = time.perf_counter()
         verbose = cfg.verbose
         if verbose == "auto":  # one line per epoch when not on a terminal (logs, CI)
             verbose = 1 if sys.stdout.isatty() else 2
-        with D.shard_errors(ds, ["train"] + ([cfg.val_split] if has_val else [])):  # names a corrupt shard
+        with shard_errors(ds, ["train"] + ([cfg.val_split] if has_val else [])):  # names a corrupt shard
             hist = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
                              steps_per_epoch=cfg.steps_per_epoch, callbacks=cbs, verbose=verbose)
         wall = time.perf_counter() - t0
@@ -414,6 +414,9 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--shuffle_buffer", type=int, default=d.shuffle_buffer,
                     help="records in the shuffle buffer (default: %(default)s)")
     ap.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
+    ap.add_argument("--export", default=None, metavar="DIR",
+                    help="also write the best model as a TensorFlow SavedModel serving on raw bands "
+                         "(as `benbeam export`)")
     add_storage_args(ap)
     return ap
 
@@ -444,6 +447,10 @@ def train_main(args: argparse.Namespace) -> int:
     best = metrics.get("best_val_miou")
     print(f"model: {metrics['model']} (epoch {metrics.get('best_epoch')}"
           + (f", val mIoU {best:.4f})" if best is not None else ")"))
+    if getattr(args, "export", None):
+        from trainer.export import export_model
+
+        print(f"exported: {export_model(metrics['model'], args.export)}")
     return 0
 
 

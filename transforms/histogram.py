@@ -25,7 +25,6 @@ import numpy as np
 
 from schemas.bands import ALL_BANDS, HIST_BINS
 
-
 _SCALE = 2.0**24  # exact sums are integers in units of 2^-24
 
 
@@ -121,8 +120,8 @@ class BandStats:
         if acc.x_sum is None:
             acc.x_sum, acc.x_sumsq = xs, xq
         else:
-            acc.x_sum = [a + b for a, b in zip(acc.x_sum, xs)]
-            acc.x_sumsq = [a + b for a, b in zip(acc.x_sumsq, xq)]
+            acc.x_sum = [a + b for a, b in zip(acc.x_sum, xs, strict=True)]
+            acc.x_sumsq = [a + b for a, b in zip(acc.x_sumsq, xq, strict=True)]
         acc.sum[...] = 0.0
         acc.sumsq[...] = 0.0
         return acc
@@ -138,8 +137,8 @@ class BandStats:
             self.seal(a)
             first.counts += a.counts
             first.count += a.count
-            first.x_sum = [p + q for p, q in zip(first.x_sum, a.x_sum)]
-            first.x_sumsq = [p + q for p, q in zip(first.x_sumsq, a.x_sumsq)]
+            first.x_sum = [p + q for p, q in zip(first.x_sum, a.x_sum, strict=True)]
+            first.x_sumsq = [p + q for p, q in zip(first.x_sumsq, a.x_sumsq, strict=True)]
             np.minimum(first.min, a.min, out=first.min)
             np.maximum(first.max, a.max, out=first.max)
         return first

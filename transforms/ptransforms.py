@@ -236,13 +236,15 @@ class WriteShardFn(beam.DoFn):
 
 @dataclass
 class WriteShards(beam.PTransform):
-    """Write every shard key of the config's plan; ``norm`` is a singleton PCollection of NormParams dicts."""
+    """Write every shard key of the config's plan; ``norm`` is a NormParams dict (or a
+    singleton PCollection of one, read as a side input)."""
 
     config: ShardConfig
-    norm: beam.pvalue.PCollection
+    norm: Any  # dict | beam.pvalue.PCollection
 
     def expand(self, shards):
         out = (shards
-               | "Write" >> beam.ParDo(WriteShardFn(self.config), beam.pvalue.AsSingleton(self.norm))
+               | "Write" >> beam.ParDo(WriteShardFn(self.config),
+                                       self.norm if isinstance(self.norm, dict) else beam.pvalue.AsSingleton(self.norm))
                | "WriteOutputs" >> Demux((MAIN, DEAD)))
         return {"shards": out[MAIN], "dead": out[DEAD]}

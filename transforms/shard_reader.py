@@ -24,10 +24,11 @@ def no_count(name: str, n: int = 1) -> None:
     """A ``count`` that counts nothing."""
 
 
-def fetch(rec: dict) -> dict[str, bytes]:
-    """The 15 objects of a patch; raises PatchError (and only PatchError)."""
+def fetch(rec: dict, source=None) -> dict[str, bytes]:
+    """The 15 objects of a patch (from its files, or ``source(rec)``: an object source's
+    fetcher, e.g. ``transforms.archive_packs.ShardObjects``); raises PatchError (and only PatchError)."""
     try:
-        return fetch_objects(md.record_urls(rec), root=rec.get("root"))
+        return source(rec) if source is not None else fetch_objects(md.record_urls(rec), root=rec.get("root"))
     except failures.PatchError:
         raise
     except Exception as e:  # noqa: BLE001 - an unexpected storage error is this patch's failure
@@ -44,7 +45,8 @@ def load_patch(rec: dict, resampling: str, decode_timeout: float | None = DEFAUL
     return _decode(rec, fetch(rec), resampling, decode_timeout)
 
 
-def _fetch_cached(rec: dict, cache, keep: bool) -> tuple[dict[str, bytes] | failures.PatchError, str | None]:
+def _fetch_cached(rec: dict, cache, keep: bool,
+                  source=None) -> tuple[dict[str, bytes] | failures.PatchError, str | None]:
     """A patch's objects (or its PatchError) and the name of the cache counter to count.
     With a ``cache``: ``keep`` stores what was fetched there; otherwise the cache is read
     first (and the stored copy deleted). Runs on fetch threads, so the caller counts."""
@@ -53,7 +55,7 @@ def _fetch_cached(rec: dict, cache, keep: bool) -> tuple[dict[str, bytes] | fail
         if objects is not None:
             return objects, "object_cache_hits"
     try:
-        objects = fetch(rec)
+        objects = fetch(rec, source)
     except failures.PatchError as e:
         return e, None
     if cache is not None and keep:
@@ -65,14 +67,14 @@ Loaded = tuple[dict, "DecodedPatch | failures.PatchError"]
 
 
 def loaded_patches(recs: Iterable[dict], resampling: str, decode_timeout, read_ahead: int = READ_AHEAD, cache=None,
-                   keep: bool = False, count: Count = no_count) -> Iterator[Loaded]:
+                   keep: bool = False, count: Count = no_count, source=None) -> Iterator[Loaded]:
     """``(rec, DecodedPatch | PatchError)`` for each record, in order.
 
     The objects of the next ``read_ahead`` patches are fetched on threads while the current
     patch is decoded, so that a worker's CPU is not idle while an object store answers
     (fetching is I/O: file reads and HTTP GETs release the GIL). Order and results are those
     of fetching and decoding one patch after the other. ``cache`` / ``keep``: see
-    ``_fetch_cached`` (a ``transforms.objcache.PatchCache``).
+    ``_fetch_cached`` (a ``transforms.objcache.PatchCache``); ``source``: see ``fetch``.
     """
     recs = list(recs)
 
@@ -89,14 +91,14 @@ def loaded_patches(recs: Iterable[dict], resampling: str, decode_timeout, read_a
 
     if read_ahead <= 0 or len(recs) < 2:
         for rec in recs:
-            yield rec, decoded(rec, _fetch_cached(rec, cache, keep))
+            yield rec, decoded(rec, _fetch_cached(rec, cache, keep, source))
         return
 
     with ThreadPoolExecutor(max_workers=read_ahead, thread_name_prefix="benbeam-fetch") as pool:
-        pending = [pool.submit(_fetch_cached, r, cache, keep) for r in recs[:read_ahead]]
+        pending = [pool.submit(_fetch_cached, r, cache, keep, source) for r in recs[:read_ahead]]
         for i, rec in enumerate(recs):
             objects = pending[i].result()
             pending[i] = None  # release the bytes as soon as they are decoded
             if i + read_ahead < len(recs):
-                pending.append(pool.submit(_fetch_cached, recs[i + read_ahead], cache, keep))
+                pending.append(pool.submit(_fetch_cached, recs[i + read_ahead], cache, keep, source))
             yield rec, decoded(rec, objects)

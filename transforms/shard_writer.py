@@ -45,6 +45,11 @@ class ShardConfig:
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
     cache: Any = None  # a transforms.objcache.PatchCache: training patches kept by the statistics pass
     read_ahead: int = READ_AHEAD
+    objects: Any = None  # an object source (transforms.archive_packs.PackObjects: ``.shard(key)`` -> fetcher); None: files
+
+    def source(self, key: ShardKey):
+        """The fetcher of a shard's objects (None: each patch's files)."""
+        return self.objects.shard(key) if self.objects is not None else None
 
 
 def encode_patch(rec: dict, patch: DecodedPatch, params: NormParams, split: str, image_dtype: str) -> bytes:
@@ -77,7 +82,7 @@ def write_shard(config: ShardConfig, key: ShardKey, norm: dict,
     dead = []
     with ShardWriter(storage.join(config.out, rel), config.compression) as writer:
         for rec, patch in loaded_patches(recs, config.resampling, config.decode_timeout, config.read_ahead,
-                                         cache=config.cache, count=count):
+                                         cache=config.cache, count=count, source=config.source(key)):
             if isinstance(patch, failures.PatchError):
                 count(f"failed_{patch.stage}_{patch.reason}")
                 dead.append(patch.record(rec["patch_id"], split))
@@ -114,7 +119,7 @@ def shard_statistics(config: ShardConfig, key: ShardKey, stats, stats_fraction: 
     acc = stats.create()
     chosen = [r for r in recs if md.sampled(r["patch_id"], stats_fraction, salt="stats")]
     for _, patch in loaded_patches(chosen, config.resampling, config.decode_timeout, config.read_ahead,
-                                   cache=config.cache, keep=True, count=count):
+                                   cache=config.cache, keep=True, count=count, source=config.source(key)):
         if isinstance(patch, failures.PatchError):
             continue
         stats.add(acc, patch.pixels)

@@ -6,7 +6,7 @@ model on every window of one *global* sliding-window grid that touches it and bl
 windows' softmax with a smooth weight, so the result does not depend on the chunk size
 (chunked = unchunked up to float summation order) and no seam appears at window or chunk
 borders. Peak memory is bounded by the chunk size, never by the tile size. Per tile it
-writes, keeping the tile's CRS and transform, tiled and compressed GeoTIFFs:
+writes, keeping the tile's CRS and transform, Cloud-Optimised GeoTIFFs (tiles, overviews):
 
     <tile>_class.tif      uint8 class id (0..18), 255 = no data
     <tile>_maxprob.tif    float32 max_k p_k                     (NaN = no data)
@@ -26,7 +26,7 @@ One module per concern (imports point down this list, never up):
     plugins    --extra user layer functions
     memory     peak RSS probe and device name
     predictor  Predictor: the model with its inference contract; one chunk's blended softmax
-    writer     LayerWriter: the GeoTIFFs of one tile, chunk by chunk, under temporary names
+    writer     LayerWriter: the GeoTIFFs of one tile, chunk by chunk, under temporary names, then COGs
     preview    preview.png
     viewer     viewer.html over many tiles
     staging    tiles in and maps out of s3:// / gs:// through a local temporary folder

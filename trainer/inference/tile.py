@@ -74,7 +74,7 @@ def predict_tile(predictor: Predictor, source, out_dir: str, *, chunk_size: int 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         try:
             pal = palette(info)
-            w.open("class", dtype="uint8", nodata=NODATA_CLASS,
+            w.open("class", dtype="uint8", nodata=NODATA_CLASS, categorical=True,
                    colormap={i: (*map(int, pal[i]), 255) for i in range(256)},
                    tags={"classes": json.dumps(list(info["classes"])), "layer": LAYER_DOC["class"]})
             for name in ("maxprob", "entropy", "gap"):

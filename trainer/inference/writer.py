@@ -1,4 +1,13 @@
-"""``LayerWriter``: the GeoTIFFs of one tile, written chunk by chunk under temporary names."""
+"""``LayerWriter``: the GeoTIFFs of one tile, written chunk by chunk under temporary names, then
+made Cloud-Optimised GeoTIFFs.
+
+Each layer is first written as a tiled, deflate-compressed GeoTIFF, one chunk at a time (the
+chunk size is a multiple of the block size: a block is compressed once). ``commit`` then
+copies every layer through GDAL's COG driver, which adds overviews (halving until a level
+fits one block; nearest for the class map, average for the rest, nodata excluded) and lays
+the file out as a COG (IFDs first, overviews before the full resolution), block by block
+through GDAL's bounded cache, so memory stays bounded by the chunk, not the tile.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +18,22 @@ import numpy as np
 from trainer.inference.grid import Chunk
 
 GDAL_CACHE_MB = 64  # GDAL's block cache: bounded, so dirty output blocks never grow with the tile
+CATEGORICAL_RESAMPLING = "NEAREST"  # overviews of class ids: an id that exists, never an average
+CONTINUOUS_RESAMPLING = "AVERAGE"  # overviews of probabilities and the other float layers
 
 
 class LayerWriter:
     """Open GeoTIFFs of one tile, written chunk by chunk under temporary names; ``commit``
-    renames them all (an interrupted run leaves no finished-looking output)."""
+    turns them into COGs and renames them all (an interrupted run leaves no finished-looking output)."""
 
     def __init__(self, out_dir: str, stem: str, *, crs, transform, width: int, height: int, block: int):
         self.out_dir, self.stem = out_dir, stem
         self.base = dict(driver="GTiff", width=width, height=height, crs=crs, transform=transform, tiled=True,
                          blockxsize=block, blockysize=block, compress="deflate", BIGTIFF="IF_SAFER")
+        self.block = block
         self.datasets: dict = {}
         self.tmp: dict[str, str] = {}  # file name -> temporary path
+        self.overview_resampling: dict[str, str] = {}  # GeoTIFF file name -> GDAL resampling of its overviews
 
     def path(self, fname: str) -> str:
         """Final path of ``fname`` in the output folder."""
@@ -33,11 +46,13 @@ class LayerWriter:
         return p
 
     def open(self, layer: str, *, dtype: str, nodata, count: int = 1, descriptions=None, colormap=None,
-             tags=None) -> None:
-        """Create ``<stem>_<layer>.tif`` (tiled, deflate, the tile's grid) under a temporary name."""
+             tags=None, categorical: bool = False) -> None:
+        """Create ``<stem>_<layer>.tif`` (tiled, deflate, the tile's grid) under a temporary name;
+        ``categorical``: its overviews pick values (nearest) instead of averaging them."""
         import rasterio
 
         fname = f"{self.stem}_{layer}.tif"
+        self.overview_resampling[fname] = CATEGORICAL_RESAMPLING if categorical else CONTINUOUS_RESAMPLING
         prof = dict(self.base, dtype=dtype, count=count, nodata=nodata,
                     predictor=3 if dtype == "float32" else 2, interleave="pixel" if count > 1 else "band")
         ds = rasterio.open(self.tmp_path(fname), "w", **prof)
@@ -73,14 +88,29 @@ class LayerWriter:
             fh.write(data)
 
     def commit(self) -> list[str]:
-        """Close everything and rename each file to its final name; returns the file names."""
+        """Close everything, make each GeoTIFF a COG, and rename each file to its final name;
+        returns the file names."""
         self.close()
+        for fname in list(self.overview_resampling):
+            self._to_cog(fname)
         done = []
         for fname, tmp in self.tmp.items():
             os.replace(tmp, self.path(fname))
             done.append(fname)
         self.tmp = {}
         return done
+
+    def _to_cog(self, fname: str) -> None:
+        """Replace the temporary GeoTIFF of ``fname`` by its COG copy (GDAL's COG driver)."""
+        from rasterio.shutil import copy as gdal_copy
+
+        src = self.tmp[fname]
+        cog = os.path.join(self.out_dir, f".tmp-{os.getpid()}-cog-{fname}")
+        self.tmp[f"{fname} (cog)"] = cog  # removed by abort if the copy fails
+        gdal_copy(src, cog, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=self.block,
+                  RESAMPLING=self.overview_resampling[fname], BIGTIFF="IF_SAFER")
+        os.remove(src)
+        self.tmp[fname] = self.tmp.pop(f"{fname} (cog)")
 
     def abort(self) -> None:
         """Close everything and remove the temporary files."""

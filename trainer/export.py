@@ -1,0 +1,89 @@
+"""``benbeam export`` / ``benbeam train --export DIR``: the model as a TensorFlow SavedModel that
+serves on raw bands.
+
+The artefact (Keras' ``model.export``) needs neither this project nor Keras to run
+(``tf.saved_model.load(DIR).serve(x)``): its ``serve`` signature takes float32
+``[N, 120, 120, C]`` windows in the raw units of the reBEN patches (S2 DN = reflectance ×
+10,000 with the baseline offset removed, S1 in dB; channels in the order of ``info.json``)
+and applies the training data's normalisation inside the graph — the clip to the
+percentiles, minus the mean, over the std, the float16 rounding where the training images
+were float16 — before the U-Net. It returns the model's outputs (``seg``: per-pixel softmax;
+``multi`` for a ``--task both`` model). Pixels without data must be masked by the caller (the
+predictor sets them to the dataset mean, 0 after normalisation). ``DIR/info.json`` is the
+model's inference contract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from transforms import storage
+
+
+def serving_model(model, info: dict):
+    """A Keras model: raw bands → the training normalisation → ``model``'s outputs."""
+    import keras
+    import numpy as np
+    from keras import ops
+
+    from transforms.normalize import NormParams
+
+    channels = tuple(info["channels"])
+    stats = info["statistics"]
+    norm = NormParams.from_stats(stats["bands"], clip=bool(stats["clip"]), channels=channels)
+    size = int(info["input_shape"][0])
+    raw = keras.Input((size, size, len(channels)), name="raw_bands", dtype="float32")
+    x = raw
+    if norm.clip:  # as transforms.normalize: maximum with lo, then minimum with hi
+        x = ops.minimum(ops.maximum(x, np.asarray(norm.lo)), np.asarray(norm.hi))
+    x = (x - np.asarray(norm.offset)) / np.asarray(norm.scale)
+    if info.get("image_dtype") == "float16":  # the model saw images stored as float16
+        x = ops.cast(ops.cast(x, "float16"), "float32")
+    return keras.Model(raw, model(x), name="benbeam_unet_serving")
+
+
+def export_model(model_path: str, out_dir: str) -> str:
+    """Write the SavedModel of ``model_path`` (local or a URL) to ``out_dir`` (local or a URL),
+    with ``info.json`` beside its files; returns ``out_dir``."""
+    from trainer.model import load_model
+
+    model, info = load_model(model_path)
+    local = tempfile.mkdtemp(prefix="benbeam-export-") if storage.is_remote(out_dir) else out_dir
+    try:
+        if os.path.exists(os.path.join(local, "saved_model.pb")):
+            shutil.rmtree(local)
+        serving_model(model, info).export(local, format="tf_saved_model", verbose=False)
+        with open(os.path.join(local, "info.json"), "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(info, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        if local != out_dir:
+            storage.upload_tree(local, out_dir)
+    finally:
+        if local != out_dir:
+            shutil.rmtree(local, ignore_errors=True)
+    return out_dir
+
+
+def export_cli(argv: list[str] | None = None) -> int:
+    """``benbeam export --model M --out DIR``; returns the exit code."""
+    import argparse
+    import sys
+
+    from transforms.cli_args import add_storage_args, configure_storage
+
+    ap = argparse.ArgumentParser(prog="benbeam export",
+                                 description="Write a trained model as a TensorFlow SavedModel serving on raw bands.")
+    ap.add_argument("--model", required=True, help="a .keras model written by `benbeam train` (path or URL)")
+    ap.add_argument("--out", required=True, help="folder (or URL) for the SavedModel and info.json")
+    add_storage_args(ap)
+    args = ap.parse_args(argv)
+    configure_storage(args)
+    try:
+        export_model(args.model, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"benbeam export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} (SavedModel, signature 'serve' on raw bands; info.json)")
+    return 0
