@@ -3,7 +3,7 @@ interruption"): `train --resume` refuses another run's settings, history rows ma
 header, the reported best score is the real one, `--save` / `predict --out` follow the
 output-folder rules of convert, a corrupt shard is named in one line (exit 1), manifest shard
 paths stay under the dataset folder, and expected failures end with one line and their exit
-code (130 interrupted, 3 unreachable store, 2 missing file).
+code (130 interrupted, 3 unreachable store, 2 missing file) — train, evaluate, predict, export.
 
 Training runs are tiny (8 patches, width 4, 1–2 epochs) and marked slow.
 """
@@ -272,14 +272,15 @@ def test_an_interrupted_train_or_evaluate_ends_with_one_line_and_130(data, tmp_p
     assert "interrupted" in _one_error_line(capsys, "evaluate")
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "export"])
 def test_an_unreachable_store_fails_in_seconds_with_one_line_and_3(command, tmp_path, capsys):
     flags = ["--s3_endpoint_url", f"http://127.0.0.1:{_free_port()}"]
     argv = {"train": ["train", "--data", "s3://bucket/ds", "--save", str(tmp_path / "run" / "m.keras")],
             "evaluate": ["evaluate", "--model", "s3://bucket/m.keras", "--data", "s3://bucket/ds",
                          "--out", str(tmp_path / "ev")],
             "predict": ["predict", "--model", "s3://bucket/m.keras", "--tile", "s3://bucket/t.tif",
-                        "--out", str(tmp_path / "maps")]}[command]
+                        "--out", str(tmp_path / "maps")],
+            "export": ["export", "--model", "s3://bucket/m.keras", "--out", str(tmp_path / "saved")]}[command]
     t0 = time.monotonic()
     assert main([*argv, *flags]) == 3
     assert time.monotonic() - t0 < 20
@@ -292,5 +293,10 @@ def test_missing_files_end_with_one_line_and_2(data, tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "missing.keras"), "--data", data["a"],
                  "--out", str(tmp_path / "ev")]) == 2
     assert "missing.keras" in _one_error_line(capsys, "evaluate")
+    assert main(["export", "--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "saved")]) == 2
+    assert "missing.keras" in _one_error_line(capsys, "export")
+    with pytest.raises(SystemExit):  # flags are never abbreviated
+        main(["export", "--mod", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "saved")])
+    assert "--mod" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "nothing"), "--save", str(tmp_path / "run" / "m.keras")]) == 2
     assert "dataset.json" in _one_error_line(capsys, "train")
