@@ -94,6 +94,14 @@ EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
         "d0eaa87c71b3ec99aa1e533fda3b8f791ec9f7dc24704f54fbb4f1e85684a64c",
     "c/validation/validation-00001-of-00002.tfrecord":
         "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
+    # New files, not in the baseline: the TFDS metadata derived from dataset.json (issue 17).
+    # gzip datasets (b) get none: TFDS reads uncompressed TFRecords only.
+    "a/dataset_info.json": "938de51a9cac7257fbd3681272a15485364a3b50a2a7f2c2395b551557f44920",
+    "a/features.json": "cdec0d1b872215d9d5e04dabd641d5de2901f80e8354c2531f066657228b4f6a",
+    "a/metadata.json": "d994494ff1185a9aa9e27905cc3455d26f94bb58dbab03cd6fb84b677a08d816",
+    "c/dataset_info.json": "28005f09bb1785b78b5ab2e36407548612c64c512c0db2ebc9149e4d95f888a5",
+    "c/features.json": "cdec0d1b872215d9d5e04dabd641d5de2901f80e8354c2531f066657228b4f6a",
+    "c/metadata.json": "d994494ff1185a9aa9e27905cc3455d26f94bb58dbab03cd6fb84b677a08d816",
 }
 
 
