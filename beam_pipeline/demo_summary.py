@@ -9,6 +9,7 @@ from schemas.bands import ALL_NAMES
 
 
 def main(argv: list[str]) -> int:
+    """Print the manifest summary of the dataset folder ``argv[0]``; returns 0."""
     man = summary(argv[0])
     print(f"\n== {argv[0]}/dataset.json (schema v{man['schema_version']}, benbeam {man['package_version']})")
     for name, s in man["splits"].items():

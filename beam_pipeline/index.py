@@ -49,6 +49,7 @@ def index_table(table: pa.Table, root: str) -> tuple[pa.Table, list[dict]]:
 
 
 def run(argv: list[str] | None = None) -> int:
+    """``benbeam index``: write the metadata with each patch's object URLs as a parquet; the exit code."""
     ap = argparse.ArgumentParser(prog="benbeam index", allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--meta", required=True, help="metadata.parquet (local, s3:// or gs://)")
     ap.add_argument("--root", default=None, help="dataset root (default: the folder of --meta)")

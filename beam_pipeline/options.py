@@ -70,6 +70,7 @@ def description(doc: str) -> str:
 
 
 def add_workers_arg(parser, default_help="all cores") -> None:
+    """Add ``--workers`` (local DirectRunner worker processes) to ``parser``."""
     parser.add_argument("--workers", type=positive_int, default=None,
                         help=f"local worker processes for the DirectRunner (default: {default_help}); "
                              "ignored by other runners")
@@ -144,6 +145,7 @@ def add_max_failure_arg(parser) -> None:
 
 
 def add_decode_timeout_arg(parser) -> None:
+    """Add ``--decode_timeout`` (seconds >= 0; 0: no limit) to ``parser``."""
     from transforms.patch import DEFAULT_DECODE_TIMEOUT
 
     def seconds(text: str) -> float:

@@ -86,15 +86,19 @@ def check_objects(rec: dict, listing) -> list[F.PatchError]:
 
 
 class ValidateGroupFn(beam.DoFn):
+    """Per object folder's ``(prefix, records)``: check each patch's objects (and decode them with ``deep``)."""
+
     def __init__(self, deep: bool, storage_options: dict, decode_timeout: float | None = None):
         self.deep = deep
         self.decode_timeout = decode_timeout
         self.storage_options = storage_options
 
     def setup(self):
+        """Apply the storage options in the worker."""
         storage.set_options(self.storage_options)
 
     def process(self, element):
+        """One result dict (patch id, split, failing reasons) per record, in patch-id order."""
         _, recs = element
         cache: dict[str, dict] = {}
 
@@ -126,6 +130,7 @@ def _result(rec: dict, errs: list) -> dict:
 
 
 def build(p, args, root, splits):
+    """Add the validation pipeline (metadata, objects or archives, report) to ``p``."""
     sopts = storage.options()
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     read = p | "ReadMetadata" >> ReadMetadata(tuple(metas), sopts)
@@ -156,6 +161,7 @@ def build(p, args, root, splits):
 
 
 def write_report(args, results, meta_info) -> None:
+    """Write the validation report (totals, per split and reason, failures) as JSON to ``args.out``."""
     results = sorted(results, key=lambda r: r["patch_id"])
     failing = [r for r in results if r["reasons"]]
     by_reason = Counter(x["reason"] for r in failing for x in r["reasons"])

@@ -16,6 +16,8 @@ PATCH_EXTENT_M = 1200.0
 
 @dataclass(frozen=True)
 class Band:
+    """One band: its modality, native resolution, on-disk dtype and nodata, published and histogram ranges."""
+
     name: str
     modality: str  # "s2" or "s1"
     resolution_m: int  # native pixel size
@@ -28,6 +30,7 @@ class Band:
 
     @property
     def native_size(self) -> int:
+        """Pixels per patch side at the native resolution."""
         return int(PATCH_EXTENT_M // self.resolution_m)
 
 

@@ -82,6 +82,7 @@ class PatchError(Exception):
         return [{"stage": e.stage, "reason": e.reason, "detail": e.detail} for e in (self, *self.also)]
 
     def record(self, patch_id: str, split: str | None = None) -> dict:
+        """The dead-letter record of this error for ``patch_id``."""
         return dead_letter(patch_id, self.stage, self.reason, self.detail, split, self.checks())
 
 

@@ -25,6 +25,8 @@ OBJECT_KEYS: tuple[str, ...] = S2_NAMES + S1_NAMES + (REFERENCE_MAP_KEY,)
 
 @dataclass(frozen=True)
 class PatchName:
+    """The parts of a reBEN S2 patch id."""
+
     patch_id: str
     utm_zone: int
     latitude_band: str  # first letter of the MGRS square, e.g. "U" of "UUP"
@@ -39,10 +41,12 @@ class PatchName:
 
     @property
     def epsg(self) -> int:
+        """EPSG code of the patch's UTM zone (northern hemisphere)."""
         return 32600 + self.utm_zone
 
 
 def parse_patch_id(patch_id) -> PatchName:
+    """Parse a patch id into a ``PatchName``; ValueError when malformed."""
     if not isinstance(patch_id, str):
         raise ValueError(f"patch_id must be a string, got {type(patch_id).__name__}")
     m = PATCH_ID_RE.match(patch_id)
@@ -58,6 +62,8 @@ def parse_patch_id(patch_id) -> PatchName:
 
 @dataclass(frozen=True)
 class S1Name:
+    """The parts of a reBEN S1 patch name."""
+
     s1_name: str
     utm_zone: int
     tile: str  # without the leading T, e.g. "33UUP"
@@ -71,6 +77,7 @@ class S1Name:
 
 
 def parse_s1_name(s1_name) -> S1Name:
+    """Parse an S1 patch name into an ``S1Name``; ValueError when malformed."""
     if not isinstance(s1_name, str):
         raise ValueError(f"s1_name must be a string, got {type(s1_name).__name__}")
     m = S1_NAME_RE.match(s1_name)

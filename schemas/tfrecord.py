@@ -18,6 +18,8 @@ IMAGE_DTYPES = ("float32", "float16")
 
 @dataclass(frozen=True)
 class Feature:
+    """One TFRecord feature: its wire kind and its logical shape and dtype after decoding."""
+
     name: str
     kind: str  # "bytes" (scalar string), "float" (float list), "int64" (int64 list), "raw" (bytes holding an array)
     shape: tuple[int, ...]  # logical array shape after decoding
@@ -57,6 +59,7 @@ def features(image_dtype: str = "float32") -> tuple[Feature, ...]:
 
 
 def feature_by_name(image_dtype: str = "float32") -> dict[str, Feature]:
+    """``features`` by name."""
     return {f.name: f for f in features(image_dtype)}
 
 

@@ -68,6 +68,7 @@ def tile_origin(zone: int, square: str) -> tuple[float, float]:
 
 
 def patch_origin(patch_id: str) -> tuple[float, float]:
+    """Upper-left corner (x, y) in UTM metres of a patch."""
     p = parse_patch_id(patch_id)
     x0, y0 = tile_origin(p.utm_zone, p.tile[3:])
     return x0 + PATCH_EXTENT_M * p.x, y0 - PATCH_EXTENT_M * p.y

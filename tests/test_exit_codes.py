@@ -298,8 +298,8 @@ def test_a_corrupt_shard_in_train_and_evaluate_is_named_in_one_line(replica, tmp
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside a record: its CRC no longer matches
     shard.write_bytes(bytes(data))
     capsys.readouterr()
-    rc = main(["train", "--data", str(out), "--save", str(tmp_path / "m.keras"), "--epochs", "1", "--width", "4",
-               "--batch", "4", "--no_tensorboard"])
+    rc = main(["train", "--data", str(out), "--save", str(tmp_path / "run" / "m.keras"), "--epochs", "1",
+               "--width", "4", "--batch", "4", "--no_tensorboard"])  # --save: a new folder (output-folder rules)
     err = capsys.readouterr().err
     assert rc == 1 and "corrupt shard" in err and str(shard) in err and "Traceback" not in err, err[-1500:]
     for flag in ("--epoch", "--widt"):  # the trainer's flags are never abbreviated either

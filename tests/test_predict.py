@@ -550,7 +550,7 @@ def test_beam_pipeline_gives_the_plain_commands_bytes(model_file, two_tiles, tmp
     for t in tiles:
         plain = tmp_path / "plain" / t["name"]
         assert _cli(["--model", model_file, "--tile", t["path"], "--out", plain, *flags]) == 0
-        files = sorted(f for f in os.listdir(plain) if not f.endswith("_summary.json"))
+        files = sorted(f for f in os.listdir(plain) if not f.endswith("_summary.json") and f != ".benbeam-run.json")
         assert len(files) == 9  # 4 layers + probs + 2 extras + classmap + preview
         assert sorted(f for f in os.listdir(out / t["name"]) if not f.endswith("_summary.json")) == files
         for f in files:

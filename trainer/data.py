@@ -12,6 +12,7 @@ No augmentation here: ``--augment`` runs inside the fitted model (``trainer.augm
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 
@@ -68,7 +69,7 @@ def open_dataset(url: str) -> Dataset:
     url = str(url)
     manifest, raw = M.load(url, storage.read_bytes,
                            hint="run `benbeam convert` to completion and pass its --out folder as --data")
-    try:  # shard paths must stay inside the dataset (transforms.containment): the manifest is editable
+    try:  # shard paths come from a file the user did not write by hand: each must stay inside the dataset
         shards = {split: [containment.check_relative(s.path, url, what="shard") for s in info.shards]
                   for split, info in manifest.splits.items()}
     except ValueError as e:
@@ -77,6 +78,47 @@ def open_dataset(url: str) -> Dataset:
 
 
 # --------------------------------------------------------------------------- records
+
+
+class ShardError(Exception):
+    """A shard of the dataset cannot be read (corrupt or truncated): a data failure, exit 1."""
+
+
+def unreadable_shard(ds: Dataset, splits) -> str | None:
+    """What is wrong with the first shard of ``splits`` that does not read back cleanly (CRCs
+    and record counts checked, as ``benbeam verify`` does); None if every one does."""
+    from transforms.encode import iter_records
+
+    for split in splits:
+        counts = [s["records"] for s in ds.split_info(split)["shards"]]
+        for url, want in zip(ds.shards.get(split, ()), counts, strict=False):
+            n = 0
+            try:
+                for _ in iter_records(url, ds.compression):
+                    n += 1
+            except Exception as e:  # noqa: BLE001 - whatever breaks the read is the finding
+                text = str(e)
+                return text if url in text else f"{url}: {type(e).__name__}: {text}"
+            if n != want:
+                return f"{url}: {n} records, {M.MANIFEST} says {want}"
+    return None
+
+
+@contextlib.contextmanager
+def shard_errors(ds: Dataset, splits):
+    """Within the block, TensorFlow's read error on a shard of ``splits`` (a ``DataLossError``
+    that does not say which file) becomes a ``ShardError`` naming the shard."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        urls = [u for s in splits for u in ds.shards.get(s, ())]
+        if not isinstance(e, tf.errors.DataLossError) and not any(u in str(e) for u in urls):
+            raise
+        bad = unreadable_shard(ds, splits)
+        if bad is None:
+            raise
+        raise ShardError(f"corrupt shard {bad} (`benbeam verify {ds.root}` lists every problem; convert the "
+                         "dataset again)") from e
 
 
 def native_reads(urls: list[str]) -> bool:
@@ -215,34 +257,3 @@ def num_patches(ds: Dataset, split: str, max_patches: int | None = None) -> int:
     """Patches a run reads from ``split``: all, or at most ``max_patches``."""
     n = ds.records(split)
     return min(n, int(max_patches)) if max_patches is not None else n
-
-
-def corrupt_shards(data: str) -> list[str]:
-    """``path: problem`` for every shard of the dataset at ``data`` that does not read back
-    (CRC or truncation), so that a TensorFlow ``DataLossError`` can name its shard."""
-    from transforms.encode import iter_records
-
-    ds = open_dataset(data)
-    bad = []
-    for _, urls in sorted(ds.shards.items()):
-        for url in urls:
-            try:
-                for _ in iter_records(url, ds.manifest["compression"]):
-                    pass
-            except (ValueError, OSError) as e:
-                bad.append(f"{url}: {e}")
-    return bad
-
-
-def data_loss_line(data: str, exc: BaseException) -> str:
-    """One line for a corrupt shard met while training or evaluating, naming it."""
-    try:
-        bad = corrupt_shards(data)
-    except Exception as e:  # noqa: BLE001 - the line still says what happened
-        bad = [f"(the shards could not be re-checked: {type(e).__name__}: {e})"]
-    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    named = f"corrupt shard {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") if bad else (
-        "a shard failed to read")
-    return (f"{named} — TensorFlow: {type(exc).__name__}: {first}; `benbeam verify {data}` checks every shard, "
-            "convert again to repair")
-

@@ -63,7 +63,7 @@ def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int
 
     from schemas.manifest import check_split
     from trainer import metrics
-    from trainer.data import make_dataset, open_dataset
+    from trainer.data import make_dataset, open_dataset, shard_errors
     from trainer.model import MULTI, SEG, load_model
 
     split = check_split(split)
@@ -89,13 +89,14 @@ def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int
     truths, scores = [], []
     n = 0
     t0 = time.perf_counter()
-    for x, targets in stream:
-        cls, sc = step(x)
-        acc.add(targets[SEG].numpy(), cls.numpy())
-        if multi:
-            truths.append(targets[MULTI].numpy())
-            scores.append(sc.numpy())
-        n += int(x.shape[0])
+    with shard_errors(ds, [split]):  # a corrupt shard: ShardError naming it
+        for x, targets in stream:
+            cls, sc = step(x)
+            acc.add(targets[SEG].numpy(), cls.numpy())
+            if multi:
+                truths.append(targets[MULTI].numpy())
+                scores.append(sc.numpy())
+            n += int(x.shape[0])
     wall = time.perf_counter() - t0
     if n == 0:
         raise ValueError(f"split {split!r} of {data} yielded no patches")
@@ -194,6 +195,7 @@ def add_evaluate_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def evaluate_main(args: argparse.Namespace) -> int:
     """Run ``benbeam evaluate`` from parsed flags; returns the exit code."""
     from schemas.manifest import ManifestError
+    from trainer.data import ShardError
 
     configure_storage(args)
     try:
@@ -202,12 +204,8 @@ def evaluate_main(args: argparse.Namespace) -> int:
     except (ManifestError, ValueError, FileNotFoundError) as e:
         print(f"benbeam evaluate: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - a corrupt shard is named; anything else goes to the CLI's one line
-        if type(e).__name__ != "DataLossError":
-            raise
-        from trainer.data import data_loss_line
-
-        print(f"benbeam evaluate: error: {data_loss_line(args.data, e)}", file=sys.stderr)
+    except ShardError as e:  # a data failure, not a usage error
+        print(f"benbeam evaluate: error: {e}", file=sys.stderr)
         return 1
     line = f"{r['split']}: {r['patches']} patches, mIoU {_fmt(r['miou'])}, pixel accuracy {_fmt(r['pixel_accuracy'])}"
     if "multilabel" in r:

@@ -32,6 +32,7 @@ from schemas import bands as B
 from schemas import manifest as M
 from schemas import tfrecord as T
 from transforms import storage
+from transforms.containment import check_relative
 from transforms.encode import decode_example, iter_records
 
 MODALITY_FEATURE = {"s2": T.S2, "s1": T.S1}
@@ -89,7 +90,8 @@ class BenDataset(IterableDataset):
             have = ", ".join(s for s, e in sorted(self.manifest["splits"].items()) if e["written"]) or "none"
             raise ValueError(f"the dataset at {self.root} holds no patches of split {split!r} (it has: {have})")
         info = self.manifest["splits"][split]
-        self.shards = [(storage.join(self.root, s["path"]), int(s["records"])) for s in info["shards"]]
+        # shard paths come from an editable file: each must stay inside the dataset (ValueError otherwise)
+        self.shards = [(check_relative(s["path"], self.root, what="shard"), int(s["records"])) for s in info["shards"]]
         self.channels = B.channels_for(modalities)
         self.picks = [
             (MODALITY_FEATURE[m], [names.index(c) for c in self.channels if c in names])

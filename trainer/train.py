@@ -13,11 +13,15 @@ Everything a run leaves lies beside ``--save`` (``runs/unet.keras`` below; ``tra
     runs/unet.history.csv      one row per epoch (losses, mIoU, pixel accuracy, patches/s)
     runs/unet.tb/              TensorBoard logs
     runs/unet.metrics.json     final metrics of the run
+
+The folder of ``--save`` follows the output-folder rules of ``transforms.outdir``: new, empty,
+or an earlier run of ``benbeam train`` (its marker), one run at a time (its lock).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import logging
@@ -28,9 +32,11 @@ import time
 from schemas import __version__
 from trainer.config import TrainConfig, canonical_modalities
 from trainer.run_files import RunFiles, finite_or_none, write_json
+from transforms import outdir, storage
 from transforms.cli_args import add_storage_args, configure_storage, positive_int
 
 LOG = logging.getLogger("benbeam.train")
+COMMAND = "benbeam train"
 
 def build_info(ds, *, modalities: str, task: str, width: int, depth: int, class_weights) -> dict:
     """The inference contract stored in the model (see ``trainer.model.load_model``)."""
@@ -97,6 +103,36 @@ def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tenso
             if logs is not None and self.t0 is not None and self.steps:
                 logs["patches_per_s"] = self.steps * batch / (time.perf_counter() - self.t0)
 
+    class History(keras.callbacks.Callback):
+        """One row per epoch in ``path`` (``epoch`` first, then the log keys sorted, as Keras's
+        CSVLogger). A resumed run keeps the rows of the epochs before ``start`` (a row of an
+        epoch whose checkpoint was not written is dropped); a column that appears only now widens
+        the header and earlier rows get an empty cell, so every row matches the header."""
+
+        def __init__(self, path: str, start: int):
+            super().__init__()
+            self.path, self.start = path, start
+
+        def on_train_begin(self, logs=None):
+            self.header, self.rows = ["epoch"], []
+            if self.start > 0 and os.path.exists(self.path):
+                with open(self.path, newline="", encoding="utf-8") as fh:
+                    reader = csv.DictReader(fh)
+                    self.header = list(reader.fieldnames or ["epoch"])
+                    self.rows = [{k: v for k, v in r.items() if k is not None} for r in reader
+                                 if str(r.get("epoch", "")).isdigit() and int(r["epoch"]) < self.start]
+
+        def on_epoch_end(self, epoch, logs=None):
+            row = {"epoch": epoch, **dict(logs or {})}
+            self.header += [k for k in sorted(row) if k not in self.header]
+            self.rows.append(row)
+            tmp = f"{self.path}.tmp-{os.getpid()}"
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, fieldnames=self.header, restval="")
+                writer.writeheader()
+                writer.writerows(self.rows)
+            os.replace(tmp, self.path)
+
     class Checkpoints(keras.callbacks.Callback):
         """Each epoch: the last model + state (for --resume); the best by val mIoU to --save."""
 
@@ -108,8 +144,8 @@ def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tenso
             if improved or not has_val:
                 save_model(net, paths["model"])
                 state["best_epoch"] = epoch + 1
-                if improved:
-                    state["best_val_miou"] = float(score)
+                # without validation --save gets the last model, which has no score
+                state["best_val_miou"] = float(score) if improved else None
             save_model(net, paths["last"], portable=False)  # optimizer, loss and metrics: to resume
             state["epoch"] = epoch + 1
             state["last_logs"] = {k: finite_or_none(v) for k, v in logs.items()}
@@ -117,7 +153,7 @@ def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tenso
             # the checkpoint before the state that points at it
             files.push(*(("model", "info") if (improved or not has_val) else ()), "last", "history", "state")
 
-    cbs = [Throughput(), keras.callbacks.CSVLogger(paths["history"], append=resume), Checkpoints()]
+    cbs = [Throughput(), History(paths["history"], int(state["epoch"]) if resume else 0), Checkpoints()]
     if tensorboard:
         if tensorboard_available():
             cbs.append(keras.callbacks.TensorBoard(paths["tensorboard"], write_graph=False, profile_batch=0))
@@ -138,21 +174,38 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
     """Train (or, with ``config.resume``, continue training) the U-Net; returns the final metrics.
 
     Raises ``ManifestError`` / ``ValueError`` with the fix on bad input (checked before
-    anything is written). ``extra_callbacks``: Keras callbacks added to the run's own.
+    anything is written; ``transforms.outdir.OutputRefused`` for a --save folder that holds
+    other files), ``OutputBusy`` while another run writes there, ``trainer.data.ShardError``
+    for a corrupt shard. ``extra_callbacks``: Keras callbacks added to the run's own.
     """
+    from trainer.data import open_dataset
+
+    cfg = config.checked()  # everything checked before touching the disk
+    ds = open_dataset(cfg.data)
+    folder = storage.parent(cfg.save)
+    try:  # new, empty or an earlier run's folder; one run at a time
+        lock = outdir.claim(folder, COMMAND)
+    except (outdir.OutputRefused, outdir.OutputBusy) as e:  # outdir names the folder "--out": here it is --save's
+        text = str(e)
+        raise type(e)("the --save folder" + text[len("--out"):] if text.startswith("--out ") else text) from None
+    try:
+        return _train(cfg, ds, folder, extra_callbacks)
+    finally:
+        lock.release()
+
+
+def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
     import keras
     import tensorflow as tf
 
     from schemas.bands import channels_for
     from trainer.augment import augmented
-    from trainer.data import make_dataset, num_patches, open_dataset
+    from trainer.data import make_dataset, num_patches, shard_errors
     from trainer.model import build_unet, class_weights_from_counts, compile_model, load_model
 
-    cfg = config.checked()  # everything checked before touching the disk
     channels = channels_for(cfg.modalities)
     files = RunFiles(cfg.save)
     paths = files.paths
-    ds = open_dataset(cfg.data)
     if not ds.records("train"):
         raise ValueError(f"split 'train' of {cfg.data} holds no patches")
     has_val = cfg.val_split in ds.manifest["splits"] and ds.records(cfg.val_split) > 0
@@ -162,8 +215,7 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
 
     state = None
     if cfg.resume:
-        state = _resume_state(files, cfg)
-        _check_resume(state, cfg, ds)
+        state = _resume_state(files, cfg, ds)
         if int(state["epoch"]) >= cfg.epochs:
             LOG.info("--resume: %s already reached epoch %d of %d; nothing to train", paths["last"],
                      state["epoch"], cfg.epochs)
@@ -175,6 +227,7 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
     if cfg.class_weights:
         weights = class_weights_from_counts(ds.split_info("train")["class_pixel_counts"], cfg.class_weights)
 
+    outdir.mark(folder, COMMAND)  # every check passed: the folder is this command's from now on
     keras.utils.set_random_seed(int(cfg.seed))
     if cfg.deterministic:  # same data, seed and flags -> the same weights (TF picks deterministic kernels)
         tf.config.experimental.enable_op_determinism()
@@ -199,10 +252,8 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
                 model = build_unet(len(channels), width=cfg.width, depth=cfg.depth, task=cfg.task, info=info)
                 compile_model(model, lr=cfg.lr, class_weights=weights, task=cfg.task)
                 initial_epoch = 0
-                state = {"epoch": 0, "best_val_miou": None, "best_epoch": None, "modalities": cfg.modalities,
-                         "task": cfg.task, "channels": list(channels), "width": cfg.width, "depth": cfg.depth,
-                         "data": str(cfg.data), "data_manifest_sha256": ds.manifest_sha256,
-                         "params": int(model.count_params())}
+                state = {"epoch": 0, "best_val_miou": None, "best_epoch": None, "channels": list(channels),
+                         "params": int(model.count_params()), **run_identity(cfg, ds)}
             # --augment: a random flip / rotation per batch inside the fitted model (trainer.augment)
             fit_model = augmented(model, seed=cfg.seed) if cfg.augment else model
         state["settings"] = cfg.settings()
@@ -223,8 +274,9 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
         verbose = cfg.verbose
         if verbose == "auto":  # one line per epoch when not on a terminal (logs, CI)
             verbose = 1 if sys.stdout.isatty() else 2
-        hist = fit_model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                             steps_per_epoch=cfg.steps_per_epoch, callbacks=cbs, verbose=verbose)
+        with shard_errors(ds, ["train"] + ([cfg.val_split] if has_val else [])):  # names a corrupt shard
+            hist = fit_model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                                 steps_per_epoch=cfg.steps_per_epoch, callbacks=cbs, verbose=verbose)
         wall = time.perf_counter() - t0
     finally:
         if cfg.mixed_precision:
@@ -256,9 +308,45 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
     return metrics
 
 
-def _resume_state(files: RunFiles, cfg: TrainConfig) -> dict:
+# What a resumed run must share with the saved one (state key, flag): the data, the inputs, the
+# architecture, the loss and what picks the best model. The rest (--epochs, --batch …) may change.
+RESUME_KEYS = (("data", "--data"), ("data_manifest_sha256", "--data: its dataset.json changed (sha256)"),
+               ("modalities", "--modalities"), ("task", "--task"), ("width", "--width"), ("depth", "--depth"),
+               ("class_weights", "--class_weights"), ("val_split", "--val_split"),
+               ("max_val_patches", "--max_val_patches"))
+
+
+def data_url(url: str) -> str:
+    """``--data`` as a run records it: an absolute, symlink-free path, or the URL without a trailing /."""
+    url = str(url)
+    return url.rstrip("/") if storage.is_remote(url) else os.path.realpath(url)
+
+
+def run_identity(cfg: TrainConfig, ds) -> dict:
+    """The values of ``RESUME_KEYS`` for this config and dataset (recorded in the state file)."""
+    return {"data": data_url(cfg.data), "data_manifest_sha256": ds.manifest_sha256,
+            "modalities": cfg.modalities, "task": cfg.task, "width": int(cfg.width), "depth": int(cfg.depth),
+            "class_weights": cfg.class_weights, "val_split": cfg.val_split, "max_val_patches": cfg.max_val_patches}
+
+
+def resume_differences(state: dict, cfg: TrainConfig, ds) -> list[str]:
+    """How ``cfg`` differs from the saved run's state, one entry per flag (a key the state does
+    not record — a run from an older version — is not compared)."""
+    now = run_identity(cfg, ds)
+    saved = {**{k: v for k, v in (state.get("settings") or {}).items() if k in now}, **state}
+    if "data" in saved:
+        saved["data"] = data_url(saved["data"])
+    out = []
+    for key, flag in RESUME_KEYS:
+        if key in saved and saved[key] != now[key]:
+            out.append(f"{flag}: saved run {saved[key]}, now {now[key]}")
+    return out
+
+
+def _resume_state(files: RunFiles, cfg: TrainConfig, ds) -> dict:
     """The state of the run to continue (fetched from the bucket for a remote --save); ValueError
-    when there is none or it was trained with other --modalities / --task."""
+    when there is none, or listing every difference when it was trained on other data or with
+    another architecture (``RESUME_KEYS``)."""
     paths = files.paths
     files.pull("state", "last", "history", "model", "info")
     if not (os.path.exists(paths["state"]) and os.path.exists(paths["last"])):
@@ -266,28 +354,11 @@ def _resume_state(files: RunFiles, cfg: TrainConfig) -> dict:
                          "are written after each epoch); drop --resume to start a new run")
     with open(paths["state"], encoding="utf-8") as fh:
         state = json.load(fh)
-    if state.get("modalities") != cfg.modalities or state.get("task") != cfg.task:
-        raise ValueError(f"--resume: the checkpoint was trained with --modalities {state.get('modalities')} "
-                         f"--task {state.get('task')}; pass the same values (got {cfg.modalities}, {cfg.task})")
-    return state
-
-
-RESUME_MUST_MATCH = ("data", "width", "depth", "modalities", "task")  # flags a resumed run cannot change
-
-
-def _check_resume(state: dict, cfg: TrainConfig, ds) -> None:
-    """ValueError listing every difference between the saved run and this one (data, its
-    manifest, architecture flags): --resume continues the same run, or refuses."""
-    saved_sha = state.get("data_manifest_sha256")
-    same_data = bool(saved_sha) and saved_sha == ds.manifest_sha256  # the same dataset, however its path is spelt
-    diffs = [f"--{k} {state.get(k)!r} (saved) vs {getattr(cfg, k)!r} (now)" for k in RESUME_MUST_MATCH
-             if k in state and str(state.get(k)) != str(getattr(cfg, k)) and not (k == "data" and same_data)]
-    if saved_sha and ds.manifest_sha256 and saved_sha != ds.manifest_sha256:
-        diffs.append(f"the dataset's dataset.json changed (sha256 {saved_sha[:12]}… saved, "
-                     f"{ds.manifest_sha256[:12]}… now): it was converted again or is another dataset")
+    diffs = resume_differences(state, cfg, ds)
     if diffs:
-        raise ValueError("--resume: this run differs from the saved one: " + "; ".join(diffs) +
-                         ". Pass the same values, or drop --resume (and choose another --save) to start a new run")
+        raise ValueError(f"--resume: {files.urls['last']} was trained with other settings — {'; '.join(diffs)}; "
+                         "pass the saved run's values, or drop --resume and choose another --save to start a new run")
+    return state
 
 
 def _load_metrics(paths: dict) -> dict:
@@ -364,6 +435,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def train_main(args: argparse.Namespace) -> int:
     """Run ``benbeam train`` from parsed flags; returns the exit code."""
     from schemas.manifest import ManifestError
+    from trainer.data import ShardError
 
     configure_storage(args)
     try:
@@ -371,12 +443,11 @@ def train_main(args: argparse.Namespace) -> int:
     except (ManifestError, ValueError, FileNotFoundError) as e:
         print(f"benbeam train: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - a corrupt shard is named; anything else goes to the CLI's one line
-        if type(e).__name__ != "DataLossError":
-            raise
-        from trainer.data import data_loss_line
-
-        print(f"benbeam train: error: {data_loss_line(args.data, e)}", file=sys.stderr)
+    except outdir.OutputBusy as e:
+        print(f"benbeam train: error: {e}", file=sys.stderr)
+        return 3
+    except ShardError as e:
+        print(f"benbeam train: error: {e}", file=sys.stderr)
         return 1
     best = metrics.get("best_val_miou")
     print(f"model: {metrics['model']} (epoch {metrics.get('best_epoch')}"

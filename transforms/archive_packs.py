@@ -34,11 +34,13 @@ def new_pack_dir(out: str) -> str:
 
 
 def shard_dir(home) -> str:
+    """Folder name of a shard key ``(split, index, count)``."""
     split, index, count = home
     return f"{split}-{index:05d}-of-{count:05d}"
 
 
 def encode_record(name: str, data: bytes) -> bytes:
+    """One pack record: header (magic, name and data lengths), name, data."""
     raw = name.encode()
     return _REC.pack(_MAGIC, len(raw), len(data)) + raw + data
 
@@ -89,6 +91,7 @@ class PackWriter:
         return os.path.join(base, f"{self.tag}-{self.attempt}.pack")
 
     def add(self, home, name: str, data: bytes) -> None:
+        """Buffer one member for shard ``home``; write out the largest buffers while over ``buffer_bytes``."""
         rec = encode_record(name, data)
         self._bufs.setdefault(home, []).append(rec)
         self._sizes[home] = self._sizes.get(home, 0) + len(rec)
@@ -227,6 +230,7 @@ class PackObjects:
     pack_dir: str
 
     def shard(self, home) -> ShardObjects:
+        """The object source of shard ``home``."""
         return ShardObjects(self.pack_dir, tuple(home))
 
 
@@ -247,6 +251,7 @@ class ShardObjects:
             return self._index
 
     def __call__(self, rec: dict) -> dict[str, bytes]:
+        """The 15 objects of ``rec``, by URL, from this shard's packs; PatchError when missing or empty."""
         from transforms import metadata as md
         from transforms.patch import fetch_objects
 

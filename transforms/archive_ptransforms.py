@@ -33,9 +33,11 @@ class SplitArchiveFn(beam.DoFn):
         self.buffer_bytes = buffer_bytes
 
     def setup(self):
+        """Apply the storage options in the worker."""
         storage.set_options(self.storage_options)
 
     def process(self, item):
+        """Split one archive into the packs; yields its summary."""
         import os
 
         folder, url = item
@@ -66,6 +68,7 @@ class SplitArchives(beam.PTransform):
     buffer_bytes: int = archives.PACK_BUFFER_BYTES
 
     def expand(self, pbegin):
+        """One archive per worker, each split into the packs."""
         return (pbegin
                 | "Archives" >> beam.Create(sorted(archives.archive_urls(self.location).items()))
                 | "OnePerWorker" >> beam.Reshuffle()
@@ -84,9 +87,11 @@ class InventoryFn(beam.DoFn):
         self.storage_options = storage_options
 
     def setup(self):
+        """Apply the storage options in the worker."""
         storage.set_options(self.storage_options)
 
     def process(self, item):
+        """List one archive; yields the expected patch folders it lacks, with what they lack."""
         folder, url = item
         expected = archive_inventory.expected_folders(self.metas, folder, self.splits, self.frac)
         t0 = time.perf_counter()
@@ -110,6 +115,7 @@ class ArchiveInventory(beam.PTransform):
     storage_options: dict = field(default_factory=dict)
 
     def expand(self, pbegin):
+        """One archive per worker, each listed against the metadata."""
         return (pbegin
                 | "Archives" >> beam.Create(sorted(archives.archive_urls(self.location).items()))
                 | "OnePerWorker" >> beam.Reshuffle()

@@ -257,6 +257,7 @@ class Router:
         return cls(homes, arr[order], np.array(targets, dtype=np.int32)[order])
 
     def route(self, folder_name: str) -> list[int]:
+        """Indices of the shards whose patches read the folder ``folder_name`` (sorted; empty if none)."""
         raw = folder_name.encode()
         if not self.names.size or len(raw) > self.names.dtype.itemsize:  # longer than every known name
             return []

@@ -40,6 +40,8 @@ _KEY_GEOGRAPHIC_CRS = 2048
 
 @dataclass(frozen=True)
 class Raster:
+    """A decoded single-band raster with its geotransform, EPSG code and nodata."""
+
     array: np.ndarray  # 2-D, native dtype
     transform: tuple  # GDAL geotransform (x0, px_w, 0, y0, 0, -px_h)
     epsg: int | None

@@ -239,6 +239,7 @@ def decode_example(data: bytes, image_dtype: str = "float32") -> dict:
 
 
 def masked_crc(data: bytes) -> int:
+    """TFRecord masked CRC32C of ``data``."""
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
@@ -321,6 +322,7 @@ class ShardWriter:
         self._size += len(b)
 
     def write(self, example: bytes) -> None:
+        """Append one serialised example as a framed record."""
         for part in frame_parts(example):
             if self._gz is not None:
                 self._gz.write(part)
@@ -329,6 +331,7 @@ class ShardWriter:
         self.records += 1
 
     def close(self) -> dict:
+        """Finish the file, move it to its URL (upload when remote); the result dict (idempotent)."""
         if self._result is not None:
             return self._result
         if self._gz is not None:
@@ -343,6 +346,7 @@ class ShardWriter:
         return self._result
 
     def abort(self) -> None:
+        """Discard the temporary file of an unfinished shard."""
         if self._result is None:
             try:
                 self._raw.close()

@@ -29,6 +29,7 @@ CONCURRENCY = 16
 
 
 def enabled(url: str) -> bool:
+    """True when ``url`` is an S3 object the fast reader can get (obstore, known region, not disabled)."""
     if not str(url).startswith("s3://") or os.environ.get("BENBEAM_FAST_GET", "1") == "0":
         return False
     try:

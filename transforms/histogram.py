@@ -30,6 +30,8 @@ _SCALE = 2.0**24  # exact sums are integers in units of 2^-24
 
 @dataclass
 class BandStatsAccumulator:
+    """Partial band statistics: per-band histograms, counts, sums, extremes (sealed totals exact)."""
+
     counts: np.ndarray  # int64[B, bins]
     count: np.ndarray  # int64[B]
     sum: np.ndarray  # float64[B]  local (unsealed) sum of (x - shift)
@@ -75,6 +77,7 @@ class BandStats:
         self._offsets = (np.arange(self.nb, dtype=np.int32) * bins)
 
     def create(self) -> BandStatsAccumulator:
+        """An empty accumulator."""
         nb, k = self.nb, self.bins
         return BandStatsAccumulator(counts=np.zeros((nb, k), np.int64), count=np.zeros(nb, np.int64),
                                     sum=np.zeros(nb), sumsq=np.zeros(nb),

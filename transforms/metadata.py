@@ -48,6 +48,7 @@ def sampled(patch_id, frac: float, salt: str = "frac") -> bool:
 
 
 def shard_count(n_patches: int, shard_size: int) -> int:
+    """Number of shards for ``n_patches`` (at least 1)."""
     return max(1, math.ceil(n_patches / max(1, shard_size)))
 
 
@@ -223,5 +224,6 @@ def row_split(row: dict):
 
 
 def row_key(row: dict):
+    """The key a row is grouped under: its patch id (repr when not a string)."""
     pid = row.get("patch_id")
     return pid if isinstance(pid, str) else repr(pid)

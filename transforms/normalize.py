@@ -16,6 +16,8 @@ from schemas.bands import ALL_NAMES
 
 @dataclass(frozen=True)
 class NormParams:
+    """Per-channel normalisation: optional clip to [lo, hi], then (x - offset) / scale."""
+
     channels: tuple[str, ...]
     lo: np.ndarray  # float32[C]; -inf when not clipping
     hi: np.ndarray  # float32[C]; +inf when not clipping
@@ -46,6 +48,7 @@ class NormParams:
         return cls(tuple(channels), f(lo), f(hi), f(off), f(sc), bool(clip))
 
     def to_dict(self) -> dict:
+        """JSON-ready dict (infinite bounds as None)."""
         def lst(a):
             return [float(v) if np.isfinite(v) else None for v in a]
 
@@ -54,6 +57,7 @@ class NormParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "NormParams":
+        """The ``NormParams`` of a ``to_dict`` dict."""
         def arr(v, fill):
             return np.asarray([fill if x is None else x for x in v], dtype=np.float32)
 

@@ -98,4 +98,5 @@ class PatchCache:
         return out if pos == len(data) else None
 
     def remove(self) -> None:
+        """Delete the cache folder."""
         shutil.rmtree(self.directory, ignore_errors=True)

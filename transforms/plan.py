@@ -107,6 +107,7 @@ class RowPlan:
                    tuple(splits), float(frac), int(shard_size), tuple(sorted(counts.items())))
 
     def shard_counts(self) -> dict[str, int]:
+        """Split -> number of shards."""
         return {s: md.shard_count(n, self.shard_size) for s, n in self.counts if s in SPLITS}
 
     def homes(self) -> list[tuple]:

@@ -255,6 +255,7 @@ class ShardLineFilter(logging.Filter):
     """Drops the per-shard INFO lines (kept with ``--verbose``); warnings and errors pass."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Keep warnings and non-shard lines."""
         return record.levelno >= logging.WARNING or not _SHARD_LINE.match(record.getMessage())
 
 

@@ -44,6 +44,7 @@ class Demux(beam.PTransform):
     tags: tuple[str, ...]
 
     def expand(self, pairs):
+        """One PCollection of values per tag."""
         return {t: (pairs
                     | f"Only{t.capitalize()}" >> beam.Filter(lambda kv, t=t: kv[0] == t)
                     | f"Value{t.capitalize()}" >> beam.Map(lambda kv: kv[1]))
@@ -75,6 +76,7 @@ class ReadMetadata(beam.PTransform):
     storage_options: dict = field(default_factory=dict)
 
     def expand(self, pbegin):
+        """Rows, dead letters and per-source info of the metadata files."""
         opts = self.storage_options
 
         def read(source) -> Iterable[Any]:
@@ -109,6 +111,7 @@ class CheckRows(beam.PTransform):
     frac: float = 1.0
 
     def expand(self, rows):
+        """Checked unique rows (``patches``), dead letters and selected counts per split."""
         checked = (rows
                    | "Check" >> beam.FlatMap(check_row_tagged, self.root, self.splits, self.frac)
                    | "CheckOutputs" >> Demux((MAIN, DEAD, SELECTED)))
@@ -134,9 +137,11 @@ class CheckShardFn(beam.DoFn):
         self.config = config
 
     def setup(self):
+        """Apply the storage options in the worker."""
         storage.set_options(self.config.storage_options)
 
     def process(self, home):
+        """Yield tagged selected counts, dead letters and the shard key when its rows are clean."""
         selected, dead, clean = self.config.plan.check(home)
         for split, n in sorted(selected.items()):
             yield (SELECTED, (split, n))
@@ -157,6 +162,7 @@ class PlannedShards(beam.PTransform):
     config: ShardConfig
 
     def expand(self, pbegin):
+        """Shard keys, dead letters and selected counts per split."""
         out = (pbegin
                | "Shards" >> beam.Create(self.config.plan.homes())
                | "Check" >> beam.ParDo(CheckShardFn(self.config))
@@ -176,12 +182,14 @@ class ShardStatsFn(beam.DoFn):
         self.stats_fraction = stats_fraction
 
     def setup(self):
+        """Apply the storage options and make the band statistics in the worker."""
         from transforms.histogram import BandStats
 
         storage.set_options(self.config.storage_options)
         self.stats = BandStats()
 
     def process(self, key):
+        """The partial statistics of one training shard."""
         yield shard_statistics(self.config, key, self.stats, self.stats_fraction, count=_count)
 
 
@@ -204,6 +212,7 @@ class ComputeBandStats(beam.PTransform):
     fanout: int = 16
 
     def expand(self, shards):
+        """The combined band statistics of the training shards."""
         from transforms.combiners import BandStatsCombineFn
 
         return (
@@ -226,9 +235,11 @@ class WriteShardFn(beam.DoFn):
         self.config = config
 
     def setup(self):
+        """Apply the storage options in the worker."""
         storage.set_options(self.config.storage_options)
 
     def process(self, key, norm):
+        """Write one shard; yields its dead letters and its record."""
         record, dead = write_shard(self.config, key, norm, count=_count)
         yield from ((DEAD, d) for d in dead)
         yield (MAIN, record)
@@ -243,6 +254,7 @@ class WriteShards(beam.PTransform):
     norm: Any  # dict | beam.pvalue.PCollection
 
     def expand(self, shards):
+        """Shard records and dead letters."""
         out = (shards
                | "Write" >> beam.ParDo(WriteShardFn(self.config),
                                        self.norm if isinstance(self.norm, dict) else beam.pvalue.AsSingleton(self.norm))

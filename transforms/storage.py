@@ -34,11 +34,13 @@ from transforms.storeconfig import (  # noqa: F401 - the storage API: options an
 
 
 def protocol(url: str) -> str:
+    """The fsspec protocol of ``url`` (``file`` for a local path)."""
     url = str(url)
     return url.split("://", 1)[0] if "://" in url else "file"
 
 
 def is_remote(url: str) -> bool:
+    """True unless ``url`` is a local path."""
     return protocol(url) not in ("file", "local")
 
 
@@ -54,6 +56,7 @@ def filesystem(url: str) -> fsspec.AbstractFileSystem:
 
 
 def join(root: str, *parts: str) -> str:
+    """``root`` joined with ``parts`` (``/`` for URLs, the OS separator for paths)."""
     root = str(root)
     if is_remote(root):
         return "/".join([root.rstrip("/")] + [p.strip("/") for p in parts])
@@ -61,6 +64,7 @@ def join(root: str, *parts: str) -> str:
 
 
 def parent(url: str) -> str:
+    """The folder holding ``url`` (absolute for a local path)."""
     url = str(url)
     if is_remote(url):
         proto, rest = url.split("://", 1)
@@ -80,10 +84,12 @@ def call(url: str, fn, *args, what: str = ""):
 
 
 def exists(url: str) -> bool:
+    """True when ``url`` exists."""
     return filesystem(url).exists(url)
 
 
 def read_bytes(url: str) -> bytes:
+    """The bytes of ``url``."""
     if is_remote(url):
         return call(url, filesystem(url).cat_file, url, what=f"read {url}")
     with open(url, "rb") as fh:
@@ -91,6 +97,7 @@ def read_bytes(url: str) -> bytes:
 
 
 def makedirs(url: str) -> None:
+    """Create a local folder and its parents (no-op for URLs)."""
     if not is_remote(url):
         os.makedirs(url, exist_ok=True)
 
@@ -120,10 +127,12 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
 
 
 def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(url: str, chunk: int = 8 << 20) -> str:
+    """Hex SHA-256 of the object at ``url``, read in chunks."""
     h = hashlib.sha256()
     with filesystem(url).open(url, "rb") as fh:
         while True:

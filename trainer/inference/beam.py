@@ -114,6 +114,7 @@ class PredictTiles(beam.PTransform):
     settings: PredictSettings
 
     def expand(self, paths):
+        """Predict every tile path, spread over the workers."""
         return (paths
                 | "Distribute" >> beam.Reshuffle()
                 | "Predict" >> beam.ParDo(PredictTileFn(self.settings)))
@@ -139,6 +140,7 @@ class Finalize(beam.PTransform):
     storage_options: dict | None = None
 
     def expand(self, results):
+        """Collect all results and finalize them into ``out``; yields the count mapped."""
         return (results
                 | "Collect" >> beam.combiners.ToList()
                 | "Write" >> beam.Map(_finalize_count, self.out, self.storage_options or {}))

@@ -4,17 +4,21 @@
 ``--input_dir`` alone runs the Beam pipeline (``trainer.inference.beam``; Beam flags such as
 ``--runner`` pass through). Tiles, ``--s1``, ``--model`` and ``--out`` may be local paths or
 ``s3://`` / ``gs://`` URLs. Exit codes: 0 ok, 1 a tile or the job failed, 2 a usage error,
-3 an object store that cannot be reached, 130 interrupted.
+3 an object store that cannot be reached or an --out folder in use, 130 interrupted.
+
+``--out`` follows the output-folder rules of ``transforms.outdir``: new, empty, or an earlier
+``benbeam predict`` output (its marker); one run at a time (its lock).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from trainer.inference import staging
 from trainer.inference.settings import DEFAULTS, PROBS_DTYPES, REPORT_CSV, VIEWER, PredictEnvironmentError, PredictError
-from transforms import storage
+from transforms import outdir, storage
 from transforms.cli_args import add_storage_args, configure_storage, nonneg_int, positive_int, unknown_pipeline_args
 from transforms.resample import RESAMPLING_METHODS
 
@@ -52,8 +56,26 @@ def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return ap
 
 
-def _check_out(out: str) -> None:
+COMMAND = "benbeam predict"
+
+
+def _claim_out(out: str) -> outdir.Lock:
+    """Check ``--out`` can be written and holds nothing but an earlier predict's output; its lock."""
+    outdir.check(out, COMMAND)  # before the write probe: a folder of other files is not touched
+    if storage.is_remote(out):  # no lock in a bucket; a listing right after the probe may still show it
+        lock = outdir.claim(out, COMMAND)
+        staging.check_writable(out)
+        return lock
     staging.check_writable(out)
+    return outdir.claim(out, COMMAND)
+
+
+def _unmark_unused(out: str) -> None:
+    """After a run that wrote nothing, the marker it left alone in a local --out goes again."""
+    if storage.is_remote(out) or not os.path.isdir(out):
+        return
+    if set(os.listdir(out)) - {outdir.LOCK} == {outdir.MARKER}:  # the lock goes when the run ends
+        os.remove(os.path.join(out, outdir.MARKER))
 
 
 def _find_tiles(input_dir: str) -> list[str]:
@@ -79,13 +101,13 @@ def run(argv: list[str] | None = None) -> int:
                      "Beam pipeline option; see --help)")
         if args.tile or args.benchmark:
             ap.error("Beam pipeline options apply to --input_dir without --benchmark")
-    configure_storage(args)
+    configure_storage(args)  # a custom endpoint nothing answers: raised, one line and exit 3 from benbeam's CLI
     try:
         return _run(args, beam_args)
-    except PredictEnvironmentError as e:
+    except (PredictEnvironmentError, outdir.OutputBusy) as e:
         print(f"benbeam predict: error: {e}", file=sys.stderr)
         return 3
-    except PredictError as e:
+    except (PredictError, outdir.OutputRefused) as e:
         print(f"benbeam predict: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -98,8 +120,6 @@ def run(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from trainer.inference.grid import check_chunk_size
-    from trainer.inference.plugins import load_extra
-    from trainer.inference.tile import model_resampling, predict_path, print_summary
 
     if not staging.exists(args.model):
         raise PredictError(f"model {args.model} does not exist")
@@ -109,12 +129,26 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     if args.tile and not staging.exists(args.tile):
         raise PredictError(f"tile {args.tile} does not exist")
     tiles = _find_tiles(args.input_dir) if args.input_dir else [args.tile]
-    _check_out(args.out)
+    lock = _claim_out(args.out)
+    try:
+        return _predict(args, beam_args, tiles)
+    except BaseException:
+        _unmark_unused(args.out)
+        raise
+    finally:
+        lock.release()
+
+
+def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str]) -> int:
+    from trainer.inference.plugins import load_extra
+    from trainer.inference.tile import model_resampling, predict_path, print_summary
+
     extras = [load_extra(s) for s in args.extra]
     if args.resampling is None:
         args.resampling = model_resampling(args.model)
     settings = dict(chunk_size=args.chunk_size, save_probs=args.save_probs, probs_dtype=args.probs_dtype,
                     preview_size=args.preview_size, resampling=args.resampling)
+    outdir.mark(args.out, COMMAND)  # every check passed: the folder is this command's from now on
     if args.input_dir and not args.benchmark:
         from trainer.inference.beam import run_pipeline
 

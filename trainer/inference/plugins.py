@@ -27,6 +27,7 @@ class Extra:
     names: tuple[str, ...] | None = None  # fixed by the first chunk
 
     def __call__(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """The layers of the user function on ``probs`` as ``{name: float32[h, w]}``; PredictError if malformed."""
         h, w = probs.shape[:2]
         try:
             res = self.fn(probs)
