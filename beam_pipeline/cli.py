@@ -43,8 +43,20 @@ from beam_pipeline.quiet import DEBUG  # noqa: E402 - --debug: tracebacks and th
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_ENV, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-COMMANDS = ("synth", "synth-tile", "index", "validate", "convert", "verify", "report", "train", "evaluate",
-            "export", "predict", "launch")
+COMMANDS = (
+    "synth",
+    "synth-tile",
+    "index",
+    "validate",
+    "convert",
+    "verify",
+    "report",
+    "train",
+    "evaluate",
+    "export",
+    "predict",
+    "launch",
+)
 
 
 def _synth(argv: list[str]) -> int:
@@ -56,17 +68,28 @@ def _synth(argv: list[str]) -> int:
     ap.add_argument("--out", required=True, help="output folder or URL")
     ap.add_argument("--n", type=positive_int, required=True, help="number of patches")
     ap.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes (default 0)")
-    ap.add_argument("--include_snow_cloud", action="store_true",
-                    help="sample from the snow/cloud/shadow metadata too")
+    ap.add_argument("--include_snow_cloud", action="store_true", help="sample from the snow/cloud/shadow metadata too")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--corrupt", type=unit_fraction, default=0.0, metavar="FRACTION",
-                   help="inject a fault into this fraction of the patches")
-    g.add_argument("--faults", default=None, metavar="KIND,...",
-                   help="inject one patch per listed fault kind: " + ",".join(FAULT_KINDS))
+    g.add_argument(
+        "--corrupt",
+        type=unit_fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="inject a fault into this fraction of the patches",
+    )
+    g.add_argument(
+        "--faults",
+        default=None,
+        metavar="KIND,...",
+        help="inject one patch per listed fault kind: " + ",".join(FAULT_KINDS),
+    )
     ap.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all cores)")
-    ap.add_argument("--archives", action="store_true",
-                    help="also write the replica as official-style BigEarthNet-S2.tar.zst, BigEarthNet-S1.tar.zst "
-                         "and Reference_Maps.tar.zst (input of `benbeam convert --archives`)")
+    ap.add_argument(
+        "--archives",
+        action="store_true",
+        help="also write the replica as official-style BigEarthNet-S2.tar.zst, BigEarthNet-S1.tar.zst "
+        "and Reference_Maps.tar.zst (input of `benbeam convert --archives`)",
+    )
     add_storage_args(ap)
     args = ap.parse_args(argv)
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
@@ -74,8 +97,16 @@ def _synth(argv: list[str]) -> int:
 
     faults = [f.strip() for f in args.faults.split(",") if f.strip()] if args.faults else None
     try:
-        summary = generate(args.out, args.n, seed=args.seed, include_snow_cloud=args.include_snow_cloud,
-                           corrupt=args.corrupt, faults=faults, workers=args.workers, progress=True)
+        summary = generate(
+            args.out,
+            args.n,
+            seed=args.seed,
+            include_snow_cloud=args.include_snow_cloud,
+            corrupt=args.corrupt,
+            faults=faults,
+            workers=args.workers,
+            progress=True,
+        )
     except ValueError as e:
         print(f"benbeam synth: error: {e}", file=sys.stderr)
         return 2
@@ -90,8 +121,12 @@ def _synth(argv: list[str]) -> int:
 
 
 # Commands that need an extra of the package (setup.py), and the modules it provides.
-EXTRAS = {"train": ("train", ("tensorflow", "keras")), "evaluate": ("train", ("tensorflow", "keras")),
-          "predict": ("train", ("tensorflow", "keras")), "export": ("train", ("tensorflow", "keras"))}
+EXTRAS = {
+    "train": ("train", ("tensorflow", "keras")),
+    "evaluate": ("train", ("tensorflow", "keras")),
+    "predict": ("train", ("tensorflow", "keras")),
+    "export": ("train", ("tensorflow", "keras")),
+}
 
 
 def missing_extra(cmd: str) -> str | None:
@@ -102,8 +137,7 @@ def missing_extra(cmd: str) -> str | None:
     absent = [m for m in modules if importlib.util.find_spec(m) is None]
     if not absent:
         return None
-    return (f"benbeam {cmd}: error: {', '.join(absent)} is not installed; "
-            f"pip install 'bigearthnet-beam[{extra}]'")
+    return f"benbeam {cmd}: error: {', '.join(absent)} is not installed; pip install 'bigearthnet-beam[{extra}]'"
 
 
 def _dispatch(cmd: str, argv: list[str]) -> int:
@@ -187,8 +221,10 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("apache_beam", "absl", "fsspec", "s3fs", "gcsfs", "botocore", "urllib3", "rasterio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    for name in ("apache_beam.runners.portability.local_job_service",
-                 "apache_beam.runners.portability.fn_api_runner.worker_handlers"):
+    for name in (
+        "apache_beam.runners.portability.local_job_service",
+        "apache_beam.runners.portability.fn_api_runner.worker_handlers",
+    ):
         lg = logging.getLogger(name)
         lg.setLevel(logging.INFO)
         if not any(isinstance(f, _WorkerLogFilter) for f in lg.filters):
@@ -213,8 +249,16 @@ def classify(exc: BaseException) -> tuple[int, str]:
     for e in _chain(exc):
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return EXIT_ENV, f"the disk is full ({text}); free space or choose another --out"
-    if names & {"NoCredentialsError", "PartialCredentialsError", "UnauthenticatedError", "InvalidAccessKeyId",
-                "SignatureDoesNotMatch", "ExpiredToken", "RefreshError", "DefaultCredentialsError"}:
+    if names & {
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "UnauthenticatedError",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "RefreshError",
+        "DefaultCredentialsError",
+    }:
         return EXIT_ENV, f"the object store refused the credentials ({text}); check AWS_* / GOOGLE_* settings or --anon"
     unreachable = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}
     if storeconfig.is_refused(exc) or names & unreachable:
@@ -239,12 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if DEBUG["on"]:
             raise
-        print(f"benbeam {cmd}: interrupted; a rerun of the same command continues from what is complete",
-              file=sys.stderr)
+        print(
+            f"benbeam {cmd}: interrupted; a rerun of the same command continues from what is complete", file=sys.stderr
+        )
         return EXIT_INTERRUPTED
     except SystemExit:
         raise
-    except Exception as e:  # noqa: BLE001 - one clear line, the traceback with --debug
+    except Exception as e:
         if DEBUG["on"]:
             raise
         code, line = classify(e)

@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_pipeline import finalize as fin
 from beam_pipeline.options import ConvertOptions, description, local_runner_args, parse
 from beam_pipeline.quiet import worker_stderr
-from schemas import manifest as M
+from schemas import manifest as manifest_schema
 from transforms import metadata as md
 from transforms import outdir, progress, storage
 from transforms.objcache import PatchCache
@@ -30,8 +30,22 @@ from transforms.shard_writer import ShardConfig
 LOG = logging.getLogger("benbeam")
 
 # Options recorded in the manifest (never credentials: those never enter the options).
-RECORDED = ("meta", "include_snow_cloud", "root", "out", "splits", "frac", "resampling", "shard_size",
-            "compression", "image_dtype", "clip_percentiles", "clip", "stats", "stats_fraction")
+RECORDED = (
+    "meta",
+    "include_snow_cloud",
+    "root",
+    "out",
+    "splits",
+    "frac",
+    "resampling",
+    "shard_size",
+    "compression",
+    "image_dtype",
+    "clip_percentiles",
+    "clip",
+    "stats",
+    "stats_fraction",
+)
 
 
 def _stats_from_acc(acc, clip, clip_percentiles):
@@ -41,8 +55,10 @@ def _stats_from_acc(acc, clip, clip_percentiles):
     extracted = BandStats().extract(acc, clip_percentiles=tuple(clip_percentiles))
     bad = [b for b, s in extracted.items() if not s.get("count")]
     if bad:
-        raise RuntimeError(f"no training pixels for band(s) {', '.join(bad)}: every training patch failed or the "
-                           "training split is empty; pass --stats from an earlier run")
+        raise RuntimeError(
+            f"no training pixels for band(s) {', '.join(bad)}: every training patch failed or the "
+            "training split is empty; pass --stats from an earlier run"
+        )
     norm = NormParams.from_stats(extracted, clip=clip).to_dict()
     return fin.stats_document(extracted, norm, "computed", clip, clip_percentiles)
 
@@ -59,8 +75,18 @@ def _stats_from_file(url, clip, clip_percentiles, storage_options):
 # Under --out: the statistics job's result (histograms, then statistics with their key),
 # kept until the dataset is complete.
 STATS_PASS_JSON, STATS_PASS_NPZ = ".stats-pass.json", ".stats-pass.npz"
-_STATS_KEY = ("meta", "include_snow_cloud", "root", "splits", "frac", "shard_size", "resampling", "clip",
-              "clip_percentiles", "stats_fraction")
+_STATS_KEY = (
+    "meta",
+    "include_snow_cloud",
+    "root",
+    "splits",
+    "frac",
+    "shard_size",
+    "resampling",
+    "clip",
+    "clip_percentiles",
+    "stats_fraction",
+)
 
 
 def stats_pass_key(args, plan: RowPlan) -> dict:
@@ -80,8 +106,9 @@ def _write_stats_pass(acc, out, key, clip, clip_percentiles, storage_options) ->
     storage.set_options(storage_options)
     doc = _stats_from_acc(acc, clip, clip_percentiles)
     storage.write_bytes_atomic(storage.join(out, STATS_PASS_NPZ), to_npz_bytes(acc))
-    storage.write_bytes_atomic(storage.join(out, STATS_PASS_JSON),
-                               json.dumps({"key": key, "statistics": doc}, sort_keys=True).encode())
+    storage.write_bytes_atomic(
+        storage.join(out, STATS_PASS_JSON), json.dumps({"key": key, "statistics": doc}, sort_keys=True).encode()
+    )
 
 
 def load_stats_pass(out: str, key: dict) -> tuple[dict, bytes] | None:
@@ -103,30 +130,52 @@ def build_packs(p: beam.Pipeline, args, plan: RowPlan, pack_dir: str) -> None:
     _ = p | "SplitArchives" >> SplitArchives(plan, args.archives, pack_dir, storage.options())
 
 
-def build_stats(p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None,
-                objects=None) -> None:
+def build_stats(
+    p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None, objects=None
+) -> None:
     """The statistics job: band statistics of the training shards, written into ``args.out``;
     ``objects``: the object source (None: the files; ``--archives``: the packs)."""
     sopts = storage.options()
-    config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
-                         args.decode_timeout, cache, objects=objects)
+    config = ShardConfig(
+        plan,
+        args.out,
+        args.resampling,
+        args.compression,
+        args.image_dtype,
+        sopts,
+        args.decode_timeout,
+        cache,
+        objects=objects,
+    )
     checked = p | "PlanShards" >> PlannedShards(config)
-    _ = (checked["shards"]
-         | "ComputeBandStats" >> ComputeBandStats(config, args.stats_fraction)
-         | "WriteStatsPass" >> beam.Map(_write_stats_pass, args.out, key, args.clip, tuple(args.clip_percentiles),
-                                        sopts))
+    _ = (
+        checked["shards"]
+        | "ComputeBandStats" >> ComputeBandStats(config, args.stats_fraction)
+        | "WriteStatsPass" >> beam.Map(_write_stats_pass, args.out, key, args.clip, tuple(args.clip_percentiles), sopts)
+    )
 
 
 def _finalize_all(keyed, *, sopts, **kw):
     """``finalize`` of everything the write job produced, gathered under one key."""
     items = list(keyed[1])
     storage.set_options(sopts)
-    return fin.finalize(None, shards=[v for t, v in items if t == "shard"], dead=[v for t, v in items if t == "dead"],
-                        selected=dict(v for t, v in items if t == "selected"), **kw)
+    return fin.finalize(
+        None,
+        shards=[v for t, v in items if t == "shard"],
+        dead=[v for t, v in items if t == "dead"],
+        selected=dict(v for t, v in items if t == "selected"),
+        **kw,
+    )
 
 
-def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache | None = None,
-          stats: tuple[dict, bytes] | None = None, objects=None) -> None:
+def build(
+    p: beam.Pipeline,
+    args,
+    plan: RowPlan | None = None,
+    cache: PatchCache | None = None,
+    stats: tuple[dict, bytes] | None = None,
+    objects=None,
+) -> None:
     """Assemble the write job on ``p`` from parsed ConvertOptions ``args``: ``stats`` = (stats
     document, histograms.npz bytes) are known at construction time (``--stats``, or the
     statistics job of ``run``), so no step reads a side input (the DaskRunner recomputes a
@@ -142,34 +191,55 @@ def build(p: beam.Pipeline, args, plan: RowPlan | None = None, cache: PatchCache
     # shard from its key, so only keys, dead letters and per-shard results cross stages.
     if plan is None:
         tables = [md.read_table(m) for m in metas]
-        plan = RowPlan.create(metas, md.dataset_root(args.root, args.meta, tables), splits, args.frac,
-                              args.shard_size, tables)
+        plan = RowPlan.create(
+            metas, md.dataset_root(args.root, args.meta, tables), splits, args.frac, args.shard_size, tables
+        )
     if stats is None:
         if not args.stats:
             raise ValueError("build() needs the statistics: run the statistics job first (convert.run does)")
         stats = (_stats_from_file(args.stats, args.clip, clip_p, sopts), b"")
     stats_doc, hist = stats
-    config = ShardConfig(plan, args.out, args.resampling, args.compression, args.image_dtype, sopts,
-                         args.decode_timeout, cache, objects=objects)
+    config = ShardConfig(
+        plan,
+        args.out,
+        args.resampling,
+        args.compression,
+        args.image_dtype,
+        sopts,
+        args.decode_timeout,
+        cache,
+        objects=objects,
+    )
     checked = p | "PlanShards" >> PlannedShards(config)
     written = checked["shards"] | "WriteShards" >> WriteShards(config, stats_doc["normalization"])
 
     options = {k: getattr(args, k) for k in RECORDED}
     options["splits"] = list(splits)
     options["clip_percentiles"] = list(clip_p)
-    tag = lambda t: (lambda v: (t, v))  # noqa: E731
+    tag = lambda t: lambda v: (t, v)  # noqa: E731
     _ = (
-        (p | "Once" >> beam.Create([("once", None)]),
-         checked["dead"] | "TagCheckDead" >> beam.Map(tag("dead")),
-         written["dead"] | "TagWriteDead" >> beam.Map(tag("dead")),
-         written["shards"] | "TagShards" >> beam.Map(tag("shard")),
-         checked["selected"] | "TagSelected" >> beam.Map(tag("selected")))
+        (
+            p | "Once" >> beam.Create([("once", None)]),
+            checked["dead"] | "TagCheckDead" >> beam.Map(tag("dead")),
+            written["dead"] | "TagWriteDead" >> beam.Map(tag("dead")),
+            written["shards"] | "TagShards" >> beam.Map(tag("shard")),
+            checked["selected"] | "TagSelected" >> beam.Map(tag("selected")),
+        )
         | "Everything" >> beam.Flatten()
         | "OneKey" >> beam.Map(lambda v: (0, v))
         | "Gather" >> beam.GroupByKey()
-        | "Finalize" >> beam.Map(_finalize_all, sopts=sopts, out=args.out, options=options,
-                                 compression=args.compression, image_dtype=args.image_dtype, stats_doc=stats_doc,
-                                 histogram_npz=hist, meta_info=plan.info())
+        | "Finalize"
+        >> beam.Map(
+            _finalize_all,
+            sopts=sopts,
+            out=args.out,
+            options=options,
+            compression=args.compression,
+            image_dtype=args.image_dtype,
+            stats_doc=stats_doc,
+            histogram_npz=hist,
+            meta_info=plan.info(),
+        )
     )
 
 
@@ -177,7 +247,7 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
     """Check inputs before any work (raise ValueError with the fix); returns the plan."""
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     for s in splits:
-        M.check_split(s)
+        manifest_schema.check_split(s)
     if not 0 < args.frac <= 1:
         raise ValueError(f"--frac must be in (0, 1], got {args.frac}")
     if not 0 < args.stats_fraction <= 1:
@@ -188,8 +258,10 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
     if not 0 <= lo < hi <= 100:
         raise ValueError(f"--clip_percentiles must satisfy 0 <= LO < HI <= 100, got {lo} {hi}")
     if "train" not in splits and not args.stats:
-        raise ValueError("statistics are computed on the training split, which is not selected: add 'train' "
-                         "to --splits or pass --stats with the stats.json of an earlier run")
+        raise ValueError(
+            "statistics are computed on the training split, which is not selected: add 'train' "
+            "to --splits or pass --stats with the stats.json of an earlier run"
+        )
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     tables = [md.read_table(m) for m in metas]  # raises MetadataError with a clear message
     root = md.dataset_root(args.root, args.meta, tables)
@@ -199,16 +271,22 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
 
         check_archives(args.archives)
         if any(c.startswith("url_") for t, _ in tables for c in t.column_names):
-            raise ValueError("--archives reads the objects by their reBEN names; this metadata has url_* columns "
-                             "(`benbeam index` output): pass the official metadata.parquet instead")
+            raise ValueError(
+                "--archives reads the objects by their reBEN names; this metadata has url_* columns "
+                "(`benbeam index` output): pass the official metadata.parquet instead"
+            )
     elif args.root and not storage.exists(root):
         raise ValueError(f"dataset root {root} does not exist")
     if not sum(n for _, n in plan.counts):
-        raise ValueError(f"the metadata selects no patch (rows: {', '.join(map(str, plan.rows))}; --splits "
-                         f"{args.splits}, --frac {args.frac:g}): nothing to convert")
+        raise ValueError(
+            f"the metadata selects no patch (rows: {', '.join(map(str, plan.rows))}; --splits "
+            f"{args.splits}, --frac {args.frac:g}): nothing to convert"
+        )
     if not args.stats and not dict(plan.counts).get("train"):
-        raise ValueError("the metadata selects no training patch, so no statistics can be computed: pass --stats "
-                         "with the stats.json of an earlier run")
+        raise ValueError(
+            "the metadata selects no training patch, so no statistics can be computed: pass --stats "
+            "with the stats.json of an earlier run"
+        )
     if args.stats:
         fin.load_stats_document(args.stats)
     if not probe_output:
@@ -221,7 +299,7 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
         storage.filesystem(probe).rm(probe)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"output {args.out} is not writable: {e}") from None
-    manifest = storage.join(args.out, M.MANIFEST)
+    manifest = storage.join(args.out, manifest_schema.MANIFEST)
     if storage.exists(manifest):
         storage.filesystem(manifest).rm(manifest)
     return plan
@@ -229,7 +307,7 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
 
 def summary(out: str) -> dict:
     """The manifest a run just wrote, as its JSON dict."""
-    return json.loads(storage.read_bytes(storage.join(out, M.MANIFEST)))
+    return json.loads(storage.read_bytes(storage.join(out, manifest_schema.MANIFEST)))
 
 
 def print_summary(man: dict, seconds: float, stream=None) -> None:
@@ -239,8 +317,11 @@ def print_summary(man: dict, seconds: float, stream=None) -> None:
     total_w = sum(s["written"] for s in man["splits"].values())
     print(f"dataset: {man['options']['out']}", file=stream)
     for name, s in man["splits"].items():
-        print(f"  {name:<11} input {s['input']:>7}  written {s['written']:>7}  failed {s['failed']:>6}  "
-              f"shards {len(s['shards'])}", file=stream)
+        print(
+            f"  {name:<11} input {s['input']:>7}  written {s['written']:>7}  failed {s['failed']:>6}  "
+            f"shards {len(s['shards'])}",
+            file=stream,
+        )
     if man["failures"]["total"]:
         reasons = ", ".join(f"{k} {v}" for k, v in man["failures"]["by_reason"].items())
         print(f"  failures: {man['failures']['total']} ({reasons}) -> {man['failures']['file']}", file=stream)
@@ -256,8 +337,11 @@ def print_counters(results, stream=None) -> dict[str, int]:
     counters = []
     for name, result in results:
         try:
-            counters += [c for c in result.metrics().query()["counters"]
-                         if name != "stats" or not c.key.step.startswith("PlanShards")]
+            counters += [
+                c
+                for c in result.metrics().query()["counters"]
+                if name != "stats" or not c.key.step.startswith("PlanShards")
+            ]
         except Exception:  # noqa: BLE001 - some runners do not report metrics
             continue
     for c in counters:
@@ -290,7 +374,9 @@ def write_run_record(out: str, man: dict, seconds: float, opts, counters: dict) 
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "counters": counters,
     }
-    storage.write_bytes_atomic(storage.join(out, M.RUN_JSON), (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode())
+    storage.write_bytes_atomic(
+        storage.join(out, manifest_schema.RUN_JSON), (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode()
+    )
     return rec
 
 
@@ -300,7 +386,7 @@ def staged_artifacts(result) -> list[str]:
 
     job = getattr(result, "job", None)
     names = []
-    for env in (job.proto_pipeline.components.environments.values() if job else ()):
+    for env in job.proto_pipeline.components.environments.values() if job else ():
         for dep in env.dependencies:
             names.append(beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(dep.role_payload).staged_name)
     return sorted(set(names))
@@ -352,7 +438,7 @@ class _Held:
 
 def progress_watcher(args, plan: RowPlan, opts, dry_run: bool, statistics: bool = True):
     """The overall progress lines of the statistics (when it runs) and write passes (``transforms.progress``)."""
-    counts = {s: n for s, n in plan.counts if s in M.SPLITS}
+    counts = {s: n for s, n in plan.counts if s in manifest_schema.SPLITS}
     passes = [progress.Pass("statistics", "convert: statistics", counts.get("train", 0))] if statistics else []
     passes.append(progress.Pass("write", "convert: write", sum(counts.values())))
     return progress.watch(passes, "dry run" if dry_run else opts.get_all_options().get("runner"))
@@ -400,8 +486,10 @@ def _run(argv: list[str] | None, held: _Held) -> int:
             if stats is not None:
                 LOG.info("statistics from the complete statistics pass %s (delete it to recompute)", dest)
         # workers' tracebacks to a log file (--debug: here), then the progress lines
-        with worker_stderr(wlog), progress_watcher(args, plan, opts, dry_run,
-                                                   statistics=not args.stats and stats is None):
+        with (
+            worker_stderr(wlog),
+            progress_watcher(args, plan, opts, dry_run, statistics=not args.stats and stats is None),
+        ):
             if args.archives:  # job 0: the archives into per-shard packs
                 from transforms import archive_packs
 
@@ -417,16 +505,21 @@ def _run(argv: list[str] | None, held: _Held) -> int:
                 build_stats(ps, opts.view_as(ConvertOptions), plan, key, cache, objects)
                 results.append(("stats", ps.run()))
                 results[-1][1].wait_until_finish()
-                stats = (fin.stats_document({}, {}, "dry run", args.clip, args.clip_percentiles), b"") if dry_run \
+                stats = (
+                    (fin.stats_document({}, {}, "dry run", args.clip, args.clip_percentiles), b"")
+                    if dry_run
                     else load_stats_pass(args.out, key)
+                )
                 if stats is None:
                     raise RuntimeError(f"the statistics job finished without writing {dest}")
             p = beam.Pipeline(options=opts)  # job 2: the shards and the manifest
             build(p, opts.view_as(ConvertOptions), plan, cache, stats, objects)
             results.append(("write", p.run()))
             if dry_run:  # DataflowRunner --dry_run: the job graphs were built and every transform pickled
-                print(f"dry run: the {runner} job graphs of `convert` (statistics, then shards) were built; "
-                      "nothing was submitted or written")
+                print(
+                    f"dry run: the {runner} job graphs of `convert` (statistics, then shards) were built; "
+                    "nothing was submitted or written"
+                )
                 for name in staged_artifacts(results[-1][1]):
                     print(f"  staged: {name}")
                 return 0
@@ -438,23 +531,38 @@ def _run(argv: list[str] | None, held: _Held) -> int:
         if "no training pixels for band(s)" in msg:  # every training patch failed: say why, keep the reasons
             from beam_pipeline.diagnose import no_statistics
 
-            print(f"benbeam convert: error: {no_statistics(plan, args.out, args.resampling, args.decode_timeout)}; "
-                  f"no {M.MANIFEST} was written", file=sys.stderr)
+            print(
+                f"benbeam convert: error: {no_statistics(plan, args.out, args.resampling, args.decode_timeout)}; "
+                f"no {manifest_schema.MANIFEST} was written",
+                file=sys.stderr,
+            )
             return 1
         line = f"{type(e).__name__}: {msg.strip().splitlines()[-1][:500]}" if msg.strip() else type(e).__name__
         print(f"benbeam convert: error: the conversion failed: {line}", file=sys.stderr)
         if "No space left on device" in msg or "Errno 28" in msg or "Disk quota exceeded" in msg:
-            print(f"benbeam convert: the disk holding {args.out} is full: free space (the dataset needs about "
-                  "0.85 MB per patch as float32, half that with --dtype float16, less with --compression gzip) or "
-                  "choose another --out, then run the same command again", file=sys.stderr)
-            print(f"benbeam convert: no {M.MANIFEST} was written to {args.out}; the shards there are incomplete",
-                  file=sys.stderr)
+            print(
+                f"benbeam convert: the disk holding {args.out} is full: free space (the dataset needs about "
+                "0.85 MB per patch as float32, half that with --dtype float16, less with --compression gzip) or "
+                "choose another --out, then run the same command again",
+                file=sys.stderr,
+            )
+            print(
+                f"benbeam convert: no {manifest_schema.MANIFEST} was written to {args.out}; "
+                "the shards there are incomplete",
+                file=sys.stderr,
+            )
             return 3
-        print(f"benbeam convert: no {M.MANIFEST} was written to {args.out}; the shards there are incomplete",
-              file=sys.stderr)
+        print(
+            f"benbeam convert: no {manifest_schema.MANIFEST} was written to {args.out}; "
+            "the shards there are incomplete",
+            file=sys.stderr,
+        )
         if not args.stats and stats is not None:
-            print(f"benbeam convert: the statistics are kept in {storage.join(args.out, STATS_PASS_JSON)}: the "
-                  "same command again resumes with the shards", file=sys.stderr)
+            print(
+                f"benbeam convert: the statistics are kept in {storage.join(args.out, STATS_PASS_JSON)}: the "
+                "same command again resumes with the shards",
+                file=sys.stderr,
+            )
         return 1
     finally:
         if quiet is not None:
@@ -475,16 +583,22 @@ def _run(argv: list[str] | None, held: _Held) -> int:
 
             print(f"  report: {write_report(args.out)}")
     except Exception as e:  # noqa: BLE001 - the dataset is complete; a failed report must not hide that
-        print(f"benbeam convert: warning: the dataset is complete, but its report could not be written "
-              f"({type(e).__name__}: {e}); `benbeam report {args.out}` tries again", file=sys.stderr)
+        print(
+            f"benbeam convert: warning: the dataset is complete, but its report could not be written "
+            f"({type(e).__name__}: {e}); `benbeam report {args.out}` tries again",
+            file=sys.stderr,
+        )
     total = sum(s["input"] for s in man["splits"].values())
     frac = man["failures"]["total"] / total if total else 0.0
     if frac > args.max_failure_fraction:
         from beam_pipeline.diagnose import top_reasons
 
         reasons = top_reasons([{"reason": r} for r, n in man["failures"]["by_reason"].items() for _ in range(n)])
-        print(f"benbeam convert: error: {man['failures']['total']} of {total} patches ({frac:.1%}) failed, more "
-              f"than --max_failure_fraction {args.max_failure_fraction:g} ({reasons}); the dataset was written, "
-              f"see {storage.join(args.out, M.FAILURES_JSONL)}", file=sys.stderr)
+        print(
+            f"benbeam convert: error: {man['failures']['total']} of {total} patches ({frac:.1%}) failed, more "
+            f"than --max_failure_fraction {args.max_failure_fraction:g} ({reasons}); the dataset was written, "
+            f"see {storage.join(args.out, manifest_schema.FAILURES_JSONL)}",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -13,8 +13,10 @@ def main(argv: list[str]) -> int:
     man = summary(argv[0])
     print(f"\n== {argv[0]}/dataset.json (schema v{man['schema_version']}, benbeam {man['package_version']})")
     for name, s in man["splits"].items():
-        print(f"  {name:<11} input {s['input']:>6}  written {s['written']:>6}  failed {s['failed']:>4}  "
-              f"shards {len(s['shards'])}  label/map disagreements {s['label_disagreements']}")
+        print(
+            f"  {name:<11} input {s['input']:>6}  written {s['written']:>6}  failed {s['failed']:>4}  "
+            f"shards {len(s['shards'])}  label/map disagreements {s['label_disagreements']}"
+        )
     f = man["failures"]
     print(f"  failures: {f['total']} by reason {f['by_reason']}")
     st = man["statistics"]["bands"]

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from schemas import failures as F
-from schemas import manifest as M
+from schemas import failures, manifest
 from transforms import storage
 
 LIMIT = 20_000  # training patches re-checked at most (a failed run should not take a second hour)
@@ -37,7 +36,7 @@ def training_dead_letters(plan, resampling: str, decode_timeout, limit: int = LI
             try:
                 load_patch(rec, resampling, decode_timeout)
                 ok += 1
-            except F.PatchError as e:
+            except failures.PatchError as e:
                 dead.append(e.record(rec["patch_id"], rec["split"]))
     return dead, checked, ok
 
@@ -52,9 +51,10 @@ def top_reasons(dead: list[dict], n: int = 4) -> str:
 def write_failures(out: str, dead: list[dict]) -> str:
     """Write ``failures.jsonl`` (sorted as ``finalize`` sorts it); returns its URL."""
     dead = sorted(dead, key=lambda d: (d["patch_id"], d["stage"], d["reason"], d["detail"]))
-    url = storage.join(out, M.FAILURES_JSONL)
-    storage.write_bytes_atomic(url, "".join(json.dumps(d, sort_keys=True, ensure_ascii=True) + "\n"
-                                            for d in dead).encode())
+    url = storage.join(out, manifest.FAILURES_JSONL)
+    storage.write_bytes_atomic(
+        url, "".join(json.dumps(d, sort_keys=True, ensure_ascii=True) + "\n" for d in dead).encode()
+    )
     return url
 
 
@@ -65,5 +65,7 @@ def no_statistics(plan, out: str, resampling: str, decode_timeout) -> str:
     scope = f"the first {checked:,} checked" if checked >= LIMIT else f"{checked:,}"
     if not checked:
         return "the training split selects no patch, so no statistics can be computed; pass --stats from an earlier run"
-    return (f"no statistics: {len(dead):,} of {scope} training patches failed ({top_reasons(dead)}), "
-            f"{ok} decoded; see {url}")
+    return (
+        f"no statistics: {len(dead):,} of {scope} training patches failed ({top_reasons(dead)}), "
+        f"{ok} decoded; see {url}"
+    )

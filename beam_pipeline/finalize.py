@@ -12,9 +12,9 @@ import os
 import re
 
 from beam_pipeline import __version__
-from schemas import bands as B
-from schemas import manifest as M
-from schemas import tfrecord as T
+from schemas import bands as band_table
+from schemas import manifest as manifest_schema
+from schemas import tfrecord
 from transforms import storage, tfds_meta
 
 LOG = logging.getLogger("benbeam")
@@ -23,14 +23,14 @@ LOG = logging.getLogger("benbeam")
 def stats_document(extracted: dict, norm: dict, source: str, clip: bool, clip_percentiles) -> dict:
     """``stats.json`` (and the manifest's ``statistics``): the band statistics and the normalisation."""
     return {
-        "schema_version": M.SCHEMA_VERSION,
+        "schema_version": manifest_schema.SCHEMA_VERSION,
         "source": source,
         "split": "train",
         "clip": bool(clip),
         "clip_percentiles": [float(p) for p in clip_percentiles],
         "bands": extracted,
         "normalization": norm,
-        "band_order": list(B.ALL_NAMES),
+        "band_order": list(band_table.ALL_NAMES),
         "pixels": "values on the 10 m grid after resampling (what is normalised)",
     }
 
@@ -48,14 +48,16 @@ def load_stats_document(url: str) -> dict:
         raise ValueError(f"--stats {url} is not a JSON object; pass the stats.json written by `benbeam convert`")
     if "splits" in doc and "statistics" in doc:  # a dataset.json
         try:
-            doc = M.from_dict(doc, url).statistics
-        except M.ManifestError as e:
+            doc = manifest_schema.from_dict(doc, url).statistics
+        except manifest_schema.ManifestError as e:
             raise ValueError(f"--stats: {e}") from None
     bands = doc.get("bands")
-    missing = [b for b in B.ALL_NAMES if not isinstance(bands, dict) or b not in bands]
+    missing = [b for b in band_table.ALL_NAMES if not isinstance(bands, dict) or b not in bands]
     if missing:
-        raise ValueError(f"--stats {url} lacks statistics for band(s) {', '.join(missing)}; "
-                         "pass the stats.json written by `benbeam convert`")
+        raise ValueError(
+            f"--stats {url} lacks statistics for band(s) {', '.join(missing)}; "
+            "pass the stats.json written by `benbeam convert`"
+        )
     return doc
 
 
@@ -114,7 +116,9 @@ def _fsync_local(out: str, rels: list[str]) -> None:
             os.close(fd)
 
 
-def _with_empty_shards(out: str, shards: list[M.ShardRecord], compression: str) -> list[M.ShardRecord]:
+def _with_empty_shards(
+    out: str, shards: list[manifest_schema.ShardRecord], compression: str
+) -> list[manifest_schema.ShardRecord]:
     """Shards that received no patch at all still exist (empty), so names stay of-N complete."""
     from transforms.encode import ShardWriter
 
@@ -124,46 +128,65 @@ def _with_empty_shards(out: str, shards: list[M.ShardRecord], compression: str) 
     for split, count in sorted(counts.items()):
         for i in range(count):
             if (split, i) not in have:
-                with ShardWriter(storage.join(out, M.shard_path(split, i, count, compression)), compression) as w:
+                with ShardWriter(
+                    storage.join(out, manifest_schema.shard_path(split, i, count, compression)), compression
+                ) as w:
                     info = w.close()
-                complete.append(M.ShardRecord.build((split, i, count), compression, info))
+                complete.append(manifest_schema.ShardRecord.build((split, i, count), compression, info))
     return sorted(complete, key=lambda s: (s.split, s.index))
 
 
-def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_npz, meta_info, compression,
-             image_dtype):
+def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_npz, meta_info, compression, image_dtype):
     """Write failures.jsonl, stats.json, histograms.npz, schema.pbtxt, then dataset.json."""
     shards = _with_empty_shards(out, list(shards), compression)
     dead = sorted(dead, key=lambda d: (d["patch_id"], d["stage"], d["reason"], d["detail"]))
-    splits = M.split_entries(selected, shards, dead)  # raises if the accounting is broken, before any write
+    splits = manifest_schema.split_entries(
+        selected, shards, dead
+    )  # raises if the accounting is broken, before any write
 
     lines = "".join(json.dumps(d, sort_keys=True, ensure_ascii=True) + "\n" for d in dead)
-    storage.write_bytes_atomic(storage.join(out, M.FAILURES_JSONL), lines.encode())
-    storage.write_bytes_atomic(storage.join(out, M.STATS_JSON),
-                               (json.dumps(stats_doc, indent=2, sort_keys=True) + "\n").encode())
-    files = {"stats": M.STATS_JSON, "failures": M.FAILURES_JSONL, "tfmd_schema": M.TFMD_SCHEMA}
+    storage.write_bytes_atomic(storage.join(out, manifest_schema.FAILURES_JSONL), lines.encode())
+    storage.write_bytes_atomic(
+        storage.join(out, manifest_schema.STATS_JSON), (json.dumps(stats_doc, indent=2, sort_keys=True) + "\n").encode()
+    )
+    files = {
+        "stats": manifest_schema.STATS_JSON,
+        "failures": manifest_schema.FAILURES_JSONL,
+        "tfmd_schema": manifest_schema.TFMD_SCHEMA,
+    }
     if histogram_npz:
-        storage.write_bytes_atomic(storage.join(out, M.HISTOGRAMS_NPZ), histogram_npz)
-        files["histograms"] = M.HISTOGRAMS_NPZ
+        storage.write_bytes_atomic(storage.join(out, manifest_schema.HISTOGRAMS_NPZ), histogram_npz)
+        files["histograms"] = manifest_schema.HISTOGRAMS_NPZ
     try:
         from google.protobuf import text_format
 
-        storage.write_bytes_atomic(storage.join(out, M.TFMD_SCHEMA),
-                                   text_format.MessageToString(T.tfmd_schema(image_dtype)).encode())
+        storage.write_bytes_atomic(
+            storage.join(out, manifest_schema.TFMD_SCHEMA),
+            text_format.MessageToString(tfrecord.tfmd_schema(image_dtype)).encode(),
+        )
     except ImportError:  # tensorflow-metadata missing on a worker: the manifest still describes the features
         files.pop("tfmd_schema")
 
     keep = {sh.path for e in splits.values() for sh in e.shards}
-    _cleanup(out, keep, [s for s in splits if s in M.SPLITS])
+    _cleanup(out, keep, [s for s in splits if s in manifest_schema.SPLITS])
 
-    manifest = M.build(package_version=__version__, options=options, meta_info=meta_info, selected=selected,
-                       splits=splits, dead=dead, statistics=stats_doc, files=files, image_dtype=image_dtype,
-                       compression=compression)
+    manifest = manifest_schema.build(
+        package_version=__version__,
+        options=options,
+        meta_info=meta_info,
+        selected=selected,
+        splits=splits,
+        dead=dead,
+        statistics=stats_doc,
+        files=files,
+        image_dtype=image_dtype,
+        compression=compression,
+    )
     text = manifest.dumps()
-    M.loads(text)  # what is written passes what every reader checks
+    manifest_schema.loads(text)  # what is written passes what every reader checks
     tfds_files = tfds_meta.write(out, json.loads(text))  # derived from the manifest, written before it
     if not storage.is_remote(out):
-        _fsync_local(out, sorted(keep) + [M.FAILURES_JSONL, M.STATS_JSON] + tfds_files)
-    storage.write_bytes_atomic(storage.join(out, M.MANIFEST), text.encode())
-    LOG.info("wrote %s", storage.join(out, M.MANIFEST))
+        _fsync_local(out, sorted(keep) + [manifest_schema.FAILURES_JSONL, manifest_schema.STATS_JSON] + tfds_files)
+    storage.write_bytes_atomic(storage.join(out, manifest_schema.MANIFEST), text.encode())
+    LOG.info("wrote %s", storage.join(out, manifest_schema.MANIFEST))
     return manifest.failures["total"]

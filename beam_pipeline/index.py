@@ -27,7 +27,7 @@ def index_table(table: pa.Table, root: str) -> tuple[pa.Table, list[dict]]:
     cols: dict[str, list] = {f"url_{k}": [] for k in OBJECT_KEYS}
     errors_col: list = []
     errors: list[dict] = []
-    for i, (pid, s1) in enumerate(zip(pids, s1s)):
+    for i, (pid, s1) in enumerate(zip(pids, s1s, strict=True)):
         try:
             urls = object_urls(root, pid, s1)
         except ValueError as e:
@@ -54,8 +54,12 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--meta", required=True, help="metadata.parquet (local, s3:// or gs://)")
     ap.add_argument("--root", default=None, help="dataset root (default: the folder of --meta)")
     ap.add_argument("--out", required=True, help="output parquet")
-    ap.add_argument("--include_snow_cloud", default=None, metavar="PARQUET",
-                    help="append the rows of this metadata parquet (same schema)")
+    ap.add_argument(
+        "--include_snow_cloud",
+        default=None,
+        metavar="PARQUET",
+        help="append the rows of this metadata parquet (same schema)",
+    )
     add_storage_args(ap)
     args = ap.parse_args(argv)
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
@@ -74,8 +78,7 @@ def run(argv: list[str] | None = None) -> int:
     storage.write_bytes_atomic(args.out, buf.getvalue())
     print(f"indexed {out.num_rows} patches under {root} -> {args.out}")
     if errors:
-        print(f"{len(errors)} row(s) with malformed names (url_* left null, see column index_error):",
-              file=sys.stderr)
+        print(f"{len(errors)} row(s) with malformed names (url_* left null, see column index_error):", file=sys.stderr)
         for e in errors[:10]:
             print(f"  row {e['row']}: {e['error']}", file=sys.stderr)
         if len(errors) > 10:

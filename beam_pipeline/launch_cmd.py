@@ -18,8 +18,9 @@ def run(argv: list[str] | None = None) -> int:
     ours, convert_argv = submit.split_argv(list(sys.argv[1:] if argv is None else argv))
     ns = submit.build_parser().parse_args(ours)
     if not convert_argv:
-        print("benbeam launch: error: give the conversion's flags after `--` (at least --meta and --out)",
-              file=sys.stderr)
+        print(
+            "benbeam launch: error: give the conversion's flags after `--` (at least --meta and --out)", file=sys.stderr
+        )
         return 2
     try:  # placeholder project / bucket names: one line before a wheel is built or a client started
         names.check_launch(ns)

@@ -18,8 +18,10 @@ from transforms.cli_args import add_storage_args as add_storage_args
 from transforms.cli_args import positive_int as positive_int
 from transforms.cli_args import unknown_pipeline_args as unknown_pipeline_args  # shared with trainer: re-exported
 
-BEAM_PASSTHROUGH = ("Apache Beam pipeline options (--runner, --direct_num_workers, --project, --temp_location, ...) "
-                    "are passed through to Beam unchanged.")
+BEAM_PASSTHROUGH = (
+    "Apache Beam pipeline options (--runner, --direct_num_workers, --project, --temp_location, ...) "
+    "are passed through to Beam unchanged."
+)
 RESAMPLING_METHODS = ("bilinear", "nearest", "cubic", "average")
 DEFAULT_SHARD_SIZE = 180  # ~150 MB float32 shards (~820 KB per patch)
 DEFAULT_MAX_FAILURE_FRACTION = 0.05  # a run where more than 5 % of the input fails exits 1
@@ -71,9 +73,12 @@ def description(doc: str) -> str:
 
 def add_workers_arg(parser, default_help="all cores") -> None:
     """Add ``--workers`` (local DirectRunner worker processes) to ``parser``."""
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help=f"local worker processes for the DirectRunner (default: {default_help}); "
-                             "ignored by other runners")
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help=f"local worker processes for the DirectRunner (default: {default_help}); ignored by other runners",
+    )
 
 
 class ConvertOptions(PipelineOptions):
@@ -88,60 +93,122 @@ class ConvertOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--meta", default=None, help="metadata.parquet (local path, s3:// or gs://); required")
-        parser.add_argument("--include_snow_cloud", default=None, metavar="PARQUET",
-                            help="also convert the patches of this parquet (the snow/cloud/shadow metadata)")
-        parser.add_argument("--root", default=None,
-                            help="dataset root holding BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/ "
-                                 "(default: the folder of --meta); not needed for `benbeam index` output")
+        parser.add_argument(
+            "--include_snow_cloud",
+            default=None,
+            metavar="PARQUET",
+            help="also convert the patches of this parquet (the snow/cloud/shadow metadata)",
+        )
+        parser.add_argument(
+            "--root",
+            default=None,
+            help="dataset root holding BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/ "
+            "(default: the folder of --meta); not needed for `benbeam index` output",
+        )
         parser.add_argument("--out", default=None, help="output dataset directory or URL; required")
-        parser.add_argument("--archives", default=None, metavar="DIR_OR_URL",
-                            help="read the objects straight from the official BigEarthNet-S2.tar.zst, "
-                                 "BigEarthNet-S1.tar.zst and Reference_Maps.tar.zst in this folder or bucket "
-                                 "prefix (each streamed once, in parallel) instead of the extracted folders")
-        parser.add_argument("--splits", default="train,validation,test",
-                            help="comma-separated splits to convert (default: all three)")
-        parser.add_argument("--frac", type=sample_fraction, default=1.0,
-                            help="deterministic hash sample of patch ids (0.001 sample is a subset of 0.01)")
-        parser.add_argument("--resampling", choices=RESAMPLING_METHODS, default="bilinear",
-                            help="resampling of 20 m and 60 m bands to the 10 m grid")
-        parser.add_argument("--shard_size", "--batch", dest="shard_size", type=positive_int,
-                            default=DEFAULT_SHARD_SIZE,
-                            help=f"patches per shard (default {DEFAULT_SHARD_SIZE}: ~150 MB float32 shards)")
-        parser.add_argument("--compression", choices=("none", "gzip"), default="none",
-                            help="shard compression (default none; TFDS reads uncompressed shards only)")
-        parser.add_argument("--dtype", dest="image_dtype", choices=IMAGE_DTYPES, default="float32",
-                            help="dtype of the image features")
-        parser.add_argument("--clip_percentiles", type=percentile, nargs=2, default=[1.0, 99.0], metavar=("LO", "HI"),
-                            help="percentiles that bound each band before normalisation")
-        parser.add_argument("--no_clip", dest="clip", action="store_false",
-                            help="normalise with plain mean/std, without percentile clipping")
-        parser.add_argument("--stats", default=None,
-                            help="apply these statistics (a stats.json of an earlier run) instead of computing them")
-        parser.add_argument("--stats_fraction", type=sample_fraction, default=1.0,
-                            help="compute statistics on a deterministic sample of training patches")
+        parser.add_argument(
+            "--archives",
+            default=None,
+            metavar="DIR_OR_URL",
+            help="read the objects straight from the official BigEarthNet-S2.tar.zst, "
+            "BigEarthNet-S1.tar.zst and Reference_Maps.tar.zst in this folder or bucket "
+            "prefix (each streamed once, in parallel) instead of the extracted folders",
+        )
+        parser.add_argument(
+            "--splits", default="train,validation,test", help="comma-separated splits to convert (default: all three)"
+        )
+        parser.add_argument(
+            "--frac",
+            type=sample_fraction,
+            default=1.0,
+            help="deterministic hash sample of patch ids (0.001 sample is a subset of 0.01)",
+        )
+        parser.add_argument(
+            "--resampling",
+            choices=RESAMPLING_METHODS,
+            default="bilinear",
+            help="resampling of 20 m and 60 m bands to the 10 m grid",
+        )
+        parser.add_argument(
+            "--shard_size",
+            "--batch",
+            dest="shard_size",
+            type=positive_int,
+            default=DEFAULT_SHARD_SIZE,
+            help=f"patches per shard (default {DEFAULT_SHARD_SIZE}: ~150 MB float32 shards)",
+        )
+        parser.add_argument(
+            "--compression",
+            choices=("none", "gzip"),
+            default="none",
+            help="shard compression (default none; TFDS reads uncompressed shards only)",
+        )
+        parser.add_argument(
+            "--dtype", dest="image_dtype", choices=IMAGE_DTYPES, default="float32", help="dtype of the image features"
+        )
+        parser.add_argument(
+            "--clip_percentiles",
+            type=percentile,
+            nargs=2,
+            default=[1.0, 99.0],
+            metavar=("LO", "HI"),
+            help="percentiles that bound each band before normalisation",
+        )
+        parser.add_argument(
+            "--no_clip",
+            dest="clip",
+            action="store_false",
+            help="normalise with plain mean/std, without percentile clipping",
+        )
+        parser.add_argument(
+            "--stats",
+            default=None,
+            help="apply these statistics (a stats.json of an earlier run) instead of computing them",
+        )
+        parser.add_argument(
+            "--stats_fraction",
+            type=sample_fraction,
+            default=1.0,
+            help="compute statistics on a deterministic sample of training patches",
+        )
         add_decode_timeout_arg(parser)
-        parser.add_argument("--object_cache", default="auto", metavar="auto|none|DIR",
-                            help="keep the objects of training patches fetched for the statistics on local disk "
-                                 "for the writer, so that each is fetched once (default auto: in the system's "
-                                 "temporary directory when the dataset is in an object store and the runner is "
-                                 "local; removed at the end; never fills the disk)")
-        parser.add_argument("--no_report", dest="report", action="store_false",
-                            help="do not write report.html (`benbeam report DATASET` writes it later)")
+        parser.add_argument(
+            "--object_cache",
+            default="auto",
+            metavar="auto|none|DIR",
+            help="keep the objects of training patches fetched for the statistics on local disk "
+            "for the writer, so that each is fetched once (default auto: in the system's "
+            "temporary directory when the dataset is in an object store and the runner is "
+            "local; removed at the end; never fills the disk)",
+        )
+        parser.add_argument(
+            "--no_report",
+            dest="report",
+            action="store_false",
+            help="do not write report.html (`benbeam report DATASET` writes it later)",
+        )
         add_max_failure_arg(parser)
-        parser.add_argument("--verbose", action="store_true",
-                            help="also log a line per shard of the statistics and writing passes (default: one "
-                                 "overall progress line per pass)")
+        parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help="also log a line per shard of the statistics and writing passes (default: one "
+            "overall progress line per pass)",
+        )
         add_workers_arg(parser)
         add_storage_args(parser, s3_endpoint=False)
 
 
 def add_max_failure_arg(parser) -> None:
     """``--max_failure_fraction`` (convert, validate): exit 1 when more of the input fails."""
-    parser.add_argument("--max_failure_fraction", type=unit_fraction, default=DEFAULT_MAX_FAILURE_FRACTION,
-                        metavar="FRACTION",
-                        help="exit 1 (after writing everything, failures.jsonl included) if more than this "
-                             f"fraction of the selected patches failed (default {DEFAULT_MAX_FAILURE_FRACTION:g}; "
-                             "1: never)")
+    parser.add_argument(
+        "--max_failure_fraction",
+        type=unit_fraction,
+        default=DEFAULT_MAX_FAILURE_FRACTION,
+        metavar="FRACTION",
+        help="exit 1 (after writing everything, failures.jsonl included) if more than this "
+        f"fraction of the selected patches failed (default {DEFAULT_MAX_FAILURE_FRACTION:g}; "
+        "1: never)",
+    )
 
 
 def add_decode_timeout_arg(parser) -> None:
@@ -154,9 +221,14 @@ def add_decode_timeout_arg(parser) -> None:
             raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
         return v
 
-    parser.add_argument("--decode_timeout", type=seconds, default=DEFAULT_DECODE_TIMEOUT, metavar="SECONDS",
-                        help="give up decoding an object after this long and dead-letter its patch as "
-                             f"decode_timeout (default {DEFAULT_DECODE_TIMEOUT:g}; 0: no limit)")
+    parser.add_argument(
+        "--decode_timeout",
+        type=seconds,
+        default=DEFAULT_DECODE_TIMEOUT,
+        metavar="SECONDS",
+        help="give up decoding an object after this long and dead-letter its patch as "
+        f"decode_timeout (default {DEFAULT_DECODE_TIMEOUT:g}; 0: no limit)",
+    )
 
 
 def local_runner_args(argv: list[str], workers: int | None) -> list[str]:
@@ -182,8 +254,10 @@ def parse(cls, argv: list[str], prog: str, description: str):
     known, rest = parser.parse_known_args(argv)
     unknown = unknown_pipeline_args(rest)
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither a {prog} flag nor an Apache Beam "
-                     f"pipeline option{suggest(unknown, parser)}; flags are never abbreviated; see --help)")
+        parser.error(
+            f"unrecognized arguments: {' '.join(unknown)} (neither a {prog} flag nor an Apache Beam "
+            f"pipeline option{suggest(unknown, parser)}; flags are never abbreviated; see --help)"
+        )
     missing = [f"--{r}" for r in getattr(cls, "REQUIRED", ()) if getattr(known, r) is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")

@@ -27,12 +27,12 @@ import sys
 
 from beam_pipeline.report_page import build_html
 from beam_pipeline.report_plots import plot_classes, plot_failures, plot_histograms, render_sample, sample_params
-from schemas import manifest as M
+from schemas import manifest
 from transforms import storage
 
 LOG = logging.getLogger("benbeam")
 
-REPORT_HTML, REPORT_DIR, RUN_JSON = M.REPORT_HTML, M.REPORT_DIR, M.RUN_JSON
+REPORT_HTML, REPORT_DIR, RUN_JSON = manifest.REPORT_HTML, manifest.REPORT_DIR, manifest.RUN_JSON
 SAMPLES = 6
 
 
@@ -48,7 +48,7 @@ def _read(dataset: str, rel: str) -> bytes | None:
 
 
 def _failures(dataset: str, man: dict) -> list[dict]:
-    data = _read(dataset, man["failures"].get("file", M.FAILURES_JSONL))
+    data = _read(dataset, man["failures"].get("file", manifest.FAILURES_JSONL))
     if not data:
         return []
     return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
@@ -90,8 +90,11 @@ def write_report(dataset: str, out: str | None = None) -> str:
     run_raw = _read(dataset, RUN_JSON)
     run = json.loads(run_raw) if run_raw else None
     npz = _read(dataset, man["files"]["histograms"]) if man["files"].get("histograms") else None
-    plots = {"classes": plot_classes(man), "failures": plot_failures(man, failures),
-             "histograms": plot_histograms(man, npz) if npz else None}
+    plots = {
+        "classes": plot_classes(man),
+        "failures": plot_failures(man, failures),
+        "histograms": plot_histograms(man, npz) if npz else None,
+    }
     examples = _samples(dataset, man)
     params = sample_params(man) if examples else None
     samples = [(ex, *render_sample(ex, man, params)) for ex in examples]
@@ -113,8 +116,11 @@ def run(argv: list[str] | None = None) -> int:
     from beam_pipeline.options import add_storage_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="benbeam report", allow_abbrev=False,
-                                 description="(Re)write a converted dataset's report.html and its plots.")
+    ap = argparse.ArgumentParser(
+        prog="benbeam report",
+        allow_abbrev=False,
+        description="(Re)write a converted dataset's report.html and its plots.",
+    )
     ap.add_argument("dataset", help="dataset directory or URL (holding dataset.json)")
     ap.add_argument("--out", default=None, help="where to write the HTML (default: DATASET/report.html)")
     add_storage_args(ap)
@@ -122,7 +128,7 @@ def run(argv: list[str] | None = None) -> int:
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     try:
         url = write_report(args.dataset, args.out)
-    except M.ManifestError as e:
+    except manifest.ManifestError as e:
         print(f"benbeam report: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {url}")

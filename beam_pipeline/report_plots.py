@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 
-from schemas import manifest as M
+from schemas import manifest
 
 # Plots are small SVG documents built here: drawing them costs milliseconds, where
 # matplotlib's layout of 14 histogram panels took over a second at the end of every run.
@@ -18,14 +18,18 @@ _FONT = "font-family:DejaVu Sans,Arial,sans-serif"
 
 
 def _svg(width: int, height: int, body: list[str]) -> bytes:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" style="{_FONT};font-size:10px">'
-            f'<rect width="{width}" height="{height}" fill="white"/>' + "".join(body) + "</svg>\n").encode()
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" style="{_FONT};font-size:10px">'
+        f'<rect width="{width}" height="{height}" fill="white"/>' + "".join(body) + "</svg>\n"
+    ).encode()
 
 
 def _txt(x, y, text, anchor="start", size=10, extra="") -> str:
-    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}"{extra}>'
-            f"{html.escape(str(text))}</text>")
+    return (
+        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}"{extra}>'
+        f"{html.escape(str(text))}</text>"
+    )
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
@@ -53,8 +57,11 @@ def plot_histograms(man: dict, npz: bytes) -> bytes:
     rows = -(-len(names) // cols)
     width, height = cols * (pw + gap_x) + gap_x, top + rows * (ph + gap_y)
     pl = man["statistics"].get("clip_percentiles") or [None, None]
-    title = (f"training-split histograms (log counts); dashed: p{pl[0]:g} / p{pl[1]:g} clipping, solid: mean"
-             if pl[0] is not None else "training-split histograms (log counts); solid: mean")
+    title = (
+        f"training-split histograms (log counts); dashed: p{pl[0]:g} / p{pl[1]:g} clipping, solid: mean"
+        if pl[0] is not None
+        else "training-split histograms (log counts); solid: mean"
+    )
     body = [_txt(width / 2, 18, title, "middle", 12)]
     for i, name in enumerate(names):
         x0 = gap_x + (i % cols) * (pw + gap_x)
@@ -79,7 +86,7 @@ def _histogram_panel(x0: float, y0: float, pw: int, ph: int, counts, edges, st: 
     # at most one bar per horizontal pixel: merge bins, keeping their sum
     k = max(1, -(-(hi_i - lo_i) // pw))
     cc = np.add.reduceat(c[lo_i:hi_i], np.arange(0, hi_i - lo_i, k))
-    ee = e[lo_i:hi_i + 1:k]
+    ee = e[lo_i : hi_i + 1 : k]
     ee = np.append(ee, hi) if ee.size == cc.size else ee[: cc.size + 1]
     logc = np.log10(np.maximum(cc, 1.0))
     top_v = max(float(logc.max()), 1.0)
@@ -100,16 +107,26 @@ def _histogram_panel(x0: float, y0: float, pw: int, ph: int, counts, edges, st: 
         v = st.get(key)
         if v is not None and lo <= v <= hi:
             da = f' stroke-dasharray="{dash}"' if dash else ""
-            body.append(f'<line x1="{sx(v):.1f}" y1="{y0}" x2="{sx(v):.1f}" y2="{y0 + ph}" stroke="{color}"'
-                        f' stroke-width="1.2"{da}/>')
+            body.append(
+                f'<line x1="{sx(v):.1f}" y1="{y0}" x2="{sx(v):.1f}" y2="{y0 + ph}" stroke="{color}"'
+                f' stroke-width="1.2"{da}/>'
+            )
     for t in _nice_ticks(lo, hi):
         body.append(f'<line x1="{sx(t):.1f}" y1="{y0 + ph}" x2="{sx(t):.1f}" y2="{y0 + ph + 3}" stroke="#333"/>')
         body.append(_txt(sx(t), y0 + ph + 13, _fmt(t), "middle", 9))
     return body
 
 
-def _hbars(labels: list[str], series: list[tuple[str, list[float], list[str]]], *, label_w: int, bar_w: int,
-           unit: str, integer: bool = False, stacked: bool = False) -> bytes:
+def _hbars(
+    labels: list[str],
+    series: list[tuple[str, list[float], list[str]]],
+    *,
+    label_w: int,
+    bar_w: int,
+    unit: str,
+    integer: bool = False,
+    stacked: bool = False,
+) -> bytes:
     """Horizontal bars: one panel per series (side by side), or one stacked panel."""
     row_h, top, bottom = 15, 22, 28
     panels = [series] if stacked else [[s] for s in series]
@@ -139,9 +156,11 @@ def _hbars(labels: list[str], series: list[tuple[str, list[float], list[str]]], 
             for i, v in enumerate(vals):
                 w = v / vmax * bar_w
                 if w > 0:
-                    body.append(f'<rect x="{x0 + left[i] / vmax * bar_w:.1f}" y="{top + i * row_h + 2}" '
-                                f'width="{w:.1f}" height="{row_h - 4}" fill="{colors[i]}" stroke="#333" '
-                                f'stroke-width="0.3"><title>{html.escape(name)}: {v:g}</title></rect>')
+                    body.append(
+                        f'<rect x="{x0 + left[i] / vmax * bar_w:.1f}" y="{top + i * row_h + 2}" '
+                        f'width="{w:.1f}" height="{row_h - 4}" fill="{colors[i]}" stroke="#333" '
+                        f'stroke-width="0.3"><title>{html.escape(name)}: {v:g}</title></rect>'
+                    )
                 left[i] += v
         for t in _nice_ticks(0, vmax):
             if integer and t != int(t):
@@ -163,7 +182,7 @@ def plot_classes(man: dict) -> bytes:
     names = man["classes"]
     colors = [_hex(c) for c in man["class_colors"][: len(names)]]
     series = []
-    for split in (s for s in M.SPLITS if s in man["splits"]):
+    for split in (s for s in manifest.SPLITS if s in man["splits"]):
         f = man["splits"][split].get("class_pixel_frequencies") or [0.0] * len(names)
         series.append((f"{split} ({man['splits'][split]['written']:,} patches)", [100 * v for v in f], colors))
     labels = [f"{i} {n if len(n) <= 44 else n[:42] + '…'}" for i, n in enumerate(names)]
@@ -180,8 +199,9 @@ def plot_failures(man: dict, failures: list[dict]) -> bytes | None:
     by = Counter((d["reason"], d.get("split") or "?") for d in failures)
     reasons = sorted({r for r, _ in by}, key=lambda r: (-sum(v for (rr, _), v in by.items() if rr == r), r))
     splits = sorted({s for _, s in by})
-    series = [(s, [float(by.get((r, s), 0)) for r in reasons], [_SPLIT_COLORS.get(s, "#999")] * len(reasons))
-              for s in splits]
+    series = [
+        (s, [float(by.get((r, s), 0)) for r in reasons], [_SPLIT_COLORS.get(s, "#999")] * len(reasons)) for s in splits
+    ]
     return _hbars(reasons, series, label_w=140, bar_w=320, unit="failed patches", integer=True, stacked=True)
 
 
@@ -198,9 +218,9 @@ def render_sample(ex: dict, man: dict, params) -> tuple[bytes, bytes]:
     ``NormParams`` (``sample_params``), to undo the normalisation."""
     from PIL import Image
 
-    from schemas import tfrecord as T
+    from schemas import tfrecord
 
-    s2 = np.asarray(ex[T.S2], dtype=np.float32)
+    s2 = np.asarray(ex[tfrecord.S2], dtype=np.float32)
     st = man["statistics"]
     raw = s2 * params.scale + params.offset  # back to DN (clipped at the percentiles)
     rgb = []
@@ -213,7 +233,7 @@ def render_sample(ex: dict, man: dict, params) -> tuple[bytes, bytes]:
     table = np.zeros((256, 3), dtype=np.uint8)
     table[: len(man["class_colors"])] = np.asarray(man["class_colors"], dtype=np.uint8)
     table[man["ignore_index"]] = (40, 40, 40)
-    lab = table[np.asarray(ex[T.LABEL], dtype=np.uint8)]
+    lab = table[np.asarray(ex[tfrecord.LABEL], dtype=np.uint8)]
 
     def enc(a):
         a = np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)
@@ -222,4 +242,3 @@ def render_sample(ex: dict, man: dict, params) -> tuple[bytes, bytes]:
         return buf.getvalue()
 
     return enc(img), enc(lab)
-

@@ -31,8 +31,7 @@ from beam_pipeline.options import (
     suggest,
     unknown_pipeline_args,
 )
-from schemas import failures as F
-from schemas import manifest as M
+from schemas import failures, manifest
 from schemas.naming import OBJECT_KEYS
 from transforms import containment, progress, storage
 from transforms import metadata as md
@@ -62,7 +61,7 @@ def list_sizes(prefix: str) -> dict[str, int]:
     return {_norm(str(k)): int(v.get("size") or 0) for k, v in found.items()}
 
 
-def check_objects(rec: dict, listing) -> list[F.PatchError]:
+def check_objects(rec: dict, listing) -> list[failures.PatchError]:
     """Missing / empty / oversized objects of a patch according to folder listings; a path
     outside the dataset root is refused before any listing (``transforms.containment``)."""
     errs = []
@@ -71,17 +70,22 @@ def check_objects(rec: dict, listing) -> list[F.PatchError]:
         url = urls[key]
         try:
             containment.check_url(url, rec.get("root"), what=f"{key} object")
-        except F.PatchError as e:
+        except failures.PatchError as e:
             errs.append(e)
             continue
         size = listing(_prefix(url)).get(_norm(url))
         if size is None:
-            errs.append(F.PatchError(F.FETCH, "missing_object", f"{key} object {url} does not exist"))
+            errs.append(failures.PatchError(failures.FETCH, "missing_object", f"{key} object {url} does not exist"))
         elif size == 0:
-            errs.append(F.PatchError(F.FETCH, "empty_object", f"{key} object {url} is 0 bytes"))
+            errs.append(failures.PatchError(failures.FETCH, "empty_object", f"{key} object {url} is 0 bytes"))
         elif size > containment.MAX_OBJECT_BYTES:
-            errs.append(F.PatchError(F.FETCH, "object_too_large", f"{key} object {url} is {size:,} bytes; no reBEN "
-                                     f"object exceeds {containment.MAX_OBJECT_BYTES:,}"))
+            errs.append(
+                failures.PatchError(
+                    failures.FETCH,
+                    "object_too_large",
+                    f"{key} object {url} is {size:,} bytes; no reBEN object exceeds {containment.MAX_OBJECT_BYTES:,}",
+                )
+            )
     return errs
 
 
@@ -117,7 +121,7 @@ class ValidateGroupFn(beam.DoFn):
 
                 try:
                     load_patch(rec, "nearest", self.decode_timeout)
-                except F.PatchError as e:
+                except failures.PatchError as e:
                     errs = [e, *e.also]
             yield _result(rec, errs)
         progress.shard_done("validate", done)
@@ -125,8 +129,11 @@ class ValidateGroupFn(beam.DoFn):
 
 def _result(rec: dict, errs: list) -> dict:
     _count("patches_ok" if not errs else "patches_failed")
-    return {"patch_id": rec["patch_id"], "split": rec["split"],
-            "reasons": [{"stage": e.stage, "reason": e.reason, "detail": e.detail} for e in errs]}
+    return {
+        "patch_id": rec["patch_id"],
+        "split": rec["split"],
+        "reasons": [{"stage": e.stage, "reason": e.reason, "detail": e.detail} for e in errs],
+    }
 
 
 def build(p, args, root, splits):
@@ -141,7 +148,8 @@ def build(p, args, root, splits):
 
         lacking = p | "ArchiveInventory" >> ArchiveInventory(args.archives, tuple(metas), splits, args.frac, sopts)
         results = checked["patches"] | "CheckArchived" >> beam.Map(
-            lambda r, lk: _result(r, check_archived(r, lk)), beam.pvalue.AsDict(lacking))
+            lambda r, lk: _result(r, check_archived(r, lk)), beam.pvalue.AsDict(lacking)
+        )
     else:
         results = (
             checked["patches"]
@@ -150,13 +158,22 @@ def build(p, args, root, splits):
             | "Check" >> beam.ParDo(ValidateGroupFn(args.deep, sopts, args.decode_timeout))
         )
     meta_fail = checked["dead"] | "MetaDead" >> beam.Map(
-        lambda d: {"patch_id": d["patch_id"], "split": d["split"],
-                   "reasons": [{"stage": d["stage"], "reason": d["reason"], "detail": d["detail"]}]})
+        lambda d: {
+            "patch_id": d["patch_id"],
+            "split": d["split"],
+            "reasons": [{"stage": d["stage"], "reason": d["reason"], "detail": d["detail"]}],
+        }
+    )
     allres = (results, meta_fail) | "All" >> beam.Flatten()
     _ = (
-        p | "Once" >> beam.Create([None])
-        | "Report" >> beam.Map(lambda _, res, info: (storage.set_options(sopts), write_report(args, res, info))[1],
-                               beam.pvalue.AsList(allres), beam.pvalue.AsList(read["info"]))
+        p
+        | "Once" >> beam.Create([None])
+        | "Report"
+        >> beam.Map(
+            lambda _, res, info: (storage.set_options(sopts), write_report(args, res, info))[1],
+            beam.pvalue.AsList(allres),
+            beam.pvalue.AsList(read["info"]),
+        )
     )
 
 
@@ -167,13 +184,21 @@ def write_report(args, results, meta_info) -> None:
     by_reason = Counter(x["reason"] for r in failing for x in r["reasons"])
     report = {
         "command": "benbeam validate",
-        "options": {"meta": args.meta, "include_snow_cloud": args.include_snow_cloud, "root": args.root,
-                    "frac": args.frac, "deep": args.deep, "splits": args.splits,
-                    "archives": getattr(args, "archives", None)},
+        "options": {
+            "meta": args.meta,
+            "include_snow_cloud": args.include_snow_cloud,
+            "root": args.root,
+            "frac": args.frac,
+            "deep": args.deep,
+            "splits": args.splits,
+            "archives": getattr(args, "archives", None),
+        },
         "metadata": sorted(meta_info, key=lambda m: m["source"]),
         "totals": {"patches": len(results), "ok": len(results) - len(failing), "failed": len(failing)},
-        "by_split": {s: {"patches": n, "failed": sum(1 for r in failing if r["split"] == s)}
-                     for s, n in sorted(Counter(r["split"] for r in results).items())},
+        "by_split": {
+            s: {"patches": n, "failed": sum(1 for r in failing if r["split"] == s)}
+            for s, n in sorted(Counter(r["split"] for r in results).items())
+        },
         "by_reason": dict(sorted(by_reason.items())),
         "failures": failing,
     }
@@ -184,15 +209,18 @@ def check_out(out: str) -> None:
     """``--out`` is a report file: refuse a folder, and a file that is not an earlier report."""
     if storage.is_remote(out):
         if storage.exists(out) and not _is_report(out):
-            raise ValueError(f"--out {out} exists and is not a report of `{COMMAND}`; it is not overwritten — "
-                             "choose another name")
+            raise ValueError(
+                f"--out {out} exists and is not a report of `{COMMAND}`; it is not overwritten — choose another name"
+            )
         return
     if os.path.isdir(out):
-        raise ValueError(f"--out {out} is a folder; give the report's file name, e.g. "
-                         f"{os.path.join(out, 'validation.json')}")
+        raise ValueError(
+            f"--out {out} is a folder; give the report's file name, e.g. {os.path.join(out, 'validation.json')}"
+        )
     if os.path.lexists(out) and not _is_report(out):
-        raise ValueError(f"--out {out} exists and is not a report of `{COMMAND}`; it is not overwritten — "
-                         "choose another name")
+        raise ValueError(
+            f"--out {out} exists and is not a report of `{COMMAND}`; it is not overwritten — choose another name"
+        )
 
 
 def _is_report(url: str) -> bool:
@@ -208,18 +236,31 @@ def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = strict_parser(prog=COMMAND, description=description(__doc__), epilog=BEAM_PASSTHROUGH)
     ap.add_argument("--meta", required=True, help="metadata.parquet or `benbeam index` output")
-    ap.add_argument("--include_snow_cloud", default=None, metavar="PARQUET",
-                    help="also check the patches of this parquet (the snow/cloud/shadow metadata)")
-    ap.add_argument("--root", default=None, help="dataset root (default: the root an index declares, else the "
-                                                 "folder of --meta); objects outside it are refused")
+    ap.add_argument(
+        "--include_snow_cloud",
+        default=None,
+        metavar="PARQUET",
+        help="also check the patches of this parquet (the snow/cloud/shadow metadata)",
+    )
+    ap.add_argument(
+        "--root",
+        default=None,
+        help="dataset root (default: the root an index declares, else the "
+        "folder of --meta); objects outside it are refused",
+    )
     ap.add_argument("--out", required=True, help="report JSON (local, s3:// or gs://); not a folder")
     ap.add_argument("--frac", type=sample_fraction, default=1.0, help="deterministic hash sample of patch ids")
-    ap.add_argument("--splits", default="train,validation,test",
-                    help="comma-separated splits to check (default: all three)")
+    ap.add_argument(
+        "--splits", default="train,validation,test", help="comma-separated splits to check (default: all three)"
+    )
     ap.add_argument("--deep", action="store_true", help="also decode every object and check size/dtype/grid")
-    ap.add_argument("--archives", default=None, metavar="DIR_OR_URL",
-                    help="check the official .tar.zst archives in this folder or bucket prefix instead of the "
-                         "extracted folders (their member lists, each streamed once)")
+    ap.add_argument(
+        "--archives",
+        default=None,
+        metavar="DIR_OR_URL",
+        help="check the official .tar.zst archives in this folder or bucket prefix instead of the "
+        "extracted folders (their member lists, each streamed once)",
+    )
     add_decode_timeout_arg(ap)
     add_max_failure_arg(ap)
     add_workers_arg(ap)
@@ -227,17 +268,21 @@ def run(argv: list[str] | None = None) -> int:
     args, rest = ap.parse_known_args(argv)
     unknown = unknown_pipeline_args(rest)
     if unknown:
-        ap.error(f"unrecognized arguments: {' '.join(unknown)} (neither a {COMMAND} flag nor an Apache Beam "
-                 f"pipeline option{suggest(unknown, ap)}; flags are never abbreviated; see --help)")
+        ap.error(
+            f"unrecognized arguments: {' '.join(unknown)} (neither a {COMMAND} flag nor an Apache Beam "
+            f"pipeline option{suggest(unknown, ap)}; flags are never abbreviated; see --help)"
+        )
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     try:
-        splits = tuple(M.check_split(s.strip()) for s in args.splits.split(",") if s.strip())
+        splits = tuple(manifest.check_split(s.strip()) for s in args.splits.split(",") if s.strip())
         metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
         tables = [md.read_table(m) for m in metas]
         if args.archives:
             if args.deep:
-                raise ValueError("--deep decodes objects, which --archives does not extract: run "
-                                 "`benbeam convert --archives` (it reports every undecodable patch) instead")
+                raise ValueError(
+                    "--deep decodes objects, which --archives does not extract: run "
+                    "`benbeam convert --archives` (it reports every undecodable patch) instead"
+                )
             from transforms.archives import check_archives
 
             check_archives(args.archives)
@@ -251,8 +296,10 @@ def run(argv: list[str] | None = None) -> int:
     try:
         opts = PipelineOptions(local_runner_args(rest, args.workers))
         total = sum(md.split_counts([t for t, _ in tables], splits, args.frac).values())
-        with quiet.worker_stderr(wlog), progress.watch([progress.Pass("validate", "validate", total)],
-                                                       opts.get_all_options().get("runner")):
+        with (
+            quiet.worker_stderr(wlog),
+            progress.watch([progress.Pass("validate", "validate", total)], opts.get_all_options().get("runner")),
+        ):
             with beam.Pipeline(options=opts) as p:
                 build(p, args, root, splits)
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line
@@ -269,7 +316,10 @@ def run(argv: list[str] | None = None) -> int:
         print(f"  {reason}: {n}")
     frac = t["failed"] / t["patches"] if t["patches"] else 0.0
     if frac > args.max_failure_fraction:
-        print(f"{COMMAND}: error: {t['failed']} of {t['patches']} patches ({frac:.1%}) failed, more than "
-              f"--max_failure_fraction {args.max_failure_fraction:g}; see {args.out}", file=sys.stderr)
+        print(
+            f"{COMMAND}: error: {t['failed']} of {t['patches']} patches ({frac:.1%}) failed, more than "
+            f"--max_failure_fraction {args.max_failure_fraction:g}; see {args.out}",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -19,34 +19,33 @@ import sys
 import numpy as np
 
 from beam_pipeline.options import add_storage_args
-from schemas import manifest as M
-from schemas import tfrecord as T
+from schemas import manifest, tfrecord
 from schemas.classes import IGNORE_INDEX, NUM_CLASSES
 from transforms import containment, storage, tfds_meta
 
 
 def load_manifest(dataset: str) -> dict:
     """The dataset's checked manifest (``schemas.manifest.load``), as its JSON dict."""
-    return M.load(dataset, storage.read_bytes)[0].to_dict()
+    return manifest.load(dataset, storage.read_bytes)[0].to_dict()
 
 
 def check_example(ex: dict, split: str, dtype: str) -> list[str]:
     """What is wrong with one decoded example of a ``split`` shard (shapes, finite values, labels)."""
     problems = []
-    feats = T.feature_by_name(dtype)
-    for name in (T.S2, T.S1, T.LABEL, T.MULTI_HOT):
+    feats = tfrecord.feature_by_name(dtype)
+    for name in (tfrecord.S2, tfrecord.S1, tfrecord.LABEL, tfrecord.MULTI_HOT):
         arr = np.asarray(ex[name])
         if tuple(arr.shape) != feats[name].shape:
             problems.append(f"{name} has shape {arr.shape}, expected {feats[name].shape}")
-    for name in (T.S2, T.S1):
+    for name in (tfrecord.S2, tfrecord.S1):
         if not np.isfinite(np.asarray(ex[name], dtype=np.float32)).all():
             problems.append(f"{name} holds non-finite values")
-    label = np.asarray(ex[T.LABEL])
+    label = np.asarray(ex[tfrecord.LABEL])
     bad = (label >= NUM_CLASSES) & (label != IGNORE_INDEX)
     if bad.any():
         problems.append(f"label holds values outside 0..{NUM_CLASSES - 1} and {IGNORE_INDEX}")
-    if ex[T.SPLIT] != split:
-        problems.append(f"split feature {ex[T.SPLIT]!r} in a {split!r} shard")
+    if ex[tfrecord.SPLIT] != split:
+        problems.append(f"split feature {ex[tfrecord.SPLIT]!r} in a {split!r} shard")
     return problems
 
 
@@ -56,8 +55,8 @@ class TfxDecoder:
     def __init__(self, image_dtype: str):
         from tfx_bsl.coders import example_coder
 
-        self.features = T.features(image_dtype)
-        self.decoder = example_coder.ExamplesToRecordBatchDecoder(T.tfmd_schema(image_dtype).SerializeToString())
+        self.features = tfrecord.features(image_dtype)
+        self.decoder = example_coder.ExamplesToRecordBatchDecoder(tfrecord.tfmd_schema(image_dtype).SerializeToString())
 
     def compare(self, records: list[bytes], examples: list[dict]) -> list[tuple[int, str]]:
         """(record number, problem) wherever tfx-bsl's decoding differs from ``examples``."""
@@ -72,7 +71,8 @@ class TfxDecoder:
                 if f.kind in ("float", "int64"):
                     theirs = column[i].values.to_numpy(zero_copy_only=False)
                     same = theirs.shape == (ours.size,) and np.array_equal(
-                        theirs.view(np.uint8), np.ascontiguousarray(ours, theirs.dtype).ravel().view(np.uint8))
+                        theirs.view(np.uint8), np.ascontiguousarray(ours, theirs.dtype).ravel().view(np.uint8)
+                    )
                 else:
                     values = column[i].values.to_pylist()
                     want = ours.tobytes() if f.kind == "raw" else str(ex[f.name]).encode()
@@ -125,13 +125,13 @@ def verify(dataset: str, parse: bool = True, tfx: str = "auto") -> list[str]:
                     if parse:
                         ex = decode_example(rec, man["image_dtype"])
                         for p in check_example(ex, split, man["image_dtype"]):
-                            problems.append(f"{sh['path']} record {n - 1} ({ex.get(T.PATCH_ID)}): {p}")
+                            problems.append(f"{sh['path']} record {n - 1} ({ex.get(tfrecord.PATCH_ID)}): {p}")
                         if cross is not None:
                             records.append(rec)
                             examples.append(ex)
                 if records:
                     for i, p in cross.compare(records, examples):
-                        problems.append(f"{sh['path']} record {i} ({examples[i].get(T.PATCH_ID)}): {p}")
+                        problems.append(f"{sh['path']} record {i} ({examples[i].get(tfrecord.PATCH_ID)}): {p}")
             except Exception as e:  # noqa: BLE001 - every failure is a finding
                 problems.append(f"{sh['path']}: unreadable after {n} records: {e}")
                 continue
@@ -145,14 +145,18 @@ def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="benbeam verify", allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("dataset", help="dataset directory or URL holding dataset.json")
     ap.add_argument("--no_parse", dest="parse", action="store_false", help="check hashes and counts only")
-    ap.add_argument("--tfx", choices=("auto", "on", "off"), default="auto",
-                    help="also decode every record with tfx-bsl against the TFMD schema (auto: when installed)")
+    ap.add_argument(
+        "--tfx",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also decode every record with tfx-bsl against the TFMD schema (auto: when installed)",
+    )
     add_storage_args(ap)
     args = ap.parse_args(argv)
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     try:
         problems = verify(args.dataset, parse=args.parse, tfx=args.tfx)
-    except M.ManifestError as e:
+    except manifest.ManifestError as e:
         print(f"benbeam verify: error: {e}", file=sys.stderr)
         return 2
     except ImportError:
@@ -166,7 +170,10 @@ def run(argv: list[str] | None = None) -> int:
     man = load_manifest(args.dataset)
     n = sum(e["written"] for e in man["splits"].values())
     k = sum(len(e["shards"]) for e in man["splits"].values())
-    how = "" if not args.parse else (
-        ", cross-decoded by tfx-bsl" if tfx_decoder(args.tfx, man["image_dtype"]) else ", tfx-bsl not installed")
+    how = (
+        ""
+        if not args.parse
+        else (", cross-decoded by tfx-bsl" if tfx_decoder(args.tfx, man["image_dtype"]) else ", tfx-bsl not installed")
+    )
     print(f"ok: {args.dataset}: {k} shards, {n} records match dataset.json{how}")
     return 0

@@ -52,8 +52,25 @@ def ensure_sample(workdir: str, n: int, workers: int) -> str:
     data = os.path.join(workdir, f"reben_archives_{n}")
     if not os.path.exists(os.path.join(data, "Reference_Maps.tar.zst")):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "beam_pipeline", "synth", "--out", data, "--n", str(n), "--seed", "3",
-                        "--archives", "--workers", str(workers)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "beam_pipeline",
+                "synth",
+                "--out",
+                data,
+                "--n",
+                str(n),
+                "--seed",
+                "3",
+                "--archives",
+                "--workers",
+                str(workers),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         print(f"synth --archives {n}: {time.perf_counter() - t0:.1f} s (not a figure)")
     return data
 
@@ -77,9 +94,20 @@ def extract(data: str, parallel: bool) -> float:
 
 
 def split_memory(data: str, buffer_bytes: int) -> dict:
-    res = subprocess.run([sys.executable, "-c", _SPLIT_ONE, os.path.join(data, "metadata.parquet"),
-                          os.path.join(data, "BigEarthNet-S2.tar.zst"), str(buffer_bytes)],
-                         capture_output=True, text=True, cwd=os.path.dirname(HERE), check=False)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SPLIT_ONE,
+            os.path.join(data, "metadata.parquet"),
+            os.path.join(data, "BigEarthNet-S2.tar.zst"),
+            str(buffer_bytes),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(HERE),
+        check=False,
+    )
     if res.returncode:
         raise SystemExit(res.stderr[-3000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -107,26 +135,34 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
         dt, peak, cpu, output = _convert(meta, out, [*common, *extra])
         outs[label] = out
-        print(f"convert from {label:<8}: {dt:6.1f} s  {args.n / dt:6.1f} patches/s  peak tree RSS "
-              f"{peak / 2**20:6.0f} MiB  CPU {cpu:6.1f} s")
+        print(
+            f"convert from {label:<8}: {dt:6.1f} s  {args.n / dt:6.1f} patches/s  peak tree RSS "
+            f"{peak / 2**20:6.0f} MiB  CPU {cpu:6.1f} s"
+        )
         stages = [m.groups() for m in _STAGE.finditer(output)]
         if stages:
             t_first = min(float(s[4]) for s in stages)
             for url, members, secs, pid, start, end in stages:
-                print(f"    {os.path.basename(url):<24} {int(members):>7} members  {float(secs):6.1f} s  "
-                      f"process {pid}  [{float(start) - t_first:5.1f} s .. {float(end) - t_first:5.1f} s]")
+                print(
+                    f"    {os.path.basename(url):<24} {int(members):>7} members  {float(secs):6.1f} s  "
+                    f"process {pid}  [{float(start) - t_first:5.1f} s .. {float(end) - t_first:5.1f} s]"
+                )
     same = _identical(outs["folders"], outs["archives"])
     print(f"outputs identical (shards, stats, failures, histograms): {same}")
     for parallel in () if args.no_tar else (False, True):
-        print(f"tar --zstd -xf of the three archives {'all at once' if parallel else 'one after the other'}: "
-              f"{extract(data, parallel):.1f} s")
+        print(
+            f"tar --zstd -xf of the three archives {'all at once' if parallel else 'one after the other'}: "
+            f"{extract(data, parallel):.1f} s"
+        )
     for n in args.memory_sizes:
         d = data if n == args.n else ensure_sample(args.workdir, n, args.workers)
         for buf in (PACK_BUFFER_BYTES, 8 << 20):
             r = split_memory(d, buf)
-            print(f"S2 archive stage alone, {n:>5} patches, pack buffer {buf >> 20:>3} MiB: peak RSS "
-                  f"{r['peak_rss_mib']:6.0f} MiB, {r['seconds']:5.1f} s, {r['bytes'] / 1e6 / r['seconds']:6.1f} MB/s "
-                  "decompressed")
+            print(
+                f"S2 archive stage alone, {n:>5} patches, pack buffer {buf >> 20:>3} MiB: peak RSS "
+                f"{r['peak_rss_mib']:6.0f} MiB, {r['seconds']:5.1f} s, {r['bytes'] / 1e6 / r['seconds']:6.1f} MB/s "
+                "decompressed"
+            )
     return 0
 
 

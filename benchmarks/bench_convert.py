@@ -119,8 +119,9 @@ def plain_loop(meta: str, root: str, out_dir: str, clip_percentiles=(1.0, 99.0))
         for r in rows:
             p = load(r)
             normalize(p.pixels, params, inplace=True)
-            w.write(encode_example(r["patch_id"], p.s2, p.s1, p.label, multi_hot(r["labels"]),
-                                   r["split"], r["country"]))
+            w.write(
+                encode_example(r["patch_id"], p.s2, p.s1, p.label, multi_hot(r["labels"]), r["split"], r["country"])
+            )
             n += 1
     return time.perf_counter() - t0, time.process_time() - c0, n
 
@@ -160,25 +161,34 @@ def main() -> int:
             loop_dt, loop_cpu, loop_n = in_thread(plain_loop, meta, data, tmp)
         loop_cost = loop_dt / max(1, loop_n)
         runs.append((n, dt, loop_cost, cpu, loop_cpu / max(1, loop_n)))
-        print(f"[{n}] convert end to end (process start to exit): {dt:.1f} s = {n / dt:.1f} patches/s; "
-              f"peak RSS of the whole process tree {peak / 2**30:.2f} GiB")
-        print(f"[{n}] plain single-process loop, same work (stats pass + write pass): "
-              f"{loop_cost * 1e3:.2f} ms/patch")
-        print(f"[{n}] pipeline total cost {dt * cores / n * 1e3:.2f} core-ms/patch = "
-              f"{dt * cores / n / loop_cost:.2f}x the loop (wall x cores, start-up and idle cores included)")
-        print(f"[{n}] CPU time: pipeline (all processes) {cpu / n * 1e3:.2f} ms/patch = "
-              f"{cpu / n / runs[-1][4]:.2f}x the loop's {runs[-1][4] * 1e3:.2f} CPU-ms/patch (start-up included)")
+        print(
+            f"[{n}] convert end to end (process start to exit): {dt:.1f} s = {n / dt:.1f} patches/s; "
+            f"peak RSS of the whole process tree {peak / 2**30:.2f} GiB"
+        )
+        print(f"[{n}] plain single-process loop, same work (stats pass + write pass): {loop_cost * 1e3:.2f} ms/patch")
+        print(
+            f"[{n}] pipeline total cost {dt * cores / n * 1e3:.2f} core-ms/patch = "
+            f"{dt * cores / n / loop_cost:.2f}x the loop (wall x cores, start-up and idle cores included)"
+        )
+        print(
+            f"[{n}] CPU time: pipeline (all processes) {cpu / n * 1e3:.2f} ms/patch = "
+            f"{cpu / n / runs[-1][4]:.2f}x the loop's {runs[-1][4] * 1e3:.2f} CPU-ms/patch (start-up included)"
+        )
     if len(runs) >= 2:
         (n1, t1, _, c1, _), (n2, t2, _, c2, _) = runs[0], runs[-1]
         loop = sum(r[2] for r in runs) / len(runs)
         loop_c = sum(r[4] for r in runs) / len(runs)
         marginal = (t2 - t1) / (n2 - n1) * cores
         marginal_c = (c2 - c1) / (n2 - n1)
-        print(f"marginal per-patch cost between {n1} and {n2}: {marginal * 1e3:.2f} core-ms/patch (wall x cores) = "
-              f"{marginal / loop:.2f}x the loop's {loop * 1e3:.2f} ms/patch (fixed start-up "
-              f"{t1 - marginal / cores * n1:.1f} s)")
-        print(f"marginal CPU per patch between {n1} and {n2}: {marginal_c * 1e3:.2f} CPU-ms/patch = "
-              f"{marginal_c / loop_c:.2f}x the loop's {loop_c * 1e3:.2f} CPU-ms/patch")
+        print(
+            f"marginal per-patch cost between {n1} and {n2}: {marginal * 1e3:.2f} core-ms/patch (wall x cores) = "
+            f"{marginal / loop:.2f}x the loop's {loop * 1e3:.2f} ms/patch (fixed start-up "
+            f"{t1 - marginal / cores * n1:.1f} s)"
+        )
+        print(
+            f"marginal CPU per patch between {n1} and {n2}: {marginal_c * 1e3:.2f} CPU-ms/patch = "
+            f"{marginal_c / loop_c:.2f}x the loop's {loop_c * 1e3:.2f} CPU-ms/patch"
+        )
     return 0
 
 

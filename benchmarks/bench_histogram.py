@@ -31,8 +31,9 @@ def variants(st):
     off64 = off32.astype(np.intp)
 
     def current(x):
-        return np.bincount(st.bin_index(np.ascontiguousarray(x.reshape(-1, nb).T, dtype=np.float32)).ravel(),
-                           minlength=nb * bins)
+        return np.bincount(
+            st.bin_index(np.ascontiguousarray(x.reshape(-1, nb).T, dtype=np.float32)).ravel(), minlength=nb * bins
+        )
 
     def channels_last(x):
         idx = ((x.reshape(-1, nb) - lo) * inv).astype(np.int32)
@@ -74,8 +75,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         generate(tmp, args.patches, seed=1)
         rows = pq.read_table(os.path.join(tmp, "metadata.parquet")).to_pylist()
-        pixels = [decode_patch(r["patch_id"], fetch_objects(object_urls(tmp, r["patch_id"], r["s1_name"]))).pixels
-                  for r in rows]
+        pixels = [
+            decode_patch(r["patch_id"], fetch_objects(object_urls(tmp, r["patch_id"], r["s1_name"]))).pixels
+            for r in rows
+        ]
     st = BandStats()
     fns = variants(st)
     for x in pixels[:10]:
@@ -101,8 +104,12 @@ def main() -> int:
     def full_add(x):
         st.add(st.create(), x)
 
-    timed = {**{f"binning: {k}": v for k, v in fns.items()}, "BandStats.add (whole)": full_add,
-             "normalise: maximum+minimum": norm_max_min, "normalise: np.clip": norm_clip}
+    timed = {
+        **{f"binning: {k}": v for k, v in fns.items()},
+        "BandStats.add (whole)": full_add,
+        "normalise: maximum+minimum": norm_max_min,
+        "normalise: np.clip": norm_clip,
+    }
 
     def run():
         res = {k: [] for k in timed}

@@ -33,9 +33,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 def stream_rate(ds, *, batch: int, batches: int, warmup: int = 5, seed: int = 0) -> tuple[float, float]:
     """(patches/s, CPU-ms per patch of this process) over ``batches`` training batches after
     ``warmup`` (the shuffle buffer fills first)."""
-    from trainer import data as D
+    from trainer import data as trainer_data
 
-    stream = D.make_dataset(ds, "train", batch_size=batch, training=True, repeat=True, seed=seed)
+    stream = trainer_data.make_dataset(ds, "train", batch_size=batch, training=True, repeat=True, seed=seed)
     it = iter(stream)
     for _ in range(warmup):
         next(it)
@@ -53,18 +53,17 @@ def step_times(ds, *, batch: int, steps: int, width: int, rounds: int, seed: int
     import keras
     import tensorflow as tf
 
-    from trainer import augment as A
-    from trainer import data as D
-    from trainer import model as TM
+    from trainer import augment, model
+    from trainer import data as trainer_data
 
-    x, y = next(iter(D.make_dataset(ds, "train", batch_size=batch, training=True, repeat=True, seed=seed)))
+    x, y = next(iter(trainer_data.make_dataset(ds, "train", batch_size=batch, training=True, repeat=True, seed=seed)))
     one = tf.data.Dataset.from_tensors((x, y)).repeat()
     keras.utils.set_random_seed(seed)
     models = {}
     for aug in (False, True):
-        net = TM.build_unet(int(x.shape[-1]), width=width)
-        TM.compile_model(net)
-        models[aug] = A.augmented(net, seed=seed) if aug else net
+        net = model.build_unet(int(x.shape[-1]), width=width)
+        model.compile_model(net)
+        models[aug] = augment.augmented(net, seed=seed) if aug else net
         models[aug].fit(one, epochs=1, steps_per_epoch=2, verbose=0)  # build + compile the step
     out = {False: [], True: []}
     for _ in range(rounds):
@@ -87,8 +86,10 @@ def ensure_datasets(n: int, workdir: str) -> list[str]:
     for dtype in ("float32", "float16"):
         ds = os.path.join(workdir, f"dataset_{n}_{dtype}")
         meta = os.path.join(reben, "metadata.parquet")
-        if not os.path.exists(os.path.join(ds, "dataset.json")) and cli(
-                ["convert", "--meta", meta, "--out", ds, "--dtype", dtype]) != 0:
+        if (
+            not os.path.exists(os.path.join(ds, "dataset.json"))
+            and cli(["convert", "--meta", meta, "--out", ds, "--dtype", dtype]) != 0
+        ):
             raise SystemExit(f"convert --dtype {dtype} failed")
         out.append(ds)
     return out
@@ -110,14 +111,16 @@ def main() -> int:
     datasets = args.data or ensure_datasets(args.n, args.workdir)
     import tensorflow as tf
 
-    from trainer import data as D
+    from trainer import data as trainer_data
 
     cores = os.cpu_count() or 1
     gpus = tf.config.list_physical_devices("GPU")
-    print(f"machine: {cores} cores, {len(gpus)} GPU(s); batch {args.batch}; {args.batches} batches per round, "
-          f"{args.rounds} rounds")
+    print(
+        f"machine: {cores} cores, {len(gpus)} GPU(s); batch {args.batch}; {args.batches} batches per round, "
+        f"{args.rounds} rounds"
+    )
     for path in datasets:
-        ds = D.open_dataset(path)
+        ds = trainer_data.open_dataset(path)
         rates, cpu = [], []
         for _ in range(args.rounds):
             r, c = stream_rate(ds, batch=args.batch, batches=args.batches)
@@ -125,14 +128,23 @@ def main() -> int:
             cpu.append(c)
         best = max(rates)
         print(f"{path} ({ds.image_dtype}, {ds.records('train')} train patches):")
-        print(f"  input pipeline, with or without --augment (the same pipeline): {best:.0f} patches/s "
-              f"(median {statistics.median(rates):.0f}) on {cores} cores = {best / cores * 8:.0f} per 8 cores, "
-              f"extrapolated; {min(cpu):.3f} CPU-ms/patch")
+        print(
+            f"  input pipeline, with or without --augment (the same pipeline): {best:.0f} patches/s "
+            f"(median {statistics.median(rates):.0f}) on {cores} cores = {best / cores * 8:.0f} per 8 cores, "
+            f"extrapolated; {min(cpu):.3f} CPU-ms/patch"
+        )
     if args.steps > 0:
-        ms = step_times(D.open_dataset(datasets[0]), batch=args.step_batch, steps=args.steps, width=args.width,
-                        rounds=args.rounds)
-        print(f"training step, U-Net width {args.width}, batch {args.step_batch} ({datasets[0]}), "
-              f"{'GPU' if gpus else 'CPU'}:")
+        ms = step_times(
+            trainer_data.open_dataset(datasets[0]),
+            batch=args.step_batch,
+            steps=args.steps,
+            width=args.width,
+            rounds=args.rounds,
+        )
+        print(
+            f"training step, U-Net width {args.width}, batch {args.step_batch} ({datasets[0]}), "
+            f"{'GPU' if gpus else 'CPU'}:"
+        )
         for flag, name in ((False, "no augmentation"), (True, "--augment (in the model)")):
             print(f"  {name:26s} {min(ms[flag]):9.1f} ms/step (median {statistics.median(ms[flag]):.1f})")
         print(f"  augmentation costs {100 * (min(ms[True]) / min(ms[False]) - 1):+.1f}% of the step time (best rounds)")

@@ -95,17 +95,25 @@ def main() -> int:
         t0 = time.perf_counter()
         generate("s3://bench/reben", args.n, seed=11)
         print(f"synth into the bucket: {args.n} patches in {time.perf_counter() - t0:.1f} s")
-        print("server on core 1, every conversion on core 0" if args.pin else
-              f"server and conversions share the machine's {os.cpu_count()} cores")
+        print(
+            "server on core 1, every conversion on core 0"
+            if args.pin
+            else f"server and conversions share the machine's {os.cpu_count()} cores"
+        )
         flags = ["--s3_endpoint_url", endpoint]
         s3meta = "s3://bench/reben/metadata.parquet"
         runs = {}
         for name, meta, out, extra in (
-                ("local disk -> local disk", os.path.join(local, "metadata.parquet"), os.path.join(work, "out_l"), []),
-                ("S3 -> local disk", s3meta, os.path.join(work, "out_s"), flags),
-                ("S3 -> local disk, --object_cache none", s3meta, os.path.join(work, "out_n"),
-                 flags + ["--object_cache", "none"]),
-                ("S3 -> S3", s3meta, "s3://bench/out", flags)):
+            ("local disk -> local disk", os.path.join(local, "metadata.parquet"), os.path.join(work, "out_l"), []),
+            ("S3 -> local disk", s3meta, os.path.join(work, "out_s"), flags),
+            (
+                "S3 -> local disk, --object_cache none",
+                s3meta,
+                os.path.join(work, "out_n"),
+                flags + ["--object_cache", "none"],
+            ),
+            ("S3 -> S3", s3meta, "s3://bench/out", flags),
+        ):
             times = []
             for _ in range(2):
                 c0 = server_cpu()
@@ -113,12 +121,18 @@ def main() -> int:
                 times.append((wall, cpu, server_cpu() - c0))
             best, cpu, srv = min(times)
             runs[name] = best
-            print(f"{name}: {best:.1f} s = {args.n / best:.1f} patches/s (best of 2, process start to exit); "
-                  f"conversion CPU {cpu / args.n * 1e3:.1f} ms/patch; the S3 server used {srv:.1f} CPU-s "
-                  f"({srv / args.n * 1e3:.1f} ms/patch)")
+            print(
+                f"{name}: {best:.1f} s = {args.n / best:.1f} patches/s (best of 2, process start to exit); "
+                f"conversion CPU {cpu / args.n * 1e3:.1f} ms/patch; the S3 server used {srv:.1f} CPU-s "
+                f"({srv / args.n * 1e3:.1f} ms/patch)"
+            )
         hashes = []
-        for out in (os.path.join(work, "out_l"), os.path.join(work, "out_s"), os.path.join(work, "out_n"),
-                    "s3://bench/out"):
+        for out in (
+            os.path.join(work, "out_l"),
+            os.path.join(work, "out_s"),
+            os.path.join(work, "out_n"),
+            "s3://bench/out",
+        ):
             man = json.loads(storage.read_bytes(storage.join(out, "dataset.json")))
             hashes.append(sorted(s["sha256"] for e in man["splits"].values() for s in e["shards"]))
         print(f"shards identical across the four runs: {all(h == hashes[0] for h in hashes)}")

@@ -27,20 +27,35 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 def make_model(path: str, width: int) -> None:
     """Save an untrained U-Net of ``width`` with a valid inference contract."""
-    from schemas import bands as B
-    from schemas import classes as C
+    from schemas import bands, classes
     from trainer.model import INFO_FORMAT, INFO_VERSION, build_unet, save_model
 
     stats = {}
-    for b in B.ALL_BANDS:
+    for b in bands.ALL_BANDS:
         m, s = b.published_mean, b.published_std
-        stats[b.name] = {"count": 1, "mean": m, "std": s, "p_low": max(b.hist_min, m - 2 * s), "p_high": m + 3 * s,
-                         "clipped_mean": m, "clipped_std": s}
-    chans = list(B.S2_NAMES)
-    info = {"format": INFO_FORMAT, "version": INFO_VERSION, "modalities": "s2", "channels": chans,
-            "input_shape": [B.PATCH_SIZE, B.PATCH_SIZE, len(chans)], "task": "seg", "classes": list(C.CLASS_NAMES),
-            "class_colors": [list(c) for c in C.class_colors()], "ignore_index": C.IGNORE_INDEX,
-            "statistics": {"clip": True, "bands": stats}, "image_dtype": "float32"}
+        stats[b.name] = {
+            "count": 1,
+            "mean": m,
+            "std": s,
+            "p_low": max(b.hist_min, m - 2 * s),
+            "p_high": m + 3 * s,
+            "clipped_mean": m,
+            "clipped_std": s,
+        }
+    chans = list(bands.S2_NAMES)
+    info = {
+        "format": INFO_FORMAT,
+        "version": INFO_VERSION,
+        "modalities": "s2",
+        "channels": chans,
+        "input_shape": [bands.PATCH_SIZE, bands.PATCH_SIZE, len(chans)],
+        "task": "seg",
+        "classes": list(classes.CLASS_NAMES),
+        "class_colors": [list(c) for c in classes.class_colors()],
+        "ignore_index": classes.IGNORE_INDEX,
+        "statistics": {"clip": True, "bands": stats},
+        "image_dtype": "float32",
+    }
     save_model(build_unet(len(chans), width=width, info=info), path)
 
 
@@ -67,24 +82,44 @@ def main() -> None:
         tiles[size] = make_tile(d, size=size, seed=0, layout="geotiff")
         print(f"tile {size}×{size} px written in {time.perf_counter() - t0:.1f} s", flush=True)
     print(f"model width {args.width}, batch {args.batch}, overlap {args.overlap}, {os.cpu_count()} cores")
-    print(f"{'tile px':>8} {'chunk':>6} {'seconds':>8} {'px/s':>9} {'peak RSS':>10} {'RSS at start':>13} "
-          f"{'tile cost':>10} {'windows':>8}")
+    print(
+        f"{'tile px':>8} {'chunk':>6} {'seconds':>8} {'px/s':>9} {'peak RSS':>10} {'RSS at start':>13} "
+        f"{'tile cost':>10} {'windows':>8}"
+    )
     for size in args.sizes:
         for chunk in args.chunks:
             out = os.path.join(args.work, f"out_{size}_{chunk}")
-            cmd = [sys.executable, "-m", "beam_pipeline", "predict", "--model", model, "--tile", tiles[size]["path"],
-                   "--out", out, "--chunk_size", str(chunk), "--batch_size", str(args.batch),
-                   "--overlap", str(args.overlap)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "beam_pipeline",
+                "predict",
+                "--model",
+                model,
+                "--tile",
+                tiles[size]["path"],
+                "--out",
+                out,
+                "--chunk_size",
+                str(chunk),
+                "--batch_size",
+                str(args.batch),
+                "--overlap",
+                str(args.overlap),
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 print(res.stdout[-2000:], res.stderr[-2000:])
                 raise SystemExit(f"predict failed ({res.returncode})")
             with open(os.path.join(out, f"{tiles[size]['name']}_summary.json")) as fh:
                 s = json.load(fh)
-            mib = 2 ** 20
-            print(f"{size:>8} {chunk:>6} {s['seconds']:>8.1f} {s['pixels_per_s']:>9,.0f} "
-                  f"{s['peak_rss_bytes'] / mib:>7,.0f} MiB {s['rss_start_bytes'] / mib:>9,.0f} MiB "
-                  f"{(s['peak_rss_bytes'] - s['rss_start_bytes']) / mib:>6,.0f} MiB {s['windows_run']:>8}", flush=True)
+            mib = 2**20
+            print(
+                f"{size:>8} {chunk:>6} {s['seconds']:>8.1f} {s['pixels_per_s']:>9,.0f} "
+                f"{s['peak_rss_bytes'] / mib:>7,.0f} MiB {s['rss_start_bytes'] / mib:>9,.0f} MiB "
+                f"{(s['peak_rss_bytes'] - s['rss_start_bytes']) / mib:>6,.0f} MiB {s['windows_run']:>8}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

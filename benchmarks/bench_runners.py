@@ -55,20 +55,40 @@ def _portable_external(meta: str, work: str) -> tuple[float, str]:
     from tests.servers import free_port
 
     pool, js = free_port(), free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                               f"--service_port={pool}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              # the pool starts its workers as `python` from PATH
-                              env=dict(os.environ, PATH=os.pathsep.join([os.path.dirname(sys.executable),
-                                                                         os.environ["PATH"]]))),
-             subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                               "--port", str(js)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={pool}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # the pool starts its workers as `python` from PATH
+            env=dict(os.environ, PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]])),
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(js)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
     try:
         _wait(pool)
         _wait(js)
         out = os.path.join(work, "portable")
-        return convert(meta, out, ["--runner", "PortableRunner", "--job_endpoint", f"localhost:{js}",
-                                   "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{pool}",
-                                   "--direct_num_workers", str(os.cpu_count() or 1)]), out
+        return convert(
+            meta,
+            out,
+            [
+                "--runner",
+                "PortableRunner",
+                "--job_endpoint",
+                f"localhost:{js}",
+                "--environment_type",
+                "EXTERNAL",
+                "--environment_config",
+                f"localhost:{pool}",
+                "--direct_num_workers",
+                str(os.cpu_count() or 1),
+            ],
+        ), out
     finally:
         for p in procs:
             p.terminate()
@@ -101,24 +121,31 @@ def main() -> int:
     cores = os.cpu_count() or 1
     results = {}
 
-    results["DirectRunner (multi-process)"] = (convert(meta, os.path.join(work, "direct"), []),
-                                               os.path.join(work, "direct"))
+    results["DirectRunner (multi-process)"] = (
+        convert(meta, os.path.join(work, "direct"), []),
+        os.path.join(work, "direct"),
+    )
     if "portable" not in skip:
         results["PortableRunner, job service + EXTERNAL pool"] = _portable_external(meta, work)
     if "dask" not in skip:
-        with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None) as cluster:
+        with LocalCluster(
+            n_workers=cores, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster:
             out = os.path.join(work, "dask")
-            results[f"DaskRunner, LocalCluster {cores} processes"] = (convert(meta, out, DASK + [
-                "--dask_client_address", cluster.scheduler_address.replace("tcp://", "")]), out)
+            results[f"DaskRunner, LocalCluster {cores} processes"] = (
+                convert(meta, out, DASK + ["--dask_client_address", cluster.scheduler_address.replace("tcp://", "")]),
+                out,
+            )
     if "netns" not in skip:
         try:
             with netns.hosts(["sched", "w1", "w2"]) as h:
                 env = dict(os.environ, PYTHONPATH=ROOT)
                 with netns.dask_cluster(h["sched"], [h["w1"], h["w2"]], env, work, sys.executable) as (addr, _):
                     out = os.path.join(work, "dask3")
-                    results["DaskRunner, 3 hosts (netns), 2 workers"] = (convert(meta, out, DASK + [
-                        "--dask_client_address", addr]), out)
+                    results["DaskRunner, 3 hosts (netns), 2 workers"] = (
+                        convert(meta, out, DASK + ["--dask_client_address", addr]),
+                        out,
+                    )
         except netns.NetnsUnavailable as e:
             print(f"(three-host cluster skipped: {e})")
 
@@ -128,8 +155,10 @@ def main() -> int:
     for name, (dt, out) in results.items():
         h = _hashes(out)
         ref = ref or h
-        print(f"  {name:<46} {dt:7.1f} s  {args.n / dt:6.1f} patches/s  {direct / dt:5.2f}x Direct  "
-              f"shards identical: {h == ref}")
+        print(
+            f"  {name:<46} {dt:7.1f} s  {args.n / dt:6.1f} patches/s  {direct / dt:5.2f}x Direct  "
+            f"shards identical: {h == ref}"
+        )
     if args.envs:
         for label, path in zip(("base install", "with [train,tfx]"), args.envs, strict=True):
             print(f"  environment {label:<18} {path}: {_du_mb(path)} MB")

@@ -23,8 +23,10 @@ def main() -> int:
         s = generate(os.path.join(d, "reben"), args.n, seed=0, workers=args.workers)
         dt = time.perf_counter() - t0
         files = sum(len(f) for _, _, f in os.walk(d))
-    print(f"synth: {args.n} patches ({files} files) in {dt:.1f} s = {args.n / dt:.1f} patches/s "
-          f"on {os.cpu_count()} cores; summary {s}")
+    print(
+        f"synth: {args.n} patches ({files} files) in {dt:.1f} s = {args.n / dt:.1f} patches/s "
+        f"on {os.cpu_count()} cores; summary {s}"
+    )
     return 0
 
 

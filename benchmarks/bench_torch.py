@@ -35,8 +35,10 @@ def main() -> int:
             for batch in DataLoader(ds, batch_size=args.batch, num_workers=workers):
                 n += len(batch["mask"])
             dt = time.perf_counter() - t0
-            print(f"num_workers={workers}: {n} patches in {dt:.2f} s = {n / dt:.0f} patches/s "
-                  f"({1000 * dt / n:.1f} ms per patch) on {os.cpu_count()} cores")
+            print(
+                f"num_workers={workers}: {n} patches in {dt:.2f} s = {n / dt:.0f} patches/s "
+                f"({1000 * dt / n:.1f} ms per patch) on {os.cpu_count()} cores"
+            )
     return 0
 
 

@@ -71,8 +71,10 @@ def ensure_data(n: int, workdir: str) -> tuple[str, str, float | None]:
     from beam_pipeline.cli import main as cli
 
     reben = os.path.join(workdir, f"reben_{n}")
-    if not os.path.exists(os.path.join(reben, "metadata.parquet")) and cli(
-            ["synth", "--out", reben, "--n", str(n), "--seed", "0"]) != 0:
+    if (
+        not os.path.exists(os.path.join(reben, "metadata.parquet"))
+        and cli(["synth", "--out", reben, "--n", str(n), "--seed", "0"]) != 0
+    ):
         raise SystemExit("synth failed")
     data = os.path.join(workdir, f"dataset_{n}_float32")
     cpu = None
@@ -98,26 +100,33 @@ def main() -> int:
     reben, data, convert_cpu = ensure_data(args.n, args.workdir)
 
     from benchmarks.bench_input import stream_rate
-    from trainer import data as D
+    from trainer import data as trainer_data
 
     cores = os.cpu_count() or 1
     print(f"machine: {cores} cores; batch {args.batch}; {args.batches} batches per round; same {args.n}-patch sample")
-    ds = D.open_dataset(data)
+    ds = trainer_data.open_dataset(data)
     ours = []
     for _ in range(2):
         ours.append(stream_rate(ds, batch=args.batch, batches=args.batches)[0])
     t0 = time.perf_counter()
-    res = subprocess.run([py, "-c", _TORCHGEO, reben, str(args.batch), str(args.batches), str(args.workers)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [py, "-c", _TORCHGEO, reben, str(args.batch), str(args.batches), str(args.workers)],
+        capture_output=True,
+        text=True,
+    )
     if res.returncode != 0:
         print(res.stdout[-2000:], res.stderr[-4000:])
         raise SystemExit("the torchgeo loader failed")
     tg = json.loads(res.stdout.strip().splitlines()[-1])
-    print(f"torchgeo {tg['torch']} BigEarthNetV2 (raw GeoTIFFs, rasterio, DataLoader with {args.workers} workers): "
-          f"{tg['samples_per_s']:.0f} samples/s (rounds {', '.join(f'{r:.0f}' for r in tg['rates'])}; "
-          f"{tg['len']} train patches; {time.perf_counter() - t0:.0f} s with start-up); batch {tg['shapes']}")
-    print(f"this project (tf.data over the converted TFRecords, float32): {max(ours):.0f} samples/s "
-          f"(rounds {', '.join(f'{r:.0f}' for r in ours)})")
+    print(
+        f"torchgeo {tg['torch']} BigEarthNetV2 (raw GeoTIFFs, rasterio, DataLoader with {args.workers} workers): "
+        f"{tg['samples_per_s']:.0f} samples/s (rounds {', '.join(f'{r:.0f}' for r in tg['rates'])}; "
+        f"{tg['len']} train patches; {time.perf_counter() - t0:.0f} s with start-up); batch {tg['shapes']}"
+    )
+    print(
+        f"this project (tf.data over the converted TFRecords, float32): {max(ours):.0f} samples/s "
+        f"(rounds {', '.join(f'{r:.0f}' for r in ours)})"
+    )
     print(f"ratio: {max(ours) / tg['samples_per_s']:.1f}x torchgeo's samples/s")
     if convert_cpu is not None:
         print(f"(the one-off conversion cost {convert_cpu:.2f} CPU-ms per patch, start-up included)")

@@ -67,8 +67,23 @@ def main() -> int:
     print(f"dataset: {counts}")
 
     model = os.path.join(run, "unet.keras")
-    argv = ["train", "--data", data, "--epochs", str(args.epochs), "--batch", str(args.batch), "--lr", str(args.lr),
-            "--save", model, "--modalities", args.modalities, "--augment", *args.extra.split()]
+    argv = [
+        "train",
+        "--data",
+        data,
+        "--epochs",
+        str(args.epochs),
+        "--batch",
+        str(args.batch),
+        "--lr",
+        str(args.lr),
+        "--save",
+        model,
+        "--modalities",
+        args.modalities,
+        "--augment",
+        *args.extra.split(),
+    ]
     if args.width:
         argv += ["--width", str(args.width)]
     dt = _run(argv)
@@ -78,12 +93,17 @@ def main() -> int:
 
     for row in hist:
         m = {(("val_" if v else "") + k): seg_metric(row, k, v) for k in ("loss", "miou", "pixel_acc") for v in (0, 1)}
-        print("  epoch {epoch}: loss {loss:.4f} miou {miou:.4f} acc {pixel_acc:.4f} | val loss {val_loss:.4f} "
-              "val miou {val_miou:.4f} val acc {val_pixel_acc:.4f} | {pps:.1f} patches/s".format(
-                  epoch=int(row["epoch"]) + 1, pps=float(row["patches_per_s"]), **m))
+        print(
+            "  epoch {epoch}: loss {loss:.4f} miou {miou:.4f} acc {pixel_acc:.4f} | val loss {val_loss:.4f} "
+            "val miou {val_miou:.4f} val acc {val_pixel_acc:.4f} | {pps:.1f} patches/s".format(
+                epoch=int(row["epoch"]) + 1, pps=float(row["patches_per_s"]), **m
+            )
+        )
     pps = [float(r["patches_per_s"]) for r in hist]
-    print(f"train: {len(hist)} epochs on {counts.get('train')} patches in {dt:.0f} s; training throughput "
-          f"{max(pps):.1f} patches/s (best epoch), {sum(pps) / len(pps):.1f} mean, on {os.cpu_count()} CPU cores")
+    print(
+        f"train: {len(hist)} epochs on {counts.get('train')} patches in {dt:.0f} s; training throughput "
+        f"{max(pps):.1f} patches/s (best epoch), {sum(pps) / len(pps):.1f} mean, on {os.cpu_count()} CPU cores"
+    )
 
     results = {}
     for split in ("validation", "test"):
@@ -95,8 +115,10 @@ def main() -> int:
             results[split] = json.load(fh)
     for split, r in results.items():
         ok = r["miou"] >= 0.6 and r["pixel_accuracy"] >= 0.85
-        print(f"{split}: mIoU {r['miou']:.4f}, pixel accuracy {r['pixel_accuracy']:.4f} on {r['patches']} patches "
-              f"-> bar (mIoU >= 0.6, acc >= 0.85) {'met' if ok else 'NOT met'}")
+        print(
+            f"{split}: mIoU {r['miou']:.4f}, pixel accuracy {r['pixel_accuracy']:.4f} on {r['patches']} patches "
+            f"-> bar (mIoU >= 0.6, acc >= 0.85) {'met' if ok else 'NOT met'}"
+        )
         worst = sorted((c for c in r["per_class"] if c["iou"] is not None), key=lambda c: c["iou"])[:4]
         print("  lowest IoU: " + ", ".join(f"{c['name']} {c['iou']:.3f} ({c['support']} px)" for c in worst))
     if tmp is not None:

@@ -35,8 +35,9 @@ def benbeam(*args, timeout=600, interrupt_when: str | None = None) -> tuple[int,
     (SIGINT to its process group) once this file exists (the run has begun writing) — or never."""
     cmd = [sys.executable, "-m", "beam_pipeline", *map(str, args)]
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(),
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True
+    )
     if interrupt_when is not None:
         while p.poll() is None and not os.path.exists(interrupt_when):
             time.sleep(0.05)
@@ -73,32 +74,70 @@ def scenarios(d: str):
     def o(name):
         return os.path.join(d, "runs", name)
 
-    yield "input", "abbreviated flag `--met`", "convert --met M --ou OUT", lambda: (
-        *benbeam("convert", "--met", meta, "--ou", o("abbrev")), on_disk(o("abbrev")))
+    yield (
+        "input",
+        "abbreviated flag `--met`",
+        "convert --met M --ou OUT",
+        lambda: (*benbeam("convert", "--met", meta, "--ou", o("abbrev")), on_disk(o("abbrev"))),
+    )
     notpq = os.path.join(d, "not.parquet")
     yield "input", "metadata is not parquet", "convert --meta not.parquet", lambda: conv(o("notpq"), meta=notpq)
     empty = os.path.join(d, "empty.parquet")
     yield "input", "0-row metadata", "convert --meta empty.parquet", lambda: conv(o("empty"), "--root", ok, meta=empty)
     hostile = os.path.join(d, "hostile.parquet")
-    yield "input", "index points outside the root, at http://, /dev/zero", "convert --meta hostile.parquet", \
-        lambda: conv(o("hostile"), meta=hostile)
-    yield "file", "every patch corrupt (`synth --corrupt 1.0`)", "convert", lambda: conv(
-        o("corrupt"), meta=os.path.join(bad, "metadata.parquet"))
+    yield (
+        "input",
+        "index points outside the root, at http://, /dev/zero",
+        "convert --meta hostile.parquet",
+        lambda: conv(o("hostile"), meta=hostile),
+    )
+    yield (
+        "file",
+        "every patch corrupt (`synth --corrupt 1.0`)",
+        "convert",
+        lambda: conv(o("corrupt"), meta=os.path.join(bad, "metadata.parquet")),
+    )
     gone = os.path.join(d, "nos1")
-    yield "file", "no training patch readable (S1 folder missing)", "convert", lambda: conv(
-        o("nos1"), meta=os.path.join(gone, "metadata.parquet"))
+    yield (
+        "file",
+        "no training patch readable (S1 folder missing)",
+        "convert",
+        lambda: conv(o("nos1"), meta=os.path.join(gone, "metadata.parquet")),
+    )
     yield "output", "--out holds files of someone else", "convert --out FOLDER", lambda: conv(o("theirs"))
-    yield "output", "validate --out is a folder", "validate --out FOLDER", lambda: (
-        *benbeam("validate", "--meta", meta, "--out", o("vdir"), "--workers", "1"), on_disk(o("vdir")))
+    yield (
+        "output",
+        "validate --out is a folder",
+        "validate --out FOLDER",
+        lambda: (*benbeam("validate", "--meta", meta, "--out", o("vdir"), "--workers", "1"), on_disk(o("vdir"))),
+    )
     yield "process", "another run holds --out", "convert (second, concurrent)", lambda: conv(o("busy"))
-    yield "process", "Ctrl-C during convert", "convert, SIGINT 1 s after it marked --out", lambda: conv(
-        o("sigint"), interrupt_when=os.path.join(o("sigint"), ".benbeam-run.json"))
+    yield (
+        "process",
+        "Ctrl-C during convert",
+        "convert, SIGINT 1 s after it marked --out",
+        lambda: conv(o("sigint"), interrupt_when=os.path.join(o("sigint"), ".benbeam-run.json")),
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    yield "object store", "endpoint unreachable (nothing listens)", "convert --meta s3://… --s3_endpoint_url …", \
-        lambda: (*benbeam("convert", "--meta", "s3://b/m.parquet", "--out", "s3://b/out", "--s3_endpoint_url",
-                          f"http://127.0.0.1:{port}"), "nothing")
+    yield (
+        "object store",
+        "endpoint unreachable (nothing listens)",
+        "convert --meta s3://… --s3_endpoint_url …",
+        lambda: (
+            *benbeam(
+                "convert",
+                "--meta",
+                "s3://b/m.parquet",
+                "--out",
+                "s3://b/out",
+                "--s3_endpoint_url",
+                f"http://127.0.0.1:{port}",
+            ),
+            "nothing",
+        ),
+    )
     yield "disk", "disk fills up half way", "convert onto a small tmpfs", lambda: full_disk(d, meta)
 
 
@@ -116,12 +155,31 @@ def full_disk(d: str, meta: str):
         "lines = [x for x in r.stderr.strip().splitlines() if x.strip()]\n"
         "out = os.path.join(mnt, 'ds')\n"
         "disk = sorted(os.listdir(out)) if os.path.isdir(out) else []\n"
-        "print(json.dumps([r.returncode, lines[-1] if lines else '', disk]))\n")
-    cmd = [sys.executable, "-m", "beam_pipeline", "convert", "--meta", meta, "--out", os.path.join(mnt, "ds"),
-           "--workers", "1", "--no_report", "--shard_size", "2"]
+        "print(json.dumps([r.returncode, lines[-1] if lines else '', disk]))\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "beam_pipeline",
+        "convert",
+        "--meta",
+        meta,
+        "--out",
+        os.path.join(mnt, "ds"),
+        "--workers",
+        "1",
+        "--no_report",
+        "--shard_size",
+        "2",
+    ]
     t0 = time.monotonic()
-    r = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", script, mnt,
-                        json.dumps(cmd)], capture_output=True, text=True, env=_env(), timeout=600)
+    r = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", script, mnt, json.dumps(cmd)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+    )
     if r.returncode != 0:
         return None, f"not run: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else 'unshare failed'}", 0.0, "-"
     rc, line, disk = json.loads(r.stdout.strip().splitlines()[-1])
@@ -134,8 +192,13 @@ def prepare(d: str) -> None:
     import pyarrow.parquet as pq
 
     def run(*args):
-        subprocess.run([sys.executable, "-m", "beam_pipeline", *args], check=True, env=_env(),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "beam_pipeline", *args],
+            check=True,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     run("synth", "--out", os.path.join(d, "ok"), "--n", "8", "--seed", "1", "--workers", "1")
     run("synth", "--out", os.path.join(d, "bad"), "--n", "8", "--seed", "1", "--corrupt", "1.0", "--workers", "1")
@@ -160,15 +223,24 @@ def prepare(d: str) -> None:
     os.makedirs(os.path.join(runs, "busy"))
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     with open(os.path.join(runs, "busy", ".benbeam-lock.json"), "w") as fh:
-        json.dump({"pid": holder.pid, "host": socket.gethostname(), "command": "benbeam convert",
-                   "since": "(the matrix's stand-in)"}, fh)
+        json.dump(
+            {
+                "pid": holder.pid,
+                "host": socket.gethostname(),
+                "command": "benbeam convert",
+                "since": "(the matrix's stand-in)",
+            },
+            fh,
+        )
     return holder
 
 
 def table(rows, workdir: str = "") -> str:
     """The Markdown table of the rows (the work folder shown as ``D``)."""
-    out = ["| kind | fault | what the user sees (last line) | exit | on disk afterwards |",
-           "| --- | --- | --- | --- | --- |"]
+    out = [
+        "| kind | fault | what the user sees (last line) | exit | on disk afterwards |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for kind, fault, _, rc, line, secs, disk in rows:
         line = (line.replace(workdir, "D") if workdir else line).replace("|", "\\|").replace("`", "'")
         line = (line[:230] + " …") if len(line) > 230 else line

@@ -16,8 +16,10 @@ _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 def check_project(project: str) -> str:
     """``project`` if it is a valid Google Cloud project id, else ValueError with the rule."""
     if not _PROJECT.match(project or ""):
-        raise ValueError(f"--project {project!r} is not a Google Cloud project id: 6-30 characters, lowercase "
-                         "letters, digits and hyphens, starting with a letter (e.g. my-project-123)")
+        raise ValueError(
+            f"--project {project!r} is not a Google Cloud project id: 6-30 characters, lowercase "
+            "letters, digits and hyphens, starting with a letter (e.g. my-project-123)"
+        )
     return project
 
 
@@ -43,8 +45,10 @@ def check_gcs_url(url: str, flag: str) -> str:
     """``url`` if it is ``gs://BUCKET/...`` with a valid bucket name, else ValueError."""
     if not str(url).startswith("gs://"):
         raise ValueError(f"{flag} {url!r} must be a gs:// folder")
-    bucket = url[len("gs://"):].split("/", 1)[0]
+    bucket = url[len("gs://") :].split("/", 1)[0]
     if not _BUCKET.match(bucket) or ".." in bucket or bucket.startswith("goog"):
-        raise ValueError(f"{flag} {url!r}: {bucket!r} is not a valid bucket name (3-63 characters: lowercase letters, "
-                         "digits, '-', '_' and '.', starting and ending with a letter or digit)")
+        raise ValueError(
+            f"{flag} {url!r}: {bucket!r} is not a valid bucket name (3-63 characters: lowercase letters, "
+            "digits, '-', '_' and '.', starting and ending with a letter or digit)"
+        )
     return url

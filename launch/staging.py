@@ -77,8 +77,9 @@ def _wheel_from_installed(out_dir: str) -> str:
     files = [f for f in (dist.files or []) if not f.name.endswith(".pyc") and "__pycache__" not in f.parts]
     info_dir = next((f.parts[0] for f in files if f.parts[0].endswith(".dist-info")), None)
     if info_dir is None or not any(f.parts[0] in PACKAGES for f in files):
-        raise StagingError(f"the installed {DIST} lists no package files (an editable install?): "
-                           "launch from its checkout instead")
+        raise StagingError(
+            f"the installed {DIST} lists no package files (an editable install?): launch from its checkout instead"
+        )
     version = dist.version
     path = os.path.join(out_dir, f"bigearthnet_beam-{version}-py3-none-any.whl")
     record = io.StringIO()

@@ -90,9 +90,7 @@ def channels_for(modalities: str | tuple[str, ...] | list[str]) -> tuple[str, ..
         modalities = [m.strip() for m in modalities.split(",") if m.strip()]
     unknown = [m for m in modalities if m not in MODALITIES]
     if unknown or not modalities:
-        raise ValueError(
-            f"unknown modalities {unknown or modalities!r}; choose from 's2,s1', 's2' or 's1'"
-        )
+        raise ValueError(f"unknown modalities {unknown or modalities!r}; choose from 's2,s1', 's2' or 's1'")
     out: list[str] = []
     for m in ("s2", "s1"):  # fixed order whatever order the user gave
         if m in modalities:

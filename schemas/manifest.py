@@ -28,9 +28,9 @@ from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Mapping
 
-from schemas import bands as B
-from schemas import classes as C
-from schemas import tfrecord as T
+from schemas import bands as band_table
+from schemas import classes as class_table
+from schemas import tfrecord
 
 SCHEMA_VERSION = 1
 
@@ -45,13 +45,30 @@ REPORT_HTML = "report.html"
 REPORT_DIR = "report"
 
 SPLITS = ("train", "validation", "test")
-SPLIT_ALIASES = {"val": "validation", "valid": "validation", "eval": "validation", "training": "train",
-                 "testing": "test"}
+SPLIT_ALIASES = {
+    "val": "validation",
+    "valid": "validation",
+    "eval": "validation",
+    "training": "train",
+    "testing": "test",
+}
 COMPRESSIONS = ("none", "gzip")
 
 REQUIRED_KEYS = (
-    "schema_version", "package_version", "options", "input", "features", "image_dtype",
-    "compression", "bands", "classes", "ignore_index", "statistics", "splits", "failures", "files",
+    "schema_version",
+    "package_version",
+    "options",
+    "input",
+    "features",
+    "image_dtype",
+    "compression",
+    "bands",
+    "classes",
+    "ignore_index",
+    "statistics",
+    "splits",
+    "failures",
+    "files",
 )
 
 
@@ -81,14 +98,16 @@ def contract(image_dtype: str, compression: str) -> dict:
     """The part of ``dataset.json`` that readers rely on and this package fixes: the feature
     spec, image dtype, compression, band and class tables, ignore index."""
     return {
-        "features": [{"name": f.name, "kind": f.kind, "shape": list(f.shape), "dtype": f.dtype,
-                      "description": f.description} for f in T.features(image_dtype)],
+        "features": [
+            {"name": f.name, "kind": f.kind, "shape": list(f.shape), "dtype": f.dtype, "description": f.description}
+            for f in tfrecord.features(image_dtype)
+        ],
         "image_dtype": image_dtype,
         "compression": compression,
-        "bands": {"s2": list(B.S2_NAMES), "s1": list(B.S1_NAMES)},
-        "classes": list(C.CLASS_NAMES),
-        "class_colors": [list(c) for c in C.class_colors()],
-        "ignore_index": C.IGNORE_INDEX,
+        "bands": {"s2": list(band_table.S2_NAMES), "s1": list(band_table.S1_NAMES)},
+        "classes": list(class_table.CLASS_NAMES),
+        "class_colors": [list(c) for c in class_table.class_colors()],
+        "ignore_index": class_table.IGNORE_INDEX,
     }
 
 
@@ -126,17 +145,33 @@ class ShardRecord:
     seconds: float = 0.0
 
     @classmethod
-    def build(cls, key: tuple[str, int, int], compression: str, written: Mapping[str, Any],
-              label_values: Iterable[int] | None = None, label_disagreements: int = 0,
-              seconds: float = 0.0) -> ShardRecord:
+    def build(
+        cls,
+        key: tuple[str, int, int],
+        compression: str,
+        written: Mapping[str, Any],
+        label_values: Iterable[int] | None = None,
+        label_disagreements: int = 0,
+        seconds: float = 0.0,
+    ) -> ShardRecord:
         """The record of shard ``key`` = (split, index, count): ``written`` is what
         ``ShardWriter.close`` returns ({records, bytes, sha256}); ``label_values`` the pixel
         count of every label value 0..255 over the shard (``None``: no pixels)."""
         split, index, count = key
         counts = [int(v) for v in label_values] if label_values is not None else [0] * 256
-        return cls(split, index, count, shard_path(split, index, count, compression), int(written["records"]),
-                   int(written["bytes"]), str(written["sha256"]), tuple(counts[:C.NUM_CLASSES]),
-                   counts[C.IGNORE_INDEX], int(label_disagreements), float(seconds))
+        return cls(
+            split,
+            index,
+            count,
+            shard_path(split, index, count, compression),
+            int(written["records"]),
+            int(written["bytes"]),
+            str(written["sha256"]),
+            tuple(counts[: class_table.NUM_CLASSES]),
+            counts[class_table.IGNORE_INDEX],
+            int(label_disagreements),
+            float(seconds),
+        )
 
     def entry(self) -> ShardEntry:
         """This shard's entry in the manifest."""
@@ -159,15 +194,24 @@ class SplitEntry:
     @classmethod
     def build(cls, split: str, selected: int, failed: int, shards: list[ShardRecord]) -> SplitEntry:
         """Sum a split's shard records (sorted by index); raise if written + failed != input."""
-        pix = tuple(sum(s.class_pixel_counts[c] for s in shards) for c in range(C.NUM_CLASSES))
+        pix = tuple(sum(s.class_pixel_counts[c] for s in shards) for c in range(class_table.NUM_CLASSES))
         ignored = sum(s.ignored_pixels for s in shards)
         total_pix = sum(pix) + ignored
-        entry = cls(int(selected), sum(s.records for s in shards), int(failed), tuple(s.entry() for s in shards),
-                    pix, ignored, sum(s.label_disagreements for s in shards),
-                    tuple(p / total_pix if total_pix else 0.0 for p in pix))
+        entry = cls(
+            int(selected),
+            sum(s.records for s in shards),
+            int(failed),
+            tuple(s.entry() for s in shards),
+            pix,
+            ignored,
+            sum(s.label_disagreements for s in shards),
+            tuple(p / total_pix if total_pix else 0.0 for p in pix),
+        )
         if entry.written + entry.failed != entry.input:
-            raise RuntimeError(f"accounting broken for split {split!r}: written {entry.written} + failed "
-                               f"{entry.failed} != input {entry.input}")
+            raise RuntimeError(
+                f"accounting broken for split {split!r}: written {entry.written} + failed "
+                f"{entry.failed} != input {entry.input}"
+            )
         return entry
 
     def to_dict(self) -> dict:
@@ -218,21 +262,33 @@ def split_entries(selected: Mapping[str, int], shards: list[ShardRecord], dead: 
     for s in sorted(shards, key=lambda s: (s.split, s.index)):
         by_split.setdefault(s.split, []).append(s)
     failed = Counter(d["split"] for d in dead)
-    return {split: SplitEntry.build(split, selected.get(split, 0), failed.get(split, 0), by_split.get(split, []))
-            for split in sorted(set(selected) | set(by_split) | set(failed))}
+    return {
+        split: SplitEntry.build(split, selected.get(split, 0), failed.get(split, 0), by_split.get(split, []))
+        for split in sorted(set(selected) | set(by_split) | set(failed))
+    }
 
 
-def build(*, package_version: str, options: dict, meta_info: list[dict], selected: Mapping[str, int],
-          splits: dict[str, SplitEntry], dead: list[dict], statistics: dict, files: dict, image_dtype: str,
-          compression: str, created_by: str = "benbeam convert") -> Manifest:
+def build(
+    *,
+    package_version: str,
+    options: dict,
+    meta_info: list[dict],
+    selected: Mapping[str, int],
+    splits: dict[str, SplitEntry],
+    dead: list[dict],
+    statistics: dict,
+    files: dict,
+    image_dtype: str,
+    compression: str,
+    created_by: str = "benbeam convert",
+) -> Manifest:
     """The manifest of a conversion from its parts (``splits``: from ``split_entries``)."""
     return Manifest(
         schema_version=SCHEMA_VERSION,
         package_version=package_version,
         created_by=created_by,
         options=options,
-        input={"metadata": sorted(meta_info, key=lambda m: m["source"]),
-               "rows_selected": int(sum(selected.values()))},
+        input={"metadata": sorted(meta_info, key=lambda m: m["source"]), "rows_selected": int(sum(selected.values()))},
         **contract(image_dtype, compression),
         statistics=statistics,
         splits=splits,
@@ -250,12 +306,33 @@ def build(*, package_version: str, options: dict, meta_info: list[dict], selecte
 
 _NUMBER = (int, float)
 _TOP_TYPES = {
-    "schema_version": int, "package_version": str, "created_by": str, "options": dict, "input": dict,
-    "features": list, "image_dtype": str, "compression": str, "bands": dict, "classes": list,
-    "class_colors": list, "ignore_index": int, "statistics": dict, "splits": dict, "failures": dict, "files": dict,
+    "schema_version": int,
+    "package_version": str,
+    "created_by": str,
+    "options": dict,
+    "input": dict,
+    "features": list,
+    "image_dtype": str,
+    "compression": str,
+    "bands": dict,
+    "classes": list,
+    "class_colors": list,
+    "ignore_index": int,
+    "statistics": dict,
+    "splits": dict,
+    "failures": dict,
+    "files": dict,
 }
-_SPLIT_TYPES = {"input": int, "written": int, "failed": int, "shards": list, "class_pixel_counts": list,
-                "ignored_pixels": int, "label_disagreements": int, "class_pixel_frequencies": list}
+_SPLIT_TYPES = {
+    "input": int,
+    "written": int,
+    "failed": int,
+    "shards": list,
+    "class_pixel_counts": list,
+    "ignored_pixels": int,
+    "label_disagreements": int,
+    "class_pixel_frequencies": list,
+}
 _SHARD_TYPES = {"path": str, "records": int, "sha256": str, "bytes": int}
 _TYPE_NAMES = {int: "an integer", str: "a string", dict: "an object", list: "a list", _NUMBER: "a number"}
 
@@ -265,8 +342,11 @@ def _is(value, kind) -> bool:
 
 
 def _check_types(obj: dict, types: dict, what: str) -> list[str]:
-    return [f"{what}{k} is {type(obj[k]).__name__}, not {_TYPE_NAMES[t]}"
-            for k, t in types.items() if k in obj and not _is(obj[k], t)]
+    return [
+        f"{what}{k} is {type(obj[k]).__name__}, not {_TYPE_NAMES[t]}"
+        for k, t in types.items()
+        if k in obj and not _is(obj[k], t)
+    ]
 
 
 def _check_contract(man: dict) -> list[str]:
@@ -274,15 +354,15 @@ def _check_contract(man: dict) -> list[str]:
     problems = []
     if man["compression"] not in COMPRESSIONS:
         problems.append(f"compression {man['compression']!r} is not one of {COMPRESSIONS}")
-    if man["image_dtype"] not in T.IMAGE_DTYPES:
-        problems.append(f"image_dtype {man['image_dtype']!r} is not one of {T.IMAGE_DTYPES}")
-    want_bands = {m: list(names) for m, names in B.MODALITIES.items()}
+    if man["image_dtype"] not in tfrecord.IMAGE_DTYPES:
+        problems.append(f"image_dtype {man['image_dtype']!r} is not one of {tfrecord.IMAGE_DTYPES}")
+    want_bands = {m: list(names) for m, names in band_table.MODALITIES.items()}
     if man["bands"] != want_bands:
         problems.append(f"bands {man['bands']!r} differ from {want_bands!r}")
-    if list(man["classes"]) != list(C.CLASS_NAMES):
+    if list(man["classes"]) != list(class_table.CLASS_NAMES):
         problems.append("classes differ from the 19 canonical classes (schemas.classes.CLASS_NAMES)")
-    if man["ignore_index"] != C.IGNORE_INDEX:
-        problems.append(f"ignore_index {man['ignore_index']!r} is not {C.IGNORE_INDEX}")
+    if man["ignore_index"] != class_table.IGNORE_INDEX:
+        problems.append(f"ignore_index {man['ignore_index']!r} is not {class_table.IGNORE_INDEX}")
     return problems
 
 
@@ -323,13 +403,22 @@ def from_dict(man: Any, where: str = MANIFEST) -> Manifest:
             raise ManifestError(f"{where}: split {split!r} shard record counts do not add up")
     problems = _check_contract(man)
     if problems:
-        raise ManifestError(f"{where} does not match this version of bigearthnet-beam: " + "; ".join(problems)
-                            + ". Re-run `benbeam convert` with this version of bigearthnet-beam")
+        raise ManifestError(
+            f"{where} does not match this version of bigearthnet-beam: "
+            + "; ".join(problems)
+            + ". Re-run `benbeam convert` with this version of bigearthnet-beam"
+        )
     splits = {
-        name: SplitEntry(info["input"], info["written"], info["failed"],
-                         tuple(ShardEntry(s["path"], s["records"], s["sha256"], s["bytes"]) for s in info["shards"]),
-                         tuple(info["class_pixel_counts"]), info["ignored_pixels"], info["label_disagreements"],
-                         tuple(info["class_pixel_frequencies"]))
+        name: SplitEntry(
+            info["input"],
+            info["written"],
+            info["failed"],
+            tuple(ShardEntry(s["path"], s["records"], s["sha256"], s["bytes"]) for s in info["shards"]),
+            tuple(info["class_pixel_counts"]),
+            info["ignored_pixels"],
+            info["label_disagreements"],
+            tuple(info["class_pixel_frequencies"]),
+        )
         for name, info in man["splits"].items()
     }
     optional = {"created_by": "", "class_colors": []}  # not required by version 1
@@ -365,7 +454,8 @@ def load(dataset: str, read_bytes: Callable[[str], bytes], hint: str = "") -> tu
     except FileNotFoundError:
         raise ManifestError(
             f"{dataset} has no {MANIFEST}, so it is not a complete dataset (`benbeam convert` writes the manifest "
-            f"last: an interrupted or still-running conversion has none){'; ' + hint if hint else ''}") from None
+            f"last: an interrupted or still-running conversion has none){'; ' + hint if hint else ''}"
+        ) from None
     except IsADirectoryError:
         raise ManifestError(f"{url} is a folder, not the manifest") from None
     return loads(raw, url), raw

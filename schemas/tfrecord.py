@@ -45,14 +45,24 @@ def features(image_dtype: str = "float32") -> tuple[Feature, ...]:
     img_kind = "float" if image_dtype == "float32" else "raw"
     return (
         Feature(PATCH_ID, "bytes", (), "string", "reBEN patch id"),
-        Feature(S2, img_kind, (PATCH_SIZE, PATCH_SIZE, len(S2_NAMES)), image_dtype,
-                "normalised S2 bands " + ",".join(S2_NAMES) + ", HWC, 10 m grid"),
-        Feature(S1, img_kind, (PATCH_SIZE, PATCH_SIZE, len(S1_NAMES)), image_dtype,
-                "normalised S1 backscatter " + ",".join(S1_NAMES) + ", HWC"),
-        Feature(LABEL, "raw", (PATCH_SIZE, PATCH_SIZE), "uint8",
-                "19-class index per pixel, 255 = no class (ignore)"),
-        Feature(MULTI_HOT, "int64", (NUM_CLASSES,), "int64",
-                "multi-hot of the metadata labels in canonical class order"),
+        Feature(
+            S2,
+            img_kind,
+            (PATCH_SIZE, PATCH_SIZE, len(S2_NAMES)),
+            image_dtype,
+            "normalised S2 bands " + ",".join(S2_NAMES) + ", HWC, 10 m grid",
+        ),
+        Feature(
+            S1,
+            img_kind,
+            (PATCH_SIZE, PATCH_SIZE, len(S1_NAMES)),
+            image_dtype,
+            "normalised S1 backscatter " + ",".join(S1_NAMES) + ", HWC",
+        ),
+        Feature(LABEL, "raw", (PATCH_SIZE, PATCH_SIZE), "uint8", "19-class index per pixel, 255 = no class (ignore)"),
+        Feature(
+            MULTI_HOT, "int64", (NUM_CLASSES,), "int64", "multi-hot of the metadata labels in canonical class order"
+        ),
         Feature(SPLIT, "bytes", (), "string", "train / validation / test"),
         Feature(COUNTRY, "bytes", (), "string", "country of the patch"),
     )

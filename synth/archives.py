@@ -40,7 +40,7 @@ def _entries(out: str, folder: str) -> list[tuple[str, bool]]:
 
             full = os.path.abspath(full)
             prefix = os.path.abspath(prefix)
-        files.append(folder + full[len(prefix):].replace("\\", "/"))
+        files.append(folder + full[len(prefix) :].replace("\\", "/"))
     dirs = {folder}
     for f in files:
         parts = f.split("/")
@@ -69,9 +69,11 @@ def write_archive(out: str, folder: str, name: str) -> dict:
     url = storage.join(out, name)
     entries = _entries(out, folder)
     files = 0
-    with (storage.filesystem(url).open(url, "wb") as raw,
-          zstandard.ZstdCompressor(level=LEVEL).stream_writer(raw, closefd=False) as z,
-          tarfile.open(fileobj=z, mode="w|", format=tarfile.GNU_FORMAT) as tar):
+    with (
+        storage.filesystem(url).open(url, "wb") as raw,
+        zstandard.ZstdCompressor(level=LEVEL).stream_writer(raw, closefd=False) as z,
+        tarfile.open(fileobj=z, mode="w|", format=tarfile.GNU_FORMAT) as tar,
+    ):
         for rel, is_dir in entries:
             if is_dir:
                 tar.addfile(_info(rel, True))

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas import failures as F
+from schemas import failures
 from schemas.bands import BAND_BY_NAME, PATCH_EXTENT_M, PATCH_SIZE, S1_NAMES, S2_NAMES
 from schemas.classes import CLASS_INDEX, clc_table, no_class_codes
 from schemas.naming import REFERENCE_MAP_KEY, parse_patch_id, relative_paths
@@ -111,7 +111,7 @@ def reference_map(labels, rng: np.random.Generator, size: int = PATCH_SIZE) -> t
     for i, c in enumerate(classes):
         if not (cls_map == c).any():
             y, x = seeds[i].astype(int)
-            cls_map[max(0, y - 4):y + 4, max(0, x - 4):x + 4] = c
+            cls_map[max(0, y - 4) : y + 4, max(0, x - 4) : x + 4] = c
     # one CLC code per class of this patch
     code_of = {c: int(rng.choice(codes_of[c])) for c in set(classes)}
     codes = np.zeros((size, size), dtype=np.uint16)
@@ -123,7 +123,7 @@ def reference_map(labels, rng: np.random.Generator, size: int = PATCH_SIZE) -> t
         y, x = rng.integers(10, size - 30, 2)
         h, w = rng.integers(4, 20, 2)
         patch = np.zeros((size, size), dtype=bool)
-        patch[y:y + h, x:x + w] = True
+        patch[y : y + h, x : x + w] = True
         # never swallow a whole class
         swallowed = [c for c in set(classes) if not ((cls_map == c) & ~patch).any()]
         if not swallowed:
@@ -137,8 +137,15 @@ def _tiff_bytes(arr: np.ndarray, x0: float, y0: float, res: float, epsg: int, no
     from rasterio.io import MemoryFile
     from rasterio.transform import from_origin
 
-    profile = dict(driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1, dtype=arr.dtype.name,
-                   crs=f"EPSG:{epsg}", transform=from_origin(x0, y0, res, res))
+    profile = dict(
+        driver="GTiff",
+        width=arr.shape[1],
+        height=arr.shape[0],
+        count=1,
+        dtype=arr.dtype.name,
+        crs=f"EPSG:{epsg}",
+        transform=from_origin(x0, y0, res, res),
+    )
     if nodata is not None:
         profile["nodata"] = nodata
     if compress:
@@ -247,24 +254,34 @@ def _official(include_snow_cloud: bool) -> pa.Table:
 
 def _plan_faults(ids: list[str], rng, corrupt: float, faults) -> dict[str, str]:
     if faults:
-        unknown = [f for f in faults if f not in F.FAULT_KINDS]
+        unknown = [f for f in faults if f not in failures.FAULT_KINDS]
         if unknown:
-            raise ValueError(f"unknown fault kind(s) {', '.join(unknown)}; valid kinds: {', '.join(F.FAULT_KINDS)}")
+            raise ValueError(
+                f"unknown fault kind(s) {', '.join(unknown)}; valid kinds: {', '.join(failures.FAULT_KINDS)}"
+            )
         kinds = [f for f in faults if f != "missing_files"]
     elif corrupt > 0:
         n = int(round(corrupt * len(ids)))
-        kinds = [F.FAULT_KINDS[i % len(F.FAULT_KINDS)] for i in range(n)]
+        kinds = [failures.FAULT_KINDS[i % len(failures.FAULT_KINDS)] for i in range(n)]
         kinds = [k for k in kinds if k != "missing_files"]
     else:
         return {}
     if len(kinds) > len(ids):
         raise ValueError(f"{len(kinds)} faults need at least as many patches; got --n {len(ids)}")
     chosen = rng.choice(len(ids), len(kinds), replace=False)
-    return {ids[int(i)]: k for i, k in zip(sorted(chosen), kinds)}
+    return {ids[int(i)]: k for i, k in zip(sorted(chosen), kinds, strict=False)}
 
 
-def generate(out: str, n: int, seed: int = 0, include_snow_cloud: bool = False, corrupt: float = 0.0,
-             faults: list[str] | None = None, workers: int | None = None, progress: bool = False) -> dict:
+def generate(
+    out: str,
+    n: int,
+    seed: int = 0,
+    include_snow_cloud: bool = False,
+    corrupt: float = 0.0,
+    faults: list[str] | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> dict:
     """Write a synthetic reBEN sample of ``n`` patches under ``out``; returns a summary.
 
     ``faults``: one patch per listed kind; ``corrupt``: that fraction of the patches,
@@ -287,9 +304,15 @@ def generate(out: str, n: int, seed: int = 0, include_snow_cloud: bool = False, 
     ids = sample.column("patch_id").to_pylist()
     plan = _plan_faults(ids, rng, corrupt, faults)
     n_missing = (faults or []).count("missing_files") + (
-        sum(1 for i in range(int(round(corrupt * n))) if F.FAULT_KINDS[i % len(F.FAULT_KINDS)] == "missing_files")
-        if not faults else 0)
-    extra_idx = np.sort(order[n:n + n_missing])
+        sum(
+            1
+            for i in range(int(round(corrupt * n)))
+            if failures.FAULT_KINDS[i % len(failures.FAULT_KINDS)] == "missing_files"
+        )
+        if not faults
+        else 0
+    )
+    extra_idx = np.sort(order[n : n + n_missing])
     extra = table.take(pa.array(extra_idx)) if n_missing else None
     full = pa.concat_tables([sample, extra]) if extra is not None else sample
     full = full.sort_by("patch_id")
@@ -301,7 +324,7 @@ def generate(out: str, n: int, seed: int = 0, include_snow_cloud: bool = False, 
     items = [(r, plan.get(r["patch_id"])) for r in rows]
     workers = max(1, workers or os.cpu_count() or 1)
     chunk = max(1, min(64, len(items) // (workers * 4) or 1))
-    jobs = [(out, seed, items[i:i + chunk], storage.options()) for i in range(0, len(items), chunk)]
+    jobs = [(out, seed, items[i : i + chunk], storage.options()) for i in range(0, len(items), chunk)]
     details: dict[str, str] = {}
     bar = Bar("synth", n) if progress else None
     if workers == 1 or len(jobs) == 1:
@@ -323,10 +346,18 @@ def generate(out: str, n: int, seed: int = 0, include_snow_cloud: bool = False, 
         bar.close()
     injected = [{"patch_id": pid, "kind": kind, "detail": details[pid]} for pid, kind in plan.items()]
     if extra is not None:
-        injected += [{"patch_id": pid, "kind": "missing_files", "detail": "metadata row without any files"}
-                     for pid in extra.column("patch_id").to_pylist()]
+        injected += [
+            {"patch_id": pid, "kind": "missing_files", "detail": "metadata row without any files"}
+            for pid in extra.column("patch_id").to_pylist()
+        ]
     injected.sort(key=lambda f: f["patch_id"])
     _write(out, FAULTS_JSON, (json.dumps(injected, indent=2) + "\n").encode())
     dt = time.perf_counter() - t0
-    return {"out": out, "patches": n, "metadata_rows": full.num_rows, "faults": len(injected),
-            "seconds": round(dt, 2), "patches_per_s": round(n / dt, 1)}
+    return {
+        "out": out,
+        "patches": n,
+        "metadata_rows": full.num_rows,
+        "faults": len(injected),
+        "seconds": round(dt, 2),
+        "patches_per_s": round(n / dt, 1),
+    }

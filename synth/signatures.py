@@ -27,28 +27,28 @@ _ENDMEMBERS = {
 }
 # Per class: endmember fractions, brightness, (VV, VH) dB.
 _CLASSES = [
-    ({"urban": .7, "veg": .2, "soil": .1}, 1.0, (-6.0, -13.0)),  # 0 Urban fabric
-    ({"urban": .9, "soil": .1}, 1.35, (-3.5, -11.0)),  # 1 Industrial or commercial units
-    ({"soil": .6, "veg": .4}, 1.0, (-11.0, -18.5)),  # 2 Arable land
-    ({"veg": .55, "soil": .45}, 0.9, (-8.5, -16.0)),  # 3 Permanent crops
-    ({"veg": .85, "soil": .15}, 1.05, (-12.5, -20.0)),  # 4 Pastures
-    ({"veg": .6, "soil": .3, "urban": .1}, 1.1, (-10.0, -17.0)),  # 5 Complex cultivation patterns
-    ({"veg": .7, "soil": .2, "water": .1}, 0.85, (-9.5, -15.0)),  # 6 Agriculture with natural vegetation
-    ({"veg": .65, "soil": .35}, 1.2, (-8.0, -14.5)),  # 7 Agro-forestry areas
+    ({"urban": 0.7, "veg": 0.2, "soil": 0.1}, 1.0, (-6.0, -13.0)),  # 0 Urban fabric
+    ({"urban": 0.9, "soil": 0.1}, 1.35, (-3.5, -11.0)),  # 1 Industrial or commercial units
+    ({"soil": 0.6, "veg": 0.4}, 1.0, (-11.0, -18.5)),  # 2 Arable land
+    ({"veg": 0.55, "soil": 0.45}, 0.9, (-8.5, -16.0)),  # 3 Permanent crops
+    ({"veg": 0.85, "soil": 0.15}, 1.05, (-12.5, -20.0)),  # 4 Pastures
+    ({"veg": 0.6, "soil": 0.3, "urban": 0.1}, 1.1, (-10.0, -17.0)),  # 5 Complex cultivation patterns
+    ({"veg": 0.7, "soil": 0.2, "water": 0.1}, 0.85, (-9.5, -15.0)),  # 6 Agriculture with natural vegetation
+    ({"veg": 0.65, "soil": 0.35}, 1.2, (-8.0, -14.5)),  # 7 Agro-forestry areas
     ({"veg": 1.0}, 1.1, (-7.0, -12.5)),  # 8 Broad-leaved forest
-    ({"veg": .8, "water": .2}, 0.65, (-7.5, -13.5)),  # 9 Coniferous forest
-    ({"veg": .9, "water": .1}, 0.85, (-6.5, -12.0)),  # 10 Mixed forest
-    ({"veg": .5, "soil": .3, "sand": .2}, 1.0, (-13.5, -21.5)),  # 11 Natural grassland, sparse vegetation
-    ({"veg": .55, "soil": .2, "water": .25}, 0.8, (-12.0, -19.0)),  # 12 Moors, heathland
-    ({"veg": .75, "soil": .25}, 0.95, (-9.0, -16.5)),  # 13 Transitional woodland, shrub
+    ({"veg": 0.8, "water": 0.2}, 0.65, (-7.5, -13.5)),  # 9 Coniferous forest
+    ({"veg": 0.9, "water": 0.1}, 0.85, (-6.5, -12.0)),  # 10 Mixed forest
+    ({"veg": 0.5, "soil": 0.3, "sand": 0.2}, 1.0, (-13.5, -21.5)),  # 11 Natural grassland, sparse vegetation
+    ({"veg": 0.55, "soil": 0.2, "water": 0.25}, 0.8, (-12.0, -19.0)),  # 12 Moors, heathland
+    ({"veg": 0.75, "soil": 0.25}, 0.95, (-9.0, -16.5)),  # 13 Transitional woodland, shrub
     ({"sand": 1.0}, 1.0, (-17.0, -26.0)),  # 14 Beaches, dunes, sands
-    ({"veg": .45, "water": .55}, 1.0, (-15.0, -22.5)),  # 15 Inland wetlands
-    ({"veg": .3, "water": .55, "sand": .15}, 1.0, (-16.5, -25.0)),  # 16 Coastal wetlands
+    ({"veg": 0.45, "water": 0.55}, 1.0, (-15.0, -22.5)),  # 15 Inland wetlands
+    ({"veg": 0.3, "water": 0.55, "sand": 0.15}, 1.0, (-16.5, -25.0)),  # 16 Coastal wetlands
     ({"water": 1.0}, 1.3, (-20.5, -27.5)),  # 17 Inland waters
     ({"water": 1.0}, 0.8, (-24.0, -31.0)),  # 18 Marine waters
 ]
 # Pixels without a class (roads, bare rock, …): a grey spectrum.
-_NO_CLASS = ({"urban": .5, "soil": .5}, 1.2, (-10.0, -18.0))
+_NO_CLASS = ({"urban": 0.5, "soil": 0.5}, 1.2, (-10.0, -18.0))
 
 S2_NOISE = 0.035  # relative white noise per pixel
 S2_TEXTURE = 0.05  # relative smooth texture
@@ -67,7 +67,7 @@ def signatures() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(19)  # fixed fingerprint, independent of any user seed
     s2 = []
     s1 = []
-    for c, (mix, bright, (vv, vh)) in enumerate(_CLASSES + [_NO_CLASS]):
+    for mix, bright, (vv, vh) in _CLASSES + [_NO_CLASS]:
         spec = _spectrum(mix, bright)
         # fingerprint: +-12 % on three bands chosen per class, so near-identical mixtures separate
         fp = np.ones(len(S2_NAMES))

@@ -20,36 +20,45 @@ def mtd_product(level: str, nm: dict, date: str, files: list[str], ext: str) -> 
     """The product's MTD_MSIL2A.xml / MTD_MSIL1C.xml: band ids, DN offsets, image files."""
     phys = [n if n == "B8A" else f"B{int(n[1:])}" for n in S2_PRODUCT_NAMES]  # B01 -> B1, as the MTD spells it
     res = [S2_PRODUCT_RESOLUTION_M[n] for n in S2_PRODUCT_NAMES]
-    spectral = "\n".join(f'        <Spectral_Information bandId="{i}" physicalBand="{p}"><RESOLUTION>{r}</RESOLUTION>'
-                         f"</Spectral_Information>" for i, (p, r) in enumerate(zip(phys, res, strict=True)))
-    tag, qtag = ("BOA_ADD_OFFSET", '<BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE>') \
-        if level == "L2A" else ("RADIO_ADD_OFFSET", '<QUANTIFICATION_VALUE unit="none">10000</QUANTIFICATION_VALUE>')
+    spectral = "\n".join(
+        f'        <Spectral_Information bandId="{i}" physicalBand="{p}"><RESOLUTION>{r}</RESOLUTION>'
+        f"</Spectral_Information>"
+        for i, (p, r) in enumerate(zip(phys, res, strict=True))
+    )
+    tag, qtag = (
+        ("BOA_ADD_OFFSET", '<BOA_QUANTIFICATION_VALUE unit="none">10000</BOA_QUANTIFICATION_VALUE>')
+        if level == "L2A"
+        else ("RADIO_ADD_OFFSET", '<QUANTIFICATION_VALUE unit="none">10000</QUANTIFICATION_VALUE>')
+    )
     offs = "\n".join(f'        <{tag} band_id="{i}">{DN_ADD_OFFSET}</{tag}>' for i in range(13))
-    offs = (f"      <BOA_ADD_OFFSET_VALUES_LIST>\n{offs}\n      </BOA_ADD_OFFSET_VALUES_LIST>" if level == "L2A"
-            else f"      <Radiometric_Offset_List>\n{offs}\n      </Radiometric_Offset_List>")
+    offs = (
+        f"      <BOA_ADD_OFFSET_VALUES_LIST>\n{offs}\n      </BOA_ADD_OFFSET_VALUES_LIST>"
+        if level == "L2A"
+        else f"      <Radiometric_Offset_List>\n{offs}\n      </Radiometric_Offset_List>"
+    )
     img = "\n".join(f"            <IMAGE_FILE>{os.path.splitext(f)[0]}</IMAGE_FILE>" for f in files)
     root = "Level-2A_User_Product" if level == "L2A" else "Level-1C_User_Product"
     ptype = "S2MSI2A" if level == "L2A" else "S2MSI1C"
     fmt = "JPEG2000" if ext == ".jp2" else "GeoTIFF"
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <!-- synthetic product written by benbeam synth-tile: a minimal subset of the real metadata -->
-<n1:{root} xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_{root.split('_')[0]}.xsd">
+<n1:{root} xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/User_Product_{root.split("_")[0]}.xsd">
   <n1:General_Info>
     <Product_Info>
       <PRODUCT_START_TIME>{_iso(date)}</PRODUCT_START_TIME>
       <PRODUCT_STOP_TIME>{_iso(date)}</PRODUCT_STOP_TIME>
-      <PRODUCT_URI>{nm['safe']}</PRODUCT_URI>
+      <PRODUCT_URI>{nm["safe"]}</PRODUCT_URI>
       <PROCESSING_LEVEL>Level-{level[1:]}</PROCESSING_LEVEL>
       <PRODUCT_TYPE>{ptype}</PRODUCT_TYPE>
       <PROCESSING_BASELINE>{BASELINE}</PROCESSING_BASELINE>
-      <GENERATION_TIME>{_iso(nm['gen'])}</GENERATION_TIME>
+      <GENERATION_TIME>{_iso(nm["gen"])}</GENERATION_TIME>
       <Datatake datatakeIdentifier="GS2A_{date}_047373_N{BASELINE}">
         <SPACECRAFT_NAME>Sentinel-2A</SPACECRAFT_NAME>
         <SENSING_ORBIT_NUMBER>22</SENSING_ORBIT_NUMBER>
       </Datatake>
       <Product_Organisation>
         <Granule_List>
-          <Granule granuleIdentifier="{nm['granule']}" imageFormat="{fmt}">
+          <Granule granuleIdentifier="{nm["granule"]}" imageFormat="{fmt}">
 {img}
           </Granule>
         </Granule_List>
@@ -73,16 +82,21 @@ def mtd_product(level: str, nm: dict, date: str, files: list[str], ext: str) -> 
 
 def mtd_tile(level: str, nm: dict, date: str, epsg: int, x0: float, y0: float, size: int) -> str:
     """The granule's MTD_TL.xml: tile id, sensing time, CRS and geoposition per resolution."""
-    sizes = "\n".join(f'        <Size resolution="{r}"><NROWS>{size * 10 // r}</NROWS>'
-                      f"<NCOLS>{size * 10 // r}</NCOLS></Size>" for r in (10, 20, 60))
-    geo = "\n".join(f'        <Geoposition resolution="{r}"><ULX>{x0:.0f}</ULX><ULY>{y0:.0f}</ULY><XDIM>{r}</XDIM>'
-                    f"<YDIM>-{r}</YDIM></Geoposition>" for r in (10, 20, 60))
+    sizes = "\n".join(
+        f'        <Size resolution="{r}"><NROWS>{size * 10 // r}</NROWS><NCOLS>{size * 10 // r}</NCOLS></Size>'
+        for r in (10, 20, 60)
+    )
+    geo = "\n".join(
+        f'        <Geoposition resolution="{r}"><ULX>{x0:.0f}</ULX><ULY>{y0:.0f}</ULY><XDIM>{r}</XDIM>'
+        f"<YDIM>-{r}</YDIM></Geoposition>"
+        for r in (10, 20, 60)
+    )
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <!-- synthetic granule metadata written by benbeam synth-tile -->
 <n1:Level-{level[1:]}_Tile_ID
     xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/S2_PDI_Level-{level[1:]}_Tile_Metadata.xsd">
   <n1:General_Info>
-    <TILE_ID>{nm['granule']}</TILE_ID>
+    <TILE_ID>{nm["granule"]}</TILE_ID>
     <SENSING_TIME>{_iso(date)}</SENSING_TIME>
   </n1:General_Info>
   <n1:Geometric_Info>

@@ -72,6 +72,7 @@ LEVELS = ("L2A", "L1C")
 # Content: a tile-wide layout, evaluated strip by strip
 # --------------------------------------------------------------------------------------
 
+
 def _seed_seq(seed: int, tile: str, part: int) -> np.random.SeedSequence:
     h = int.from_bytes(hashlib.blake2b(tile.encode(), digest_size=8).digest(), "big")
     return np.random.SeedSequence([seed, h, part])
@@ -187,6 +188,7 @@ def _dn(v: np.ndarray, offset: int, f: int, nodata_border: int) -> np.ndarray:
 # Writing
 # --------------------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=None)
 def jp2_writable() -> bool:
     """Whether this GDAL can write lossless JPEG 2000 (JP2OpenJPEG, CreateCopy)."""
@@ -201,8 +203,15 @@ def jp2_writable() -> bool:
     a = (np.arange(36, dtype=np.uint16) * 997).reshape(6, 6)
     try:
         with rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile() as mem:
-            with mem.open(driver="GTiff", width=6, height=6, count=1, dtype="uint16", crs="EPSG:32632",
-                          transform=from_origin(0, 60, 10, 10)) as ds:
+            with mem.open(
+                driver="GTiff",
+                width=6,
+                height=6,
+                count=1,
+                dtype="uint16",
+                crs="EPSG:32632",
+                transform=from_origin(0, 60, 10, 10),
+            ) as ds:
                 ds.write(a, 1)
             copy(mem.name, "/vsimem/_jp2_probe.jp2", driver="JP2OpenJPEG", REVERSIBLE="YES", QUALITY="100")
             with rasterio.open("/vsimem/_jp2_probe.jp2") as ds:
@@ -217,8 +226,17 @@ def _open_tif(path, width, height, count, dtype, crs, transform, **kw):
     import rasterio
 
     raw = width * height * count * np.dtype(dtype).itemsize
-    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype, crs=crs,
-                   transform=transform, BIGTIFF="YES" if raw > 2 * 2**30 else "IF_SAFER", **kw)
+    profile = dict(
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=count,
+        dtype=dtype,
+        crs=crs,
+        transform=transform,
+        BIGTIFF="YES" if raw > 2 * 2**30 else "IF_SAFER",
+        **kw,
+    )
     return rasterio.open(path, "w", **profile)
 
 
@@ -249,8 +267,18 @@ def _check_args(size, layout, level, tile, date, nodata_border):
         raise ValueError(f"nodata_border must be in [0, size), got {nodata_border}")
 
 
-def make_tile(out_dir: str, *, size: int = 1098, seed: int = 0, layout: str = "safe", level: str = "L2A",
-              s1: bool = False, tile: str = "32TQR", date: str = "20240715T101031", nodata_border: int = 0) -> dict:
+def make_tile(
+    out_dir: str,
+    *,
+    size: int = 1098,
+    seed: int = 0,
+    layout: str = "safe",
+    level: str = "L2A",
+    s1: bool = False,
+    tile: str = "32TQR",
+    date: str = "20240715T101031",
+    nodata_border: int = 0,
+) -> dict:
     """Write one synthetic tile into ``out_dir``; returns {path, s1, truth, crs, transform, name,
     level, layout, format}. ``size`` px of 10 m a side (a multiple of 6; 1098 = a tenth of a real
     tile); ``nodata_border`` columns on the left hold 0 in every S2 band."""
@@ -278,12 +306,14 @@ def make_tile(out_dir: str, *, size: int = 1098, seed: int = 0, layout: str = "s
     try:
         # a bounded block cache: written strips go to disk, not into GDAL's default 5 % of RAM
         with rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_CACHEMAX=128):
-            truth_ds = _open_tif(truth_path, size, size, 1, "uint8", crs, transform, nodata=IGNORE_INDEX,
-                                 compress="deflate", predictor=2)
+            truth_ds = _open_tif(
+                truth_path, size, size, 1, "uint8", crs, transform, nodata=IGNORE_INDEX, compress="deflate", predictor=2
+            )
             outs["truth"] = truth_ds
             if s1:
-                s1_ds = _open_tif(s1_path, size, size, 2, "float32", crs, transform, compress="deflate",
-                                  interleave="band")
+                s1_ds = _open_tif(
+                    s1_path, size, size, 2, "float32", crs, transform, compress="deflate", interleave="band"
+                )
                 s1_ds.descriptions = ("VV", "VH")
                 s1_ds.units = ("dB", "dB")
                 s1_ds.update_tags(SOURCE="benbeam synth-tile", UNIT="dB")
@@ -297,28 +327,53 @@ def make_tile(out_dir: str, *, size: int = 1098, seed: int = 0, layout: str = "s
                 rel: dict[str, str] = {}
                 for b in names:
                     r = _RES[b]
-                    rel[b] = (os.path.join(f"R{r}m", f"{stem}_{b}_{r}m{ext}") if level == "L2A"
-                              else f"{stem}_{b}{ext}")
+                    rel[b] = os.path.join(f"R{r}m", f"{stem}_{b}_{r}m{ext}") if level == "L2A" else f"{stem}_{b}{ext}"
                     os.makedirs(os.path.dirname(os.path.join(img, rel[b])), exist_ok=True)
                     n = size * 10 // r
                     target = os.path.join(tmp, f"{b}.tif") if use_jp2 else os.path.join(img, rel[b])
-                    outs[b] = _open_tif(target, n, n, 1, "uint16", crs, from_origin(x0, y0, r, r),
-                                        **({} if use_jp2 else dict(compress="deflate", predictor=2)))
+                    outs[b] = _open_tif(
+                        target,
+                        n,
+                        n,
+                        1,
+                        "uint16",
+                        crs,
+                        from_origin(x0, y0, r, r),
+                        **({} if use_jp2 else dict(compress="deflate", predictor=2)),
+                    )
                 for r0, truth, bands, s1v in _strips(size, seed, tile, level, nodata_border):
                     _write_common(outs, r0, truth, s1v)
                     for b, v in bands.items():
                         f = _RES[b] // 10
-                        outs[b].write(_dn(v, DN_OFFSET, f, nodata_border), 1,
-                                      window=((r0 // f, r0 // f + v.shape[0]), (0, v.shape[1])))
+                        outs[b].write(
+                            _dn(v, DN_OFFSET, f, nodata_border),
+                            1,
+                            window=((r0 // f, r0 // f + v.shape[0]), (0, v.shape[1])),
+                        )
             else:
                 path = os.path.join(out_dir, f"{stem}.tif")
-                ds = _open_tif(path, size, size, len(S2_NAMES), "uint16", crs, transform, nodata=0,
-                               compress="deflate", predictor=2, interleave="band", tiled=False,
-                               blockysize=STRIP)  # one strip per written strip: no block is written twice
+                ds = _open_tif(
+                    path,
+                    size,
+                    size,
+                    len(S2_NAMES),
+                    "uint16",
+                    crs,
+                    transform,
+                    nodata=0,
+                    compress="deflate",
+                    predictor=2,
+                    interleave="band",
+                    tiled=False,
+                    blockysize=STRIP,
+                )  # one strip per written strip: no block is written twice
                 ds.descriptions = S2_NAMES
-                ds.update_tags(SOURCE="benbeam synth-tile", BOA_ADD_OFFSET="0",
-                               VALUES="DN = surface reflectance x 10000 (reBEN units); 20 m and 60 m bands "
-                                      "upsampled bilinearly (as benbeam convert) to 10 m")
+                ds.update_tags(
+                    SOURCE="benbeam synth-tile",
+                    BOA_ADD_OFFSET="0",
+                    VALUES="DN = surface reflectance x 10000 (reBEN units); 20 m and 60 m bands "
+                    "upsampled bilinearly (as benbeam convert) to 10 m",
+                )
                 outs["tile"] = ds
                 _write_geotiff(ds, outs, size, seed, tile, nodata_border)
             for d in list(outs.values()):
@@ -327,8 +382,14 @@ def make_tile(out_dir: str, *, size: int = 1098, seed: int = 0, layout: str = "s
             if layout == "safe":
                 if use_jp2:
                     for b in names:
-                        gdal_copy(os.path.join(tmp, f"{b}.tif"), os.path.join(img, rel[b]), driver="JP2OpenJPEG",
-                                  REVERSIBLE="YES", QUALITY="100", YCBCR420="NO")
+                        gdal_copy(
+                            os.path.join(tmp, f"{b}.tif"),
+                            os.path.join(img, rel[b]),
+                            driver="JP2OpenJPEG",
+                            REVERSIBLE="YES",
+                            QUALITY="100",
+                            YCBCR420="NO",
+                        )
                         os.remove(os.path.join(tmp, f"{b}.tif"))
                 files = [os.path.join("GRANULE", nm["granule"], "IMG_DATA", rel[b]) for b in names]
                 with open(os.path.join(path, MTD_FILES[0 if level == "L2A" else 1]), "w") as fh:
@@ -339,8 +400,17 @@ def make_tile(out_dir: str, *, size: int = 1098, seed: int = 0, layout: str = "s
         for d in outs.values():
             d.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"path": path, "s1": s1_path, "truth": truth_path, "crs": crs, "transform": transform, "name": stem,
-            "level": level, "layout": layout, "format": "JP2" if use_jp2 else "GTiff"}
+    return {
+        "path": path,
+        "s1": s1_path,
+        "truth": truth_path,
+        "crs": crs,
+        "transform": transform,
+        "name": stem,
+        "level": level,
+        "layout": layout,
+        "format": "JP2" if use_jp2 else "GTiff",
+    }
 
 
 def _write_common(outs: dict, r0: int, truth: np.ndarray, s1v: np.ndarray) -> None:
@@ -388,6 +458,7 @@ def _lookahead(it):
 # CLI
 # --------------------------------------------------------------------------------------
 
+
 def tile_ids(n: int, first: str = "32TQR") -> list[str]:
     """n distinct MGRS tile ids starting at ``first`` (walking the zone's 100 km columns, then rows)."""
     zone, band, col, row = first[:2], first[2], first[3], first[4]
@@ -395,28 +466,45 @@ def tile_ids(n: int, first: str = "32TQR") -> list[str]:
     c0, r0 = cols.index(col), _ROW_LETTERS.index(row)
     if n > len(cols) * len(_ROW_LETTERS):
         raise ValueError(f"at most {len(cols) * len(_ROW_LETTERS)} distinct tiles per zone")
-    return [f"{zone}{band}{cols[(c0 + i) % len(cols)]}{_ROW_LETTERS[(r0 - i // len(cols)) % len(_ROW_LETTERS)]}"
-            for i in range(n)]
+    return [
+        f"{zone}{band}{cols[(c0 + i) % len(cols)]}{_ROW_LETTERS[(r0 - i // len(cols)) % len(_ROW_LETTERS)]}"
+        for i in range(n)
+    ]
 
 
 def run(argv: list[str] | None = None) -> int:
     """``benbeam synth-tile ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="benbeam synth-tile", allow_abbrev=False,
-                                 description="Write synthetic Sentinel-2 tiles (SAFE folders or GeoTIFFs) with a "
-                                             "ground-truth class map, for benbeam predict.")
+    ap = argparse.ArgumentParser(
+        prog="benbeam synth-tile",
+        allow_abbrev=False,
+        description="Write synthetic Sentinel-2 tiles (SAFE folders or GeoTIFFs) with a "
+        "ground-truth class map, for benbeam predict.",
+    )
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--n", type=int, default=1, help="number of tiles (distinct tile ids and seeds)")
     ap.add_argument("--size", type=int, default=1098, help="pixels of 10 m a side, a multiple of 6 (real: 10980)")
     ap.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes (default 0)")
-    ap.add_argument("--layout", choices=LAYOUTS, default="safe",
-                    help="safe: a real .SAFE product folder (JPEG 2000 bands); geotiff: one 12-band GeoTIFF "
-                         "on the 10 m grid (default safe)")
-    ap.add_argument("--level", choices=LEVELS, default="L2A",
-                    help="processing level of a safe product: L2A (12 bands, as reBEN) or L1C (13, with B10) "
-                         "(default L2A)")
+    ap.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="safe",
+        help="safe: a real .SAFE product folder (JPEG 2000 bands); geotiff: one 12-band GeoTIFF "
+        "on the 10 m grid (default safe)",
+    )
+    ap.add_argument(
+        "--level",
+        choices=LEVELS,
+        default="L2A",
+        help="processing level of a safe product: L2A (12 bands, as reBEN) or L1C (13, with B10) (default L2A)",
+    )
     ap.add_argument("--s1", action="store_true", help="also write a co-registered S1 raster <tile>_s1.tif")
-    ap.add_argument("--nodata_border", type=int, default=0, metavar="N",
-                    help="N columns on the left outside the swath (0 in all S2 bands)")
+    ap.add_argument(
+        "--nodata_border",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N columns on the left outside the swath (0 in all S2 bands)",
+    )
     args = ap.parse_args(argv)
     if args.n < 1:
         print(f"benbeam synth-tile: error: --n must be at least 1, got {args.n}", file=sys.stderr)
@@ -429,11 +517,21 @@ def run(argv: list[str] | None = None) -> int:
         return 2
     for i, tid in enumerate(ids):
         t = time.perf_counter()
-        info = make_tile(args.out, size=args.size, seed=args.seed + i, layout=args.layout, level=args.level,
-                         s1=args.s1, tile=tid, nodata_border=args.nodata_border)
+        info = make_tile(
+            args.out,
+            size=args.size,
+            seed=args.seed + i,
+            layout=args.layout,
+            level=args.level,
+            s1=args.s1,
+            tile=tid,
+            nodata_border=args.nodata_border,
+        )
         fmt = "JPEG 2000" if info["format"] == "JP2" else "GeoTIFF"
-        print(f"tile {info['name']}: {args.level} {args.layout} ({fmt}), {args.size}x{args.size} px of 10 m, "
-              f"EPSG:{info['crs'].to_epsg()}, {time.perf_counter() - t:.1f} s")
+        print(
+            f"tile {info['name']}: {args.level} {args.layout} ({fmt}), {args.size}x{args.size} px of 10 m, "
+            f"EPSG:{info['crs'].to_epsg()}, {time.perf_counter() - t:.1f} s"
+        )
         print(f"  product: {info['path']}")
         print(f"  truth:   {info['truth']}")
         if info["s1"]:

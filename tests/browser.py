@@ -20,8 +20,14 @@ import pytest
 # Flags the machine needs: headless as root, and no background calls to Google's hosts
 # on a closed network (each one refused makes the start slow and noisy).
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--disable-dev-shm-usage",
 ]
 
@@ -40,8 +46,12 @@ _COLLECT = """() => ({
 
 
 def chromium_path() -> str | None:
-    for cand in (os.environ.get("BENBEAM_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
-                 shutil.which("chromium-browser")):
+    for cand in (
+        os.environ.get("BENBEAM_CHROMIUM"),
+        shutil.which("chromium"),
+        "/usr/bin/chromium",
+        shutil.which("chromium-browser"),
+    ):
         if cand and os.path.exists(cand):
             return cand
     return None

@@ -67,8 +67,9 @@ def exec_prefix(ns: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def dask_cluster(scheduler: tuple[str, str], workers: list[tuple[str, str]], env: dict, log_dir: str,
-                 python: str, threads: int = 1):
+def dask_cluster(
+    scheduler: tuple[str, str], workers: list[tuple[str, str]], env: dict, log_dir: str, python: str, threads: int = 1
+):
     """A dask.distributed scheduler and one worker process per entry (no nanny: a killed
     worker stays dead), each in its (namespace, address). Yields (scheduler address,
     {address: worker Popen})."""
@@ -86,8 +87,21 @@ def dask_cluster(scheduler: tuple[str, str], workers: list[tuple[str, str]], env
         return p
 
     try:
-        start(exec_prefix(sched_ns) + [python, "-m", "distributed.cli.dask_scheduler", "--host", sched_addr,
-                                       "--port", "8786", "--dashboard-address", ":0"], "scheduler")
+        start(
+            exec_prefix(sched_ns)
+            + [
+                python,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                sched_addr,
+                "--port",
+                "8786",
+                "--dashboard-address",
+                ":0",
+            ],
+            "scheduler",
+        )
         t0 = time.monotonic()
         while True:
             try:
@@ -99,9 +113,25 @@ def dask_cluster(scheduler: tuple[str, str], workers: list[tuple[str, str]], env
                 time.sleep(0.3)
         ws = {}
         for ns, addr in workers:
-            ws[addr] = start(exec_prefix(ns) + [python, "-m", "distributed.cli.dask_worker", f"tcp://{address}",
-                                                "--host", addr, "--nthreads", str(threads), "--no-nanny",
-                                                "--dashboard-address", ":0", "--name", addr], f"worker-{addr}")
+            ws[addr] = start(
+                exec_prefix(ns)
+                + [
+                    python,
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    f"tcp://{address}",
+                    "--host",
+                    addr,
+                    "--nthreads",
+                    str(threads),
+                    "--no-nanny",
+                    "--dashboard-address",
+                    ":0",
+                    "--name",
+                    addr,
+                ],
+                f"worker-{addr}",
+            )
         from distributed import Client
 
         with Client(address, timeout=60) as c:

@@ -89,25 +89,51 @@ def weed_binary() -> str:
 
 
 @contextlib.contextmanager
-def seaweedfs(access_key: str, secret_key: str, extra_args: tuple[str, ...] = (), host: str = HOST,
-              prefix: tuple[str, ...] = ()):
+def seaweedfs(
+    access_key: str, secret_key: str, extra_args: tuple[str, ...] = (), host: str = HOST, prefix: tuple[str, ...] = ()
+):
     """An S3 endpoint (``http://HOST:PORT``, 127.0.0.1 by default) that accepts only the given
     credentials; ``extra_args`` go to ``weed server`` as they are; ``prefix`` runs it through
     another command (``ip netns exec NS``)."""
     root = tempfile.mkdtemp(prefix="benbeam-weed-")
     cfg = os.path.join(root, "s3.json")
     with open(cfg, "w") as fh:
-        json.dump({"identities": [{"name": "benbeam-tests",
-                                   "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, fh)
+        json.dump(
+            {
+                "identities": [
+                    {
+                        "name": "benbeam-tests",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            },
+            fh,
+        )
     used: set[int] = set()
     s3, master, volume, filer = (free_port(used) for _ in range(4))
     log = os.path.join(root, "weed.log")
     data = os.path.join(root, "data")
     os.makedirs(data)
-    cmd = [*prefix, weed_binary(), "server", f"-dir={data}", f"-ip={host}", f"-ip.bind={host}",
-           f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
-           "-s3", f"-s3.port={s3}", f"-s3.config={cfg}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=20", "-master.volumeSizeLimitMB=256", *extra_args]
+    cmd = [
+        *prefix,
+        weed_binary(),
+        "server",
+        f"-dir={data}",
+        f"-ip={host}",
+        f"-ip.bind={host}",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        f"-filer.port={filer}",
+        "-s3",
+        f"-s3.port={s3}",
+        f"-s3.config={cfg}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-volume.max=20",
+        "-master.volumeSizeLimitMB=256",
+        *extra_args,
+    ]
     with open(log, "wb") as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -138,8 +164,21 @@ def fake_gcs(public_host: str | None = None):
     log = os.path.join(root, "gcs.log")
     data = os.path.join(root, "data")
     os.makedirs(data)
-    cmd = [fake_gcs_binary(), "-scheme", "http", "-host", HOST, "-port", str(port), "-backend", "filesystem",
-           "-filesystem-root", data, "-public-host", public_host or f"{HOST}:{port}"]
+    cmd = [
+        fake_gcs_binary(),
+        "-scheme",
+        "http",
+        "-host",
+        HOST,
+        "-port",
+        str(port),
+        "-backend",
+        "filesystem",
+        "-filesystem-root",
+        data,
+        "-public-host",
+        public_host or f"{HOST}:{port}",
+    ]
     with open(log, "wb") as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -255,10 +294,14 @@ class FaultProxy:
                 if mode == "drop":
                     return  # close without an answer: the client sees a reset / disconnect
                 if mode == "503":
-                    body = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>"
-                            b"<Message>Please reduce your request rate.</Message></Error>")
-                    client.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
-                                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                    body = (
+                        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+                        b"<Message>Please reduce your request rate.</Message></Error>"
+                    )
+                    client.sendall(
+                        b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                    )
                     continue
                 upstream.sendall(req)
                 resp = self._read_response(uf, req.split(b" ", 1)[0] == b"HEAD")

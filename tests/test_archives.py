@@ -12,11 +12,10 @@ import pytest
 import zstandard
 
 from beam_pipeline.cli import main
-from schemas import manifest as M
+from schemas import manifest as manifest_schema
 from schemas.failures import FAULT_KINDS
 from schemas.naming import S1_DIR, S2_DIR, object_urls
-from transforms import archive_packs as P
-from transforms import archives as A
+from transforms import archive_packs, archives
 from transforms.archive_inventory import check_archived, expected_members, inventory
 
 N = 30
@@ -47,15 +46,15 @@ def _tar_zst(path, members, frames=1, prefix="", dirs=True):
     step = -(-len(raw) // frames)
     with open(path, "wb") as fh:
         for i in range(0, len(raw), step):
-            fh.write(c.compress(raw[i:i + step]))
+            fh.write(c.compress(raw[i : i + step]))
 
 
 def _members(path):
-    return [(m.name, m.data) for m in A.iter_members(str(path))]
+    return [(m.name, m.data) for m in archives.iter_members(str(path))]
 
 
 def _failures(out):
-    return [json.loads(line) for line in (out / M.FAILURES_JSONL).read_text().splitlines()]
+    return [json.loads(line) for line in (out / manifest_schema.FAILURES_JSONL).read_text().splitlines()]
 
 
 def _files(out):
@@ -64,7 +63,7 @@ def _files(out):
     for d, _, files in os.walk(out):
         for f in files:
             rel = os.path.relpath(os.path.join(d, f), out)
-            if rel not in (M.RUN_JSON, M.MANIFEST):
+            if rel not in (manifest_schema.RUN_JSON, manifest_schema.MANIFEST):
                 with open(os.path.join(d, f), "rb") as fh:
                     got[rel] = fh.read()
     return got
@@ -80,7 +79,7 @@ def test_members_stream_back_exactly_in_any_order_with_prefix_and_frames(tmp_pat
     assert _members(tmp_path / "a.tar.zst") == members
     _tar_zst(tmp_path / "b.tar.zst", members[::-1], frames=4, prefix="./", dirs=False)
     assert _members(tmp_path / "b.tar.zst") == members[::-1]
-    names = [m.name for m in A.iter_members(str(tmp_path / "b.tar.zst"), read_data=False)]
+    names = [m.name for m in archives.iter_members(str(tmp_path / "b.tar.zst"), read_data=False)]
     assert names == [n for n, _ in members[::-1]]
 
 
@@ -91,7 +90,7 @@ def test_a_truncated_archive_names_itself_and_the_byte_offset(tmp_path, cut):
     data = (tmp_path / "a.tar.zst").read_bytes()
     bad = tmp_path / "BigEarthNet-S2.tar.zst"
     bad.write_bytes(data[: int(len(data) * cut)])
-    with pytest.raises(A.ArchiveError, match=r"BigEarthNet-S2\.tar\.zst is truncated.* byte \d+"):
+    with pytest.raises(archives.ArchiveError, match=r"BigEarthNet-S2\.tar\.zst is truncated.* byte \d+"):
         _members(bad)
 
 
@@ -107,7 +106,7 @@ def test_a_cut_tar_inside_a_complete_zstd_frame_is_truncation_too(tmp_path):
     for cut in (2 * 512 + 3000, 512 + 1000, end, end + 512):  # in a header, in data, no or half an end marker
         p = tmp_path / f"cut{cut}.tar.zst"
         p.write_bytes(zstandard.ZstdCompressor().compress(raw[:cut]))
-        with pytest.raises(A.ArchiveError, match=r"cut\d+\.tar\.zst is truncated.*tar offset \d+ \(byte \d+"):
+        with pytest.raises(archives.ArchiveError, match=r"cut\d+\.tar\.zst is truncated.*tar offset \d+ \(byte \d+"):
             _members(p)
 
 
@@ -123,13 +122,13 @@ def test_a_corrupt_header_or_frame_is_an_error_not_a_silent_end(tmp_path):
     raw[3 * (512 + 3072) + 10] ^= 0xFF  # inside the 4th member's header name
     p = tmp_path / "hdr.tar.zst"
     p.write_bytes(zstandard.ZstdCompressor().compress(bytes(raw)))
-    with pytest.raises(A.ArchiveError, match=r"hdr\.tar\.zst is truncated or corrupt at tar offset 10752"):
+    with pytest.raises(archives.ArchiveError, match=r"hdr\.tar\.zst is truncated or corrupt at tar offset 10752"):
         _members(p)
     z = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(os.urandom(50_000)))
     z[len(z) // 2] ^= 0xFF
     p = tmp_path / "frame.tar.zst"
     p.write_bytes(bytes(z))
-    with pytest.raises(A.ArchiveError, match=r"frame\.tar\.zst is (corrupt|truncated or corrupt|not a tar)"):
+    with pytest.raises(archives.ArchiveError, match=r"frame\.tar\.zst is (corrupt|truncated or corrupt|not a tar)"):
         _members(p)
 
 
@@ -138,21 +137,21 @@ def test_a_corrupt_header_or_frame_is_an_error_not_a_silent_end(tmp_path):
 
 def test_pack_records_round_trip_and_damage_is_detected():
     recs = [("a/b.tif", b"x" * 10), ("c.tif", b""), ("a/b.tif", b"later wins")]
-    blob = b"".join(P.encode_record(n, d) for n, d in recs)
-    assert list(P.decode_records(blob)) == recs
+    blob = b"".join(archive_packs.encode_record(n, d) for n, d in recs)
+    assert list(archive_packs.decode_records(blob)) == recs
     with pytest.raises(ValueError, match="cut off"):
-        list(P.decode_records(blob[:-3], "p"))
+        list(archive_packs.decode_records(blob[:-3], "p"))
     with pytest.raises(ValueError, match="bad record marker"):
-        list(P.decode_records(b"zzzz" + blob[4:], "p"))
+        list(archive_packs.decode_records(b"zzzz" + blob[4:], "p"))
 
 
 def test_pack_writer_bounds_its_buffer_and_only_committed_attempts_are_read(tmp_path):
     d = str(tmp_path / "packs")
     homes = [("train", i, 3) for i in range(3)]
-    stale = P.PackWriter(d, S2_DIR, buffer_bytes=1000)
+    stale = archive_packs.PackWriter(d, S2_DIR, buffer_bytes=1000)
     stale.add(homes[0], "x", b"stale" * 100)
     stale._flush(homes[0])  # a failed attempt left a pack behind, without a commit
-    w = P.PackWriter(d, S2_DIR, buffer_bytes=1000)
+    w = archive_packs.PackWriter(d, S2_DIR, buffer_bytes=1000)
     expect = {h: {} for h in homes}
     for i in range(60):
         h = homes[i % 3]
@@ -162,18 +161,20 @@ def test_pack_writer_bounds_its_buffer_and_only_committed_attempts_are_read(tmp_
         assert w._held <= 1000
     summary = w.commit()
     assert summary["records"] == 60 and summary["writes"] > 3  # flushed several times, appending
-    attempts = P.committed_attempts(d)
+    attempts = archive_packs.committed_attempts(d)
     assert attempts == {S2_DIR: w.attempt}
     for h in homes:
-        assert P.read_shard_objects(d, h, attempts) == expect[h]
-    P.remove_packs(d)
+        assert archive_packs.read_shard_objects(d, h, attempts) == expect[h]
+    archive_packs.remove_packs(d)
     assert not os.path.exists(d)
 
 
 def test_router_sends_a_shared_s1_folder_to_every_shard_that_reads_it():
-    router = A.Router(homes=[("train", 0, 2), ("train", 1, 2), ("test", 0, 1)],
-                      names=np.array(sorted([b"a", b"s1x", b"s1x", b"zz"]), dtype=bytes),
-                      targets=np.array([2, 0, 1, 0], dtype=np.int32))
+    router = archives.Router(
+        homes=[("train", 0, 2), ("train", 1, 2), ("test", 0, 1)],
+        names=np.array(sorted([b"a", b"s1x", b"s1x", b"zz"]), dtype=bytes),
+        targets=np.array([2, 0, 1, 0], dtype=np.int32),
+    )
     assert router.route("s1x") == [0, 1]
     assert router.route("a") == [2]
     assert router.route("nope") == [] and router.route("x" * 200) == []
@@ -182,7 +183,11 @@ def test_router_sends_a_shared_s1_folder_to_every_shard_that_reads_it():
 def test_transforms_and_sources_pickle():
     from transforms.archive_ptransforms import InventoryFn, SplitArchiveFn
 
-    for obj in (SplitArchiveFn(None, "/tmp/p", {}), InventoryFn(("m",), ("train",), 1.0, {}), P.PackObjects("/x")):
+    for obj in (
+        SplitArchiveFn(None, "/tmp/p", {}),
+        InventoryFn(("m",), ("train",), 1.0, {}),
+        archive_packs.PackObjects("/x"),
+    ):
         assert type(pickle.loads(pickle.dumps(obj))) is type(obj)
 
 
@@ -192,14 +197,44 @@ def test_transforms_and_sources_pickle():
 @pytest.fixture(scope="module")
 def reben(tmp_path_factory):
     root = tmp_path_factory.mktemp("reben")
-    assert main(["synth", "--out", str(root), "--n", str(N), "--seed", "11", "--faults", ",".join(FAULT_KINDS),
-                 "--archives", "--workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(root),
+                "--n",
+                str(N),
+                "--seed",
+                "11",
+                "--faults",
+                ",".join(FAULT_KINDS),
+                "--archives",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     return root
 
 
 def _convert(reben, out, *extra):
-    return main(["convert", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "6",
-                 "--workers", "2", "--no_report", *extra])
+    return main(
+        [
+            "convert",
+            "--meta",
+            str(reben / "metadata.parquet"),
+            "--out",
+            str(out),
+            "--shard_size",
+            "6",
+            "--workers",
+            "2",
+            "--no_report",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -211,10 +246,9 @@ def from_folders(reben, tmp_path_factory):
 
 @pytest.mark.slow
 def test_synth_writes_official_style_archives_of_the_folders(reben):
-    for folder, name in A.ARCHIVES:
-        names = [m.name for m in A.iter_members(str(reben / name), read_data=False)]
-        on_disk = sorted(os.path.relpath(os.path.join(d, f), reben) for d, _, fs in os.walk(reben / folder)
-                         for f in fs)
+    for folder, name in archives.ARCHIVES:
+        names = [m.name for m in archives.iter_members(str(reben / name), read_data=False)]
+        on_disk = sorted(os.path.relpath(os.path.join(d, f), reben) for d, _, fs in os.walk(reben / folder) for f in fs)
         assert sorted(names) == on_disk
         assert names == sorted(names, key=lambda n: n.split("/"))  # folder by folder
         with open(reben / name, "rb") as fh:
@@ -229,13 +263,14 @@ def test_archives_convert_byte_identical_to_folders(reben, from_folders, tmp_pat
     out = tmp_path / "arch"
     assert _convert(reben, out, "--archives", str(reben)) == 0
     assert _files(out) == _files(from_folders)  # shards, stats.json, failures.jsonl, histograms
-    a, b = (json.loads((d / M.MANIFEST).read_text()) for d in (out, from_folders))
+    a, b = (json.loads((d / manifest_schema.MANIFEST).read_text()) for d in (out, from_folders))
     a["options"].pop("out"), b["options"].pop("out")
     assert a == b
     assert not [n for n in os.listdir(out) if n.startswith(".benbeam-packs")]  # cleaned up
-    counters = json.loads((out / M.RUN_JSON).read_text())["counters"]
-    assert counters["archive_members_read"] == sum(len(f) for folder, _ in A.ARCHIVES
-                                                   for _, _, f in os.walk(reben / folder))
+    counters = json.loads((out / manifest_schema.RUN_JSON).read_text())["counters"]
+    assert counters["archive_members_read"] == sum(
+        len(f) for folder, _ in archives.ARCHIVES for _, _, f in os.walk(reben / folder)
+    )
     reasons = {d["reason"] for d in _failures(out)}
     assert {"missing_object", "empty_object", "decode_error"} <= reasons
 
@@ -247,9 +282,9 @@ def test_any_member_order_and_a_missing_member(reben, from_folders, tmp_path):
     arch = tmp_path / "arch_in"
     arch.mkdir()
     failed = {d["patch_id"] for d in _failures(from_folders)}
-    manifest = json.loads((from_folders / M.MANIFEST).read_text())
+    manifest = json.loads((from_folders / manifest_schema.MANIFEST).read_text())
     victim = None
-    for folder, name in A.ARCHIVES:
+    for folder, name in archives.ARCHIVES:
         members = _members(reben / name)
         if folder == "Reference_Maps":
             victim = next(n.split("/")[2] for n, _ in members if n.split("/")[2] not in failed)
@@ -263,10 +298,17 @@ def test_any_member_order_and_a_missing_member(reben, from_folders, tmp_path):
 
     row = next(r for r in pq.read_table(reben / "metadata.parquet").to_pylist() if r["patch_id"] == victim)
     url = object_urls(str(reben), victim, row["s1_name"])["reference_map"]
-    assert extra == [{"patch_id": victim, "split": row["split"], "stage": "fetch", "reason": "missing_object",
-                      "detail": f"reference_map object {url} does not exist"}]
+    assert extra == [
+        {
+            "patch_id": victim,
+            "split": row["split"],
+            "stage": "fetch",
+            "reason": "missing_object",
+            "detail": f"reference_map object {url} does not exist",
+        }
+    ]
     assert [d for d in got if d["patch_id"] != victim] == _failures(from_folders)
-    man = json.loads((out / M.MANIFEST).read_text())
+    man = json.loads((out / manifest_schema.MANIFEST).read_text())
     before = {s["path"]: s for e in manifest["splits"].values() for s in e["shards"]}
     after = {s["path"]: s for e in man["splits"].values() for s in e["shards"]}
     changed = [p for p in before if before[p]["sha256"] != after[p]["sha256"]]
@@ -277,14 +319,14 @@ def test_any_member_order_and_a_missing_member(reben, from_folders, tmp_path):
 def test_a_truncated_archive_fails_clearly_without_a_manifest(reben, tmp_path, capfd):
     arch = tmp_path / "arch_in"
     arch.mkdir()
-    for _, name in A.ARCHIVES:
+    for _, name in archives.ARCHIVES:
         data = (reben / name).read_bytes()
         (arch / name).write_bytes(data[: len(data) * 2 // 3] if name.startswith(S1_DIR) else data)
     out = tmp_path / "out"
     assert _convert(reben, out, "--archives", str(arch)) == 1
     err = capfd.readouterr().err
     assert "BigEarthNet-S1.tar.zst is truncated" in err and "byte" in err
-    assert not (out / M.MANIFEST).exists()
+    assert not (out / manifest_schema.MANIFEST).exists()
     assert not [n for n in os.listdir(out) if n.startswith(".benbeam-packs")]
 
 
@@ -296,8 +338,10 @@ def test_missing_archives_and_deep_validation_are_usage_errors(tmp_path, capfd):
     assert main(["convert", "--meta", meta, "--out", str(tmp_path / "o"), "--archives", str(tmp_path)]) == 2
     assert "archive(s) not found" in capfd.readouterr().err
     assert main(["validate", "--meta", meta, "--out", str(tmp_path / "v.json"), "--archives", str(tmp_path)]) == 2
-    assert main(["validate", "--meta", meta, "--out", str(tmp_path / "v.json"), "--archives", str(tmp_path),
-                 "--deep"]) == 2
+    assert (
+        main(["validate", "--meta", meta, "--out", str(tmp_path / "v.json"), "--archives", str(tmp_path), "--deep"])
+        == 2
+    )
 
 
 @pytest.mark.slow
@@ -305,8 +349,10 @@ def test_validate_archives_reports_what_the_folders_report(reben, tmp_path):
     reps = []
     for extra in ([], ["--archives", str(reben)]):
         out = tmp_path / f"v{len(reps)}.json"
-        assert main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--workers", "2",
-                     *extra]) == 0
+        assert (
+            main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--workers", "2", *extra])
+            == 0
+        )
         reps.append(json.loads(out.read_text()))
     for r in reps:
         r["options"].pop("archives")
@@ -346,20 +392,42 @@ def test_archives_in_a_bucket_stream_through_the_storage_layer(reben, from_folde
         with seaweedfs(key, secret) as endpoint:
             storage.configure(endpoint)
             storage.filesystem("s3://").mkdir("arch")
-            for _, name in A.ARCHIVES:
+            for _, name in archives.ARCHIVES:
                 storage.upload_file(str(reben / name), f"s3://arch/in/{name}")
             storage.upload_file(str(reben / "metadata.parquet"), "s3://arch/in/metadata.parquet")
-            assert main(["convert", "--meta", "s3://arch/in/metadata.parquet", "--archives", "s3://arch/in",
-                         "--out", "s3://arch/ds", "--shard_size", "6", "--workers", "2", "--no_report",
-                         "--s3_endpoint_url", endpoint]) == 0
+            assert (
+                main(
+                    [
+                        "convert",
+                        "--meta",
+                        "s3://arch/in/metadata.parquet",
+                        "--archives",
+                        "s3://arch/in",
+                        "--out",
+                        "s3://arch/ds",
+                        "--shard_size",
+                        "6",
+                        "--workers",
+                        "2",
+                        "--no_report",
+                        "--s3_endpoint_url",
+                        endpoint,
+                    ]
+                )
+                == 0
+            )
             fs = storage.filesystem("s3://arch")
-            man = json.loads(fs.cat_file(f"s3://arch/ds/{M.MANIFEST}"))
-            ref = json.loads((from_folders / M.MANIFEST).read_text())
+            man = json.loads(fs.cat_file(f"s3://arch/ds/{manifest_schema.MANIFEST}"))
+            ref = json.loads((from_folders / manifest_schema.MANIFEST).read_text())
             shards = [(s["path"], s["sha256"]) for m in (man, ref) for e in m["splits"].values() for s in e["shards"]]
-            assert shards[: len(shards) // 2] == shards[len(shards) // 2:]
+            assert shards[: len(shards) // 2] == shards[len(shards) // 2 :]
             assert man["statistics"] == ref["statistics"]
-            got = fs.cat_file(f"s3://arch/ds/{M.FAILURES_JSONL}").decode().replace("s3://arch/in", str(reben))
-            assert got == (from_folders / M.FAILURES_JSONL).read_text()
+            got = (
+                fs.cat_file(f"s3://arch/ds/{manifest_schema.FAILURES_JSONL}")
+                .decode()
+                .replace("s3://arch/in", str(reben))
+            )
+            assert got == (from_folders / manifest_schema.FAILURES_JSONL).read_text()
             fs.invalidate_cache()
             left = [p for p in fs.ls("arch/ds", detail=False) if ".benbeam-packs" in p]
             assert len(left) == 1  # SeaweedFS keeps the emptied folder (its filer has real folders); S3 has none

@@ -56,7 +56,7 @@ def test_the_switch_runs_the_drawn_transform_and_the_inverse_undoes_it():
         xi, yi = A.apply_dihedral(tf.constant(k), [tf.constant(image), tf.constant(label)])
         np.testing.assert_array_equal(xi.numpy(), _numpy_batch(image, k))
         np.testing.assert_array_equal(yi.numpy(), _numpy_batch(label, k))
-        back, = A.apply_inverse(tf.constant(k), [xi])
+        (back,) = A.apply_inverse(tf.constant(k), [xi])
         np.testing.assert_array_equal(back.numpy(), image)
         # INVERSE is the inverse in the numpy map too (not only of the TF ops)
         np.testing.assert_array_equal(_numpy_batch(_numpy_batch(image, k), A.INVERSE[k]), image)
@@ -80,15 +80,18 @@ def test_the_wrapper_is_the_inverse_transform_of_the_unet_of_the_transformed_bat
     for k in range(A.NUM_TRANSFORMS):
         got = model.transformed(tf.constant(x), tf.constant(k), training=False)
         ref = net(_numpy_batch(x, k), training=False)
-        np.testing.assert_allclose(got[TM.SEG].numpy(), _numpy_batch(ref[TM.SEG].numpy(), A.INVERSE[k]),
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            got[TM.SEG].numpy(), _numpy_batch(ref[TM.SEG].numpy(), A.INVERSE[k]), rtol=0, atol=1e-6
+        )
         np.testing.assert_array_equal(got[TM.MULTI].numpy(), ref[TM.MULTI].numpy())  # not spatial: as it is
         outs.append(got[TM.SEG].numpy())
     # the U-Net is not equivariant itself, so the 8 wrapped outputs differ: the transform really ran
     assert max(np.abs(o - outs[0]).max() for o in outs[1:]) > 1e-4
     # training=True draws one of the 8 per call (batch norm then uses batch statistics)
-    train_outs = [model.transformed(tf.constant(x), tf.constant(k), training=True)[TM.SEG].numpy()
-                  for k in range(A.NUM_TRANSFORMS)]
+    train_outs = [
+        model.transformed(tf.constant(x), tf.constant(k), training=True)[TM.SEG].numpy()
+        for k in range(A.NUM_TRANSFORMS)
+    ]
     drawn = set()
     for _ in range(12):
         d = model(x, training=True)[TM.SEG].numpy()
@@ -137,8 +140,11 @@ def test_train_augment_feeds_the_unaugmented_pipeline_and_saves_the_plain_unet(t
     runs = {}
     for aug in (False, True):
         runs[aug] = str(tmp_path / f"aug{int(aug)}" / "m.keras")
-        train(TrainConfig(data=tiny.path, save=runs[aug], epochs=1, max_train_patches=16, augment=aug,
-                          deterministic=True, **FAST))
+        train(
+            TrainConfig(
+                data=tiny.path, save=runs[aug], epochs=1, max_train_patches=16, augment=aug, deterministic=True, **FAST
+            )
+        )
     (kw0, x0, y0), (kw1, x1, y1) = built
     assert kw0 == kw1
     for a, b in zip(x0 + y0, x1 + y1, strict=True):
@@ -152,9 +158,15 @@ def test_train_augment_feeds_the_unaugmented_pipeline_and_saves_the_plain_unet(t
     x = np.zeros((1, 120, 120, 14), np.float32)
     np.save(tmp_path / "x.npy", x)
     (tmp_path / "load.py").write_text(PLAIN_KERAS_LOAD)
-    r = subprocess.run([sys.executable, "load.py", runs[True], "x.npy", "seg.npy"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "load.py", runs[True], "x.npy", "seg.npy"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    m = train(TrainConfig(data=tiny.path, save=runs[True], epochs=2, max_train_patches=16, augment=True,
-                          resume=True, **FAST))
+    m = train(
+        TrainConfig(data=tiny.path, save=runs[True], epochs=2, max_train_patches=16, augment=True, resume=True, **FAST)
+    )
     assert m["epochs_completed"] == 2 and m["epochs_this_run"] == 1

@@ -31,9 +31,16 @@ from beam_pipeline.cli import main
 
 TEXT_SUFFIXES = (".json", ".jsonl", ".pbtxt", ".html", ".svg")
 FIXED_RUN = {
-    "counters": {}, "direct_running_mode": "multi_processing", "finished_utc": "2000-01-01T00:00:00Z",
-    "package_version": "@version", "patches": 23, "patches_per_s": 10.0, "peak_rss_mib": 100.0,
-    "runner": "DirectRunner", "seconds": 2.3, "workers": 1,
+    "counters": {},
+    "direct_running_mode": "multi_processing",
+    "finished_utc": "2000-01-01T00:00:00Z",
+    "package_version": "@version",
+    "patches": 23,
+    "patches_per_s": 10.0,
+    "peak_rss_mib": 100.0,
+    "runner": "DirectRunner",
+    "seconds": 2.3,
+    "workers": 1,
 }
 
 EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
@@ -65,10 +72,8 @@ EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
     "a/train/train-00000-of-00003.tfrecord": "120936b58b6c3c99d3ecd4f6f9e8b906eaf1d7ade4c0bb113161ce60fbc7e79b",
     "a/train/train-00001-of-00003.tfrecord": "f55d1c7a96aa06cd81a15a6d3a1448a3ee8c2cf1d2a0612f2e03efe051ddca80",
     "a/train/train-00002-of-00003.tfrecord": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-    "a/validation/validation-00000-of-00002.tfrecord":
-        "d0eaa87c71b3ec99aa1e533fda3b8f791ec9f7dc24704f54fbb4f1e85684a64c",
-    "a/validation/validation-00001-of-00002.tfrecord":
-        "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
+    "a/validation/validation-00000-of-00002.tfrecord": "d0eaa87c71b3ec99aa1e533fda3b8f791ec9f7dc24704f54fbb4f1e85684a64c",
+    "a/validation/validation-00001-of-00002.tfrecord": "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
     "b/dataset.json": "1228c98dc55ddfc4ad3499bd592f7b2fcc53966af42f196983b826b1e9aa9c79",
     "b/.benbeam-run.json": "977efadb044f16f0203a4f7bfc8750ea4a4219d9bd146ca58e69588e589ab6ea",
     "b/failures.jsonl": "4247bd00787e375c17435afe755657b10c948e228c05d3503c09706595411f69",
@@ -79,10 +84,8 @@ EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
     "b/train/train-00000-of-00003.tfrecord.gz": "70c574defaeabd58e4f21756e42b2280f6db44ea00bc47c4a0a7d93120c6f51f",
     "b/train/train-00001-of-00003.tfrecord.gz": "453a2e7e93d73f9d20145a55252812a80fe198c292aa1c310d09e4d324452f2d",
     "b/train/train-00002-of-00003.tfrecord.gz": "9ceffb7310338057cfe71a4ae1e2c98d2c485d81cdef906532a801f457a38d64",
-    "b/validation/validation-00000-of-00002.tfrecord.gz":
-        "2d9a4c765e7bd4480d684ca535f0f8ff70689b2c816b07fe9893c32985e8a48e",
-    "b/validation/validation-00001-of-00002.tfrecord.gz":
-        "8cf2f854eb9db58d760245990a19caf1b7414b11c13b71ea3ba5e13a0a2ed359",
+    "b/validation/validation-00000-of-00002.tfrecord.gz": "2d9a4c765e7bd4480d684ca535f0f8ff70689b2c816b07fe9893c32985e8a48e",
+    "b/validation/validation-00001-of-00002.tfrecord.gz": "8cf2f854eb9db58d760245990a19caf1b7414b11c13b71ea3ba5e13a0a2ed359",
     "c/dataset.json": "72168140567a785575bfd455e7085b5f9d23e8bb12d76dfd001586501f2e5c7e",
     "c/.benbeam-run.json": "977efadb044f16f0203a4f7bfc8750ea4a4219d9bd146ca58e69588e589ab6ea",
     "c/failures.jsonl": "4d262466bf99771ef4ab31e288449693472d22bb037854c9404e5dc04f608b19",
@@ -90,10 +93,8 @@ EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
     "c/stats.json": "e3088ef9bb2419f96394d4fb7d56e87385e024f03ffef3a1d75f1645309e4cb6",
     "c/test/test-00000-of-00002.tfrecord": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     "c/test/test-00001-of-00002.tfrecord": "164e7d0de919e92cf9f972ea037ec339dc9d2a16dc3d0c7e9d69ba964a8848e0",
-    "c/validation/validation-00000-of-00002.tfrecord":
-        "d0eaa87c71b3ec99aa1e533fda3b8f791ec9f7dc24704f54fbb4f1e85684a64c",
-    "c/validation/validation-00001-of-00002.tfrecord":
-        "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
+    "c/validation/validation-00000-of-00002.tfrecord": "d0eaa87c71b3ec99aa1e533fda3b8f791ec9f7dc24704f54fbb4f1e85684a64c",
+    "c/validation/validation-00001-of-00002.tfrecord": "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
     # New files, not in the baseline: the TFDS metadata derived from dataset.json (issue 17).
     # gzip datasets (b) get none: TFDS reads uncompressed TFRecords only.
     "a/dataset_info.json": "938de51a9cac7257fbd3681272a15485364a3b50a2a7f2c2395b551557f44920",
@@ -109,19 +110,77 @@ def produce(base: Path) -> dict[str, str]:
     """Synth and convert under ``base``; the normalised sha256 of every deterministic file."""
     reben = base / "reben"
     assert main(["synth", "--out", str(reben), "--n", "22", "--seed", "3", "--corrupt", "0.5", "--workers", "1"]) == 0
-    common = ["--meta", str(reben / "metadata.parquet"), "--shard_size", "4", "--workers", "1", "--max_failure_fraction", "1"]
+    common = [
+        "--meta",
+        str(reben / "metadata.parquet"),
+        "--shard_size",
+        "4",
+        "--workers",
+        "1",
+        "--max_failure_fraction",
+        "1",
+    ]
     assert main(["convert", *common, "--out", str(base / "a")]) == 0
-    assert main(["convert", *common, "--out", str(base / "b"), "--compression", "gzip", "--dtype", "float16",
-                 "--resampling", "cubic", "--stats", str(base / "a" / "stats.json"), "--no_report"]) == 0
-    assert main(["convert", *common, "--out", str(base / "c"), "--splits", "validation,test",
-                 "--stats", str(base / "a" / "stats.json"), "--no_report"]) == 0
-    assert main(["convert", *common, "--out", str(base / "d"), "--splits", "validation,test",
-                 "--stats", str(base / "a" / "dataset.json"), "--no_report"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                *common,
+                "--out",
+                str(base / "b"),
+                "--compression",
+                "gzip",
+                "--dtype",
+                "float16",
+                "--resampling",
+                "cubic",
+                "--stats",
+                str(base / "a" / "stats.json"),
+                "--no_report",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "convert",
+                *common,
+                "--out",
+                str(base / "c"),
+                "--splits",
+                "validation,test",
+                "--stats",
+                str(base / "a" / "stats.json"),
+                "--no_report",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "convert",
+                *common,
+                "--out",
+                str(base / "d"),
+                "--splits",
+                "validation,test",
+                "--stats",
+                str(base / "a" / "dataset.json"),
+                "--no_report",
+            ]
+        )
+        == 0
+    )
     (base / "a" / "run.json").write_text(json.dumps(FIXED_RUN, indent=2, sort_keys=True) + "\n")
     assert main(["report", str(base / "a")]) == 0
     # The input replica as one digest: if it changed, the outputs' differences are not convert's.
-    inputs = "".join(f"{f.relative_to(reben).as_posix()} {hashlib.sha256(f.read_bytes()).hexdigest()}\n"
-                     for f in sorted(reben.rglob("*")) if f.is_file())
+    inputs = "".join(
+        f"{f.relative_to(reben).as_posix()} {hashlib.sha256(f.read_bytes()).hexdigest()}\n"
+        for f in sorted(reben.rglob("*"))
+        if f.is_file()
+    )
     hashes = {"reben/* (every file of the synthetic replica)": hashlib.sha256(inputs.encode()).hexdigest()}
     for name in ("a", "b", "c", "d"):
         for path in sorted((base / name).rglob("*")):
@@ -131,7 +190,8 @@ def produce(base: Path) -> dict[str, str]:
             data = path.read_bytes()
             if path.name.endswith(TEXT_SUFFIXES):
                 data = data.replace(str(base).encode(), b"@base").replace(
-                    f'"package_version": "{__version__}"'.encode(), b'"package_version": "@version"')
+                    f'"package_version": "{__version__}"'.encode(), b'"package_version": "@version"'
+                )
             hashes[rel] = hashlib.sha256(data).hexdigest()
     return hashes
 
@@ -170,7 +230,8 @@ def test_stats_from_a_manifest_equal_stats_from_its_stats_json(run):
     d = {k[2:]: v for k, v in hashes.items() if k.startswith("d/")}
     assert set(c) == set(d)
     assert {k: v for k, v in d.items() if k not in ("stats.json", "dataset.json")} == {
-        k: v for k, v in c.items() if k not in ("stats.json", "dataset.json")}
+        k: v for k, v in c.items() if k not in ("stats.json", "dataset.json")
+    }
     c_stats, d_stats = (json.loads((base / x / "stats.json").read_text()) for x in "cd")
     assert d_stats.pop("source") == str(base / "a" / "dataset.json") and c_stats.pop("source")
     assert c_stats == d_stats

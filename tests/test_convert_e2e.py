@@ -16,10 +16,7 @@ from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 
 from beam_pipeline.cli import main
-from schemas import bands as B
-from schemas import classes as C
-from schemas import manifest as M
-from schemas import tfrecord as T
+from schemas import bands, classes, manifest, tfrecord
 from schemas.failures import FAULT_EXPECTATIONS, FAULT_KINDS
 from schemas.naming import object_urls
 
@@ -34,7 +31,18 @@ def reben(tmp_path_factory):
 
 
 def convert(reben, out, *extra):
-    argv = ["convert", "--max_failure_fraction", "1", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "8", *extra]
+    argv = [
+        "convert",
+        "--max_failure_fraction",
+        "1",
+        "--meta",
+        str(reben / "metadata.parquet"),
+        "--out",
+        str(out),
+        "--shard_size",
+        "8",
+        *extra,
+    ]
     return main(argv)
 
 
@@ -46,11 +54,11 @@ def dataset(reben, tmp_path_factory):
 
 
 def _manifest(out):
-    return json.loads((out / M.MANIFEST).read_text())
+    return json.loads((out / manifest.MANIFEST).read_text())
 
 
 def _failures(out):
-    return [json.loads(line) for line in (out / M.FAILURES_JSONL).read_text().splitlines()]
+    return [json.loads(line) for line in (out / manifest.FAILURES_JSONL).read_text().splitlines()]
 
 
 def test_every_injected_fault_is_dead_lettered_and_no_clean_patch(reben, dataset):
@@ -68,11 +76,11 @@ def test_every_injected_fault_is_dead_lettered_and_no_clean_patch(reben, dataset
 
 def test_accounting_invariant_and_manifest(reben, dataset):
     man = _manifest(dataset)
-    M.validate(man)
+    manifest.validate(man)
     meta = pq.read_table(reben / "metadata.parquet").to_pylist()
     per_split = Counter(r["split"] for r in meta)
     assert {s: e["input"] for s, e in man["splits"].items()} == dict(per_split)
-    for s, e in man["splits"].items():
+    for e in man["splits"].values():
         assert e["written"] + e["failed"] == e["input"]
         for sh in e["shards"]:
             assert (dataset / sh["path"]).exists()
@@ -87,7 +95,7 @@ def _reference_patch(reben, rec, stats):
     """Independent reference: rasterio reads + rasterio resampling + the stats.json params."""
     urls = object_urls(str(reben), rec["patch_id"], rec["s1_name"])
     chans = []
-    for band in B.ALL_BANDS:
+    for band in bands.ALL_BANDS:
         with rasterio.open(urls[band.name]) as ds:
             native, profile = ds.read(1).astype(np.float32), ds.profile
         # GDAL resamples in the file's dtype (rounding uint16 results); resample a float32
@@ -97,9 +105,11 @@ def _reference_patch(reben, rec, stats):
             with mem.open(**profile) as tmp:
                 tmp.write(native, 1)
             with mem.open() as tmp:
-                chans.append(tmp.read(1, out_shape=(B.PATCH_SIZE, B.PATCH_SIZE), resampling=Resampling.bilinear))
+                chans.append(
+                    tmp.read(1, out_shape=(bands.PATCH_SIZE, bands.PATCH_SIZE), resampling=Resampling.bilinear)
+                )
     with rasterio.open(urls["reference_map"]) as ds:
-        label = C.map_reference(ds.read(1))
+        label = classes.map_reference(ds.read(1))
     x = np.stack(chans, -1).astype(np.float64)
     norm = stats["normalization"]
     lo, hi = np.array(norm["lo"]), np.array(norm["hi"])
@@ -112,26 +122,26 @@ def test_tfrecords_parse_back_to_the_normalised_arrays(reben, dataset):
     import tensorflow as tf
 
     man = _manifest(dataset)
-    stats = json.loads((dataset / M.STATS_JSON).read_text())
+    stats = json.loads((dataset / manifest.STATS_JSON).read_text())
     meta = {r["patch_id"]: r for r in pq.read_table(reben / "metadata.parquet").to_pylist()}
-    spec = T.parsing_spec(man["image_dtype"])
+    spec = tfrecord.parsing_spec(man["image_dtype"])
     seen = 0
     for split, e in man["splits"].items():
         for sh in e["shards"]:
             ids = []
             for raw in tf.data.TFRecordDataset(str(dataset / sh["path"])):
-                ex = T.decode_parsed(tf.io.parse_single_example(raw, spec))
-                pid = ex[T.PATCH_ID].numpy().decode()
+                ex = tfrecord.decode_parsed(tf.io.parse_single_example(raw, spec))
+                pid = ex[tfrecord.PATCH_ID].numpy().decode()
                 ids.append(pid)
                 rec = meta[pid]
                 x, label = _reference_patch(reben, rec, stats)
-                got = np.concatenate([ex[T.S2].numpy(), ex[T.S1].numpy()], -1)
+                got = np.concatenate([ex[tfrecord.S2].numpy(), ex[tfrecord.S1].numpy()], -1)
                 assert got.shape == (120, 120, 14) and got.dtype == np.float32
                 np.testing.assert_allclose(got, x, atol=1e-4, rtol=0)
-                np.testing.assert_array_equal(ex[T.LABEL].numpy(), label)
-                np.testing.assert_array_equal(ex[T.MULTI_HOT].numpy(), C.multi_hot(rec["labels"]))
-                assert ex[T.SPLIT].numpy().decode() == split == rec["split"]
-                assert ex[T.COUNTRY].numpy().decode() == rec["country"]
+                np.testing.assert_array_equal(ex[tfrecord.LABEL].numpy(), label)
+                np.testing.assert_array_equal(ex[tfrecord.MULTI_HOT].numpy(), classes.multi_hot(rec["labels"]))
+                assert ex[tfrecord.SPLIT].numpy().decode() == split == rec["split"]
+                assert ex[tfrecord.COUNTRY].numpy().decode() == rec["country"]
                 seen += 1
             assert ids == sorted(ids)
             assert len(ids) == sh["records"]
@@ -141,22 +151,25 @@ def test_tfrecords_parse_back_to_the_normalised_arrays(reben, dataset):
 def test_statistics_equal_numpy_over_the_training_pixels(reben, dataset):
     from transforms.patch import decode_patch, fetch_objects
 
-    stats = json.loads((dataset / M.STATS_JSON).read_text())
+    stats = json.loads((dataset / manifest.STATS_JSON).read_text())
     bad = {d["patch_id"] for d in _failures(dataset)}
-    rows = [r for r in pq.read_table(reben / "metadata.parquet").to_pylist()
-            if r["split"] == "train" and r["patch_id"] not in bad]
+    rows = [
+        r
+        for r in pq.read_table(reben / "metadata.parquet").to_pylist()
+        if r["split"] == "train" and r["patch_id"] not in bad
+    ]
     assert rows
     pix = []
     for r in rows:
         p = decode_patch(r["patch_id"], fetch_objects(object_urls(str(reben), r["patch_id"], r["s1_name"])))
         pix.append(np.concatenate([p.s2, p.s1], -1).reshape(-1, 14))
     pix = np.concatenate(pix)
-    for i, name in enumerate(B.ALL_NAMES):
+    for i, name in enumerate(bands.ALL_NAMES):
         s = stats["bands"][name]
         assert s["count"] == len(pix)
         assert s["mean"] == pytest.approx(np.mean(pix[:, i], dtype=np.float64), rel=1e-6)
         assert s["std"] == pytest.approx(np.std(pix[:, i], dtype=np.float64), rel=1e-6)
-        width = (B.BAND_BY_NAME[name].hist_max - B.BAND_BY_NAME[name].hist_min) / B.HIST_BINS
+        width = (bands.BAND_BY_NAME[name].hist_max - bands.BAND_BY_NAME[name].hist_min) / bands.HIST_BINS
         assert abs(s["p_low"] - np.percentile(pix[:, i], 1)) <= width
         assert abs(s["p_high"] - np.percentile(pix[:, i], 99)) <= width
 
@@ -166,13 +179,18 @@ def test_rerun_is_byte_identical_and_index_path_matches(reben, dataset, tmp_path
     idx = tmp_path / "indexed.parquet"
     assert main(["index", "--meta", str(reben / "metadata.parquet"), "--out", str(idx)]) == 0
     # the index carries the URLs: no --root needed, same shards
-    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(idx), "--out", str(out2), "--shard_size", "8"]) == 0
+    assert (
+        main(["convert", "--max_failure_fraction", "1", "--meta", str(idx), "--out", str(out2), "--shard_size", "8"])
+        == 0
+    )
     a, b = _manifest(dataset), _manifest(out2)
     for split in a["splits"]:
-        assert [s["sha256"] for s in a["splits"][split]["shards"]] == [s["sha256"] for s in b["splits"][split]["shards"]]
+        assert [s["sha256"] for s in a["splits"][split]["shards"]] == [
+            s["sha256"] for s in b["splits"][split]["shards"]
+        ]
     for sh in a["splits"]["train"]["shards"]:
         assert (dataset / sh["path"]).read_bytes() == (out2 / sh["path"]).read_bytes()
-    assert (dataset / M.FAILURES_JSONL).read_bytes() == (out2 / M.FAILURES_JSONL).read_bytes()
+    assert (dataset / manifest.FAILURES_JSONL).read_bytes() == (out2 / manifest.FAILURES_JSONL).read_bytes()
     assert a["statistics"] == b["statistics"]
 
 
@@ -190,7 +208,7 @@ def test_verify_accepts_the_dataset_and_catches_one_corrupt_byte(dataset, tmp_pa
     assert main(["verify", str(copy)]) == 1
     err = capsys.readouterr().err
     assert "sha256" in err and "CRC" in err
-    (copy / M.MANIFEST).unlink()
+    (copy / manifest.MANIFEST).unlink()
     assert main(["verify", str(copy)]) == 2
 
 
@@ -208,8 +226,21 @@ def test_validate_reports_missing_objects_and_deep_finds_the_rest(reben, tmp_pat
     assert rep["totals"]["patches"] == pq.read_metadata(reben / "metadata.parquet").num_rows
     assert rep["totals"]["failed"] == len(shallow)
     deep_path = tmp_path / "deep.json"
-    assert main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(deep_path), "--deep",
-                 "--max_failure_fraction", "1"]) == 0
+    assert (
+        main(
+            [
+                "validate",
+                "--meta",
+                str(reben / "metadata.parquet"),
+                "--out",
+                str(deep_path),
+                "--deep",
+                "--max_failure_fraction",
+                "1",
+            ]
+        )
+        == 0
+    )
     deep = json.loads(deep_path.read_text())
     assert {f["patch_id"] for f in deep["failures"]} == set(injected)
 
@@ -217,8 +248,21 @@ def test_validate_reports_missing_objects_and_deep_finds_the_rest(reben, tmp_pat
 def test_stats_reuse_frac_subset_and_failure_threshold(reben, dataset, tmp_path):
     # --stats applies the training statistics to a validation-only conversion
     out = tmp_path / "val"
-    assert convert(reben, out, "--splits", "validation", "--stats", str(dataset / M.STATS_JSON),
-                   "--compression", "gzip", "--dtype", "float16") == 0
+    assert (
+        convert(
+            reben,
+            out,
+            "--splits",
+            "validation",
+            "--stats",
+            str(dataset / manifest.STATS_JSON),
+            "--compression",
+            "gzip",
+            "--dtype",
+            "float16",
+        )
+        == 0
+    )
     man = _manifest(out)
     assert set(man["splits"]) == {"validation"}
     assert man["statistics"]["normalization"] == _manifest(dataset)["statistics"]["normalization"]
@@ -230,26 +274,26 @@ def test_stats_reuse_frac_subset_and_failure_threshold(reben, dataset, tmp_path)
     a = {}
     for sh in _manifest(dataset)["splits"]["validation"]["shards"]:
         for raw in tf.data.TFRecordDataset(str(dataset / sh["path"])):
-            ex = T.decode_parsed(tf.io.parse_single_example(raw, T.parsing_spec("float32")))
-            a[ex[T.PATCH_ID].numpy()] = ex[T.S2].numpy()
+            ex = tfrecord.decode_parsed(tf.io.parse_single_example(raw, tfrecord.parsing_spec("float32")))
+            a[ex[tfrecord.PATCH_ID].numpy()] = ex[tfrecord.S2].numpy()
     n = 0
     for sh in man["splits"]["validation"]["shards"]:
         for raw in tf.data.TFRecordDataset(str(out / sh["path"]), compression_type="GZIP"):
-            ex = T.decode_parsed(tf.io.parse_single_example(raw, T.parsing_spec("float16")), "float16")
-            got = ex[T.S2].numpy()
+            ex = tfrecord.decode_parsed(tf.io.parse_single_example(raw, tfrecord.parsing_spec("float16")), "float16")
+            got = ex[tfrecord.S2].numpy()
             assert got.dtype == np.float16
-            np.testing.assert_allclose(got.astype(np.float32), a[ex[T.PATCH_ID].numpy()], atol=4e-3, rtol=1e-3)
+            np.testing.assert_allclose(got.astype(np.float32), a[ex[tfrecord.PATCH_ID].numpy()], atol=4e-3, rtol=1e-3)
             n += 1
     assert n == man["splits"]["validation"]["written"] > 0
     assert main(["verify", str(out)]) == 0
     # without train and without --stats: a clear error, nothing written
     bad = tmp_path / "bad"
     assert convert(reben, bad, "--splits", "validation") == 2
-    assert not (bad / M.MANIFEST).exists()
+    assert not (bad / manifest.MANIFEST).exists()
     # more than 1% failed -> exit 1, but everything is written
     thr = tmp_path / "thr"
     assert convert(reben, thr, "--max_failure_fraction", "0.01") == 1
-    assert (thr / M.MANIFEST).exists()
+    assert (thr / manifest.MANIFEST).exists()
     # frac sample is a subset
     small = tmp_path / "small"
     assert convert(reben, small, "--frac", "0.5") == 0
@@ -268,8 +312,26 @@ def test_label_disagreements_are_counted_not_failed_and_stats_fraction(reben, da
     meta = tmp_path / "metadata.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), meta)
     out = tmp_path / "dis"
-    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(meta), "--root", str(reben), "--out", str(out), "--shard_size", "8",
-                 "--stats_fraction", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--max_failure_fraction",
+                "1",
+                "--meta",
+                str(meta),
+                "--root",
+                str(reben),
+                "--out",
+                str(out),
+                "--shard_size",
+                "8",
+                "--stats_fraction",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     man = _manifest(out)
     assert man["splits"]["train"]["label_disagreements"] == 1
     assert man["splits"]["train"]["written"] == _manifest(dataset)["splits"]["train"]["written"]
@@ -281,5 +343,5 @@ def test_label_disagreements_are_counted_not_failed_and_stats_fraction(reben, da
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    schema = text_format.Parse((out / M.TFMD_SCHEMA).read_text(), schema_pb2.Schema())
-    assert [f.name for f in schema.feature] == [f.name for f in T.features()]
+    schema = text_format.Parse((out / manifest.TFMD_SCHEMA).read_text(), schema_pb2.Schema())
+    assert [f.name for f in schema.feature] == [f.name for f in tfrecord.features()]

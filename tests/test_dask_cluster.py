@@ -16,7 +16,7 @@ import time
 import pytest
 
 from beam_pipeline.cli import main
-from schemas import manifest as M
+from schemas import manifest
 from tests import netns
 from tests.servers import seaweedfs
 
@@ -52,24 +52,56 @@ def test_dask_across_hosts_survives_a_killed_worker(cluster_hosts, tmp_path, mon
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     local = tmp_path / "reben"
     assert main(["synth", "--out", str(local), "--n", str(N), "--seed", "21", "--faults", "missing_files"]) == 0
-    assert main(["convert", "--meta", str(local / "metadata.parquet"), "--out", str(tmp_path / "direct"),
-                 "--shard_size", "2"]) == 0
-    direct = json.loads((tmp_path / "direct" / M.MANIFEST).read_text())
+    assert (
+        main(
+            [
+                "convert",
+                "--meta",
+                str(local / "metadata.parquet"),
+                "--out",
+                str(tmp_path / "direct"),
+                "--shard_size",
+                "2",
+            ]
+        )
+        == 0
+    )
+    direct = json.loads((tmp_path / "direct" / manifest.MANIFEST).read_text())
 
     s3_ns, s3_addr = cluster_hosts["s3"]
     with seaweedfs(KEY, SECRET, host=s3_addr, prefix=tuple(netns.exec_prefix(s3_ns))) as endpoint:
-        fs = s3fs.S3FileSystem(key=KEY, secret=SECRET, client_kwargs={"endpoint_url": endpoint},
-                               skip_instance_cache=True)
+        fs = s3fs.S3FileSystem(
+            key=KEY, secret=SECRET, client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True
+        )
         fs.mkdir("bench")
         fs.put(str(local), "bench/reben", recursive=True)
         assert fs.exists("bench/reben/metadata.parquet")
         hosts = [cluster_hosts["w1"], cluster_hosts["w2"]]
         with netns.dask_cluster(cluster_hosts["sched"], hosts, _env(), str(tmp_path), sys.executable) as (addr, ws):
             job = subprocess.Popen(
-                [sys.executable, "-m", "beam_pipeline.cli", "launch", "dask", "--dask_client_address", addr, "--",
-                 "--meta", "s3://bench/reben/metadata.parquet", "--out", "s3://bench/ds", "--shard_size", "2",
-                 "--s3_endpoint_url", endpoint],
-                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "beam_pipeline.cli",
+                    "launch",
+                    "dask",
+                    "--dask_client_address",
+                    addr,
+                    "--",
+                    "--meta",
+                    "s3://bench/reben/metadata.parquet",
+                    "--out",
+                    "s3://bench/ds",
+                    "--shard_size",
+                    "2",
+                    "--s3_endpoint_url",
+                    endpoint,
+                ],
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             victim = ws[hosts[0][1]]
             t0 = time.monotonic()
             while True:  # the first shards of the write job exist: kill a worker in the middle of it
@@ -86,11 +118,15 @@ def test_dask_across_hosts_survives_a_killed_worker(cluster_hosts, tmp_path, mon
             assert job.returncode == 0, out[-4000:]
             assert ws[hosts[1][1]].poll() is None  # the other worker finished the job
         fs.invalidate_cache()  # the polling above listed the folder before the manifest existed
-        assert fs.exists("bench/ds/" + M.MANIFEST), out[-4000:]
-        man = json.loads(fs.cat_file("bench/ds/" + M.MANIFEST))
+        assert fs.exists("bench/ds/" + manifest.MANIFEST), out[-4000:]
+        man = json.loads(fs.cat_file("bench/ds/" + manifest.MANIFEST))
     hashes = lambda m: {s["path"]: s["sha256"] for e in m["splits"].values() for s in e["shards"]}  # noqa: E731
     assert len(hashes(direct)) >= 10
     assert hashes(man) == hashes(direct)
     assert man["statistics"] == direct["statistics"] and man["failures"] == direct["failures"]
-    assert sum(e["written"] + e["failed"] for e in man["splits"].values()) == man["input"]["rows_selected"] \
-        == direct["input"]["rows_selected"] >= N
+    assert (
+        sum(e["written"] + e["failed"] for e in man["splits"].values())
+        == man["input"]["rows_selected"]
+        == direct["input"]["rows_selected"]
+        >= N
+    )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from schemas import tfrecord as T
+from schemas import tfrecord
 from schemas.classes import multi_hot
 from transforms.encode import ShardWriter, decode_example, encode_example, frame_record, iter_records
 
@@ -25,34 +25,38 @@ def _patch(seed=0, dtype=np.float32):
 def test_bytes_parse_with_the_schema_spec_to_the_same_arrays(dtype):
     s2, s1, label, mh = _patch(1, np.dtype(dtype))
     data = encode_example("S2A_x", s2, s1, label, mh, "train", "Österreich", image_dtype=dtype)
-    ex = T.decode_parsed(tf.io.parse_single_example(data, T.parsing_spec(dtype)), dtype)
-    np.testing.assert_array_equal(ex[T.S2].numpy(), s2)
-    np.testing.assert_array_equal(ex[T.S1].numpy(), s1)
-    np.testing.assert_array_equal(ex[T.LABEL].numpy(), label)
-    np.testing.assert_array_equal(ex[T.MULTI_HOT].numpy(), mh)
-    assert ex[T.PATCH_ID].numpy() == b"S2A_x"
-    assert ex[T.COUNTRY].numpy().decode() == "Österreich"
+    ex = tfrecord.decode_parsed(tf.io.parse_single_example(data, tfrecord.parsing_spec(dtype)), dtype)
+    np.testing.assert_array_equal(ex[tfrecord.S2].numpy(), s2)
+    np.testing.assert_array_equal(ex[tfrecord.S1].numpy(), s1)
+    np.testing.assert_array_equal(ex[tfrecord.LABEL].numpy(), label)
+    np.testing.assert_array_equal(ex[tfrecord.MULTI_HOT].numpy(), mh)
+    assert ex[tfrecord.PATCH_ID].numpy() == b"S2A_x"
+    assert ex[tfrecord.COUNTRY].numpy().decode() == "Österreich"
     # our numpy decoder agrees
     d = decode_example(data, dtype)
-    np.testing.assert_array_equal(d[T.S2], s2)
-    np.testing.assert_array_equal(d[T.LABEL], label)
-    np.testing.assert_array_equal(d[T.MULTI_HOT], mh)
-    assert d[T.SPLIT] == "train"
+    np.testing.assert_array_equal(d[tfrecord.S2], s2)
+    np.testing.assert_array_equal(d[tfrecord.LABEL], label)
+    np.testing.assert_array_equal(d[tfrecord.MULTI_HOT], mh)
+    assert d[tfrecord.SPLIT] == "train"
 
 
 def test_equals_an_example_built_with_the_tensorflow_api():
     s2, s1, label, mh = _patch(2)
     ours = tf.train.Example.FromString(encode_example("pid", s2, s1, label, mh, "test", "Ireland"))
     f = tf.train.Feature
-    ref = tf.train.Example(features=tf.train.Features(feature={
-        T.PATCH_ID: f(bytes_list=tf.train.BytesList(value=[b"pid"])),
-        T.S2: f(float_list=tf.train.FloatList(value=s2.ravel())),
-        T.S1: f(float_list=tf.train.FloatList(value=s1.ravel())),
-        T.LABEL: f(bytes_list=tf.train.BytesList(value=[label.tobytes()])),
-        T.MULTI_HOT: f(int64_list=tf.train.Int64List(value=mh)),
-        T.SPLIT: f(bytes_list=tf.train.BytesList(value=[b"test"])),
-        T.COUNTRY: f(bytes_list=tf.train.BytesList(value=[b"Ireland"])),
-    }))
+    ref = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                tfrecord.PATCH_ID: f(bytes_list=tf.train.BytesList(value=[b"pid"])),
+                tfrecord.S2: f(float_list=tf.train.FloatList(value=s2.ravel())),
+                tfrecord.S1: f(float_list=tf.train.FloatList(value=s1.ravel())),
+                tfrecord.LABEL: f(bytes_list=tf.train.BytesList(value=[label.tobytes()])),
+                tfrecord.MULTI_HOT: f(int64_list=tf.train.Int64List(value=mh)),
+                tfrecord.SPLIT: f(bytes_list=tf.train.BytesList(value=[b"test"])),
+                tfrecord.COUNTRY: f(bytes_list=tf.train.BytesList(value=[b"Ireland"])),
+            }
+        )
+    )
     assert ours == ref
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from beam_pipeline import cli
 from beam_pipeline.cli import main
-from schemas import manifest as M
+from schemas import manifest
 from transforms import outdir
 
 
@@ -23,26 +23,30 @@ from transforms import outdir
 def replica(tmp_path_factory):
     d = tmp_path_factory.mktemp("exits")
     assert main(["synth", "--out", str(d / "ok"), "--n", "6", "--seed", "2", "--workers", "1"]) == 0
-    assert main(["synth", "--out", str(d / "bad"), "--n", "6", "--seed", "2", "--corrupt", "1.0",
-                 "--workers", "1"]) == 0
+    assert (
+        main(["synth", "--out", str(d / "bad"), "--n", "6", "--seed", "2", "--corrupt", "1.0", "--workers", "1"]) == 0
+    )
     return d
 
 
 # --------------------------------------------------------------------------- flags
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["convert", "--met", "m.parquet", "--ou", "out"], "--met"),
-    (["convert", "--meta", "m.parquet", "--ou", "out"], "--ou"),
-    (["validate", "--met", "m.parquet", "--out", "v.json"], "--met"),
-    (["index", "--met", "m.parquet", "--out", "i.parquet"], "--met"),
-    (["synth", "--ou", "x", "--n", "1"], "--ou"),
-    (["verify", "x", "--strct"], "--strct"),
-    (["report", "x", "--ou", "y"], "--ou"),
-    (["synth-tile", "--ou", "x"], "--ou"),
-    (["launch", "dataflow", "--proj", "p", "--region", "r", "--temp_location", "gs://b/t"], "--proj"),
-    (["convert", "--meta", "m.parquet", "--out", "o", "--shard_sise", "4"], "--shard_sise"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["convert", "--met", "m.parquet", "--ou", "out"], "--met"),
+        (["convert", "--meta", "m.parquet", "--ou", "out"], "--ou"),
+        (["validate", "--met", "m.parquet", "--out", "v.json"], "--met"),
+        (["index", "--met", "m.parquet", "--out", "i.parquet"], "--met"),
+        (["synth", "--ou", "x", "--n", "1"], "--ou"),
+        (["verify", "x", "--strct"], "--strct"),
+        (["report", "x", "--ou", "y"], "--ou"),
+        (["synth-tile", "--ou", "x"], "--ou"),
+        (["launch", "dataflow", "--proj", "p", "--region", "r", "--temp_location", "gs://b/t"], "--proj"),
+        (["convert", "--meta", "m.parquet", "--out", "o", "--shard_sise", "4"], "--shard_sise"),
+    ],
+)
 def test_abbreviated_and_misspelled_flags_are_refused_and_named(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -57,19 +61,22 @@ def test_a_misspelled_flag_gets_a_suggestion(capsys):
     assert "--met -> --meta" in err and "--ou -> --out" in err and "never abbreviated" in err
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["convert", "--meta", "m", "--out", "o", "--workers", "0"], "--workers"),
-    (["convert", "--meta", "m", "--out", "o", "--shard_size", "0"], "--shard_size"),
-    (["convert", "--meta", "m", "--out", "o", "--frac", "1.5"], "--frac"),
-    (["convert", "--meta", "m", "--out", "o", "--frac", "0"], "--frac"),
-    (["convert", "--meta", "m", "--out", "o", "--stats_fraction", "nan"], "--stats_fraction"),
-    (["convert", "--meta", "m", "--out", "o", "--max_failure_fraction", "-0.1"], "--max_failure_fraction"),
-    (["convert", "--meta", "m", "--out", "o", "--clip_percentiles", "1", "101"], "--clip_percentiles"),
-    (["validate", "--meta", "m", "--out", "o", "--workers", "-2"], "--workers"),
-    (["validate", "--meta", "m", "--out", "o", "--frac", "2"], "--frac"),
-    (["synth", "--out", "o", "--n", "0"], "--n"),
-    (["synth", "--out", "o", "--n", "3", "--corrupt", "1.5"], "--corrupt"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["convert", "--meta", "m", "--out", "o", "--workers", "0"], "--workers"),
+        (["convert", "--meta", "m", "--out", "o", "--shard_size", "0"], "--shard_size"),
+        (["convert", "--meta", "m", "--out", "o", "--frac", "1.5"], "--frac"),
+        (["convert", "--meta", "m", "--out", "o", "--frac", "0"], "--frac"),
+        (["convert", "--meta", "m", "--out", "o", "--stats_fraction", "nan"], "--stats_fraction"),
+        (["convert", "--meta", "m", "--out", "o", "--max_failure_fraction", "-0.1"], "--max_failure_fraction"),
+        (["convert", "--meta", "m", "--out", "o", "--clip_percentiles", "1", "101"], "--clip_percentiles"),
+        (["validate", "--meta", "m", "--out", "o", "--workers", "-2"], "--workers"),
+        (["validate", "--meta", "m", "--out", "o", "--frac", "2"], "--frac"),
+        (["synth", "--out", "o", "--n", "0"], "--n"),
+        (["synth", "--out", "o", "--n", "3", "--corrupt", "1.5"], "--corrupt"),
+    ],
+)
 def test_numeric_flags_are_checked_up_front(argv, flag, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as e:
@@ -82,15 +89,30 @@ def test_numeric_flags_are_checked_up_front(argv, flag, capsys, tmp_path, monkey
 
 
 def _convert(replica, out, *extra):
-    return main(["convert", "--meta", str(replica / "ok" / "metadata.parquet"), "--out", str(out), "--workers", "1",
-                 "--no_report", *extra])
+    return main(
+        [
+            "convert",
+            "--meta",
+            str(replica / "ok" / "metadata.parquet"),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--no_report",
+            *extra,
+        ]
+    )
 
 
 def test_a_folder_holding_other_files_is_refused_and_left_untouched(replica, tmp_path, capsys):
     out = tmp_path / "theirs"
     (out / "train").mkdir(parents=True)
-    files = {"train/train-00000-of-00001.tfrecord": b"someone else's shard", ".tmp-x": b"their temp file",
-             "stats.json": b'{"theirs": 1}', "notes.txt": b"mine"}
+    files = {
+        "train/train-00000-of-00001.tfrecord": b"someone else's shard",
+        ".tmp-x": b"their temp file",
+        "stats.json": b'{"theirs": 1}',
+        "notes.txt": b"mine",
+    }
     for rel, data in files.items():
         (out / rel).write_bytes(data)
     assert _convert(replica, out) == 2
@@ -104,9 +126,9 @@ def test_an_earlier_run_of_convert_is_recognised_and_rerun_in_place(replica, tmp
     out = tmp_path / "ds"
     assert _convert(replica, out) == 0
     assert (out / outdir.MARKER).exists() and not (out / outdir.LOCK).exists()
-    first = (out / M.MANIFEST).read_bytes()
+    first = (out / manifest.MANIFEST).read_bytes()
     assert _convert(replica, out) == 0
-    assert (out / M.MANIFEST).read_bytes() == first
+    assert (out / manifest.MANIFEST).read_bytes() == first
 
 
 def test_a_folder_of_another_command_is_refused(replica, tmp_path, capsys):
@@ -123,8 +145,9 @@ def test_a_live_lock_fails_a_second_run_at_once(replica, tmp_path, capsys):
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (out / outdir.LOCK).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
-                                                   "command": "benbeam convert", "since": "now"}))
+        (out / outdir.LOCK).write_text(
+            json.dumps({"pid": holder.pid, "host": socket.gethostname(), "command": "benbeam convert", "since": "now"})
+        )
         t0 = time.monotonic()
         assert _convert(replica, out) == 3
         assert time.monotonic() - t0 < 15
@@ -143,13 +166,24 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(replica, tmp_path):
     dead.wait()
     (out / outdir.LOCK).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
     assert _convert(replica, out) == 0
-    assert (out / M.MANIFEST).exists() and not (out / outdir.LOCK).exists()
+    assert (out / manifest.MANIFEST).exists() and not (out / outdir.LOCK).exists()
 
 
 def test_two_concurrent_converts_into_one_folder_one_is_refused(replica, tmp_path):
     out = tmp_path / "race"
-    cmd = [sys.executable, "-m", "beam_pipeline", "convert", "--meta", str(replica / "ok" / "metadata.parquet"),
-           "--out", str(out), "--workers", "1", "--no_report"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "beam_pipeline",
+        "convert",
+        "--meta",
+        str(replica / "ok" / "metadata.parquet"),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--no_report",
+    ]
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
@@ -179,23 +213,51 @@ def test_a_mostly_failing_convert_exits_1_after_writing_everything(replica, tmp_
     out = tmp_path / "bad"
     rc = main(["convert", "--meta", str(replica / "bad" / "metadata.parquet"), "--out", str(out), "--workers", "1"])
     err = capsys.readouterr().err
-    if (out / M.MANIFEST).exists():  # some training patch survived: a dataset, and exit 1 by the threshold
+    if (out / manifest.MANIFEST).exists():  # some training patch survived: a dataset, and exit 1 by the threshold
         assert rc == 1 and "more than --max_failure_fraction 0.05" in err
-        assert (out / M.REPORT_HTML).exists()
+        assert (out / manifest.REPORT_HTML).exists()
     else:  # no training patch survived: the reasons are still written
         assert rc == 1 and "no statistics" in err
-    assert (out / M.FAILURES_JSONL).read_text().strip()
+    assert (out / manifest.FAILURES_JSONL).read_text().strip()
     assert "Traceback" not in err
 
 
 def test_validate_exits_1_when_patches_fail(replica, tmp_path, capsys):
     rep = tmp_path / "v.json"
-    assert main(["validate", "--meta", str(replica / "bad" / "metadata.parquet"), "--out", str(rep),
-                 "--workers", "1", "--deep"]) == 1
+    assert (
+        main(
+            [
+                "validate",
+                "--meta",
+                str(replica / "bad" / "metadata.parquet"),
+                "--out",
+                str(rep),
+                "--workers",
+                "1",
+                "--deep",
+            ]
+        )
+        == 1
+    )
     doc = json.loads(rep.read_text())
     assert doc["totals"]["failed"] > 0 and "more than --max_failure_fraction" in capsys.readouterr().err
-    assert main(["validate", "--meta", str(replica / "bad" / "metadata.parquet"), "--out", str(rep),
-                 "--workers", "1", "--deep", "--max_failure_fraction", "1"]) == 0
+    assert (
+        main(
+            [
+                "validate",
+                "--meta",
+                str(replica / "bad" / "metadata.parquet"),
+                "--out",
+                str(rep),
+                "--workers",
+                "1",
+                "--deep",
+                "--max_failure_fraction",
+                "1",
+            ]
+        )
+        == 0
+    )
 
 
 def test_every_failing_check_of_a_patch_is_listed(replica, tmp_path):
@@ -211,10 +273,10 @@ def test_every_failing_check_of_a_patch_is_listed(replica, tmp_path):
     urls = md.record_urls(rec)
     os.unlink(urls["B04"])
     open(urls["VH"], "wb").close()
-    from schemas import failures as F
+    from schemas import failures
     from transforms.patch import fetch_objects
 
-    with pytest.raises(F.PatchError) as e:
+    with pytest.raises(failures.PatchError) as e:
         fetch_objects(urls, root=str(work))
     checks = e.value.checks()
     assert [c["reason"] for c in checks] == ["missing_object", "empty_object"]
@@ -251,13 +313,16 @@ def test_debug_shows_the_traceback(monkeypatch):
     cli.DEBUG["on"] = False
 
 
-@pytest.mark.parametrize("exc,code,words", [
-    (ConnectionRefusedError(111, "Connection refused"), 3, "cannot be reached"),
-    (OSError(28, "No space left on device"), 3, "disk is full"),
-    (PermissionError("Access Denied"), 3, "access refused"),
-    (type("NoCredentialsError", (Exception,), {})("Unable to locate credentials"), 3, "credentials"),
-    (RuntimeError("a bug"), 1, "--debug"),
-])
+@pytest.mark.parametrize(
+    "exc,code,words",
+    [
+        (ConnectionRefusedError(111, "Connection refused"), 3, "cannot be reached"),
+        (OSError(28, "No space left on device"), 3, "disk is full"),
+        (PermissionError("Access Denied"), 3, "access refused"),
+        (type("NoCredentialsError", (Exception,), {})("Unable to locate credentials"), 3, "credentials"),
+        (RuntimeError("a bug"), 1, "--debug"),
+    ],
+)
 def test_unhandled_failures_are_classified(exc, code, words):
     got, line = cli.classify(exc)
     assert got == code and words in line and "\n" not in line
@@ -268,8 +333,17 @@ def test_an_unreachable_endpoint_fails_in_seconds_with_exit_3(capsys):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.monotonic()
-    rc = main(["convert", "--meta", "s3://bucket/metadata.parquet", "--out", "s3://bucket/out",
-               "--s3_endpoint_url", f"http://127.0.0.1:{port}"])
+    rc = main(
+        [
+            "convert",
+            "--meta",
+            "s3://bucket/metadata.parquet",
+            "--out",
+            "s3://bucket/out",
+            "--s3_endpoint_url",
+            f"http://127.0.0.1:{port}",
+        ]
+    )
     assert rc == 3 and time.monotonic() - t0 < 10
     err = capsys.readouterr().err
     assert "cannot be reached" in err and err.count("\n") == 1
@@ -292,14 +366,28 @@ def test_refused_connections_are_retried_twice_not_five_times():
 def test_a_corrupt_shard_in_train_and_evaluate_is_named_in_one_line(replica, tmp_path, capsys):
     out = tmp_path / "ds"
     assert _convert(replica, out) == 0
-    man = json.loads((out / M.MANIFEST).read_text())
+    man = json.loads((out / manifest.MANIFEST).read_text())
     shard = out / man["splits"]["train"]["shards"][0]["path"]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte inside a record: its CRC no longer matches
     shard.write_bytes(bytes(data))
     capsys.readouterr()
-    rc = main(["train", "--data", str(out), "--save", str(tmp_path / "run" / "m.keras"), "--epochs", "1",
-               "--width", "4", "--batch", "4", "--no_tensorboard"])  # --save: a new folder (output-folder rules)
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(out),
+            "--save",
+            str(tmp_path / "run" / "m.keras"),
+            "--epochs",
+            "1",
+            "--width",
+            "4",
+            "--batch",
+            "4",
+            "--no_tensorboard",
+        ]
+    )  # --save: a new folder (output-folder rules)
     err = capsys.readouterr().err
     assert rc == 1 and "corrupt shard" in err and str(shard) in err and "Traceback" not in err, err[-1500:]
     for flag in ("--epoch", "--widt"):  # the trainer's flags are never abbreviated either
@@ -308,13 +396,18 @@ def test_a_corrupt_shard_in_train_and_evaluate_is_named_in_one_line(replica, tmp
         assert flag in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags,word", [
-    (["--project", "p", "--region", "europe-west4", "--temp_location", "gs://my-bucket/tmp"], "--project"),
-    (["--project", "my-project", "--region", "r", "--temp_location", "gs://my-bucket/tmp"], "--region"),
-    (["--project", "my-project", "--region", "europe-west4", "--temp_location", "gs://b/tmp"], "--temp_location"),
-    (["--project", "my-project", "--region", "europe-west4", "--temp_location", "gs://My_Bucket/tmp"],
-     "--temp_location"),
-])
+@pytest.mark.parametrize(
+    "flags,word",
+    [
+        (["--project", "p", "--region", "europe-west4", "--temp_location", "gs://my-bucket/tmp"], "--project"),
+        (["--project", "my-project", "--region", "r", "--temp_location", "gs://my-bucket/tmp"], "--region"),
+        (["--project", "my-project", "--region", "europe-west4", "--temp_location", "gs://b/tmp"], "--temp_location"),
+        (
+            ["--project", "my-project", "--region", "europe-west4", "--temp_location", "gs://My_Bucket/tmp"],
+            "--temp_location",
+        ),
+    ],
+)
 def test_launch_dataflow_placeholder_names_are_one_line_exit_2(flags, word, capsys):
     t0 = time.monotonic()
     argv = ["launch", "dataflow", *flags, "--dry_run", "--", "--meta", "m.parquet", "--out", "gs://my-bucket/o"]

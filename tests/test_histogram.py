@@ -169,8 +169,14 @@ def _edge_values(st: BandStats, rng) -> np.ndarray:
         lo, hi, w = st.lo[i], st.hi[i], st.width[i]
         k = rng.integers(0, st.bins + 1, 300)
         edges = lo + k * w  # exact edges (in float64), then their float32 neighbours
-        v = np.concatenate([edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf),
-                            [lo, hi, lo - w, hi + w, lo - 1e6, hi + 1e6, np.nan, -np.inf]])
+        v = np.concatenate(
+            [
+                edges,
+                np.nextafter(edges, -np.inf),
+                np.nextafter(edges, np.inf),
+                [lo, hi, lo - w, hi + w, lo - 1e6, hi + 1e6, np.nan, -np.inf],
+            ]
+        )
         rows.append(v.astype(np.float32))
     n = max(len(r) for r in rows)
     return np.stack([np.resize(r, n) for r in rows], axis=1)

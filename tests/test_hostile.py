@@ -19,8 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from beam_pipeline.cli import main
-from schemas import failures as F
-from schemas import manifest as M
+from schemas import failures, manifest
 from schemas.naming import OBJECT_KEYS
 from transforms import containment
 from transforms import metadata as md
@@ -62,18 +61,38 @@ def _outside(opened, root, watched):
     for p in opened:
         real = os.path.realpath(p)
         if any(real == w or real.startswith(w + os.sep) for w in watched) and not (
-                real == real_root or real.startswith(real_root + os.sep)):
+            real == real_root or real.startswith(real_root + os.sep)
+        ):
             bad.append(p)
     return bad
 
 
 # --------------------------------------------------------------------------- a dataset and hostile paths
 
-HOSTILE = ("outside_abs", "dotdot", "symlink_out", "http", "devzero", "fifo", "directory", "huge", "file_scheme",
-           "symlink_devzero")
-EXPECT = {"outside_abs": "outside_root", "dotdot": "path_traversal", "symlink_out": "outside_root",
-          "http": "unsupported_scheme", "devzero": "outside_root", "fifo": "not_a_file", "directory": "not_a_file",
-          "huge": "object_too_large", "file_scheme": "unsupported_scheme", "symlink_devzero": "outside_root"}
+HOSTILE = (
+    "outside_abs",
+    "dotdot",
+    "symlink_out",
+    "http",
+    "devzero",
+    "fifo",
+    "directory",
+    "huge",
+    "file_scheme",
+    "symlink_devzero",
+)
+EXPECT = {
+    "outside_abs": "outside_root",
+    "dotdot": "path_traversal",
+    "symlink_out": "outside_root",
+    "http": "unsupported_scheme",
+    "devzero": "outside_root",
+    "fifo": "not_a_file",
+    "directory": "not_a_file",
+    "huge": "object_too_large",
+    "file_scheme": "unsupported_scheme",
+    "symlink_devzero": "outside_root",
+}
 
 
 @pytest.fixture(scope="module")
@@ -118,20 +137,23 @@ def test_each_hostile_path_is_refused_with_its_reason_and_never_opened(world):
     for kind, path in world["paths"].items():
         urls = dict(rec["urls"], B03=path)
         with audit() as opened:
-            with pytest.raises(F.PatchError) as e:
+            with pytest.raises(failures.PatchError) as e:
                 fetch_objects(urls, root=rec["root"])
         assert e.value.reason == EXPECT[kind], (kind, str(e.value))
-        assert e.value.stage == F.FETCH and path[:60] in e.value.detail
+        assert e.value.stage == failures.FETCH and path[:60] in e.value.detail
         assert not _outside(opened, world["root"], world["watched"]), (kind, opened)
-        assert not any(os.path.realpath(p) in (os.path.realpath(path), "/dev/zero") for p in opened
-                       if kind != "huge" and kind != "fifo" and kind != "directory"), (kind, opened)
+        assert not any(
+            os.path.realpath(p) in (os.path.realpath(path), "/dev/zero")
+            for p in opened
+            if kind != "huge" and kind != "fifo" and kind != "directory"
+        ), (kind, opened)
 
 
 def test_a_fifo_is_refused_at_once_not_read_forever(world):
     import time
 
     t0 = time.monotonic()
-    with pytest.raises(F.PatchError) as e:
+    with pytest.raises(failures.PatchError) as e:
         containment.read_local(world["paths"]["fifo"], str(world["root"]))
     assert e.value.reason == "not_a_file" and time.monotonic() - t0 < 2
 
@@ -145,12 +167,15 @@ def test_the_size_cap_comes_from_the_largest_reben_layer():
 def test_remote_urls_must_share_the_roots_scheme_and_prefix():
     root = "s3://bucket/reben"
     assert containment.check_url("s3://bucket/reben/a/b.tif", root) == "s3://bucket/reben/a/b.tif"
-    for url, reason in [("s3://bucket/other/b.tif", "outside_root"), ("s3://bucket/rebenX/b.tif", "outside_root"),
-                        ("gs://bucket/reben/b.tif", "unsupported_scheme"), ("s3://bucket/reben/../x.tif",
-                                                                            "path_traversal"),
-                        ("https://bucket.s3.amazonaws.com/reben/b.tif", "unsupported_scheme"),
-                        ("/etc/passwd", "unsupported_scheme")]:
-        with pytest.raises(F.PatchError) as e:
+    for url, reason in [
+        ("s3://bucket/other/b.tif", "outside_root"),
+        ("s3://bucket/rebenX/b.tif", "outside_root"),
+        ("gs://bucket/reben/b.tif", "unsupported_scheme"),
+        ("s3://bucket/reben/../x.tif", "path_traversal"),
+        ("https://bucket.s3.amazonaws.com/reben/b.tif", "unsupported_scheme"),
+        ("/etc/passwd", "unsupported_scheme"),
+    ]:
+        with pytest.raises(failures.PatchError) as e:
             containment.check_url(url, root)
         assert e.value.reason == reason, url
 
@@ -188,7 +213,7 @@ def test_hypothesis_index_rows_mixing_legitimate_and_hostile_paths(world, data):
             rec = md.check_row(row, str(world["root"]))
             try:
                 objects = fetch_objects(md.record_urls(rec), root=rec["root"])
-            except F.PatchError as e:
+            except failures.PatchError as e:
                 dead += 1
                 assert hostile, f"a legitimate row failed: {e}"
                 got = {(c["reason"], c["detail"].split(" ", 1)[0]) for c in e.checks()}
@@ -214,17 +239,34 @@ def test_convert_of_a_hostile_index_opens_nothing_outside_and_dead_letters_every
     out = tmp_path / "out"
     stats = str(_stats(world, tmp_path))
     with audit() as opened:  # in_memory: the workers run in this process, so the audit sees their opens
-        rc = main(["convert", "--meta", str(idx), "--out", str(out), "--shard_size", "8", "--max_failure_fraction",
-                   "1", "--stats", stats, "--direct_running_mode=in_memory", "--direct_num_workers=1"])
+        rc = main(
+            [
+                "convert",
+                "--meta",
+                str(idx),
+                "--out",
+                str(out),
+                "--shard_size",
+                "8",
+                "--max_failure_fraction",
+                "1",
+                "--stats",
+                stats,
+                "--direct_running_mode=in_memory",
+                "--direct_num_workers=1",
+            ]
+        )
     assert rc == 0
     inputs = [p for p in opened if os.path.realpath(p) != os.path.realpath(stats)]
     assert any(p.startswith(str(world["root"])) for p in inputs)  # the audit does see the workers' reads
     assert not _outside(inputs, world["root"], world["watched"]), inputs[:5]
-    man = json.loads((out / M.MANIFEST).read_text())
-    dead = [json.loads(x) for x in (out / M.FAILURES_JSONL).read_text().splitlines()]
+    man = json.loads((out / manifest.MANIFEST).read_text())
+    dead = [json.loads(x) for x in (out / manifest.FAILURES_JSONL).read_text().splitlines()]
     got = {d["patch_id"]: d["reason"] for d in dead}
-    want = {rows[i]["patch_id"]: {"outside_abs": "outside_root", "http": "unsupported_scheme",
-                                  "fifo": "not_a_file"}[k] for i, k in enumerate(kinds[: len(rows) - 1])}
+    want = {
+        rows[i]["patch_id"]: {"outside_abs": "outside_root", "http": "unsupported_scheme", "fifo": "not_a_file"}[k]
+        for i, k in enumerate(kinds[: len(rows) - 1])
+    }
     assert got == want
     total = sum(s["input"] for s in man["splits"].values())
     assert total == len(rows) and sum(s["written"] + s["failed"] for s in man["splits"].values()) == total
@@ -232,10 +274,22 @@ def test_convert_of_a_hostile_index_opens_nothing_outside_and_dead_letters_every
 
 def _stats(world, tmp_path):
     """A stats.json from a clean conversion of the same replica (so the hostile run needs no training patch)."""
-    path = world["base"] / "clean" / M.STATS_JSON
+    path = world["base"] / "clean" / manifest.STATS_JSON
     if not path.exists():
-        assert main(["convert", "--meta", str(world["root"] / "metadata.parquet"),
-                     "--out", str(world["base"] / "clean"), "--workers", "1"]) == 0
+        assert (
+            main(
+                [
+                    "convert",
+                    "--meta",
+                    str(world["root"] / "metadata.parquet"),
+                    "--out",
+                    str(world["base"] / "clean"),
+                    "--workers",
+                    "1",
+                ]
+            )
+            == 0
+        )
     return path
 
 
@@ -243,20 +297,20 @@ def test_a_manifest_pointing_outside_its_dataset_is_refused_by_verify_and_the_tr
     clean = _stats(world, tmp_path).parent
     ds = tmp_path / "edited"
     shutil.copytree(clean, ds)
-    man = json.loads((ds / M.MANIFEST).read_text())
+    man = json.loads((ds / manifest.MANIFEST).read_text())
     secret = str(world["paths"]["outside_abs"])
     man["splits"]["train"]["shards"][0]["path"] = os.path.relpath(secret, ds)  # ../../…/secret.tif
-    (ds / M.MANIFEST).write_text(json.dumps(man))
+    (ds / manifest.MANIFEST).write_text(json.dumps(man))
     from beam_pipeline.verify import verify
 
     with audit() as opened:
         try:
             problems = verify(str(ds))
-        except M.ManifestError as e:  # the typed manifest may refuse the path itself
+        except manifest.ManifestError as e:  # the typed manifest may refuse the path itself
             problems = [str(e)]
     assert problems and not any(os.path.realpath(p) == os.path.realpath(secret) for p in opened)
     assert main(["verify", str(ds)]) != 0
     from trainer.data import open_dataset
 
-    with pytest.raises(M.ManifestError):
+    with pytest.raises(manifest.ManifestError):
         open_dataset(str(ds))

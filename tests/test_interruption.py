@@ -16,7 +16,7 @@ import time
 import pytest
 
 from beam_pipeline.cli import main
-from schemas import manifest as M
+from schemas import manifest
 from transforms.encode import iter_records
 
 
@@ -36,21 +36,33 @@ KILL_WHEN = {
 def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("kill")
     assert main(["synth", "--out", str(d / "reben"), "--n", "40", "--seed", "21", "--faults", "s1_nan"]) == 0
-    assert main(["convert", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ref"),
-                 "--shard_size", "5"]) == 0
-    return d, json.loads((d / "ref" / M.MANIFEST).read_text())
+    assert (
+        main(["convert", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ref"), "--shard_size", "5"])
+        == 0
+    )
+    return d, json.loads((d / "ref" / manifest.MANIFEST).read_text())
 
 
 def _convert_cmd(d, out):
-    return [sys.executable, "-m", "beam_pipeline", "convert", "--meta", str(d / "reben" / "metadata.parquet"),
-            "--out", str(out), "--shard_size", "5"]
+    return [
+        sys.executable,
+        "-m",
+        "beam_pipeline",
+        "convert",
+        "--meta",
+        str(d / "reben" / "metadata.parquet"),
+        "--out",
+        str(out),
+        "--shard_size",
+        "5",
+    ]
 
 
 def _check_visible_state(out):
     """What a reader could see right after a crash: only complete shards, no half manifest."""
-    man_path = out / M.MANIFEST
+    man_path = out / manifest.MANIFEST
     if man_path.exists():
-        M.validate(json.loads(man_path.read_text()))
+        manifest.validate(json.loads(man_path.read_text()))
     for split_dir in out.iterdir():
         if not split_dir.is_dir():
             continue
@@ -66,10 +78,11 @@ def test_kill_at_four_points_then_rerun_gives_the_same_dataset(reference, tmp_pa
     hashes = lambda m: {s["path"]: s["sha256"] for e in m["splits"].values() for s in e["shards"]}  # noqa: E731
     kills = 0
     n_shards = len(hashes(ref))
-    for i, (name, when) in enumerate(KILL_WHEN.items()):
+    for i, when in enumerate(KILL_WHEN.values()):
         out = tmp_path / f"run{i}"
-        proc = subprocess.Popen(_convert_cmd(d, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            _convert_cmd(d, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         while proc.poll() is None and not when(out, n_shards):
             time.sleep(0.005)
         if proc.poll() is None:
@@ -80,7 +93,7 @@ def test_kill_at_four_points_then_rerun_gives_the_same_dataset(reference, tmp_pa
             _check_visible_state(out)
         res = subprocess.run(_convert_cmd(d, out), capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-2000:]
-        man = json.loads((out / M.MANIFEST).read_text())
+        man = json.loads((out / manifest.MANIFEST).read_text())
         assert hashes(man) == hashes(ref)
         assert man["statistics"] == ref["statistics"]
         assert man["failures"] == ref["failures"]
@@ -118,17 +131,35 @@ def test_a_full_disk_is_a_clear_error_and_no_dataset_is_presented_as_complete(re
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     cmd = _convert_cmd(d, mnt / "ds")
-    res = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", _FULL_DISK_SCRIPT,
-                          str(mnt), str(total // 2), json.dumps(cmd)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            sys.executable,
+            "-c",
+            _FULL_DISK_SCRIPT,
+            str(mnt),
+            str(total // 2),
+            json.dumps(cmd),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]  # the namespace and the mount worked
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["rc"] == 3, out["stderr"]  # a full disk is an environment failure (README: exit codes)
     assert "No space left on device" in out["stderr"] and "is full" in out["stderr"]
-    assert f"no {M.MANIFEST} was written" in out["stderr"]
-    assert M.MANIFEST not in {os.path.basename(f) for f in out["files"]}
+    assert f"no {manifest.MANIFEST} was written" in out["stderr"]
+    assert manifest.MANIFEST not in {os.path.basename(f) for f in out["files"]}
     ref_hashes = {s["path"]: s["sha256"] for info in ref["splits"].values() for s in info["shards"]}
-    final = {f[len("ds/"):]: h for f, h in out["files"].items()
-             if f.endswith(".tfrecord") and not os.path.basename(f).startswith(".tmp-")}
+    final = {
+        f[len("ds/") :]: h
+        for f, h in out["files"].items()
+        if f.endswith(".tfrecord") and not os.path.basename(f).startswith(".tmp-")
+    }
     assert 0 < len(final) < len(ref_hashes)  # some shards were finished before the disk filled
     for path, h in final.items():
         assert ref_hashes[path] == h, f"{path} is visible under its final name but is not the complete shard"
@@ -148,4 +179,4 @@ def test_a_rerun_removes_what_a_killed_run_left_at_the_top(reference, tmp_path):
     res = subprocess.run(_convert_cmd(d, out), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert not [p for p in left if p.exists()]
-    assert json.loads((out / M.MANIFEST).read_text())["splits"] == ref["splits"]
+    assert json.loads((out / manifest.MANIFEST).read_text())["splits"] == ref["splits"]

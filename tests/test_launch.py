@@ -15,29 +15,88 @@ def _args(argv):
 
 
 def test_flink_through_a_job_server_downloads_nothing():
-    assert _args(["flink", "--job_endpoint", "jobserver:8099", "--environment_type", "EXTERNAL",
-                  "--environment_config", "pool:50000", "--parallelism", "4"]) == [
-        "--runner", "PortableRunner", "--job_endpoint", "jobserver:8099", "--environment_type", "EXTERNAL",
-        "--environment_config", "pool:50000", "--extra_package", "/w/pkg.whl", "--parallelism", "4"]
+    assert _args(
+        [
+            "flink",
+            "--job_endpoint",
+            "jobserver:8099",
+            "--environment_type",
+            "EXTERNAL",
+            "--environment_config",
+            "pool:50000",
+            "--parallelism",
+            "4",
+        ]
+    ) == [
+        "--runner",
+        "PortableRunner",
+        "--job_endpoint",
+        "jobserver:8099",
+        "--environment_type",
+        "EXTERNAL",
+        "--environment_config",
+        "pool:50000",
+        "--extra_package",
+        "/w/pkg.whl",
+        "--parallelism",
+        "4",
+    ]
     # DOCKER with the custom image: the image is the environment and holds the package (nothing staged)
     assert _args(["flink", "--job_endpoint", "js:8099", "--sdk_container_image", "reg/benbeam-worker:0.1"]) == [
-        "--runner", "PortableRunner", "--job_endpoint", "js:8099", "--environment_type", "DOCKER",
-        "--environment_config", "reg/benbeam-worker:0.1"]
+        "--runner",
+        "PortableRunner",
+        "--job_endpoint",
+        "js:8099",
+        "--environment_type",
+        "DOCKER",
+        "--environment_config",
+        "reg/benbeam-worker:0.1",
+    ]
     # without a job server: Beam's FlinkRunner (which starts one from a downloaded jar)
     assert _args(["flink", "--flink_master", "flink:8081", "--flink_version", "1.19"])[:6] == [
-        "--runner", "FlinkRunner", "--flink_master", "flink:8081", "--flink_version", "1.19"]
+        "--runner",
+        "FlinkRunner",
+        "--flink_master",
+        "flink:8081",
+        "--flink_version",
+        "1.19",
+    ]
 
 
 def test_spark_portable_dask_and_dataflow_arguments():
-    assert _args(["spark", "--job_endpoint", "spark-js:8099", "--environment_type", "PROCESS",
-                  "--environment_config", '{"command": "/opt/apache/beam/boot"}'])[:6] == [
-        "--runner", "PortableRunner", "--job_endpoint", "spark-js:8099", "--environment_type", "PROCESS"]
+    assert _args(
+        [
+            "spark",
+            "--job_endpoint",
+            "spark-js:8099",
+            "--environment_type",
+            "PROCESS",
+            "--environment_config",
+            '{"command": "/opt/apache/beam/boot"}',
+        ]
+    )[:6] == ["--runner", "PortableRunner", "--job_endpoint", "spark-js:8099", "--environment_type", "PROCESS"]
     assert _args(["spark", "--spark_master_url", "spark://m:7077"])[:4] == [
-        "--runner", "SparkRunner", "--spark_master_url", "spark://m:7077"]
+        "--runner",
+        "SparkRunner",
+        "--spark_master_url",
+        "spark://m:7077",
+    ]
     assert _args(["portable", "--job_endpoint", "localhost:8099"]) == [
-        "--runner", "PortableRunner", "--job_endpoint", "localhost:8099", "--environment_type", "LOOPBACK"]
+        "--runner",
+        "PortableRunner",
+        "--job_endpoint",
+        "localhost:8099",
+        "--environment_type",
+        "LOOPBACK",
+    ]
     assert _args(["dask", "--dask_client_address", "10.0.0.1:8786"]) == [
-        "--runner", submit.DASK_RUNNER, "--dask_client_address", "10.0.0.1:8786", "--dask_partition_size", "1"]
+        "--runner",
+        submit.DASK_RUNNER,
+        "--dask_client_address",
+        "10.0.0.1:8786",
+        "--dask_partition_size",
+        "1",
+    ]
     df = _args(["dataflow", "--project", "p", "--region", "r", "--temp_location", "gs://b/t"])
     assert df[df.index("--extra_package") + 1] == "/w/pkg.whl" and "--setup_file" not in df
     assert df[df.index("--staging_location") + 1] == "gs://b/t/staging"
@@ -54,11 +113,14 @@ def test_which_launches_stage_the_package():
     assert not submit.needs_package(parse(["flink", "--job_endpoint", "h:1", "--sdk_container_image", "i"]))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(project="p", region="r", temp_location="/tmp/x", package="w.whl"), "gs://"),
-    (dict(project="p", region="r", temp_location="gs://b", setup_file="/nowhere/setup.py"), "does not exist"),
-    (dict(project="p", region="r", temp_location="gs://b"), "need the package"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(project="p", region="r", temp_location="/tmp/x", package="w.whl"), "gs://"),
+        (dict(project="p", region="r", temp_location="gs://b", setup_file="/nowhere/setup.py"), "does not exist"),
+        (dict(project="p", region="r", temp_location="gs://b"), "need the package"),
+    ],
+)
 def test_dataflow_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         submit.dataflow_args(**kwargs)
@@ -103,7 +165,7 @@ def test_tfx_cross_check_finds_a_disagreeing_decoding(tmp_path, monkeypatch):
     pytest.importorskip("tfx_bsl", reason="the [tfx] extra is part of [dev]")
     import numpy as np
 
-    from beam_pipeline import verify as V
+    from beam_pipeline import verify
     from transforms import encode
     from transforms.encode import ShardWriter, encode_example, iter_records
 
@@ -111,19 +173,29 @@ def test_tfx_cross_check_finds_a_disagreeing_decoding(tmp_path, monkeypatch):
     path = str(tmp_path / "s.tfrecord")
     with ShardWriter(path, "none") as w:
         for i in range(3):
-            w.write(encode_example(f"P{i}", rng.random((120, 120, 12), dtype=np.float32),
-                                   rng.random((120, 120, 2), dtype=np.float32),
-                                   rng.integers(0, 19, (120, 120), dtype=np.uint8), [0] * 18 + [1], "train", "Spain"))
+            w.write(
+                encode_example(
+                    f"P{i}",
+                    rng.random((120, 120, 12), dtype=np.float32),
+                    rng.random((120, 120, 2), dtype=np.float32),
+                    rng.integers(0, 19, (120, 120), dtype=np.uint8),
+                    [0] * 18 + [1],
+                    "train",
+                    "Spain",
+                )
+            )
         w.close()
     recs = list(iter_records(path, "none"))
     examples = [encode.decode_example(r, "float32") for r in recs]
-    dec = V.TfxDecoder("float32")
+    dec = verify.TfxDecoder("float32")
     assert dec.compare(recs, examples) == []
     examples[1]["s2_data"] = examples[1]["s2_data"].copy()
     examples[1]["s2_data"][3, 4, 5] += 1.0
     examples[2]["country"] = "Atlantis"
-    assert dec.compare(recs, examples) == [(1, "tfx-bsl decodes s2_data differently"),
-                                           (2, "tfx-bsl decodes country differently")]
+    assert dec.compare(recs, examples) == [
+        (1, "tfx-bsl decodes s2_data differently"),
+        (2, "tfx-bsl decodes country differently"),
+    ]
 
 
 def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
@@ -131,31 +203,38 @@ def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
 
     from beam_pipeline import convert
     from beam_pipeline.options import ConvertOptions, parse
-    from schemas import manifest as M
+    from schemas import manifest
 
     assert main(["synth", "--out", str(tmp_path / "reben"), "--n", "8", "--seed", "3"]) == 0
-    argv = ["--meta", str(tmp_path / "reben" / "metadata.parquet"), "--out", str(tmp_path / "ds"),
-            "--shard_size", "4", "--no_report"]
+    argv = [
+        "--meta",
+        str(tmp_path / "reben" / "metadata.parquet"),
+        "--out",
+        str(tmp_path / "ds"),
+        "--shard_size",
+        "4",
+        "--no_report",
+    ]
     assert main(["convert", *argv]) == 0
     out = tmp_path / "ds"
     assert not list(out.glob(".stats-pass*"))  # removed once the dataset is complete
-    man = json.loads((out / M.MANIFEST).read_text())
+    man = json.loads((out / manifest.MANIFEST).read_text())
     # an interrupted run left a complete statistics pass (here: with a recognisable mean)
     args, _ = parse(ConvertOptions, argv, "t", "t")
     key = convert.stats_pass_key(args, convert.preflight(args, probe_output=False))
     planted = json.loads(json.dumps(man["statistics"]))
     planted["normalization"]["offset"] = [v + 1.0 for v in planted["normalization"]["offset"]]
     planted["source"] = "planted"
-    (out / convert.STATS_PASS_NPZ).write_bytes((out / M.HISTOGRAMS_NPZ).read_bytes())
+    (out / convert.STATS_PASS_NPZ).write_bytes((out / manifest.HISTOGRAMS_NPZ).read_bytes())
     (out / convert.STATS_PASS_JSON).write_text(json.dumps({"key": key, "statistics": planted}))
     assert main(["convert", *argv]) == 0
-    assert json.loads((out / M.MANIFEST).read_text())["statistics"] == planted  # reused, not recomputed
+    assert json.loads((out / manifest.MANIFEST).read_text())["statistics"] == planted  # reused, not recomputed
     assert not list(out.glob(".stats-pass*"))
     # a pass of other options (another --stats_fraction) is not reused
-    (out / convert.STATS_PASS_NPZ).write_bytes((out / M.HISTOGRAMS_NPZ).read_bytes())
+    (out / convert.STATS_PASS_NPZ).write_bytes((out / manifest.HISTOGRAMS_NPZ).read_bytes())
     (out / convert.STATS_PASS_JSON).write_text(json.dumps({"key": key, "statistics": planted}))
     assert main(["convert", *argv, "--stats_fraction", "0.5"]) == 0
-    assert json.loads((out / M.MANIFEST).read_text())["statistics"]["source"] == "computed"
+    assert json.loads((out / manifest.MANIFEST).read_text())["statistics"]["source"] == "computed"
 
 
 def test_the_wheel_holds_every_subpackage(tmp_path):

@@ -7,8 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline.index import index_table
-from schemas import failures as F
-from schemas import manifest as M
+from schemas import failures, manifest
 from schemas.naming import OBJECT_KEYS, relative_paths
 from transforms import metadata as md
 
@@ -17,8 +16,15 @@ S1 = "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_75_43"
 
 
 def row(**kw):
-    r = {"patch_id": PID, "s1_name": S1, "split": "train", "labels": ["Pastures", "Arable land"],
-         "country": "Austria", "_source": 0, "_row": 0}
+    r = {
+        "patch_id": PID,
+        "s1_name": S1,
+        "split": "train",
+        "labels": ["Pastures", "Arable land"],
+        "country": "Austria",
+        "_source": 0,
+        "_row": 0,
+    }
     r.update(kw)
     return r
 
@@ -37,21 +43,24 @@ def test_clean_row_gives_canonical_labels_and_15_urls(tmp_path):
     assert urls["reference_map"].endswith(f"Reference_Maps/{PID.rsplit('_', 2)[0]}/{PID}/{PID}_reference_map.tif")
 
 
-@pytest.mark.parametrize("change,reason,needle", [
-    ({"patch_id": None}, "missing_field", "patch_id"),
-    ({"patch_id": "S2A_bad"}, "malformed_patch_id", "S2A_bad"),
-    ({"patch_id": "../../etc/passwd"}, "malformed_patch_id", "passwd"),
-    ({"s1_name": "S1A_nope"}, "malformed_s1_name", "S1A_nope"),
-    ({"split": "val"}, "unknown_split", "'validation'"),
-    ({"split": "holdout"}, "unknown_split", "train, validation, test"),
-    ({"labels": ["Arable land", "Lava"]}, "unknown_label", "Lava"),
-    ({"labels": []}, "empty_labels", "no labels"),
-    ({"labels": "Arable land"}, "unknown_label", "list"),
-])
+@pytest.mark.parametrize(
+    "change,reason,needle",
+    [
+        ({"patch_id": None}, "missing_field", "patch_id"),
+        ({"patch_id": "S2A_bad"}, "malformed_patch_id", "S2A_bad"),
+        ({"patch_id": "../../etc/passwd"}, "malformed_patch_id", "passwd"),
+        ({"s1_name": "S1A_nope"}, "malformed_s1_name", "S1A_nope"),
+        ({"split": "val"}, "unknown_split", "'validation'"),
+        ({"split": "holdout"}, "unknown_split", "train, validation, test"),
+        ({"labels": ["Arable land", "Lava"]}, "unknown_label", "Lava"),
+        ({"labels": []}, "empty_labels", "no labels"),
+        ({"labels": "Arable land"}, "unknown_label", "list"),
+    ],
+)
 def test_bad_rows_are_dead_lettered_with_actionable_reasons(tmp_path, change, reason, needle):
-    with pytest.raises(F.PatchError) as e:
+    with pytest.raises(failures.PatchError) as e:
         md.check_row(row(**change), str(tmp_path))
-    assert e.value.stage == F.METADATA and e.value.reason == reason
+    assert e.value.stage == failures.METADATA and e.value.reason == reason
     assert needle in e.value.detail
 
 
@@ -96,8 +105,10 @@ def test_read_table_errors_are_clear(tmp_path):
     p = _parquet(tmp_path / "cols.parquet", pa.table({"patch_id": [PID], "split": ["train"]}))
     with pytest.raises(md.MetadataError, match="s1_name, labels"):
         md.read_table(p)
-    good = _parquet(tmp_path / "good.parquet", pa.table({"patch_id": [PID], "s1_name": [S1], "split": ["train"],
-                                                         "labels": [["Pastures"]]}))
+    good = _parquet(
+        tmp_path / "good.parquet",
+        pa.table({"patch_id": [PID], "s1_name": [S1], "split": ["train"], "labels": [["Pastures"]]}),
+    )
     table, sha = md.read_table(good)
     assert table.num_rows == 1 and len(sha) == 64
     rows = md.table_rows(table, source=3)
@@ -105,8 +116,14 @@ def test_read_table_errors_are_clear(tmp_path):
 
 
 def test_index_adds_urls_and_reports_malformed_names(tmp_path):
-    t = pa.table({"patch_id": [PID, "garbage"], "s1_name": [S1, S1], "split": ["train", "test"],
-                  "labels": [["Pastures"], ["Pastures"]]})
+    t = pa.table(
+        {
+            "patch_id": [PID, "garbage"],
+            "s1_name": [S1, S1],
+            "split": ["train", "test"],
+            "labels": [["Pastures"], ["Pastures"]],
+        }
+    )
     out, errors = index_table(t, "s3://bucket/reben")
     assert out.num_rows == 2 and [e["row"] for e in errors] == [1]
     r0, r1 = out.to_pylist()
@@ -122,6 +139,6 @@ def test_index_adds_urls_and_reports_malformed_names(tmp_path):
 
 
 def test_split_check_names_the_fix():
-    assert M.check_split("validation") == "validation"
+    assert manifest.check_split("validation") == "validation"
     with pytest.raises(ValueError, match="the metadata uses 'validation'"):
-        M.check_split("val")
+        manifest.check_split("val")

@@ -16,7 +16,7 @@ import tempfile
 import pytest
 
 from beam_pipeline.cli import main
-from schemas import manifest as M
+from schemas import manifest as manifest_schema
 from tests.servers import FaultProxy, fake_gcs, seaweedfs
 from transforms import storage
 
@@ -35,9 +35,23 @@ def local_run(tmp_path_factory):
     """The same sample converted on local disk: the reference for byte equality."""
     d = tmp_path_factory.mktemp("local")
     assert main(["synth", "--out", str(d / "reben"), "--n", str(N), "--seed", "5", "--faults", FAULTS]) == 0
-    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ds"),
-                 "--shard_size", "4"]) == 0
-    return d, json.loads((d / "ds" / M.MANIFEST).read_text())
+    assert (
+        main(
+            [
+                "convert",
+                "--max_failure_fraction",
+                "1",
+                "--meta",
+                str(d / "reben" / "metadata.parquet"),
+                "--out",
+                str(d / "ds"),
+                "--shard_size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    return d, json.loads((d / "ds" / manifest_schema.MANIFEST).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -84,17 +98,32 @@ def _end_to_end(scheme: str, flags: list[str], local_run, tmp_path) -> dict:
     assert main(["validate", "--meta", f"{reben}/metadata.parquet", "--out", f"{base}/validate.json", *flags]) == 1
     rep = json.loads(fs.cat_file(f"{base}/validate.json"))
     injected = {f["patch_id"] for f in json.loads((local_dir / "injected_faults.json").read_text())}
-    missing = {f["patch_id"] for f in rep["failures"]
-               if any(r["reason"] == "missing_object" for r in f["reasons"])}
+    missing = {f["patch_id"] for f in rep["failures"] if any(r["reason"] == "missing_object" for r in f["reasons"])}
     assert missing and missing <= injected  # truncated TIFFs exist: only --deep sees them
 
     caches_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "benbeam-object-cache-*")))
-    assert main(["convert", "--max_failure_fraction", "1", "--meta", f"{reben}/indexed.parquet", "--out", ds, "--shard_size", "4", *flags]) == 0
-    man = json.loads(fs.cat_file(f"{ds}/{M.MANIFEST}"))
+    assert (
+        main(
+            [
+                "convert",
+                "--max_failure_fraction",
+                "1",
+                "--meta",
+                f"{reben}/indexed.parquet",
+                "--out",
+                ds,
+                "--shard_size",
+                "4",
+                *flags,
+            ]
+        )
+        == 0
+    )
+    man = json.loads(fs.cat_file(f"{ds}/{manifest_schema.MANIFEST}"))
     assert _shard_hashes(man) == _shard_hashes(local_run[1])
     # Training patches were fetched once: the writer read what the statistics pass kept
     # (every fetched one, the undecodable too), and the cache is gone.
-    counters = json.loads(fs.cat_file(f"{ds}/{M.RUN_JSON}"))["counters"]
+    counters = json.loads(fs.cat_file(f"{ds}/{manifest_schema.RUN_JSON}"))["counters"]
     assert counters["object_cache_hits"] == counters["object_cache_puts"] >= man["splits"]["train"]["written"] > 0
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "benbeam-object-cache-*"))) == caches_before
     assert man["statistics"]["bands"] == local_run[1]["statistics"]["bands"]
@@ -102,14 +131,41 @@ def _end_to_end(scheme: str, flags: list[str], local_run, tmp_path) -> dict:
     assert main(["verify", ds, *flags]) == 0
 
     model = f"{base}/runs/unet.keras"
-    assert main(["train", "--data", ds, "--epochs", "1", "--batch", "4", "--width", "4", "--steps_per_epoch", "2",
-                 "--save", model, *flags]) == 0
-    for suffix in ("unet.keras", "unet.keras.json", "unet.last.keras", "unet.state.json", "unet.history.csv",
-                   "unet.metrics.json"):
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                ds,
+                "--epochs",
+                "1",
+                "--batch",
+                "4",
+                "--width",
+                "4",
+                "--steps_per_epoch",
+                "2",
+                "--save",
+                model,
+                *flags,
+            ]
+        )
+        == 0
+    )
+    for suffix in (
+        "unet.keras",
+        "unet.keras.json",
+        "unet.last.keras",
+        "unet.state.json",
+        "unet.history.csv",
+        "unet.metrics.json",
+    ):
         assert fs.exists(f"{base}/runs/{suffix}"), suffix
     assert fs.find(f"{base}/runs/unet.tb")
-    assert main(["evaluate", "--model", model, "--data", ds, "--split", "validation", "--out", f"{base}/eval",
-                 *flags]) == 0
+    assert (
+        main(["evaluate", "--model", model, "--data", ds, "--split", "validation", "--out", f"{base}/eval", *flags])
+        == 0
+    )
     ev = json.loads(fs.cat_file(f"{base}/eval/metrics.json"))
     assert ev["patches"] == man["splits"]["validation"]["written"]
     return man
@@ -145,19 +201,55 @@ def test_conversion_through_a_faulty_proxy_loses_nothing(s3_server, local_run, t
     reben = "s3://bench/run/reben"  # written by the end-to-end test, or written here
     fs = storage.filesystem(reben)
     if not fs.exists(f"{reben}/metadata.parquet"):
-        assert main(["synth", "--out", reben, "--n", str(N), "--seed", "5", "--faults", FAULTS,
-                     "--s3_endpoint_url", endpoint]) == 0
+        assert (
+            main(
+                [
+                    "synth",
+                    "--out",
+                    reben,
+                    "--n",
+                    str(N),
+                    "--seed",
+                    "5",
+                    "--faults",
+                    FAULTS,
+                    "--s3_endpoint_url",
+                    endpoint,
+                ]
+            )
+            == 0
+        )
     with FaultProxy(endpoint, fraction=0.1, seed=3) as proxy:
         out = "s3://bench/proxied/ds"
-        assert main(["convert", "--max_failure_fraction", "1", "--meta", f"{reben}/metadata.parquet", "--out", out, "--shard_size", "4",
-                     "--object_cache", "none", "--s3_endpoint_url", proxy.url]) == 0  # every read through the proxy
+        assert (
+            main(
+                [
+                    "convert",
+                    "--max_failure_fraction",
+                    "1",
+                    "--meta",
+                    f"{reben}/metadata.parquet",
+                    "--out",
+                    out,
+                    "--shard_size",
+                    "4",
+                    "--object_cache",
+                    "none",
+                    "--s3_endpoint_url",
+                    proxy.url,
+                ]
+            )
+            == 0
+        )  # every read through the proxy
         stats = dict(proxy.stats)
     storage.configure(endpoint)
     assert stats["drop"] + stats["503"] >= 3, stats  # faults really happened
-    man = json.loads(storage.filesystem(out).cat_file(f"{out}/{M.MANIFEST}"))
+    man = json.loads(storage.filesystem(out).cat_file(f"{out}/{manifest_schema.MANIFEST}"))
     assert _shard_hashes(man) == _shard_hashes(local_run[1])
     injected = {f["patch_id"] for f in json.loads((local_run[0] / "reben" / "injected_faults.json").read_text())}
-    dead = [json.loads(x) for x in storage.filesystem(out).cat_file(f"{out}/{M.FAILURES_JSONL}").splitlines()]
+    dead = [
+        json.loads(x) for x in storage.filesystem(out).cat_file(f"{out}/{manifest_schema.FAILURES_JSONL}").splitlines()
+    ]
     assert {d["patch_id"] for d in dead} == injected
     assert sum(e["written"] for e in man["splits"].values()) == N + 1 - len(injected)  # + the missing_files row
 
@@ -173,12 +265,19 @@ def test_permanent_errors_are_dead_letters_with_their_reason(s3_server):
     root = "s3://bench/perm"
     assert main(["synth", "--out", root, "--n", "1", "--seed", "2", *flags]) == 0
     storage.configure(endpoint)
-    row = json.loads(json.dumps(__import__("pyarrow.parquet").parquet.read_table(
-        storage.filesystem(root).open(f"{root}/metadata.parquet", "rb")).to_pylist()[0], default=str))
+    row = json.loads(
+        json.dumps(
+            __import__("pyarrow.parquet")
+            .parquet.read_table(storage.filesystem(root).open(f"{root}/metadata.parquet", "rb"))
+            .to_pylist()[0],
+            default=str,
+        )
+    )
     urls = object_urls(root, row["patch_id"], row["s1_name"])
     assert len(fetch_objects(urls)) == 15
-    wrong = s3fs.S3FileSystem(key=ACCESS_KEY, secret="not-the-secret", skip_instance_cache=True,
-                              client_kwargs={"endpoint_url": endpoint})
+    wrong = s3fs.S3FileSystem(
+        key=ACCESS_KEY, secret="not-the-secret", skip_instance_cache=True, client_kwargs={"endpoint_url": endpoint}
+    )
     with pytest.raises(PatchError) as e:
         fetch_objects(urls, fs=wrong)
     assert e.value.reason == "access_denied"
@@ -198,24 +297,27 @@ class _Err(Exception):
         self.code = code
 
 
-@pytest.mark.parametrize("exc,transient", [
-    (ConnectionResetError("reset by peer"), True),
-    (TimeoutError("read timed out"), True),
-    (_Err("SlowDown: Please reduce your request rate", 503), True),
-    (_Err("Too Many Requests", 429), True),
-    (_Err("Internal Server Error", 500), True),
-    (__import__("aiohttp").ServerDisconnectedError("Server disconnected"), True),
-    (OSError(16, "SlowDown"), True),  # s3fs translates 503/SlowDown to EBUSY
-    (ConnectionRefusedError(111, "Connection refused"), True),
-    # classified by type and status, never by words: a 500 in a patch id is not a 5xx
-    (OSError("Bad Request (400) S2A_MSIL2A_20170613T105001_N9999_R051_T32TNT_50_50"), False),
-    (_Err("Bad Request S2A_MSIL2A_20170613T105001_N9999", 400), False),
-    (OSError("connection timed out"), False),  # no type, errno or status says transient
-    (PermissionError("Forbidden"), False),
-    (FileNotFoundError("no such key"), False),
-    (_Err("AccessDenied", 403), False),
-    (_Err("Bad request", 400), False),
-])
+@pytest.mark.parametrize(
+    "exc,transient",
+    [
+        (ConnectionResetError("reset by peer"), True),
+        (TimeoutError("read timed out"), True),
+        (_Err("SlowDown: Please reduce your request rate", 503), True),
+        (_Err("Too Many Requests", 429), True),
+        (_Err("Internal Server Error", 500), True),
+        (__import__("aiohttp").ServerDisconnectedError("Server disconnected"), True),
+        (OSError(16, "SlowDown"), True),  # s3fs translates 503/SlowDown to EBUSY
+        (ConnectionRefusedError(111, "Connection refused"), True),
+        # classified by type and status, never by words: a 500 in a patch id is not a 5xx
+        (OSError("Bad Request (400) S2A_MSIL2A_20170613T105001_N9999_R051_T32TNT_50_50"), False),
+        (_Err("Bad Request S2A_MSIL2A_20170613T105001_N9999", 400), False),
+        (OSError("connection timed out"), False),  # no type, errno or status says transient
+        (PermissionError("Forbidden"), False),
+        (FileNotFoundError("no such key"), False),
+        (_Err("AccessDenied", 403), False),
+        (_Err("Bad request", 400), False),
+    ],
+)
 def test_transient_and_permanent_failures_are_told_apart(exc, transient):
     assert storage.is_transient(exc) is transient
 
@@ -236,7 +338,7 @@ def test_retry_backs_off_exponentially_with_jitter_and_gives_up_on_permanent():
     rng = random.Random(0)
     for attempt in range(12):
         d = storage.backoff(attempt, rng=rng)
-        assert 0 <= d <= min(storage.RETRY_CAP_S, storage.RETRY_BASE_S * 2 ** attempt)
+        assert 0 <= d <= min(storage.RETRY_CAP_S, storage.RETRY_BASE_S * 2**attempt)
     calls.clear()
 
     def denied():

@@ -18,7 +18,7 @@ import pytest
 
 from beam_pipeline.cli import main
 from launch import staging
-from schemas import manifest as M
+from schemas import manifest
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -42,8 +42,13 @@ def wheel_env(tmp_path_factory):
     venv.EnvBuilder(with_pip=True).create(str(root / "venv"))
     bin_dir = root / "venv" / "bin"
     t0 = time.monotonic()
-    r = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-compile", whl], env=_clean_env(),
-                       capture_output=True, text=True, cwd=str(root))
+    r = subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-compile", whl],
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        cwd=str(root),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     print(f"wheel environment installed in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     run_dir = root / "run"  # away from the checkout: nothing can be imported from it
@@ -53,30 +58,55 @@ def wheel_env(tmp_path_factory):
 
 def _run(wheel_env, *argv, timeout=600):
     bin_dir, run_dir = wheel_env
-    return subprocess.run([str(bin_dir / argv[0]), *argv[1:]], env=_clean_env(bin_dir), cwd=str(run_dir),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(bin_dir / argv[0]), *argv[1:]],
+        env=_clean_env(bin_dir),
+        cwd=str(run_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     d = tmp_path_factory.mktemp("pkg-sample")
     assert main(["synth", "--out", str(d / "reben"), "--n", "14", "--seed", "4", "--faults", "missing_files"]) == 0
-    assert main(["convert", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "direct"),
-                 "--shard_size", "4"]) == 0
-    return d, json.loads((d / "direct" / M.MANIFEST).read_text())
+    assert (
+        main(
+            [
+                "convert",
+                "--meta",
+                str(d / "reben" / "metadata.parquet"),
+                "--out",
+                str(d / "direct"),
+                "--shard_size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    return d, json.loads((d / "direct" / manifest.MANIFEST).read_text())
 
 
 def test_the_wheel_installs_no_tensorflow(wheel_env):
     r = _run(wheel_env, "python", "-c", "import tensorflow")
     assert r.returncode == 1 and "No module named 'tensorflow'" in r.stderr
-    r = _run(wheel_env, "python", "-c", "import beam_pipeline.convert, beam_pipeline.verify, launch.staging, sys; "
-             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; print(beam_pipeline.__file__)")
+    r = _run(
+        wheel_env,
+        "python",
+        "-c",
+        "import beam_pipeline.convert, beam_pipeline.verify, launch.staging, sys; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; print(beam_pipeline.__file__)",
+    )
     assert r.returncode == 0, r.stderr
     assert "site-packages" in r.stdout
     r = _run(wheel_env, "benbeam", "train", "--data", "x")
     assert r.returncode == 3
-    assert r.stderr.strip().splitlines()[-1] == \
-        "benbeam train: error: tensorflow, keras is not installed; pip install 'bigearthnet-beam[train]'"
+    assert (
+        r.stderr.strip().splitlines()[-1]
+        == "benbeam train: error: tensorflow, keras is not installed; pip install 'bigearthnet-beam[train]'"
+    )
 
 
 def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 90) -> None:
@@ -95,31 +125,71 @@ def test_worker_pool_of_the_wheel_converts_through_the_job_api(wheel_env, sample
     d, direct = sample
     bin_dir, run_dir = wheel_env
     pool_port, js_port = free_port(), free_port()
-    procs = [subprocess.Popen([str(bin_dir / "python"), "-m", "apache_beam.runners.worker.worker_pool_main",
-                               f"--service_port={pool_port}"], env=_clean_env(bin_dir), cwd=str(run_dir),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    procs = [
+        subprocess.Popen(
+            [
+                str(bin_dir / "python"),
+                "-m",
+                "apache_beam.runners.worker.worker_pool_main",
+                f"--service_port={pool_port}",
+            ],
+            env=_clean_env(bin_dir),
+            cwd=str(run_dir),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    ]
     try:
-        procs.append(subprocess.Popen([str(bin_dir / "python"), "-m",
-                                       "apache_beam.runners.portability.local_job_service_main", "--port",
-                                       str(js_port)], env=_clean_env(bin_dir), cwd=str(run_dir),
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(bin_dir / "python"),
+                    "-m",
+                    "apache_beam.runners.portability.local_job_service_main",
+                    "--port",
+                    str(js_port),
+                ],
+                env=_clean_env(bin_dir),
+                cwd=str(run_dir),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         _wait_port(pool_port, procs[0], "worker pool")
         _wait_port(js_port, procs[1], "job service")
         out = tmp_path / "external"
-        r = _run(wheel_env, "benbeam", "launch", "portable", "--job_endpoint", f"localhost:{js_port}",
-                 "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{pool_port}", "--",
-                 "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(out), "--shard_size", "4")
+        r = _run(
+            wheel_env,
+            "benbeam",
+            "launch",
+            "portable",
+            "--job_endpoint",
+            f"localhost:{js_port}",
+            "--environment_type",
+            "EXTERNAL",
+            "--environment_config",
+            f"localhost:{pool_port}",
+            "--",
+            "--meta",
+            str(d / "reben" / "metadata.parquet"),
+            "--out",
+            str(out),
+            "--shard_size",
+            "4",
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         assert "staging bigearthnet_beam-" in r.stderr  # the wheel repacked from the installed package
     finally:
         for p in procs:
             p.kill()
             p.wait(10)
-    man = json.loads((out / M.MANIFEST).read_text())
+    man = json.loads((out / manifest.MANIFEST).read_text())
     hashes = lambda m: {s["path"]: s["sha256"] for e in m["splits"].values() for s in e["shards"]}  # noqa: E731
     assert hashes(man) == hashes(direct)
     assert man["statistics"] == direct["statistics"] and man["failures"] == direct["failures"]
-    run = json.loads((out / M.RUN_JSON).read_text())
+    run = json.loads((out / manifest.RUN_JSON).read_text())
     assert run["runner"] == "PortableRunner"
     # verify works there too, without the tfx-bsl cross-check (which says which extra it needs)
     r = _run(wheel_env, "benbeam", "verify", str(out))
@@ -130,15 +200,48 @@ def test_worker_pool_of_the_wheel_converts_through_the_job_api(wheel_env, sample
 
 def test_dataflow_dry_run_from_the_installed_wheel(wheel_env, sample):
     d, _ = sample
-    r = _run(wheel_env, "benbeam", "launch", "dataflow", "--project", "my-project", "--region", "europe-west4",
-             "--temp_location", "gs://my-bucket/tmp", "--dry_run", "--",
-             "--meta", str(d / "reben" / "metadata.parquet"), "--out", "gs://my-bucket/ds")
+    r = _run(
+        wheel_env,
+        "benbeam",
+        "launch",
+        "dataflow",
+        "--project",
+        "my-project",
+        "--region",
+        "europe-west4",
+        "--temp_location",
+        "gs://my-bucket/tmp",
+        "--dry_run",
+        "--",
+        "--meta",
+        str(d / "reben" / "metadata.parquet"),
+        "--out",
+        "gs://my-bucket/ds",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "job graphs of `convert`" in r.stdout
     staged = [line.split("staged: ", 1)[1] for line in r.stdout.splitlines() if "staged: " in line]
     assert "bigearthnet_beam-0.1.0-py3-none-any.whl".split("-0.1.0")[0] in " ".join(staged), r.stdout
     assert any(s.startswith("bigearthnet_beam-") and s.endswith(".whl") for s in staged), staged
     # a --setup_file that does not exist (the old default inside site-packages) is refused
-    r = _run(wheel_env, "benbeam", "launch", "dataflow", "--project", "p", "--region", "r", "--temp_location",
-             "gs://b/t", "--setup_file", "/nowhere/setup.py", "--dry_run", "--", "--meta", "m", "--out", "gs://b/o")
+    r = _run(
+        wheel_env,
+        "benbeam",
+        "launch",
+        "dataflow",
+        "--project",
+        "p",
+        "--region",
+        "r",
+        "--temp_location",
+        "gs://b/t",
+        "--setup_file",
+        "/nowhere/setup.py",
+        "--dry_run",
+        "--",
+        "--meta",
+        "m",
+        "--out",
+        "gs://b/o",
+    )
     assert r.returncode == 2 and "does not exist" in r.stderr

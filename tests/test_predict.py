@@ -65,7 +65,7 @@ class ArrayTile:
         assert r0 >= 0 and c0 >= 0 and r0 + h <= self.height and c0 + w <= self.width, window
         self.reads += 1
         self.max_read = max(self.max_read, h * w)
-        return self.pixels[r0:r0 + h, c0:c0 + w].copy(), self.valid[r0:r0 + h, c0:c0 + w].copy()
+        return self.pixels[r0 : r0 + h, c0 : c0 + w].copy(), self.valid[r0 : r0 + h, c0 : c0 + w].copy()
 
     def close(self):
         """Nothing to close."""
@@ -84,12 +84,28 @@ def fake_info(channels=B.S2_NAMES) -> dict:
     for c in B.ALL_NAMES:
         i = B.ALL_NAMES.index(c)
         mean = 1000.0 + 400 * i
-        stats[c] = {"count": 100, "mean": mean, "std": 500.0, "p_low": mean - 1500, "p_high": mean + 1500,
-                    "clipped_mean": mean, "clipped_std": 450.0}
-    return {"format": INFO_FORMAT, "version": INFO_VERSION, "modalities": "s2", "channels": list(channels),
-            "input_shape": [B.PATCH_SIZE, B.PATCH_SIZE, len(channels)], "task": "seg",
-            "classes": list(C.CLASS_NAMES), "class_colors": [list(c) for c in C.class_colors()],
-            "ignore_index": C.IGNORE_INDEX, "statistics": {"clip": True, "bands": stats}, "image_dtype": "float32"}
+        stats[c] = {
+            "count": 100,
+            "mean": mean,
+            "std": 500.0,
+            "p_low": mean - 1500,
+            "p_high": mean + 1500,
+            "clipped_mean": mean,
+            "clipped_std": 450.0,
+        }
+    return {
+        "format": INFO_FORMAT,
+        "version": INFO_VERSION,
+        "modalities": "s2",
+        "channels": list(channels),
+        "input_shape": [B.PATCH_SIZE, B.PATCH_SIZE, len(channels)],
+        "task": "seg",
+        "classes": list(C.CLASS_NAMES),
+        "class_colors": [list(c) for c in C.class_colors()],
+        "ignore_index": C.IGNORE_INDEX,
+        "statistics": {"clip": True, "bands": stats},
+        "image_dtype": "float32",
+    }
 
 
 def tiny_model(width=4, channels=B.S2_NAMES, seed=0):
@@ -137,7 +153,7 @@ def test_window_grid_covers_the_axis_with_a_fixed_stride_and_the_last_window_on_
     assert (np.diff(s)[:-1] == 120 - overlap).all() and (np.diff(s) <= 120 - overlap).all()
     covered = np.zeros(size, bool)
     for v in s:
-        covered[v:v + 120] = True
+        covered[v : v + 120] = True
     assert covered.all()
 
 
@@ -155,7 +171,7 @@ def test_blend_weights_are_smooth_symmetric_and_keep_a_floor():
     assert w.shape == (120, 120) and w.dtype == np.float32
     np.testing.assert_allclose(w, w.T)
     np.testing.assert_allclose(w, w[::-1, ::-1])
-    assert w.min() >= BLEND_FLOOR ** 2 * 0.99 and w.max() <= 1.0
+    assert w.min() >= BLEND_FLOOR**2 * 0.99 and w.max() <= 1.0
     assert np.abs(np.diff(w, axis=0)).max() < 0.05  # no step anywhere
 
 
@@ -219,8 +235,9 @@ def test_outputs_keep_the_georeferencing_and_satisfy_the_definitions_against_the
     srt = np.sort(p64, -1)
     np.testing.assert_allclose(_read(f"{stem}_maxprob.tif", 1)[valid], srt[:, -1], atol=1e-7)
     np.testing.assert_allclose(_read(f"{stem}_gap.tif", 1)[valid], srt[:, -1] - srt[:, -2], atol=1e-6)
-    np.testing.assert_allclose(_read(f"{stem}_entropy.tif", 1)[valid],
-                               -(p64 * np.log(np.maximum(p64, 1e-300))).sum(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _read(f"{stem}_entropy.tif", 1)[valid], -(p64 * np.log(np.maximum(p64, 1e-300))).sum(-1), rtol=1e-5, atol=1e-6
+    )
     assert (cls[~valid] == 255).all() and np.isnan(probs[~valid]).all()
     assert np.isnan(_read(f"{stem}_entropy.tif", 1)[~valid]).all()
     cm = json.loads((tmp_path / f"{src.name}_classmap.json").read_text())
@@ -230,8 +247,9 @@ def test_outputs_keep_the_georeferencing_and_satisfy_the_definitions_against_the
     assert s["valid_pixels"] == int(valid.sum()) and sum(s["class_pixels"].values()) == s["valid_pixels"]
     with open(tmp_path / PREVIEW, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert sorted(os.listdir(tmp_path)) == sorted(s["outputs"] + [PREVIEW]) or \
-        sorted(os.listdir(tmp_path)) == sorted(s["outputs"])
+    assert sorted(os.listdir(tmp_path)) == sorted(s["outputs"] + [PREVIEW]) or sorted(os.listdir(tmp_path)) == sorted(
+        s["outputs"]
+    )
 
 
 def _cog_problems(path) -> list[str]:
@@ -266,8 +284,9 @@ def _cog_problems(path) -> list[str]:
 def test_maps_are_cloud_optimised_geotiffs_with_overviews(predictor, tmp_path):
     src = ArrayTile.random(300, 270, predictor.channels, np.random.default_rng(6))
     src.valid[:20] = False
-    s = _run_tile(predictor, src, tmp_path, chunk_size=128, save_probs=True,
-                  extras=["tests.test_predict:_extra_layers"])
+    s = _run_tile(
+        predictor, src, tmp_path, chunk_size=128, save_probs=True, extras=["tests.test_predict:_extra_layers"]
+    )
     tifs = [f for f in s["outputs"] if f.endswith(".tif")]
     assert len(tifs) == 7  # class, maxprob, entropy, gap, probs and the two --extra layers
     for f in tifs:
@@ -347,16 +366,21 @@ def test_extra_layers_are_written_per_chunk_and_bad_specs_are_clear(predictor, t
         assert ds.transform == src.transform and ds.dtypes[0] == "float32"
     np.testing.assert_allclose(pw[10:], probs[10:, :, 17] + probs[10:, :, 18], atol=1e-6)
     assert np.isnan(pw[:10]).all()
-    np.testing.assert_array_equal(_read(str(tmp_path / f"{src.name}_top_class_x2.tif"), 1)[10:],
-                                  _read(str(tmp_path / f"{src.name}_class.tif"), 1)[10:] * 2.0)
+    np.testing.assert_array_equal(
+        _read(str(tmp_path / f"{src.name}_top_class_x2.tif"), 1)[10:],
+        _read(str(tmp_path / f"{src.name}_class.tif"), 1)[10:] * 2.0,
+    )
     cm = json.loads((tmp_path / f"{src.name}_classmap.json").read_text())
     assert "p_water" in cm["layers"]
     f = tmp_path / "mylayers.py"
     f.write_text("def conf(p):\n    return p.max(-1)\n")
     assert load_extra(f"{f}:conf").fn.__name__ == "conf"
-    for spec, msg in [("nocolon", "module:function"), ("no_such_module_x:f", "cannot import"),
-                      ("tests.test_predict:nope", "no function 'nope'"),
-                      (f"{tmp_path}/missing.py:f", "does not exist")]:
+    for spec, msg in [
+        ("nocolon", "module:function"),
+        ("no_such_module_x:f", "cannot import"),
+        ("tests.test_predict:nope", "no function 'nope'"),
+        (f"{tmp_path}/missing.py:f", "does not exist"),
+    ]:
         with pytest.raises(PredictError, match=msg):
             load_extra(spec)
     with pytest.raises(PredictError, match="2-D array"):
@@ -401,12 +425,39 @@ def synthetic_model(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("synthetic")
     assert main(["synth", "--out", str(d / "reben"), "--n", "300", "--seed", "0", "--workers", "2"]) == 0
-    assert main(["convert", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ds"),
-                 "--shard_size", "64", "--workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--meta",
+                str(d / "reben" / "metadata.parquet"),
+                "--out",
+                str(d / "ds"),
+                "--shard_size",
+                "64",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     save = str(d / "run" / "unet.keras")
     # deterministic: the same weights in every run, so the accuracy below is the same in CI as here
-    train(TrainConfig(data=str(d / "ds"), save=save, epochs=8, batch=8, lr=1e-2, width=8, modalities="s2",
-                      tensorboard=False, verbose=0, max_val_patches=16, deterministic=True))
+    train(
+        TrainConfig(
+            data=str(d / "ds"),
+            save=save,
+            epochs=8,
+            batch=8,
+            lr=1e-2,
+            width=8,
+            modalities="s2",
+            tensorboard=False,
+            verbose=0,
+            max_val_patches=16,
+            deterministic=True,
+        )
+    )
     return save
 
 
@@ -420,8 +471,9 @@ def s1_model_file(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_model_trained_on_synthetic_patches_maps_a_synthetic_safe_tile_well_above_chance(synthetic_model, tmp_path,
-                                                                                         capsys):
+def test_model_trained_on_synthetic_patches_maps_a_synthetic_safe_tile_well_above_chance(
+    synthetic_model, tmp_path, capsys
+):
     from synth.tiles import make_tile
 
     t = make_tile(str(tmp_path / "tiles"), size=360, seed=1, layout="safe")
@@ -450,8 +502,24 @@ def test_s2_s1_model_reads_the_s1_raster_or_refuses_clearly(s1_model_file, tmp_p
     assert line.startswith("benbeam predict: error:") and "--s1" in line and "Sentinel-1" in line
     assert not (tmp_path / "no_s1").exists() or not os.listdir(tmp_path / "no_s1")
     out = tmp_path / "out"
-    assert _cli(["--model", s1_model_file, "--tile", t["path"], "--s1", t["s1"], "--out", out, "--chunk_size", 128,
-                 "--save_probs"]) == 0
+    assert (
+        _cli(
+            [
+                "--model",
+                s1_model_file,
+                "--tile",
+                t["path"],
+                "--s1",
+                t["s1"],
+                "--out",
+                out,
+                "--chunk_size",
+                128,
+                "--save_probs",
+            ]
+        )
+        == 0
+    )
     for layer in ("class", "maxprob", "entropy", "gap", "probs"):
         with rasterio.open(str(out / f"{t['name']}_{layer}.tif")) as ds:
             assert ds.crs == t["crs"] and ds.transform == t["transform"] and ds.shape == (180, 180)
@@ -483,8 +551,10 @@ def test_user_errors_exit_2_with_one_clear_line(model_file, tmp_path, capsys):
         (["--model", model_file, "--tile", tmp_path / "nope.tif", *base], "does not exist"),
         (["--model", model_file, "--tile", few, *base], "lacks bands"),
         (["--model", model_file, "--tile", t["path"], "--out", blocker / "sub"], "cannot write to --out"),
-        (["--model", model_file, "--tile", t["path"], "--out", tmp_path / "o2", "--chunk_size", 100],
-         "multiple of 128"),
+        (
+            ["--model", model_file, "--tile", t["path"], "--out", tmp_path / "o2", "--chunk_size", 100],
+            "multiple of 128",
+        ),
         (["--model", model_file, "--tile", t["path"], *base, "--extra", "nocolon"], "module:function"),
         (["--model", model_file, "--tile", t["path"], *base, "--overlap", 120], "--overlap"),
         (["--model", model_file, "--input_dir", tmp_path / "empty_dir_missing", *base], "not a folder"),
@@ -505,8 +575,10 @@ def two_tiles(tmp_path_factory):
     from synth.tiles import make_tile, tile_ids
 
     d = tmp_path_factory.mktemp("two_tiles")
-    return [make_tile(str(d), size=150 + 30 * i, seed=10 + i, tile=tid, layout=("geotiff", "safe")[i])
-            for i, tid in enumerate(tile_ids(2))], str(d)
+    return [
+        make_tile(str(d), size=150 + 30 * i, seed=10 + i, tile=tid, layout=("geotiff", "safe")[i])
+        for i, tid in enumerate(tile_ids(2))
+    ], str(d)
 
 
 @pytest.mark.slow
@@ -542,8 +614,24 @@ def test_beam_pipeline_gives_the_plain_commands_bytes(model_file, two_tiles, tmp
     tiles, d = two_tiles
     out = tmp_path / "beam"
     flags = ["--chunk_size", 128, "--batch_size", 4, "--save_probs", "--extra", "tests.test_predict:_extra_layers"]
-    assert _cli(["--model", model_file, "--input_dir", d, "--out", out, "--runner", "DirectRunner",
-                 "--direct_running_mode", "in_memory", *flags]) == 0
+    assert (
+        _cli(
+            [
+                "--model",
+                model_file,
+                "--input_dir",
+                d,
+                "--out",
+                out,
+                "--runner",
+                "DirectRunner",
+                "--direct_running_mode",
+                "in_memory",
+                *flags,
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mapped"] == 2 and summary["failures"] == []
     assert (out / VIEWER).is_file()
@@ -566,8 +654,11 @@ def test_beam_transforms_pickle_and_a_bad_tile_becomes_a_dead_letter(model_file,
     from trainer.inference.settings import PredictSettings
 
     settings = PredictSettings(model=model_file, out=str(tmp_path), chunk_size=128)
-    for obj in (predict_beam.PredictTileFn(settings), predict_beam.PredictTiles(settings),
-                predict_beam.Finalize(str(tmp_path))):
+    for obj in (
+        predict_beam.PredictTileFn(settings),
+        predict_beam.PredictTiles(settings),
+        predict_beam.Finalize(str(tmp_path)),
+    ):
         assert type(pickle.loads(pickle.dumps(obj))) is type(obj)
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"not a tiff")

@@ -42,11 +42,35 @@ def local(tmp_path_factory):
     d = tmp_path_factory.mktemp("local")
     model, _ = tiny_model(channels=B.ALL_NAMES)
     save_model(model, str(d / "m.keras"))
-    tiles = [make_tile(str(d / "tiles"), size=150 + 30 * i, seed=20 + i, tile=tid, layout=("geotiff", "safe")[i],
-                       s1=True, nodata_border=5 * i) for i, tid in enumerate(tile_ids(2))]
+    tiles = [
+        make_tile(
+            str(d / "tiles"),
+            size=150 + 30 * i,
+            seed=20 + i,
+            tile=tid,
+            layout=("geotiff", "safe")[i],
+            s1=True,
+            nodata_border=5 * i,
+        )
+        for i, tid in enumerate(tile_ids(2))
+    ]
     for t in tiles:
-        assert _cli(["--model", d / "m.keras", "--tile", t["path"], "--s1", t["s1"], "--out", d / "maps" / t["name"],
-                     *FLAGS]) == 0
+        assert (
+            _cli(
+                [
+                    "--model",
+                    d / "m.keras",
+                    "--tile",
+                    t["path"],
+                    "--s1",
+                    t["s1"],
+                    "--out",
+                    d / "maps" / t["name"],
+                    *FLAGS,
+                ]
+            )
+            == 0
+        )
     return d, tiles
 
 
@@ -71,16 +95,22 @@ def s3(local):
 
 def _local_files(folder) -> dict[str, bytes]:
     """The maps of one tile, by file name (the summary holds timings: left out)."""
-    return {f: (folder / f).read_bytes() for f in sorted(os.listdir(folder))
-            if not f.endswith("_summary.json") and f != ".benbeam-run.json"}  # the output-folder marker: not a map
+    return {
+        f: (folder / f).read_bytes()
+        for f in sorted(os.listdir(folder))
+        if not f.endswith("_summary.json") and f != ".benbeam-run.json"
+    }  # the output-folder marker: not a map
 
 
 def _remote_files(url: str) -> dict[str, bytes]:
     fs = storage.filesystem(url)
     fs.invalidate_cache()
     root = url.split("://", 1)[1].rstrip("/") + "/"
-    return {o[len(root):]: fs.cat_file(o) for o in sorted(fs.find(url))
-            if not o.endswith(("_summary.json", "/.benbeam-run.json"))}  # the output-folder marker: not a map
+    return {
+        o[len(root) :]: fs.cat_file(o)
+        for o in sorted(fs.find(url))
+        if not o.endswith(("_summary.json", "/.benbeam-run.json"))
+    }  # the output-folder marker: not a map
 
 
 def test_a_tile_read_from_s3_and_mapped_to_s3_equals_the_local_run(local, s3, capsys):
@@ -88,9 +118,24 @@ def test_a_tile_read_from_s3_and_mapped_to_s3_equals_the_local_run(local, s3, ca
     for i, t in enumerate(tiles):
         tile_url = f"s3://predict/in/{os.path.basename(t['path'])}"
         out = f"s3://predict/plain/{t['name']}"
-        assert _cli(["--model", "s3://predict/m.keras", "--tile", tile_url, "--s1",
-                     f"s3://predict/in/{os.path.basename(t['s1'])}", "--out", out, *FLAGS,
-                     "--s3_endpoint_url", s3]) == 0
+        assert (
+            _cli(
+                [
+                    "--model",
+                    "s3://predict/m.keras",
+                    "--tile",
+                    tile_url,
+                    "--s1",
+                    f"s3://predict/in/{os.path.basename(t['s1'])}",
+                    "--out",
+                    out,
+                    *FLAGS,
+                    "--s3_endpoint_url",
+                    s3,
+                ]
+            )
+            == 0
+        )
         want = _local_files(d / "maps" / t["name"])
         assert len(want) == 7  # 4 layers + probs + classmap + preview, the summary aside
         assert _remote_files(out) == want, t["name"]
@@ -103,9 +148,28 @@ def test_a_tile_read_from_s3_and_mapped_to_s3_equals_the_local_run(local, s3, ca
 def test_the_beam_pipeline_in_worker_processes_reads_and_writes_s3_with_the_local_bytes(local, s3, capsys):
     d, tiles = local
     out = "s3://predict/beam"
-    assert _cli(["--model", "s3://predict/m.keras", "--input_dir", "s3://predict/in", "--out", out, *FLAGS,
-                 "--s3_endpoint_url", s3, "--runner", "DirectRunner", "--direct_running_mode", "multi_processing",
-                 "--direct_num_workers", "1"]) == 0
+    assert (
+        _cli(
+            [
+                "--model",
+                "s3://predict/m.keras",
+                "--input_dir",
+                "s3://predict/in",
+                "--out",
+                out,
+                *FLAGS,
+                "--s3_endpoint_url",
+                s3,
+                "--runner",
+                "DirectRunner",
+                "--direct_running_mode",
+                "multi_processing",
+                "--direct_num_workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
     assert summary["mapped"] == 2 and summary["failures"] == [], summary["failures"]
     for t in tiles:
@@ -118,8 +182,23 @@ def test_the_beam_pipeline_in_worker_processes_reads_and_writes_s3_with_the_loca
 def test_the_benchmark_maps_tiles_from_s3_into_s3(local, s3):
     d, tiles = local
     out = "s3://predict/bench"
-    assert _cli(["--model", "s3://predict/m.keras", "--input_dir", "s3://predict/in", "--out", out, "--benchmark",
-                 *FLAGS, "--s3_endpoint_url", s3]) == 0
+    assert (
+        _cli(
+            [
+                "--model",
+                "s3://predict/m.keras",
+                "--input_dir",
+                "s3://predict/in",
+                "--out",
+                out,
+                "--benchmark",
+                *FLAGS,
+                "--s3_endpoint_url",
+                s3,
+            ]
+        )
+        == 0
+    )
     for t in tiles:
         assert _remote_files(f"{out}/{t['name']}") == _local_files(d / "maps" / t["name"]), t["name"]
     report = storage.read_bytes(f"{out}/benchmark_report.csv").decode().splitlines()
@@ -143,17 +222,39 @@ def test_only_the_files_the_model_needs_are_fetched(local, s3, tmp_path):
 
 def test_a_missing_tile_is_a_usage_error_and_an_unreachable_store_an_environment_error(local, s3, capsys):
     d, tiles = local
-    assert _cli(["--model", d / "m.keras", "--tile", "s3://predict/in/nope.tif", "--out", d / "x",
-                 "--s3_endpoint_url", s3]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        "benbeam predict: error: tile s3://predict/in/nope.tif does not exist"
+    assert (
+        _cli(
+            ["--model", d / "m.keras", "--tile", "s3://predict/in/nope.tif", "--out", d / "x", "--s3_endpoint_url", s3]
+        )
+        == 2
+    )
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "benbeam predict: error: tile s3://predict/in/nope.tif does not exist"
+    )
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening: refused
         # the endpoint is probed when the command starts (a refused connection fails in seconds): the
         # error reaches benbeam's CLI, which names it in one line, exit 3 (--debug: the traceback)
-        assert main(["predict", "--model", str(d / "m.keras"), "--tile", tiles[0]["path"], "--s1", tiles[0]["s1"],
-                     "--out", "s3://predict/never", "--s3_endpoint_url", dead]) == 3
+        assert (
+            main(
+                [
+                    "predict",
+                    "--model",
+                    str(d / "m.keras"),
+                    "--tile",
+                    tiles[0]["path"],
+                    "--s1",
+                    tiles[0]["s1"],
+                    "--out",
+                    "s3://predict/never",
+                    "--s3_endpoint_url",
+                    dead,
+                ]
+            )
+            == 3
+        )
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("benbeam predict: error: the storage endpoint cannot be reached") and dead in line, line
     storage.configure(s3)
@@ -169,8 +270,22 @@ def test_a_tile_in_gcs_maps_to_gcs_with_the_local_bytes(local):
         storage.filesystem("gs://").mkdir("predict")
         storage.upload_tree(str(d / "tiles"), "gs://predict/in")
         out = f"gs://predict/maps/{t['name']}"
-        assert _cli(["--model", d / "m.keras", "--tile", f"gs://predict/in/{os.path.basename(t['path'])}",
-                     "--s1", f"gs://predict/in/{os.path.basename(t['s1'])}", "--out", out, *FLAGS]) == 0
+        assert (
+            _cli(
+                [
+                    "--model",
+                    d / "m.keras",
+                    "--tile",
+                    f"gs://predict/in/{os.path.basename(t['path'])}",
+                    "--s1",
+                    f"gs://predict/in/{os.path.basename(t['s1'])}",
+                    "--out",
+                    out,
+                    *FLAGS,
+                ]
+            )
+            == 0
+        )
         assert _remote_files(out) == _local_files(d / "maps" / t["name"])
     mp.undo()
     storage.configure()

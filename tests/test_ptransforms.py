@@ -10,7 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.manifest import shard_path
 from transforms import metadata as md
-from transforms import plan as P
+from transforms import plan as shard_plan
 from transforms.combiners import BandStatsCombineFn
 from transforms.plan import INVALID, RowPlan, check_rows
 from transforms.ptransforms import (
@@ -28,8 +28,15 @@ PIDS = [f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{x:02d}_{y:02d}" for x in
 
 
 def _row(i, pid, split="train", **kw):
-    r = {"patch_id": pid, "s1_name": "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_" + pid[-5:].replace("_0", "_"),
-         "split": split, "labels": ["Pastures"], "country": "Austria", "_source": 0, "_row": i}
+    r = {
+        "patch_id": pid,
+        "s1_name": "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_" + pid[-5:].replace("_0", "_"),
+        "split": split,
+        "labels": ["Pastures"],
+        "country": "Austria",
+        "_source": 0,
+        "_row": i,
+    }
     r.update(kw)
     return r
 
@@ -42,9 +49,17 @@ def test_check_rows_dead_letters_duplicates_and_bad_rows():
     with TestPipeline() as p:
         out = p | beam.Create(rows) | CheckRows("/data", ("train", "validation", "test"))
         assert_that(out["patches"] | beam.Map(lambda r: r["patch_id"]), equal_to(PIDS), label="patches")
-        assert_that(out["dead"] | beam.Map(lambda d: (d["patch_id"], d["reason"], d["split"])),
-                    equal_to([(PIDS[3], "duplicate_patch_id", "test"), ("not-an-id", "malformed_patch_id", "train"),
-                              (PIDS[0][:-1] + "9", "unknown_split", "val")]), label="dead")
+        assert_that(
+            out["dead"] | beam.Map(lambda d: (d["patch_id"], d["reason"], d["split"])),
+            equal_to(
+                [
+                    (PIDS[3], "duplicate_patch_id", "test"),
+                    ("not-an-id", "malformed_patch_id", "train"),
+                    (PIDS[0][:-1] + "9", "unknown_split", "val"),
+                ]
+            ),
+            label="dead",
+        )
         assert_that(out["selected"], equal_to(["train"] * 13 + ["test", "val"]), label="selected")
 
 
@@ -64,8 +79,7 @@ def _plan(tmp_path, tables, splits=("train", "validation", "test"), frac=1.0, sh
     urls = []
     for i, rows in enumerate(tables):
         url = str(tmp_path / f"meta{i}.parquet")
-        pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]),
-                       url)
+        pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]), url)
         urls.append(url)
     return RowPlan.create(urls, "/data", splits, frac, shard_size)
 
@@ -79,11 +93,14 @@ def test_plan_shards_hold_exactly_what_a_global_check_gives(tmp_path):
     t0.append(_row(len(t0), "not-an-id"))
     t0.append(_row(len(t0), PIDS[0][:-1] + "9", split="val"))  # unknown split
     t0.append(_row(len(t0), PIDS[1][:-1] + "8", labels=["No such class"]))
-    t1 = [_row(0, PIDS[2], split="validation", labels=["Unknown"]),  # bad duplicate: the clean one stays
-          _row(1, PIDS[5], split="train")]  # a second file repeats an id
+    t1 = [
+        _row(0, PIDS[2], split="validation", labels=["Unknown"]),  # bad duplicate: the clean one stays
+        _row(1, PIDS[5], split="train"),
+    ]  # a second file repeats an id
     plan = _plan(tmp_path, [t0, t1])
-    rows = [dict(r, _source=0, _row=i) for i, r in enumerate(t0)] + [dict(r, _source=1, _row=i) for i, r in
-                                                                     enumerate(t1)]
+    rows = [dict(r, _source=0, _row=i) for i, r in enumerate(t0)] + [
+        dict(r, _source=1, _row=i) for i, r in enumerate(t1)
+    ]
     want_sel, want_dead, want_clean = check_rows(rows, "/data", plan.splits, 1.0)
     got_sel, got_dead, got_clean = type(want_sel)(), [], []
     n = plan.shard_counts()
@@ -116,7 +133,7 @@ def test_plan_samples_selects_and_notices_a_changed_metadata_file(tmp_path):
     again = _plan(tmp_path, [rows], splits=("train",), frac=0.8)
     assert again == plan and hash(again) == hash(plan)  # a plan is a value: the per-process cache key
     changed = _plan(tmp_path, [rows[:-1]], splits=("train",), frac=0.8)  # rewrites meta0.parquet
-    P._CACHE.clear()  # as in a fresh worker process
+    shard_plan._CACHE.clear()  # as in a fresh worker process
     with pytest.raises(md.MetadataError, match="changed while the conversion ran"):
         plan.records(plan.homes()[0])
     assert changed.records(changed.homes()[0]) is not None
@@ -127,8 +144,11 @@ def test_planned_shards_in_a_pipeline(tmp_path):
     plan = _plan(tmp_path, [rows], shard_size=5)
     with TestPipeline() as p:
         out = p | PlannedShards(ShardConfig(plan))
-        assert_that(out["shards"], equal_to([("train", i, 3) for i in range(3)
-                                             if plan.records(("train", i, 3))]), label="shards")
+        assert_that(
+            out["shards"],
+            equal_to([("train", i, 3) for i in range(3) if plan.records(("train", i, 3))]),
+            label="shards",
+        )
         assert_that(out["selected"], equal_to([("train", 13)]), label="selected")
         assert_that(out["dead"] | beam.Map(lambda d: d["reason"]), equal_to(["malformed_patch_id"]), label="dead")
     assert shard_path("train", 2, 12) == "train/train-00002-of-00012.tfrecord"
@@ -138,14 +158,26 @@ def test_planned_shards_in_a_pipeline(tmp_path):
 def test_everything_that_ships_to_workers_pickles():
     plan = RowPlan(("/m.parquet",), ("0" * 64,), (10,), "/data", ("train",), 1.0, 5, (("train", 10),))
     config = ShardConfig(plan, "/out", "cubic", "gzip", "float16", {"s3": {"anon": True}}, 12.0)
-    for obj in (ShardStatsFn(config, 1.0), WriteShardFn(config), CheckShardFn(config), BandStatsCombineFn(),
-                CheckRows("/data", ("train",), 0.5), PlannedShards(config), ComputeBandStats(config, 0.5), config):
+    for obj in (
+        ShardStatsFn(config, 1.0),
+        WriteShardFn(config),
+        CheckShardFn(config),
+        BandStatsCombineFn(),
+        CheckRows("/data", ("train",), 0.5),
+        PlannedShards(config),
+        ComputeBandStats(config, 0.5),
+        config,
+    ):
         back = pickler.loads(pickler.dumps(obj))
         assert type(back) is type(obj)
     fn = pickle.loads(pickle.dumps(WriteShardFn(ShardConfig(plan, "/o", "nearest", "gzip", "float16"))))
     assert fn.config.plan == plan
     assert (fn.config.out, fn.config.resampling, fn.config.compression, fn.config.image_dtype) == (
-        "/o", "nearest", "gzip", "float16")
+        "/o",
+        "nearest",
+        "gzip",
+        "float16",
+    )
     assert pickle.loads(pickle.dumps(config)) == config  # a value: the DoFns share it as it is
     assert WriteShards.__dataclass_fields__["config"] and ComputeBandStats.__dataclass_fields__["config"]
 
@@ -157,20 +189,36 @@ def test_read_ahead_gives_the_same_patches_and_errors_in_the_same_order(tmp_path
     import pyarrow.parquet as pq
 
     from beam_pipeline.cli import main
-    from schemas import failures as F
+    from schemas import failures
     from schemas.naming import object_urls
     from transforms.shard_reader import load_patch, loaded_patches
 
-    assert main(["synth", "--out", str(tmp_path), "--n", "14", "--seed", "5",
-                 "--faults", "missing_band_file,truncated_tiff,s1_nan"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(tmp_path),
+                "--n",
+                "14",
+                "--seed",
+                "5",
+                "--faults",
+                "missing_band_file,truncated_tiff,s1_nan",
+            ]
+        )
+        == 0
+    )
     rows = pq.read_table(tmp_path / "metadata.parquet").to_pylist()
-    recs = [{"patch_id": r["patch_id"], "urls": object_urls(str(tmp_path), r["patch_id"], r["s1_name"])}
-            for r in sorted(rows, key=lambda r: r["patch_id"])]
+    recs = [
+        {"patch_id": r["patch_id"], "urls": object_urls(str(tmp_path), r["patch_id"], r["s1_name"])}
+        for r in sorted(rows, key=lambda r: r["patch_id"])
+    ]
 
     def one_by_one(rec):
         try:
             return load_patch(rec, "bilinear")
-        except F.PatchError as e:
+        except failures.PatchError as e:
             return e
 
     expected = [one_by_one(r) for r in recs]
@@ -178,8 +226,12 @@ def test_read_ahead_gives_the_same_patches_and_errors_in_the_same_order(tmp_path
         got = list(loaded_patches(recs, "bilinear", 30.0, read_ahead=ahead))
         assert [r["patch_id"] for r, _ in got] == [r["patch_id"] for r in recs]
         for (_, g), e in zip(got, expected, strict=True):
-            if isinstance(e, F.PatchError):
-                assert isinstance(g, F.PatchError) and (g.stage, g.reason, g.detail) == (e.stage, e.reason, e.detail)
+            if isinstance(e, failures.PatchError):
+                assert isinstance(g, failures.PatchError) and (g.stage, g.reason, g.detail) == (
+                    e.stage,
+                    e.reason,
+                    e.detail,
+                )
             else:
                 assert np.array_equal(g.pixels, e.pixels) and np.array_equal(g.label, e.label)
-    assert sum(isinstance(e, F.PatchError) for e in expected) == 3
+    assert sum(isinstance(e, failures.PatchError) for e in expected) == 3

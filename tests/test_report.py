@@ -9,7 +9,7 @@ import pytest
 
 from beam_pipeline.cli import main
 from beam_pipeline.report_page import SECTIONS
-from schemas import manifest as M
+from schemas import manifest
 from tests.browser import render, require_chromium
 
 FAULTS = "missing_band_file,truncated_tiff,s1_nan"
@@ -19,34 +19,48 @@ FAULTS = "missing_band_file,truncated_tiff,s1_nan"
 def dataset(tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
     assert main(["synth", "--out", str(d / "reben"), "--n", "36", "--seed", "11", "--faults", FAULTS]) == 0
-    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ds"),
-                 "--shard_size", "8"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--max_failure_fraction",
+                "1",
+                "--meta",
+                str(d / "reben" / "metadata.parquet"),
+                "--out",
+                str(d / "ds"),
+                "--shard_size",
+                "8",
+            ]
+        )
+        == 0
+    )
     return d / "ds"
 
 
 def _manifest(ds):
-    return json.loads((ds / M.MANIFEST).read_text())
+    return json.loads((ds / manifest.MANIFEST).read_text())
 
 
 def test_convert_writes_the_report_its_plots_and_the_run_record(dataset):
-    html = (dataset / M.REPORT_HTML).read_text()
+    html = (dataset / manifest.REPORT_HTML).read_text()
     assert 'src="http' not in html and "<script" not in html  # self-contained, nothing to fetch
-    plots = {p.name for p in (dataset / M.REPORT_DIR).iterdir()}
+    plots = {p.name for p in (dataset / manifest.REPORT_DIR).iterdir()}
     assert {"histograms.svg", "classes.svg", "failures.svg"} <= plots
     assert {f"sample-{i}-rgb.png" for i in range(6)} <= plots
-    run = json.loads((dataset / M.RUN_JSON).read_text())
+    run = json.loads((dataset / manifest.RUN_JSON).read_text())
     man = _manifest(dataset)
     n = sum(s["input"] for s in man["splits"].values())
     assert run["patches"] == n and run["seconds"] > 0
     assert run["patches_per_s"] == pytest.approx(n / run["seconds"], 0.01)
     assert run["runner"] == "DirectRunner" and run["counters"]["patches_written"] == n - man["failures"]["total"]
     # the manifest does not mention run.json or the report: it stays byte-identical between runs
-    assert M.RUN_JSON not in json.dumps(man) and M.REPORT_HTML not in json.dumps(man)
+    assert manifest.RUN_JSON not in json.dumps(man) and manifest.REPORT_HTML not in json.dumps(man)
 
 
 def test_the_report_renders_in_chromium_with_every_section_and_image(dataset, tmp_path):
     require_chromium()
-    page = render(dataset / M.REPORT_HTML, screenshot=str(tmp_path / "report.png"))
+    page = render(dataset / manifest.REPORT_HTML, screenshot=str(tmp_path / "report.png"))
     assert page["errors"] == []
     assert page["sections"] == list(SECTIONS)
     assert len(page["headings"]) == 1 + len(SECTIONS)
@@ -73,21 +87,39 @@ def test_benbeam_report_regenerates_it_identically(dataset, tmp_path, capsys):
     out = tmp_path / "again.html"
     assert main(["report", str(dataset), "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
-    assert out.read_bytes() == (dataset / M.REPORT_HTML).read_bytes()
-    assert (tmp_path / M.REPORT_DIR / "histograms.svg").read_bytes() == \
-        (dataset / M.REPORT_DIR / "histograms.svg").read_bytes()
+    assert out.read_bytes() == (dataset / manifest.REPORT_HTML).read_bytes()
+    assert (tmp_path / manifest.REPORT_DIR / "histograms.svg").read_bytes() == (
+        dataset / manifest.REPORT_DIR / "histograms.svg"
+    ).read_bytes()
 
 
 def test_a_dataset_without_run_record_or_histograms_still_gets_a_report(dataset, tmp_path):
     """`--stats` from an earlier run: no histograms.npz; a copied dataset without run.json."""
     reben = dataset.parent / "reben"
     out = tmp_path / "ds2"
-    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "8",
-                 "--stats", str(dataset / M.STATS_JSON), "--no_report"]) == 0
-    assert not (out / M.REPORT_HTML).exists()
-    (out / M.RUN_JSON).unlink()
+    assert (
+        main(
+            [
+                "convert",
+                "--max_failure_fraction",
+                "1",
+                "--meta",
+                str(reben / "metadata.parquet"),
+                "--out",
+                str(out),
+                "--shard_size",
+                "8",
+                "--stats",
+                str(dataset / manifest.STATS_JSON),
+                "--no_report",
+            ]
+        )
+        == 0
+    )
+    assert not (out / manifest.REPORT_HTML).exists()
+    (out / manifest.RUN_JSON).unlink()
     assert main(["report", str(out)]) == 0
-    html = (out / M.REPORT_HTML).read_text()
+    html = (out / manifest.REPORT_HTML).read_text()
     assert "Not recorded: this dataset has no <code>run.json</code>" in html
     assert "No histograms: the statistics were given with <code>--stats</code>" in html
 

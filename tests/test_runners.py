@@ -18,7 +18,7 @@ import time
 import pytest
 
 from beam_pipeline.cli import main
-from schemas import manifest as M
+from schemas import manifest
 from tests.servers import free_port
 
 N = 16
@@ -27,22 +27,51 @@ N = 16
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     d = tmp_path_factory.mktemp("runners")
-    assert main(["synth", "--out", str(d / "reben"), "--n", str(N), "--seed", "9",
-                 "--faults", "truncated_tiff,missing_files"]) == 0
-    assert main(["convert", "--max_failure_fraction", "1", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "direct"),
-                 "--shard_size", "4"]) == 0
-    return d, json.loads((d / "direct" / M.MANIFEST).read_text())
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(d / "reben"),
+                "--n",
+                str(N),
+                "--seed",
+                "9",
+                "--faults",
+                "truncated_tiff,missing_files",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "convert",
+                "--max_failure_fraction",
+                "1",
+                "--meta",
+                str(d / "reben" / "metadata.parquet"),
+                "--out",
+                str(d / "direct"),
+                "--shard_size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    return d, json.loads((d / "direct" / manifest.MANIFEST).read_text())
 
 
 def _same_as_direct(sample, out):
     direct = sample[1]
-    man = json.loads((out / M.MANIFEST).read_text())
+    man = json.loads((out / manifest.MANIFEST).read_text())
     hashes = lambda m: {s["path"]: s["sha256"] for e in m["splits"].values() for s in e["shards"]}  # noqa: E731
     assert hashes(man) == hashes(direct)
     assert man["statistics"] == direct["statistics"]
     assert man["failures"] == direct["failures"]
-    assert {k: (v["input"], v["written"], v["failed"]) for k, v in man["splits"].items()} == \
-        {k: (v["input"], v["written"], v["failed"]) for k, v in direct["splits"].items()}
+    assert {k: (v["input"], v["written"], v["failed"]) for k, v in man["splits"].items()} == {
+        k: (v["input"], v["written"], v["failed"]) for k, v in direct["splits"].items()
+    }
 
 
 def test_dataflow_dry_run_builds_the_whole_graph(sample, monkeypatch, capsys):
@@ -58,9 +87,28 @@ def test_dataflow_dry_run_builds_the_whole_graph(sample, monkeypatch, capsys):
 
     monkeypatch.setattr(dr.DataflowRunner, "run_pipeline", capture)
     d, _ = sample
-    rc = main(["launch", "dataflow", "--project", "my-project", "--region", "europe-west4",
-               "--temp_location", "gs://my-bucket/tmp", "--machine_type", "n2-standard-4", "--max_workers", "50",
-               "--dry_run", "--", "--meta", str(d / "reben" / "metadata.parquet"), "--out", "gs://my-bucket/ds"])
+    rc = main(
+        [
+            "launch",
+            "dataflow",
+            "--project",
+            "my-project",
+            "--region",
+            "europe-west4",
+            "--temp_location",
+            "gs://my-bucket/tmp",
+            "--machine_type",
+            "n2-standard-4",
+            "--max_workers",
+            "50",
+            "--dry_run",
+            "--",
+            "--meta",
+            str(d / "reben" / "metadata.parquet"),
+            "--out",
+            "gs://my-bucket/ds",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "dry run" in out and "staged: bigearthnet_beam-" in out
@@ -81,8 +129,11 @@ def test_dataflow_dry_run_builds_the_whole_graph(sample, monkeypatch, capsys):
 def test_portable_job_service_gives_identical_shards(sample, tmp_path):
     d, _ = sample
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         import socket
 
@@ -95,9 +146,28 @@ def test_portable_job_service_gives_identical_shards(sample, tmp_path):
                 assert time.monotonic() - t0 < 60, "job service did not start"
                 time.sleep(0.2)
         out = tmp_path / "portable"
-        assert main(["launch", "portable", "--job_endpoint", f"localhost:{port}", "--environment_type", "LOOPBACK",
-                     "--", "--max_failure_fraction", "1", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(out),
-                     "--shard_size", "4"]) == 0
+        assert (
+            main(
+                [
+                    "launch",
+                    "portable",
+                    "--job_endpoint",
+                    f"localhost:{port}",
+                    "--environment_type",
+                    "LOOPBACK",
+                    "--",
+                    "--max_failure_fraction",
+                    "1",
+                    "--meta",
+                    str(d / "reben" / "metadata.parquet"),
+                    "--out",
+                    str(out),
+                    "--shard_size",
+                    "4",
+                ]
+            )
+            == 0
+        )
     finally:
         proc.terminate()
         proc.wait(10)
@@ -107,11 +177,29 @@ def test_portable_job_service_gives_identical_shards(sample, tmp_path):
 def test_dask_cluster_gives_identical_shards(sample, tmp_path):
     distributed = pytest.importorskip("distributed")
     d, _ = sample
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         assert len(cluster.workers) == 2
         out = tmp_path / "dask"
-        assert main(["launch", "dask", "--dask_client_address", cluster.scheduler_address.replace("tcp://", ""),
-                     "--", "--max_failure_fraction", "1", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(out),
-                     "--shard_size", "4"]) == 0
+        assert (
+            main(
+                [
+                    "launch",
+                    "dask",
+                    "--dask_client_address",
+                    cluster.scheduler_address.replace("tcp://", ""),
+                    "--",
+                    "--max_failure_fraction",
+                    "1",
+                    "--meta",
+                    str(d / "reben" / "metadata.parquet"),
+                    "--out",
+                    str(out),
+                    "--shard_size",
+                    "4",
+                ]
+            )
+            == 0
+        )
     _same_as_direct(sample, out)

@@ -9,9 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from schemas import failures
-from schemas import manifest as M
-from schemas import tfrecord as T
+from schemas import failures, manifest, tfrecord
 from schemas.classes import IGNORE_INDEX, NUM_CLASSES
 from synth.generator import generate
 from transforms.encode import decode_example, iter_records
@@ -83,22 +81,28 @@ def test_write_shard_writes_the_normalised_patches_and_dead_letters_the_rest(rep
     record, dead = write_shard(ShardConfig(plan, str(tmp_path)), key, norm, count=count)
 
     clean = [(r, p) for r, p in zip(recs, loaded, strict=True) if not isinstance(p, failures.PatchError)]
-    assert record.path == M.shard_path(*key) and (record.split, record.index, record.count) == key
+    assert record.path == manifest.shard_path(*key) and (record.split, record.index, record.count) == key
     data = (tmp_path / record.path).read_bytes()
     assert (record.records, record.bytes, record.sha256) == (len(clean), len(data), hashlib.sha256(data).hexdigest())
     examples = [decode_example(b) for b in iter_records(str(tmp_path / record.path))]
-    assert [e[T.PATCH_ID] for e in examples] == [r["patch_id"] for r, _ in clean]
+    assert [e[tfrecord.PATCH_ID] for e in examples] == [r["patch_id"] for r, _ in clean]
     for ex, (_, p) in zip(examples, clean, strict=True):
         want = (np.clip(p.pixels, params.lo, params.hi) - params.offset) / params.scale
-        np.testing.assert_allclose(np.concatenate([ex[T.S2], ex[T.S1]], axis=-1), want, rtol=1e-5, atol=1e-5)
-        assert np.array_equal(ex[T.LABEL], p.label)
+        np.testing.assert_allclose(
+            np.concatenate([ex[tfrecord.S2], ex[tfrecord.S1]], axis=-1), want, rtol=1e-5, atol=1e-5
+        )
+        assert np.array_equal(ex[tfrecord.LABEL], p.label)
     values = np.bincount(np.concatenate([p.label.ravel() for _, p in clean]), minlength=256)
     assert list(record.class_pixel_counts) == values[:NUM_CLASSES].tolist()
     assert record.ignored_pixels == values[IGNORE_INDEX]
-    assert record.label_disagreements == sum(not labels_agree(r, np.bincount(p.label.ravel(), minlength=256))
-                                             for r, p in clean)
-    want_dead = sorted((r["patch_id"], p.stage, p.reason) for r, p in zip(recs, loaded, strict=True)
-                       if isinstance(p, failures.PatchError))
+    assert record.label_disagreements == sum(
+        not labels_agree(r, np.bincount(p.label.ravel(), minlength=256)) for r, p in clean
+    )
+    want_dead = sorted(
+        (r["patch_id"], p.stage, p.reason)
+        for r, p in zip(recs, loaded, strict=True)
+        if isinstance(p, failures.PatchError)
+    )
     assert sorted((d["patch_id"], d["stage"], d["reason"]) for d in dead) == want_dead and want_dead
     assert all(d["split"] == key[0] and d["detail"] for d in dead)
     assert counts["patches_written"] == len(clean) and counts["shards_written"] == 1
@@ -121,8 +125,9 @@ def test_a_patch_that_cannot_be_encoded_is_a_dead_letter_and_the_shard_stays_val
 def test_gzip_float16_and_the_object_cache_change_nothing_but_the_encoding(replica, tmp_path):
     _, plan, key = replica
     norm, _ = _norm(plan, key)
-    plain, dead = write_shard(ShardConfig(plan, str(tmp_path / "plain"), compression="gzip", image_dtype="float16"),
-                              key, norm)
+    plain, dead = write_shard(
+        ShardConfig(plan, str(tmp_path / "plain"), compression="gzip", image_dtype="float16"), key, norm
+    )
     cache = PatchCache(str(tmp_path / "cache"), reserve_bytes=0)
     config = ShardConfig(plan, str(tmp_path / "cached"), compression="gzip", image_dtype="float16", cache=cache)
     counts, count = _counter()
@@ -131,17 +136,17 @@ def test_gzip_float16_and_the_object_cache_change_nothing_but_the_encoding(repli
     assert plain.path.endswith(".tfrecord.gz") and plain.sha256 == cached.sha256 and dead == dead_cached
     assert counts["object_cache_puts"] == counts["object_cache_hits"] > 0
     ex = decode_example(next(iter_records(str(tmp_path / "plain" / plain.path), "gzip")), "float16")
-    assert ex[T.S2].dtype == np.float16
+    assert ex[tfrecord.S2].dtype == np.float16
 
 
 def test_shard_record_build_and_its_manifest_entry():
     info = {"records": 3, "bytes": 120, "sha256": "ab" * 32}
     values = np.zeros(256, dtype=np.int64)
     values[[0, 5, IGNORE_INDEX]] = [7, 2, 9]
-    rec = M.ShardRecord.build(("validation", 1, 4), "gzip", info, values, 1, 0.5)
+    rec = manifest.ShardRecord.build(("validation", 1, 4), "gzip", info, values, 1, 0.5)
     assert rec.path == "validation/validation-00001-of-00004.tfrecord.gz"
     assert rec.class_pixel_counts[0] == 7 and rec.class_pixel_counts[5] == 2 and sum(rec.class_pixel_counts) == 9
     assert len(rec.class_pixel_counts) == NUM_CLASSES and rec.ignored_pixels == 9
     assert rec.entry().to_dict() == {"path": rec.path, "records": 3, "sha256": "ab" * 32, "bytes": 120}
-    empty = M.ShardRecord.build(("test", 0, 1), "none", {"records": 0, "bytes": 0, "sha256": "0" * 64})
+    empty = manifest.ShardRecord.build(("test", 0, 1), "none", {"records": 0, "bytes": 0, "sha256": "0" * 64})
     assert empty.class_pixel_counts == (0,) * NUM_CLASSES and empty.ignored_pixels == 0

@@ -11,7 +11,7 @@ import pytest
 import rasterio
 import tifffile
 
-from schemas import classes as C
+from schemas import classes as class_table
 from schemas.bands import BAND_BY_NAME, S2_NAMES
 from schemas.failures import FAULT_KINDS
 from schemas.naming import OBJECT_KEYS, REFERENCE_MAP_KEY, object_urls, parse_patch_id
@@ -38,8 +38,11 @@ def sample(tmp_path_factory):
 
 
 def _tree_hash(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_the_bundled_metadata_are_the_official_files():
@@ -93,9 +96,13 @@ def test_rasters_follow_the_format(sample):
                         v = ds.read(1)
                         assert np.isfinite(v).all() and -50 < v.mean() < 30
         # labels derived from the map equal the metadata labels
-        derived = {C.CLASS_NAMES[i] for i in np.unique(C.map_reference(codes)) if i != C.IGNORE_INDEX}
+        derived = {
+            class_table.CLASS_NAMES[i]
+            for i in np.unique(class_table.map_reference(codes))
+            if i != class_table.IGNORE_INDEX
+        }
         assert derived == set(r["labels"])
-        assert not C.unknown_codes(codes)
+        assert not class_table.unknown_codes(codes)
 
 
 def test_tile_origin_is_plausible_and_patch_origin_follows_x_y():
@@ -116,11 +123,11 @@ def test_coarse_bands_are_area_averages_of_the_10m_signal(sample):
     r = pq.read_table(sample / "metadata.parquet").to_pylist()[0]
     urls = object_urls(str(sample), r["patch_id"], r["s1_name"])
     with rasterio.open(urls[REFERENCE_MAP_KEY]) as ds:
-        cls = C.map_reference(ds.read(1))
+        cls = class_table.map_reference(ds.read(1))
     with rasterio.open(urls["B09"]) as ds:
         b09 = ds.read(1).astype(float)
     blocks = cls.reshape(20, 6, 20, 6).transpose(0, 2, 1, 3).reshape(20, 20, 36)
-    pure = (blocks == blocks[..., :1]).all(-1) & (blocks[..., 0] != C.IGNORE_INDEX)
+    pure = (blocks == blocks[..., :1]).all(-1) & (blocks[..., 0] != class_table.IGNORE_INDEX)
     assert pure.sum() > 50
     i = S2_NAMES.index("B09")
     expected = s2sig[blocks[..., 0][pure], i]
@@ -134,18 +141,48 @@ def test_class_table_equals_the_official_clc_metadata():
     for row in off:
         if row["name_19"] != "UNLABELED" and row["name_19"] not in names_in_order:
             names_in_order.append(row["name_19"])
-    assert set(names_in_order) == set(C.CLASS_NAMES) and len(C.CLASS_NAMES) == 19
-    assert C.CLASS_NAMES[0] == "Urban fabric" and C.CLASS_NAMES[18] == "Marine waters"
-    assert C.CLASS_NAMES != tuple(sorted(C.CLASS_NAMES))  # canonical, not alphabetical
-    mapping = {int(r["code"]): C.CLASS_INDEX[r["name_19"]] for r in off if r["name_19"] != "UNLABELED"}
-    assert C.clc_to_class() == mapping
-    expected_map = {111: 0, 112: 0, 121: 1, 211: 2, 212: 2, 213: 2, 221: 3, 222: 3, 223: 3, 241: 3, 231: 4,
-                    242: 5, 243: 6, 244: 7, 311: 8, 312: 9, 313: 10, 321: 11, 333: 11, 322: 12, 323: 12,
-                    324: 13, 331: 14, 411: 15, 412: 15, 421: 16, 422: 16, 511: 17, 512: 17, 521: 18, 522: 18,
-                    523: 18}
-    assert C.clc_to_class() == expected_map
-    assert C.no_class_codes() == {0, 122, 123, 124, 131, 132, 133, 141, 142, 332, 334, 335, 423, 999}
-    assert C.map_reference(np.array([523, 999, 0, 111], dtype=np.uint16)).tolist() == [18, 255, 255, 0]
+    assert set(names_in_order) == set(class_table.CLASS_NAMES) and len(class_table.CLASS_NAMES) == 19
+    assert class_table.CLASS_NAMES[0] == "Urban fabric" and class_table.CLASS_NAMES[18] == "Marine waters"
+    assert class_table.CLASS_NAMES != tuple(sorted(class_table.CLASS_NAMES))  # canonical, not alphabetical
+    mapping = {int(r["code"]): class_table.CLASS_INDEX[r["name_19"]] for r in off if r["name_19"] != "UNLABELED"}
+    assert class_table.clc_to_class() == mapping
+    expected_map = {
+        111: 0,
+        112: 0,
+        121: 1,
+        211: 2,
+        212: 2,
+        213: 2,
+        221: 3,
+        222: 3,
+        223: 3,
+        241: 3,
+        231: 4,
+        242: 5,
+        243: 6,
+        244: 7,
+        311: 8,
+        312: 9,
+        313: 10,
+        321: 11,
+        333: 11,
+        322: 12,
+        323: 12,
+        324: 13,
+        331: 14,
+        411: 15,
+        412: 15,
+        421: 16,
+        422: 16,
+        511: 17,
+        512: 17,
+        521: 18,
+        522: 18,
+        523: 18,
+    }
+    assert class_table.clc_to_class() == expected_map
+    assert class_table.no_class_codes() == {0, 122, 123, 124, 131, 132, 133, 141, 142, 332, 334, 335, 423, 999}
+    assert class_table.map_reference(np.array([523, 999, 0, 111], dtype=np.uint16)).tolist() == [18, 255, 255, 0]
 
 
 def test_same_seed_same_bytes_whatever_the_worker_count(sample, tmp_path):
@@ -200,7 +237,7 @@ def test_content_is_learnable_by_a_per_pixel_classifier(sample):
     xs, ys = [], []
     for r in rows:
         p = decode_patch(r["patch_id"], fetch_objects(object_urls(str(sample), r["patch_id"], r["s1_name"])))
-        m = p.label != C.IGNORE_INDEX
+        m = p.label != class_table.IGNORE_INDEX
         xs.append(p.pixels[m])
         ys.append(p.label[m])
     x, y = np.concatenate(xs), np.concatenate(ys)

@@ -7,10 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from schemas import bands as B
-from schemas import classes as C
-from schemas import manifest as M
-from schemas import tfrecord as T
+from schemas import bands, classes, tfrecord
+from schemas import manifest as manifest_schema
 from tests.trainer_fixtures import make_tiny_dataset
 from transforms import tfds_meta
 
@@ -37,8 +35,8 @@ def _tfds_arrays(path: str, split: str) -> dict:
     builder = tfds.builder_from_directory(path)
     out = {}
     for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
-        image = np.concatenate([ex[T.S2].astype(np.float32), ex[T.S1].astype(np.float32)], -1)
-        out[ex[T.PATCH_ID].decode()] = (image, ex[T.LABEL], ex[T.MULTI_HOT].astype(np.float32), ex)
+        image = np.concatenate([ex[tfrecord.S2].astype(np.float32), ex[tfrecord.S1].astype(np.float32)], -1)
+        out[ex[tfrecord.PATCH_ID].decode()] = (image, ex[tfrecord.LABEL], ex[tfrecord.MULTI_HOT].astype(np.float32), ex)
     return out
 
 
@@ -56,9 +54,13 @@ def _assert_same(path: str, manifest: dict) -> None:
             np.testing.assert_array_equal(g_img, img)
             np.testing.assert_array_equal(g_label, label)
             np.testing.assert_array_equal(g_mh, mh)
-            assert ex[T.S2].dtype == np.dtype(manifest["image_dtype"]) and ex[T.S2].shape == (120, 120, 12)
-            assert ex[T.LABEL].dtype == np.uint8 and ex[T.MULTI_HOT].dtype == np.int64
-            assert ex[T.SPLIT].decode() == split
+            assert ex[tfrecord.S2].dtype == np.dtype(manifest["image_dtype"]) and ex[tfrecord.S2].shape == (
+                120,
+                120,
+                12,
+            )
+            assert ex[tfrecord.LABEL].dtype == np.uint8 and ex[tfrecord.MULTI_HOT].dtype == np.int64
+            assert ex[tfrecord.SPLIT].decode() == split
 
 
 @pytest.mark.parametrize("image_dtype", ["float32", "float16"])
@@ -74,15 +76,15 @@ def test_tfds_reads_every_split_like_the_trainer(tmp_path, image_dtype):
     # shard names and bytes unchanged: TFDS reads the existing layout
     assert {p: open(os.path.join(tiny.path, p), "rb").read() for p in before} == before
     builder = tfds.builder_from_directory(tiny.path)
-    assert builder.info.metadata["classes"] == list(C.CLASS_NAMES)
-    assert builder.info.metadata["bands"] == {"s2": list(B.S2_NAMES), "s1": list(B.S1_NAMES)}
-    assert set(builder.info.features) == {f.name for f in T.features(image_dtype)}
+    assert builder.info.metadata["classes"] == list(classes.CLASS_NAMES)
+    assert builder.info.metadata["bands"] == {"s2": list(bands.S2_NAMES), "s1": list(bands.S1_NAMES)}
+    assert set(builder.info.features) == {f.name for f in tfrecord.features(image_dtype)}
 
 
 def test_tfds_files_are_derived_deterministically(tmp_path):
     tiny = make_tiny_dataset(tmp_path / "ds", n_train=4, n_val=2, n_test=0, shards=2)
     first = tfds_meta.documents(tiny.manifest)
-    assert first == tfds_meta.documents(json.loads(M.dumps(tiny.manifest)))
+    assert first == tfds_meta.documents(json.loads(manifest_schema.dumps(tiny.manifest)))
     info = json.loads(first[tfds_meta.DATASET_INFO])
     assert [s["name"] for s in info["splits"]] == ["train", "validation"]
     assert info["splits"][0]["shardLengths"] == ["2", "2"]
@@ -133,7 +135,7 @@ def test_convert_writes_tfds_metadata_readable_like_the_trainer(tmp_path):
         )
         == 0
     )
-    man = json.loads((out / M.MANIFEST).read_text())
+    man = json.loads((out / manifest_schema.MANIFEST).read_text())
     assert all((out / name).exists() for name in tfds_meta.FILES)
     assert (out / tfds_meta.DATASET_INFO).read_bytes() == tfds_meta.documents(man)[tfds_meta.DATASET_INFO]
     _assert_same(str(out), man)

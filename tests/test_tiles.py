@@ -41,8 +41,11 @@ def geotiff(tmp_path_factory):
 
 
 def _tree_hash(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _img(info) -> Path:
@@ -59,8 +62,10 @@ def test_safe_structure_and_names(l2a):
     (granule,) = (p / "GRANULE").iterdir()
     assert re.fullmatch(r"L2A_T32TQR_A\d{6}_20240715T\d{6}", granule.name)
     assert (p / "MTD_MSIL2A.xml").is_file() and (granule / "MTD_TL.xml").is_file()
-    expected = {f"R{BAND_BY_NAME[b].resolution_m}m/T32TQR_20240715T101031_{b}_{BAND_BY_NAME[b].resolution_m}m{EXT}"
-                for b in S2_NAMES}
+    expected = {
+        f"R{BAND_BY_NAME[b].resolution_m}m/T32TQR_20240715T101031_{b}_{BAND_BY_NAME[b].resolution_m}m{EXT}"
+        for b in S2_NAMES
+    }
     got = {str(f.relative_to(granule / "IMG_DATA")) for f in (granule / "IMG_DATA").rglob("*") if f.is_file()}
     assert got == expected
     assert l2a["format"] == ("JP2" if EXT == ".jp2" else "GTiff")
@@ -195,8 +200,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_cli_writes_distinct_tiles(tmp_path, capsys):
-    assert run(["--out", str(tmp_path), "--n", "2", "--size", "60", "--layout", "geotiff", "--s1",
-                "--seed", "4"]) == 0
+    assert run(["--out", str(tmp_path), "--n", "2", "--size", "60", "--layout", "geotiff", "--s1", "--seed", "4"]) == 0
     out = capsys.readouterr().out
     ids = tile_ids(2)
     assert len(set(ids)) == 2 and all(f"T{t}_20240715T101031" in out for t in ids)
@@ -231,8 +235,15 @@ def test_taps_are_the_rows_of_the_training_weights(method):
             np.testing.assert_array_equal(dense, w[lo:hi])  # bit for bit
 
 
-WINDOWS = [(0, 0, 37, 41), (0, 0, SIZE, SIZE), (SIZE - 29, SIZE - 31, 29, 31), (101, 57, 53, 77),
-           (1, SIZE - 7, 238, 7), (119, 0, 1, SIZE), (55, 113, 13, 1)]
+WINDOWS = [
+    (0, 0, 37, 41),
+    (0, 0, SIZE, SIZE),
+    (SIZE - 29, SIZE - 31, 29, 31),
+    (101, 57, 53, 77),
+    (1, SIZE - 7, 238, 7),
+    (119, 0, 1, SIZE),
+    (55, 113, 13, 1),
+]
 
 
 @pytest.mark.parametrize("method", ["bilinear", "cubic"])
@@ -250,10 +261,10 @@ def test_window_read_equals_whole_band_resample_and_crop(l2a, method):
             px, valid = ts.read(Window(c0, r0, w, h))
             assert px.shape == (h, w, 12) and valid.shape == (h, w)
             # identical to the same code over the whole tile: chunks join without seams
-            np.testing.assert_array_equal(px, full[r0:r0 + h, c0:c0 + w])
+            np.testing.assert_array_equal(px, full[r0 : r0 + h, c0 : c0 + w])
             for i, b in enumerate(S2_NAMES):
                 # equal to convert's resampling of the whole band, up to float32 rounding (BLAS sums)
-                np.testing.assert_allclose(px[..., i], whole[b][r0:r0 + h, c0:c0 + w], rtol=0, atol=2e-3)
+                np.testing.assert_allclose(px[..., i], whole[b][r0 : r0 + h, c0 : c0 + w], rtol=0, atol=2e-3)
 
 
 def test_read_only_touches_the_window(l2a, monkeypatch):
@@ -318,14 +329,31 @@ def test_l2a_without_metadata_uses_the_baseline_in_the_name(tmp_path):
 
 
 def test_band_descriptions_are_matched_loosely(tmp_path):
-    assert [normalise_band_name(s) for s in ("B2", "b02", "B8a", "b8A", " vv ", "B12", "red", "B13x")] == \
-        ["B02", "B02", "B8A", "B8A", "VV", "B12", None, None]
+    assert [normalise_band_name(s) for s in ("B2", "b02", "B8a", "b8A", " vv ", "B12", "red", "B13x")] == [
+        "B02",
+        "B02",
+        "B8A",
+        "B8A",
+        "VV",
+        "B12",
+        None,
+        None,
+    ]
     rng = np.random.default_rng(0)
     names = ["b4", "B3", "B2", "b8a", "VH", "vv"]
     data = rng.integers(1, 4000, (6, 36, 36)).astype(np.float32)
     path = tmp_path / "scene.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=36, height=36, count=6, dtype="float32", crs="EPSG:32633",
-                       transform=from_origin(500000, 5000000, 10, 10)) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=36,
+        height=36,
+        count=6,
+        dtype="float32",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 5000000, 10, 10),
+    ) as ds:
         ds.write(data)
         ds.descriptions = names
     with open_tile(str(path), ["B02", "B03", "B04", "B8A", "VV", "VH"]) as ts:  # S1 bands from the same file

@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from schemas import bands as B
-from schemas import classes as C
+from schemas import bands, classes
 from tests.trainer_fixtures import make_tiny_dataset
 
 if os.environ.get("CI"):  # torch is in the [dev] extra: a CI run without it fails instead of skipping
@@ -17,9 +16,9 @@ if os.environ.get("CI"):  # torch is in the [dev] extra: a CI run without it fai
 else:
     torch = pytest.importorskip("torch")
 
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader
 
-from trainer.torch_data import BenDataset, assign_shards  # noqa: E402
+from trainer.torch_data import BenDataset, assign_shards
 
 N_TRAIN = 13
 
@@ -66,7 +65,7 @@ def test_two_workers_yield_every_record_once_with_the_trainers_arrays(tiny, spli
         np.testing.assert_array_equal(g["mask"], label.astype(np.int64))
         assert g["label"].dtype == np.int64
         np.testing.assert_array_equal(g["label"], mh.astype(np.int64))
-    assert any((g["mask"] == C.IGNORE_INDEX).any() for g in got)
+    assert any((g["mask"] == classes.IGNORE_INDEX).any() for g in got)
 
 
 def test_per_epoch_shuffling_is_seeded_and_complete(tiny):
@@ -99,9 +98,9 @@ def test_modalities_select_channels_in_the_formats_order(tiny):
     s1 = next(iter(BenDataset(tiny.path, "test", modalities="s1", with_ids=True)))
     pid = s1["patch_id"]
     np.testing.assert_array_equal(s1["image"].numpy(), tiny.arrays["test"][pid]["s1"].transpose(2, 0, 1))
-    assert s1["image"].shape == (len(B.S1_NAMES), 120, 120) and "label" not in s1
+    assert s1["image"].shape == (len(bands.S1_NAMES), 120, 120) and "label" not in s1
     s2 = next(iter(BenDataset(tiny.path, "test", modalities="s2")))
-    assert s2["image"].shape == (len(B.S2_NAMES), 120, 120) and set(s2) == {"image", "mask"}
+    assert s2["image"].shape == (len(bands.S2_NAMES), 120, 120) and set(s2) == {"image", "mask"}
 
 
 def test_float16_dataset_gives_float32_tensors(tmp_path):

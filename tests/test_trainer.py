@@ -108,8 +108,24 @@ def test_input_pipeline_yields_the_arrays_the_etl_wrote(tmp_path):
     """Real `synth` + `convert` output, read by the trainer, equals the records decoded by the ETL's own reader."""
     reben, out = tmp_path / "reben", tmp_path / "ds"
     assert main(["synth", "--out", str(reben), "--n", "10", "--seed", "3"]) == 0
-    assert main(["convert", "--meta", str(reben / "metadata.parquet"), "--out", str(out), "--shard_size", "3",
-                 "--compression", "gzip", "--dtype", "float16"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--meta",
+                str(reben / "metadata.parquet"),
+                "--out",
+                str(out),
+                "--shard_size",
+                "3",
+                "--compression",
+                "gzip",
+                "--dtype",
+                "float16",
+            ]
+        )
+        == 0
+    )
     ds = D.open_dataset(str(out))
     for split in ds.manifest["splits"]:
         if not ds.records(split):
@@ -241,8 +257,18 @@ def test_resume_continues_from_the_last_epoch(tiny, tmp_path):
     # --resume continues the same run or refuses, listing every difference (issue 16)
     fast = {k: v for k, v in FAST.items() if k not in ("width", "depth")}
     with pytest.raises(ValueError) as e:
-        train(TrainConfig(data=tiny.path, save=save, epochs=3, max_train_patches=8, resume=True, **fast,
-                          width=int(FAST.get("width", 24)) + 8, depth=2))
+        train(
+            TrainConfig(
+                data=tiny.path,
+                save=save,
+                epochs=3,
+                max_train_patches=8,
+                resume=True,
+                **fast,
+                width=int(FAST.get("width", 24)) + 8,
+                depth=2,
+            )
+        )
     assert "--width" in str(e.value) and "--depth" in str(e.value)
     state = json.loads(open(paths["state"]).read())
     state["data_manifest_sha256"] = "0" * 64  # as if the dataset had been converted again since
@@ -255,28 +281,78 @@ def test_resume_continues_from_the_last_epoch(tiny, tmp_path):
 @pytest.mark.slow
 def test_cli_train_and_evaluate_s2_only_with_seed_flags(tiny, tmp_path, capsys):
     save = tmp_path / "cli" / "s2.keras"
-    argv = ["train", "--data", tiny.path, "--epochs", "1", "--batch", "8", "--lr", "0.003", "--save", str(save),
-            "--modalities", "s2", "--width", "4", "--steps_per_epoch", "2", "--class_weights", "--augment",
-            "--no_tensorboard", "--export", str(tmp_path / "serving")]
+    argv = [
+        "train",
+        "--data",
+        tiny.path,
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--lr",
+        "0.003",
+        "--save",
+        str(save),
+        "--modalities",
+        "s2",
+        "--width",
+        "4",
+        "--steps_per_epoch",
+        "2",
+        "--class_weights",
+        "--augment",
+        "--no_tensorboard",
+        "--export",
+        str(tmp_path / "serving"),
+    ]
     assert main(argv) == 0
     assert (tmp_path / "serving" / "saved_model.pb").is_file() and (tmp_path / "serving" / "info.json").is_file()
     _, info = TM.load_model(str(save))
     assert info["channels"] == list(B.S2_NAMES) and info["class_weights"] is not None
-    assert main(["evaluate", "--model", str(save), "--data", tiny.path, "--split", "validation",
-                 "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(save),
+                "--data",
+                tiny.path,
+                "--split",
+                "validation",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     r = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert r["channels"] == list(B.S2_NAMES) and r["patches"] == 8
     assert "mIoU" in capsys.readouterr().out
-    assert main(["evaluate", "--model", str(save), "--data", tiny.path, "--split", "val", "--out",
-                 str(tmp_path / "x")]) == 2
+    assert (
+        main(["evaluate", "--model", str(save), "--data", tiny.path, "--split", "val", "--out", str(tmp_path / "x")])
+        == 2
+    )
 
 
 @pytest.mark.slow
 def test_gpu_options_run_on_cpu_and_tensorboard_logs_are_written(tiny, tmp_path):
     """--mixed_precision and --strategy mirrored take the same code path as on a GPU (one CPU replica here)."""
     save = str(tmp_path / "mp.keras")
-    m = train(TrainConfig(data=tiny.path, save=save, epochs=1, steps_per_epoch=1, max_val_patches=4,
-                          mixed_precision=True, strategy="mirrored", width=4, batch=4, tensorboard=True, verbose=0))
+    m = train(
+        TrainConfig(
+            data=tiny.path,
+            save=save,
+            epochs=1,
+            steps_per_epoch=1,
+            max_val_patches=4,
+            mixed_precision=True,
+            strategy="mirrored",
+            width=4,
+            batch=4,
+            tensorboard=True,
+            verbose=0,
+        )
+    )
     assert m["epochs_completed"] == 1
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
     model, _ = TM.load_model(save)
@@ -296,8 +372,11 @@ def test_deterministic_training_gives_the_same_weights_twice(tiny, tmp_path):
     weights = []
     for i in range(2):
         save = str(tmp_path / f"d{i}" / "m.keras")
-        train(TrainConfig(data=tiny.path, save=save, epochs=2, max_train_patches=16, deterministic=True, augment=True,
-                          **FAST))
+        train(
+            TrainConfig(
+                data=tiny.path, save=save, epochs=2, max_train_patches=16, deterministic=True, augment=True, **FAST
+            )
+        )
         model, _ = load_model(save)
         weights.append([w.numpy() if hasattr(w, "numpy") else keras.ops.convert_to_numpy(w) for w in model.weights])
     assert len(weights[0]) == len(weights[1])
@@ -337,8 +416,9 @@ def test_the_saved_model_loads_with_plain_keras_in_a_process_without_the_project
     x = tiny.split_arrays("test")[1][:2]
     np.save(tmp_path / "x.npy", x)
     (tmp_path / "load.py").write_text(PLAIN_KERAS_LOAD)
-    r = subprocess.run([sys.executable, "load.py", save, "x.npy", "seg.npy"], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "load.py", save, "x.npy", "seg.npy"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     model, _ = TM.load_model(save)
     np.testing.assert_array_equal(np.load(tmp_path / "seg.npy"), model.predict(x, verbose=0)[TM.SEG])
@@ -355,8 +435,9 @@ def test_the_export_serves_on_raw_bands_as_the_predictor_does(trained, tmp_path)
     bands = predictor.info["statistics"]["bands"]
     rng = np.random.default_rng(7)
     # raw values around each band's mean, a good share beyond the clip percentiles
-    raw = np.stack([rng.normal(bands[c]["mean"], 2 * bands[c]["std"] + 1, (3, 120, 120)) for c in predictor.channels],
-                   -1).astype(np.float32)
+    raw = np.stack(
+        [rng.normal(bands[c]["mean"], 2 * bands[c]["std"] + 1, (3, 120, 120)) for c in predictor.channels], -1
+    ).astype(np.float32)
     want = predictor.run_batch(predictor.preprocess(raw.copy(), np.ones(raw.shape[:3], bool)))
     loaded = tf.saved_model.load(str(out))
     got = loaded.serve(tf.constant(raw))

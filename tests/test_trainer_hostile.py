@@ -74,16 +74,19 @@ def run(data, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags,named", [
-    (["--data", "B"], ["--data"]),  # other data, which also has no validation split
-    (["--data", "A_COPY"], ["--data: saved run"]),  # the same bytes elsewhere: another path
-    (["--modalities", "s2"], ["--modalities"]),
-    (["--width", "6"], ["--width"]),
-    (["--depth", "2"], ["--depth"]),
-    (["--task", "both"], ["--task"]),
-    (["--class_weights"], ["--class_weights"]),
-    (["--width", "6", "--depth", "2", "--data", "B"], ["--width", "--depth", "--data", "sha256"]),
-])
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--data", "B"], ["--data"]),  # other data, which also has no validation split
+        (["--data", "A_COPY"], ["--data: saved run"]),  # the same bytes elsewhere: another path
+        (["--modalities", "s2"], ["--modalities"]),
+        (["--width", "6"], ["--width"]),
+        (["--depth", "2"], ["--depth"]),
+        (["--task", "both"], ["--task"]),
+        (["--class_weights"], ["--class_weights"]),
+        (["--width", "6", "--depth", "2", "--data", "B"], ["--width", "--depth", "--data", "sha256"]),
+    ],
+)
 def test_resume_with_other_data_or_architecture_is_refused_listing_the_differences(run, data, flags, named, capsys):
     paths = run_paths(str(run))
     before = {k: open(paths[k], "rb").read() for k in ("state", "history", "last", "model")}
@@ -101,7 +104,8 @@ def test_resume_differences_compare_only_what_the_saved_state_records(data):
     old = {"modalities": "s2,s1", "task": "seg", "width": 4, "depth": 3, "data": data["a"]}  # an older state file
     assert resume_differences(old, cfg, ds) == []
     assert resume_differences({**old, "data_manifest_sha256": "0" * 64}, cfg, ds)[0].startswith(
-        "--data: its dataset.json changed")
+        "--data: its dataset.json changed"
+    )
     assert resume_differences({**old, "settings": {"val_split": "test"}}, cfg, ds)[0].startswith("--val_split")
 
 
@@ -110,8 +114,19 @@ def test_a_resumed_history_matches_its_header_and_the_reported_best_is_real(run,
     save = tmp_path / "run" / "m.keras"
     shutil.copytree(run.parent, save.parent)
     # the first run had one step per epoch (no patches/s); this one has two (a new column)
-    argv = ["train", "--data", data["a"], "--save", str(save), "--epochs", "2", "--steps_per_epoch", "2",
-            "--resume", *CLI_FAST]
+    argv = [
+        "train",
+        "--data",
+        data["a"],
+        "--save",
+        str(save),
+        "--epochs",
+        "2",
+        "--steps_per_epoch",
+        "2",
+        "--resume",
+        *CLI_FAST,
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     paths = run_paths(str(save))
@@ -200,13 +215,32 @@ def test_a_corrupt_shard_is_named_in_one_line_exit_1(run, data, tmp_path, how, c
     shutil.copytree(data["a"], ds)
     shard = M.shard_path("validation", 1, 2)
     _damage(str(ds / shard), how)
-    assert main(["evaluate", "--model", str(run), "--data", str(ds), "--split", "validation",
-                 "--out", str(tmp_path / "ev")]) == 1
+    assert (
+        main(
+            ["evaluate", "--model", str(run), "--data", str(ds), "--split", "validation", "--out", str(tmp_path / "ev")]
+        )
+        == 1
+    )
     line = _one_error_line(capsys, "evaluate")
     assert "corrupt shard" in line and shard in line and "benbeam verify" in line, line
     if how == "flip":  # the same for training (it reads the validation split after each epoch)
-        assert main(["train", "--data", str(ds), "--save", str(tmp_path / "run" / "m.keras"), "--epochs", "1",
-                     "--steps_per_epoch", "1", *CLI_FAST]) == 1
+        assert (
+            main(
+                [
+                    "train",
+                    "--data",
+                    str(ds),
+                    "--save",
+                    str(tmp_path / "run" / "m.keras"),
+                    "--epochs",
+                    "1",
+                    "--steps_per_epoch",
+                    "1",
+                    *CLI_FAST,
+                ]
+            )
+            == 1
+        )
         line = _one_error_line(capsys, "train")
         assert "corrupt shard" in line and shard in line, line
 
@@ -218,8 +252,9 @@ def test_unreadable_shard_reports_nothing_for_a_clean_dataset(data):
 # --------------------------------------------------------------------------- manifest paths
 
 
-@pytest.mark.parametrize("hostile", ["../outside.tfrecord", "/etc/passwd", "train/../../outside.tfrecord",
-                                     "s3://bucket/x.tfrecord", "LINK"])
+@pytest.mark.parametrize(
+    "hostile", ["../outside.tfrecord", "/etc/passwd", "train/../../outside.tfrecord", "s3://bucket/x.tfrecord", "LINK"]
+)
 def test_manifest_shard_paths_outside_the_dataset_are_refused(data, tmp_path, hostile, capsys):
     ds = tmp_path / "ds"
     shutil.copytree(data["a"], ds)
@@ -275,12 +310,28 @@ def test_an_interrupted_train_or_evaluate_ends_with_one_line_and_130(data, tmp_p
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict", "export"])
 def test_an_unreachable_store_fails_in_seconds_with_one_line_and_3(command, tmp_path, capsys):
     flags = ["--s3_endpoint_url", f"http://127.0.0.1:{_free_port()}"]
-    argv = {"train": ["train", "--data", "s3://bucket/ds", "--save", str(tmp_path / "run" / "m.keras")],
-            "evaluate": ["evaluate", "--model", "s3://bucket/m.keras", "--data", "s3://bucket/ds",
-                         "--out", str(tmp_path / "ev")],
-            "predict": ["predict", "--model", "s3://bucket/m.keras", "--tile", "s3://bucket/t.tif",
-                        "--out", str(tmp_path / "maps")],
-            "export": ["export", "--model", "s3://bucket/m.keras", "--out", str(tmp_path / "saved")]}[command]
+    argv = {
+        "train": ["train", "--data", "s3://bucket/ds", "--save", str(tmp_path / "run" / "m.keras")],
+        "evaluate": [
+            "evaluate",
+            "--model",
+            "s3://bucket/m.keras",
+            "--data",
+            "s3://bucket/ds",
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+        "predict": [
+            "predict",
+            "--model",
+            "s3://bucket/m.keras",
+            "--tile",
+            "s3://bucket/t.tif",
+            "--out",
+            str(tmp_path / "maps"),
+        ],
+        "export": ["export", "--model", "s3://bucket/m.keras", "--out", str(tmp_path / "saved")],
+    }[command]
     t0 = time.monotonic()
     assert main([*argv, *flags]) == 3
     assert time.monotonic() - t0 < 20
@@ -290,8 +341,12 @@ def test_an_unreachable_store_fails_in_seconds_with_one_line_and_3(command, tmp_
 
 
 def test_missing_files_end_with_one_line_and_2(data, tmp_path, capsys):
-    assert main(["evaluate", "--model", str(tmp_path / "missing.keras"), "--data", data["a"],
-                 "--out", str(tmp_path / "ev")]) == 2
+    assert (
+        main(
+            ["evaluate", "--model", str(tmp_path / "missing.keras"), "--data", data["a"], "--out", str(tmp_path / "ev")]
+        )
+        == 2
+    )
     assert "missing.keras" in _one_error_line(capsys, "evaluate")
     assert main(["export", "--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "saved")]) == 2
     assert "missing.keras" in _one_error_line(capsys, "export")

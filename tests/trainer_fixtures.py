@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas import bands as B
-from schemas import classes as C
-from schemas import manifest as M
-from schemas import tfrecord as T
+from schemas import bands, tfrecord
+from schemas import classes as class_table
+from schemas import manifest as manifest_schema
 
-SIZE = B.PATCH_SIZE
+SIZE = bands.PATCH_SIZE
 
 
 @dataclass
 class TinyDataset:
     """A tiny converted dataset on disk and the arrays it holds."""
+
     path: str
     manifest: dict
     # split -> patch_id -> {"s2", "s1", "label", "multi_hot"} (arrays as written, image dtype)
@@ -35,13 +35,13 @@ class TinyDataset:
 
     def split_arrays(self, split: str, modalities: str = "s2,s1"):
         """(ids, image float32[N,H,W,C], label uint8[N,H,W], multi_hot[N,19]) in write order."""
-        chans = B.channels_for(modalities)
+        chans = bands.channels_for(modalities)
         ids = list(self.arrays[split])
         imgs, labels, mh = [], [], []
         for pid in ids:
             a = self.arrays[split][pid]
             full = np.concatenate([a["s2"].astype(np.float32), a["s1"].astype(np.float32)], -1)
-            imgs.append(full[..., [B.ALL_NAMES.index(c) for c in chans]])
+            imgs.append(full[..., [bands.ALL_NAMES.index(c) for c in chans]])
             labels.append(a["label"])
             mh.append(a["multi_hot"])
         return ids, np.stack(imgs), np.stack(labels), np.stack(mh)
@@ -49,21 +49,23 @@ class TinyDataset:
 
 def class_means(seed: int = 1234) -> np.ndarray:
     """float32[19, 14]: the per-class channel means (normalised units) of the fixture."""
-    return np.random.default_rng(seed).normal(0.0, 1.0, (C.NUM_CLASSES, len(B.ALL_NAMES))).astype(np.float32)
+    return (
+        np.random.default_rng(seed).normal(0.0, 1.0, (class_table.NUM_CLASSES, len(bands.ALL_NAMES))).astype(np.float32)
+    )
 
 
 def _patch(rng: np.random.Generator, means: np.ndarray, noise: float):
     """One patch: a 4×4 grid of 30-pixel blocks drawn from 2–5 classes, one ignored square."""
     k = int(rng.integers(2, 6))
-    classes = rng.choice(C.NUM_CLASSES, k, replace=False)
+    classes = rng.choice(class_table.NUM_CLASSES, k, replace=False)
     grid = rng.choice(classes, (4, 4))
     label = np.kron(grid, np.ones((SIZE // 4, SIZE // 4), dtype=np.int64)).astype(np.uint8)
     y0, x0 = rng.integers(0, SIZE - 16, 2)
-    label[y0:y0 + 16, x0:x0 + 16] = C.IGNORE_INDEX
-    img = means[np.where(label == C.IGNORE_INDEX, 0, label)]  # ignored pixels look like class 0 + noise
+    label[y0 : y0 + 16, x0 : x0 + 16] = class_table.IGNORE_INDEX
+    img = means[np.where(label == class_table.IGNORE_INDEX, 0, label)]  # ignored pixels look like class 0 + noise
     img = img + rng.normal(0.0, noise, img.shape).astype(np.float32)
-    present = sorted({int(c) for c in np.unique(label) if c != C.IGNORE_INDEX})
-    multi_hot = np.zeros(C.NUM_CLASSES, dtype=np.int64)
+    present = sorted({int(c) for c in np.unique(label) if c != class_table.IGNORE_INDEX})
+    multi_hot = np.zeros(class_table.NUM_CLASSES, dtype=np.int64)
     multi_hot[present] = 1
     return img.astype(np.float32), label, multi_hot
 
@@ -73,7 +75,7 @@ def serialize(values: dict, image_dtype: str = "float32") -> bytes:
     import tensorflow as tf
 
     feats = {}
-    for f in T.features(image_dtype):
+    for f in tfrecord.features(image_dtype):
         v = values[f.name]
         if f.kind == "float":
             feats[f.name] = tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(v, np.float32).ravel()))
@@ -97,9 +99,17 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def make_tiny_dataset(dirpath, n_train: int = 24, n_val: int = 8, n_test: int = 8, shards: int = 2,
-                      image_dtype: str = "float32", compression: str = "none", seed: int = 0,
-                      noise: float = 0.3) -> TinyDataset:
+def make_tiny_dataset(
+    dirpath,
+    n_train: int = 24,
+    n_val: int = 8,
+    n_test: int = 8,
+    shards: int = 2,
+    image_dtype: str = "float32",
+    compression: str = "none",
+    seed: int = 0,
+    noise: float = 0.3,
+) -> TinyDataset:
     """Write a tiny dataset under ``dirpath``; returns its manifest and the arrays written."""
     import tensorflow as tf
 
@@ -107,7 +117,7 @@ def make_tiny_dataset(dirpath, n_train: int = 24, n_val: int = 8, n_test: int = 
     os.makedirs(dirpath, exist_ok=True)
     rng = np.random.default_rng(seed)
     means = class_means()
-    s2n = len(B.S2_NAMES)
+    s2n = len(bands.S2_NAMES)
     counts = {"train": n_train, "validation": n_val, "test": n_test}
     splits, arrays = {}, {}
     all_train = []
@@ -116,7 +126,7 @@ def make_tiny_dataset(dirpath, n_train: int = 24, n_val: int = 8, n_test: int = 
             continue
         arrays[split] = {}
         shard_lists = [[] for _ in range(shards)]
-        pix = np.zeros(C.NUM_CLASSES, dtype=np.int64)
+        pix = np.zeros(class_table.NUM_CLASSES, dtype=np.int64)
         ignored = 0
         for i in range(n):
             row = (i // 100) + {"train": 0, "validation": 30, "test": 60}[split]
@@ -126,54 +136,76 @@ def make_tiny_dataset(dirpath, n_train: int = 24, n_val: int = 8, n_test: int = 
                 img = img.astype(np.float16)
             s2, s1 = img[..., :s2n], img[..., s2n:]
             arrays[split][pid] = {"s2": s2, "s1": s1, "label": label, "multi_hot": mh}
-            values = {T.PATCH_ID: pid, T.S2: s2, T.S1: s1, T.LABEL: label, T.MULTI_HOT: mh, T.SPLIT: split,
-                      T.COUNTRY: "Austria"}
+            values = {
+                tfrecord.PATCH_ID: pid,
+                tfrecord.S2: s2,
+                tfrecord.S1: s1,
+                tfrecord.LABEL: label,
+                tfrecord.MULTI_HOT: mh,
+                tfrecord.SPLIT: split,
+                tfrecord.COUNTRY: "Austria",
+            }
             shard_lists[i % shards].append(serialize(values, image_dtype))
-            valid = label[label != C.IGNORE_INDEX]
-            pix += np.bincount(valid, minlength=C.NUM_CLASSES)
-            ignored += int((label == C.IGNORE_INDEX).sum())
+            valid = label[label != class_table.IGNORE_INDEX]
+            pix += np.bincount(valid, minlength=class_table.NUM_CLASSES)
+            ignored += int((label == class_table.IGNORE_INDEX).sum())
             if split == "train":
                 all_train.append(img.astype(np.float32))
         entries = []
         for k, recs in enumerate(shard_lists):
-            rel = M.shard_path(split, k, shards, compression)
+            rel = manifest_schema.shard_path(split, k, shards, compression)
             full = os.path.join(dirpath, rel)
             os.makedirs(os.path.dirname(full), exist_ok=True)
             opts = tf.io.TFRecordOptions(compression_type="GZIP" if compression == "gzip" else "")
             with tf.io.TFRecordWriter(full, opts) as w:
                 for r in recs:
                     w.write(r)
-            entries.append({"path": rel, "records": len(recs), "sha256": _sha256(full),
-                            "bytes": os.path.getsize(full)})
+            entries.append({"path": rel, "records": len(recs), "sha256": _sha256(full), "bytes": os.path.getsize(full)})
         total = int(pix.sum()) + ignored
-        splits[split] = {"input": n, "written": n, "failed": 0, "shards": entries,
-                         "class_pixel_counts": [int(v) for v in pix], "ignored_pixels": ignored,
-                         "label_disagreements": 0,
-                         "class_pixel_frequencies": [float(v) / total for v in pix]}
+        splits[split] = {
+            "input": n,
+            "written": n,
+            "failed": 0,
+            "shards": entries,
+            "class_pixel_counts": [int(v) for v in pix],
+            "ignored_pixels": ignored,
+            "label_disagreements": 0,
+            "class_pixel_frequencies": [float(v) / total for v in pix],
+        }
     stats_bands = {}
     if all_train:
         stack = np.stack(all_train)
-        for c, name in enumerate(B.ALL_NAMES):
+        for c, name in enumerate(bands.ALL_NAMES):
             ch = stack[..., c]
-            stats_bands[name] = {"count": int(ch.size), "mean": float(ch.mean()), "std": float(ch.std()),
-                                 "min": float(ch.min()), "max": float(ch.max())}
+            stats_bands[name] = {
+                "count": int(ch.size),
+                "mean": float(ch.mean()),
+                "std": float(ch.std()),
+                "min": float(ch.min()),
+                "max": float(ch.max()),
+            }
     manifest = {
-        "schema_version": M.SCHEMA_VERSION,
+        "schema_version": manifest_schema.SCHEMA_VERSION,
         "package_version": "test",
         "created_by": "tests.trainer_fixtures.make_tiny_dataset",
         "options": {"seed": seed, "noise": noise, "shards": shards},
         "input": {"metadata": [], "rows_selected": sum(counts.values())},
-        **M.contract(image_dtype, compression),
-        "statistics": {"source": "fixture (values already normalised)", "split": "train", "clip": False,
-                       "clip_percentiles": [1.0, 99.0], "bands": stats_bands,
-                       "band_order": list(B.ALL_NAMES)},
+        **manifest_schema.contract(image_dtype, compression),
+        "statistics": {
+            "source": "fixture (values already normalised)",
+            "split": "train",
+            "clip": False,
+            "clip_percentiles": [1.0, 99.0],
+            "bands": stats_bands,
+            "band_order": list(bands.ALL_NAMES),
+        },
         "splits": splits,
-        "failures": {"total": 0, "by_stage": {}, "by_reason": {}, "file": M.FAILURES_JSONL},
-        "files": {"failures": M.FAILURES_JSONL},
+        "failures": {"total": 0, "by_stage": {}, "by_reason": {}, "file": manifest_schema.FAILURES_JSONL},
+        "files": {"failures": manifest_schema.FAILURES_JSONL},
     }
-    M.validate(manifest)
-    with open(os.path.join(dirpath, M.FAILURES_JSONL), "w") as fh:
+    manifest_schema.validate(manifest)
+    with open(os.path.join(dirpath, manifest_schema.FAILURES_JSONL), "w") as fh:
         fh.write("")
-    with open(os.path.join(dirpath, M.MANIFEST), "w") as fh:
-        fh.write(M.dumps(manifest))
-    return TinyDataset(dirpath, json.loads(M.dumps(manifest)), arrays)
+    with open(os.path.join(dirpath, manifest_schema.MANIFEST), "w") as fh:
+        fh.write(manifest_schema.dumps(manifest))
+    return TinyDataset(dirpath, json.loads(manifest_schema.dumps(manifest)), arrays)

@@ -8,8 +8,21 @@ from dataclasses import dataclass
 
 STRATEGIES = ("default", "mirrored")
 # The settings a run records in its state file (and reports in its metrics).
-RECORDED = ("epochs", "batch", "lr", "augment", "steps_per_epoch", "max_train_patches", "max_val_patches",
-            "class_weights", "mixed_precision", "strategy", "seed", "val_split", "shuffle_buffer")
+RECORDED = (
+    "epochs",
+    "batch",
+    "lr",
+    "augment",
+    "steps_per_epoch",
+    "max_train_patches",
+    "max_val_patches",
+    "class_weights",
+    "mixed_precision",
+    "strategy",
+    "seed",
+    "val_split",
+    "shuffle_buffer",
+)
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from schemas import bands as B
-from schemas import manifest as M
-from schemas import tfrecord as T
+from schemas import bands, tfrecord
+from schemas import manifest as manifest_schema
 from transforms import containment, storage
 
 # Which TFRecord feature holds each modality's channels (in schemas.bands.MODALITIES order).
-MODALITY_FEATURE = {"s2": T.S2, "s1": T.S1}
+MODALITY_FEATURE = {"s2": tfrecord.S2, "s1": tfrecord.S1}
 
 
 @dataclass
@@ -52,13 +51,15 @@ class Dataset:
 
     def split_info(self, split: str) -> dict:
         """The manifest's entry of ``split`` (ValueError naming the splits there are)."""
-        M.check_split(split)
+        manifest_schema.check_split(split)
         try:
             return self.manifest["splits"][split]
         except KeyError:
             have = ", ".join(sorted(self.manifest["splits"])) or "none"
-            raise ValueError(f"the dataset at {self.root} has no split {split!r} (it has: {have}); "
-                             "convert it with that split selected") from None
+            raise ValueError(
+                f"the dataset at {self.root} has no split {split!r} (it has: {have}); "
+                "convert it with that split selected"
+            ) from None
 
 
 def open_dataset(url: str) -> Dataset:
@@ -67,13 +68,16 @@ def open_dataset(url: str) -> Dataset:
     Raises ``schemas.manifest.ManifestError`` saying what is wrong and what to do.
     """
     url = str(url)
-    manifest, raw = M.load(url, storage.read_bytes,
-                           hint="run `benbeam convert` to completion and pass its --out folder as --data")
+    manifest, raw = manifest_schema.load(
+        url, storage.read_bytes, hint="run `benbeam convert` to completion and pass its --out folder as --data"
+    )
     try:  # shard paths come from a file the user did not write by hand: each must stay inside the dataset
-        shards = {split: [containment.check_relative(s.path, url, what="shard") for s in info.shards]
-                  for split, info in manifest.splits.items()}
+        shards = {
+            split: [containment.check_relative(s.path, url, what="shard") for s in info.shards]
+            for split, info in manifest.splits.items()
+        }
     except ValueError as e:
-        raise M.ManifestError(f"{url}/{M.MANIFEST}: {e}") from None
+        raise manifest_schema.ManifestError(f"{url}/{manifest_schema.MANIFEST}: {e}") from None
     return Dataset(url, manifest.to_dict(), shards, hashlib.sha256(raw).hexdigest())
 
 
@@ -100,7 +104,7 @@ def unreadable_shard(ds: Dataset, splits) -> str | None:
                 text = str(e)
                 return text if url in text else f"{url}: {type(e).__name__}: {text}"
             if n != want:
-                return f"{url}: {n} records, {M.MANIFEST} says {want}"
+                return f"{url}: {n} records, {manifest_schema.MANIFEST} says {want}"
     return None
 
 
@@ -117,8 +121,9 @@ def shard_errors(ds: Dataset, splits):
         bad = unreadable_shard(ds, splits)
         if bad is None:
             raise
-        raise ShardError(f"corrupt shard {bad} (`benbeam verify {ds.root}` lists every problem; convert the "
-                         "dataset again)") from e
+        raise ShardError(
+            f"corrupt shard {bad} (`benbeam verify {ds.root}` lists every problem; convert the dataset again)"
+        ) from e
 
 
 def native_reads(urls: list[str]) -> bool:
@@ -133,8 +138,16 @@ def native_reads(urls: list[str]) -> bool:
     return not storage.options().get("gs", {}).get("endpoint_url")
 
 
-def record_dataset(urls: list[str], compression: str, *, parallel: int = 4, deterministic: bool = True,
-                   shuffle_files: bool = False, seed: int | None = None, native: bool | None = None) -> tf.data.Dataset:
+def record_dataset(
+    urls: list[str],
+    compression: str,
+    *,
+    parallel: int = 4,
+    deterministic: bool = True,
+    shuffle_files: bool = False,
+    seed: int | None = None,
+    native: bool | None = None,
+) -> tf.data.Dataset:
     """Serialised examples of the given shards, ``parallel`` shards read interleaved.
 
     Shards TensorFlow reads itself (``native_reads``: local, ``gs://``) go through
@@ -153,11 +166,14 @@ def record_dataset(urls: list[str], compression: str, *, parallel: int = 4, dete
         opts = storage.options()
         read = _remote_reader(compression, opts)
     else:
+
         def read(u):
             return tf.data.TFRecordDataset(u, compression_type=tf_compression, buffer_size=1 << 20)
+
     cycle = max(1, min(parallel, len(urls)))
-    return files.interleave(read, cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
-                            deterministic=deterministic)
+    return files.interleave(
+        read, cycle_length=cycle, block_length=1, num_parallel_calls=cycle, deterministic=deterministic
+    )
 
 
 def _remote_reader(compression: str, opts: dict):
@@ -169,8 +185,7 @@ def _remote_reader(compression: str, opts: dict):
         yield from iter_records(u, compression)
 
     def read(u):
-        return tf.data.Dataset.from_generator(gen, args=(u,),
-                                              output_signature=tf.TensorSpec((), tf.string))
+        return tf.data.Dataset.from_generator(gen, args=(u,), output_signature=tf.TensorSpec((), tf.string))
 
     return read
 
@@ -180,17 +195,18 @@ def _remote_reader(compression: str, opts: dict):
 
 def channel_selection(modalities) -> tuple[tuple[str, ...], list[tuple[str, list[int]]]]:
     """Channels for ``modalities`` and, per needed feature, the indices to take from it."""
-    channels = B.channels_for(modalities)
+    channels = bands.channels_for(modalities)
     picks = []
-    for m, names in B.MODALITIES.items():
+    for m, names in bands.MODALITIES.items():
         idx = [names.index(c) for c in channels if c in names]
         if idx:
             picks.append((MODALITY_FEATURE[m], idx))
     return channels, picks
 
 
-def parse_batch(serialized, *, image_dtype: str, modalities="s2,s1", with_multi_hot: bool = False,
-                with_ids: bool = False):
+def parse_batch(
+    serialized, *, image_dtype: str, modalities="s2,s1", with_multi_hot: bool = False, with_ids: bool = False
+):
     """A batch of serialised examples -> ``(image float32[B,H,W,C], targets[, ids])``.
 
     ``targets`` is ``{"seg": uint8[B,H,W]}`` (255 = ignore) plus ``"multi": float32[B,19]``.
@@ -198,28 +214,40 @@ def parse_batch(serialized, *, image_dtype: str, modalities="s2,s1", with_multi_
     from trainer.model import MULTI, SEG
 
     _, picks = channel_selection(modalities)
-    parsed = tf.io.parse_example(serialized, T.parsing_spec(image_dtype))
-    ex = T.decode_parsed(parsed, image_dtype)
+    parsed = tf.io.parse_example(serialized, tfrecord.parsing_spec(image_dtype))
+    ex = tfrecord.decode_parsed(parsed, image_dtype)
     parts = []
     for feat, idx in picks:
         t = ex[feat]
-        n = T.feature_by_name(image_dtype)[feat].shape[-1]
+        n = tfrecord.feature_by_name(image_dtype)[feat].shape[-1]
         if idx != list(range(n)):
             t = tf.gather(t, idx, axis=-1)
         parts.append(tf.cast(t, tf.float32))
     image = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
-    targets = {SEG: ex[T.LABEL]}
+    targets = {SEG: ex[tfrecord.LABEL]}
     if with_multi_hot:
-        targets[MULTI] = tf.cast(ex[T.MULTI_HOT], tf.float32)
+        targets[MULTI] = tf.cast(ex[tfrecord.MULTI_HOT], tf.float32)
     if with_ids:
-        return image, targets, ex[T.PATCH_ID]
+        return image, targets, ex[tfrecord.PATCH_ID]
     return image, targets
 
 
-def make_dataset(ds: Dataset, split: str, *, batch_size: int = 32, modalities="s2,s1", training: bool = False,
-                 shuffle_buffer: int = 256, repeat: bool = False,
-                 max_patches: int | None = None, with_multi_hot: bool = False, with_ids: bool = False,
-                 seed: int | None = None, parallel_reads: int = 4, drop_remainder: bool = False) -> tf.data.Dataset:
+def make_dataset(
+    ds: Dataset,
+    split: str,
+    *,
+    batch_size: int = 32,
+    modalities="s2,s1",
+    training: bool = False,
+    shuffle_buffer: int = 256,
+    repeat: bool = False,
+    max_patches: int | None = None,
+    with_multi_hot: bool = False,
+    with_ids: bool = False,
+    seed: int | None = None,
+    parallel_reads: int = 4,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """The ``tf.data`` input pipeline of one split.
 
     ``training``: shard order shuffled per epoch, non-deterministic interleave, a shuffle
@@ -233,9 +261,14 @@ def make_dataset(ds: Dataset, split: str, *, batch_size: int = 32, modalities="s
     if not urls or not info.get("written"):
         raise ValueError(f"split {split!r} of {ds.root} holds no patches")
     fixed_subset = max_patches is not None
-    records = record_dataset(urls, ds.compression, parallel=parallel_reads,
-                             deterministic=not training or fixed_subset,
-                             shuffle_files=training and not fixed_subset, seed=seed)
+    records = record_dataset(
+        urls,
+        ds.compression,
+        parallel=parallel_reads,
+        deterministic=not training or fixed_subset,
+        shuffle_files=training and not fixed_subset,
+        seed=seed,
+    )
     if max_patches is not None:
         records = records.take(int(max_patches))
     if training and shuffle_buffer > 1:
@@ -247,8 +280,16 @@ def make_dataset(ds: Dataset, split: str, *, batch_size: int = 32, modalities="s
         n = num_patches(ds, split, max_patches)
         batches = n // batch_size if drop_remainder else -(-n // batch_size)
         records = records.apply(tf.data.experimental.assert_cardinality(batches))
-    parse = lambda s: parse_batch(s, image_dtype=ds.image_dtype, modalities=modalities,  # noqa: E731
-                                  with_multi_hot=with_multi_hot, with_ids=with_ids)
+
+    def parse(serialized):
+        return parse_batch(
+            serialized,
+            image_dtype=ds.image_dtype,
+            modalities=modalities,
+            with_multi_hot=with_multi_hot,
+            with_ids=with_ids,
+        )
+
     out = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     return out.prefetch(tf.data.AUTOTUNE)
 

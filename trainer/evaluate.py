@@ -33,15 +33,19 @@ def check_compatible(info: dict, ds) -> list[str]:
     if missing:
         raise ValueError(f"the model needs channels {missing} that the dataset at {ds.root} lacks")
     if list(info["classes"]) != list(m["classes"]):
-        raise ValueError("the model's class table differs from the dataset's; evaluate with a model trained on "
-                         "this class nomenclature")
+        raise ValueError(
+            "the model's class table differs from the dataset's; evaluate with a model trained on "
+            "this class nomenclature"
+        )
     if int(info["ignore_index"]) != int(m["ignore_index"]):
         raise ValueError(f"ignore_index differs: model {info['ignore_index']}, dataset {m['ignore_index']}")
     warnings = []
     if not _stats_equal(info.get("statistics"), m.get("statistics"), info["channels"]):
-        warnings.append("the dataset was normalised with statistics other than the model's training data: "
-                        "scores may be meaningless; convert it with `benbeam convert --stats <training "
-                        "dataset>/stats.json`")
+        warnings.append(
+            "the dataset was normalised with statistics other than the model's training data: "
+            "scores may be meaningless; convert it with `benbeam convert --stats <training "
+            "dataset>/stats.json`"
+        )
     return warnings
 
 
@@ -56,8 +60,17 @@ def _stats_equal(a, b, channels) -> bool:
     return a == b
 
 
-def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int = 32,
-             max_patches: int | None = None, threshold: float = 0.5, plot: bool = True) -> dict:
+def evaluate(
+    *,
+    model: str,
+    data: str,
+    split: str = "test",
+    out: str,
+    batch: int = 32,
+    max_patches: int | None = None,
+    threshold: float = 0.5,
+    plot: bool = True,
+) -> dict:
     """Evaluate ``model`` on ``split`` of ``data``; writes and returns the metrics dict."""
     import tensorflow as tf
 
@@ -75,8 +88,9 @@ def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int
     for w in warnings:
         LOG.warning("%s", w)
     multi = info.get("task") == "both"
-    stream = make_dataset(ds, split, batch_size=batch, modalities=info["modalities"], max_patches=max_patches,
-                            with_multi_hot=multi)
+    stream = make_dataset(
+        ds, split, batch_size=batch, modalities=info["modalities"], max_patches=max_patches, with_multi_hot=multi
+    )
 
     @tf.function(reduce_retracing=True)
     def step(x):
@@ -117,19 +131,31 @@ def evaluate(*, model: str, data: str, split: str = "test", out: str, batch: int
         "warnings": warnings,
     }
     if multi:
-        result["multilabel"] = metrics.multilabel_report(np.concatenate(truths), np.concatenate(scores),
-                                                    info["classes"], threshold)
+        result["multilabel"] = metrics.multilabel_report(
+            np.concatenate(truths), np.concatenate(scores), info["classes"], threshold
+        )
     local_out = tempfile.mkdtemp(prefix="benbeam-eval-") if storage.is_remote(out) else out
     try:
         os.makedirs(local_out, exist_ok=True)
         write_json(os.path.join(local_out, "metrics.json"), result)
-        write_json(os.path.join(local_out, "confusion_matrix.json"),
-                    {"classes": info["classes"], "rows": "truth", "columns": "prediction",
-                     "ignore_index": info["ignore_index"], "matrix": report["confusion_matrix"]})
+        write_json(
+            os.path.join(local_out, "confusion_matrix.json"),
+            {
+                "classes": info["classes"],
+                "rows": "truth",
+                "columns": "prediction",
+                "ignore_index": info["ignore_index"],
+                "matrix": report["confusion_matrix"],
+            },
+        )
         if plot:
-            plot_confusion_matrix(acc.matrix, info["classes"], os.path.join(local_out, "confusion_matrix.png"),
-                                  title=f"{os.path.basename(str(model))} on {split}: mIoU {_fmt(result['miou'])}, "
-                                        f"pixel acc. {_fmt(result['pixel_accuracy'])}")
+            plot_confusion_matrix(
+                acc.matrix,
+                info["classes"],
+                os.path.join(local_out, "confusion_matrix.png"),
+                title=f"{os.path.basename(str(model))} on {split}: mIoU {_fmt(result['miou'])}, "
+                f"pixel acc. {_fmt(result['pixel_accuracy'])}",
+            )
         if local_out != out:
             storage.upload_tree(local_out, out)
     finally:
@@ -163,8 +189,15 @@ def plot_confusion_matrix(cm, class_names, path: str, title: str = "") -> None:
     for i in range(n):
         for j in range(n):
             if norm[i, j] >= 0.005:
-                ax.text(j, i, f"{norm[i, j]:.2f}"[1:] if norm[i, j] < 1 else "1", ha="center", va="center",
-                        fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}"[1:] if norm[i, j] < 1 else "1",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's pixels")
     if title:
         ax.set_title(title)
@@ -186,8 +219,12 @@ def add_evaluate_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--out", required=True, help="folder for metrics.json and the confusion matrix")
     ap.add_argument("--batch", type=int, default=32, help="batch size (default: %(default)s)")
     ap.add_argument("--max_patches", type=int, default=None, help="score the first N patches only")
-    ap.add_argument("--threshold", type=float, default=0.5,
-                    help="score threshold of the multi-label head for F1 (default: %(default)s)")
+    ap.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="score threshold of the multi-label head for F1 (default: %(default)s)",
+    )
     add_storage_args(ap)
     return ap
 
@@ -199,8 +236,15 @@ def evaluate_main(args: argparse.Namespace) -> int:
 
     configure_storage(args)
     try:
-        r = evaluate(model=args.model, data=args.data, split=args.split, out=args.out, batch=args.batch,
-                     max_patches=args.max_patches, threshold=args.threshold)
+        r = evaluate(
+            model=args.model,
+            data=args.data,
+            split=args.split,
+            out=args.out,
+            batch=args.batch,
+            max_patches=args.max_patches,
+            threshold=args.threshold,
+        )
     except (ManifestError, ValueError, FileNotFoundError) as e:
         print(f"benbeam evaluate: error: {e}", file=sys.stderr)
         return 2
@@ -218,7 +262,8 @@ def evaluate_main(args: argparse.Namespace) -> int:
 
 def evaluate_cli(argv: list[str] | None = None) -> int:
     """``benbeam evaluate ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="benbeam evaluate", allow_abbrev=False,
-                                 description="Score a trained model on a dataset split.")
+    ap = argparse.ArgumentParser(
+        prog="benbeam evaluate", allow_abbrev=False, description="Score a trained model on a dataset split."
+    )
     add_evaluate_args(ap)
     return evaluate_main(ap.parse_args(argv))

@@ -73,8 +73,11 @@ def export_cli(argv: list[str] | None = None) -> int:
 
     from transforms.cli_args import add_storage_args, configure_storage
 
-    ap = argparse.ArgumentParser(prog="benbeam export", allow_abbrev=False,
-                                 description="Write a trained model as a TensorFlow SavedModel serving on raw bands.")
+    ap = argparse.ArgumentParser(
+        prog="benbeam export",
+        allow_abbrev=False,
+        description="Write a trained model as a TensorFlow SavedModel serving on raw bands.",
+    )
     ap.add_argument("--model", required=True, help="a .keras model written by `benbeam train` (path or URL)")
     ap.add_argument("--out", required=True, help="folder (or URL) for the SavedModel and info.json")
     add_storage_args(ap)

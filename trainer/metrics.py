@@ -79,8 +79,10 @@ def precision_recall_per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tp = np.diag(cm)
     pred, true = cm.sum(0), cm.sum(1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (np.where(pred > 0, tp / np.where(pred > 0, pred, 1), np.nan),
-                np.where(true > 0, tp / np.where(true > 0, true, 1), np.nan))
+        return (
+            np.where(pred > 0, tp / np.where(pred > 0, pred, 1), np.nan),
+            np.where(true > 0, tp / np.where(true > 0, true, 1), np.nan),
+        )
 
 
 def segmentation_report(cm: np.ndarray, class_names=None) -> dict:
@@ -94,8 +96,15 @@ def segmentation_report(cm: np.ndarray, class_names=None) -> dict:
         "pixel_accuracy": _num(pixel_accuracy(cm)),
         "labelled_pixels": int(cm.sum()),
         "per_class": [
-            {"index": i, "name": n, "iou": _num(iou[i]), "precision": _num(prec[i]), "recall": _num(rec[i]),
-             "support": int(cm[i].sum()), "predicted": int(cm[:, i].sum())}
+            {
+                "index": i,
+                "name": n,
+                "iou": _num(iou[i]),
+                "precision": _num(prec[i]),
+                "recall": _num(rec[i]),
+                "support": int(cm[i].sum()),
+                "predicted": int(cm[:, i].sum()),
+            }
             for i, n in enumerate(names)
         ],
         "confusion_matrix": cm.astype(np.int64).tolist(),

@@ -74,8 +74,9 @@ class ModelInfo(layers.Layer):
 
 
 def _conv_bn_relu(x, filters: int, name: str, kernel: int = 3):
-    x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, kernel_initializer="he_normal",
-                      name=f"{name}_conv")(x)
+    x = layers.Conv2D(
+        filters, kernel, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv"
+    )(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -87,15 +88,22 @@ def _block(x, filters: int, name: str):
 
 def check_depth(depth: int, size: int = PATCH_SIZE) -> None:
     """Refuse a depth whose poolings do not divide the patch size."""
-    if depth < 1 or size % (2 ** depth):
-        ok = [d for d in range(1, 6) if size % (2 ** d) == 0]
-        raise ValueError(f"depth {depth} does not divide a {size}-pixel patch by 2 at every level; "
-                         f"choose one of {ok}")
+    if depth < 1 or size % (2**depth):
+        ok = [d for d in range(1, 6) if size % (2**d) == 0]
+        raise ValueError(f"depth {depth} does not divide a {size}-pixel patch by 2 at every level; choose one of {ok}")
 
 
-def build_unet(in_channels: int, *, num_classes: int = NUM_CLASSES, width: int = DEFAULT_WIDTH,
-               depth: int = DEFAULT_DEPTH, task: str = "seg", dropout: float = 0.0,
-               info: dict | None = None, size: int = PATCH_SIZE) -> keras.Model:
+def build_unet(
+    in_channels: int,
+    *,
+    num_classes: int = NUM_CLASSES,
+    width: int = DEFAULT_WIDTH,
+    depth: int = DEFAULT_DEPTH,
+    task: str = "seg",
+    dropout: float = 0.0,
+    info: dict | None = None,
+    size: int = PATCH_SIZE,
+) -> keras.Model:
     """A U-Net: ``depth`` poolings, ``width·2^i`` filters at level i, two 3×3 conv–BN–ReLU per
     level, transposed-conv upsampling and concatenated skips.
 
@@ -112,17 +120,16 @@ def build_unet(in_channels: int, *, num_classes: int = NUM_CLASSES, width: int =
     x = inputs
     skips = []
     for i in range(depth):
-        x = _block(x, width * 2 ** i, f"enc{i}")
+        x = _block(x, width * 2**i, f"enc{i}")
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    x = _block(x, width * 2 ** depth, "mid")
+    x = _block(x, width * 2**depth, "mid")
     if dropout:
         x = layers.Dropout(dropout, name="mid_dropout")(x)
     bottleneck = x
     for i in reversed(range(depth)):
-        f = width * 2 ** i
-        x = layers.Conv2DTranspose(f, 2, strides=2, padding="same", kernel_initializer="he_normal",
-                                   name=f"up{i}")(x)
+        f = width * 2**i
+        x = layers.Conv2DTranspose(f, 2, strides=2, padding="same", kernel_initializer="he_normal", name=f"up{i}")(x)
         x = layers.Concatenate(name=f"skip{i}")([x, skips[i]])
         x = _block(x, f, f"dec{i}")
     logits = layers.Conv2D(num_classes, 1, name="seg_logits")(x)
@@ -144,8 +151,14 @@ def attach_info(model: keras.Model, info: dict) -> None:
     object.__setattr__(model, "_benbeam_info", json.loads(json.dumps(info, allow_nan=False)))
 
 
-def unet_param_count(in_channels: int, *, num_classes: int = NUM_CLASSES, width: int = DEFAULT_WIDTH,
-                     depth: int = DEFAULT_DEPTH, task: str = "seg") -> int:
+def unet_param_count(
+    in_channels: int,
+    *,
+    num_classes: int = NUM_CLASSES,
+    width: int = DEFAULT_WIDTH,
+    depth: int = DEFAULT_DEPTH,
+    task: str = "seg",
+) -> int:
     """Closed-form parameter count of ``build_unet`` (BatchNorm's 4 per channel included)."""
 
     def conv_bn(cin, cout):  # 3x3 conv without bias + BN (gamma, beta, mean, var)
@@ -153,14 +166,14 @@ def unet_param_count(in_channels: int, *, num_classes: int = NUM_CLASSES, width:
 
     total, cin = 0, in_channels
     for i in range(depth):
-        f = width * 2 ** i
+        f = width * 2**i
         total += conv_bn(cin, f) + conv_bn(f, f)
         cin = f
-    fm = width * 2 ** depth
+    fm = width * 2**depth
     total += conv_bn(cin, fm) + conv_bn(fm, fm)
     cin = fm
     for i in reversed(range(depth)):
-        f = width * 2 ** i
+        f = width * 2**i
         total += 4 * cin * f + f  # 2x2 transposed conv with bias
         total += conv_bn(2 * f, f) + conv_bn(f, f)
         cin = f
@@ -183,8 +196,14 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
     labelled pixel gives 0.
     """
 
-    def __init__(self, class_weights=None, ignore_index: int = IGNORE_INDEX, from_logits: bool = False,
-                 name: str = "masked_sparse_categorical_crossentropy", **kwargs):
+    def __init__(
+        self,
+        class_weights=None,
+        ignore_index: int = IGNORE_INDEX,
+        from_logits: bool = False,
+        name: str = "masked_sparse_categorical_crossentropy",
+        **kwargs,
+    ):
         kwargs.pop("reduction", None)
         super().__init__(name=name, reduction="sum_over_batch_size", **kwargs)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
@@ -218,8 +237,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
         """The loss's config (ignore index and class weights)."""
         config = super().get_config()
         config.pop("reduction", None)
-        config.update(class_weights=self.class_weights, ignore_index=self.ignore_index,
-                      from_logits=self.from_logits)
+        config.update(class_weights=self.class_weights, ignore_index=self.ignore_index, from_logits=self.from_logits)
         return config
 
 
@@ -267,17 +285,19 @@ class _ConfusionMetric(keras.metrics.Metric):
         super().__init__(name=name, **kwargs)
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
-        self.matrix = self.add_variable(shape=(self.num_classes, self.num_classes), initializer="zeros",
-                                        dtype="float32", name="confusion")
+        self.matrix = self.add_variable(
+            shape=(self.num_classes, self.num_classes), initializer="zeros", dtype="float32", name="confusion"
+        )
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
         pred = ops.cast(ops.reshape(ops.argmax(y_pred, axis=-1), (-1,)), "int32")
-        valid = ops.logical_and(ops.not_equal(labels, self.ignore_index),
-                                ops.logical_and(labels >= 0, labels < self.num_classes))
+        valid = ops.logical_and(
+            ops.not_equal(labels, self.ignore_index), ops.logical_and(labels >= 0, labels < self.num_classes)
+        )
         idx = ops.where(valid, labels * self.num_classes + pred, ops.zeros_like(labels))
-        counts = ops.bincount(idx, weights=ops.cast(valid, "float32"), minlength=self.num_classes ** 2)
-        self.matrix.assign_add(ops.reshape(counts[: self.num_classes ** 2], (self.num_classes, self.num_classes)))
+        counts = ops.bincount(idx, weights=ops.cast(valid, "float32"), minlength=self.num_classes**2)
+        self.matrix.assign_add(ops.reshape(counts[: self.num_classes**2], (self.num_classes, self.num_classes)))
 
     def reset_state(self):
         self.matrix.assign(ops.zeros((self.num_classes, self.num_classes), dtype="float32"))
@@ -308,8 +328,7 @@ class MeanIoU(_ConfusionMetric):
 class PixelAccuracy(_ConfusionMetric):
     """Correct labelled pixels / labelled pixels."""
 
-    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX, name="pixel_acc",
-                 **kwargs):
+    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX, name="pixel_acc", **kwargs):
         super().__init__(num_classes, ignore_index, name=name, **kwargs)
 
     def result(self):
@@ -320,8 +339,15 @@ class PixelAccuracy(_ConfusionMetric):
 # --------------------------------------------------------------------------- compile, save, load
 
 
-def compile_model(model: keras.Model, *, lr: float = 1e-3, class_weights=None, task: str = "seg",
-                  multi_weight: float = 1.0, ignore_index: int = IGNORE_INDEX) -> keras.Model:
+def compile_model(
+    model: keras.Model,
+    *,
+    lr: float = 1e-3,
+    class_weights=None,
+    task: str = "seg",
+    multi_weight: float = 1.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> keras.Model:
     """Adam, the masked loss on ``seg`` (+ binary cross-entropy on ``multi``), mIoU / accuracy."""
     losses = {SEG: MaskedSparseCategoricalCrossentropy(class_weights, ignore_index=ignore_index)}
     metrics = {SEG: [MeanIoU(ignore_index=ignore_index), PixelAccuracy(ignore_index=ignore_index)]}
@@ -330,8 +356,7 @@ def compile_model(model: keras.Model, *, lr: float = 1e-3, class_weights=None, t
         losses[MULTI] = keras.losses.BinaryCrossentropy(name="multi_bce")
         metrics[MULTI] = [keras.metrics.AUC(multi_label=True, num_labels=NUM_CLASSES, name="auc")]
         weights[MULTI] = float(multi_weight)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=losses, loss_weights=weights,
-                  metrics=metrics)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=losses, loss_weights=weights, metrics=metrics)
     return model
 
 
@@ -343,8 +368,9 @@ def model_info(model: keras.Model) -> dict:
     try:
         return dict(model.get_layer("model_info").info)
     except ValueError:
-        raise ValueError("this model carries no inference contract: it was not built by "
-                         "trainer.model.build_unet") from None
+        raise ValueError(
+            "this model carries no inference contract: it was not built by trainer.model.build_unet"
+        ) from None
 
 
 def _finish_archive(path: str, info: dict, *, portable: bool) -> None:

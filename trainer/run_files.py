@@ -16,8 +16,15 @@ def run_paths(save: str) -> dict[str, str]:
     if not save.endswith(".keras"):
         raise ValueError(f"--save must name a .keras file, got {save!r}")
     stem = save[: -len(".keras")]
-    return {"model": save, "info": save + ".json", "last": stem + ".last.keras", "state": stem + ".state.json",
-            "history": stem + ".history.csv", "tensorboard": stem + ".tb", "metrics": stem + ".metrics.json"}
+    return {
+        "model": save,
+        "info": save + ".json",
+        "last": stem + ".last.keras",
+        "state": stem + ".state.json",
+        "history": stem + ".history.csv",
+        "tensorboard": stem + ".tb",
+        "metrics": stem + ".metrics.json",
+    }
 
 
 class RunFiles:

@@ -38,14 +38,17 @@ TILE_EXTENSIONS = (".tif", ".tiff")
 BAND_EXTENSIONS = (".jp2", ".tif", ".tiff")
 L1C_ONLY = ("B10",)  # cirrus band: in L1C, not in L2A (nor in reBEN)
 _PHYSICAL = S2_PRODUCT_NAMES  # bandId 0..12 of a product's metadata
-L1C_WARNING = ("{path}: a Level-1C product (top-of-atmosphere reflectance). The model was trained on "
-               "reBEN, which is Level-2A (bottom-of-atmosphere, Sen2Cor): expect a domain shift and "
-               "lower accuracy; use the L2A product of the same acquisition where you can")
+L1C_WARNING = (
+    "{path}: a Level-1C product (top-of-atmosphere reflectance). The model was trained on "
+    "reBEN, which is Level-2A (bottom-of-atmosphere, Sen2Cor): expect a domain shift and "
+    "lower accuracy; use the L2A product of the same acquisition where you can"
+)
 
 
 # --------------------------------------------------------------------------------------
 # Band names, metadata
 # --------------------------------------------------------------------------------------
+
 
 def normalise_band_name(text: str | None) -> str | None:
     """'B2', 'b02', 'B8a', ' vv ' -> 'B02', 'B02', 'B8A', 'VV'; anything else -> None."""
@@ -78,8 +81,10 @@ def read_offsets(safe_dir: str) -> tuple[dict[str, float], list[str]]:
     if not mtd:
         base = _baseline_from_name(os.path.basename(os.path.normpath(safe_dir)))
         off = float(DN_ADD_OFFSET) if base is not None and OFFSET_BASELINE <= base < 9999 else 0.0
-        warnings.append(f"{safe_dir}: no MTD_MSIL2A.xml / MTD_MSIL1C.xml; assuming an additive DN offset of "
-                        f"{off:g} from the processing baseline in the name")
+        warnings.append(
+            f"{safe_dir}: no MTD_MSIL2A.xml / MTD_MSIL1C.xml; assuming an additive DN offset of "
+            f"{off:g} from the processing baseline in the name"
+        )
         return {b: off for b in _PHYSICAL}, warnings
     root = ET.parse(os.path.join(safe_dir, mtd[0])).getroot()
     physical: dict[str, str] = {}
@@ -102,6 +107,7 @@ def read_offsets(safe_dir: str) -> tuple[dict[str, float], list[str]]:
 # TileSource
 # --------------------------------------------------------------------------------------
 
+
 @dataclass
 class _Band:
     name: str
@@ -113,8 +119,9 @@ class _Band:
 
 
 def _is_safe(path: str) -> bool:
-    return os.path.isdir(path) and (path.rstrip("/").upper().endswith(".SAFE")
-                                    or os.path.isdir(os.path.join(path, "GRANULE")))
+    return os.path.isdir(path) and (
+        path.rstrip("/").upper().endswith(".SAFE") or os.path.isdir(os.path.join(path, "GRANULE"))
+    )
 
 
 def find_tiles(input_dir: str) -> list[str]:
@@ -141,8 +148,14 @@ def is_tile_file(name: str) -> bool:
 class TileSource:
     """One tile opened for windowed reads on its 10 m grid (see ``open_tile``)."""
 
-    def __init__(self, name: str, bands: list[_Band], channels: tuple[str, ...], warnings: list[str],
-                 resampling: str = "bilinear"):
+    def __init__(
+        self,
+        name: str,
+        bands: list[_Band],
+        channels: tuple[str, ...],
+        warnings: list[str],
+        resampling: str = "bilinear",
+    ):
         import rasterio
 
         self.name = name
@@ -174,14 +187,22 @@ class TileSource:
         for b in self._bands:
             ds = self._ds[b.path]
             bt = ds.transform
-            same = (ds.crs == self.crs and ds.width * b.factor == self.width and ds.height * b.factor == self.height
-                    and abs(bt.c - t.c) < 1e-6 and abs(bt.f - t.f) < 1e-6 and bt.b == 0 and bt.d == 0)
+            same = (
+                ds.crs == self.crs
+                and ds.width * b.factor == self.width
+                and ds.height * b.factor == self.height
+                and abs(bt.c - t.c) < 1e-6
+                and abs(bt.f - t.f) < 1e-6
+                and bt.b == 0
+                and bt.d == 0
+            )
             if not same:
                 what = "the Sentinel-1 raster" if b.modality == "s1" else b.name
                 raise ValueError(
                     f"{b.path}: {what} is not on the tile's grid ({self.crs}, {self.width}x{self.height} px of "
                     f"10 m from ({t.c}, {t.f})); it has {ds.crs}, {ds.width}x{ds.height} px of {bt.a:g} m from "
-                    f"({bt.c}, {bt.f}). Reproject/crop it onto the tile's 10 m grid first")
+                    f"({bt.c}, {bt.f}). Reproject/crop it onto the tile's 10 m grid first"
+                )
 
     def read(self, window) -> tuple[np.ndarray, np.ndarray]:
         """(pixels float32 (h, w, C) in reBEN raw units — S2 DN, S1 dB — on the 10 m grid;
@@ -191,10 +212,21 @@ class TileSource:
 
         r0, c0 = int(window.row_off), int(window.col_off)
         h, w = int(window.height), int(window.width)
-        if (r0 != window.row_off or c0 != window.col_off or h != window.height or w != window.width
-                or r0 < 0 or c0 < 0 or h <= 0 or w <= 0 or r0 + h > self.height or c0 + w > self.width):
-            raise ValueError(f"window {window} is not an integer window inside the tile "
-                             f"({self.width}x{self.height} px)")
+        if (
+            r0 != window.row_off
+            or c0 != window.col_off
+            or h != window.height
+            or w != window.width
+            or r0 < 0
+            or c0 < 0
+            or h <= 0
+            or w <= 0
+            or r0 + h > self.height
+            or c0 + w > self.width
+        ):
+            raise ValueError(
+                f"window {window} is not an integer window inside the tile ({self.width}x{self.height} px)"
+            )
         with rasterio.Env(GDAL_PAM_ENABLED="NO"):
             return self._read(r0, c0, h, w)
 
@@ -270,9 +302,11 @@ def _factor(path: str, res: float) -> int:
 def _safe_bands(path: str, wanted: list[str]) -> tuple[str, dict[str, tuple[str, int]], list[str], bool]:
     """(name, {band: (file, native-res factor)}, warnings, is_l1c) of a SAFE folder; only files of
     ``wanted`` bands are looked up."""
-    granules = sorted(d for d in os.listdir(os.path.join(path, "GRANULE"))
-                      if os.path.isdir(os.path.join(path, "GRANULE", d))) if os.path.isdir(
-        os.path.join(path, "GRANULE")) else []
+    granules = (
+        sorted(d for d in os.listdir(os.path.join(path, "GRANULE")) if os.path.isdir(os.path.join(path, "GRANULE", d)))
+        if os.path.isdir(os.path.join(path, "GRANULE"))
+        else []
+    )
     if len(granules) != 1:
         raise ValueError(f"{path}: expected one granule folder in GRANULE/, found {len(granules)}")
     img = os.path.join(path, "GRANULE", granules[0], "IMG_DATA")
@@ -285,17 +319,22 @@ def _safe_bands(path: str, wanted: list[str]) -> tuple[str, dict[str, tuple[str,
     found: dict[str, tuple[str, int]] = {}
     name = None
     if l2a:
-        listing = {r: sorted(os.listdir(os.path.join(img, f"R{r}m"))) if os.path.isdir(os.path.join(img, f"R{r}m"))
-                   else [] for r in (10, 20, 60)}
+        listing = {
+            r: sorted(os.listdir(os.path.join(img, f"R{r}m"))) if os.path.isdir(os.path.join(img, f"R{r}m")) else []
+            for r in (10, 20, 60)
+        }
         for band in wanted:
             for r in (10, 20, 60):  # finest resolution that holds the band
-                hit = [f for f in listing[r]
-                       if re.search(rf"_{band}_{r}m\.", f) and f.lower().endswith(BAND_EXTENSIONS)]
+                hit = [
+                    f for f in listing[r] if re.search(rf"_{band}_{r}m\.", f) and f.lower().endswith(BAND_EXTENSIONS)
+                ]
                 if hit:
                     found[band] = (os.path.join(img, f"R{r}m", hit[0]), r // 10)
                     if r > BAND_BY_NAME[band].resolution_m:
-                        warnings.append(f"{path}: {band} only at {r} m (native {BAND_BY_NAME[band].resolution_m} m); "
-                                        "upsampled from there")
+                        warnings.append(
+                            f"{path}: {band} only at {r} m (native {BAND_BY_NAME[band].resolution_m} m); "
+                            "upsampled from there"
+                        )
                     break
     else:
         listing = {0: sorted(os.listdir(img))}
@@ -315,8 +354,10 @@ def _safe_bands(path: str, wanted: list[str]) -> tuple[str, dict[str, tuple[str,
     missing = [b for b in wanted if b not in found]
     if missing:
         where = "IMG_DATA/R10m|R20m|R60m" if l2a else "IMG_DATA"
-        raise ValueError(f"{path}: the tile lacks bands {missing} that the model needs (looked in {where} for "
-                         f"*_<BAND>{'_<res>m' if l2a else ''}.jp2/.tif)")
+        raise ValueError(
+            f"{path}: the tile lacks bands {missing} that the model needs (looked in {where} for "
+            f"*_<BAND>{'_<res>m' if l2a else ''}.jp2/.tif)"
+        )
     return name, found, warnings, is_l1c
 
 
@@ -370,13 +411,17 @@ def open_tile(path: str, channels, *, s1: str | None = None, resampling: str = "
                 factor = _factor(path, ds.transform.a)
                 offset = float(ds.tags().get("BOA_ADD_OFFSET", 0) or 0)
         if factor != 1:
-            raise ValueError(f"{path}: a multi-band GeoTIFF tile must be on a 10 m grid (found {factor * 10} m); "
-                             "resample it to 10 m first")
+            raise ValueError(
+                f"{path}: a multi-band GeoTIFF tile must be on a 10 m grid (found {factor * 10} m); "
+                "resample it to 10 m first"
+            )
         missing = [b for b in s2_wanted if b not in tif_bands]
         if missing:
             have = sorted(tif_bands) or "none"
-            raise ValueError(f"{path}: the tile lacks bands {missing} that the model needs (band descriptions "
-                             f"found: {have}; name the bands B01…B12 in the GeoTIFF's band descriptions)")
+            raise ValueError(
+                f"{path}: the tile lacks bands {missing} that the model needs (band descriptions "
+                f"found: {have}; name the bands B01…B12 in the GeoTIFF's band descriptions)"
+            )
         for b in s2_wanted:
             bands[b] = _Band(b, path, tif_bands[b], 1, offset, "s2")
     else:
@@ -390,15 +435,19 @@ def open_tile(path: str, channels, *, s1: str | None = None, resampling: str = "
                     s1_bands = {"VV": 1, "VH": 2}  # undescribed: VV then VH
             missing = [b for b in s1_wanted if b not in s1_bands]
             if missing:
-                raise ValueError(f"{s1}: the Sentinel-1 raster lacks {missing} (describe its bands VV and VH, "
-                                 "or give exactly two bands in the order VV, VH)")
+                raise ValueError(
+                    f"{s1}: the Sentinel-1 raster lacks {missing} (describe its bands VV and VH, "
+                    "or give exactly two bands in the order VV, VH)"
+                )
             for b in s1_wanted:
                 bands[b] = _Band(b, s1, s1_bands[b], 1, 0.0, "s1")
         elif all(b in tif_bands for b in s1_wanted):
             for b in s1_wanted:
                 bands[b] = _Band(b, path, tif_bands[b], 1, 0.0, "s1")
         else:
-            raise ValueError(f"{path}: the model was trained with Sentinel-1 (channels {list(s1_wanted)}); pass "
-                             "the co-registered S1 raster (float32 dB, bands VV, VH on the tile's 10 m grid) "
-                             "with --s1 RASTER")
+            raise ValueError(
+                f"{path}: the model was trained with Sentinel-1 (channels {list(s1_wanted)}); pass "
+                "the co-registered S1 raster (float32 dB, bands VV, VH on the tile's 10 m grid) "
+                "with --s1 RASTER"
+            )
     return TileSource(name, [bands[c] for c in ch], ch, warnings, resampling)

@@ -28,19 +28,18 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from schemas import bands as B
-from schemas import manifest as M
-from schemas import tfrecord as T
+from schemas import bands, tfrecord
+from schemas import manifest as manifest_schema
 from transforms import storage
 from transforms.containment import check_relative
 from transforms.encode import decode_example, iter_records
 
-MODALITY_FEATURE = {"s2": T.S2, "s1": T.S1}
+MODALITY_FEATURE = {"s2": tfrecord.S2, "s1": tfrecord.S1}
 
 
 def read_manifest(root: str) -> dict:
     """``<root>/dataset.json``, checked (``schemas.manifest.load``); raises ``ManifestError`` saying what is wrong."""
-    manifest, _ = M.load(
+    manifest, _ = manifest_schema.load(
         str(root), storage.read_bytes, hint="run `benbeam convert` to completion and pass its --out folder"
     )
     return manifest.to_dict()
@@ -81,7 +80,7 @@ class BenDataset(IterableDataset):
         world_size: int | None = None,
         storage_options: dict | None = None,
     ):
-        M.check_split(split)  # torchgeo's "val" is refused with the hint: this format says "validation"
+        manifest_schema.check_split(split)  # torchgeo's "val" is refused with the hint: this format says "validation"
         if storage_options is not None:
             storage.set_options(storage_options)
         self.root, self.split = str(root), split
@@ -92,10 +91,10 @@ class BenDataset(IterableDataset):
         info = self.manifest["splits"][split]
         # shard paths come from an editable file: each must stay inside the dataset (ValueError otherwise)
         self.shards = [(check_relative(s["path"], self.root, what="shard"), int(s["records"])) for s in info["shards"]]
-        self.channels = B.channels_for(modalities)
+        self.channels = bands.channels_for(modalities)
         self.picks = [
             (MODALITY_FEATURE[m], [names.index(c) for c in self.channels if c in names])
-            for m, names in B.MODALITIES.items()
+            for m, names in bands.MODALITIES.items()
             if any(c in names for c in self.channels)
         ]
         self.multi_hot, self.with_ids = multi_hot, with_ids
@@ -119,12 +118,12 @@ class BenDataset(IterableDataset):
         image = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
         out = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
-            "mask": torch.from_numpy(ex[T.LABEL].astype(np.int64)),
+            "mask": torch.from_numpy(ex[tfrecord.LABEL].astype(np.int64)),
         }
         if self.multi_hot:
-            out["label"] = torch.from_numpy(ex[T.MULTI_HOT].astype(np.int64))
+            out["label"] = torch.from_numpy(ex[tfrecord.MULTI_HOT].astype(np.int64))
         if self.with_ids:
-            out["patch_id"] = ex[T.PATCH_ID]
+            out["patch_id"] = ex[tfrecord.PATCH_ID]
         return out
 
     def _records(self, shard_ids: list[int]):

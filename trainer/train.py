@@ -38,6 +38,7 @@ from transforms.cli_args import add_storage_args, configure_storage, positive_in
 LOG = logging.getLogger("benbeam.train")
 COMMAND = "benbeam train"
 
+
 def build_info(ds, *, modalities: str, task: str, width: int, depth: int, class_weights) -> dict:
     """The inference contract stored in the model (see ``trainer.model.load_model``)."""
     from schemas import classes
@@ -64,8 +65,12 @@ def build_info(ds, *, modalities: str, task: str, width: int, depth: int, class_
         # how convert resampled the 20 m / 60 m bands: predict resamples tiles the same way
         "resampling": (m.get("options") or {}).get("resampling", "bilinear"),
         "class_weights": class_weights,
-        "training_data": {"url": str(ds.root), "manifest_sha256": ds.manifest_sha256,
-                          "package_version": m.get("package_version"), "created_by": m.get("created_by")},
+        "training_data": {
+            "url": str(ds.root),
+            "manifest_sha256": ds.manifest_sha256,
+            "package_version": m.get("package_version"),
+            "created_by": m.get("created_by"),
+        },
     }
 
 
@@ -119,8 +124,11 @@ def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tenso
                 with open(self.path, newline="", encoding="utf-8") as fh:
                     reader = csv.DictReader(fh)
                     self.header = list(reader.fieldnames or ["epoch"])
-                    self.rows = [{k: v for k, v in r.items() if k is not None} for r in reader
-                                 if str(r.get("epoch", "")).isdigit() and int(r["epoch"]) < self.start]
+                    self.rows = [
+                        {k: v for k, v in r.items() if k is not None}
+                        for r in reader
+                        if str(r.get("epoch", "")).isdigit() and int(r["epoch"]) < self.start
+                    ]
 
         def on_epoch_end(self, epoch, logs=None):
             row = {"epoch": epoch, **dict(logs or {})}
@@ -158,8 +166,10 @@ def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tenso
         if tensorboard_available():
             cbs.append(keras.callbacks.TensorBoard(paths["tensorboard"], write_graph=False, profile_batch=0))
         else:
-            LOG.warning("TensorBoard logs skipped: the `tensorboard` package is not installed "
-                        "(pip install tensorboard); history CSV and metrics JSON are written as usual")
+            LOG.warning(
+                "TensorBoard logs skipped: the `tensorboard` package is not installed "
+                "(pip install tensorboard); history CSV and metrics JSON are written as usual"
+            )
     return cbs
 
 
@@ -187,7 +197,7 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
         lock = outdir.claim(folder, COMMAND)
     except (outdir.OutputRefused, outdir.OutputBusy) as e:  # outdir names the folder "--out": here it is --save's
         text = str(e)
-        raise type(e)("the --save folder" + text[len("--out"):] if text.startswith("--out ") else text) from None
+        raise type(e)("the --save folder" + text[len("--out") :] if text.startswith("--out ") else text) from None
     try:
         return _train(cfg, ds, folder, extra_callbacks)
     finally:
@@ -210,15 +220,22 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
         raise ValueError(f"split 'train' of {cfg.data} holds no patches")
     has_val = cfg.val_split in ds.manifest["splits"] and ds.records(cfg.val_split) > 0
     if not has_val:
-        LOG.warning("no %r patches in %s: training without validation; --save gets the last epoch's model",
-                    cfg.val_split, cfg.data)
+        LOG.warning(
+            "no %r patches in %s: training without validation; --save gets the last epoch's model",
+            cfg.val_split,
+            cfg.data,
+        )
 
     state = None
     if cfg.resume:
         state = _resume_state(files, cfg, ds)
         if int(state["epoch"]) >= cfg.epochs:
-            LOG.info("--resume: %s already reached epoch %d of %d; nothing to train", paths["last"],
-                     state["epoch"], cfg.epochs)
+            LOG.info(
+                "--resume: %s already reached epoch %d of %d; nothing to train",
+                paths["last"],
+                state["epoch"],
+                cfg.epochs,
+            )
             out = _load_metrics(paths)
             files.cleanup()
             return out
@@ -244,39 +261,88 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
                 if list(info["channels"]) != list(channels):
                     raise ValueError(f"--resume: checkpoint channels {info['channels']} differ from {list(channels)}")
                 initial_epoch = int(state["epoch"])
-                LOG.info("resuming %s at epoch %d (optimizer state restored; --lr, --width and --class_weights "
-                         "come from the checkpoint)", paths["last"], initial_epoch + 1)
+                LOG.info(
+                    "resuming %s at epoch %d (optimizer state restored; --lr, --width and --class_weights "
+                    "come from the checkpoint)",
+                    paths["last"],
+                    initial_epoch + 1,
+                )
             else:
-                info = build_info(ds, modalities=cfg.modalities, task=cfg.task, width=cfg.width, depth=cfg.depth,
-                                  class_weights=weights)
+                info = build_info(
+                    ds,
+                    modalities=cfg.modalities,
+                    task=cfg.task,
+                    width=cfg.width,
+                    depth=cfg.depth,
+                    class_weights=weights,
+                )
                 model = build_unet(len(channels), width=cfg.width, depth=cfg.depth, task=cfg.task, info=info)
                 compile_model(model, lr=cfg.lr, class_weights=weights, task=cfg.task)
                 initial_epoch = 0
-                state = {"epoch": 0, "best_val_miou": None, "best_epoch": None, "channels": list(channels),
-                         "params": int(model.count_params()), **run_identity(cfg, ds)}
+                state = {
+                    "epoch": 0,
+                    "best_val_miou": None,
+                    "best_epoch": None,
+                    "channels": list(channels),
+                    "params": int(model.count_params()),
+                    **run_identity(cfg, ds),
+                }
             # --augment: a random flip / rotation per batch inside the fitted model (trainer.augment)
             fit_model = augmented(model, seed=cfg.seed) if cfg.augment else model
         state["settings"] = cfg.settings()
         multi = info["task"] == "both"
-        train_ds = make_dataset(ds, "train", batch_size=cfg.batch, modalities=cfg.modalities, training=True,
-                                  shuffle_buffer=cfg.shuffle_buffer,
-                                  repeat=cfg.steps_per_epoch is not None, max_patches=cfg.max_train_patches,
-                                  with_multi_hot=multi, seed=cfg.seed)
-        val_ds = (make_dataset(ds, cfg.val_split, batch_size=cfg.batch, modalities=cfg.modalities,
-                                 max_patches=cfg.max_val_patches, with_multi_hot=multi) if has_val else None)
+        train_ds = make_dataset(
+            ds,
+            "train",
+            batch_size=cfg.batch,
+            modalities=cfg.modalities,
+            training=True,
+            shuffle_buffer=cfg.shuffle_buffer,
+            repeat=cfg.steps_per_epoch is not None,
+            max_patches=cfg.max_train_patches,
+            with_multi_hot=multi,
+            seed=cfg.seed,
+        )
+        val_ds = (
+            make_dataset(
+                ds,
+                cfg.val_split,
+                batch_size=cfg.batch,
+                modalities=cfg.modalities,
+                max_patches=cfg.max_val_patches,
+                with_multi_hot=multi,
+            )
+            if has_val
+            else None
+        )
         os.makedirs(os.path.dirname(os.path.abspath(paths["model"])), exist_ok=True)
-        cbs = _callbacks(files, state=state, batch=cfg.batch, has_val=has_val, tensorboard=cfg.tensorboard,
-                         resume=initial_epoch > 0) + list(extra_callbacks)
+        cbs = _callbacks(
+            files, state=state, batch=cfg.batch, has_val=has_val, tensorboard=cfg.tensorboard, resume=initial_epoch > 0
+        ) + list(extra_callbacks)
         n_train = num_patches(ds, "train", cfg.max_train_patches)
-        LOG.info("training on %d patches (%s, %d channels), %d parameters, epochs %d..%d", n_train, cfg.modalities,
-                 len(channels), model.count_params(), initial_epoch + 1, cfg.epochs)
+        LOG.info(
+            "training on %d patches (%s, %d channels), %d parameters, epochs %d..%d",
+            n_train,
+            cfg.modalities,
+            len(channels),
+            model.count_params(),
+            initial_epoch + 1,
+            cfg.epochs,
+        )
         t0 = time.perf_counter()
         verbose = cfg.verbose
         if verbose == "auto":  # one line per epoch when not on a terminal (logs, CI)
             verbose = 1 if sys.stdout.isatty() else 2
         with shard_errors(ds, ["train"] + ([cfg.val_split] if has_val else [])):  # names a corrupt shard
-            hist = fit_model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                                 steps_per_epoch=cfg.steps_per_epoch, callbacks=cbs, verbose=verbose)
+            hist = fit_model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=cfg.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=cfg.steps_per_epoch,
+                callbacks=cbs,
+                verbose=verbose,
+            )
         wall = time.perf_counter() - t0
     finally:
         if cfg.mixed_precision:
@@ -310,10 +376,17 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
 
 # What a resumed run must share with the saved one (state key, flag): the data, the inputs, the
 # architecture, the loss and what picks the best model. The rest (--epochs, --batch …) may change.
-RESUME_KEYS = (("data", "--data"), ("data_manifest_sha256", "--data: its dataset.json changed (sha256)"),
-               ("modalities", "--modalities"), ("task", "--task"), ("width", "--width"), ("depth", "--depth"),
-               ("class_weights", "--class_weights"), ("val_split", "--val_split"),
-               ("max_val_patches", "--max_val_patches"))
+RESUME_KEYS = (
+    ("data", "--data"),
+    ("data_manifest_sha256", "--data: its dataset.json changed (sha256)"),
+    ("modalities", "--modalities"),
+    ("task", "--task"),
+    ("width", "--width"),
+    ("depth", "--depth"),
+    ("class_weights", "--class_weights"),
+    ("val_split", "--val_split"),
+    ("max_val_patches", "--max_val_patches"),
+)
 
 
 def data_url(url: str) -> str:
@@ -324,9 +397,17 @@ def data_url(url: str) -> str:
 
 def run_identity(cfg: TrainConfig, ds) -> dict:
     """The values of ``RESUME_KEYS`` for this config and dataset (recorded in the state file)."""
-    return {"data": data_url(cfg.data), "data_manifest_sha256": ds.manifest_sha256,
-            "modalities": cfg.modalities, "task": cfg.task, "width": int(cfg.width), "depth": int(cfg.depth),
-            "class_weights": cfg.class_weights, "val_split": cfg.val_split, "max_val_patches": cfg.max_val_patches}
+    return {
+        "data": data_url(cfg.data),
+        "data_manifest_sha256": ds.manifest_sha256,
+        "modalities": cfg.modalities,
+        "task": cfg.task,
+        "width": int(cfg.width),
+        "depth": int(cfg.depth),
+        "class_weights": cfg.class_weights,
+        "val_split": cfg.val_split,
+        "max_val_patches": cfg.max_val_patches,
+    }
 
 
 def resume_differences(state: dict, cfg: TrainConfig, ds) -> list[str]:
@@ -350,14 +431,18 @@ def _resume_state(files: RunFiles, cfg: TrainConfig, ds) -> dict:
     paths = files.paths
     files.pull("state", "last", "history", "model", "info")
     if not (os.path.exists(paths["state"]) and os.path.exists(paths["last"])):
-        raise ValueError(f"--resume: no checkpoint to resume from ({files.urls['last']} and {files.urls['state']} "
-                         "are written after each epoch); drop --resume to start a new run")
+        raise ValueError(
+            f"--resume: no checkpoint to resume from ({files.urls['last']} and {files.urls['state']} "
+            "are written after each epoch); drop --resume to start a new run"
+        )
     with open(paths["state"], encoding="utf-8") as fh:
         state = json.load(fh)
     diffs = resume_differences(state, cfg, ds)
     if diffs:
-        raise ValueError(f"--resume: {files.urls['last']} was trained with other settings — {'; '.join(diffs)}; "
-                         "pass the saved run's values, or drop --resume and choose another --save to start a new run")
+        raise ValueError(
+            f"--resume: {files.urls['last']} was trained with other settings — {'; '.join(diffs)}; "
+            "pass the saved run's values, or drop --resume and choose another --save to start a new run"
+        )
     return state
 
 
@@ -367,8 +452,13 @@ def _load_metrics(paths: dict) -> dict:
             return json.load(fh)
     with open(paths["state"], encoding="utf-8") as fh:
         state = json.load(fh)
-    return {"model": paths["model"], "epochs_completed": state["epoch"], "best_epoch": state["best_epoch"],
-            "best_val_miou": state["best_val_miou"], "final": state.get("last_logs", {})}
+    return {
+        "model": paths["model"],
+        "epochs_completed": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_val_miou": state["best_val_miou"],
+        "final": state.get("last_logs", {}),
+    }
 
 
 # --------------------------------------------------------------------------- command line
@@ -378,50 +468,96 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the ``benbeam train`` flags (the seed's --data --epochs --batch --lr --save kept)."""
     d = TrainConfig(data="")
     ap.add_argument("--data", required=True, help="converted dataset: folder or URL holding dataset.json")
-    ap.add_argument("--epochs", type=positive_int, default=d.epochs,
-                    help="total epochs (a resumed run continues up to this) (default: %(default)s)")
+    ap.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=d.epochs,
+        help="total epochs (a resumed run continues up to this) (default: %(default)s)",
+    )
     ap.add_argument("--batch", type=positive_int, default=d.batch, help="batch size (default: %(default)s)")
     ap.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
-    ap.add_argument("--save", default=d.save,
-                    help="model output path (.keras); logs, history and checkpoints go beside it "
-                         "(default: %(default)s)")
-    ap.add_argument("--modalities", default=d.modalities, choices=["s2,s1", "s2", "s1", "s1,s2"],
-                    metavar="{s2,s1 | s2 | s1 | s1,s2}",
-                    help="input channels: s2 = 12 bands, s1 = VV,VH, both = 14 (default: %(default)s)")
+    ap.add_argument(
+        "--save",
+        default=d.save,
+        help="model output path (.keras); logs, history and checkpoints go beside it (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--modalities",
+        default=d.modalities,
+        choices=["s2,s1", "s2", "s1", "s1,s2"],
+        metavar="{s2,s1 | s2 | s1 | s1,s2}",
+        help="input channels: s2 = 12 bands, s1 = VV,VH, both = 14 (default: %(default)s)",
+    )
     ap.add_argument("--augment", action="store_true", help="random flips and 90° rotations of image and labels")
-    ap.add_argument("--steps_per_epoch", type=positive_int, default=None,
-                    help="batches per epoch (the training stream repeats); default: one pass over the data")
-    ap.add_argument("--max_train_patches", type=positive_int, default=None,
-                    help="train on the first N patches only (quick runs)")
-    ap.add_argument("--max_val_patches", type=positive_int, default=None,
-                    help="validate on the first N patches only (quick runs)")
-    ap.add_argument("--width", type=positive_int, default=d.width,
-                    help="filters of the first level, doubled per level; 24 gives ~1.09 M parameters with 14 channels "
-                         "(default: %(default)s)")
-    ap.add_argument("--depth", type=int, default=d.depth, choices=[1, 2, 3],
-                    help="poolings (120 -> 60 -> 30 -> 15) (default: %(default)s)")
-    ap.add_argument("--task", default=d.task, choices=["seg", "both"],
-                    help="seg: per-pixel classes; both: plus a multi-label head (default: %(default)s)")
-    ap.add_argument("--class_weights", nargs="?", const="inv_sqrt", default=None,
-                    choices=["inv_sqrt", "median_freq"],
-                    help="weight the pixel loss by class frequency of the train split (bare flag: inv_sqrt)")
-    ap.add_argument("--resume", action="store_true",
-                    help="continue from <save>.last.keras at the epoch it reached")
+    ap.add_argument(
+        "--steps_per_epoch",
+        type=positive_int,
+        default=None,
+        help="batches per epoch (the training stream repeats); default: one pass over the data",
+    )
+    ap.add_argument(
+        "--max_train_patches", type=positive_int, default=None, help="train on the first N patches only (quick runs)"
+    )
+    ap.add_argument(
+        "--max_val_patches", type=positive_int, default=None, help="validate on the first N patches only (quick runs)"
+    )
+    ap.add_argument(
+        "--width",
+        type=positive_int,
+        default=d.width,
+        help="filters of the first level, doubled per level; 24 gives ~1.09 M parameters with 14 channels "
+        "(default: %(default)s)",
+    )
+    ap.add_argument(
+        "--depth",
+        type=int,
+        default=d.depth,
+        choices=[1, 2, 3],
+        help="poolings (120 -> 60 -> 30 -> 15) (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--task",
+        default=d.task,
+        choices=["seg", "both"],
+        help="seg: per-pixel classes; both: plus a multi-label head (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--class_weights",
+        nargs="?",
+        const="inv_sqrt",
+        default=None,
+        choices=["inv_sqrt", "median_freq"],
+        help="weight the pixel loss by class frequency of the train split (bare flag: inv_sqrt)",
+    )
+    ap.add_argument("--resume", action="store_true", help="continue from <save>.last.keras at the epoch it reached")
     ap.add_argument("--mixed_precision", action="store_true", help="mixed_float16 policy (GPUs)")
-    ap.add_argument("--strategy", default=d.strategy, choices=["default", "mirrored"],
-                    help="mirrored: tf.distribute.MirroredStrategy over all local GPUs")
+    ap.add_argument(
+        "--strategy",
+        default=d.strategy,
+        choices=["default", "mirrored"],
+        help="mirrored: tf.distribute.MirroredStrategy over all local GPUs",
+    )
     ap.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
-    ap.add_argument("--deterministic", action="store_true",
-                    help="bit-reproducible training: TensorFlow's deterministic kernels (somewhat slower; "
-                         "stays on for the rest of the process)")
-    ap.add_argument("--val_split", default=d.val_split,
-                    help="split validated after each epoch (default: %(default)s)")
-    ap.add_argument("--shuffle_buffer", type=int, default=d.shuffle_buffer,
-                    help="records in the shuffle buffer (default: %(default)s)")
+    ap.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="bit-reproducible training: TensorFlow's deterministic kernels (somewhat slower; "
+        "stays on for the rest of the process)",
+    )
+    ap.add_argument("--val_split", default=d.val_split, help="split validated after each epoch (default: %(default)s)")
+    ap.add_argument(
+        "--shuffle_buffer",
+        type=int,
+        default=d.shuffle_buffer,
+        help="records in the shuffle buffer (default: %(default)s)",
+    )
     ap.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
-    ap.add_argument("--export", default=None, metavar="DIR",
-                    help="also write the best model as a TensorFlow SavedModel serving on raw bands "
-                         "(as `benbeam export`)")
+    ap.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help="also write the best model as a TensorFlow SavedModel serving on raw bands (as `benbeam export`)",
+    )
     add_storage_args(ap)
     return ap
 
@@ -450,8 +586,10 @@ def train_main(args: argparse.Namespace) -> int:
         print(f"benbeam train: error: {e}", file=sys.stderr)
         return 1
     best = metrics.get("best_val_miou")
-    print(f"model: {metrics['model']} (epoch {metrics.get('best_epoch')}"
-          + (f", val mIoU {best:.4f})" if best is not None else ")"))
+    print(
+        f"model: {metrics['model']} (epoch {metrics.get('best_epoch')}"
+        + (f", val mIoU {best:.4f})" if best is not None else ")")
+    )
     if getattr(args, "export", None):
         from trainer.export import export_model
 
@@ -461,7 +599,8 @@ def train_main(args: argparse.Namespace) -> int:
 
 def train_cli(argv: list[str] | None = None) -> int:
     """``benbeam train ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(prog="benbeam train", allow_abbrev=False,
-                                 description="Train the U-Net on a converted dataset.")
+    ap = argparse.ArgumentParser(
+        prog="benbeam train", allow_abbrev=False, description="Train the U-Net on a converted dataset."
+    )
     add_train_args(ap)
     return train_main(ap.parse_args(argv))

@@ -39,8 +39,12 @@ def expected_folders(metas, folder: str, splits, frac: float) -> np.ndarray:
     names = set()
     for url in metas:
         table, _ = md.read_table(url)
-        for pid, split, v in zip(table.column("patch_id").to_pylist(), table.column("split").to_pylist(),
-                                 table.column(column).to_pylist(), strict=True):
+        for pid, split, v in zip(
+            table.column("patch_id").to_pylist(),
+            table.column("split").to_pylist(),
+            table.column(column).to_pylist(),
+            strict=True,
+        ):
             if isinstance(v, str) and md.selected_split(pid, split, splits, frac) is not None:
                 names.add(v.encode())
     return np.array(sorted(names), dtype=bytes) if names else np.array([], dtype="S1")
@@ -74,15 +78,17 @@ def inventory(url: str, folder: str, expected: np.ndarray) -> tuple[dict[str, di
     full = (1 << len(keys)) - 1
     lacking = {}
     for i in np.flatnonzero((found != full) | (empty != 0)):
-        lacking[expected[i].decode()] = {"missing": [k for b, k in enumerate(keys) if not found[i] >> b & 1],
-                                         "empty": [k for b, k in enumerate(keys) if empty[i] >> b & 1]}
+        lacking[expected[i].decode()] = {
+            "missing": [k for b, k in enumerate(keys) if not found[i] >> b & 1],
+            "empty": [k for b, k in enumerate(keys) if empty[i] >> b & 1],
+        }
     return lacking, members
 
 
 def check_archived(rec: dict, lacking: dict) -> list:
     """The missing / empty objects of a record according to the archives' inventories
     (``{(folder, patch folder): {"missing", "empty"}}``): PatchErrors worded as for files."""
-    from schemas import failures as F
+    from schemas import failures
     from transforms import metadata as md
 
     urls = md.record_urls(rec)
@@ -95,7 +101,9 @@ def check_archived(rec: dict, lacking: dict) -> list:
     errs = []
     for key in OBJECT_KEYS:
         if gaps.get(key) == "missing":
-            errs.append(F.PatchError(F.FETCH, "missing_object", f"{key} object {urls[key]} does not exist"))
+            errs.append(
+                failures.PatchError(failures.FETCH, "missing_object", f"{key} object {urls[key]} does not exist")
+            )
         elif gaps.get(key) == "empty":
-            errs.append(F.PatchError(F.FETCH, "empty_object", f"{key} object {urls[key]} is 0 bytes"))
+            errs.append(failures.PatchError(failures.FETCH, "empty_object", f"{key} object {urls[key]} is 0 bytes"))
     return errs

@@ -59,7 +59,7 @@ def decode_records(blob: bytes, source: str = "pack") -> Iterator[tuple[str, byt
         end = start + n + size
         if end > len(blob):
             raise ValueError(f"pack {source} is damaged at byte {pos}: a record is cut off")
-        yield bytes(view[start:start + n]).decode(), bytes(view[start + n:end])
+        yield bytes(view[start : start + n]).decode(), bytes(view[start + n : end])
         pos = end
 
 
@@ -119,10 +119,18 @@ class PackWriter:
         """Write every buffer out, then this attempt's commit marker; returns a summary."""
         for home in list(self._bufs):
             self._flush(home)
-        summary = {"archive": self.tag, "attempt": self.attempt, "records": self.records, "bytes": self.bytes,
-                   "shards": len(self._parts), "writes": self.files_written}
-        storage.write_bytes_atomic(storage.join(self.pack_dir, COMMITS, f"{self.tag}.json"),
-                                   (json.dumps(summary, sort_keys=True) + "\n").encode())
+        summary = {
+            "archive": self.tag,
+            "attempt": self.attempt,
+            "records": self.records,
+            "bytes": self.bytes,
+            "shards": len(self._parts),
+            "writes": self.files_written,
+        }
+        storage.write_bytes_atomic(
+            storage.join(self.pack_dir, COMMITS, f"{self.tag}.json"),
+            (json.dumps(summary, sort_keys=True) + "\n").encode(),
+        )
         return summary
 
 
@@ -277,5 +285,6 @@ def remove_packs(pack_dir: str) -> None:
         else:
             shutil.rmtree(pack_dir, ignore_errors=True)
     except Exception as e:  # noqa: BLE001 - the dataset is complete (or the run failed already)
-        logging.getLogger("benbeam").warning("could not remove the archive packs %s (%s: %s); delete them by hand",
-                                             pack_dir, type(e).__name__, e)
+        logging.getLogger("benbeam").warning(
+            "could not remove the archive packs %s (%s: %s); delete them by hand", pack_dir, type(e).__name__, e
+        )

@@ -48,9 +48,19 @@ class SplitArchiveFn(beam.DoFn):
         Metrics.counter(NAMESPACE, "archive_members_read").inc(summary["members"])
         Metrics.counter(NAMESPACE, "archive_members_unrouted").inc(summary["unrouted"])
         Metrics.counter(NAMESPACE, "archive_bytes_packed").inc(summary["bytes"])
-        LOG.info("archive %s: %d members (%d not used by the plan), %.1f MB packed for %d shards in %.1f s "
-                 "(process %d, from %.3f to %.3f)", url, summary["members"], summary["unrouted"],
-                 summary["bytes"] / 1e6, summary["shards"], dt, os.getpid(), started, started + dt)
+        LOG.info(
+            "archive %s: %d members (%d not used by the plan), %.1f MB packed for %d shards in %.1f s "
+            "(process %d, from %.3f to %.3f)",
+            url,
+            summary["members"],
+            summary["unrouted"],
+            summary["bytes"] / 1e6,
+            summary["shards"],
+            dt,
+            os.getpid(),
+            started,
+            started + dt,
+        )
         summary["seconds"] = round(dt, 3)
         yield summary
 
@@ -69,11 +79,12 @@ class SplitArchives(beam.PTransform):
 
     def expand(self, pbegin):
         """One archive per worker, each split into the packs."""
-        return (pbegin
-                | "Archives" >> beam.Create(sorted(archives.archive_urls(self.location).items()))
-                | "OnePerWorker" >> beam.Reshuffle()
-                | "Split" >> beam.ParDo(SplitArchiveFn(self.plan, self.pack_dir, self.storage_options,
-                                                       self.buffer_bytes)))
+        return (
+            pbegin
+            | "Archives" >> beam.Create(sorted(archives.archive_urls(self.location).items()))
+            | "OnePerWorker" >> beam.Reshuffle()
+            | "Split" >> beam.ParDo(SplitArchiveFn(self.plan, self.pack_dir, self.storage_options, self.buffer_bytes))
+        )
 
 
 class InventoryFn(beam.DoFn):
@@ -97,8 +108,14 @@ class InventoryFn(beam.DoFn):
         t0 = time.perf_counter()
         lacking, members = archive_inventory.inventory(url, folder, expected)
         Metrics.counter(NAMESPACE, "archive_members_listed").inc(members)
-        LOG.info("archive %s: %d members listed in %.1f s; %d of %d expected folders incomplete", url, members,
-                 time.perf_counter() - t0, len(lacking), len(expected))
+        LOG.info(
+            "archive %s: %d members listed in %.1f s; %d of %d expected folders incomplete",
+            url,
+            members,
+            time.perf_counter() - t0,
+            len(lacking),
+            len(expected),
+        )
         for name, what in sorted(lacking.items()):
             yield (folder, name), what
 
@@ -116,7 +133,9 @@ class ArchiveInventory(beam.PTransform):
 
     def expand(self, pbegin):
         """One archive per worker, each listed against the metadata."""
-        return (pbegin
-                | "Archives" >> beam.Create(sorted(archives.archive_urls(self.location).items()))
-                | "OnePerWorker" >> beam.Reshuffle()
-                | "List" >> beam.ParDo(InventoryFn(self.metas, self.splits, self.frac, self.storage_options)))
+        return (
+            pbegin
+            | "Archives" >> beam.Create(sorted(archives.archive_urls(self.location).items()))
+            | "OnePerWorker" >> beam.Reshuffle()
+            | "List" >> beam.ParDo(InventoryFn(self.metas, self.splits, self.frac, self.storage_options))
+        )

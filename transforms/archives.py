@@ -51,8 +51,10 @@ def check_archives(location: str) -> dict[str, str]:
     urls = archive_urls(location)
     absent = [u for u in urls.values() if not storage.exists(u)]
     if absent:
-        raise ValueError(f"archive(s) not found: {', '.join(absent)}; --archives names the folder or bucket prefix "
-                         f"holding {', '.join(n for _, n in ARCHIVES)}")
+        raise ValueError(
+            f"archive(s) not found: {', '.join(absent)}; --archives names the folder or bucket prefix "
+            f"holding {', '.join(n for _, n in ARCHIVES)}"
+        )
     return urls
 
 
@@ -92,9 +94,11 @@ class _ZstdStream(io.RawIOBase):
             if not chunk:
                 self._eof = True
                 if self._frame_open:
-                    raise ArchiveError(f"archive {self.name} is truncated: it ends inside a zstd frame at byte "
-                                       f"{self.compressed_pos} of the compressed file (tar stream offset "
-                                       f"{self._pos}); download it again and compare its checksum")
+                    raise ArchiveError(
+                        f"archive {self.name} is truncated: it ends inside a zstd frame at byte "
+                        f"{self.compressed_pos} of the compressed file (tar stream offset "
+                        f"{self._pos}); download it again and compare its checksum"
+                    )
                 return False
             self._feed(chunk)
         return True
@@ -104,8 +108,10 @@ class _ZstdStream(io.RawIOBase):
             try:
                 out = self._dobj.decompress(chunk)
             except self._zstd.ZstdError as e:
-                raise ArchiveError(f"archive {self.name} is corrupt near byte {self.compressed_pos} of the compressed "
-                                   f"file (tar stream offset {self._pos}): zstd: {e}; download it again") from None
+                raise ArchiveError(
+                    f"archive {self.name} is corrupt near byte {self.compressed_pos} of the compressed "
+                    f"file (tar stream offset {self._pos}): zstd: {e}; download it again"
+                ) from None
             self._frame_open = True
             if out:
                 self._buf = self._buf + out if self._buf else out
@@ -128,7 +134,7 @@ class _ZstdStream(io.RawIOBase):
                 if not self._fill():
                     break
             end = len(self._buf) if want is None else min(len(self._buf), self._off + want)
-            parts.append(self._buf[self._off:end])  # copies only what is returned
+            parts.append(self._buf[self._off : end])  # copies only what is returned
             if want is not None:
                 want -= end - self._off
             self._off = end
@@ -177,7 +183,7 @@ def _where(z: _ZstdStream, tar_offset: int) -> str:
 
 def _members(z: _ZstdStream, url: str, read_data: bool) -> Iterator[Member]:
     try:
-        tf = tarfile.open(fileobj=z, mode="r|")  # noqa: SIM115 - the archive file is closed by iter_members
+        tf = tarfile.open(fileobj=z, mode="r|")
     except tarfile.ReadError as e:
         raise ArchiveError(f"archive {url} is not a tar archive {_where(z, 0)}: {e}") from None
     info = tf.firstmember
@@ -191,8 +197,10 @@ def _members(z: _ZstdStream, url: str, read_data: bool) -> Iterator[Member]:
             if read_data:
                 data = stream.read(info.size)
                 if len(data) != info.size:
-                    raise ArchiveError(f"archive {url} is truncated {_where(z, info.offset_data + len(data))}: member "
-                                       f"{info.name} has {len(data)} of its {info.size} bytes; download it again")
+                    raise ArchiveError(
+                        f"archive {url} is truncated {_where(z, info.offset_data + len(data))}: member "
+                        f"{info.name} has {len(data)} of its {info.size} bytes; download it again"
+                    )
                 yield Member(name, info.size, data)
             else:
                 yield Member(name, info.size, None)
@@ -204,21 +212,27 @@ def _members(z: _ZstdStream, url: str, read_data: bool) -> Iterator[Member]:
             # End of archive: a zero block, then (GNU and POSIX) a second one and zero padding.
             rest = stream.read(tarfile.BLOCKSIZE)
             if len(rest) < tarfile.BLOCKSIZE or rest.count(0) != len(rest):
-                raise ArchiveError(f"archive {url} is truncated or corrupt {_where(z, header_at)}: the end-of-archive "
-                                   "marker is incomplete; download it again") from None
+                raise ArchiveError(
+                    f"archive {url} is truncated or corrupt {_where(z, header_at)}: the end-of-archive "
+                    "marker is incomplete; download it again"
+                ) from None
             while True:
                 tail = stream.read(READ_CHUNK)
                 if not tail:
                     return
                 if tail.count(0) != len(tail):
-                    raise ArchiveError(f"archive {url} is corrupt {_where(z, header_at)}: data after the "
-                                       "end-of-archive marker") from None
+                    raise ArchiveError(
+                        f"archive {url} is corrupt {_where(z, header_at)}: data after the end-of-archive marker"
+                    ) from None
         except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
-            raise ArchiveError(f"archive {url} is truncated {_where(z, header_at)}: it ends where a member header "
-                               "or the end-of-archive marker should be; download it again") from None
+            raise ArchiveError(
+                f"archive {url} is truncated {_where(z, header_at)}: it ends where a member header "
+                "or the end-of-archive marker should be; download it again"
+            ) from None
         except tarfile.HeaderError as e:  # a bad checksum, or a cut-off GNU/pax extended header
-            raise ArchiveError(f"archive {url} is truncated or corrupt {_where(z, header_at)}: {e}; download it "
-                               "again") from None
+            raise ArchiveError(
+                f"archive {url} is truncated or corrupt {_where(z, header_at)}: {e}; download it again"
+            ) from None
 
 
 # --------------------------------------------------------------------------- routing
@@ -266,8 +280,7 @@ class Router:
         return sorted(set(self.targets[lo:hi].tolist()))
 
 
-def split_archive(url: str, folder: str, router: Router, pack_dir: str,
-                  buffer_bytes: int = PACK_BUFFER_BYTES) -> dict:
+def split_archive(url: str, folder: str, router: Router, pack_dir: str, buffer_bytes: int = PACK_BUFFER_BYTES) -> dict:
     """Stream one archive into per-shard packs; returns counts (members, routed, unrouted)."""
     writer = PackWriter(pack_dir, folder, buffer_bytes)
     members = unrouted = 0
@@ -288,5 +301,3 @@ def split_archive(url: str, folder: str, router: Router, pack_dir: str,
     summary = writer.commit()
     summary.update(members=members, unrouted=unrouted, url=url)
     return summary
-
-

@@ -18,24 +18,28 @@ def add_storage_args(parser, s3_endpoint: bool = True) -> None:
     if s3_endpoint:
         add_s3_endpoint(g)
     g.add_argument("--anon", action="store_true", help="anonymous access to public buckets")
-    g.add_argument("--gcs_endpoint_url", default=None,
-                   help="GCS endpoint (defaults to $STORAGE_EMULATOR_HOST when set)")
+    g.add_argument(
+        "--gcs_endpoint_url", default=None, help="GCS endpoint (defaults to $STORAGE_EMULATOR_HOST when set)"
+    )
 
 
 def add_s3_endpoint(parser) -> None:
     """The ``--s3_endpoint_url`` flag (default: ``$AWS_ENDPOINT_URL_S3`` or ``$AWS_ENDPOINT_URL``)."""
     default = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    parser.add_argument("--s3_endpoint_url", default=default,
-                        help="S3-compatible endpoint (MinIO, SeaweedFS, Ceph); credentials come from the "
-                             "standard AWS chain")
+    parser.add_argument(
+        "--s3_endpoint_url",
+        default=default,
+        help="S3-compatible endpoint (MinIO, SeaweedFS, Ceph); credentials come from the standard AWS chain",
+    )
 
 
 def configure_storage(args: argparse.Namespace) -> dict:
     """Apply the parsed storage flags to ``transforms.storage``; returns the options set."""
     from transforms import storage
 
-    return storage.configure(getattr(args, "s3_endpoint_url", None), getattr(args, "anon", False),
-                             getattr(args, "gcs_endpoint_url", None))
+    return storage.configure(
+        getattr(args, "s3_endpoint_url", None), getattr(args, "anon", False), getattr(args, "gcs_endpoint_url", None)
+    )
 
 
 def positive_int(s: str) -> int:
@@ -65,8 +69,11 @@ def unknown_pipeline_args(args: list[str]) -> list[str]:
     # A runner named by its module path (e.g. apache_beam.runners.dask.dask_runner.DaskRunner)
     # registers its own options class when imported.
     for i, a in enumerate(args):
-        name = a.split("=", 1)[1] if a.startswith("--runner=") else (
-            args[i + 1] if a == "--runner" and i + 1 < len(args) else None)
+        name = (
+            a.split("=", 1)[1]
+            if a.startswith("--runner=")
+            else (args[i + 1] if a == "--runner" and i + 1 < len(args) else None)
+        )
         if name and "." in name:
             try:
                 importlib.import_module(name.rsplit(".", 1)[0])

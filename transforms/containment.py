@@ -22,14 +22,16 @@ import stat
 
 import numpy as np
 
-from schemas import failures as F
+from schemas import failures
 from schemas.bands import ALL_BANDS, PATCH_SIZE, REFERENCE_MAP_DTYPE
 
 # The largest reBEN object is a 120×120 float32 S1 band (57,600 bytes of pixels). A GeoTIFF
 # written another way (tiled with 512×512 tiles, uncompressed, with overviews) may need many
 # times that; anything above this cap is not a patch's layer and is never read whole.
-LARGEST_RASTER_BYTES = max([b.native_size ** 2 * np.dtype(b.dtype).itemsize for b in ALL_BANDS]
-                           + [PATCH_SIZE ** 2 * np.dtype(REFERENCE_MAP_DTYPE).itemsize])
+LARGEST_RASTER_BYTES = max(
+    [b.native_size**2 * np.dtype(b.dtype).itemsize for b in ALL_BANDS]
+    + [PATCH_SIZE**2 * np.dtype(REFERENCE_MAP_DTYPE).itemsize]
+)
 MAX_OBJECT_BYTES = 16 * LARGEST_RASTER_BYTES + (1 << 20)  # 16 tiles' worth of pixels + 1 MiB of tags
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
@@ -48,8 +50,8 @@ def _segments(url: str) -> list[str]:
     return rest.replace("\\", "/").split("/")
 
 
-def _refuse(reason: str, detail: str) -> F.PatchError:
-    return F.PatchError(F.FETCH, reason, detail)
+def _refuse(reason: str, detail: str) -> failures.PatchError:
+    return failures.PatchError(failures.FETCH, reason, detail)
 
 
 def check_url(url: str, root: str | None, what: str = "object") -> str:
@@ -62,12 +64,18 @@ def check_url(url: str, root: str | None, what: str = "object") -> str:
     want = scheme(root) if root is not None else got
     if got not in ((LOCAL,) + REMOTE_SCHEMES) or got != want:
         shown = f"scheme {got}://" if got else "a local path"
-        raise _refuse("unsupported_scheme", f"{what} {url[:200]} uses {shown}, but the dataset root "
-                      f"{root} is {'a local folder' if want == LOCAL else want + '://'}; objects are read only "
-                      "from under the dataset root")
+        raise _refuse(
+            "unsupported_scheme",
+            f"{what} {url[:200]} uses {shown}, but the dataset root "
+            f"{root} is {'a local folder' if want == LOCAL else want + '://'}; objects are read only "
+            "from under the dataset root",
+        )
     if any(s in ("..", ".") for s in _segments(url)):
-        raise _refuse("path_traversal", f"{what} {url[:200]} holds a '..' or '.' segment; object paths must "
-                      "name files under the dataset root directly")
+        raise _refuse(
+            "path_traversal",
+            f"{what} {url[:200]} holds a '..' or '.' segment; object paths must "
+            "name files under the dataset root directly",
+        )
     if root is None:
         return url if got != LOCAL else os.path.realpath(url)
     if got != LOCAL:
@@ -79,8 +87,11 @@ def check_url(url: str, root: str | None, what: str = "object") -> str:
     real = os.path.realpath(url)
     if os.path.commonpath([real_root, real]) != real_root:
         how = "" if os.path.abspath(url) == real else f" (it resolves to {real} through a symlink)"
-        raise _refuse("outside_root", f"{what} {url[:200]} lies outside the dataset root {root}{how}; pass the "
-                      "--root that holds the data, or fix the paths of the index")
+        raise _refuse(
+            "outside_root",
+            f"{what} {url[:200]} lies outside the dataset root {root}{how}; pass the "
+            "--root that holds the data, or fix the paths of the index",
+        )
     return real
 
 
@@ -92,11 +103,15 @@ def read_local(url: str, root: str | None, what: str = "object", max_bytes: int 
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _refuse("not_a_file", f"{what} {url[:200]} is a {_kind(st.st_mode)}, not a regular file; "
-                          "it was not read")
+            raise _refuse(
+                "not_a_file", f"{what} {url[:200]} is a {_kind(st.st_mode)}, not a regular file; it was not read"
+            )
         if st.st_size > max_bytes:
-            raise _refuse("object_too_large", f"{what} {url[:200]} is {st.st_size:,} bytes; no reBEN object "
-                          f"exceeds {max_bytes:,} bytes, so it was not read")
+            raise _refuse(
+                "object_too_large",
+                f"{what} {url[:200]} is {st.st_size:,} bytes; no reBEN object "
+                f"exceeds {max_bytes:,} bytes, so it was not read",
+            )
         chunks, left = [], max_bytes + 1
         while left > 0:  # bounded even if the file grows while it is read
             b = os.read(fd, min(left, 1 << 20))
@@ -115,15 +130,22 @@ def read_local(url: str, root: str | None, what: str = "object", max_bytes: int 
 def check_size(url: str, data: bytes, what: str = "object", max_bytes: int = MAX_OBJECT_BYTES) -> bytes:
     """``data`` if at most ``max_bytes`` (a remote read capped at ``max_bytes + 1``), else PatchError."""
     if len(data) > max_bytes:
-        raise _refuse("object_too_large", f"{what} {url[:200]} is larger than {max_bytes:,} bytes; no reBEN "
-                      "object is, so it was not used")
+        raise _refuse(
+            "object_too_large",
+            f"{what} {url[:200]} is larger than {max_bytes:,} bytes; no reBEN object is, so it was not used",
+        )
     return data
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO (named pipe)"),
-                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                       (stat.S_ISSOCK, "socket"), (stat.S_ISLNK, "symlink")):
+    for test, name in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISLNK, "symlink"),
+    ):
         if test(mode):
             return name
     return "special file"
@@ -135,8 +157,10 @@ def check_relative(rel: str, base: str, what: str = "file") -> str:
     rel = str(rel)
     parts = rel.replace("\\", "/").split("/")
     if "://" in rel or rel.startswith(("/", "\\")) or any(s in ("..", ".", "") for s in parts):
-        raise ValueError(f"{what} path {rel[:200]!r} is not a plain relative path inside {base}; the manifest "
-                         "was not written by benbeam or was altered")
+        raise ValueError(
+            f"{what} path {rel[:200]!r} is not a plain relative path inside {base}; the manifest "
+            "was not written by benbeam or was altered"
+        )
     full = (base.rstrip("/") + "/" + rel) if scheme(base) != LOCAL else os.path.join(base, rel)
     if scheme(base) == LOCAL:
         real_base, real = os.path.realpath(base), os.path.realpath(full)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas import failures as F
+from schemas import failures
 
 # No reBEN object is larger than 120×120; a header declaring more than this is corrupt or
 # hostile, and is refused before any decoder allocates for it (a mutated width field must
@@ -57,26 +57,54 @@ def _geokeys(values) -> dict[int, int]:
     keys = {}
     n = v[3] if len(v) >= 4 else 0
     for i in range(n):
-        k, loc, _cnt, val = v[4 + 4 * i: 8 + 4 * i]
+        k, loc, _cnt, val = v[4 + 4 * i : 8 + 4 * i]
         if loc == 0:
             keys[k] = val
     return keys
 
 
-_DTYPES = {(1, 8): "u1", (1, 16): "u2", (1, 32): "u4", (2, 8): "i1", (2, 16): "i2", (2, 32): "i4",
-           (3, 32): "f4", (3, 64): "f8"}
+_DTYPES = {
+    (1, 8): "u1",
+    (1, 16): "u2",
+    (1, 32): "u4",
+    (2, 8): "i1",
+    (2, 16): "i2",
+    (2, 32): "i4",
+    (3, 32): "f4",
+    (3, 64): "f8",
+}
 _TYPE_FMT = {1: ("B", 1), 2: ("s", 1), 3: ("H", 2), 4: ("I", 4), 11: ("f", 4), 12: ("d", 8), 16: ("Q", 8)}
-_NEEDED = {256, 257, 258, 259, 273, 277, 278, 279, 284, 317, 339, _TAG_PIXEL_SCALE, _TAG_TIEPOINT,
-           _TAG_GEOKEYS, _TAG_NODATA}
+_NEEDED = {
+    256,
+    257,
+    258,
+    259,
+    273,
+    277,
+    278,
+    279,
+    284,
+    317,
+    339,
+    _TAG_PIXEL_SCALE,
+    _TAG_TIEPOINT,
+    _TAG_GEOKEYS,
+    _TAG_NODATA,
+}
 _UNSUPPORTED = {322, 323, 324, 325, _TAG_TRANSFORMATION}  # tiles, ModelTransformation
-_IFD_DTYPE = {bo: np.dtype([("tag", bo + "u2"), ("type", bo + "u2"), ("count", bo + "u4"), ("value", bo + "u4")])
-              for bo in "<>"}
+_IFD_DTYPE = {
+    bo: np.dtype([("tag", bo + "u2"), ("type", bo + "u2"), ("count", bo + "u4"), ("value", bo + "u4")]) for bo in "<>"
+}
 
 
 def _check_declared(w: int, h: int) -> None:
     if w * h > MAX_PIXELS:
-        raise F.PatchError(F.CHECK, "wrong_size", f"the header declares {w}×{h} pixels, more than any reBEN object "
-                           f"(at most 120×120; refused above {MAX_PIXELS:,} pixels without decoding)")
+        raise failures.PatchError(
+            failures.CHECK,
+            "wrong_size",
+            f"the header declares {w}×{h} pixels, more than any reBEN object "
+            f"(at most 120×120; refused above {MAX_PIXELS:,} pixels without decoding)",
+        )
 
 
 def _strip_tiff(data: bytes) -> Raster:
@@ -90,10 +118,14 @@ def _strip_tiff(data: bytes) -> Raster:
     (ifd,) = struct.unpack(bo + "I", data[4:8])
     size = len(data)
     if ifd + 2 > size:
-        raise F.PatchError(F.DECODE, "decode_error", "TIFF header points past the end of the file: truncated")
-    (n,) = struct.unpack(bo + "H", data[ifd:ifd + 2])
+        raise failures.PatchError(
+            failures.DECODE, "decode_error", "TIFF header points past the end of the file: truncated"
+        )
+    (n,) = struct.unpack(bo + "H", data[ifd : ifd + 2])
     if ifd + 2 + 12 * n > size:
-        raise F.PatchError(F.DECODE, "decode_error", "TIFF directory runs past the end of the file: truncated")
+        raise failures.PatchError(
+            failures.DECODE, "decode_error", "TIFF directory runs past the end of the file: truncated"
+        )
     # the whole directory in one vectorised read: (tag, type, count, value-or-offset)
     entries = np.frombuffer(data, dtype=_IFD_DTYPE[bo], count=n, offset=ifd + 2).tolist()
     tags: dict[int, tuple] = {}
@@ -108,12 +140,14 @@ def _strip_tiff(data: bytes) -> Raster:
         nbytes = width * cnt
         e = ifd + 2 + 12 * k
         if nbytes <= 4:
-            raw = data[e + 8:e + 8 + nbytes]
+            raw = data[e + 8 : e + 8 + nbytes]
         else:
             off = value
             if off + nbytes > size:
-                raise F.PatchError(F.DECODE, "decode_error", f"TIFF tag {tag} runs past the end of the file: truncated")
-            raw = data[off:off + nbytes]
+                raise failures.PatchError(
+                    failures.DECODE, "decode_error", f"TIFF tag {tag} runs past the end of the file: truncated"
+                )
+            raw = data[off : off + nbytes]
         tags[tag] = (raw.rstrip(b"\0").decode("latin-1"),) if fmt == "s" else struct.unpack(f"{bo}{cnt}{fmt}", raw)
     get = lambda t, d=None: tags[t][0] if t in tags else d  # noqa: E731
     if get(277, 1) != 1 or get(284, 1) != 1:
@@ -133,21 +167,26 @@ def _strip_tiff(data: bytes) -> Raster:
         raise _Fallback("float predictor")
     need = w * h * dtype.itemsize
     chunks, got = [], 0
-    for off, cnt in zip(tags[273], tags[279]):
+    for off, cnt in zip(tags[273], tags[279], strict=False):
         if off + cnt > size:
-            raise F.PatchError(F.DECODE, "decode_error",
-                               f"TIFF data runs past the end of the file ({off + cnt} > {size} bytes): truncated")
-        chunk = data[off:off + cnt]
+            raise failures.PatchError(
+                failures.DECODE,
+                "decode_error",
+                f"TIFF data runs past the end of the file ({off + cnt} > {size} bytes): truncated",
+            )
+        chunk = data[off : off + cnt]
         if comp != 1:
             try:  # never inflate past what the image can hold (a DEFLATE bomb stops here)
                 chunk = zlib.decompressobj().decompress(chunk, max(need - got, 0) + 1)
             except zlib.error as e:
-                raise F.PatchError(F.DECODE, "decode_error", f"corrupt DEFLATE strip: {e}") from None
+                raise failures.PatchError(failures.DECODE, "decode_error", f"corrupt DEFLATE strip: {e}") from None
         chunks.append(chunk)
         got += len(chunk)
     buf = b"".join(chunks)
     if len(buf) < need:
-        raise F.PatchError(F.DECODE, "decode_error", f"TIFF strips hold {len(buf)} of {need} bytes: truncated")
+        raise failures.PatchError(
+            failures.DECODE, "decode_error", f"TIFF strips hold {len(buf)} of {need} bytes: truncated"
+        )
     arr = np.frombuffer(buf, dtype=dtype, count=w * h).reshape(h, w)
     if pred == 2:
         arr = np.cumsum(arr, axis=1, dtype=dtype)
@@ -183,10 +222,13 @@ def _tifffile(data: bytes) -> Raster:
         if _TAG_TRANSFORMATION in tags or _TAG_PIXEL_SCALE not in tags or _TAG_TIEPOINT not in tags:
             raise _Fallback("no scale/tiepoint georeferencing")
         size = len(data)
-        for off, cnt in zip(page.dataoffsets, page.databytecounts):
+        for off, cnt in zip(page.dataoffsets, page.databytecounts, strict=False):
             if off + cnt > size:
-                raise F.PatchError(F.DECODE, "decode_error",
-                                   f"TIFF data runs past the end of the file ({off + cnt} > {size} bytes): truncated")
+                raise failures.PatchError(
+                    failures.DECODE,
+                    "decode_error",
+                    f"TIFF data runs past the end of the file ({off + cnt} > {size} bytes): truncated",
+                )
         arr = page.asarray()
         sx, sy = tags[_TAG_PIXEL_SCALE].value[:2]
         tp = tags[_TAG_TIEPOINT].value
@@ -212,7 +254,9 @@ def _rasterio(data: bytes) -> Raster:
 
     with rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile(data) as mem, mem.open() as ds:
         if ds.count != 1:
-            raise F.PatchError(F.CHECK, "wrong_size", f"expected a single-band GeoTIFF, found {ds.count} bands")
+            raise failures.PatchError(
+                failures.CHECK, "wrong_size", f"expected a single-band GeoTIFF, found {ds.count} bands"
+            )
         _check_declared(ds.width, ds.height)
         arr = ds.read(1)
         epsg = ds.crs.to_epsg() if ds.crs else None
@@ -223,17 +267,19 @@ def decode_geotiff(data: bytes, name: str = "") -> Raster:
     """Decode a single-band GeoTIFF held in memory; raises PatchError(decode_error)."""
     what = f"{name}: " if name else ""
     if len(data) < 8:
-        raise F.PatchError(F.DECODE, "decode_error", f"{what}{len(data)} bytes is too short to be a TIFF")
+        raise failures.PatchError(failures.DECODE, "decode_error", f"{what}{len(data)} bytes is too short to be a TIFF")
     for path in (_strip_tiff, _tifffile):
         try:
             return path(data)
-        except F.PatchError as e:
-            raise F.PatchError(e.stage, e.reason, what + e.detail) from None
+        except failures.PatchError as e:
+            raise failures.PatchError(e.stage, e.reason, what + e.detail) from None
         except Exception:  # noqa: BLE001 - _Fallback or a parser hiccup: let the next path try
             continue
     try:
         return _rasterio(data)
-    except F.PatchError as e:
-        raise F.PatchError(e.stage, e.reason, what + e.detail) from None
+    except failures.PatchError as e:
+        raise failures.PatchError(e.stage, e.reason, what + e.detail) from None
     except Exception as e:  # noqa: BLE001
-        raise F.PatchError(F.DECODE, "decode_error", f"{what}not a readable GeoTIFF ({type(e).__name__}: {e})") from None
+        raise failures.PatchError(
+            failures.DECODE, "decode_error", f"{what}not a readable GeoTIFF ({type(e).__name__}: {e})"
+        ) from None

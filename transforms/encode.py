@@ -22,7 +22,7 @@ from typing import Iterator
 import google_crc32c
 import numpy as np
 
-from schemas import tfrecord as T
+from schemas import tfrecord
 from transforms import storage
 
 _MASK_DELTA = 0xA282EAD8
@@ -111,25 +111,28 @@ def _check(name: str, arr: np.ndarray, shape, dtypes) -> np.ndarray:
     return arr
 
 
-def encode_example(patch_id: str, s2, s1, label, multi_hot, split: str, country: str,
-                   image_dtype: str = "float32") -> bytes:
+def encode_example(
+    patch_id: str, s2, s1, label, multi_hot, split: str, country: str, image_dtype: str = "float32"
+) -> bytes:
     """Serialised ``tf.train.Example`` of one patch, following ``schemas.tfrecord.features``."""
-    spec = T.feature_by_name(image_dtype)
+    spec = tfrecord.feature_by_name(image_dtype)
     img_dt = np.dtype(image_dtype)
     feats: dict[str, bytes] = {}
-    for name, arr in ((T.S2, s2), (T.S1, s1)):
+    for name, arr in ((tfrecord.S2, s2), (tfrecord.S1, s1)):
         a = _check(name, arr, spec[name].shape, (np.dtype(np.float32), np.dtype(np.float16)))
         if image_dtype == "float32":
             feats[name] = _float_feature(a)
         else:
             feats[name] = _bytes_feature([np.ascontiguousarray(a, dtype=img_dt.newbyteorder("<")).data.cast("B")])
-    lab = _check(T.LABEL, label, spec[T.LABEL].shape, (np.dtype(np.uint8),))
-    feats[T.LABEL] = _bytes_feature([np.ascontiguousarray(lab).data.cast("B")])
+    lab = _check(tfrecord.LABEL, label, spec[tfrecord.LABEL].shape, (np.dtype(np.uint8),))
+    feats[tfrecord.LABEL] = _bytes_feature([np.ascontiguousarray(lab).data.cast("B")])
     mh = np.asarray(multi_hot)
-    if mh.shape != spec[T.MULTI_HOT].shape:
-        raise ValueError(f"feature {T.MULTI_HOT!r} must have shape {spec[T.MULTI_HOT].shape}, got {mh.shape}")
-    feats[T.MULTI_HOT] = _int64_feature(mh)
-    for name, text in ((T.PATCH_ID, patch_id), (T.SPLIT, split), (T.COUNTRY, country)):
+    if mh.shape != spec[tfrecord.MULTI_HOT].shape:
+        raise ValueError(
+            f"feature {tfrecord.MULTI_HOT!r} must have shape {spec[tfrecord.MULTI_HOT].shape}, got {mh.shape}"
+        )
+    feats[tfrecord.MULTI_HOT] = _int64_feature(mh)
+    for name, text in ((tfrecord.PATCH_ID, patch_id), (tfrecord.SPLIT, split), (tfrecord.COUNTRY, country)):
         if not isinstance(text, str):
             raise ValueError(f"feature {name!r} must be a string, got {type(text).__name__}")
         feats[name] = _bytes_feature([text.encode("utf-8")])
@@ -163,16 +166,16 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, object]]:
             n, pos = _read_varint(buf, pos)
             if pos + n > len(buf):
                 raise ValueError("truncated length-delimited field")
-            yield field, wire, buf[pos:pos + n]
+            yield field, wire, buf[pos : pos + n]
             pos += n
         elif wire == 0:
             v, pos = _read_varint(buf, pos)
             yield field, wire, v
         elif wire == 5:
-            yield field, wire, buf[pos:pos + 4]
+            yield field, wire, buf[pos : pos + 4]
             pos += 4
         elif wire == 1:
-            yield field, wire, buf[pos:pos + 8]
+            yield field, wire, buf[pos : pos + 8]
             pos += 8
         else:
             raise ValueError(f"unsupported wire type {wire}")
@@ -220,7 +223,7 @@ def decode_example(data: bytes, image_dtype: str = "float32") -> dict:
     """Decode one of our examples into numpy arrays / str, shaped per ``schemas.tfrecord``."""
     raw = parse_features(data)
     out: dict = {}
-    for f in T.features(image_dtype):
+    for f in tfrecord.features(image_dtype):
         if f.name not in raw:
             raise ValueError(f"example lacks feature {f.name!r}")
         kind, val = raw[f.name]
@@ -290,9 +293,9 @@ class ShardWriter:
     """Write a TFRecord file that only ever appears complete under its final name.
 
     Local: records go to ``.tmp-<name>-<uuid>`` beside the target, renamed on ``close``
-    (no per-shard fsync: ``convert`` flushes once before writing its manifest). Remote (s3://, gs://): a local temp file is uploaded once on
-    ``close`` (a single PUT is atomic). ``gzip`` output is deterministic (mtime 0, no
-    name). On an exception inside ``with``, the temp file is removed and nothing appears.
+    (no per-shard fsync: ``convert`` flushes once before writing its manifest). Remote (s3://, gs://):
+    a local temp file is uploaded once on ``close`` (a single PUT is atomic). ``gzip`` output is
+    deterministic (mtime 0, no name). On an exception inside ``with``, the temp file is removed and nothing appears.
     """
 
     def __init__(self, url: str, compression: str = "none"):

@@ -70,8 +70,9 @@ class _BotocoreCredentials:
 
         self._creds = botocore.session.get_session().get_credentials()
         if self._creds is None:
-            raise PermissionError("no AWS credentials found (environment, ~/.aws, SSO or instance role); "
-                                  "pass --anon for a public bucket")
+            raise PermissionError(
+                "no AWS credentials found (environment, ~/.aws, SSO or instance role); pass --anon for a public bucket"
+            )
 
     def __call__(self):
         import datetime
@@ -80,8 +81,12 @@ class _BotocoreCredentials:
         # obstore caches a credential until it expires: ask again every 5 minutes, so that
         # botocore can refresh temporary credentials well before they lapse.
         expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)
-        return {"access_key_id": f.access_key, "secret_access_key": f.secret_key, "token": f.token,
-                "expires_at": expires}
+        return {
+            "access_key_id": f.access_key,
+            "secret_access_key": f.secret_key,
+            "token": f.token,
+            "expires_at": expires,
+        }
 
 
 def _store(bucket: str):
@@ -95,15 +100,21 @@ def _store(bucket: str):
             kwargs = {"region": _region(endpoint)}
             if endpoint:
                 kwargs.update(endpoint=endpoint, virtual_hosted_style_request=False)
-            client = {"allow_http": bool(endpoint and endpoint.startswith("http://")),
-                      "timeout": f"{storeconfig.READ_TIMEOUT_S}s",
-                      "connect_timeout": f"{storeconfig.CONNECT_TIMEOUT_S}s"}
+            client = {
+                "allow_http": bool(endpoint and endpoint.startswith("http://")),
+                "timeout": f"{storeconfig.READ_TIMEOUT_S}s",
+                "connect_timeout": f"{storeconfig.CONNECT_TIMEOUT_S}s",
+            }
             # obstore's own retries are the only layer (5xx, connection errors, timeouts).
             kwargs["retry_config"] = {
                 "max_retries": storeconfig.RETRY_ATTEMPTS - 1,
-                "backoff": {"init_backoff": timedelta(seconds=storeconfig.RETRY_BASE_S),
-                            "max_backoff": timedelta(seconds=storeconfig.RETRY_CAP_S), "base": 2},
-                "retry_timeout": timedelta(seconds=2 * storeconfig.READ_TIMEOUT_S)}
+                "backoff": {
+                    "init_backoff": timedelta(seconds=storeconfig.RETRY_BASE_S),
+                    "max_backoff": timedelta(seconds=storeconfig.RETRY_CAP_S),
+                    "base": 2,
+                },
+                "retry_timeout": timedelta(seconds=2 * storeconfig.READ_TIMEOUT_S),
+            }
             if anon:
                 st = S3Store(bucket, skip_signature=True, client_options=client, **kwargs)
             else:
@@ -122,21 +133,21 @@ def _pool() -> ThreadPoolExecutor:
 
 def _translate(e: BaseException) -> BaseException:
     """obstore errors as the builtin exceptions the rest of the code classifies."""
-    from obstore import exceptions as X
+    from obstore import exceptions as obstore_errors
 
-    if isinstance(e, X.NotFoundError):
+    if isinstance(e, obstore_errors.NotFoundError):
         return FileNotFoundError(str(e).splitlines()[0] if str(e) else "not found")
-    if isinstance(e, (X.PermissionDeniedError, X.UnauthenticatedError)):
+    if isinstance(e, (obstore_errors.PermissionDeniedError, obstore_errors.UnauthenticatedError)):
         return PermissionError(str(e).splitlines()[0] if str(e) else "access denied")
     return e
 
 
 def _call(fn, url: str, *args):
     """``fn(store, key, *args)`` for an ``s3://`` URL, obstore errors as builtin exceptions."""
-    bucket, _, key = url[len("s3://"):].partition("/")
+    bucket, _, key = url[len("s3://") :].partition("/")
     try:
         return fn(_store(bucket), key, *args)
-    except Exception as e:  # noqa: BLE001 - translated for the caller's classification
+    except Exception as e:
         t = _translate(e)
         if t is e:
             raise
@@ -174,4 +185,4 @@ def get_many(urls: list[str], max_bytes: int | None = None) -> dict[str, bytes |
         except Exception as e:  # noqa: BLE001 - returned to the caller, who dead-letters it
             return e
 
-    return dict(zip(urls, _pool().map(one, urls)))
+    return dict(zip(urls, _pool().map(one, urls), strict=True))

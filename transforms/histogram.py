@@ -74,14 +74,19 @@ class BandStats:
         self.shift = np.array([b.published_mean for b in bands], dtype=np.float64)
         self._inv_width = (1.0 / self.width).astype(np.float32)
         self._lo32 = self.lo.astype(np.float32)
-        self._offsets = (np.arange(self.nb, dtype=np.int32) * bins)
+        self._offsets = np.arange(self.nb, dtype=np.int32) * bins
 
     def create(self) -> BandStatsAccumulator:
         """An empty accumulator."""
         nb, k = self.nb, self.bins
-        return BandStatsAccumulator(counts=np.zeros((nb, k), np.int64), count=np.zeros(nb, np.int64),
-                                    sum=np.zeros(nb), sumsq=np.zeros(nb),
-                                    min=np.full(nb, np.inf), max=np.full(nb, -np.inf))
+        return BandStatsAccumulator(
+            counts=np.zeros((nb, k), np.int64),
+            count=np.zeros(nb, np.int64),
+            sum=np.zeros(nb),
+            sumsq=np.zeros(nb),
+            min=np.full(nb, np.inf),
+            max=np.full(nb, -np.inf),
+        )
 
     def bin_index(self, bands_first: np.ndarray) -> np.ndarray:
         """Flat bin index (band offset included) of every pixel of a (B, N) array."""
@@ -102,8 +107,7 @@ class BandStats:
         xt = np.ascontiguousarray(x.reshape(-1, self.nb).T, dtype=np.float32)
         if xt.shape[1] == 0:
             return acc
-        acc.counts += np.bincount(self.bin_index(xt).ravel(), minlength=self.nb * self.bins).reshape(
-            self.nb, self.bins)
+        acc.counts += np.bincount(self.bin_index(xt).ravel(), minlength=self.nb * self.bins).reshape(self.nb, self.bins)
         d = xt.astype(np.float64)
         d -= self.shift[:, None]
         acc.count += xt.shape[1]
@@ -162,8 +166,9 @@ class BandStats:
         frac = (target - before) / inside if inside else 0.0
         return float(self.lo[b] + (i + min(max(frac, 0.0), 1.0)) * self.width[b])
 
-    def _clipped_moments(self, counts: np.ndarray, b: int, p_lo: float, p_hi: float,
-                         vmin: float, vmax: float) -> tuple[float, float]:
+    def _clipped_moments(
+        self, counts: np.ndarray, b: int, p_lo: float, p_hi: float, vmin: float, vmax: float
+    ) -> tuple[float, float]:
         """Mean and std of the values clipped to [p_lo, p_hi], from the histogram: every
         value counts as its bin centre (within half a bin width), clipped."""
         centres = self.lo[b] + (np.arange(self.bins) + 0.5) * self.width[b]
@@ -218,9 +223,15 @@ def to_npz_bytes(acc: BandStatsAccumulator, stats: BandStats | None = None) -> b
     stats = stats or BandStats()
     sums, sumsqs = stats.totals(acc)
     arrays = {
-        "bands": np.array(stats.names), "counts": acc.counts, "bin_edges": stats.bin_edges(),
-        "count": acc.count, "sum_shifted": sums, "sumsq_shifted": sumsqs, "shift": stats.shift,
-        "min": acc.min, "max": acc.max,
+        "bands": np.array(stats.names),
+        "counts": acc.counts,
+        "bin_edges": stats.bin_edges(),
+        "count": acc.count,
+        "sum_shifted": sums,
+        "sumsq_shifted": sumsqs,
+        "shift": stats.shift,
+        "min": acc.min,
+        "max": acc.max,
     }
     buf = io.BytesIO()
     # np.savez stamps the current time into the zip entries; write them with a fixed date.
@@ -237,5 +248,11 @@ def to_npz_bytes(acc: BandStatsAccumulator, stats: BandStats | None = None) -> b
 def from_npz_bytes(data: bytes) -> BandStatsAccumulator:
     """An (unsealed) accumulator from ``histograms.npz`` content."""
     z = np.load(io.BytesIO(data))
-    return BandStatsAccumulator(counts=z["counts"], count=z["count"], sum=z["sum_shifted"].copy(),
-                                sumsq=z["sumsq_shifted"].copy(), min=z["min"], max=z["max"])
+    return BandStatsAccumulator(
+        counts=z["counts"],
+        count=z["count"],
+        sum=z["sum_shifted"].copy(),
+        sumsq=z["sumsq_shifted"].copy(),
+        min=z["min"],
+        max=z["max"],
+    )

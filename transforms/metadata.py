@@ -14,7 +14,7 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas import failures as F
+from schemas import failures
 from schemas.classes import CLASS_INDEX
 from schemas.manifest import SPLIT_ALIASES, SPLITS
 from schemas.naming import OBJECT_KEYS, PATCH_ID_RE, S1_NAME_RE, object_urls
@@ -63,7 +63,7 @@ def read_table(url: str) -> tuple[pa.Table, str]:
         data = storage.read_bytes(url)
     except FileNotFoundError:
         raise MetadataError(f"metadata file {url} does not exist") from None
-    except Exception as e:  # noqa: BLE001 - turned into a clear message
+    except Exception as e:
         if storage.is_transient(e) or isinstance(e, PermissionError) or type(e).__name__.endswith("CredentialsError"):
             raise  # the store, not the file: an environment failure (the CLI says so, exit 3)
         raise MetadataError(f"cannot read metadata file {url}: {e}") from None
@@ -118,7 +118,7 @@ def table_rows(table: pa.Table, source: int = 0, indices: list[int] | None = Non
     else:
         table = table.take(pa.array(indices, type=pa.int64()))
     rows = table.to_pylist()
-    for i, r in zip(indices, rows):
+    for i, r in zip(indices, rows, strict=True):
         r["_source"] = source
         r["_row"] = i
     return rows
@@ -131,22 +131,30 @@ def check_row(row: dict, root: str | None = None) -> dict:
     and either ``urls`` (the 15 object URLs of the ``url_*`` columns) or ``root`` (the URLs
     follow from it by the reBEN naming rules): ``record_urls`` gives them.
     """
+
     def bad(reason, detail):
-        raise F.PatchError(F.METADATA, reason, detail)
+        raise failures.PatchError(failures.METADATA, reason, detail)
 
     for col in REQUIRED_COLUMNS:
         if row.get(col) is None:
             bad("missing_field", f"column {col!r} is null; every row needs {', '.join(REQUIRED_COLUMNS)}")
     pid, s1, split, labels = row["patch_id"], row["s1_name"], row["split"], row["labels"]
     if not isinstance(pid, str) or not PATCH_ID_RE.match(pid):
-        bad("malformed_patch_id", f"patch_id {str(pid)[:80]!r} does not match the reBEN pattern "
-            "S2[AB]_MSIL2A_<date>T<time>_N9999_R<orbit>_T<tile>_<x>_<y>; fix or drop the row")
+        bad(
+            "malformed_patch_id",
+            f"patch_id {str(pid)[:80]!r} does not match the reBEN pattern "
+            "S2[AB]_MSIL2A_<date>T<time>_N9999_R<orbit>_T<tile>_<x>_<y>; fix or drop the row",
+        )
     if not isinstance(s1, str) or not S1_NAME_RE.match(s1):
-        bad("malformed_s1_name", f"s1_name {str(s1)[:80]!r} does not match the reBEN pattern "
-            "S1[AB]_IW_GRDH_1SDV_<date>T<time>_<tile>_<x>_<y>; fix or drop the row")
+        bad(
+            "malformed_s1_name",
+            f"s1_name {str(s1)[:80]!r} does not match the reBEN pattern "
+            "S1[AB]_IW_GRDH_1SDV_<date>T<time>_<tile>_<x>_<y>; fix or drop the row",
+        )
     if not isinstance(split, str) or split not in SPLITS:
-        hint = (f"; the metadata uses {SPLIT_ALIASES[split]!r}"
-                if isinstance(split, str) and split in SPLIT_ALIASES else "")
+        hint = (
+            f"; the metadata uses {SPLIT_ALIASES[split]!r}" if isinstance(split, str) and split in SPLIT_ALIASES else ""
+        )
         bad("unknown_split", f"split {str(split)[:40]!r} is unknown{hint}; use one of {', '.join(SPLITS)}")
     if isinstance(labels, str) or not hasattr(labels, "__iter__"):
         bad("unknown_label", f"labels must be a list of class names, got {type(labels).__name__}")
@@ -155,8 +163,11 @@ def check_row(row: dict, root: str | None = None) -> dict:
         bad("empty_labels", "the row has no labels; every reBEN patch has 1-11 of the 19 classes")
     unknown = [lab for lab in labels if lab not in CLASS_INDEX]
     if unknown:
-        bad("unknown_label", f"label(s) {', '.join(repr(str(u)[:60]) for u in unknown[:3])} are not among the "
-            "19 classes (schemas.classes.CLASS_NAMES); use the official 19-class names")
+        bad(
+            "unknown_label",
+            f"label(s) {', '.join(repr(str(u)[:60]) for u in unknown[:3])} are not among the "
+            "19 classes (schemas.classes.CLASS_NAMES); use the official 19-class names",
+        )
     # A record carries a reference, not 15 URLs: the root when the URLs follow the reBEN
     # naming (workers derive them), the URLs only when the metadata lists them. Records are
     # buffered between stages, so this is most of their size (3.4 kB -> 0.5 kB).
@@ -169,8 +180,10 @@ def check_row(row: dict, root: str | None = None) -> dict:
         object_urls(root, pid, s1)  # the names parse (checked here, once, not on the worker)
         where["root"] = root
     else:
-        bad("missing_field", "no dataset root given and the row has no url_* columns; pass --root "
-            "or run `benbeam index` first")
+        bad(
+            "missing_field",
+            "no dataset root given and the row has no url_* columns; pass --root or run `benbeam index` first",
+        )
     country = row.get("country")
     return {
         "patch_id": pid,
@@ -198,7 +211,7 @@ def split_counts(tables, splits, frac: float) -> dict[str, int]:
     for table in tables:
         if "patch_id" not in table.column_names or "split" not in table.column_names:
             continue
-        for pid, split in zip(table.column("patch_id").to_pylist(), table.column("split").to_pylist()):
+        for pid, split in zip(table.column("patch_id").to_pylist(), table.column("split").to_pylist(), strict=True):
             s = selected_split(pid, split, splits, frac)
             if s is not None:
                 counts[s] += 1

@@ -49,20 +49,34 @@ class NormParams:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (infinite bounds as None)."""
+
         def lst(a):
             return [float(v) if np.isfinite(v) else None for v in a]
 
-        return {"channels": list(self.channels), "clip": self.clip, "lo": lst(self.lo), "hi": lst(self.hi),
-                "offset": lst(self.offset), "scale": lst(self.scale)}
+        return {
+            "channels": list(self.channels),
+            "clip": self.clip,
+            "lo": lst(self.lo),
+            "hi": lst(self.hi),
+            "offset": lst(self.offset),
+            "scale": lst(self.scale),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "NormParams":
         """The ``NormParams`` of a ``to_dict`` dict."""
+
         def arr(v, fill):
             return np.asarray([fill if x is None else x for x in v], dtype=np.float32)
 
-        return cls(tuple(d["channels"]), arr(d["lo"], -np.inf), arr(d["hi"], np.inf),
-                   arr(d["offset"], 0.0), arr(d["scale"], 1.0), bool(d["clip"]))
+        return cls(
+            tuple(d["channels"]),
+            arr(d["lo"], -np.inf),
+            arr(d["hi"], np.inf),
+            arr(d["offset"], 0.0),
+            arr(d["scale"], 1.0),
+            bool(d["clip"]),
+        )
 
     def select(self, channels) -> "NormParams":
         """The parameters of a channel subset, in the given order."""

@@ -46,8 +46,11 @@ class PatchCache:
 
     def _room(self) -> bool:
         usage = shutil.disk_usage(self.directory)
-        reserve = self.reserve_bytes if self.reserve_bytes is not None else max(
-            RESERVE_BYTES, int(RESERVE_FRACTION * usage.total))
+        reserve = (
+            self.reserve_bytes
+            if self.reserve_bytes is not None
+            else max(RESERVE_BYTES, int(RESERVE_FRACTION * usage.total))
+        )
         return usage.free > reserve
 
     def put(self, patch_id: str, objects: dict[str, bytes]) -> bool:
@@ -92,8 +95,8 @@ class PatchCache:
             return None
         nl = data.index(b"\n", len(_HEADER))
         pos, out = nl + 1, {}
-        for k, n in json.loads(data[len(_HEADER):nl]):
-            out[k] = data[pos:pos + n]
+        for k, n in json.loads(data[len(_HEADER) : nl]):
+            out[k] = data[pos : pos + n]
             pos += n
         return out if pos == len(data) else None
 

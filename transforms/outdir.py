@@ -80,8 +80,10 @@ def check(out: str, command: str) -> None:
     marker = _read_json(storage.join(out, MARKER))
     whose = f" (it holds a run of `{marker.get('command')}`)" if isinstance(marker, dict) else ""
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    raise OutputRefused(f"--out {out} is not empty and was not written by `{command}`{whose}: it holds {shown}; "
-                        "nothing there is deleted or overwritten — choose a new or empty folder")
+    raise OutputRefused(
+        f"--out {out} is not empty and was not written by `{command}`{whose}: it holds {shown}; "
+        "nothing there is deleted or overwritten — choose a new or empty folder"
+    )
 
 
 def mark(out: str, command: str) -> None:
@@ -122,8 +124,12 @@ class Lock:
             except OSError as e:
                 raise OutputRefused(f"output {self.out} is not writable: it cannot be created ({e})") from None
             self.created = True
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-              "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -138,9 +144,11 @@ class Lock:
                     except FileNotFoundError:
                         pass
                     continue
-                raise OutputBusy(f"--out {self.out} is in use by another run (`{holder.get('command', '?')}`, "
-                                 f"pid {pid} on host {host}, since {holder.get('since', '?')}); wait for it to "
-                                 f"finish, or, if that process is gone, remove {self.path}") from None
+                raise OutputBusy(
+                    f"--out {self.out} is in use by another run (`{holder.get('command', '?')}`, "
+                    f"pid {pid} on host {host}, since {holder.get('since', '?')}); wait for it to "
+                    f"finish, or, if that process is gone, remove {self.path}"
+                ) from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             return self

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas import failures as F
+from schemas import failures
 from schemas.bands import BAND_BY_NAME, PATCH_SIZE, S1_NAMES, S2_NAMES
 from schemas.classes import map_reference, unknown_codes
 from schemas.naming import OBJECT_KEYS, REFERENCE_MAP_KEY, parse_patch_id
@@ -41,7 +41,7 @@ class DecodedPatch:
     @property
     def s1(self) -> np.ndarray:
         """float32 (120, 120, 2) view: VV, VH in dB."""
-        return self.pixels[..., len(S2_NAMES):]
+        return self.pixels[..., len(S2_NAMES) :]
 
 
 def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dict[str, bytes]:
@@ -53,17 +53,19 @@ def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dic
     # The root decides how objects are read (a URL of another scheme is refused, never fetched).
     first = root if root is not None else urls[keys[0]]
     out: dict[str, bytes] = {}
-    errors: list[F.PatchError] = []
+    errors: list[failures.PatchError] = []
     if fs is None and not storage.is_remote(first):
         for k in keys:
             try:
                 out[k] = containment.read_local(urls[k], root, what=f"{k} object")
-            except F.PatchError as e:
+            except failures.PatchError as e:
                 errors.append(e)
             except FileNotFoundError:
-                errors.append(F.PatchError(F.FETCH, "missing_object", f"{k} object {urls[k]} does not exist"))
+                errors.append(
+                    failures.PatchError(failures.FETCH, "missing_object", f"{k} object {urls[k]} does not exist")
+                )
             except OSError as e:
-                errors.append(F.PatchError(F.FETCH, "read_error", f"{k} object {urls[k]}: {e}"))
+                errors.append(failures.PatchError(failures.FETCH, "read_error", f"{k} object {urls[k]}: {e}"))
     else:
         from transforms import fastget
 
@@ -72,7 +74,7 @@ def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dic
             try:
                 containment.check_url(urls[k], root, what=f"{k} object")
                 todo.append(k)
-            except F.PatchError as e:
+            except failures.PatchError as e:
                 errors.append(e)
         cap = containment.MAX_OBJECT_BYTES
         first = urls[todo[0]] if todo else first
@@ -87,7 +89,7 @@ def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dic
                 got = fs.cat([urls[k] for k in todo], on_error="return", start=0, end=cap + 1)
             except Exception as e:  # noqa: BLE001 - the bulk call itself failed: fetch one by one below
                 if not storage.is_transient(e):
-                    raise F.PatchError(F.FETCH, "read_error", f"{type(e).__name__}: {e}") from None
+                    raise failures.PatchError(failures.FETCH, "read_error", f"{type(e).__name__}: {e}") from None
                 got = {}
         for k in todo:
             v = got.get(urls[k])
@@ -99,52 +101,80 @@ def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dic
                 except Exception as e:  # noqa: BLE001 - reported as a dead letter below
                     v = e
             if isinstance(v, FileNotFoundError):
-                errors.append(F.PatchError(F.FETCH, "missing_object", f"{k} object {urls[k]} does not exist"))
+                errors.append(
+                    failures.PatchError(failures.FETCH, "missing_object", f"{k} object {urls[k]} does not exist")
+                )
             elif isinstance(v, PermissionError):
-                errors.append(F.PatchError(F.FETCH, "access_denied", f"{k} object {urls[k]}: {v} (check the "
-                                           "credentials and the bucket's permissions)"))
+                errors.append(
+                    failures.PatchError(
+                        failures.FETCH,
+                        "access_denied",
+                        f"{k} object {urls[k]}: {v} (check the credentials and the bucket's permissions)",
+                    )
+                )
             elif isinstance(v, OverflowError):
-                errors.append(F.PatchError(F.FETCH, "object_too_large", f"{k} object: {v}; it was not read"))
+                errors.append(
+                    failures.PatchError(failures.FETCH, "object_too_large", f"{k} object: {v}; it was not read")
+                )
             elif isinstance(v, BaseException):
-                errors.append(F.PatchError(F.FETCH, "read_error", f"{k} object {urls[k]}: {type(v).__name__}: {v}"))
+                errors.append(
+                    failures.PatchError(failures.FETCH, "read_error", f"{k} object {urls[k]}: {type(v).__name__}: {v}")
+                )
             else:
                 try:
                     out[k] = containment.check_size(urls[k], v, what=f"{k} object")
-                except F.PatchError as e:
+                except failures.PatchError as e:
                     errors.append(e)
     for k in keys:
         if k in out and len(out[k]) == 0:
-            errors.append(F.PatchError(F.FETCH, "empty_object", f"{k} object {urls[k]} is 0 bytes"))
+            errors.append(failures.PatchError(failures.FETCH, "empty_object", f"{k} object {urls[k]} is 0 bytes"))
     if errors:
         # In object order, empty objects last: the first reason is what it was when fetching stopped there.
         order = {k: i for i, k in enumerate(keys)}
-        errors.sort(key=lambda e: (e.reason == "empty_object",
-                                   next((order[k] for k in keys if e.detail.startswith(k + " ")), len(keys))))
-        raise F.combine(errors)
+        errors.sort(
+            key=lambda e: (
+                e.reason == "empty_object",
+                next((order[k] for k in keys if e.detail.startswith(k + " ")), len(keys)),
+            )
+        )
+        raise failures.combine(errors)
     return out
 
 
-def _check_raster(key: str, r: Raster, expect_size: int, expect_dtype: str, res: float, epsg: int,
-                  origin: tuple[float, float] | None) -> None:
+def _check_raster(
+    key: str, r: Raster, expect_size: int, expect_dtype: str, res: float, epsg: int, origin: tuple[float, float] | None
+) -> None:
     if r.array.ndim != 2:
-        raise F.PatchError(F.CHECK, "wrong_size", f"{key} decoded to an array of shape {r.array.shape}; "
-                           f"expected one {expect_size}×{expect_size} band")
+        raise failures.PatchError(
+            failures.CHECK,
+            "wrong_size",
+            f"{key} decoded to an array of shape {r.array.shape}; expected one {expect_size}×{expect_size} band",
+        )
     h, w = r.array.shape
     if (h, w) != (expect_size, expect_size):
-        raise F.PatchError(F.CHECK, "wrong_size",
-                           f"{key} is {w}×{h} pixels; a {res:g} m band of a 1,200 m patch is {expect_size}×{expect_size}")
+        raise failures.PatchError(
+            failures.CHECK,
+            "wrong_size",
+            f"{key} is {w}×{h} pixels; a {res:g} m band of a 1,200 m patch is {expect_size}×{expect_size}",
+        )
     if r.array.dtype != np.dtype(expect_dtype):
-        raise F.PatchError(F.CHECK, "wrong_dtype", f"{key} is {r.array.dtype}; expected {expect_dtype}")
+        raise failures.PatchError(failures.CHECK, "wrong_dtype", f"{key} is {r.array.dtype}; expected {expect_dtype}")
     if r.epsg != epsg:
-        raise F.PatchError(F.CHECK, "crs_mismatch",
-                           f"{key} has CRS EPSG:{r.epsg}; the patch's tile is in UTM zone EPSG:{epsg}")
+        raise failures.PatchError(
+            failures.CHECK, "crs_mismatch", f"{key} has CRS EPSG:{r.epsg}; the patch's tile is in UTM zone EPSG:{epsg}"
+        )
     x0, px, _, y0, _, py = r.transform
     if abs(px - res) > 1e-6 or abs(-py - res) > 1e-6:
-        raise F.PatchError(F.CHECK, "grid_mismatch", f"{key} has pixel size {px:g}×{-py:g} m; expected {res:g} m")
+        raise failures.PatchError(
+            failures.CHECK, "grid_mismatch", f"{key} has pixel size {px:g}×{-py:g} m; expected {res:g} m"
+        )
     if origin is not None and (abs(x0 - origin[0]) > 1e-3 or abs(y0 - origin[1]) > 1e-3):
-        raise F.PatchError(F.CHECK, "grid_mismatch",
-                           f"{key} origin ({x0:.2f}, {y0:.2f}) differs from B02's ({origin[0]:.2f}, {origin[1]:.2f}): "
-                           "layers are not on the same grid")
+        raise failures.PatchError(
+            failures.CHECK,
+            "grid_mismatch",
+            f"{key} origin ({x0:.2f}, {y0:.2f}) differs from B02's ({origin[0]:.2f}, {origin[1]:.2f}): "
+            "layers are not on the same grid",
+        )
 
 
 DEFAULT_DECODE_TIMEOUT = 30.0  # seconds per object; reBEN objects decode in well under 1 ms
@@ -202,8 +232,12 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
-def decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str = "bilinear",
-                 timeout: float | None = DEFAULT_DECODE_TIMEOUT) -> DecodedPatch:
+def decode_patch(
+    patch_id: str,
+    objects: dict[str, bytes],
+    resampling: str = "bilinear",
+    timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+) -> DecodedPatch:
     """Decode and check the 15 objects of a patch; raises PatchError (and only PatchError:
     whatever corrupt bytes make a decoder raise becomes a ``decode_error``).
 
@@ -225,18 +259,21 @@ def decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str = "bi
         if fut.done():
             return fut.result()
         _WATCHDOG.abandon(helper)
-        raise F.PatchError(F.DECODE, "decode_timeout",
-                           f"{progress['key'] or 'patch'}: decoding took longer than {timeout:g} s and was abandoned "
-                           "(a corrupt or hostile file; --decode_timeout sets the limit)")
+        raise failures.PatchError(
+            failures.DECODE,
+            "decode_timeout",
+            f"{progress['key'] or 'patch'}: decoding took longer than {timeout:g} s and was abandoned "
+            "(a corrupt or hostile file; --decode_timeout sets the limit)",
+        )
 
 
 def _guarded(patch_id: str, objects: dict[str, bytes], resampling: str, progress) -> DecodedPatch:
     try:
         return _decode_patch(patch_id, objects, resampling, progress)
-    except F.PatchError:
+    except failures.PatchError:
         raise
     except Exception as e:  # noqa: BLE001 - corrupt input must become a dead letter, not a crash
-        raise F.PatchError(F.DECODE, "decode_error", f"unexpected {type(e).__name__}: {e}") from None
+        raise failures.PatchError(failures.DECODE, "decode_error", f"unexpected {type(e).__name__}: {e}") from None
 
 
 def _decode_all(objects: dict[str, bytes], progress) -> dict[str, Raster]:
@@ -269,9 +306,11 @@ def _decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str, pro
         arr = rasters[name].array
         if not arr.all():
             n = int(arr.size - np.count_nonzero(arr))
-            raise F.PatchError(F.CHECK, "s2_nodata",
-                               f"{name} holds {n} nodata (0) pixels; reBEN patches contain no S2 nodata, "
-                               "so the file is defective")
+            raise failures.PatchError(
+                failures.CHECK,
+                "s2_nodata",
+                f"{name} holds {n} nodata (0) pixels; reBEN patches contain no S2 nodata, so the file is defective",
+            )
         factor = PATCH_SIZE // arr.shape[0]
         if factor == 1:
             s2[..., i] = arr
@@ -282,19 +321,23 @@ def _decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str, pro
         for j, i in enumerate(idx):
             s2[..., i] = up[j]
 
-    s1 = pixels[..., len(S2_NAMES):]
+    s1 = pixels[..., len(S2_NAMES) :]
     for i, name in enumerate(S1_NAMES):
         arr = rasters[name].array
         finite = np.isfinite(arr)
         if not finite.all():
-            raise F.PatchError(F.CHECK, "s1_nan",
-                               f"{name} holds {int(arr.size - finite.sum())} NaN/infinite pixels")
+            raise failures.PatchError(
+                failures.CHECK, "s1_nan", f"{name} holds {int(arr.size - finite.sum())} NaN/infinite pixels"
+            )
         s1[..., i] = arr
 
     codes = rasters[REFERENCE_MAP_KEY].array
     bad = unknown_codes(codes)
     if bad:
-        raise F.PatchError(F.CHECK, "unknown_clc_code",
-                           f"reference map holds code(s) {', '.join(map(str, bad[:5]))} outside the CLC table "
-                           "(schemas/data/clc_metadata.json)")
+        raise failures.PatchError(
+            failures.CHECK,
+            "unknown_clc_code",
+            f"reference map holds code(s) {', '.join(map(str, bad[:5]))} outside the CLC table "
+            "(schemas/data/clc_metadata.json)",
+        )
     return DecodedPatch(patch_id, pixels, codes, map_reference(codes))

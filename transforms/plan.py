@@ -21,7 +21,7 @@ from typing import Any, Iterable, Tuple
 
 import numpy as np
 
-from schemas import failures as F
+from schemas import failures
 from schemas.manifest import SPLITS
 from transforms import metadata as md
 
@@ -41,7 +41,7 @@ def check_row_tagged(row, root, splits, frac) -> Iterable[Tuple[str, Any]]:
     yield (SELECTED, split)
     try:
         rec = md.check_row(row, root)
-    except F.PatchError as e:
+    except failures.PatchError as e:
         yield (DEAD, e.record(md.row_key(row), split))
         return
     yield (MAIN, (rec["patch_id"], ((row["_source"], row["_row"]), rec)))
@@ -54,11 +54,17 @@ def dedupe_tagged(kv) -> Iterable[Tuple[str, Any]]:
     items = sorted(items, key=lambda x: x[0])
     yield (MAIN, items[0][1])
     for (src, idx), rec in items[1:]:
-        yield (DEAD, F.dead_letter(
-            pid, F.METADATA, "duplicate_patch_id",
-            f"patch id occurs more than once; kept the first occurrence (file {items[0][0][0]}, row "
-            f"{items[0][0][1]}), dropped file {src} row {idx}: remove duplicate rows from the metadata",
-            rec["split"]))
+        yield (
+            DEAD,
+            failures.dead_letter(
+                pid,
+                failures.METADATA,
+                "duplicate_patch_id",
+                f"patch id occurs more than once; kept the first occurrence (file {items[0][0][0]}, row "
+                f"{items[0][0][1]}), dropped file {src} row {idx}: remove duplicate rows from the metadata",
+                rec["split"],
+            ),
+        )
 
 
 def check_rows(rows, root, splits, frac) -> tuple[Counter, list[dict], list[dict]]:
@@ -103,8 +109,16 @@ class RowPlan:
         """Read (or take the already read ``[(table, sha256)]``) metadata and fix the plan."""
         tables = tables if tables is not None else [md.read_table(u) for u in sources]
         counts = md.split_counts([t for t, _ in tables], tuple(splits), frac)
-        return cls(tuple(sources), tuple(sha for _, sha in tables), tuple(t.num_rows for t, _ in tables), root,
-                   tuple(splits), float(frac), int(shard_size), tuple(sorted(counts.items())))
+        return cls(
+            tuple(sources),
+            tuple(sha for _, sha in tables),
+            tuple(t.num_rows for t, _ in tables),
+            root,
+            tuple(splits),
+            float(frac),
+            int(shard_size),
+            tuple(sorted(counts.items())),
+        )
 
     def shard_counts(self) -> dict[str, int]:
         """Split -> number of shards."""
@@ -116,8 +130,10 @@ class RowPlan:
 
     def info(self) -> list[dict]:
         """Per metadata file: path, sha256, rows (for the manifest)."""
-        return [{"source": i, "path": u, "sha256": h, "rows": n}
-                for i, (u, h, n) in enumerate(zip(self.sources, self.sha256, self.rows))]
+        return [
+            {"source": i, "path": u, "sha256": h, "rows": n}
+            for i, (u, h, n) in enumerate(zip(self.sources, self.sha256, self.rows, strict=True))
+        ]
 
     def rows_of(self, home) -> list[dict]:
         """The metadata rows (dicts tagged with _source/_row) whose home is ``home``."""
@@ -137,11 +153,13 @@ class _Index:
 
     def __init__(self, plan: RowPlan):
         self.tables = []
-        for url, sha in zip(plan.sources, plan.sha256):
+        for url, sha in zip(plan.sources, plan.sha256, strict=True):
             table, got = md.read_table(url)
             if got != sha:
-                raise md.MetadataError(f"metadata file {url} changed while the conversion ran (sha256 {sha[:12]}… "
-                                       f"when planned, {got[:12]}… now); run the conversion again")
+                raise md.MetadataError(
+                    f"metadata file {url} changed while the conversion ran (sha256 {sha[:12]}… "
+                    f"when planned, {got[:12]}… now); run the conversion again"
+                )
             # Only the columns records use, in one chunk each: taking a shard's rows from a
             # many-chunk table costs ~18 ms at 480,000 rows, from one chunk well under 1 ms.
             self.tables.append(table.select(md.record_columns(table)).combine_chunks())
@@ -153,7 +171,7 @@ class _Index:
         for src, table in enumerate(self.tables):
             pids = table.column("patch_id").to_pylist()
             splits = table.column("split").to_pylist()
-            for i, (pid, split) in enumerate(zip(pids, splits)):
+            for i, (pid, split) in enumerate(zip(pids, splits, strict=True)):
                 s = md.selected_split(pid, split, plan.splits, plan.frac)
                 if s is None:
                     continue
@@ -171,14 +189,14 @@ class _Index:
             for src, i, _ in occ:
                 ids[src][i] = h
         self.order = [np.argsort(a, kind="stable") for a in ids]
-        self.sorted_ids = [a[o] for a, o in zip(ids, self.order)]
+        self.sorted_ids = [a[o] for a, o in zip(ids, self.order, strict=True)]
 
     def _clean(self, src: int, i: int, root) -> bool:
         row = md.table_rows(self.tables[src], src, [i])[0]
         try:
             md.check_row(row, root)
             return True
-        except F.PatchError:
+        except failures.PatchError:
             return False
 
     def rows_of(self, home) -> list[dict]:
@@ -186,7 +204,7 @@ class _Index:
         if h is None:
             raise KeyError(f"{home!r} is not a shard of this plan")
         rows = []
-        for src, (table, order, sid) in enumerate(zip(self.tables, self.order, self.sorted_ids)):
+        for src, (table, order, sid) in enumerate(zip(self.tables, self.order, self.sorted_ids, strict=True)):
             lo, hi = np.searchsorted(sid, np.array([h, h + 1], dtype=sid.dtype))
             if hi > lo:
                 rows.extend(md.table_rows(table, src, np.sort(order[lo:hi]).tolist()))

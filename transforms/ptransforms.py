@@ -45,10 +45,14 @@ class Demux(beam.PTransform):
 
     def expand(self, pairs):
         """One PCollection of values per tag."""
-        return {t: (pairs
-                    | f"Only{t.capitalize()}" >> beam.Filter(lambda kv, t=t: kv[0] == t)
-                    | f"Value{t.capitalize()}" >> beam.Map(lambda kv: kv[1]))
-                for t in self.tags}
+        return {
+            t: (
+                pairs
+                | f"Only{t.capitalize()}" >> beam.Filter(lambda kv, t=t: kv[0] == t)
+                | f"Value{t.capitalize()}" >> beam.Map(lambda kv: kv[1])
+            )
+            for t in self.tags
+        }
 
 
 # --------------------------------------------------------------------------- metadata
@@ -112,17 +116,18 @@ class CheckRows(beam.PTransform):
 
     def expand(self, rows):
         """Checked unique rows (``patches``), dead letters and selected counts per split."""
-        checked = (rows
-                   | "Check" >> beam.FlatMap(check_row_tagged, self.root, self.splits, self.frac)
-                   | "CheckOutputs" >> Demux((MAIN, DEAD, SELECTED)))
+        checked = (
+            rows
+            | "Check" >> beam.FlatMap(check_row_tagged, self.root, self.splits, self.frac)
+            | "CheckOutputs" >> Demux((MAIN, DEAD, SELECTED))
+        )
         unique = (
             checked[MAIN]
             | "GroupById" >> beam.GroupByKey()
             | "Dedupe" >> beam.FlatMap(dedupe_tagged)
             | "DedupeOutputs" >> Demux((MAIN, DEAD))
         )
-        dead = ((checked[DEAD], unique[DEAD]) | "AllRowDead" >> beam.Flatten()
-                | "CountDead" >> beam.Map(_count_dead))
+        dead = (checked[DEAD], unique[DEAD]) | "AllRowDead" >> beam.Flatten() | "CountDead" >> beam.Map(_count_dead)
         return {"patches": unique[MAIN], "dead": dead, "selected": checked["selected"]}
 
 
@@ -163,10 +168,12 @@ class PlannedShards(beam.PTransform):
 
     def expand(self, pbegin):
         """Shard keys, dead letters and selected counts per split."""
-        out = (pbegin
-               | "Shards" >> beam.Create(self.config.plan.homes())
-               | "Check" >> beam.ParDo(CheckShardFn(self.config))
-               | "CheckOutputs" >> Demux((MAIN, DEAD, SELECTED)))
+        out = (
+            pbegin
+            | "Shards" >> beam.Create(self.config.plan.homes())
+            | "Check" >> beam.ParDo(CheckShardFn(self.config))
+            | "CheckOutputs" >> Demux((MAIN, DEAD, SELECTED))
+        )
         selected = out[SELECTED] | "SelectedPerSplit" >> beam.CombinePerKey(sum)
         return {"shards": out[MAIN], "dead": out[DEAD], "selected": selected}
 
@@ -255,8 +262,13 @@ class WriteShards(beam.PTransform):
 
     def expand(self, shards):
         """Shard records and dead letters."""
-        out = (shards
-               | "Write" >> beam.ParDo(WriteShardFn(self.config),
-                                       self.norm if isinstance(self.norm, dict) else beam.pvalue.AsSingleton(self.norm))
-               | "WriteOutputs" >> Demux((MAIN, DEAD)))
+        out = (
+            shards
+            | "Write"
+            >> beam.ParDo(
+                WriteShardFn(self.config),
+                self.norm if isinstance(self.norm, dict) else beam.pvalue.AsSingleton(self.norm),
+            )
+            | "WriteOutputs" >> Demux((MAIN, DEAD))
+        )
         return {"shards": out[MAIN], "dead": out[DEAD]}

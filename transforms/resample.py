@@ -116,8 +116,14 @@ def _apply_taps(block: np.ndarray, idx: np.ndarray, w: np.ndarray, axis: int) ->
     return out
 
 
-def resample_window(block: np.ndarray, block_origin: tuple[int, int], src_shape: tuple[int, int], factor: int,
-                    dst_window: tuple[int, int, int, int], method: str = "bilinear") -> np.ndarray:
+def resample_window(
+    block: np.ndarray,
+    block_origin: tuple[int, int],
+    src_shape: tuple[int, int],
+    factor: int,
+    dst_window: tuple[int, int, int, int],
+    method: str = "bilinear",
+) -> np.ndarray:
     """Upsample part of a band: float32 (h, w) of the 10 m window (row0, col0, h, w).
 
     ``block`` holds source rows/cols starting at ``block_origin`` of a band of ``src_shape``;

@@ -45,8 +45,9 @@ def load_patch(rec: dict, resampling: str, decode_timeout: float | None = DEFAUL
     return _decode(rec, fetch(rec), resampling, decode_timeout)
 
 
-def _fetch_cached(rec: dict, cache, keep: bool,
-                  source=None) -> tuple[dict[str, bytes] | failures.PatchError, str | None]:
+def _fetch_cached(
+    rec: dict, cache, keep: bool, source=None
+) -> tuple[dict[str, bytes] | failures.PatchError, str | None]:
     """A patch's objects (or its PatchError) and the name of the cache counter to count.
     With a ``cache``: ``keep`` stores what was fetched there; otherwise the cache is read
     first (and the stored copy deleted). Runs on fetch threads, so the caller counts."""
@@ -66,8 +67,16 @@ def _fetch_cached(rec: dict, cache, keep: bool,
 Loaded = tuple[dict, "DecodedPatch | failures.PatchError"]
 
 
-def loaded_patches(recs: Iterable[dict], resampling: str, decode_timeout, read_ahead: int = READ_AHEAD, cache=None,
-                   keep: bool = False, count: Count = no_count, source=None) -> Iterator[Loaded]:
+def loaded_patches(
+    recs: Iterable[dict],
+    resampling: str,
+    decode_timeout,
+    read_ahead: int = READ_AHEAD,
+    cache=None,
+    keep: bool = False,
+    count: Count = no_count,
+    source=None,
+) -> Iterator[Loaded]:
     """``(rec, DecodedPatch | PatchError)`` for each record, in order.
 
     The objects of the next ``read_ahead`` patches are fetched on threads while the current

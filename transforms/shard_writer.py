@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas import failures
-from schemas import manifest as M
+from schemas import failures, manifest
 from schemas.classes import CLASS_INDEX, NUM_CLASSES, multi_hot
 from transforms import metadata as md
 from transforms import progress, storage
@@ -45,7 +44,9 @@ class ShardConfig:
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
     cache: Any = None  # a transforms.objcache.PatchCache: training patches kept by the statistics pass
     read_ahead: int = READ_AHEAD
-    objects: Any = None  # an object source (transforms.archive_packs.PackObjects: ``.shard(key)`` -> fetcher); None: files
+    objects: Any = (
+        None  # an object source (transforms.archive_packs.PackObjects: ``.shard(key)`` -> fetcher); None: files
+    )
 
     def source(self, key: ShardKey):
         """The fetcher of a shard's objects (None: each patch's files)."""
@@ -58,8 +59,9 @@ def encode_patch(rec: dict, patch: DecodedPatch, params: NormParams, split: str,
     s2, s1 = patch.s2, patch.s1
     if image_dtype == "float16":
         s2, s1 = s2.astype(np.float16), s1.astype(np.float16)
-    return encode_example(rec["patch_id"], s2, s1, patch.label, multi_hot(rec["labels"]), split, rec["country"],
-                          image_dtype=image_dtype)
+    return encode_example(
+        rec["patch_id"], s2, s1, patch.label, multi_hot(rec["labels"]), split, rec["country"], image_dtype=image_dtype
+    )
 
 
 def labels_agree(rec: dict, label_values: np.ndarray) -> bool:
@@ -68,21 +70,29 @@ def labels_agree(rec: dict, label_values: np.ndarray) -> bool:
     return present == {CLASS_INDEX[lab] for lab in rec["labels"]}
 
 
-def write_shard(config: ShardConfig, key: ShardKey, norm: dict,
-                count: Count = no_count) -> tuple[M.ShardRecord, list[dict]]:
+def write_shard(
+    config: ShardConfig, key: ShardKey, norm: dict, count: Count = no_count
+) -> tuple[manifest.ShardRecord, list[dict]]:
     """Decode, normalise, encode and write one shard (the records of ``key`` in the plan), in
     patch-id order, atomically; its record and its dead letters. ``norm``: NormParams dict."""
     split, index, n_shards = key
     recs = config.plan.records(key)
     params = NormParams.from_dict(norm)
-    rel = M.shard_path(split, index, n_shards, config.compression)
+    rel = manifest.shard_path(split, index, n_shards, config.compression)
     t0 = time.perf_counter()
     label_values = np.zeros(256, dtype=np.int64)
     disagreements = 0
     dead = []
     with ShardWriter(storage.join(config.out, rel), config.compression) as writer:
-        for rec, patch in loaded_patches(recs, config.resampling, config.decode_timeout, config.read_ahead,
-                                         cache=config.cache, count=count, source=config.source(key)):
+        for rec, patch in loaded_patches(
+            recs,
+            config.resampling,
+            config.decode_timeout,
+            config.read_ahead,
+            cache=config.cache,
+            count=count,
+            source=config.source(key),
+        ):
             if isinstance(patch, failures.PatchError):
                 count(f"failed_{patch.stage}_{patch.reason}")
                 dead.append(patch.record(rec["patch_id"], split))
@@ -91,8 +101,11 @@ def write_shard(config: ShardConfig, key: ShardKey, norm: dict,
                 data = encode_patch(rec, patch, params, split, config.image_dtype)
             except Exception as e:  # noqa: BLE001 - a patch that cannot be encoded is a dead letter
                 count("failed_write_encode_error")
-                dead.append(failures.dead_letter(rec["patch_id"], failures.WRITE, "encode_error",
-                                                 f"{type(e).__name__}: {e}", split))
+                dead.append(
+                    failures.dead_letter(
+                        rec["patch_id"], failures.WRITE, "encode_error", f"{type(e).__name__}: {e}", split
+                    )
+                )
                 continue
             writer.write(data)
             values = np.bincount(patch.label.ravel(), minlength=256)
@@ -106,7 +119,7 @@ def write_shard(config: ShardConfig, key: ShardKey, norm: dict,
     n = info["records"]
     LOG.info("wrote %s: %d patches, %d failed, %.1f patches/s", rel, n, len(dead), n / dt if dt else 0.0)
     progress.shard_done("write", len(recs))
-    return M.ShardRecord.build(key, config.compression, info, label_values, disagreements, dt), dead
+    return manifest.ShardRecord.build(key, config.compression, info, label_values, disagreements, dt), dead
 
 
 def shard_statistics(config: ShardConfig, key: ShardKey, stats, stats_fraction: float, count: Count = no_count):
@@ -118,13 +131,27 @@ def shard_statistics(config: ShardConfig, key: ShardKey, stats, stats_fraction: 
     recs = config.plan.records(key)
     acc = stats.create()
     chosen = [r for r in recs if md.sampled(r["patch_id"], stats_fraction, salt="stats")]
-    for _, patch in loaded_patches(chosen, config.resampling, config.decode_timeout, config.read_ahead,
-                                   cache=config.cache, keep=True, count=count, source=config.source(key)):
+    for _, patch in loaded_patches(
+        chosen,
+        config.resampling,
+        config.decode_timeout,
+        config.read_ahead,
+        cache=config.cache,
+        keep=True,
+        count=count,
+        source=config.source(key),
+    ):
         if isinstance(patch, failures.PatchError):
             continue
         stats.add(acc, patch.pixels)
         count("stats_patches")
-    LOG.info("statistics: %s shard %d of %d: %d patches in %.1f s", split, index + 1, n_shards, len(recs),
-             time.perf_counter() - t0)
+    LOG.info(
+        "statistics: %s shard %d of %d: %d patches in %.1f s",
+        split,
+        index + 1,
+        n_shards,
+        len(recs),
+        time.perf_counter() - t0,
+    )
     progress.shard_done("statistics", len(recs))
     return stats.seal(acc)

@@ -35,9 +35,14 @@ def configure(s3_endpoint_url: str | None = None, anon: bool = False, gcs_endpoi
     """Set process-wide storage options; returns them (picklable, credential-free)."""
     # botocore retries (standard mode: throttling, 5xx, connection errors); s3fs's own retry
     # loop is turned off (retries=1: one attempt), so the two do not multiply.
-    s3: dict = {"config_kwargs": {"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
-                                  "retries": {"max_attempts": RETRY_ATTEMPTS, "mode": "standard"}},
-                "retries": 1}
+    s3: dict = {
+        "config_kwargs": {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "read_timeout": READ_TIMEOUT_S,
+            "retries": {"max_attempts": RETRY_ATTEMPTS, "mode": "standard"},
+        },
+        "retries": 1,
+    }
     if s3_endpoint_url:
         s3["client_kwargs"] = {"endpoint_url": s3_endpoint_url}
     if anon:
@@ -72,8 +77,9 @@ def probe_endpoint(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     try:
         socket.create_connection((parts.hostname or "localhost", port), timeout=timeout).close()
     except OSError as e:
-        raise ConnectionRefusedError(errno.ECONNREFUSED, f"nothing answers at the storage endpoint {url} "
-                                     f"({type(e).__name__}: {e})") from None
+        raise ConnectionRefusedError(
+            errno.ECONNREFUSED, f"nothing answers at the storage endpoint {url} ({type(e).__name__}: {e})"
+        ) from None
 
 
 def options() -> dict:
@@ -89,20 +95,39 @@ def set_options(opts: dict) -> None:
 
 # --------------------------------------------------------------------------- retries
 
-_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError,
-              ValueError, TypeError, KeyError)
-_TRANSIENT_ERRNO = {errno.ECONNRESET, errno.ECONNREFUSED, errno.EPIPE, errno.ETIMEDOUT, errno.ECONNABORTED,
-                    errno.EBUSY, errno.EAGAIN, errno.EREMOTEIO, errno.EHOSTUNREACH, errno.ENETUNREACH}
+_PERMANENT = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+    ValueError,
+    TypeError,
+    KeyError,
+)
+_TRANSIENT_ERRNO = {
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.EPIPE,
+    errno.ETIMEDOUT,
+    errno.ECONNABORTED,
+    errno.EBUSY,
+    errno.EAGAIN,
+    errno.EREMOTEIO,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+}
 
 
 def _transport_errors() -> tuple[type, ...]:
     """Connection/timeout exception classes of the HTTP stacks underneath fsspec (those installed)."""
     found: list[type] = []
-    for mod, names in (("aiohttp", ("ClientConnectionError", "ClientPayloadError", "ServerTimeoutError")),
-                       ("botocore.exceptions", ("ConnectionError", "HTTPClientError", "ReadTimeoutError",
-                                                "ConnectTimeoutError")),
-                       ("urllib3.exceptions", ("ProtocolError", "TimeoutError")),
-                       ("requests.exceptions", ("ConnectionError", "Timeout", "ChunkedEncodingError"))):
+    for mod, names in (
+        ("aiohttp", ("ClientConnectionError", "ClientPayloadError", "ServerTimeoutError")),
+        ("botocore.exceptions", ("ConnectionError", "HTTPClientError", "ReadTimeoutError", "ConnectTimeoutError")),
+        ("urllib3.exceptions", ("ProtocolError", "TimeoutError")),
+        ("requests.exceptions", ("ConnectionError", "Timeout", "ChunkedEncodingError")),
+    ):
         try:
             m = __import__(mod, fromlist=list(names))
         except ImportError:
@@ -168,7 +193,7 @@ def is_refused(exc: BaseException) -> bool:
 
 def backoff(attempt: int, base: float = RETRY_BASE_S, cap: float = RETRY_CAP_S, rng=random) -> float:
     """Capped exponential backoff with full jitter: uniform in [0, min(cap, base·2^attempt)]."""
-    return rng.uniform(0.0, min(cap, base * (2 ** attempt)))
+    return rng.uniform(0.0, min(cap, base * (2**attempt)))
 
 
 RETRIES = {"count": 0}  # retries made in this process (tests and progress lines read it)
@@ -181,13 +206,20 @@ def retry(fn, *args, what: str = "", attempts: int = RETRY_ATTEMPTS, sleep=time.
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - classified below
+        except Exception as e:
             last = attempt == attempts - 1 or (is_refused(e) and attempt + 1 >= REFUSED_ATTEMPTS)
             if last or not is_transient(e):
                 raise
             delay = backoff(attempt)
             RETRIES["count"] += 1
-            LOG.warning("transient error (%s: %s) on %s; retry %d of %d in %.2f s", type(e).__name__,
-                        str(e)[:200], what or getattr(fn, "__name__", "call"), attempt + 1, attempts - 1, delay)
+            LOG.warning(
+                "transient error (%s: %s) on %s; retry %d of %d in %.2f s",
+                type(e).__name__,
+                str(e)[:200],
+                what or getattr(fn, "__name__", "call"),
+                attempt + 1,
+                attempts - 1,
+                delay,
+            )
             sleep(delay)
     raise AssertionError("unreachable")

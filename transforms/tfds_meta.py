@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 
-from schemas import manifest as M
+from schemas import manifest as manifest_schema
 from transforms import storage
 
 LOG = logging.getLogger("benbeam")
@@ -64,7 +64,7 @@ def dataset_info_json(manifest: dict) -> dict:
     """``dataset_info.json``: name, version, file format and each split's shard lengths and bytes."""
     splits = []
     for name, info in sorted(manifest["splits"].items()):
-        if name not in M.SPLITS or not info["shards"]:
+        if name not in manifest_schema.SPLITS or not info["shards"]:
             continue
         splits.append(
             {
@@ -89,7 +89,7 @@ def dataset_info_json(manifest: dict) -> dict:
         "name": NAME,
         "releaseNotes": {},
         "splits": splits,
-        "version": f"{M.SCHEMA_VERSION}.0.0",
+        "version": f"{manifest_schema.SCHEMA_VERSION}.0.0",
     }
 
 

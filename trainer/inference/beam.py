@@ -93,8 +93,9 @@ class PredictTileFn(beam.DoFn):
                 for w in src.warnings:
                     LOG.warning("%s: %s", src.name, w)
                 out_dir = stack.enter_context(staging.local_folder(storage.join(s.out, src.name)))
-                summary = predict_tile(self._predictor, src, out_dir, extras=self._extras, progress=LOG.info,
-                                       **s.tile_kwargs())
+                summary = predict_tile(
+                    self._predictor, src, out_dir, extras=self._extras, progress=LOG.info, **s.tile_kwargs()
+                )
                 stage = "write"
         except Exception as e:  # noqa: BLE001 - a dead letter with the reason, the other tiles go on
             beam.metrics.Metrics.counter(NAMESPACE, f"tiles_failed_{stage}").inc()
@@ -115,19 +116,23 @@ class PredictTiles(beam.PTransform):
 
     def expand(self, paths):
         """Predict every tile path, spread over the workers."""
-        return (paths
-                | "Distribute" >> beam.Reshuffle()
-                | "Predict" >> beam.ParDo(PredictTileFn(self.settings)))
+        return paths | "Distribute" >> beam.Reshuffle() | "Predict" >> beam.ParDo(PredictTileFn(self.settings))
 
 
 def finalize(results: list, out: str) -> dict:
     """Write ``summary.json`` (tiles sorted by name, dead letters) and ``viewer.html`` into ``out``."""
     ok = sorted((r for tag, r in results if tag == "ok"), key=lambda r: r["tile"])
     failed = sorted((r for tag, r in results if tag == "failed"), key=lambda r: r["path"])
-    summary = {"tiles": ok, "failures": failed, "mapped": len(ok), "failed": len(failed),
-               "pixels": sum(r["pixels"] for r in ok)}
-    storage.write_bytes_atomic(storage.join(out, SUMMARY),
-                               (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
+    summary = {
+        "tiles": ok,
+        "failures": failed,
+        "mapped": len(ok),
+        "failed": len(failed),
+        "pixels": sum(r["pixels"] for r in ok),
+    }
+    storage.write_bytes_atomic(
+        storage.join(out, SUMMARY), (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode()
+    )
     write_viewer(storage.join(out, VIEWER), ok, failed, title="benbeam predict")
     return summary
 
@@ -141,9 +146,11 @@ class Finalize(beam.PTransform):
 
     def expand(self, results):
         """Collect all results and finalize them into ``out``; yields the count mapped."""
-        return (results
-                | "Collect" >> beam.combiners.ToList()
-                | "Write" >> beam.Map(_finalize_count, self.out, self.storage_options or {}))
+        return (
+            results
+            | "Collect" >> beam.combiners.ToList()
+            | "Write" >> beam.Map(_finalize_count, self.out, self.storage_options or {})
+        )
 
 
 def _finalize_count(results: list, out: str, storage_options: dict) -> int:
@@ -153,10 +160,12 @@ def _finalize_count(results: list, out: str, storage_options: dict) -> int:
 
 def build(p: beam.Pipeline, tiles: list[str], settings: PredictSettings):
     """The pipeline over ``tiles`` (see the module's docstring)."""
-    return (p
-            | "Tiles" >> beam.Create(sorted(tiles))
-            | "PredictTiles" >> PredictTiles(settings)
-            | "Finalize" >> Finalize(settings.out, settings.storage))
+    return (
+        p
+        | "Tiles" >> beam.Create(sorted(tiles))
+        | "PredictTiles" >> PredictTiles(settings)
+        | "Finalize" >> Finalize(settings.out, settings.storage)
+    )
 
 
 def beam_argv(args: list[str]) -> list[str]:
@@ -171,17 +180,32 @@ def beam_argv(args: list[str]) -> list[str]:
     return list(args) + extra
 
 
-def run_pipeline(*, model: str, tiles: list[str], out: str, beam_args: list[str], overlap: int, batch_size: int,
-                 extras: list[str], **tile_kwargs) -> int:
+def run_pipeline(
+    *,
+    model: str,
+    tiles: list[str],
+    out: str,
+    beam_args: list[str],
+    overlap: int,
+    batch_size: int,
+    extras: list[str],
+    **tile_kwargs,
+) -> int:
     """Run the pipeline over ``tiles`` (paths or URLs) into ``out`` (a folder or a URL); prints
     a summary; returns the exit code."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     if not staging.exists(model):
         raise PredictError(f"model {model} does not exist")
-    settings = PredictSettings(model=model, out=out if storage.is_remote(out) else os.path.abspath(out),
-                               overlap=overlap, batch_size=batch_size, extras=tuple(extras),
-                               storage=storage.options(), **tile_kwargs)
+    settings = PredictSettings(
+        model=model,
+        out=out if storage.is_remote(out) else os.path.abspath(out),
+        overlap=overlap,
+        batch_size=batch_size,
+        extras=tuple(extras),
+        storage=storage.options(),
+        **tile_kwargs,
+    )
     t0 = time.perf_counter()
     p = beam.Pipeline(options=PipelineOptions(beam_argv(beam_args)))
     build(p, tiles, settings)
@@ -196,6 +220,8 @@ def run_pipeline(*, model: str, tiles: list[str], out: str, beam_args: list[str]
         print_summary(s, storage.join(out, s["dir"]))
     for f in summary["failures"]:
         print(f"benbeam predict: error: {f['tile']} ({f['stage']}): {f['reason']}", file=sys.stderr)
-    print(f"{summary['mapped']} tiles mapped, {summary['failed']} failed in {time.perf_counter() - t0:.1f} s; "
-          f"wrote {storage.join(out, SUMMARY)} and {storage.join(out, VIEWER)}")
+    print(
+        f"{summary['mapped']} tiles mapped, {summary['failed']} failed in {time.perf_counter() - t0:.1f} s; "
+        f"wrote {storage.join(out, SUMMARY)} and {storage.join(out, VIEWER)}"
+    )
     return 0 if not summary["failures"] else 1

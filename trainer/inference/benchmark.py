@@ -12,17 +12,34 @@ from trainer.inference.settings import REPORT_CSV, VIEWER, PredictError
 from trainer.inference.tile import open_tile_at, predict_tile, stderr_progress
 from trainer.inference.viewer import write_viewer
 
-REPORT_FIELDS = ("tile", "pixels", "seconds", "pixels_per_s", "peak_memory_mib", "device", "chunk_size",
-                 "batch_size", "overlap", "windows_run")
+REPORT_FIELDS = (
+    "tile",
+    "pixels",
+    "seconds",
+    "pixels_per_s",
+    "peak_memory_mib",
+    "device",
+    "chunk_size",
+    "batch_size",
+    "overlap",
+    "windows_run",
+)
 
 
 def report_row(s: dict) -> dict:
     """The ``benchmark_report.csv`` row of a tile's summary."""
-    return {"tile": s["tile"], "pixels": s["pixels"], "seconds": f"{s['seconds']:.3f}",
-            "pixels_per_s": f"{s['pixels_per_s']:.0f}" if s.get("pixels_per_s") else "",
-            "peak_memory_mib": f"{s['peak_rss_bytes'] / 2 ** 20:.1f}", "device": s["device"],
-            "chunk_size": s["chunk_size"], "batch_size": s["batch_size"], "overlap": s["overlap"],
-            "windows_run": s["windows_run"]}
+    return {
+        "tile": s["tile"],
+        "pixels": s["pixels"],
+        "seconds": f"{s['seconds']:.3f}",
+        "pixels_per_s": f"{s['pixels_per_s']:.0f}" if s.get("pixels_per_s") else "",
+        "peak_memory_mib": f"{s['peak_rss_bytes'] / 2**20:.1f}",
+        "device": s["device"],
+        "chunk_size": s["chunk_size"],
+        "batch_size": s["batch_size"],
+        "overlap": s["overlap"],
+        "windows_run": s["windows_run"],
+    }
 
 
 def write_report_csv(path: str, summaries: list[dict]) -> None:
@@ -36,8 +53,16 @@ def write_report_csv(path: str, summaries: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def benchmark(predictor: Predictor, tiles: list[str], out: str, *, s1_for=None, progress=stderr_progress,
-              resampling: str = "bilinear", **kwargs) -> list[dict]:
+def benchmark(
+    predictor: Predictor,
+    tiles: list[str],
+    out: str,
+    *,
+    s1_for=None,
+    progress=stderr_progress,
+    resampling: str = "bilinear",
+    **kwargs,
+) -> list[dict]:
     """Map every tile (local paths or URLs) into the local ``out/<tile name>/`` one after the
     other, timing each; writes ``benchmark_report.csv`` and ``viewer.html``. A tile that
     cannot be opened is reported and skipped."""
@@ -47,8 +72,9 @@ def benchmark(predictor: Predictor, tiles: list[str], out: str, *, s1_for=None, 
             progress(f"tile {i + 1}/{len(tiles)}: {path}")
         with contextlib.ExitStack() as stack:
             try:
-                src = stack.enter_context(open_tile_at(path, predictor.channels, s1_for(path) if s1_for else None,
-                                                       resampling))
+                src = stack.enter_context(
+                    open_tile_at(path, predictor.channels, s1_for(path) if s1_for else None, resampling)
+                )
             except PredictError as e:
                 failures.append({"tile": os.path.basename(path.rstrip("/")), "path": path, "reason": str(e)})
                 if progress:

@@ -30,28 +30,60 @@ def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src.add_argument("--tile", help="one tile: a Sentinel-2 L2A .SAFE folder or a multi-band GeoTIFF (path or URL)")
     src.add_argument("--input_dir", help="every tile in this folder or bucket prefix (--benchmark, or a Beam pipeline)")
     ap.add_argument("--out", required=True, help="output folder, or an s3:// / gs:// URL")
-    ap.add_argument("--s1", default=None,
-                    help="Sentinel-1 VV/VH raster for --tile (needed by a model trained on S2+S1 or S1)")
-    ap.add_argument("--resampling", choices=RESAMPLING_METHODS, default=None,
-                    help="resampling of the 20 m and 60 m bands to 10 m (default: the training data's "
-                         "`benbeam convert --resampling`, recorded in the model; bilinear for older models)")
-    ap.add_argument("--chunk_size", type=positive_int, default=DEFAULTS["chunk_size"],
-                    help="chunk side in px, a multiple of 128; peak memory grows with its square "
-                         "(default: %(default)s)")
-    ap.add_argument("--overlap", type=nonneg_int, default=DEFAULTS["overlap"],
-                    help="overlap of neighbouring 120-px windows, blended with a Hann weight (default: %(default)s)")
-    ap.add_argument("--batch_size", type=positive_int, default=DEFAULTS["batch_size"],
-                    help="windows per model call (default: %(default)s; larger on a GPU)")
+    ap.add_argument(
+        "--s1", default=None, help="Sentinel-1 VV/VH raster for --tile (needed by a model trained on S2+S1 or S1)"
+    )
+    ap.add_argument(
+        "--resampling",
+        choices=RESAMPLING_METHODS,
+        default=None,
+        help="resampling of the 20 m and 60 m bands to 10 m (default: the training data's "
+        "`benbeam convert --resampling`, recorded in the model; bilinear for older models)",
+    )
+    ap.add_argument(
+        "--chunk_size",
+        type=positive_int,
+        default=DEFAULTS["chunk_size"],
+        help="chunk side in px, a multiple of 128; peak memory grows with its square (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--overlap",
+        type=nonneg_int,
+        default=DEFAULTS["overlap"],
+        help="overlap of neighbouring 120-px windows, blended with a Hann weight (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--batch_size",
+        type=positive_int,
+        default=DEFAULTS["batch_size"],
+        help="windows per model call (default: %(default)s; larger on a GPU)",
+    )
     ap.add_argument("--save_probs", action="store_true", help="also write the 19-band probability cube")
-    ap.add_argument("--probs_dtype", choices=PROBS_DTYPES, default=DEFAULTS["probs_dtype"],
-                    help="uint8: round(254·p), 255 = no data; float32: exact, NaN = no data (default: %(default)s)")
-    ap.add_argument("--extra", action="append", default=[], metavar="MODULE:FUNCTION",
-                    help="a user layer f(probs[h, w, 19]) -> 2-D array or {name: 2-D array}, written as "
-                         "<tile>_<name>.tif; repeatable; module may be path/to/file.py")
-    ap.add_argument("--preview_size", type=positive_int, default=DEFAULTS["preview_size"],
-                    help="longest side of preview.png's map in px (default: %(default)s)")
-    ap.add_argument("--benchmark", action="store_true",
-                    help="map the tiles one after the other, timing each: benchmark_report.csv + viewer.html")
+    ap.add_argument(
+        "--probs_dtype",
+        choices=PROBS_DTYPES,
+        default=DEFAULTS["probs_dtype"],
+        help="uint8: round(254·p), 255 = no data; float32: exact, NaN = no data (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
+        help="a user layer f(probs[h, w, 19]) -> 2-D array or {name: 2-D array}, written as "
+        "<tile>_<name>.tif; repeatable; module may be path/to/file.py",
+    )
+    ap.add_argument(
+        "--preview_size",
+        type=positive_int,
+        default=DEFAULTS["preview_size"],
+        help="longest side of preview.png's map in px (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="map the tiles one after the other, timing each: benchmark_report.csv + viewer.html",
+    )
     add_storage_args(ap)
     return ap
 
@@ -88,17 +120,22 @@ def _find_tiles(input_dir: str) -> list[str]:
 def run(argv: list[str] | None = None) -> int:
     """``benbeam predict ARGV``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="benbeam predict", allow_abbrev=False,
-                                 description="Map whole Sentinel-2 tiles with a model trained by `benbeam train`.",
-                                 epilog="Beam pipeline options (--runner, ...) make --input_dir run as a Beam "
-                                        "pipeline (the default without --benchmark: DirectRunner).")
+    ap = argparse.ArgumentParser(
+        prog="benbeam predict",
+        allow_abbrev=False,
+        description="Map whole Sentinel-2 tiles with a model trained by `benbeam train`.",
+        epilog="Beam pipeline options (--runner, ...) make --input_dir run as a Beam "
+        "pipeline (the default without --benchmark: DirectRunner).",
+    )
     add_predict_args(ap)
     args, beam_args = ap.parse_known_args(argv)
     if beam_args:
         unknown = unknown_pipeline_args(beam_args)
         if unknown:
-            ap.error(f"unrecognized arguments: {' '.join(unknown)} (neither a benbeam predict flag nor an Apache "
-                     "Beam pipeline option; see --help)")
+            ap.error(
+                f"unrecognized arguments: {' '.join(unknown)} (neither a benbeam predict flag nor an Apache "
+                "Beam pipeline option; see --help)"
+            )
         if args.tile or args.benchmark:
             ap.error("Beam pipeline options apply to --input_dir without --benchmark")
     configure_storage(args)  # a custom endpoint nothing answers: raised, one line and exit 3 from benbeam's CLI
@@ -146,14 +183,27 @@ def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str]) -
     extras = [load_extra(s) for s in args.extra]
     if args.resampling is None:
         args.resampling = model_resampling(args.model)
-    settings = dict(chunk_size=args.chunk_size, save_probs=args.save_probs, probs_dtype=args.probs_dtype,
-                    preview_size=args.preview_size, resampling=args.resampling)
+    settings = dict(
+        chunk_size=args.chunk_size,
+        save_probs=args.save_probs,
+        probs_dtype=args.probs_dtype,
+        preview_size=args.preview_size,
+        resampling=args.resampling,
+    )
     outdir.mark(args.out, COMMAND)  # every check passed: the folder is this command's from now on
     if args.input_dir and not args.benchmark:
         from trainer.inference.beam import run_pipeline
 
-        return run_pipeline(model=args.model, tiles=tiles, out=args.out, batch_size=args.batch_size,
-                            overlap=args.overlap, extras=list(args.extra), beam_args=beam_args, **settings)
+        return run_pipeline(
+            model=args.model,
+            tiles=tiles,
+            out=args.out,
+            batch_size=args.batch_size,
+            overlap=args.overlap,
+            extras=list(args.extra),
+            beam_args=beam_args,
+            **settings,
+        )
     from trainer.inference.predictor import Predictor
 
     predictor = Predictor.load(args.model, batch_size=args.batch_size, overlap=args.overlap)

@@ -14,10 +14,10 @@ LAYER_DOC = {
     "class": "uint8 class id (argmax of the blended probabilities); 255 = no data",
     "maxprob": "float32 max_k p_k; NaN = no data",
     "entropy": "float32 -sum_k p_k ln p_k in nats (natural log), 0 .. ln(19) = 2.944; divide by ln(19) for 0..1; "
-               "NaN = no data",
+    "NaN = no data",
     "gap": "float32 top-1 minus top-2 probability (0 = a tie, 1 = certain); NaN = no data",
     "probs": "19 bands in class order: the blended per-pixel softmax; uint8 round(254*p) with 255 = no data "
-             "(divide by 254), or float32 with NaN = no data (--probs_dtype)",
+    "(divide by 254), or float32 with NaN = no data (--probs_dtype)",
 }
 
 
@@ -34,7 +34,7 @@ def layers_from_probs(probs: np.ndarray, valid: np.ndarray) -> dict[str, np.ndar
     not ``valid``), ``maxprob``, ``entropy``, ``gap`` (float32, NaN where not ``valid``)."""
     k = probs.shape[-1]
     cls = np.argmax(probs, axis=-1).astype(np.uint8)
-    top = np.partition(probs, k - 2, axis=-1)[..., k - 2:]  # [..., 0] second largest, [..., 1] largest
+    top = np.partition(probs, k - 2, axis=-1)[..., k - 2 :]  # [..., 0] second largest, [..., 1] largest
     maxprob = np.ascontiguousarray(top[..., 1])
     gap = maxprob - top[..., 0]
     ent = entropy(probs)
@@ -66,8 +66,12 @@ def classmap(info: dict, *, probs_dtype: str | None = None, extras=()) -> dict:
         layers["probs"] = LAYER_DOC["probs"] + f"; this run: {probs_dtype}"
     for name in extras:
         layers[name] = "float32 user layer (--extra); NaN = no data"
-    return {"classes": classes, "nodata": NODATA_CLASS, "layers": layers,
-            "entropy_log": "natural (nats); normalised entropy = entropy / ln(19)"}
+    return {
+        "classes": classes,
+        "nodata": NODATA_CLASS,
+        "layers": layers,
+        "entropy_log": "natural (nats); normalised entropy = entropy / ln(19)",
+    }
 
 
 def palette(info: dict) -> np.ndarray:

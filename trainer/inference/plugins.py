@@ -31,7 +31,7 @@ class Extra:
         h, w = probs.shape[:2]
         try:
             res = self.fn(probs)
-        except Exception as e:  # noqa: BLE001 - reported with the spec that failed
+        except Exception as e:
             raise RuntimeError(f"--extra {self.spec} raised {type(e).__name__}: {e}") from e
         if isinstance(res, dict):
             out = dict(res)
@@ -40,18 +40,24 @@ class Extra:
         layers = {}
         for name, arr in out.items():
             if not isinstance(name, str) or not _LAYER_NAME.match(name) or name in BUILTIN_LAYERS:
-                raise PredictError(f"--extra {self.spec} returned a layer named {name!r}: names must be letters, "
-                                   f"digits, '_' or '-' and none of {', '.join(BUILTIN_LAYERS)}")
+                raise PredictError(
+                    f"--extra {self.spec} returned a layer named {name!r}: names must be letters, "
+                    f"digits, '_' or '-' and none of {', '.join(BUILTIN_LAYERS)}"
+                )
             a = np.asarray(arr)
             if a.shape != (h, w) or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-                raise PredictError(f"--extra {self.spec} returned {name!r} with shape {a.shape} and dtype {a.dtype}; "
-                                   f"it must return a numeric 2-D array of the input's (h, w) = {(h, w)}")
+                raise PredictError(
+                    f"--extra {self.spec} returned {name!r} with shape {a.shape} and dtype {a.dtype}; "
+                    f"it must return a numeric 2-D array of the input's (h, w) = {(h, w)}"
+                )
             layers[name] = a.astype(np.float32)
         if self.names is None:
             self.names = tuple(layers)
         elif tuple(layers) != self.names:
-            raise PredictError(f"--extra {self.spec} returned layers {sorted(layers)} on one chunk and "
-                               f"{sorted(self.names)} on another; it must return the same names every time")
+            raise PredictError(
+                f"--extra {self.spec} returned layers {sorted(layers)} on one chunk and "
+                f"{sorted(self.names)} on another; it must return the same names every time"
+            )
         return layers
 
 
@@ -59,8 +65,9 @@ def load_extra(spec: str) -> Extra:
     """``module:function`` (an importable module) or ``path/to/file.py:function``."""
     mod_name, sep, fn_name = str(spec).rpartition(":")
     if not sep or not mod_name or not fn_name:
-        raise PredictError(f"--extra {spec!r} must be module:function (e.g. mylayers:water_mask) or "
-                           "path/to/file.py:function")
+        raise PredictError(
+            f"--extra {spec!r} must be module:function (e.g. mylayers:water_mask) or path/to/file.py:function"
+        )
     try:
         if mod_name.endswith(".py"):
             if not os.path.isfile(mod_name):

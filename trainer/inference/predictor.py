@@ -13,8 +13,9 @@ class Predictor:
     """A loaded model with its inference contract: preprocessing exactly as the ETL did
     (the training dataset's statistics, the model's channel order) and chunk prediction."""
 
-    def __init__(self, model, info: dict, *, batch_size: int = DEFAULTS["batch_size"],
-                 overlap: int = DEFAULTS["overlap"]):
+    def __init__(
+        self, model, info: dict, *, batch_size: int = DEFAULTS["batch_size"], overlap: int = DEFAULTS["overlap"]
+    ):
         import tensorflow as tf
 
         from transforms.normalize import NormParams
@@ -104,9 +105,11 @@ class Predictor:
         pixels, valid = source.read(Window(rx0, ry0, rx1 - rx0, ry1 - ry0))
         valid = np.asarray(valid, dtype=bool)
         if pixels.shape[:2] != (ry1 - ry0, rx1 - rx0) or valid.shape != pixels.shape[:2]:
-            raise RuntimeError(f"tile {source.name}: a read of {(ry1 - ry0, rx1 - rx0)} px returned "
-                               f"{pixels.shape[:2]} pixels and a {valid.shape} mask")
-        cvalid = valid[r0 - ry0:r1 - ry0, c0 - rx0:c1 - rx0]
+            raise RuntimeError(
+                f"tile {source.name}: a read of {(ry1 - ry0, rx1 - rx0)} px returned "
+                f"{pixels.shape[:2]} pixels and a {valid.shape} mask"
+            )
+        cvalid = valid[r0 - ry0 : r1 - ry0, c0 - rx0 : c1 - rx0]
         h, w = chunk.height, chunk.width
         acc = np.zeros((h, w, self.num_classes), dtype=np.float32)
         wsum = np.zeros((h, w), dtype=np.float32)
@@ -114,19 +117,21 @@ class Predictor:
         for y in ys:
             for x in xs:
                 iy0, iy1, ix0, ix1 = max(y, r0), min(y + p, r1), max(x, c0), min(x + p, c1)
-                if cvalid[iy0 - r0:iy1 - r0, ix0 - c0:ix1 - c0].any():
+                if cvalid[iy0 - r0 : iy1 - r0, ix0 - c0 : ix1 - c0].any():
                     todo.append((int(y), int(x), int(iy0), int(iy1), int(ix0), int(ix1)))
         skipped = len(ys) * len(xs) - len(todo)
         if todo:
             x_in = self.preprocess(pixels, valid)
             del pixels
             for b in range(0, len(todo), self.batch_size):
-                part = todo[b:b + self.batch_size]
-                batch = np.stack([x_in[y - ry0:y - ry0 + p, x - rx0:x - rx0 + p] for y, x, *_ in part])
+                part = todo[b : b + self.batch_size]
+                batch = np.stack([x_in[y - ry0 : y - ry0 + p, x - rx0 : x - rx0 + p] for y, x, *_ in part])
                 out = self.run_batch(batch)
                 for (y, x, iy0, iy1, ix0, ix1), o in zip(part, out, strict=True):
-                    wt = self.weights[iy0 - y:iy1 - y, ix0 - x:ix1 - x]
-                    acc[iy0 - r0:iy1 - r0, ix0 - c0:ix1 - c0] += o[iy0 - y:iy1 - y, ix0 - x:ix1 - x] * wt[..., None]
-                    wsum[iy0 - r0:iy1 - r0, ix0 - c0:ix1 - c0] += wt
+                    wt = self.weights[iy0 - y : iy1 - y, ix0 - x : ix1 - x]
+                    acc[iy0 - r0 : iy1 - r0, ix0 - c0 : ix1 - c0] += (
+                        o[iy0 - y : iy1 - y, ix0 - x : ix1 - x] * wt[..., None]
+                    )
+                    wsum[iy0 - r0 : iy1 - r0, ix0 - c0 : ix1 - c0] += wt
             np.divide(acc, wsum[..., None], out=acc, where=wsum[..., None] > 0)
         return acc, np.ascontiguousarray(cvalid), len(todo), skipped

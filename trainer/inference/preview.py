@@ -10,8 +10,9 @@ import numpy as np
 from trainer.inference.layers import NODATA_COLOR, palette
 
 
-def render_preview(class_tif: str, info: dict, counts: np.ndarray, path: str, *, max_size: int,
-                   title: str = "") -> tuple[int, int]:
+def render_preview(
+    class_tif: str, info: dict, counts: np.ndarray, path: str, *, max_size: int, title: str = ""
+) -> tuple[int, int]:
     """A colour-coded class map read back from ``class_tif`` at ≤ ``max_size`` px (nearest,
     a decimated read: memory stays small) with a legend of the classes present."""
     import matplotlib
@@ -33,11 +34,17 @@ def render_preview(class_tif: str, info: dict, counts: np.ndarray, path: str, *,
     for i in np.flatnonzero(counts[: len(info["classes"])]):
         name = info["classes"][i]
         name = name if len(name) <= 40 else name[:39] + "…"
-        handles.append(Patch(facecolor=pal[i] / 255.0, edgecolor="0.3",
-                             label=f"{i:2d} {name} ({100.0 * counts[i] / total:.1f}%)"))
+        handles.append(
+            Patch(facecolor=pal[i] / 255.0, edgecolor="0.3", label=f"{i:2d} {name} ({100.0 * counts[i] / total:.1f}%)")
+        )
     if counts[-1]:
-        handles.append(Patch(facecolor=np.asarray(NODATA_COLOR) / 255.0, edgecolor="0.3",
-                             label=f"no data ({100.0 * counts[-1] / total:.1f}%)"))
+        handles.append(
+            Patch(
+                facecolor=np.asarray(NODATA_COLOR) / 255.0,
+                edgecolor="0.3",
+                label=f"no data ({100.0 * counts[-1] / total:.1f}%)",
+            )
+        )
     legend_w, line_h = 330, 17
     h_px, w_px = shape
     fig_h = max(h_px, 40 + line_h * (len(handles) + 2))
@@ -45,8 +52,16 @@ def render_preview(class_tif: str, info: dict, counts: np.ndarray, path: str, *,
     ax = fig.add_axes([0.0, 1.0 - h_px / fig_h, w_px / (w_px + legend_w), h_px / fig_h])
     ax.imshow(rgb, interpolation="nearest")
     ax.set_axis_off()
-    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(w_px / (w_px + legend_w) + 0.01, 0.99),
-               fontsize=7, frameon=False, title=title or None, title_fontsize=8, alignment="left")
+    fig.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(w_px / (w_px + legend_w) + 0.01, 0.99),
+        fontsize=7,
+        frameon=False,
+        title=title or None,
+        title_fontsize=8,
+        alignment="left",
+    )
     tmp = f"{path}.tmp-{os.getpid()}.png"
     fig.savefig(tmp, dpi=100, metadata={"Software": None})
     plt.close(fig)

@@ -43,5 +43,9 @@ class PredictSettings:
 
     def tile_kwargs(self) -> dict:
         """The keyword arguments of ``trainer.inference.tile.predict_tile`` these settings fix."""
-        return dict(chunk_size=self.chunk_size, save_probs=self.save_probs, probs_dtype=self.probs_dtype,
-                    preview_size=self.preview_size)
+        return dict(
+            chunk_size=self.chunk_size,
+            save_probs=self.save_probs,
+            probs_dtype=self.probs_dtype,
+            preview_size=self.preview_size,
+        )

@@ -39,8 +39,9 @@ def _store_call(url: str, fn, *args):
     except PermissionError as e:
         raise PredictError(f"access to {url} denied ({e}); check the credentials and the bucket policy") from None
     except Exception as e:  # noqa: BLE001 - an unreachable or failing store: the environment
-        raise PredictEnvironmentError(f"cannot reach the object store for {url}: {type(e).__name__}: "
-                                      f"{str(e)[:300]}") from None
+        raise PredictEnvironmentError(
+            f"cannot reach the object store for {url}: {type(e).__name__}: {str(e)[:300]}"
+        ) from None
 
 
 def exists(path: str) -> bool:
@@ -121,7 +122,7 @@ def fetch_tile(url: str, channels, dest_dir: str) -> str:
     bands = [c for c in channels if c in S2_NAMES]
     prefix = root.split("://", 1)[1] + "/"
     for obj in sorted(_store_call(url, fs.find, root)):
-        rel = obj[len(prefix):] if obj.startswith(prefix) else None
+        rel = obj[len(prefix) :] if obj.startswith(prefix) else None
         if not rel:
             continue
         target = os.path.join(local, *rel.split("/"))
@@ -172,8 +173,11 @@ def local_tile(path: str, channels, s1: str | None = None):
 
 def publish(local_dir: str, url: str) -> list[str]:
     """Upload every file of ``local_dir`` below ``url`` (summaries last); returns the URLs."""
-    files = sorted(os.path.relpath(os.path.join(d, f), local_dir).replace(os.sep, "/")
-                   for d, _, fs in os.walk(local_dir) for f in fs)
+    files = sorted(
+        os.path.relpath(os.path.join(d, f), local_dir).replace(os.sep, "/")
+        for d, _, fs in os.walk(local_dir)
+        for f in fs
+    )
     files.sort(key=lambda rel: rel.endswith(("_summary.json", SUMMARY)))  # stable: summaries at the end
     out = []
     for rel in files:

@@ -26,9 +26,10 @@ from trainer.inference.writer import GDAL_CACHE_MB, LayerWriter
 
 LOG = logging.getLogger("benbeam.predict")
 
+
 def fmt_bytes(n: float) -> str:
     """``1.23 GiB`` / ``456 MiB``."""
-    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def stderr_progress(msg: str) -> None:
@@ -36,10 +37,19 @@ def stderr_progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def predict_tile(predictor: Predictor, source, out_dir: str, *, chunk_size: int = DEFAULTS["chunk_size"],
-                 save_probs: bool = False, probs_dtype: str = DEFAULTS["probs_dtype"], extras=(),
-                 preview_size: int = DEFAULTS["preview_size"], progress=stderr_progress,
-                 preview_name: str = PREVIEW) -> dict:
+def predict_tile(
+    predictor: Predictor,
+    source,
+    out_dir: str,
+    *,
+    chunk_size: int = DEFAULTS["chunk_size"],
+    save_probs: bool = False,
+    probs_dtype: str = DEFAULTS["probs_dtype"],
+    extras=(),
+    preview_size: int = DEFAULTS["preview_size"],
+    progress=stderr_progress,
+    preview_name: str = PREVIEW,
+) -> dict:
     """Map one opened tile (a ``trainer.tiles.TileSource``) into the local ``out_dir``; returns the summary.
 
     Every output is written under a temporary name and renamed once all are complete;
@@ -51,8 +61,9 @@ def predict_tile(predictor: Predictor, source, out_dir: str, *, chunk_size: int 
     if probs_dtype not in PROBS_DTYPES:
         raise PredictError(f"--probs_dtype must be uint8 or float32, got {probs_dtype!r}")
     if tuple(source.channels) != predictor.channels:
-        raise PredictError(f"tile {source.name} provides channels {list(source.channels)}, the model needs "
-                           f"{list(predictor.channels)}")
+        raise PredictError(
+            f"tile {source.name} provides channels {list(source.channels)}, the model needs {list(predictor.channels)}"
+        )
     extras = [e if isinstance(e, Extra) else load_extra(e) for e in extras]
     for e in extras:
         e.names = None
@@ -69,19 +80,31 @@ def predict_tile(predictor: Predictor, source, out_dir: str, *, chunk_size: int 
     k = predictor.num_classes
     counts = np.zeros(k + 1, dtype=np.int64)  # last: no data
     runs = skips = 0
-    w = LayerWriter(out_dir, source.name, crs=source.crs, transform=source.transform, width=width,
-                    height=height, block=block)
+    w = LayerWriter(
+        out_dir, source.name, crs=source.crs, transform=source.transform, width=width, height=height, block=block
+    )
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         try:
             pal = palette(info)
-            w.open("class", dtype="uint8", nodata=NODATA_CLASS, categorical=True,
-                   colormap={i: (*map(int, pal[i]), 255) for i in range(256)},
-                   tags={"classes": json.dumps(list(info["classes"])), "layer": LAYER_DOC["class"]})
+            w.open(
+                "class",
+                dtype="uint8",
+                nodata=NODATA_CLASS,
+                categorical=True,
+                colormap={i: (*map(int, pal[i]), 255) for i in range(256)},
+                tags={"classes": json.dumps(list(info["classes"])), "layer": LAYER_DOC["class"]},
+            )
             for name in ("maxprob", "entropy", "gap"):
                 w.open(name, dtype="float32", nodata=float("nan"), tags={"layer": LAYER_DOC[name]})
             if save_probs:
-                w.open("probs", dtype=probs_dtype, count=k, nodata=255 if probs_dtype == "uint8" else float("nan"),
-                       descriptions=list(info["classes"]), tags={"layer": LAYER_DOC["probs"]})
+                w.open(
+                    "probs",
+                    dtype=probs_dtype,
+                    count=k,
+                    nodata=255 if probs_dtype == "uint8" else float("nan"),
+                    descriptions=list(info["classes"]),
+                    tags={"layer": LAYER_DOC["probs"]},
+                )
             for ch in chunks:
                 probs, valid, n_run, n_skip = predictor.predict_chunk(source, ch, rows, cols)
                 runs, skips = runs + n_run, skips + n_skip
@@ -95,23 +118,32 @@ def predict_tile(predictor: Predictor, source, out_dir: str, *, chunk_size: int 
                 for e in extras:
                     for name, arr in e(probs).items():
                         if name not in w.datasets:
-                            w.open(name, dtype="float32", nodata=float("nan"),
-                                   tags={"layer": f"--extra {e.spec}"})
+                            w.open(name, dtype="float32", nodata=float("nan"), tags={"layer": f"--extra {e.spec}"})
                         arr[~valid] = np.nan
                         w.write(name, ch, arr)
                 del probs
                 if progress:
                     dt = time.perf_counter() - t0
                     eta = dt / (ch.index + 1) * (len(chunks) - ch.index - 1)
-                    progress(f"{source.name}: chunk {ch.index + 1}/{len(chunks)} "
-                             f"({100.0 * (ch.index + 1) / len(chunks):.0f}%), {dt:.1f} s, ~{eta:.0f} s left")
+                    progress(
+                        f"{source.name}: chunk {ch.index + 1}/{len(chunks)} "
+                        f"({100.0 * (ch.index + 1) / len(chunks):.0f}%), {dt:.1f} s, ~{eta:.0f} s left"
+                    )
             w.close()
             extra_names = [n for e in extras for n in (e.names or ())]
             cm = classmap(info, probs_dtype=probs_dtype if save_probs else None, extras=extra_names)
-            w.write_file(f"{source.name}_classmap.json",
-                         (json.dumps(cm, indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
-            render_preview(w.tmp[f"{source.name}_class.tif"], info, counts, w.tmp_path(preview_name),
-                           max_size=preview_size, title=source.name)
+            w.write_file(
+                f"{source.name}_classmap.json",
+                (json.dumps(cm, indent=2, sort_keys=False, allow_nan=False) + "\n").encode(),
+            )
+            render_preview(
+                w.tmp[f"{source.name}_class.tif"],
+                info,
+                counts,
+                w.tmp_path(preview_name),
+                max_size=preview_size,
+                title=source.name,
+            )
             seconds = time.perf_counter() - t0
             outputs = w.commit()
         except BaseException:
@@ -195,8 +227,9 @@ def open_tile_at(path: str, channels, s1: str | None = None, resampling: str = "
             yield src
 
 
-def predict_path(predictor: Predictor, path: str, out_dir: str, *, s1: str | None = None,
-                 resampling: str = "bilinear", **kwargs) -> dict:
+def predict_path(
+    predictor: Predictor, path: str, out_dir: str, *, s1: str | None = None, resampling: str = "bilinear", **kwargs
+) -> dict:
     """Open ``path`` (local or a URL) for the model's channels and map it into the local
     ``out_dir`` (see ``predict_tile``)."""
     with open_tile_at(path, predictor.channels, s1, resampling) as src:
@@ -211,7 +244,10 @@ def print_summary(s: dict, out_dir: str, stream=None) -> None:
     """Two lines about a mapped tile: size, speed, memory, device; where its files went."""
     stream = stream or sys.stdout
     pps = s["pixels_per_s"] or 0
-    print(f"{s['tile']}: {s['width']}×{s['height']} px ({s['valid_pixels']:,} with data) in {s['seconds']:.1f} s "
-          f"= {pps:,.0f} px/s; peak memory {fmt_bytes(s['peak_rss_bytes'])} (RSS); device {s['device']}; "
-          f"{s['chunks']} chunks, {s['windows_run']} windows", file=stream)
+    print(
+        f"{s['tile']}: {s['width']}×{s['height']} px ({s['valid_pixels']:,} with data) in {s['seconds']:.1f} s "
+        f"= {pps:,.0f} px/s; peak memory {fmt_bytes(s['peak_rss_bytes'])} (RSS); device {s['device']}; "
+        f"{s['chunks']} chunks, {s['windows_run']} windows",
+        file=stream,
+    )
     print(f"wrote {len(s['outputs'])} files to {out_dir}", file=stream)

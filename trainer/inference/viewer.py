@@ -42,44 +42,55 @@ def _data_uri(path: str) -> str | None:
         return None
 
 
-def render_viewer(page_dir: str, summaries: list[dict], failures: list[dict] = (), *,
-                  title: str = "benbeam predict") -> str:
+def render_viewer(
+    page_dir: str, summaries: list[dict], failures: list[dict] = (), *, title: str = "benbeam predict"
+) -> str:
     """The page's HTML. Each summary is a ``predict_tile`` summary plus ``dir``: its output
     folder relative to ``page_dir``."""
     rows, cards = [], []
     for s in summaries:
         d = s.get("dir", "")
-        mib = s["peak_rss_bytes"] / 2 ** 20
+        mib = s["peak_rss_bytes"] / 2**20
         pps = f"{s['pixels_per_s']:,.0f}" if s.get("pixels_per_s") else ""
-        rows.append(f"<tr><td><a href=\"#{_anchor(s['tile'])}\">{_esc(s['tile'])}</a></td><td>{s['pixels']:,}</td>"
-                    f"<td>{s['seconds']:.2f}</td><td>{pps}</td><td>{mib:,.0f} MiB</td>"
-                    f"<td>{_esc(s['device'])}</td></tr>")
+        rows.append(
+            f'<tr><td><a href="#{_anchor(s["tile"])}">{_esc(s["tile"])}</a></td><td>{s["pixels"]:,}</td>'
+            f"<td>{s['seconds']:.2f}</td><td>{pps}</td><td>{mib:,.0f} MiB</td>"
+            f"<td>{_esc(s['device'])}</td></tr>"
+        )
         uri = _data_uri(storage.join(page_dir, *(p for p in (d, PREVIEW) if p)))
-        img = (f"<img id=\"preview-{_esc(_anchor(s['tile']))}\" src=\"{uri}\" alt=\"class map of {_esc(s['tile'])}\">"
-               if uri else "<p class=\"warn\">no preview</p>")
-        files = "".join(f"<li><a href=\"{_esc('/'.join(p for p in (d, f) if p))}\">{_esc(f)}</a></li>"
-                        for f in s.get("outputs", []))
+        img = (
+            f'<img id="preview-{_esc(_anchor(s["tile"]))}" src="{uri}" alt="class map of {_esc(s["tile"])}">'
+            if uri
+            else '<p class="warn">no preview</p>'
+        )
+        files = "".join(
+            f'<li><a href="{_esc("/".join(p for p in (d, f) if p))}">{_esc(f)}</a></li>' for f in s.get("outputs", [])
+        )
         total = max(1, s["pixels"])
         top = sorted(s.get("class_pixels", {}).items(), key=lambda kv: -kv[1])[:6]
         classes = ", ".join(f"{_esc(n)} {100.0 * c / total:.1f}%" for n, c in top)
-        warns = "".join(f"<p class=\"warn\">warning: {_esc(w)}</p>" for w in s.get("warnings", []))
+        warns = "".join(f'<p class="warn">warning: {_esc(w)}</p>' for w in s.get("warnings", []))
         cards.append(
-            f"<section class=\"tile\" id=\"{_anchor(s['tile'])}\"><h2>{_esc(s['tile'])}</h2>"
+            f'<section class="tile" id="{_anchor(s["tile"])}"><h2>{_esc(s["tile"])}</h2>'
             f"<p>{s['width']}×{s['height']} px, {s['seconds']:.1f} s, {pps} px/s, peak memory {mib:,.0f} MiB, "
             f"{_esc(s['device'])}; CRS {_esc(s.get('crs', ''))}</p>{warns}"
-            f"<p>largest classes: {classes or 'none'}</p>{img}<ul class=\"files\">{files}</ul></section>")
+            f'<p>largest classes: {classes or "none"}</p>{img}<ul class="files">{files}</ul></section>'
+        )
     for f in failures:
-        rows.append(f"<tr><td>{_esc(f['tile'])}</td><td colspan=\"5\">failed: {_esc(f['reason'])}</td></tr>")
-        cards.append(f"<section class=\"tile failed\" id=\"{_anchor(f['tile'])}\"><h2>{_esc(f['tile'])}</h2>"
-                     f"<p>failed: {_esc(f['reason'])}</p><p>{_esc(f.get('path', ''))}</p></section>")
+        rows.append(f'<tr><td>{_esc(f["tile"])}</td><td colspan="5">failed: {_esc(f["reason"])}</td></tr>')
+        cards.append(
+            f'<section class="tile failed" id="{_anchor(f["tile"])}"><h2>{_esc(f["tile"])}</h2>'
+            f"<p>failed: {_esc(f['reason'])}</p><p>{_esc(f.get('path', ''))}</p></section>"
+        )
     n_px = sum(s["pixels"] for s in summaries)
     n_s = sum(s["seconds"] for s in summaries)
-    head = ("<tr><th>tile</th><th>pixels</th><th>seconds</th><th>pixels/s</th><th>peak memory</th>"
-            "<th>device</th></tr>")
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_esc(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>"
-            f"<p>{len(summaries)} tiles mapped ({n_px:,} px in {n_s:.1f} s), {len(failures)} failed.</p>"
-            f"<table id=\"report\">{head}{''.join(rows)}</table>{''.join(cards)}</body></html>\n")
+    head = "<tr><th>tile</th><th>pixels</th><th>seconds</th><th>pixels/s</th><th>peak memory</th><th>device</th></tr>"
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>"
+        f"<p>{len(summaries)} tiles mapped ({n_px:,} px in {n_s:.1f} s), {len(failures)} failed.</p>"
+        f'<table id="report">{head}{"".join(rows)}</table>{"".join(cards)}</body></html>\n'
+    )
 
 
 def write_viewer(path: str, summaries: list[dict], failures: list[dict] = (), *, title: str = "benbeam predict"):

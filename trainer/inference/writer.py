@@ -28,8 +28,18 @@ class LayerWriter:
 
     def __init__(self, out_dir: str, stem: str, *, crs, transform, width: int, height: int, block: int):
         self.out_dir, self.stem = out_dir, stem
-        self.base = dict(driver="GTiff", width=width, height=height, crs=crs, transform=transform, tiled=True,
-                         blockxsize=block, blockysize=block, compress="deflate", BIGTIFF="IF_SAFER")
+        self.base = dict(
+            driver="GTiff",
+            width=width,
+            height=height,
+            crs=crs,
+            transform=transform,
+            tiled=True,
+            blockxsize=block,
+            blockysize=block,
+            compress="deflate",
+            BIGTIFF="IF_SAFER",
+        )
         self.block = block
         self.datasets: dict = {}
         self.tmp: dict[str, str] = {}  # file name -> temporary path
@@ -45,16 +55,32 @@ class LayerWriter:
         self.tmp[fname] = p
         return p
 
-    def open(self, layer: str, *, dtype: str, nodata, count: int = 1, descriptions=None, colormap=None,
-             tags=None, categorical: bool = False) -> None:
+    def open(
+        self,
+        layer: str,
+        *,
+        dtype: str,
+        nodata,
+        count: int = 1,
+        descriptions=None,
+        colormap=None,
+        tags=None,
+        categorical: bool = False,
+    ) -> None:
         """Create ``<stem>_<layer>.tif`` (tiled, deflate, the tile's grid) under a temporary name;
         ``categorical``: its overviews pick values (nearest) instead of averaging them."""
         import rasterio
 
         fname = f"{self.stem}_{layer}.tif"
         self.overview_resampling[fname] = CATEGORICAL_RESAMPLING if categorical else CONTINUOUS_RESAMPLING
-        prof = dict(self.base, dtype=dtype, count=count, nodata=nodata,
-                    predictor=3 if dtype == "float32" else 2, interleave="pixel" if count > 1 else "band")
+        prof = dict(
+            self.base,
+            dtype=dtype,
+            count=count,
+            nodata=nodata,
+            predictor=3 if dtype == "float32" else 2,
+            interleave="pixel" if count > 1 else "band",
+        )
         ds = rasterio.open(self.tmp_path(fname), "w", **prof)
         if descriptions:
             for i, d in enumerate(descriptions, 1):
@@ -107,8 +133,16 @@ class LayerWriter:
         src = self.tmp[fname]
         cog = os.path.join(self.out_dir, f".tmp-{os.getpid()}-cog-{fname}")
         self.tmp[f"{fname} (cog)"] = cog  # removed by abort if the copy fails
-        gdal_copy(src, cog, driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES", BLOCKSIZE=self.block,
-                  RESAMPLING=self.overview_resampling[fname], BIGTIFF="IF_SAFER")
+        gdal_copy(
+            src,
+            cog,
+            driver="COG",
+            COMPRESS="DEFLATE",
+            PREDICTOR="YES",
+            BLOCKSIZE=self.block,
+            RESAMPLING=self.overview_resampling[fname],
+            BIGTIFF="IF_SAFER",
+        )
         os.remove(src)
         self.tmp[fname] = self.tmp.pop(f"{fname} (cog)")
 
