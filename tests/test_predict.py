@@ -480,7 +480,7 @@ def test_model_trained_on_synthetic_patches_maps_a_synthetic_safe_tile_well_abov
     out = tmp_path / "out"
     assert _cli(["--model", synthetic_model, "--tile", t["path"], "--out", out, "--chunk_size", 256]) == 0
     cap = capsys.readouterr()
-    assert "chunk 4/4" in cap.err and "px/s" in cap.out and "peak memory" in cap.out
+    assert "4/4 chunks (100%)" in cap.err and "ETA" in cap.err and "px/s" in cap.out and "peak memory" in cap.out
     cls = _read(str(out / f"{t['name']}_class.tif"), 1)
     truth = _read(t["truth"], 1)
     with rasterio.open(str(out / f"{t['name']}_class.tif")) as a, rasterio.open(t["truth"]) as b:

@@ -23,6 +23,7 @@ from trainer.inference.predictor import Predictor
 from trainer.inference.preview import render_preview
 from trainer.inference.settings import DEFAULTS, PREVIEW, PROBS_DTYPES, PredictError
 from trainer.inference.writer import GDAL_CACHE_MB, LayerWriter
+from transforms.progress import Bar
 
 LOG = logging.getLogger("benbeam.predict")
 
@@ -33,7 +34,7 @@ def fmt_bytes(n: float) -> str:
 
 
 def stderr_progress(msg: str) -> None:
-    """The default progress callback: one line on stderr."""
+    """The default progress callback: one line on stderr (a tile's chunks get one overall progress line instead)."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -105,6 +106,9 @@ def predict_tile(
                     descriptions=list(info["classes"]),
                     tags={"layer": LAYER_DOC["probs"]},
                 )
+            # the default: one overall line for the tile's chunks (a bar on a terminal, a line every ~10 s otherwise);
+            # another callback (the Beam workers' log) gets a line per chunk
+            bar = Bar(source.name, total=len(chunks), unit=" chunks") if progress is stderr_progress else None
             for ch in chunks:
                 probs, valid, n_run, n_skip = predictor.predict_chunk(source, ch, rows, cols)
                 runs, skips = runs + n_run, skips + n_skip
@@ -122,13 +126,17 @@ def predict_tile(
                         arr[~valid] = np.nan
                         w.write(name, ch, arr)
                 del probs
-                if progress:
+                if bar is not None:
+                    bar.update(1)
+                elif progress:
                     dt = time.perf_counter() - t0
                     eta = dt / (ch.index + 1) * (len(chunks) - ch.index - 1)
                     progress(
                         f"{source.name}: chunk {ch.index + 1}/{len(chunks)} "
                         f"({100.0 * (ch.index + 1) / len(chunks):.0f}%), {dt:.1f} s, ~{eta:.0f} s left"
                     )
+            if bar is not None:
+                bar.close(complete=True)
             w.close()
             extra_names = [n for e in extras for n in (e.names or ())]
             cm = classmap(info, probs_dtype=probs_dtype if save_probs else None, extras=extra_names)
