@@ -144,14 +144,18 @@ class _PackFS:
     def __init__(self, objects: dict[str, bytes | None]):
         self.objects = objects
 
-    def cat_file(self, url: str) -> bytes:
+    def cat_file(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
+        """One object's bytes ``[start:end]`` (fsspec's signature); FileNotFoundError when missing."""
         v = self.objects.get(url)
         if v is None:
             raise FileNotFoundError(url)
-        return v
+        return v[start:end]
 
-    def cat(self, urls, on_error="return"):
-        return {u: (self.objects[u] if self.objects.get(u) is not None else FileNotFoundError(u)) for u in urls}
+    def cat(self, urls, on_error="return", start: int | None = None, end: int | None = None):
+        """Several objects' bytes ``[start:end]`` by URL; a missing one maps to a FileNotFoundError."""
+        return {
+            u: (self.objects[u][start:end] if self.objects.get(u) is not None else FileNotFoundError(u)) for u in urls
+        }
 
 
 def committed_attempts(pack_dir: str) -> dict[str, str]:
