@@ -97,17 +97,23 @@ def test_spark_portable_dask_and_dataflow_arguments():
         "--dask_partition_size",
         "1",
     ]
-    df = _args(["dataflow", "--project", "p", "--region", "r", "--temp_location", "gs://b/t"])
+    df = _args(
+        ["dataflow", "--project", "my-project", "--region", "europe-west4", "--temp_location", "gs://my-bucket/t"]
+    )
     assert df[df.index("--extra_package") + 1] == "/w/pkg.whl" and "--setup_file" not in df
-    assert df[df.index("--staging_location") + 1] == "gs://b/t/staging"
-    img = submit.dataflow_args(project="p", region="r", temp_location="gs://b/t", sdk_container_image="img:1")
+    assert df[df.index("--staging_location") + 1] == "gs://my-bucket/t/staging"
+    img = submit.dataflow_args(
+        project="my-project", region="europe-west4", temp_location="gs://my-bucket/t", sdk_container_image="img:1"
+    )
     assert img[img.index("--sdk_container_image") + 1] == "img:1" and "--extra_package" not in img
     assert img[img.index("--sdk_location") + 1] == "container"
 
 
 def test_which_launches_stage_the_package():
     parse = submit.build_parser().parse_args
-    assert submit.needs_package(parse(["dataflow", "--project", "p", "--region", "r", "--temp_location", "gs://b"]))
+    assert submit.needs_package(
+        parse(["dataflow", "--project", "my-project", "--region", "europe-west4", "--temp_location", "gs://my-bucket"])
+    )
     assert not submit.needs_package(parse(["portable", "--job_endpoint", "h:1"]))  # LOOPBACK: this process
     assert not submit.needs_package(parse(["dask", "--dask_client_address", "h:1"]))
     assert not submit.needs_package(parse(["flink", "--job_endpoint", "h:1", "--sdk_container_image", "i"]))
@@ -116,9 +122,17 @@ def test_which_launches_stage_the_package():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(project="p", region="r", temp_location="/tmp/x", package="w.whl"), "gs://"),
-        (dict(project="p", region="r", temp_location="gs://b", setup_file="/nowhere/setup.py"), "does not exist"),
-        (dict(project="p", region="r", temp_location="gs://b"), "need the package"),
+        (dict(project="my-project", region="europe-west4", temp_location="/tmp/x", package="w.whl"), "gs://"),
+        (
+            dict(
+                project="my-project",
+                region="europe-west4",
+                temp_location="gs://my-bucket",
+                setup_file="/nowhere/setup.py",
+            ),
+            "does not exist",
+        ),
+        (dict(project="my-project", region="europe-west4", temp_location="gs://my-bucket"), "need the package"),
     ],
 )
 def test_dataflow_argument_errors(kwargs, match):

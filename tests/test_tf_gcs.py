@@ -8,6 +8,7 @@ proxy (``tests.tls_proxy``) that relays to a fake-gcs-server answering as storag
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -100,8 +101,11 @@ def test_native_reads_only_where_tensorflow_reads_the_scheme(monkeypatch):
     assert data.native_reads(["gs://b/train/train-00000-of-00001.tfrecord"])
     assert not data.native_reads(["s3://b/train/train-00000-of-00001.tfrecord"])  # needs tensorflow-io
     assert not data.native_reads(["gs://b/a.tfrecord", "s3://b/b.tfrecord"])
-    storage.configure(gcs_endpoint_url="http://127.0.0.1:1")
-    try:
-        assert not data.native_reads(["gs://b/train/train-00000-of-00001.tfrecord"])
-    finally:
-        storage.configure()
+    with socket.socket() as listener:  # an emulator's endpoint (configure checks that something answers there)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        storage.configure(gcs_endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}")
+        try:
+            assert not data.native_reads(["gs://b/train/train-00000-of-00001.tfrecord"])
+        finally:
+            storage.configure()
