@@ -69,6 +69,7 @@ rows = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(rows, max_size=12))
 def test_any_metadata_row_is_a_clean_record_or_a_dead_letter(tmp_path_factory, batch):
@@ -277,6 +278,7 @@ def stats_json(tmp_path_factory):
     return str(d / "ds" / "stats.json")
 
 
+@pytest.mark.slow
 def test_no_decodable_training_patch_is_a_clear_error_without_manifest(tmp_path, capsys):
     pq.write_table(
         pa.table({"patch_id": [GOOD_ID], "s1_name": [GOOD_S1], "split": ["train"], "labels": [["Pastures"]]}),
@@ -315,6 +317,7 @@ def test_no_decodable_training_patch_is_a_clear_error_without_manifest(tmp_path,
     ),
     drop=st.sets(st.sampled_from(["country", "labels"]), max_size=1),
 )
+@pytest.mark.slow
 def test_fuzzed_metadata_tables_end_to_end(tmp_path_factory, stats_json, batch, extra_cols, drop):
     tmp = tmp_path_factory.mktemp("fz")
     cols = {

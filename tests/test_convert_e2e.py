@@ -61,6 +61,7 @@ def _failures(out):
     return [json.loads(line) for line in (out / manifest.FAILURES_JSONL).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_every_injected_fault_is_dead_lettered_and_no_clean_patch(reben, dataset):
     injected = json.loads((reben / "injected_faults.json").read_text())
     assert sorted(f["kind"] for f in injected) == sorted(FAULT_KINDS)
@@ -174,6 +175,7 @@ def test_statistics_equal_numpy_over_the_training_pixels(reben, dataset):
         assert abs(s["p_high"] - np.percentile(pix[:, i], 99)) <= width
 
 
+@pytest.mark.slow
 def test_rerun_is_byte_identical_and_index_path_matches(reben, dataset, tmp_path):
     out2 = tmp_path / "again"
     idx = tmp_path / "indexed.parquet"
@@ -212,6 +214,7 @@ def test_verify_accepts_the_dataset_and_catches_one_corrupt_byte(dataset, tmp_pa
     assert main(["verify", str(copy)]) == 2
 
 
+@pytest.mark.slow
 def test_validate_reports_missing_objects_and_deep_finds_the_rest(reben, tmp_path):
     rep_path = tmp_path / "validation.json"
     # the replica fails on purpose: more than --max_failure_fraction (0.05) of it, so exit 1 after the report
@@ -245,6 +248,7 @@ def test_validate_reports_missing_objects_and_deep_finds_the_rest(reben, tmp_pat
     assert {f["patch_id"] for f in deep["failures"]} == set(injected)
 
 
+@pytest.mark.slow
 def test_stats_reuse_frac_subset_and_failure_threshold(reben, dataset, tmp_path):
     # --stats applies the training statistics to a validation-only conversion
     out = tmp_path / "val"
@@ -301,6 +305,7 @@ def test_stats_reuse_frac_subset_and_failure_threshold(reben, dataset, tmp_path)
     assert 0 < sm["input"]["rows_selected"] < _manifest(dataset)["input"]["rows_selected"]
 
 
+@pytest.mark.slow
 def test_label_disagreements_are_counted_not_failed_and_stats_fraction(reben, dataset, tmp_path):
     import pyarrow as pa
 

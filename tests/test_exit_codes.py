@@ -122,6 +122,7 @@ def test_a_folder_holding_other_files_is_refused_and_left_untouched(replica, tmp
     assert all((out / rel).read_bytes() == data for rel, data in files.items())
 
 
+@pytest.mark.slow
 def test_an_earlier_run_of_convert_is_recognised_and_rerun_in_place(replica, tmp_path):
     out = tmp_path / "ds"
     assert _convert(replica, out) == 0
@@ -159,6 +160,7 @@ def test_a_live_lock_fails_a_second_run_at_once(replica, tmp_path, capsys):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_dead_process_is_taken_over(replica, tmp_path):
     out = tmp_path / "stale"
     out.mkdir()
@@ -169,6 +171,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(replica, tmp_path):
     assert (out / manifest.MANIFEST).exists() and not (out / outdir.LOCK).exists()
 
 
+@pytest.mark.slow
 def test_two_concurrent_converts_into_one_folder_one_is_refused(replica, tmp_path):
     out = tmp_path / "race"
     cmd = [
@@ -193,6 +196,7 @@ def test_two_concurrent_converts_into_one_folder_one_is_refused(replica, tmp_pat
     assert main(["verify", str(out)]) == 0
 
 
+@pytest.mark.slow
 def test_validate_out_rules(replica, tmp_path, capsys):
     meta = str(replica / "ok" / "metadata.parquet")
     assert main(["validate", "--meta", meta, "--out", str(tmp_path), "--workers", "1"]) == 2
@@ -222,6 +226,7 @@ def test_a_mostly_failing_convert_exits_1_after_writing_everything(replica, tmp_
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_validate_exits_1_when_patches_fail(replica, tmp_path, capsys):
     rep = tmp_path / "v.json"
     assert (
@@ -363,6 +368,7 @@ def test_refused_connections_are_retried_twice_not_five_times():
     assert len(calls) == storeconfig.REFUSED_ATTEMPTS == 2
 
 
+@pytest.mark.slow
 def test_a_corrupt_shard_in_train_and_evaluate_is_named_in_one_line(replica, tmp_path, capsys):
     out = tmp_path / "ds"
     assert _convert(replica, out) == 0

@@ -227,6 +227,7 @@ def test_hypothesis_index_rows_mixing_legitimate_and_hostile_paths(world, data):
     assert not _outside(opened, world["root"], world["watched"]), opened[:5]
 
 
+@pytest.mark.slow
 def test_convert_of_a_hostile_index_opens_nothing_outside_and_dead_letters_every_hostile_row(world, tmp_path):
     rows = md.table_rows(world["table"])
     table = world["table"]

@@ -19,6 +19,9 @@ from beam_pipeline.cli import main
 from schemas import manifest
 from transforms.encode import iter_records
 
+# servers, job services, clusters or killed processes: make test-fast leaves these out
+pytestmark = pytest.mark.slow
+
 
 def _shards(out):
     return [p for p in out.glob("*/*.tfrecord*") if not p.name.startswith(".tmp-")]

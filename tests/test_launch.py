@@ -212,6 +212,7 @@ def test_tfx_cross_check_finds_a_disagreeing_decoding(tmp_path, monkeypatch):
     ]
 
 
+@pytest.mark.slow
 def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
     import json
 

@@ -20,6 +20,9 @@ from schemas import manifest as manifest_schema
 from tests.servers import FaultProxy, fake_gcs, seaweedfs
 from transforms import storage
 
+# servers, job services, clusters or killed processes: make test-fast leaves these out
+pytestmark = pytest.mark.slow
+
 N = 14
 FAULTS = "missing_band_file,truncated_tiff,missing_files"
 ACCESS_KEY = "AKIABENBEAMTESTS0001"

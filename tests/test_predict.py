@@ -211,6 +211,7 @@ def test_layers_satisfy_their_definitions():
 # --------------------------------------------------------------------------- one tile, stand-in source
 
 
+@pytest.mark.slow
 def test_outputs_keep_the_georeferencing_and_satisfy_the_definitions_against_the_saved_cube(predictor, tmp_path):
     src = ArrayTile.random(250, 310, predictor.channels, np.random.default_rng(1))
     src.valid[:, :17] = False  # a nodata border
@@ -303,6 +304,7 @@ def test_maps_are_cloud_optimised_geotiffs_with_overviews(predictor, tmp_path):
     assert valid.any() and (half[valid] <= 1).all() and (half[valid] >= 1 / K).all()
 
 
+@pytest.mark.slow
 def test_chunked_equals_unchunked_and_reads_stay_chunk_sized(predictor, tmp_path):
     src = ArrayTile.random(380, 500, predictor.channels, np.random.default_rng(2))
     src.valid[330:, 450:] = False
@@ -610,6 +612,7 @@ def test_benchmark_report_and_viewer_render_every_tile_in_chromium(model_file, t
     assert len([i for i in page["images"] if i["loaded"]]) == len(tiles)
 
 
+@pytest.mark.slow
 def test_beam_pipeline_gives_the_plain_commands_bytes(model_file, two_tiles, tmp_path, capsys):
     tiles, d = two_tiles
     out = tmp_path / "beam"

@@ -42,6 +42,7 @@ def _manifest(ds):
     return json.loads((ds / manifest.MANIFEST).read_text())
 
 
+@pytest.mark.slow
 def test_convert_writes_the_report_its_plots_and_the_run_record(dataset):
     html = (dataset / manifest.REPORT_HTML).read_text()
     assert 'src="http' not in html and "<script" not in html  # self-contained, nothing to fetch
@@ -58,6 +59,7 @@ def test_convert_writes_the_report_its_plots_and_the_run_record(dataset):
     assert manifest.RUN_JSON not in json.dumps(man) and manifest.REPORT_HTML not in json.dumps(man)
 
 
+@pytest.mark.slow
 def test_the_report_renders_in_chromium_with_every_section_and_image(dataset, tmp_path):
     require_chromium()
     page = render(dataset / manifest.REPORT_HTML, screenshot=str(tmp_path / "report.png"))
@@ -93,6 +95,7 @@ def test_benbeam_report_regenerates_it_identically(dataset, tmp_path, capsys):
     ).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_dataset_without_run_record_or_histograms_still_gets_a_report(dataset, tmp_path):
     """`--stats` from an earlier run: no histograms.npz; a copied dataset without run.json."""
     reben = dataset.parent / "reben"

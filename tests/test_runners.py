@@ -21,6 +21,9 @@ from beam_pipeline.cli import main
 from schemas import manifest
 from tests.servers import free_port
 
+# servers, job services, clusters or killed processes: make test-fast leaves these out
+pytestmark = pytest.mark.slow
+
 N = 16
 
 

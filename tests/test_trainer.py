@@ -104,6 +104,7 @@ def test_class_weights_from_manifest_counts():
 # --------------------------------------------------------------------------- input pipeline
 
 
+@pytest.mark.slow
 def test_input_pipeline_yields_the_arrays_the_etl_wrote(tmp_path):
     """Real `synth` + `convert` output, read by the trainer, equals the records decoded by the ETL's own reader."""
     reben, out = tmp_path / "reben", tmp_path / "ds"
