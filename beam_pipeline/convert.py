@@ -130,13 +130,9 @@ def build_packs(p: beam.Pipeline, args, plan: RowPlan, pack_dir: str) -> None:
     _ = p | "SplitArchives" >> SplitArchives(plan, args.archives, pack_dir, storage.options())
 
 
-def build_stats(
-    p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None, objects=None
-) -> None:
-    """The statistics job: band statistics of the training shards, written into ``args.out``;
-    ``objects``: the object source (None: the files; ``--archives``: the packs)."""
-    sopts = storage.options()
-    config = ShardConfig(
+def shard_config(args, plan: RowPlan, sopts: dict, cache: PatchCache | None, objects) -> ShardConfig:
+    """What the statistics and the write job's DoFns share (one frozen value for both jobs)."""
+    return ShardConfig(
         plan,
         args.out,
         args.resampling,
@@ -147,6 +143,15 @@ def build_stats(
         cache,
         objects=objects,
     )
+
+
+def build_stats(
+    p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None, objects=None
+) -> None:
+    """The statistics job: band statistics of the training shards, written into ``args.out``;
+    ``objects``: the object source (None: the files; ``--archives``: the packs)."""
+    sopts = storage.options()
+    config = shard_config(args, plan, sopts, cache, objects)
     checked = p | "PlanShards" >> PlannedShards(config)
     _ = (
         checked["shards"]
@@ -199,17 +204,7 @@ def build(
             raise ValueError("build() needs the statistics: run the statistics job first (convert.run does)")
         stats = (_stats_from_file(args.stats, args.clip, clip_p, sopts), b"")
     stats_doc, hist = stats
-    config = ShardConfig(
-        plan,
-        args.out,
-        args.resampling,
-        args.compression,
-        args.image_dtype,
-        sopts,
-        args.decode_timeout,
-        cache,
-        objects=objects,
-    )
+    config = shard_config(args, plan, sopts, cache, objects)
     checked = p | "PlanShards" >> PlannedShards(config)
     written = checked["shards"] | "WriteShards" >> WriteShards(config, stats_doc["normalization"])
 
