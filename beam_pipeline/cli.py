@@ -160,7 +160,7 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
 
         return run(argv)
     if cmd == "synth-tile":
-        from synth.tiles import run
+        from synth.tile_cli import run
 
         return run(argv)
     if cmd == "report":
@@ -179,7 +179,7 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
 
         return run(argv)
     if cmd == "train":
-        from trainer.train import train_cli
+        from trainer.train_cli import train_cli
 
         return train_cli(argv)
     if cmd == "evaluate":

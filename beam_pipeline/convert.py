@@ -7,7 +7,6 @@ the inputs up front (clear errors before any work), runs the pipeline and report
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -19,6 +18,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_pipeline import finalize as fin
 from beam_pipeline.options import ConvertOptions, description, local_runner_args, parse
 from beam_pipeline.quiet import worker_stderr
+from beam_pipeline.run_record import print_counters, print_summary, staged_artifacts, summary, write_run_record
+from beam_pipeline.stats_pass import (
+    STATS_PASS_JSON,
+    load_stats_pass,
+    remove_stats_pass,
+    stats_from_file,
+    stats_pass_key,
+    write_stats_pass,
+)
 from schemas import manifest as manifest_schema
 from transforms import metadata as md
 from transforms import outdir, progress, storage
@@ -46,80 +54,6 @@ RECORDED = (
     "stats",
     "stats_fraction",
 )
-
-
-def _stats_from_acc(acc, clip, clip_percentiles):
-    from transforms.histogram import BandStats
-    from transforms.normalize import NormParams
-
-    extracted = BandStats().extract(acc, clip_percentiles=tuple(clip_percentiles))
-    bad = [b for b, s in extracted.items() if not s.get("count")]
-    if bad:
-        raise RuntimeError(
-            f"no training pixels for band(s) {', '.join(bad)}: every training patch failed or the "
-            "training split is empty; pass --stats from an earlier run"
-        )
-    norm = NormParams.from_stats(extracted, clip=clip).to_dict()
-    return fin.stats_document(extracted, norm, "computed", clip, clip_percentiles)
-
-
-def _stats_from_file(url, clip, clip_percentiles, storage_options):
-    from transforms.normalize import NormParams
-
-    storage.set_options(storage_options)
-    doc = fin.load_stats_document(url)
-    norm = NormParams.from_stats(doc["bands"], clip=clip).to_dict()
-    return fin.stats_document(doc["bands"], norm, url, clip, clip_percentiles)
-
-
-# Under --out: the statistics job's result (histograms, then statistics with their key),
-# kept until the dataset is complete.
-STATS_PASS_JSON, STATS_PASS_NPZ = ".stats-pass.json", ".stats-pass.npz"
-_STATS_KEY = (
-    "meta",
-    "include_snow_cloud",
-    "root",
-    "splits",
-    "frac",
-    "shard_size",
-    "resampling",
-    "clip",
-    "clip_percentiles",
-    "stats_fraction",
-)
-
-
-def stats_pass_key(args, plan: RowPlan) -> dict:
-    """What the statistics depend on: a stats pass with an equal key is reused on a rerun."""
-    from beam_pipeline import __version__
-
-    key = {k: getattr(args, k) for k in _STATS_KEY}
-    key["clip_percentiles"] = list(key["clip_percentiles"])
-    return {"package_version": __version__, "options": key, "metadata": plan.info(), "root": plan.root}
-
-
-def _write_stats_pass(acc, out, key, clip, clip_percentiles, storage_options) -> None:
-    """Write the statistics job's result: the histograms, then statistics + key (last: that
-    file marks the pass complete)."""
-    from transforms.histogram import to_npz_bytes
-
-    storage.set_options(storage_options)
-    doc = _stats_from_acc(acc, clip, clip_percentiles)
-    storage.write_bytes_atomic(storage.join(out, STATS_PASS_NPZ), to_npz_bytes(acc))
-    storage.write_bytes_atomic(
-        storage.join(out, STATS_PASS_JSON), json.dumps({"key": key, "statistics": doc}, sort_keys=True).encode()
-    )
-
-
-def load_stats_pass(out: str, key: dict) -> tuple[dict, bytes] | None:
-    """The statistics and histograms of a complete stats pass with this ``key``, else None."""
-    try:
-        done = json.loads(storage.read_bytes(storage.join(out, STATS_PASS_JSON)))
-        if done.get("key") != json.loads(json.dumps(key)):
-            return None
-        return done["statistics"], storage.read_bytes(storage.join(out, STATS_PASS_NPZ))
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return None
 
 
 def build_packs(p: beam.Pipeline, args, plan: RowPlan, pack_dir: str) -> None:
@@ -156,7 +90,7 @@ def build_stats(
     _ = (
         checked["shards"]
         | "ComputeBandStats" >> ComputeBandStats(config, args.stats_fraction)
-        | "WriteStatsPass" >> beam.Map(_write_stats_pass, args.out, key, args.clip, tuple(args.clip_percentiles), sopts)
+        | "WriteStatsPass" >> beam.Map(write_stats_pass, args.out, key, args.clip, tuple(args.clip_percentiles), sopts)
     )
 
 
@@ -202,7 +136,7 @@ def build(
     if stats is None:
         if not args.stats:
             raise ValueError("build() needs the statistics: run the statistics job first (convert.run does)")
-        stats = (_stats_from_file(args.stats, args.clip, clip_p, sopts), b"")
+        stats = (stats_from_file(args.stats, args.clip, clip_p, sopts), b"")
     stats_doc, hist = stats
     config = shard_config(args, plan, sopts, cache, objects)
     checked = p | "PlanShards" >> PlannedShards(config)
@@ -298,102 +232,6 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
     if storage.exists(manifest):
         storage.filesystem(manifest).rm(manifest)
     return plan
-
-
-def summary(out: str) -> dict:
-    """The manifest a run just wrote, as its JSON dict."""
-    return json.loads(storage.read_bytes(storage.join(out, manifest_schema.MANIFEST)))
-
-
-def print_summary(man: dict, seconds: float, stream=None) -> None:
-    """Per split: input, written, failed and shards; the failures by reason; the throughput."""
-    stream = stream or sys.stdout  # looked up per call: sys.stdout may have been replaced since import
-    total_in = sum(s["input"] for s in man["splits"].values())
-    total_w = sum(s["written"] for s in man["splits"].values())
-    print(f"dataset: {man['options']['out']}", file=stream)
-    for name, s in man["splits"].items():
-        print(
-            f"  {name:<11} input {s['input']:>7}  written {s['written']:>7}  failed {s['failed']:>6}  "
-            f"shards {len(s['shards'])}",
-            file=stream,
-        )
-    if man["failures"]["total"]:
-        reasons = ", ".join(f"{k} {v}" for k, v in man["failures"]["by_reason"].items())
-        print(f"  failures: {man['failures']['total']} ({reasons}) -> {man['failures']['file']}", file=stream)
-    rate = total_in / seconds if seconds else 0.0
-    print(f"  {total_w} patches written in {seconds:.1f} s ({rate:.1f} patches/s)", file=stream)
-
-
-def print_counters(results, stream=None) -> dict[str, int]:
-    """Summarise the Beam counters of the jobs ``[(name, result)]`` (outcomes by reason,
-    bytes); the shard checks run in both jobs and are counted once. Returns them."""
-    stream = stream or sys.stderr
-    totals: dict[str, int] = {}
-    counters = []
-    for name, result in results:
-        try:
-            counters += [
-                c
-                for c in result.metrics().query()["counters"]
-                if name != "stats" or not c.key.step.startswith("PlanShards")
-            ]
-        except Exception:  # noqa: BLE001 - some runners do not report metrics
-            continue
-    for c in counters:
-        if c.key.metric.namespace == "benbeam":
-            totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (c.committed or c.attempted or 0)
-    if totals:
-        print("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())), file=stream)
-    return dict(sorted(totals.items()))
-
-
-def write_run_record(out: str, man: dict, seconds: float, opts, counters: dict) -> dict:
-    """``run.json``: how this run went (time, throughput, runner). Not part of the manifest,
-    which stays byte-identical between runs; the report's throughput section reads it."""
-    import datetime
-    import resource
-
-    from beam_pipeline import __version__
-
-    allopts = opts.get_all_options()
-    patches = sum(s["input"] for s in man["splits"].values())
-    rec = {
-        "package_version": __version__,
-        "seconds": round(seconds, 3),
-        "patches": patches,
-        "patches_per_s": round(patches / seconds, 2) if seconds else None,
-        "runner": allopts.get("runner") or "DirectRunner",
-        "direct_running_mode": allopts.get("direct_running_mode"),
-        "workers": allopts.get("direct_num_workers") or allopts.get("num_workers"),
-        "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "counters": counters,
-    }
-    storage.write_bytes_atomic(
-        storage.join(out, manifest_schema.RUN_JSON), (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode()
-    )
-    return rec
-
-
-def staged_artifacts(result) -> list[str]:
-    """Names of the files a (dry-run) Dataflow job stages for its workers."""
-    from apache_beam.portability.api import beam_runner_api_pb2
-
-    job = getattr(result, "job", None)
-    names = []
-    for env in job.proto_pipeline.components.environments.values() if job else ():
-        for dep in env.dependencies:
-            names.append(beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(dep.role_payload).staged_name)
-    return sorted(set(names))
-
-
-def _remove_stats_pass(out: str) -> None:
-    for name in (STATS_PASS_JSON, STATS_PASS_NPZ):
-        url = storage.join(out, name)
-        try:
-            storage.filesystem(url).rm(url)
-        except FileNotFoundError:
-            pass
 
 
 LOCAL_RUNNERS = (None, "", "DirectRunner", "direct", "PrismRunner", "prism", "SwitchingDirectRunner")
@@ -566,7 +404,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
             cache.remove()
         if pack_dir is not None and not dry_run:
             archive_packs.remove_packs(pack_dir)
-    _remove_stats_pass(args.out)
+    remove_stats_pass(args.out)
     dt = time.perf_counter() - t0
     counters = print_counters(results)
     man = summary(args.out)

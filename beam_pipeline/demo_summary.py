@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from beam_pipeline.convert import summary
+from beam_pipeline.run_record import summary
 from schemas.bands import ALL_NAMES
 
 

@@ -216,7 +216,7 @@ def test_tfx_cross_check_finds_a_disagreeing_decoding(tmp_path, monkeypatch):
 def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
     import json
 
-    from beam_pipeline import convert
+    from beam_pipeline import convert, stats_pass
     from beam_pipeline.options import ConvertOptions, parse
     from schemas import manifest
 
@@ -236,18 +236,18 @@ def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
     man = json.loads((out / manifest.MANIFEST).read_text())
     # an interrupted run left a complete statistics pass (here: with a recognisable mean)
     args, _ = parse(ConvertOptions, argv, "t", "t")
-    key = convert.stats_pass_key(args, convert.preflight(args, probe_output=False))
+    key = stats_pass.stats_pass_key(args, convert.preflight(args, probe_output=False))
     planted = json.loads(json.dumps(man["statistics"]))
     planted["normalization"]["offset"] = [v + 1.0 for v in planted["normalization"]["offset"]]
     planted["source"] = "planted"
-    (out / convert.STATS_PASS_NPZ).write_bytes((out / manifest.HISTOGRAMS_NPZ).read_bytes())
-    (out / convert.STATS_PASS_JSON).write_text(json.dumps({"key": key, "statistics": planted}))
+    (out / stats_pass.STATS_PASS_NPZ).write_bytes((out / manifest.HISTOGRAMS_NPZ).read_bytes())
+    (out / stats_pass.STATS_PASS_JSON).write_text(json.dumps({"key": key, "statistics": planted}))
     assert main(["convert", *argv]) == 0
     assert json.loads((out / manifest.MANIFEST).read_text())["statistics"] == planted  # reused, not recomputed
     assert not list(out.glob(".stats-pass*"))
     # a pass of other options (another --stats_fraction) is not reused
-    (out / convert.STATS_PASS_NPZ).write_bytes((out / manifest.HISTOGRAMS_NPZ).read_bytes())
-    (out / convert.STATS_PASS_JSON).write_text(json.dumps({"key": key, "statistics": planted}))
+    (out / stats_pass.STATS_PASS_NPZ).write_bytes((out / manifest.HISTOGRAMS_NPZ).read_bytes())
+    (out / stats_pass.STATS_PASS_JSON).write_text(json.dumps({"key": key, "statistics": planted}))
     assert main(["convert", *argv, "--stats_fraction", "0.5"]) == 0
     assert json.loads((out / manifest.MANIFEST).read_text())["statistics"]["source"] == "computed"
 

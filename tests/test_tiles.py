@@ -18,7 +18,8 @@ from schemas.bands import ALL_NAMES, BAND_BY_NAME, S1_NAMES, S2_NAMES
 from schemas.classes import IGNORE_INDEX, NUM_CLASSES
 from synth.generator import tile_origin
 from synth.signatures import signatures
-from synth.tiles import DN_OFFSET, L1C_NAMES, jp2_writable, make_tile, run, tile_ids
+from synth.tile_cli import run
+from synth.tiles import DN_OFFSET, L1C_NAMES, jp2_writable, make_tile, tile_ids
 from trainer.tiles import find_tiles, normalise_band_name, open_tile, read_offsets
 from transforms.resample import resample_window, taps, upsample, weights
 

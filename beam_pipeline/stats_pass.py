@@ -1,0 +1,97 @@
+"""The statistics job's result and its reuse: statistics from an accumulator or an earlier run's file, and
+the stats pass kept under ``--out`` (histograms, then statistics with their key) until the dataset is complete."""
+
+from __future__ import annotations
+
+import json
+
+from beam_pipeline import finalize as fin
+from transforms import storage
+from transforms.plan import RowPlan
+
+
+def stats_from_acc(acc, clip, clip_percentiles):
+    """The statistics document of a histogram accumulator; RuntimeError when a band has no training pixel."""
+    from transforms.histogram import BandStats
+    from transforms.normalize import NormParams
+
+    extracted = BandStats().extract(acc, clip_percentiles=tuple(clip_percentiles))
+    bad = [b for b, s in extracted.items() if not s.get("count")]
+    if bad:
+        raise RuntimeError(
+            f"no training pixels for band(s) {', '.join(bad)}: every training patch failed or the "
+            "training split is empty; pass --stats from an earlier run"
+        )
+    norm = NormParams.from_stats(extracted, clip=clip).to_dict()
+    return fin.stats_document(extracted, norm, "computed", clip, clip_percentiles)
+
+
+def stats_from_file(url, clip, clip_percentiles, storage_options):
+    """The statistics document of an earlier run's ``stats.json`` or ``dataset.json`` (``--stats``)."""
+    from transforms.normalize import NormParams
+
+    storage.set_options(storage_options)
+    doc = fin.load_stats_document(url)
+    norm = NormParams.from_stats(doc["bands"], clip=clip).to_dict()
+    return fin.stats_document(doc["bands"], norm, url, clip, clip_percentiles)
+
+
+# Under --out: the statistics job's result (histograms, then statistics with their key),
+# kept until the dataset is complete.
+STATS_PASS_JSON, STATS_PASS_NPZ = ".stats-pass.json", ".stats-pass.npz"
+
+
+STATS_KEY = (
+    "meta",
+    "include_snow_cloud",
+    "root",
+    "splits",
+    "frac",
+    "shard_size",
+    "resampling",
+    "clip",
+    "clip_percentiles",
+    "stats_fraction",
+)
+
+
+def stats_pass_key(args, plan: RowPlan) -> dict:
+    """What the statistics depend on: a stats pass with an equal key is reused on a rerun."""
+    from beam_pipeline import __version__
+
+    key = {k: getattr(args, k) for k in STATS_KEY}
+    key["clip_percentiles"] = list(key["clip_percentiles"])
+    return {"package_version": __version__, "options": key, "metadata": plan.info(), "root": plan.root}
+
+
+def write_stats_pass(acc, out, key, clip, clip_percentiles, storage_options) -> None:
+    """Write the statistics job's result: the histograms, then statistics + key (last: that
+    file marks the pass complete)."""
+    from transforms.histogram import to_npz_bytes
+
+    storage.set_options(storage_options)
+    doc = stats_from_acc(acc, clip, clip_percentiles)
+    storage.write_bytes_atomic(storage.join(out, STATS_PASS_NPZ), to_npz_bytes(acc))
+    storage.write_bytes_atomic(
+        storage.join(out, STATS_PASS_JSON), json.dumps({"key": key, "statistics": doc}, sort_keys=True).encode()
+    )
+
+
+def load_stats_pass(out: str, key: dict) -> tuple[dict, bytes] | None:
+    """The statistics and histograms of a complete stats pass with this ``key``, else None."""
+    try:
+        done = json.loads(storage.read_bytes(storage.join(out, STATS_PASS_JSON)))
+        if done.get("key") != json.loads(json.dumps(key)):
+            return None
+        return done["statistics"], storage.read_bytes(storage.join(out, STATS_PASS_NPZ))
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
+def remove_stats_pass(out: str) -> None:
+    for name in (STATS_PASS_JSON, STATS_PASS_NPZ):
+        url = storage.join(out, name)
+        try:
+            storage.filesystem(url).rm(url)
+        except FileNotFoundError:
+            pass
