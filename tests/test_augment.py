@@ -14,9 +14,9 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
-from trainer import augment as A  # noqa: E402
-from trainer import data as D  # noqa: E402
-from trainer import model as TM  # noqa: E402
+from trainer import augment as augmentation  # noqa: E402
+from trainer import data as trainer_data  # noqa: E402
+from trainer import model as unet_model  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.train import train  # noqa: E402
 
@@ -33,68 +33,73 @@ def _aligned_batch(n=3, h=6, c=4, seed=0):
 
 
 def _numpy_batch(a, k):
-    return np.stack([A.dihedral_numpy(p, k) for p in a])
+    return np.stack([augmentation.dihedral_numpy(p, k) for p in a])
 
 
 def test_every_transform_keeps_label_and_image_aligned_and_the_8_are_distinct():
     image, label = _aligned_batch()
     seen = set()
-    for k in range(A.NUM_TRANSFORMS):
-        xi = A.dihedral(tf.constant(image), k).numpy()
-        yi = A.dihedral(tf.constant(label), k).numpy()
+    for k in range(augmentation.NUM_TRANSFORMS):
+        xi = augmentation.dihedral(tf.constant(image), k).numpy()
+        yi = augmentation.dihedral(tf.constant(label), k).numpy()
         np.testing.assert_array_equal(xi[..., 0], yi)  # the label moved with its pixels
         np.testing.assert_array_equal(xi, _numpy_batch(image, k))  # the TF map is the numpy map, per patch
         np.testing.assert_array_equal(yi, _numpy_batch(label, k))
         seen.add(yi.tobytes())
-    assert len(seen) == A.NUM_TRANSFORMS  # the 8 symmetries of the square, no repeats
-    np.testing.assert_array_equal(A.dihedral(tf.constant(label), 0).numpy(), label)  # 0 is the identity
+    assert len(seen) == augmentation.NUM_TRANSFORMS  # the 8 symmetries of the square, no repeats
+    np.testing.assert_array_equal(augmentation.dihedral(tf.constant(label), 0).numpy(), label)  # 0 is the identity
 
 
 def test_the_switch_runs_the_drawn_transform_and_the_inverse_undoes_it():
     image, label = _aligned_batch(seed=1)
-    for k in range(A.NUM_TRANSFORMS):
-        xi, yi = A.apply_dihedral(tf.constant(k), [tf.constant(image), tf.constant(label)])
+    for k in range(augmentation.NUM_TRANSFORMS):
+        xi, yi = augmentation.apply_dihedral(tf.constant(k), [tf.constant(image), tf.constant(label)])
         np.testing.assert_array_equal(xi.numpy(), _numpy_batch(image, k))
         np.testing.assert_array_equal(yi.numpy(), _numpy_batch(label, k))
-        (back,) = A.apply_inverse(tf.constant(k), [xi])
+        (back,) = augmentation.apply_inverse(tf.constant(k), [xi])
         np.testing.assert_array_equal(back.numpy(), image)
         # INVERSE is the inverse in the numpy map too (not only of the TF ops)
-        np.testing.assert_array_equal(_numpy_batch(_numpy_batch(image, k), A.INVERSE[k]), image)
+        np.testing.assert_array_equal(_numpy_batch(_numpy_batch(image, k), augmentation.INVERSE[k]), image)
 
 
 @pytest.fixture(scope="module")
 def wrapped():
     """A narrow two-head U-Net (8×8 patches), compiled with class weights, and its wrapper."""
     tf.keras.utils.set_random_seed(0)
-    net = TM.build_unet(3, width=4, depth=1, task="both", size=8, info={})
-    TM.compile_model(net, class_weights=list(np.linspace(0.5, 2.0, TM.NUM_CLASSES)), task="both")
-    return net, A.augmented(net, seed=3)
+    net = unet_model.build_unet(3, width=4, depth=1, task="both", size=8, info={})
+    unet_model.compile_model(net, class_weights=list(np.linspace(0.5, 2.0, unet_model.NUM_CLASSES)), task="both")
+    return net, augmentation.augmented(net, seed=3)
 
 
 def test_the_wrapper_is_the_inverse_transform_of_the_unet_of_the_transformed_batch(wrapped):
     net, model = wrapped
     x = np.random.default_rng(2).normal(size=(2, 8, 8, 3)).astype(np.float32)
     plain = net(x, training=False)
-    np.testing.assert_array_equal(model(x, training=False)[TM.SEG].numpy(), plain[TM.SEG].numpy())
+    np.testing.assert_array_equal(model(x, training=False)[unet_model.SEG].numpy(), plain[unet_model.SEG].numpy())
     outs = []
-    for k in range(A.NUM_TRANSFORMS):
+    for k in range(augmentation.NUM_TRANSFORMS):
         got = model.transformed(tf.constant(x), tf.constant(k), training=False)
         ref = net(_numpy_batch(x, k), training=False)
         np.testing.assert_allclose(
-            got[TM.SEG].numpy(), _numpy_batch(ref[TM.SEG].numpy(), A.INVERSE[k]), rtol=0, atol=1e-6
+            got[unet_model.SEG].numpy(),
+            _numpy_batch(ref[unet_model.SEG].numpy(), augmentation.INVERSE[k]),
+            rtol=0,
+            atol=1e-6,
         )
-        np.testing.assert_array_equal(got[TM.MULTI].numpy(), ref[TM.MULTI].numpy())  # not spatial: as it is
-        outs.append(got[TM.SEG].numpy())
+        np.testing.assert_array_equal(
+            got[unet_model.MULTI].numpy(), ref[unet_model.MULTI].numpy()
+        )  # not spatial: as it is
+        outs.append(got[unet_model.SEG].numpy())
     # the U-Net is not equivariant itself, so the 8 wrapped outputs differ: the transform really ran
     assert max(np.abs(o - outs[0]).max() for o in outs[1:]) > 1e-4
     # training=True draws one of the 8 per call (batch norm then uses batch statistics)
     train_outs = [
-        model.transformed(tf.constant(x), tf.constant(k), training=True)[TM.SEG].numpy()
-        for k in range(A.NUM_TRANSFORMS)
+        model.transformed(tf.constant(x), tf.constant(k), training=True)[unet_model.SEG].numpy()
+        for k in range(augmentation.NUM_TRANSFORMS)
     ]
     drawn = set()
     for _ in range(12):
-        d = model(x, training=True)[TM.SEG].numpy()
+        d = model(x, training=True)[unet_model.SEG].numpy()
         ks = [k for k, o in enumerate(train_outs) if np.allclose(d, o, rtol=0, atol=1e-6)]
         assert ks, "a training call matched none of the 8 transforms"
         drawn.update(ks)
@@ -105,15 +110,15 @@ def test_the_wrappers_loss_equals_the_plain_models_on_the_transformed_image_and_
     net, model = wrapped
     rng = np.random.default_rng(4)
     x = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
-    seg = rng.integers(0, TM.NUM_CLASSES, (2, 8, 8)).astype(np.uint8)
+    seg = rng.integers(0, unet_model.NUM_CLASSES, (2, 8, 8)).astype(np.uint8)
     seg[0, :2] = 255  # ignored pixels move with the label too
-    multi = rng.integers(0, 2, (2, TM.NUM_CLASSES)).astype(np.float32)
+    multi = rng.integers(0, 2, (2, unet_model.NUM_CLASSES)).astype(np.float32)
     losses = set()
-    for k in range(A.NUM_TRANSFORMS):
-        y = {TM.SEG: tf.constant(seg), TM.MULTI: tf.constant(multi)}
+    for k in range(augmentation.NUM_TRANSFORMS):
+        y = {unet_model.SEG: tf.constant(seg), unet_model.MULTI: tf.constant(multi)}
         wrapper_loss = model.compute_loss(x, y, model.transformed(tf.constant(x), tf.constant(k), training=False))
         tx = _numpy_batch(x, k)
-        ty = {TM.SEG: tf.constant(_numpy_batch(seg, k)), TM.MULTI: tf.constant(multi)}
+        ty = {unet_model.SEG: tf.constant(_numpy_batch(seg, k)), unet_model.MULTI: tf.constant(multi)}
         plain_loss = net.compute_loss(tx, ty, net(tx, training=False))
         np.testing.assert_allclose(float(wrapper_loss), float(plain_loss), rtol=1e-5)
         losses.add(round(float(plain_loss), 6))
@@ -128,15 +133,17 @@ def test_train_augment_feeds_the_unaugmented_pipeline_and_saves_the_plain_unet(t
 
     tiny = make_tiny_dataset(tmp_path / "tiny", n_train=16, n_val=4, n_test=4, shards=2)
     built = []
-    real = D.make_dataset
+    real = trainer_data.make_dataset
 
     def spy(ds, split, **kwargs):
         out = real(ds, split, **kwargs)
         if split == "train":
-            built.append((kwargs, [x.numpy() for x, _ in out.take(2)], [y[TM.SEG].numpy() for _, y in out.take(2)]))
+            built.append(
+                (kwargs, [x.numpy() for x, _ in out.take(2)], [y[unet_model.SEG].numpy() for _, y in out.take(2)])
+            )
         return out
 
-    monkeypatch.setattr(D, "make_dataset", spy)
+    monkeypatch.setattr(trainer_data, "make_dataset", spy)
     runs = {}
     for aug in (False, True):
         runs[aug] = str(tmp_path / f"aug{int(aug)}" / "m.keras")
@@ -150,7 +157,7 @@ def test_train_augment_feeds_the_unaugmented_pipeline_and_saves_the_plain_unet(t
     for a, b in zip(x0 + y0, x1 + y1, strict=True):
         np.testing.assert_array_equal(a, b)
     # the augmentation did act: other weights than without it
-    w = [TM.load_model(runs[a])[0].get_weights() for a in (False, True)]
+    w = [unet_model.load_model(runs[a])[0].get_weights() for a in (False, True)]
     assert any(not np.array_equal(p, q) for p, q in zip(*w, strict=True))
     with zipfile.ZipFile(runs[True]) as z:
         config = z.read("config.json").decode()

@@ -19,8 +19,8 @@ rasterio = pytest.importorskip("rasterio")
 from affine import Affine  # noqa: E402
 from rasterio.crs import CRS  # noqa: E402
 
-from schemas import bands as B  # noqa: E402
-from schemas import classes as C  # noqa: E402
+from schemas import bands as band_table  # noqa: E402
+from schemas import classes  # noqa: E402
 from trainer.inference.grid import BLEND_FLOOR, blend_weights, check_chunk_size, window_starts  # noqa: E402
 from trainer.inference.layers import entropy, layers_from_probs, probs_for_file  # noqa: E402
 from trainer.inference.plugins import Extra, load_extra  # noqa: E402
@@ -30,7 +30,7 @@ from trainer.inference.staging import s1_sidecar  # noqa: E402
 from trainer.inference.tile import predict_tile  # noqa: E402
 from trainer.model import INFO_FORMAT, INFO_VERSION, build_unet, save_model  # noqa: E402
 
-K = C.NUM_CLASSES
+K = classes.NUM_CLASSES
 
 
 # --------------------------------------------------------------------------- stand-ins
@@ -78,11 +78,11 @@ class ArrayTile:
         pass
 
 
-def fake_info(channels=B.S2_NAMES) -> dict:
+def fake_info(channels=band_table.S2_NAMES) -> dict:
     """A valid inference contract for ``channels`` (no trained model behind it)."""
     stats = {}
-    for c in B.ALL_NAMES:
-        i = B.ALL_NAMES.index(c)
+    for c in band_table.ALL_NAMES:
+        i = band_table.ALL_NAMES.index(c)
         mean = 1000.0 + 400 * i
         stats[c] = {
             "count": 100,
@@ -98,17 +98,17 @@ def fake_info(channels=B.S2_NAMES) -> dict:
         "version": INFO_VERSION,
         "modalities": "s2",
         "channels": list(channels),
-        "input_shape": [B.PATCH_SIZE, B.PATCH_SIZE, len(channels)],
+        "input_shape": [band_table.PATCH_SIZE, band_table.PATCH_SIZE, len(channels)],
         "task": "seg",
-        "classes": list(C.CLASS_NAMES),
-        "class_colors": [list(c) for c in C.class_colors()],
-        "ignore_index": C.IGNORE_INDEX,
+        "classes": list(classes.CLASS_NAMES),
+        "class_colors": [list(c) for c in classes.class_colors()],
+        "ignore_index": classes.IGNORE_INDEX,
         "statistics": {"clip": True, "bands": stats},
         "image_dtype": "float32",
     }
 
 
-def tiny_model(width=4, channels=B.S2_NAMES, seed=0):
+def tiny_model(width=4, channels=band_table.S2_NAMES, seed=0):
     """An untrained narrow U-Net carrying a valid inference contract."""
     import keras
 
@@ -243,7 +243,7 @@ def test_outputs_keep_the_georeferencing_and_satisfy_the_definitions_against_the
     assert np.isnan(_read(f"{stem}_entropy.tif", 1)[~valid]).all()
     cm = json.loads((tmp_path / f"{src.name}_classmap.json").read_text())
     assert cm["classes"]["255"]["name"] == "no data" and cm["nodata"] == 255
-    assert cm["classes"]["0"] == {"name": C.CLASS_NAMES[0], "color": list(C.class_colors()[0])}
+    assert cm["classes"]["0"] == {"name": classes.CLASS_NAMES[0], "color": list(classes.class_colors()[0])}
     assert "natural" in cm["layers"]["entropy"]
     assert s["valid_pixels"] == int(valid.sum()) and sum(s["class_pixels"].values()) == s["valid_pixels"]
     with open(tmp_path / PREVIEW, "rb") as fh:
@@ -296,7 +296,7 @@ def test_maps_are_cloud_optimised_geotiffs_with_overviews(predictor, tmp_path):
             assert ds.overviews(1) == [2, 4] and ds.block_shapes[0] == (128, 128)  # 300 -> 150 -> 75 rows
     with rasterio.open(str(tmp_path / f"{src.name}_class.tif")) as ds:
         full, small = ds.read(1), ds.read(1, out_shape=(75, 68))  # the coarsest overview
-        assert ds.colormap(1)[0] == tuple(C.class_colors()[0]) + (255,)
+        assert ds.colormap(1)[0] == tuple(classes.class_colors()[0]) + (255,)
     assert set(np.unique(small)) <= set(np.unique(full))  # nearest: class ids that exist, never averages
     with rasterio.open(str(tmp_path / f"{src.name}_maxprob.tif")) as ds:
         half = ds.read(1, out_shape=(150, 135))
@@ -466,7 +466,7 @@ def synthetic_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s1_model_file(tmp_path_factory):
     """An untrained narrow U-Net reading S2 and S1, saved."""
-    model, _ = tiny_model(channels=B.ALL_NAMES)
+    model, _ = tiny_model(channels=band_table.ALL_NAMES)
     path = str(tmp_path_factory.mktemp("s1model") / "s2s1.keras")
     save_model(model, path)
     return path
@@ -526,12 +526,17 @@ def test_s2_s1_model_reads_the_s1_raster_or_refuses_clearly(s1_model_file, tmp_p
         with rasterio.open(str(out / f"{t['name']}_{layer}.tif")) as ds:
             assert ds.crs == t["crs"] and ds.transform == t["transform"] and ds.shape == (180, 180)
     with rasterio.open(str(out / f"{t['name']}_probs.tif")) as ds:
-        assert ds.count == K and ds.dtypes[0] == "uint8" and ds.nodata == 255 and ds.descriptions[0] == C.CLASS_NAMES[0]
+        assert (
+            ds.count == K
+            and ds.dtypes[0] == "uint8"
+            and ds.nodata == 255
+            and ds.descriptions[0] == classes.CLASS_NAMES[0]
+        )
     cls = _read(str(out / f"{t['name']}_class.tif"), 1)
     assert (cls[:, :30] == 255).all() and (cls[:, 31:] != 255).all()  # the nodata border, and only it
     assert s1_sidecar(t["path"]) == t["s1"]
     summary = json.loads((out / f"{t['name']}_summary.json").read_text())
-    assert summary["channels"] == list(B.ALL_NAMES) and summary["pixels"] == 180 * 180
+    assert summary["channels"] == list(band_table.ALL_NAMES) and summary["pixels"] == 180 * 180
 
 
 def test_user_errors_exit_2_with_one_clear_line(model_file, tmp_path, capsys):

@@ -14,7 +14,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from beam_pipeline.cli import main  # noqa: E402
-from schemas import bands as B  # noqa: E402
+from schemas import bands  # noqa: E402
 from tests.servers import fake_gcs, seaweedfs  # noqa: E402
 from tests.test_predict import tiny_model  # noqa: E402
 from trainer.inference.cli import run  # noqa: E402
@@ -40,7 +40,7 @@ def local(tmp_path_factory):
     from synth.tiles import make_tile, tile_ids
 
     d = tmp_path_factory.mktemp("local")
-    model, _ = tiny_model(channels=B.ALL_NAMES)
+    model, _ = tiny_model(channels=bands.ALL_NAMES)
     save_model(model, str(d / "m.keras"))
     tiles = [
         make_tile(
@@ -141,7 +141,7 @@ def test_a_tile_read_from_s3_and_mapped_to_s3_equals_the_local_run(local, s3, ca
         assert _remote_files(out) == want, t["name"]
         summary = json.loads(storage.read_bytes(f"{out}/{t['name']}_summary.json"))
         assert summary["pixels"] == (150 + 30 * i) ** 2
-        assert summary["channels"] == list(B.ALL_NAMES)
+        assert summary["channels"] == list(bands.ALL_NAMES)
     assert SECRET_KEY not in capsys.readouterr().err
 
 

@@ -17,13 +17,12 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 from beam_pipeline.cli import main  # noqa: E402
-from schemas import bands as B  # noqa: E402
-from schemas import classes as C  # noqa: E402
-from schemas import manifest as M  # noqa: E402
-from schemas import tfrecord as T  # noqa: E402
+from schemas import bands as band_table  # noqa: E402
+from schemas import classes, tfrecord  # noqa: E402
+from schemas import manifest as manifest_schema  # noqa: E402
 from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
-from trainer import data as D  # noqa: E402
-from trainer import model as TM  # noqa: E402
+from trainer import data as trainer_data  # noqa: E402
+from trainer import model as unet_model  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.evaluate import evaluate  # noqa: E402
 from trainer.run_files import run_paths  # noqa: E402
@@ -51,54 +50,54 @@ def trained(tiny, tmp_path_factory):
 
 
 def test_default_model_has_about_one_million_parameters_and_the_right_outputs():
-    m = TM.build_unet(14)
+    m = unet_model.build_unet(14)
     n = m.count_params()
-    assert n == TM.unet_param_count(14)
+    assert n == unet_model.unet_param_count(14)
     assert 0.9e6 <= n <= 1.2e6, n
     y = m(np.zeros((2, 120, 120, 14), np.float32))
-    assert tuple(y[TM.SEG].shape) == (2, 120, 120, C.NUM_CLASSES)
-    np.testing.assert_allclose(y[TM.SEG].numpy().sum(-1), 1.0, atol=1e-5)
-    both = TM.build_unet(12, width=8, task="both")
-    assert both.count_params() == TM.unet_param_count(12, width=8, task="both")
-    assert tuple(both(np.zeros((1, 120, 120, 12), np.float32))[TM.MULTI].shape) == (1, C.NUM_CLASSES)
+    assert tuple(y[unet_model.SEG].shape) == (2, 120, 120, classes.NUM_CLASSES)
+    np.testing.assert_allclose(y[unet_model.SEG].numpy().sum(-1), 1.0, atol=1e-5)
+    both = unet_model.build_unet(12, width=8, task="both")
+    assert both.count_params() == unet_model.unet_param_count(12, width=8, task="both")
+    assert tuple(both(np.zeros((1, 120, 120, 12), np.float32))[unet_model.MULTI].shape) == (1, classes.NUM_CLASSES)
     # --width scales it
-    assert TM.unet_param_count(14, width=12) < n < TM.unet_param_count(14, width=32)
+    assert unet_model.unet_param_count(14, width=12) < n < unet_model.unet_param_count(14, width=32)
     with pytest.raises(ValueError, match="depth 4"):
-        TM.build_unet(14, depth=4)
+        unet_model.build_unet(14, depth=4)
 
 
 def test_masked_loss_ignores_255_and_equals_numpy():
     rng = np.random.default_rng(0)
-    probs = rng.dirichlet(np.ones(C.NUM_CLASSES), size=(2, 6, 6)).astype(np.float32)
-    labels = rng.integers(0, C.NUM_CLASSES, (2, 6, 6)).astype(np.uint8)
-    labels[0, :3] = C.IGNORE_INDEX
-    weights = rng.uniform(0.5, 2.0, C.NUM_CLASSES)
-    valid = labels != C.IGNORE_INDEX
+    probs = rng.dirichlet(np.ones(classes.NUM_CLASSES), size=(2, 6, 6)).astype(np.float32)
+    labels = rng.integers(0, classes.NUM_CLASSES, (2, 6, 6)).astype(np.uint8)
+    labels[0, :3] = classes.IGNORE_INDEX
+    weights = rng.uniform(0.5, 2.0, classes.NUM_CLASSES)
+    valid = labels != classes.IGNORE_INDEX
     y = np.where(valid, labels, 0)
     nll = -np.log(np.take_along_axis(probs, y[..., None].astype(np.int64), -1)[..., 0])
     for cw in (None, weights):
         w = valid * (1.0 if cw is None else cw[y])
         want = (nll * w).sum() / w.sum()
-        got = float(TM.MaskedSparseCategoricalCrossentropy(cw)(labels, probs))
+        got = float(unet_model.MaskedSparseCategoricalCrossentropy(cw)(labels, probs))
         assert got == pytest.approx(want, rel=1e-5)
     # whatever the prediction on ignored pixels, the loss does not move
     probs2 = probs.copy()
-    probs2[0, :3] = rng.dirichlet(np.ones(C.NUM_CLASSES), size=(3, 6))
-    loss = TM.MaskedSparseCategoricalCrossentropy()
+    probs2[0, :3] = rng.dirichlet(np.ones(classes.NUM_CLASSES), size=(3, 6))
+    loss = unet_model.MaskedSparseCategoricalCrossentropy()
     assert float(loss(labels, probs2)) == pytest.approx(float(loss(labels, probs)), rel=1e-6)
     assert float(loss(np.full((1, 2, 2), 255, np.uint8), probs[:1, :2, :2])) == 0.0
 
 
 def test_class_weights_from_manifest_counts():
-    counts = [0] * C.NUM_CLASSES
+    counts = [0] * classes.NUM_CLASSES
     counts[0], counts[1], counts[5] = 900, 100, 0
-    w = np.array(TM.class_weights_from_counts(counts))
+    w = np.array(unet_model.class_weights_from_counts(counts))
     f = np.array(counts) / 1000
     assert w[5] == 0 and w[0] < w[1]
     assert (f * w).sum() == pytest.approx(1.0)
     assert w[1] / w[0] == pytest.approx(3.0)  # inverse square root of the frequency ratio 9
     with pytest.raises(ValueError, match="all zero"):
-        TM.class_weights_from_counts([0] * C.NUM_CLASSES)
+        unet_model.class_weights_from_counts([0] * classes.NUM_CLASSES)
 
 
 # --------------------------------------------------------------------------- input pipeline
@@ -127,7 +126,7 @@ def test_input_pipeline_yields_the_arrays_the_etl_wrote(tmp_path):
         )
         == 0
     )
-    ds = D.open_dataset(str(out))
+    ds = trainer_data.open_dataset(str(out))
     for split in ds.manifest["splits"]:
         if not ds.records(split):
             continue
@@ -135,32 +134,36 @@ def test_input_pipeline_yields_the_arrays_the_etl_wrote(tmp_path):
         for url in ds.shards[split]:
             for rec in iter_records(url, "gzip"):
                 ex = decode_example(rec, "float16")
-                want[ex[T.PATCH_ID]] = ex
+                want[ex[tfrecord.PATCH_ID]] = ex
         assert len(want) == ds.records(split)
         for mods in ("s2,s1", "s2", "s1"):
-            idx = [B.ALL_NAMES.index(c) for c in B.channels_for(mods)]
+            idx = [band_table.ALL_NAMES.index(c) for c in band_table.channels_for(mods)]
             got = 0
-            stream = D.make_dataset(ds, split, batch_size=4, modalities=mods, with_multi_hot=True, with_ids=True)
+            stream = trainer_data.make_dataset(
+                ds, split, batch_size=4, modalities=mods, with_multi_hot=True, with_ids=True
+            )
             for x, y, ids in stream:
                 for i, pid in enumerate(ids.numpy()):
                     ex = want[pid.decode()]
-                    full = np.concatenate([ex[T.S2], ex[T.S1]], -1).astype(np.float32)
+                    full = np.concatenate([ex[tfrecord.S2], ex[tfrecord.S1]], -1).astype(np.float32)
                     np.testing.assert_array_equal(x[i].numpy(), full[..., idx])
-                    np.testing.assert_array_equal(y[TM.SEG][i].numpy(), ex[T.LABEL])
-                    np.testing.assert_array_equal(y[TM.MULTI][i].numpy(), ex[T.MULTI_HOT].astype(np.float32))
+                    np.testing.assert_array_equal(y[unet_model.SEG][i].numpy(), ex[tfrecord.LABEL])
+                    np.testing.assert_array_equal(
+                        y[unet_model.MULTI][i].numpy(), ex[tfrecord.MULTI_HOT].astype(np.float32)
+                    )
                     got += 1
             assert got == len(want)
 
 
 def test_incomplete_dataset_is_refused_with_a_clear_message(tiny, tmp_path, capsys):
-    with pytest.raises(M.ManifestError, match="no dataset.json"):
-        D.open_dataset(str(tmp_path))
-    with open(os.path.join(tiny.path, M.MANIFEST)) as fh:
+    with pytest.raises(manifest_schema.ManifestError, match="no dataset.json"):
+        trainer_data.open_dataset(str(tmp_path))
+    with open(os.path.join(tiny.path, manifest_schema.MANIFEST)) as fh:
         bad = json.load(fh)
     bad["classes"] = list(reversed(bad["classes"]))
-    (tmp_path / M.MANIFEST).write_text(json.dumps(bad))
-    with pytest.raises(M.ManifestError, match="classes differ"):
-        D.open_dataset(str(tmp_path))
+    (tmp_path / manifest_schema.MANIFEST).write_text(json.dumps(bad))
+    with pytest.raises(manifest_schema.ManifestError, match="classes differ"):
+        trainer_data.open_dataset(str(tmp_path))
     assert main(["train", "--data", str(tmp_path / "nothing"), "--save", str(tmp_path / "m.keras")]) == 2
     assert "no dataset.json" in capsys.readouterr().err
 
@@ -183,21 +186,21 @@ def test_tiny_run_decreases_the_loss_and_writes_its_outputs(trained):
     assert metrics["epochs_completed"] == 4
     assert metrics["best_val_miou"] == max(seg_metric(r, "miou", val=True) for r in hist)
     assert metrics["best_epoch"] is not None
-    assert json.loads(open(paths["metrics"]).read())["params"] == TM.unet_param_count(14, width=6, task="both")
+    assert json.loads(open(paths["metrics"]).read())["params"] == unet_model.unet_param_count(14, width=6, task="both")
 
 
 @pytest.mark.slow
 def test_save_load_gives_identical_predictions_and_carries_the_inference_contract(trained, tiny):
     save, _ = trained
-    model, info = TM.load_model(save)
-    again, info2 = TM.load_model(save)
+    model, info = unet_model.load_model(save)
+    again, info2 = unet_model.load_model(save)
     x = tiny.split_arrays("test")[1][:4]
     a, b = model.predict(x, verbose=0), again.predict(x, verbose=0)
-    np.testing.assert_array_equal(a[TM.SEG], b[TM.SEG])
-    np.testing.assert_array_equal(a[TM.MULTI], b[TM.MULTI])
+    np.testing.assert_array_equal(a[unet_model.SEG], b[unet_model.SEG])
+    np.testing.assert_array_equal(a[unet_model.MULTI], b[unet_model.MULTI])
     assert info == info2 == json.loads(open(save + ".json").read())
-    assert info["channels"] == list(B.ALL_NAMES)
-    assert info["classes"] == list(C.CLASS_NAMES)
+    assert info["channels"] == list(band_table.ALL_NAMES)
+    assert info["classes"] == list(classes.CLASS_NAMES)
     assert info["ignore_index"] == 255
     assert info["statistics"] == tiny.manifest["statistics"]
     assert info["task"] == "both"
@@ -208,14 +211,14 @@ def test_evaluation_equals_plain_numpy(trained, tiny, tmp_path):
     save, _ = trained
     out = tmp_path / "ev"
     r = evaluate(model=save, data=tiny.path, split="test", out=str(out))
-    model, _ = TM.load_model(save)
+    model, _ = unet_model.load_model(save)
     _, x, lab, mh = tiny.split_arrays("test")
     y = model.predict(x, batch_size=8, verbose=0)
-    pred = y[TM.SEG].argmax(-1)
+    pred = y[unet_model.SEG].argmax(-1)
     valid = lab != 255
     # IoU per class, written out longhand
     ious = []
-    for c in range(C.NUM_CLASSES):
+    for c in range(classes.NUM_CLASSES):
         tp = np.sum((pred == c) & (lab == c) & valid)
         fp = np.sum((pred == c) & (lab != c) & valid)
         fn = np.sum((pred != c) & (lab == c) & valid)
@@ -227,13 +230,13 @@ def test_evaluation_equals_plain_numpy(trained, tiny, tmp_path):
     assert np.sum(cm) == valid.sum() and np.trace(cm) == np.sum((pred == lab) & valid)
     assert (out / "confusion_matrix.png").stat().st_size > 10_000
     # multi-label: micro F1 and per-class AP against longhand numpy
-    s = y[TM.MULTI]
+    s = y[unet_model.MULTI]
     p = s >= 0.5
     t = mh.astype(bool)
     tp, fp, fn = np.sum(p & t), np.sum(p & ~t), np.sum(~p & t)
     assert r["multilabel"]["micro_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-9)
     aps = []
-    for c in range(C.NUM_CLASSES):
+    for c in range(classes.NUM_CLASSES):
         if not t[:, c].any():
             continue
         order = np.argsort(-s[:, c], kind="stable")
@@ -308,8 +311,8 @@ def test_cli_train_and_evaluate_s2_only_with_seed_flags(tiny, tmp_path, capsys):
     ]
     assert main(argv) == 0
     assert (tmp_path / "serving" / "saved_model.pb").is_file() and (tmp_path / "serving" / "info.json").is_file()
-    _, info = TM.load_model(str(save))
-    assert info["channels"] == list(B.S2_NAMES) and info["class_weights"] is not None
+    _, info = unet_model.load_model(str(save))
+    assert info["channels"] == list(band_table.S2_NAMES) and info["class_weights"] is not None
     assert (
         main(
             [
@@ -327,7 +330,7 @@ def test_cli_train_and_evaluate_s2_only_with_seed_flags(tiny, tmp_path, capsys):
         == 0
     )
     r = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert r["channels"] == list(B.S2_NAMES) and r["patches"] == 8
+    assert r["channels"] == list(band_table.S2_NAMES) and r["patches"] == 8
     assert "mIoU" in capsys.readouterr().out
     assert (
         main(["evaluate", "--model", str(save), "--data", tiny.path, "--split", "val", "--out", str(tmp_path / "x")])
@@ -356,9 +359,9 @@ def test_gpu_options_run_on_cpu_and_tensorboard_logs_are_written(tiny, tmp_path)
     )
     assert m["epochs_completed"] == 1
     assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
-    model, _ = TM.load_model(save)
+    model, _ = unet_model.load_model(save)
     assert model.get_layer("enc0a_conv").dtype_policy.name == "mixed_float16"
-    assert model.predict(np.zeros((1, 120, 120, 14), np.float32), verbose=0)[TM.SEG].dtype == np.float32
+    assert model.predict(np.zeros((1, 120, 120, 14), np.float32), verbose=0)[unet_model.SEG].dtype == np.float32
     events = [f for _, _, fs in os.walk(run_paths(save)["tensorboard"]) for f in fs if "tfevents" in f]
     assert events, "no TensorBoard event files"
 
@@ -421,8 +424,8 @@ def test_the_saved_model_loads_with_plain_keras_in_a_process_without_the_project
         [sys.executable, "load.py", save, "x.npy", "seg.npy"], cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    model, _ = TM.load_model(save)
-    np.testing.assert_array_equal(np.load(tmp_path / "seg.npy"), model.predict(x, verbose=0)[TM.SEG])
+    model, _ = unet_model.load_model(save)
+    np.testing.assert_array_equal(np.load(tmp_path / "seg.npy"), model.predict(x, verbose=0)[unet_model.SEG])
 
 
 @pytest.mark.slow
@@ -443,6 +446,6 @@ def test_the_export_serves_on_raw_bands_as_the_predictor_does(trained, tmp_path)
     loaded = tf.saved_model.load(str(out))
     got = loaded.serve(tf.constant(raw))
     # the same float32 maths in another graph: summation order differs (seen: up to 1.1e-5)
-    np.testing.assert_allclose(got[TM.SEG].numpy(), want, rtol=0, atol=1e-4)
-    assert set(got) == {TM.SEG, TM.MULTI}
+    np.testing.assert_allclose(got[unet_model.SEG].numpy(), want, rtol=0, atol=1e-4)
+    assert set(got) == {unet_model.SEG, unet_model.MULTI}
     assert json.loads((out / "info.json").read_text()) == predictor.info

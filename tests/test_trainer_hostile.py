@@ -20,7 +20,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from beam_pipeline.cli import main  # noqa: E402
-from schemas import manifest as M  # noqa: E402
+from schemas import manifest  # noqa: E402
 from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import open_dataset, unreadable_shard  # noqa: E402
@@ -213,7 +213,7 @@ def _damage(path: str, how: str) -> None:
 def test_a_corrupt_shard_is_named_in_one_line_exit_1(run, data, tmp_path, how, capsys):
     ds = tmp_path / "ds"
     shutil.copytree(data["a"], ds)
-    shard = M.shard_path("validation", 1, 2)
+    shard = manifest.shard_path("validation", 1, 2)
     _damage(str(ds / shard), how)
     assert (
         main(
@@ -259,13 +259,13 @@ def test_manifest_shard_paths_outside_the_dataset_are_refused(data, tmp_path, ho
     ds = tmp_path / "ds"
     shutil.copytree(data["a"], ds)
     outside = tmp_path / "outside.tfrecord"
-    shutil.copy(ds / M.shard_path("train", 0, 2), outside)
+    shutil.copy(ds / manifest.shard_path("train", 0, 2), outside)
     if hostile == "LINK":  # a symlink inside the folder to a file outside it
         os.symlink(outside, ds / "train" / "link.tfrecord")
         hostile = "train/link.tfrecord"
-    man = json.loads((ds / M.MANIFEST).read_text())
+    man = json.loads((ds / manifest.MANIFEST).read_text())
     man["splits"]["train"]["shards"][0]["path"] = hostile
-    (ds / M.MANIFEST).write_text(json.dumps(man))
+    (ds / manifest.MANIFEST).write_text(json.dumps(man))
     with pytest.raises(ValueError, match="shard"):
         open_dataset(str(ds))
     save = tmp_path / "run" / "m.keras"
@@ -284,9 +284,9 @@ def test_the_torch_reader_refuses_shard_paths_outside_the_dataset_too(data, tmp_
 
     ds = tmp_path / "ds"
     shutil.copytree(data["a"], ds)
-    man = json.loads((ds / M.MANIFEST).read_text())
+    man = json.loads((ds / manifest.MANIFEST).read_text())
     man["splits"]["train"]["shards"][0]["path"] = "../outside.tfrecord"
-    (ds / M.MANIFEST).write_text(json.dumps(man))
+    (ds / manifest.MANIFEST).write_text(json.dumps(man))
     with pytest.raises(ValueError, match="outside.tfrecord"):
         BenDataset(str(ds), "train")
 
