@@ -15,8 +15,8 @@ tf = pytest.importorskip("tensorflow")
 
 from beam_pipeline.cli import main  # noqa: E402
 from schemas import bands  # noqa: E402
+from tests.predict_fixtures import tiny_model  # noqa: E402
 from tests.servers import fake_gcs, seaweedfs  # noqa: E402
-from tests.test_predict import tiny_model  # noqa: E402
 from trainer.inference.cli import run  # noqa: E402
 from trainer.inference.staging import fetch_tile, s1_sidecar, tiles_in  # noqa: E402
 from trainer.model import save_model  # noqa: E402
