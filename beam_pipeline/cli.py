@@ -232,21 +232,13 @@ def setup_logging() -> None:
     logging.getLogger("root").setLevel(logging.WARNING)
 
 
-def _chain(exc: BaseException):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 def classify(exc: BaseException) -> tuple[int, str]:
     """(exit code, what to tell the user) for an exception a command did not handle itself."""
     from transforms import storeconfig
 
-    names = {type(e).__name__ for e in _chain(exc)}
+    names = {type(e).__name__ for e in storeconfig.exception_chain(exc)}
     text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
-    for e in _chain(exc):
+    for e in storeconfig.exception_chain(exc):
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return EXIT_ENV, f"the disk is full ({text}); free space or choose another --out"
     if names & {
@@ -263,7 +255,7 @@ def classify(exc: BaseException) -> tuple[int, str]:
     unreachable = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}
     if storeconfig.is_refused(exc) or names & unreachable:
         return EXIT_ENV, f"the storage endpoint cannot be reached ({text}); check --s3_endpoint_url / the network"
-    if any(isinstance(e, PermissionError) for e in _chain(exc)):
+    if any(isinstance(e, PermissionError) for e in storeconfig.exception_chain(exc)):
         return EXIT_ENV, f"access refused ({text}); check the credentials and the permissions of the path or bucket"
     if storeconfig.is_transient(exc):
         return EXIT_ENV, f"the storage kept failing after retries ({text}); try again later"

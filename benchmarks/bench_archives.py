@@ -121,6 +121,7 @@ def main() -> int:
     ap.add_argument("--workdir", default=os.path.join(os.path.dirname(HERE), "bench_out"))
     ap.add_argument("--no_tar", action="store_true", help="skip the tar extraction figures")
     args = ap.parse_args()
+    from benchmarks.bench_convert import run_convert
     from transforms.archives import ARCHIVES, PACK_BUFFER_BYTES
 
     print(f"machine: {os.cpu_count()} cores; convert --workers {args.workers}")
@@ -133,7 +134,7 @@ def main() -> int:
     for label, extra in (("folders", []), ("archives", ["--archives", data])):
         out = os.path.join(args.workdir, f"ds_archives_bench_{label}")
         shutil.rmtree(out, ignore_errors=True)
-        dt, peak, cpu, output = _convert(meta, out, [*common, *extra])
+        dt, peak, cpu, output = run_convert(meta, out, [*common, *extra])
         outs[label] = out
         print(
             f"convert from {label:<8}: {dt:6.1f} s  {args.n / dt:6.1f} patches/s  peak tree RSS "
@@ -164,36 +165,6 @@ def main() -> int:
                 "decompressed"
             )
     return 0
-
-
-def _convert(meta, out, extra):
-    """``bench_convert.run_convert`` that also returns the log (the archive stage lines)."""
-    import threading
-
-    from benchmarks.bench_convert import _children_cpu, tree_rss
-
-    cmd = [sys.executable, "-m", "beam_pipeline", "convert", "--meta", meta, "--out", out, *extra]
-    os.sync()
-    cpu0 = _children_cpu()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, stop = 0, threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, tree_rss(proc.pid))
-            time.sleep(0.25)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    output, _ = proc.communicate()
-    stop.set()
-    th.join()
-    if proc.returncode:
-        print(output[-3000:])
-        raise SystemExit(f"convert failed ({proc.returncode})")
-    return time.perf_counter() - t0, peak, _children_cpu() - cpu0, output
 
 
 def _identical(a: str, b: str) -> bool:

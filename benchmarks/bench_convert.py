@@ -59,8 +59,8 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_convert(meta: str, out: str, extra: list[str]) -> tuple[float, int, float]:
-    """(wall seconds, peak RSS of the process tree, CPU seconds of the whole tree)."""
+def run_convert(meta: str, out: str, extra: list[str]) -> tuple[float, int, float, str]:
+    """(wall seconds, peak RSS of the process tree, CPU seconds of the whole tree, its output)."""
     cmd = [sys.executable, "-m", "beam_pipeline", "convert", "--meta", meta, "--out", out, *extra]
     os.sync()  # do not charge this run for flushing earlier runs' dirty pages
     cpu0 = _children_cpu()  # reaped descendants accumulate into their parents, then into us
@@ -85,7 +85,7 @@ def run_convert(meta: str, out: str, extra: list[str]) -> tuple[float, int, floa
     if proc.returncode != 0:
         print(output)
         raise SystemExit(f"convert failed with exit code {proc.returncode}")
-    return dt, peak, cpu
+    return dt, peak, cpu, output
 
 
 def plain_loop(meta: str, root: str, out_dir: str, clip_percentiles=(1.0, 99.0)) -> tuple[float, int]:
@@ -157,7 +157,7 @@ def main() -> int:
         meta = os.path.join(data, "metadata.parquet")
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             out = os.path.join(tmp, "ds")
-            dt, peak, cpu = run_convert(meta, out, args.extra)
+            dt, peak, cpu, _ = run_convert(meta, out, args.extra)
             loop_dt, loop_cpu, loop_n = in_thread(plain_loop, meta, data, tmp)
         loop_cost = loop_dt / max(1, loop_n)
         runs.append((n, dt, loop_cost, cpu, loop_cpu / max(1, loop_n)))

@@ -81,7 +81,7 @@ def ensure_data(n: int, workdir: str) -> tuple[str, str, float | None]:
     if not os.path.exists(os.path.join(data, "dataset.json")):
         from benchmarks.bench_convert import run_convert
 
-        _dt, _peak, cpu_s = run_convert(os.path.join(reben, "metadata.parquet"), data, [])
+        _dt, _peak, cpu_s, _log = run_convert(os.path.join(reben, "metadata.parquet"), data, [])
         cpu = cpu_s / n * 1e3
     return reben, data, cpu
 

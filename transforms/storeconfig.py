@@ -153,7 +153,8 @@ def http_status(exc: BaseException) -> int | None:
     return None
 
 
-def _chain(exc: BaseException):
+def exception_chain(exc: BaseException):
+    """``exc`` and the exceptions it was raised from or during, each once."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -168,7 +169,7 @@ def is_transient(exc: BaseException) -> bool:
     global _TRANSPORT
     if _TRANSPORT is None:
         _TRANSPORT = _transport_errors()
-    for e in _chain(exc):
+    for e in exception_chain(exc):
         status = http_status(e)
         if status is not None:
             return status in (408, 429) or 500 <= status < 600
@@ -183,7 +184,7 @@ def is_transient(exc: BaseException) -> bool:
 
 def is_refused(exc: BaseException) -> bool:
     """A connection refused (nothing listens at the endpoint), anywhere in the chain."""
-    for e in _chain(exc):
+    for e in exception_chain(exc):
         if isinstance(e, ConnectionRefusedError) or (isinstance(e, OSError) and e.errno == errno.ECONNREFUSED):
             return True
         if type(e).__name__ in ("EndpointConnectionError", "ClientConnectorError") and "refused" in str(e).lower():
