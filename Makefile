@@ -23,7 +23,7 @@ demo: setup
 	rm -rf $(DEMO)
 	$(BIN)/benbeam synth --out $(DEMO)/reben --n $(DEMO_N) --seed 0 --corrupt 0.02
 	$(BIN)/benbeam convert --meta $(DEMO)/reben/metadata.parquet --out $(DEMO)/dataset --shard_size 64
-	$(BIN)/python -m beam_pipeline.demo_summary $(DEMO)/dataset
+	$(BIN)/python -m bigearthnet_beam.beam_pipeline.demo_summary $(DEMO)/dataset
 	$(BIN)/benbeam train --data $(DEMO)/dataset --epochs $(DEMO_EPOCHS) --batch 16 --lr 0.002 --augment --save $(DEMO)/run/unet.keras
 	$(BIN)/benbeam evaluate --model $(DEMO)/run/unet.keras --data $(DEMO)/dataset --split test --out $(DEMO)/run/eval_test
 	$(BIN)/benbeam synth-tile --out $(DEMO)/tiles --n 2 --size 600 --seed 1 --s1
@@ -64,7 +64,7 @@ constraints:
 	rm -rf .constraints-venv dist && $(PYTHON) -m venv .constraints-venv
 	$(BIN)/python -m pip wheel -q --no-deps -w dist .
 	.constraints-venv/bin/python -m pip install -q dist/bigearthnet_beam-*.whl
-	.constraints-venv/bin/python -m launch.make_constraints --out launch/constraints.txt
+	.constraints-venv/bin/python -m bigearthnet_beam.launch.make_constraints --out launch/constraints.txt
 	rm -rf .constraints-venv
 
 clean:

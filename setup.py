@@ -13,6 +13,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+# the design's top-level folders, installed as bigearthnet_beam.<folder>
+FOLDERS = ("beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch")
 # `train`, `evaluate`, `predict` (benbeam says which extra to install when one is missing)
 TRAIN = ["tensorflow>=2.16,<3", "keras>=3.3,<4", "tensorboard>=2.16,<3", "matplotlib>=3.8,<4"]
 # `verify` decodes every record a second way, with tfx-bsl's schema-driven decoder
@@ -27,15 +29,17 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(
-        include=[
-            name
-            for top in ("beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch")
-            for name in (top, top + ".*")
-        ]
-    ),
-    package_data={"schemas": ["data/*.json"], "synth": ["data/*.parquet"]},
-    include_package_data=True,
+    # One import name: the design's folders stay at the top of the repository and install as
+    # subpackages of ``bigearthnet_beam`` (``transforms/`` -> ``bigearthnet_beam.transforms``).
+    packages=["bigearthnet_beam"]
+    + [f"bigearthnet_beam.{name}" for top in FOLDERS for name in find_packages(include=[top, top + ".*"])],
+    package_dir={"bigearthnet_beam": "bigearthnet_beam", **{f"bigearthnet_beam.{top}": top for top in FOLDERS}},
+    package_data={
+        "bigearthnet_beam": ["py.typed"],
+        "bigearthnet_beam.schemas": ["data/*.json"],
+        "bigearthnet_beam.synth": ["data/*.parquet"],
+    },
+    include_package_data=False,
     install_requires=[
         "apache-beam[gcp]>=2.60,<3",
         "rasterio>=1.3.9,<2",
@@ -56,7 +60,7 @@ setup(
         "tfx": TFX,
         # `launch dask` / the DaskRunner (the scheduler's and workers' environment too)
         "dask": ["dask[distributed]>=2024.1"],
-        "torch": ["torch>=2.2"],  # trainer.torch_data: a PyTorch IterableDataset, no TensorFlow
+        "torch": ["torch>=2.2"],  # bigearthnet_beam.trainer.torch_data: a PyTorch IterableDataset, no TensorFlow
         "dev": TRAIN
         + TFX
         + [
@@ -78,5 +82,5 @@ setup(
             "torch==2.13.0",
         ],
     },
-    entry_points={"console_scripts": ["benbeam=beam_pipeline.cli:main"]},
+    entry_points={"console_scripts": ["benbeam=bigearthnet_beam.beam_pipeline.cli:main"]},
 )

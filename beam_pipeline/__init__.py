@@ -1,3 +1,3 @@
 """bigearthnet-beam: graph assembly, options and the ``benbeam`` command line."""
 
-from schemas import __version__ as __version__  # one version, defined in schemas
+from bigearthnet_beam.schemas import __version__ as __version__  # one version, defined in schemas

@@ -39,7 +39,7 @@ import logging  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 
-from beam_pipeline.quiet import DEBUG  # noqa: E402 - --debug: tracebacks and the workers' error logs are shown
+from bigearthnet_beam.beam_pipeline.quiet import DEBUG  # noqa: E402 - --debug: tracebacks and the workers' error logs are shown
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_ENV, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -60,9 +60,9 @@ COMMANDS = (
 
 
 def _synth(argv: list[str]) -> int:
-    from beam_pipeline.options import add_storage_args, positive_int, strict_parser, unit_fraction
-    from schemas.failures import FAULT_KINDS
-    from transforms import storage
+    from bigearthnet_beam.beam_pipeline.options import add_storage_args, positive_int, strict_parser, unit_fraction
+    from bigearthnet_beam.schemas.failures import FAULT_KINDS
+    from bigearthnet_beam.transforms import storage
 
     ap = strict_parser(prog="benbeam synth", description="Write a synthetic BigEarthNet v2.0 replica.")
     ap.add_argument("--out", required=True, help="output folder or URL")
@@ -93,7 +93,7 @@ def _synth(argv: list[str]) -> int:
     add_storage_args(ap)
     args = ap.parse_args(argv)
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
-    from synth.generator import generate
+    from bigearthnet_beam.synth.generator import generate
 
     faults = [f.strip() for f in args.faults.split(",") if f.strip()] if args.faults else None
     try:
@@ -111,7 +111,7 @@ def _synth(argv: list[str]) -> int:
         print(f"benbeam synth: error: {e}", file=sys.stderr)
         return 2
     if args.archives:
-        from synth.archives import write_archives
+        from bigearthnet_beam.synth.archives import write_archives
 
         for a in write_archives(args.out):
             print(f"archive: {a['archive']} ({a['files']} files, {a['bytes']} bytes)")
@@ -144,50 +144,50 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
     if cmd == "synth":
         return _synth(argv)
     if cmd == "convert":
-        from beam_pipeline.convert import run
+        from bigearthnet_beam.beam_pipeline.convert import run
 
         return run(argv)
     if cmd == "index":
-        from beam_pipeline.index import run
+        from bigearthnet_beam.beam_pipeline.index import run
 
         return run(argv)
     if cmd == "verify":
-        from beam_pipeline.verify import run
+        from bigearthnet_beam.beam_pipeline.verify import run
 
         return run(argv)
     if cmd == "validate":
-        from beam_pipeline.validate import run
+        from bigearthnet_beam.beam_pipeline.validate import run
 
         return run(argv)
     if cmd == "synth-tile":
-        from synth.tile_cli import run
+        from bigearthnet_beam.synth.tile_cli import run
 
         return run(argv)
     if cmd == "report":
-        from beam_pipeline.report import run
+        from bigearthnet_beam.beam_pipeline.report import run
 
         return run(argv)
     if cmd in EXTRAS and (missing := missing_extra(cmd)):
         print(missing, file=sys.stderr)
         return 3
     if cmd == "predict":
-        from trainer.inference.cli import run
+        from bigearthnet_beam.trainer.inference.cli import run
 
         return run(argv)
     if cmd == "launch":
-        from beam_pipeline.launch_cmd import run
+        from bigearthnet_beam.beam_pipeline.launch_cmd import run
 
         return run(argv)
     if cmd == "train":
-        from trainer.train_cli import train_cli
+        from bigearthnet_beam.trainer.train_cli import train_cli
 
         return train_cli(argv)
     if cmd == "evaluate":
-        from trainer.evaluate import evaluate_cli
+        from bigearthnet_beam.trainer.evaluate import evaluate_cli
 
         return evaluate_cli(argv)
     if cmd == "export":
-        from trainer.export import export_cli
+        from bigearthnet_beam.trainer.export import export_cli
 
         return export_cli(argv)
     raise AssertionError(cmd)
@@ -234,7 +234,7 @@ def setup_logging() -> None:
 
 def classify(exc: BaseException) -> tuple[int, str]:
     """(exit code, what to tell the user) for an exception a command did not handle itself."""
-    from transforms import storeconfig
+    from bigearthnet_beam.transforms import storeconfig
 
     names = {type(e).__name__ for e in storeconfig.exception_chain(exc)}
     text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
@@ -294,7 +294,7 @@ def _main(argv: list[str]) -> int:
         print(__doc__.strip())
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
-        from beam_pipeline import __version__
+        from bigearthnet_beam.beam_pipeline import __version__
 
         print(f"benbeam {__version__}")
         return 0

@@ -15,11 +15,17 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import finalize as fin
-from beam_pipeline.options import ConvertOptions, description, local_runner_args, parse
-from beam_pipeline.quiet import worker_stderr
-from beam_pipeline.run_record import print_counters, print_summary, staged_artifacts, summary, write_run_record
-from beam_pipeline.stats_pass import (
+from bigearthnet_beam.beam_pipeline import finalize as fin
+from bigearthnet_beam.beam_pipeline.options import ConvertOptions, description, local_runner_args, parse
+from bigearthnet_beam.beam_pipeline.quiet import worker_stderr
+from bigearthnet_beam.beam_pipeline.run_record import (
+    print_counters,
+    print_summary,
+    staged_artifacts,
+    summary,
+    write_run_record,
+)
+from bigearthnet_beam.beam_pipeline.stats_pass import (
     STATS_PASS_JSON,
     load_stats_pass,
     remove_stats_pass,
@@ -27,13 +33,13 @@ from beam_pipeline.stats_pass import (
     stats_pass_key,
     write_stats_pass,
 )
-from schemas import manifest as manifest_schema
-from transforms import metadata as md
-from transforms import outdir, progress, storage
-from transforms.objcache import PatchCache
-from transforms.plan import RowPlan
-from transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
-from transforms.shard_writer import ShardConfig
+from bigearthnet_beam.schemas import manifest as manifest_schema
+from bigearthnet_beam.transforms import metadata as md
+from bigearthnet_beam.transforms import outdir, progress, storage
+from bigearthnet_beam.transforms.objcache import PatchCache
+from bigearthnet_beam.transforms.plan import RowPlan
+from bigearthnet_beam.transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
+from bigearthnet_beam.transforms.shard_writer import ShardConfig
 
 LOG = logging.getLogger("benbeam")
 
@@ -59,7 +65,7 @@ RECORDED = (
 def build_packs(p: beam.Pipeline, args, plan: RowPlan, pack_dir: str) -> None:
     """With ``--archives``, the first job: stream each archive (in parallel, once) into per-shard
     packs under ``pack_dir``, which the other jobs read through ``PackObjects(pack_dir)``."""
-    from transforms.archive_ptransforms import SplitArchives
+    from bigearthnet_beam.transforms.archive_ptransforms import SplitArchives
 
     _ = p | "SplitArchives" >> SplitArchives(plan, args.archives, pack_dir, storage.options())
 
@@ -196,7 +202,7 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
     root = md.dataset_root(args.root, args.meta, tables)
     plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size, tables)
     if args.archives:
-        from transforms.archives import check_archives
+        from bigearthnet_beam.transforms.archives import check_archives
 
         check_archives(args.archives)
         if any(c.startswith("url_") for t, _ in tables for c in t.column_names):
@@ -324,7 +330,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
             progress_watcher(args, plan, opts, dry_run, statistics=not args.stats and stats is None),
         ):
             if args.archives:  # job 0: the archives into per-shard packs
-                from transforms import archive_packs
+                from bigearthnet_beam.transforms import archive_packs
 
                 pack_dir = archive_packs.new_pack_dir(args.out)
                 objects = archive_packs.PackObjects(pack_dir)
@@ -362,7 +368,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
             print(f"benbeam convert: the workers' output is in {wlog['log']} (--debug shows it here)", file=sys.stderr)
         msg = str(e)
         if "no training pixels for band(s)" in msg:  # every training patch failed: say why, keep the reasons
-            from beam_pipeline.diagnose import no_statistics
+            from bigearthnet_beam.beam_pipeline.diagnose import no_statistics
 
             print(
                 f"benbeam convert: error: {no_statistics(plan, args.out, args.resampling, args.decode_timeout)}; "
@@ -412,7 +418,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
     try:
         write_run_record(args.out, man, dt, opts, counters)
         if args.report:
-            from beam_pipeline.report import write_report
+            from bigearthnet_beam.beam_pipeline.report import write_report
 
             print(f"  report: {write_report(args.out)}")
     except Exception as e:  # noqa: BLE001 - the dataset is complete; a failed report must not hide that
@@ -424,7 +430,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
     total = sum(s["input"] for s in man["splits"].values())
     frac = man["failures"]["total"] / total if total else 0.0
     if frac > args.max_failure_fraction:
-        from beam_pipeline.diagnose import top_reasons
+        from bigearthnet_beam.beam_pipeline.diagnose import top_reasons
 
         reasons = top_reasons([{"reason": r} for r, n in man["failures"]["by_reason"].items() for _ in range(n)])
         print(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from beam_pipeline.run_record import summary
-from schemas.bands import ALL_NAMES
+from bigearthnet_beam.beam_pipeline.run_record import summary
+from bigearthnet_beam.schemas.bands import ALL_NAMES
 
 
 def main(argv: list[str]) -> int:

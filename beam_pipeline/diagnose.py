@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from schemas import failures, manifest
-from transforms import storage
+from bigearthnet_beam.schemas import failures, manifest
+from bigearthnet_beam.transforms import storage
 
 LIMIT = 20_000  # training patches re-checked at most (a failed run should not take a second hour)
 
 
 def training_dead_letters(plan, resampling: str, decode_timeout, limit: int = LIMIT) -> tuple[list[dict], int, int]:
     """(dead letters, training patches checked, training patches that decode) of ``plan``'s training split."""
-    from transforms.shard_reader import load_patch
+    from bigearthnet_beam.transforms.shard_reader import load_patch
 
     dead: list[dict] = []
     checked = ok = 0

@@ -11,11 +11,11 @@ import logging
 import os
 import re
 
-from beam_pipeline import __version__
-from schemas import bands as band_table
-from schemas import manifest as manifest_schema
-from schemas import tfrecord
-from transforms import storage, tfds_meta
+from bigearthnet_beam.beam_pipeline import __version__
+from bigearthnet_beam.schemas import bands as band_table
+from bigearthnet_beam.schemas import manifest as manifest_schema
+from bigearthnet_beam.schemas import tfrecord
+from bigearthnet_beam.transforms import storage, tfds_meta
 
 LOG = logging.getLogger("benbeam")
 
@@ -120,7 +120,7 @@ def _with_empty_shards(
     out: str, shards: list[manifest_schema.ShardRecord], compression: str
 ) -> list[manifest_schema.ShardRecord]:
     """Shards that received no patch at all still exist (empty), so names stay of-N complete."""
-    from transforms.encode import ShardWriter
+    from bigearthnet_beam.transforms.encode import ShardWriter
 
     have = {(s.split, s.index) for s in shards}
     counts = {s.split: s.count for s in shards}  # the same for every shard of a split

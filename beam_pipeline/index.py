@@ -14,10 +14,10 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beam_pipeline.options import add_storage_args
-from schemas.naming import OBJECT_KEYS, object_urls
-from transforms import metadata as md
-from transforms import storage
+from bigearthnet_beam.beam_pipeline.options import add_storage_args
+from bigearthnet_beam.schemas.naming import OBJECT_KEYS, object_urls
+from bigearthnet_beam.transforms import metadata as md
+from bigearthnet_beam.transforms import storage
 
 
 def index_table(table: pa.Table, root: str) -> tuple[pa.Table, list[dict]]:

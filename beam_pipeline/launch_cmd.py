@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import tempfile
 
-from launch import names, staging, submit
+from bigearthnet_beam.launch import names, staging, submit
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -41,6 +41,6 @@ def run(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"benbeam launch: error: {e}", file=sys.stderr)
             return 2
-        from beam_pipeline.convert import run as convert
+        from bigearthnet_beam.beam_pipeline.convert import run as convert
 
         return convert(convert_argv + extra)

@@ -12,11 +12,13 @@ import os
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from schemas.tfrecord import IMAGE_DTYPES
-from transforms.cli_args import add_s3_endpoint as add_s3_endpoint
-from transforms.cli_args import add_storage_args as add_storage_args
-from transforms.cli_args import positive_int as positive_int
-from transforms.cli_args import unknown_pipeline_args as unknown_pipeline_args  # shared with trainer: re-exported
+from bigearthnet_beam.schemas.tfrecord import IMAGE_DTYPES
+from bigearthnet_beam.transforms.cli_args import add_s3_endpoint as add_s3_endpoint
+from bigearthnet_beam.transforms.cli_args import add_storage_args as add_storage_args
+from bigearthnet_beam.transforms.cli_args import positive_int as positive_int
+from bigearthnet_beam.transforms.cli_args import (
+    unknown_pipeline_args as unknown_pipeline_args,  # shared with trainer: re-exported
+)
 
 BEAM_PASSTHROUGH = (
     "Apache Beam pipeline options (--runner, --direct_num_workers, --project, --temp_location, ...) "
@@ -213,7 +215,7 @@ def add_max_failure_arg(parser) -> None:
 
 def add_decode_timeout_arg(parser) -> None:
     """Add ``--decode_timeout`` (seconds >= 0; 0: no limit) to ``parser``."""
-    from transforms.patch import DEFAULT_DECODE_TIMEOUT
+    from bigearthnet_beam.transforms.patch import DEFAULT_DECODE_TIMEOUT
 
     def seconds(text: str) -> float:
         v = _number(text)

@@ -25,10 +25,16 @@ import json
 import logging
 import sys
 
-from beam_pipeline.report_page import build_html
-from beam_pipeline.report_plots import plot_classes, plot_failures, plot_histograms, render_sample, sample_params
-from schemas import manifest
-from transforms import storage
+from bigearthnet_beam.beam_pipeline.report_page import build_html
+from bigearthnet_beam.beam_pipeline.report_plots import (
+    plot_classes,
+    plot_failures,
+    plot_histograms,
+    render_sample,
+    sample_params,
+)
+from bigearthnet_beam.schemas import manifest
+from bigearthnet_beam.transforms import storage
 
 LOG = logging.getLogger("benbeam")
 
@@ -56,7 +62,7 @@ def _failures(dataset: str, man: dict) -> list[dict]:
 
 def _samples(dataset: str, man: dict, n: int = SAMPLES) -> list[dict]:
     """The first ``n`` records of the first non-empty shards (validation first, then train, test)."""
-    from transforms.encode import decode_example, iter_records
+    from bigearthnet_beam.transforms.encode import decode_example, iter_records
 
     order = [s for s in ("validation", "train", "test") if s in man["splits"]]
     per_split: dict[str, list] = {}
@@ -83,7 +89,7 @@ def _samples(dataset: str, man: dict, n: int = SAMPLES) -> list[dict]:
 def write_report(dataset: str, out: str | None = None) -> str:
     """Write ``report.html`` (and the plots under ``report/``) for a complete dataset;
     returns the report's URL. ``out``: another place for the HTML file."""
-    from beam_pipeline.verify import load_manifest
+    from bigearthnet_beam.beam_pipeline.verify import load_manifest
 
     man = load_manifest(dataset)
     failures = _failures(dataset, man)
@@ -113,7 +119,7 @@ def write_report(dataset: str, out: str | None = None) -> str:
 
 def run(argv: list[str] | None = None) -> int:
     """``benbeam report DATASET [--out HTML]``."""
-    from beam_pipeline.options import add_storage_args
+    from bigearthnet_beam.beam_pipeline.options import add_storage_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(

@@ -10,7 +10,7 @@ from collections import Counter
 
 import numpy as np
 
-from schemas import manifest
+from bigearthnet_beam.schemas import manifest
 
 MAX_FAILURES_LISTED = 50
 SECTIONS = ("summary", "accounting", "failures", "throughput", "histograms", "classes", "samples")

@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 
-from schemas import manifest
+from bigearthnet_beam.schemas import manifest
 
 # Plots are small SVG documents built here: drawing them costs milliseconds, where
 # matplotlib's layout of 14 histogram panels took over a second at the end of every run.
@@ -207,7 +207,7 @@ def plot_failures(man: dict, failures: list[dict]) -> bytes | None:
 
 def sample_params(man: dict):
     """The normalisation of the S2 bands, as ``convert`` applied it (to undo it for display)."""
-    from transforms.normalize import NormParams
+    from bigearthnet_beam.transforms.normalize import NormParams
 
     st = man["statistics"]
     return NormParams.from_stats(st["bands"], clip=st.get("clip", True), channels=tuple(man["bands"]["s2"]))
@@ -218,7 +218,7 @@ def render_sample(ex: dict, man: dict, params) -> tuple[bytes, bytes]:
     ``NormParams`` (``sample_params``), to undo the normalisation."""
     from PIL import Image
 
-    from schemas import tfrecord
+    from bigearthnet_beam.schemas import tfrecord
 
     s2 = np.asarray(ex[tfrecord.S2], dtype=np.float32)
     st = man["statistics"]

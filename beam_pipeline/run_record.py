@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
-from schemas import manifest as manifest_schema
-from transforms import storage
+from bigearthnet_beam.schemas import manifest as manifest_schema
+from bigearthnet_beam.transforms import storage
 
 
 def summary(out: str) -> dict:
@@ -63,7 +63,7 @@ def write_run_record(out: str, man: dict, seconds: float, opts, counters: dict) 
     import datetime
     import resource
 
-    from beam_pipeline import __version__
+    from bigearthnet_beam.beam_pipeline import __version__
 
     allopts = opts.get_all_options()
     patches = sum(s["input"] for s in man["splits"].values())

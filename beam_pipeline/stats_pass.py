@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 
-from beam_pipeline import finalize as fin
-from transforms import storage
-from transforms.plan import RowPlan
+from bigearthnet_beam.beam_pipeline import finalize as fin
+from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms.plan import RowPlan
 
 
 def stats_from_acc(acc, clip, clip_percentiles):
     """The statistics document of a histogram accumulator; RuntimeError when a band has no training pixel."""
-    from transforms.histogram import BandStats
-    from transforms.normalize import NormParams
+    from bigearthnet_beam.transforms.histogram import BandStats
+    from bigearthnet_beam.transforms.normalize import NormParams
 
     extracted = BandStats().extract(acc, clip_percentiles=tuple(clip_percentiles))
     bad = [b for b, s in extracted.items() if not s.get("count")]
@@ -28,7 +28,7 @@ def stats_from_acc(acc, clip, clip_percentiles):
 
 def stats_from_file(url, clip, clip_percentiles, storage_options):
     """The statistics document of an earlier run's ``stats.json`` or ``dataset.json`` (``--stats``)."""
-    from transforms.normalize import NormParams
+    from bigearthnet_beam.transforms.normalize import NormParams
 
     storage.set_options(storage_options)
     doc = fin.load_stats_document(url)
@@ -57,7 +57,7 @@ STATS_KEY = (
 
 def stats_pass_key(args, plan: RowPlan) -> dict:
     """What the statistics depend on: a stats pass with an equal key is reused on a rerun."""
-    from beam_pipeline import __version__
+    from bigearthnet_beam.beam_pipeline import __version__
 
     key = {k: getattr(args, k) for k in STATS_KEY}
     key["clip_percentiles"] = list(key["clip_percentiles"])
@@ -67,7 +67,7 @@ def stats_pass_key(args, plan: RowPlan) -> dict:
 def write_stats_pass(acc, out, key, clip, clip_percentiles, storage_options) -> None:
     """Write the statistics job's result: the histograms, then statistics + key (last: that
     file marks the pass complete)."""
-    from transforms.histogram import to_npz_bytes
+    from bigearthnet_beam.transforms.histogram import to_npz_bytes
 
     storage.set_options(storage_options)
     doc = stats_from_acc(acc, clip, clip_percentiles)

@@ -17,8 +17,8 @@ from collections import Counter
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import quiet
-from beam_pipeline.options import (
+from bigearthnet_beam.beam_pipeline import quiet
+from bigearthnet_beam.beam_pipeline.options import (
     BEAM_PASSTHROUGH,
     add_decode_timeout_arg,
     add_max_failure_arg,
@@ -31,11 +31,11 @@ from beam_pipeline.options import (
     suggest,
     unknown_pipeline_args,
 )
-from schemas import failures, manifest
-from schemas.naming import OBJECT_KEYS
-from transforms import containment, progress, storage
-from transforms import metadata as md
-from transforms.ptransforms import CheckRows, ReadMetadata, _count
+from bigearthnet_beam.schemas import failures, manifest
+from bigearthnet_beam.schemas.naming import OBJECT_KEYS
+from bigearthnet_beam.transforms import containment, progress, storage
+from bigearthnet_beam.transforms import metadata as md
+from bigearthnet_beam.transforms.ptransforms import CheckRows, ReadMetadata, _count
 
 COMMAND = "benbeam validate"
 
@@ -117,7 +117,7 @@ class ValidateGroupFn(beam.DoFn):
             done += 1
             errs = check_objects(rec, listing)
             if not errs and self.deep:
-                from transforms.shard_reader import load_patch
+                from bigearthnet_beam.transforms.shard_reader import load_patch
 
                 try:
                     load_patch(rec, "nearest", self.decode_timeout)
@@ -143,8 +143,8 @@ def build(p, args, root, splits):
     read = p | "ReadMetadata" >> ReadMetadata(tuple(metas), sopts)
     checked = read["rows"] | "CheckRows" >> CheckRows(root, splits, args.frac)
     if getattr(args, "archives", None):  # each archive's member list, streamed once, against the metadata
-        from transforms.archive_inventory import check_archived
-        from transforms.archive_ptransforms import ArchiveInventory
+        from bigearthnet_beam.transforms.archive_inventory import check_archived
+        from bigearthnet_beam.transforms.archive_ptransforms import ArchiveInventory
 
         lacking = p | "ArchiveInventory" >> ArchiveInventory(args.archives, tuple(metas), splits, args.frac, sopts)
         results = checked["patches"] | "CheckArchived" >> beam.Map(
@@ -283,7 +283,7 @@ def run(argv: list[str] | None = None) -> int:
                     "--deep decodes objects, which --archives does not extract: run "
                     "`benbeam convert --archives` (it reports every undecodable patch) instead"
                 )
-            from transforms.archives import check_archives
+            from bigearthnet_beam.transforms.archives import check_archives
 
             check_archives(args.archives)
         check_out(args.out)

@@ -18,10 +18,10 @@ import sys
 
 import numpy as np
 
-from beam_pipeline.options import add_storage_args
-from schemas import manifest, tfrecord
-from schemas.classes import IGNORE_INDEX, NUM_CLASSES
-from transforms import containment, storage, tfds_meta
+from bigearthnet_beam.beam_pipeline.options import add_storage_args
+from bigearthnet_beam.schemas import manifest, tfrecord
+from bigearthnet_beam.schemas.classes import IGNORE_INDEX, NUM_CLASSES
+from bigearthnet_beam.transforms import containment, storage, tfds_meta
 
 
 def load_manifest(dataset: str) -> dict:
@@ -96,7 +96,7 @@ def tfx_decoder(mode: str, image_dtype: str) -> TfxDecoder | None:
 
 def verify(dataset: str, parse: bool = True, tfx: str = "auto") -> list[str]:
     """All problems found (empty list = the dataset matches its manifest)."""
-    from transforms.encode import decode_example, iter_records
+    from bigearthnet_beam.transforms.encode import decode_example, iter_records
 
     man = load_manifest(dataset)
     cross = tfx_decoder(tfx, man["image_dtype"]) if parse else None

@@ -33,8 +33,8 @@ _STAGE = re.compile(r"archive (\S+): (\d+) members .*? in ([\d.]+) s \(process (
 
 _SPLIT_ONE = """
 import json, sys, tempfile, time
-from transforms import archives, storage
-from transforms.plan import RowPlan
+from bigearthnet_beam.transforms import archives, storage
+from bigearthnet_beam.transforms.plan import RowPlan
 meta, url, buffer_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
 plan = RowPlan.create([meta], storage.parent(meta), ("train", "validation", "test"), 1.0, 180)
 t0 = time.perf_counter()
@@ -76,7 +76,7 @@ def ensure_sample(workdir: str, n: int, workers: int) -> str:
 
 
 def extract(data: str, parallel: bool) -> float:
-    from transforms.archives import ARCHIVES
+    from bigearthnet_beam.transforms.archives import ARCHIVES
 
     dest = tempfile.mkdtemp(prefix="bench-extract-", dir=os.path.dirname(data))
     t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def main() -> int:
     ap.add_argument("--no_tar", action="store_true", help="skip the tar extraction figures")
     args = ap.parse_args()
     from benchmarks.bench_convert import run_convert
-    from transforms.archives import ARCHIVES, PACK_BUFFER_BYTES
+    from bigearthnet_beam.transforms.archives import ARCHIVES, PACK_BUFFER_BYTES
 
     print(f"machine: {os.cpu_count()} cores; convert --workers {args.workers}")
     data = ensure_sample(args.workdir, args.n, args.workers)

@@ -93,12 +93,12 @@ def plain_loop(meta: str, root: str, out_dir: str, clip_percentiles=(1.0, 99.0))
     decode + check + resample + normalise + encode + write every patch."""
     import pyarrow.parquet as pq
 
-    from schemas.classes import multi_hot
-    from schemas.naming import object_urls
-    from transforms.encode import ShardWriter, encode_example
-    from transforms.histogram import BandStats
-    from transforms.normalize import NormParams, normalize
-    from transforms.patch import decode_patch, fetch_objects
+    from bigearthnet_beam.schemas.classes import multi_hot
+    from bigearthnet_beam.schemas.naming import object_urls
+    from bigearthnet_beam.transforms.encode import ShardWriter, encode_example
+    from bigearthnet_beam.transforms.histogram import BandStats
+    from bigearthnet_beam.transforms.normalize import NormParams, normalize
+    from bigearthnet_beam.transforms.patch import decode_patch, fetch_objects
 
     rows = pq.read_table(meta).to_pylist()
 
@@ -143,7 +143,7 @@ def main() -> int:
     ap.add_argument("--workdir", default=os.path.join(os.path.dirname(HERE), "bench_out"))
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="extra convert flags")
     args = ap.parse_args()
-    from synth.generator import generate
+    from bigearthnet_beam.synth.generator import generate
 
     cores = os.cpu_count() or 1
     print(f"machine: {cores} cores; convert flags: {' '.join(args.extra) or '(defaults)'}")

@@ -67,10 +67,10 @@ def main() -> int:
     args = ap.parse_args()
     import pyarrow.parquet as pq
 
-    from schemas.naming import object_urls
-    from synth.generator import generate
-    from transforms.histogram import BandStats
-    from transforms.patch import decode_patch, fetch_objects
+    from bigearthnet_beam.schemas.naming import object_urls
+    from bigearthnet_beam.synth.generator import generate
+    from bigearthnet_beam.transforms.histogram import BandStats
+    from bigearthnet_beam.transforms.patch import decode_patch, fetch_objects
 
     with tempfile.TemporaryDirectory() as tmp:
         generate(tmp, args.patches, seed=1)

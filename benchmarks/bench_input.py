@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 def stream_rate(ds, *, batch: int, batches: int, warmup: int = 5, seed: int = 0) -> tuple[float, float]:
     """(patches/s, CPU-ms per patch of this process) over ``batches`` training batches after
     ``warmup`` (the shuffle buffer fills first)."""
-    from trainer import data as trainer_data
+    from bigearthnet_beam.trainer import data as trainer_data
 
     stream = trainer_data.make_dataset(ds, "train", batch_size=batch, training=True, repeat=True, seed=seed)
     it = iter(stream)
@@ -53,8 +53,8 @@ def step_times(ds, *, batch: int, steps: int, width: int, rounds: int, seed: int
     import keras
     import tensorflow as tf
 
-    from trainer import augment, model
-    from trainer import data as trainer_data
+    from bigearthnet_beam.trainer import augment, model
+    from bigearthnet_beam.trainer import data as trainer_data
 
     x, y = next(iter(trainer_data.make_dataset(ds, "train", batch_size=batch, training=True, repeat=True, seed=seed)))
     one = tf.data.Dataset.from_tensors((x, y)).repeat()
@@ -76,7 +76,7 @@ def step_times(ds, *, batch: int, steps: int, width: int, rounds: int, seed: int
 
 def ensure_datasets(n: int, workdir: str) -> list[str]:
     """Synthetic sample + float32 and float16 conversions under ``workdir`` (reused)."""
-    from beam_pipeline.cli import main as cli
+    from bigearthnet_beam.beam_pipeline.cli import main as cli
 
     reben = os.path.join(workdir, f"reben_{n}")
     if not os.path.exists(os.path.join(reben, "metadata.parquet")):
@@ -111,7 +111,7 @@ def main() -> int:
     datasets = args.data or ensure_datasets(args.n, args.workdir)
     import tensorflow as tf
 
-    from trainer import data as trainer_data
+    from bigearthnet_beam.trainer import data as trainer_data
 
     cores = os.cpu_count() or 1
     gpus = tf.config.list_physical_devices("GPU")

@@ -72,9 +72,9 @@ def main() -> int:
     ap.add_argument("--pin", action="store_true", help="server on core 1, conversions on core 0")
     args = ap.parse_args()
     os.environ.update({"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET})
-    from synth.generator import generate
+    from bigearthnet_beam.synth.generator import generate
+    from bigearthnet_beam.transforms import storage
     from tests.servers import seaweedfs
-    from transforms import storage
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench-os-")
     local = os.path.join(work, "reben")

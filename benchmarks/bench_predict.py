@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 def make_model(path: str, width: int) -> None:
     """Save an untrained U-Net of ``width`` with a valid inference contract."""
-    from schemas import bands, classes
-    from trainer.model import INFO_FORMAT, INFO_VERSION, build_unet, save_model
+    from bigearthnet_beam.schemas import bands, classes
+    from bigearthnet_beam.trainer.model import INFO_FORMAT, INFO_VERSION, build_unet, save_model
 
     stats = {}
     for b in bands.ALL_BANDS:
@@ -73,7 +73,7 @@ def main() -> None:
     model = os.path.join(args.work, f"unet_w{args.width}.keras")
     if not os.path.exists(model):
         make_model(model, args.width)
-    from synth.tiles import make_tile
+    from bigearthnet_beam.synth.tiles import make_tile
 
     tiles = {}
     for size in args.sizes:

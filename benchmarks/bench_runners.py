@@ -109,7 +109,7 @@ def main() -> int:
     args = ap.parse_args()
     from distributed import LocalCluster
 
-    from synth.generator import generate
+    from bigearthnet_beam.synth.generator import generate
     from tests import netns
 
     skip = set(args.skip.split(","))

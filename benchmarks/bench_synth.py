@@ -16,7 +16,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
-    from synth.generator import generate
+    from bigearthnet_beam.synth.generator import generate
 
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()

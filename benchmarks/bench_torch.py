@@ -21,7 +21,7 @@ def main() -> int:
     args = ap.parse_args()
     from torch.utils.data import DataLoader
 
-    from trainer.torch_data import BenDataset
+    from bigearthnet_beam.trainer.torch_data import BenDataset
 
     with tempfile.TemporaryDirectory() as d:
         data = args.data

@@ -68,7 +68,7 @@ def ensure_venv(venv: str) -> str:
 
 def ensure_data(n: int, workdir: str) -> tuple[str, str, float | None]:
     """(reBEN root, float32 dataset, convert CPU-ms per patch or None when reused)."""
-    from beam_pipeline.cli import main as cli
+    from bigearthnet_beam.beam_pipeline.cli import main as cli
 
     reben = os.path.join(workdir, f"reben_{n}")
     if (
@@ -100,7 +100,7 @@ def main() -> int:
     reben, data, convert_cpu = ensure_data(args.n, args.workdir)
 
     from benchmarks.bench_input import stream_rate
-    from trainer import data as trainer_data
+    from bigearthnet_beam.trainer import data as trainer_data
 
     cores = os.cpu_count() or 1
     print(f"machine: {cores} cores; batch {args.batch}; {args.batches} batches per round; same {args.n}-patch sample")

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(argv: list[str]) -> float:
-    from beam_pipeline.cli import main
+    from bigearthnet_beam.beam_pipeline.cli import main
 
     t0 = time.perf_counter()
     rc = main(argv)
@@ -89,7 +89,7 @@ def main() -> int:
     dt = _run(argv)
     with open(os.path.join(run, "unet.history.csv")) as fh:
         hist = list(csv.DictReader(fh))
-    from trainer.train import seg_metric
+    from bigearthnet_beam.trainer.train import seg_metric
 
     for row in hist:
         m = {(("val_" if v else "") + k): seg_metric(row, k, v) for k in ("loss", "miou", "pixel_acc") for v in (0, 1)}

@@ -22,7 +22,9 @@ import zipfile
 from pathlib import Path
 
 DIST = "bigearthnet-beam"
-PACKAGES = ("beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch")
+PACKAGE = "bigearthnet_beam"  # the one import name the wheel installs
+# a checkout's folders that setup.py maps into it (bigearthnet_beam.<folder>)
+FOLDERS = ("bigearthnet_beam", "beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch")
 _NOT_IN_WHEEL = ("INSTALLER", "REQUESTED", "direct_url.json", "RECORD")
 
 
@@ -33,7 +35,7 @@ class StagingError(RuntimeError):
 def checkout_root() -> Path | None:
     """The source checkout this code runs from, or None when it runs from site-packages."""
     root = Path(__file__).resolve().parent.parent
-    return root if (root / "setup.py").is_file() and (root / "beam_pipeline").is_dir() else None
+    return root if (root / "setup.py").is_file() and (root / PACKAGE).is_dir() else None
 
 
 def build_wheel(out_dir: str) -> str:
@@ -51,7 +53,7 @@ def _wheel_from_checkout(root: Path, out_dir: str) -> str:
         if (root / name).exists():
             os.makedirs(src, exist_ok=True)
             shutil.copy2(root / name, src / name)
-    for pkg in PACKAGES:
+    for pkg in FOLDERS:
         shutil.copytree(root / pkg, src / pkg, ignore=ignore)
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out_dir, str(src)]
     if importlib.util.find_spec("setuptools") is not None:
@@ -76,7 +78,7 @@ def _wheel_from_installed(out_dir: str) -> str:
         raise StagingError(f"{DIST} is neither a checkout nor installed: pip install it first") from None
     files = [f for f in (dist.files or []) if not f.name.endswith(".pyc") and "__pycache__" not in f.parts]
     info_dir = next((f.parts[0] for f in files if f.parts[0].endswith(".dist-info")), None)
-    if info_dir is None or not any(f.parts[0] in PACKAGES for f in files):
+    if info_dir is None or not any(f.parts[0] == PACKAGE for f in files):
         raise StagingError(
             f"the installed {DIST} lists no package files (an editable install?): launch from its checkout instead"
         )
@@ -87,7 +89,7 @@ def _wheel_from_installed(out_dir: str) -> str:
     with zipfile.ZipFile(path + ".tmp", "w", zipfile.ZIP_DEFLATED) as whl:
         for f in sorted(files, key=str):
             top = f.parts[0]
-            if top not in PACKAGES and not (top == info_dir and f.name not in _NOT_IN_WHEEL):
+            if top != PACKAGE and not (top == info_dir and f.name not in _NOT_IN_WHEEL):
                 continue  # the console script, pip's bookkeeping
             data = Path(dist.locate_file(f)).read_bytes()
             name = "/".join(f.parts)

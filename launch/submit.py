@@ -291,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
 def runner_args(ns: argparse.Namespace, package: str | None = None) -> list[str]:
     """The pipeline options of parsed ``benbeam launch`` flags; ``package`` is the wheel to stage."""
     if ns.runner == "dataflow":
-        from launch import names  # placeholder names fail here, in one line, not in the Dataflow client
+        from bigearthnet_beam.launch import (
+            names,  # placeholder names fail here, in one line, not in the Dataflow client
+        )
 
         names.check_launch(ns)
         return dataflow_args(

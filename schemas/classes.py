@@ -44,7 +44,7 @@ UNLABELED = "UNLABELED"
 @lru_cache(maxsize=None)
 def clc_table() -> tuple[dict, ...]:
     """The official CLC table: dicts with code (int), name_clc, name_19, color (RGBA)."""
-    text = resources.files("schemas").joinpath("data/clc_metadata.json").read_text("utf-8")
+    text = resources.files(__package__).joinpath("data/clc_metadata.json").read_text("utf-8")
     rows = json.loads(text)["clc_data"]
     out = []
     for r in rows:

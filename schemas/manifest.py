@@ -28,9 +28,9 @@ from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Mapping
 
-from schemas import bands as band_table
-from schemas import classes as class_table
-from schemas import tfrecord
+from bigearthnet_beam.schemas import bands as band_table
+from bigearthnet_beam.schemas import classes as class_table
+from bigearthnet_beam.schemas import tfrecord
 
 SCHEMA_VERSION = 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from schemas.bands import S1_NAMES, S2_NAMES
+from bigearthnet_beam.schemas.bands import S1_NAMES, S2_NAMES
 
 S2_DIR = "BigEarthNet-S2"
 S1_DIR = "BigEarthNet-S1"

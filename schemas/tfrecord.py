@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.bands import PATCH_SIZE, S1_NAMES, S2_NAMES
-from schemas.classes import NUM_CLASSES
+from bigearthnet_beam.schemas.bands import PATCH_SIZE, S1_NAMES, S2_NAMES
+from bigearthnet_beam.schemas.classes import NUM_CLASSES
 
 IMAGE_DTYPES = ("float32", "float16")
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import io
 import tarfile
 
-from transforms import storage
-from transforms.archives import ARCHIVES
+from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms.archives import ARCHIVES
 
 MTIME = 1_700_000_000  # fixed modification time of every member (2023-11-14)
 LEVEL = 3  # zstd's default level

@@ -28,13 +28,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas import failures
-from schemas.bands import BAND_BY_NAME, PATCH_EXTENT_M, PATCH_SIZE, S1_NAMES, S2_NAMES
-from schemas.classes import CLASS_INDEX, clc_table, no_class_codes
-from schemas.naming import REFERENCE_MAP_KEY, parse_patch_id, relative_paths
-from synth.signatures import NO_CLASS_ROW, render, smooth_field
-from transforms import storage
-from transforms.progress import Bar
+from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.schemas.bands import BAND_BY_NAME, PATCH_EXTENT_M, PATCH_SIZE, S1_NAMES, S2_NAMES
+from bigearthnet_beam.schemas.classes import CLASS_INDEX, clc_table, no_class_codes
+from bigearthnet_beam.schemas.naming import REFERENCE_MAP_KEY, parse_patch_id, relative_paths
+from bigearthnet_beam.synth.signatures import NO_CLASS_ROW, render, smooth_field
+from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms.progress import Bar
 
 CLEAN = "metadata.parquet"
 SNOW_CLOUD = "metadata_for_patches_with_snow_cloud_or_shadow.parquet"

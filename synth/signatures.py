@@ -14,8 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from schemas.bands import BAND_BY_NAME, PATCH_SIZE, S2_NAMES
-from schemas.classes import NUM_CLASSES
+from bigearthnet_beam.schemas.bands import BAND_BY_NAME, PATCH_SIZE, S2_NAMES
+from bigearthnet_beam.schemas.classes import NUM_CLASSES
 
 # Endmember spectra, B01 … B12 (S2_NAMES order), DN.
 _ENDMEMBERS = {
@@ -87,7 +87,7 @@ NO_CLASS_ROW = NUM_CLASSES  # row of the signature table used for pixels without
 
 def smooth_field(rng: np.random.Generator, shape=(PATCH_SIZE, PATCH_SIZE), cells: int = 8) -> np.ndarray:
     """A smooth random field in about [-1, 1] (bilinear upsampling of a coarse grid)."""
-    from transforms.resample import upsample
+    from bigearthnet_beam.transforms.resample import upsample
 
     coarse = rng.standard_normal((cells, cells)).astype(np.float32)
     f = upsample(coarse, shape[0] // cells, "bilinear")

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from synth.tiles import LAYOUTS, LEVELS, check_args, make_tile, tile_ids
+from bigearthnet_beam.synth.tiles import LAYOUTS, LEVELS, check_args, make_tile, tile_ids
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 
-from schemas.bands import S2_PRODUCT_NAMES, S2_PRODUCT_RESOLUTION_M
-from schemas.tiles import DN_ADD_OFFSET
+from bigearthnet_beam.schemas.bands import S2_PRODUCT_NAMES, S2_PRODUCT_RESOLUTION_M
+from bigearthnet_beam.schemas.tiles import DN_ADD_OFFSET
 
 BASELINE = "05.10"  # processing baseline written into the names and metadata (>= 04.00: DN offset)
 

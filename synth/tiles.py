@@ -40,13 +40,21 @@ from functools import lru_cache
 
 import numpy as np
 
-from schemas.bands import S2_NAMES, S2_PRODUCT_NAMES, S2_PRODUCT_RESOLUTION_M
-from schemas.classes import IGNORE_INDEX, NUM_CLASSES
-from schemas.tiles import DN_ADD_OFFSET, MTD_FILES, S1_SIDECAR, TRUTH_SIDECAR
-from synth.generator import _COL_SETS, _ROW_LETTERS, tile_origin
-from synth.signatures import NO_CLASS_ROW, S1_NOISE_DB, S1_TEXTURE_DB, S2_NOISE, S2_TEXTURE, block_mean, signatures
-from synth.tile_metadata import BASELINE, mtd_product, mtd_tile
-from transforms.resample import resample_window
+from bigearthnet_beam.schemas.bands import S2_NAMES, S2_PRODUCT_NAMES, S2_PRODUCT_RESOLUTION_M
+from bigearthnet_beam.schemas.classes import IGNORE_INDEX, NUM_CLASSES
+from bigearthnet_beam.schemas.tiles import DN_ADD_OFFSET, MTD_FILES, S1_SIDECAR, TRUTH_SIDECAR
+from bigearthnet_beam.synth.generator import _COL_SETS, _ROW_LETTERS, tile_origin
+from bigearthnet_beam.synth.signatures import (
+    NO_CLASS_ROW,
+    S1_NOISE_DB,
+    S1_TEXTURE_DB,
+    S2_NOISE,
+    S2_TEXTURE,
+    block_mean,
+    signatures,
+)
+from bigearthnet_beam.synth.tile_metadata import BASELINE, mtd_product, mtd_tile
+from bigearthnet_beam.transforms.resample import resample_window
 
 STRIP = 60  # rows generated and written at a time (a multiple of 6, the 60 m factor)
 CELL = 96  # spacing of the Voronoi seeds, px

@@ -9,10 +9,10 @@ rasterio = pytest.importorskip("rasterio")
 from affine import Affine  # noqa: E402
 from rasterio.crs import CRS  # noqa: E402
 
-from schemas import bands as band_table  # noqa: E402
-from schemas import classes  # noqa: E402
-from trainer.inference.tile import predict_tile  # noqa: E402
-from trainer.model import INFO_FORMAT, INFO_VERSION, build_unet, save_model  # noqa: E402
+from bigearthnet_beam.schemas import bands as band_table  # noqa: E402
+from bigearthnet_beam.schemas import classes  # noqa: E402
+from bigearthnet_beam.trainer.inference.tile import predict_tile  # noqa: E402
+from bigearthnet_beam.trainer.model import INFO_FORMAT, INFO_VERSION, build_unet, save_model  # noqa: E402
 
 K = classes.NUM_CLASSES
 

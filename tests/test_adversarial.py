@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beam_pipeline.cli import main
-from schemas import failures, manifest
-from schemas.classes import CLASS_NAMES
-from schemas.naming import OBJECT_KEYS, object_urls
-from transforms import metadata as md
-from transforms.patch import decode_patch, fetch_objects
-from transforms.plan import check_rows
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.schemas import failures, manifest
+from bigearthnet_beam.schemas.classes import CLASS_NAMES
+from bigearthnet_beam.schemas.naming import OBJECT_KEYS, object_urls
+from bigearthnet_beam.transforms import metadata as md
+from bigearthnet_beam.transforms.patch import decode_patch, fetch_objects
+from bigearthnet_beam.transforms.plan import check_rows
 
 GOOD_ID = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
 GOOD_S1 = "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_26_57"
@@ -147,7 +147,7 @@ def _set_tag(raw: bytes, tag: int, value: int) -> bytes:
 def test_a_header_declaring_a_huge_raster_is_refused_before_decoding(patch_bytes, width, height):
     """A mutated width/height must not make a worker allocate gigabytes: wrong_size at once,
     from each of the three decoders."""
-    from transforms import decode as decoders
+    from bigearthnet_beam.transforms import decode as decoders
 
     pid, objs = patch_bytes
     raw = _set_tag(_set_tag(objs["B02"], 256, width), 257, height)
@@ -164,7 +164,7 @@ def test_a_deflate_bomb_inflates_no_further_than_the_image(patch_bytes):
     """A strip that inflates to far more than width × height × itemsize is cut off there."""
     import zlib
 
-    from transforms.decode import _strip_tiff
+    from bigearthnet_beam.transforms.decode import _strip_tiff
 
     bomb = zlib.compress(b"\0" * (60 * 1024 * 1024), 9)  # 60 MB of zeros in ~60 kB
     pid, objs = patch_bytes
@@ -225,7 +225,7 @@ def test_a_hung_decode_becomes_a_decode_timeout_and_the_worker_goes_on(patch_byt
     import threading
     import time
 
-    from transforms import patch as patch_checks
+    from bigearthnet_beam.transforms import patch as patch_checks
 
     pid, objs = patch_bytes
     release = threading.Event()
@@ -415,7 +415,7 @@ def test_a_hung_decode_in_one_thread_does_not_stall_another_threads_patches(patc
     thread decodes its patches within a short timeout, without a false decode_timeout."""
     import threading
 
-    from transforms import patch as patch_checks
+    from bigearthnet_beam.transforms import patch as patch_checks
 
     pid, objs = patch_bytes
     release, hung = threading.Event(), threading.Event()

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import zstandard
 
-from beam_pipeline.cli import main
-from schemas import manifest as manifest_schema
-from schemas.failures import FAULT_KINDS
-from schemas.naming import S1_DIR, S2_DIR, object_urls
-from transforms import archive_packs, archives
-from transforms.archive_inventory import check_archived, expected_members, inventory
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.schemas import manifest as manifest_schema
+from bigearthnet_beam.schemas.failures import FAULT_KINDS
+from bigearthnet_beam.schemas.naming import S1_DIR, S2_DIR, object_urls
+from bigearthnet_beam.transforms import archive_packs, archives
+from bigearthnet_beam.transforms.archive_inventory import check_archived, expected_members, inventory
 
 N = 30
 
@@ -181,7 +181,7 @@ def test_router_sends_a_shared_s1_folder_to_every_shard_that_reads_it():
 
 
 def test_transforms_and_sources_pickle():
-    from transforms.archive_ptransforms import InventoryFn, SplitArchiveFn
+    from bigearthnet_beam.transforms.archive_ptransforms import InventoryFn, SplitArchiveFn
 
     for obj in (
         SplitArchiveFn(None, "/tmp/p", {}),
@@ -336,7 +336,7 @@ def test_a_truncated_archive_fails_clearly_without_a_manifest(reben, tmp_path, c
 
 
 def test_missing_archives_and_deep_validation_are_usage_errors(tmp_path, capfd):
-    from synth.generator import generate
+    from bigearthnet_beam.synth.generator import generate
 
     generate(str(tmp_path / "r"), 2, workers=1)
     meta = str(tmp_path / "r" / "metadata.parquet")
@@ -398,8 +398,8 @@ def test_inventory_marks_missing_empty_and_misplaced_members(tmp_path):
 @pytest.mark.slow
 def test_archives_in_a_bucket_stream_through_the_storage_layer(reben, from_folders):
     """s3:// archives on a real SeaweedFS server, packs under the bucket output, removed after."""
+    from bigearthnet_beam.transforms import storage
     from tests.servers import seaweedfs
-    from transforms import storage
 
     key, secret = "AKIABENBEAMARCHIVES1", "benbeam-archives-secret"
     mp = pytest.MonkeyPatch()

@@ -13,12 +13,12 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from bigearthnet_beam.trainer import augment as augmentation  # noqa: E402
+from bigearthnet_beam.trainer import data as trainer_data  # noqa: E402
+from bigearthnet_beam.trainer import model as unet_model  # noqa: E402
+from bigearthnet_beam.trainer.config import TrainConfig  # noqa: E402
+from bigearthnet_beam.trainer.train import train  # noqa: E402
 from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
-from trainer import augment as augmentation  # noqa: E402
-from trainer import data as trainer_data  # noqa: E402
-from trainer import model as unet_model  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.train import train  # noqa: E402
 
 FAST = dict(width=4, batch=8, tensorboard=False, verbose=0)
 

@@ -15,10 +15,10 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 
-from beam_pipeline.cli import main
-from schemas import bands, classes, manifest, tfrecord
-from schemas.failures import FAULT_EXPECTATIONS, FAULT_KINDS
-from schemas.naming import object_urls
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.schemas import bands, classes, manifest, tfrecord
+from bigearthnet_beam.schemas.failures import FAULT_EXPECTATIONS, FAULT_KINDS
+from bigearthnet_beam.schemas.naming import object_urls
 
 N = 36
 
@@ -150,7 +150,7 @@ def test_tfrecords_parse_back_to_the_normalised_arrays(reben, dataset):
 
 
 def test_statistics_equal_numpy_over_the_training_pixels(reben, dataset):
-    from transforms.patch import decode_patch, fetch_objects
+    from bigearthnet_beam.transforms.patch import decode_patch, fetch_objects
 
     stats = json.loads((dataset / manifest.STATS_JSON).read_text())
     bad = {d["patch_id"] for d in _failures(dataset)}

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from beam_pipeline.cli import main
-from schemas import manifest
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.schemas import manifest
 from tests import netns
 from tests.servers import seaweedfs
 
@@ -82,7 +82,7 @@ def test_dask_across_hosts_survives_a_killed_worker(cluster_hosts, tmp_path, mon
                 [
                     sys.executable,
                     "-m",
-                    "beam_pipeline.cli",
+                    "bigearthnet_beam.beam_pipeline.cli",
                     "launch",
                     "dask",
                     "--dask_client_address",

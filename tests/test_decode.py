@@ -8,13 +8,13 @@ from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
-from schemas import failures
-from schemas.bands import S1_NAMES, S2_NAMES
-from schemas.naming import OBJECT_KEYS
-from synth.generator import patch_files
-from transforms import decode
-from transforms.patch import DecodedPatch, decode_patch
-from transforms.resample import RESAMPLING_METHODS, upsample
+from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.schemas.bands import S1_NAMES, S2_NAMES
+from bigearthnet_beam.schemas.naming import OBJECT_KEYS
+from bigearthnet_beam.synth.generator import patch_files
+from bigearthnet_beam.transforms import decode
+from bigearthnet_beam.transforms.patch import DecodedPatch, decode_patch
+from bigearthnet_beam.transforms.resample import RESAMPLING_METHODS, upsample
 
 PID = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
 S1 = "S1B_IW_GRDH_1SDV_20170612T165809_33UUP_26_57"

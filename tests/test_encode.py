@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from schemas import tfrecord
-from schemas.classes import multi_hot
-from transforms.encode import ShardWriter, decode_example, encode_example, frame_record, iter_records
+from bigearthnet_beam.schemas import tfrecord
+from bigearthnet_beam.schemas.classes import multi_hot
+from bigearthnet_beam.transforms.encode import ShardWriter, decode_example, encode_example, frame_record, iter_records
 
 
 def _patch(seed=0, dtype=np.float32):

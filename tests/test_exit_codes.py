@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from beam_pipeline import cli
-from beam_pipeline.cli import main
-from schemas import manifest
-from transforms import outdir
+from bigearthnet_beam.beam_pipeline import cli
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.schemas import manifest
+from bigearthnet_beam.transforms import outdir
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_two_concurrent_converts_into_one_folder_one_is_refused(replica, tmp_pat
     cmd = [
         sys.executable,
         "-m",
-        "beam_pipeline",
+        "bigearthnet_beam",
         "convert",
         "--meta",
         str(replica / "ok" / "metadata.parquet"),
@@ -271,15 +271,15 @@ def test_every_failing_check_of_a_patch_is_listed(replica, tmp_path):
     src = replica / "ok"
     work = tmp_path / "two"
     shutil.copytree(src, work)
-    from transforms import metadata as md
+    from bigearthnet_beam.transforms import metadata as md
 
     table, _ = md.read_table(str(work / "metadata.parquet"))
     rec = md.check_row(md.table_rows(table)[0], str(work))
     urls = md.record_urls(rec)
     os.unlink(urls["B04"])
     open(urls["VH"], "wb").close()
-    from schemas import failures
-    from transforms.patch import fetch_objects
+    from bigearthnet_beam.schemas import failures
+    from bigearthnet_beam.transforms.patch import fetch_objects
 
     with pytest.raises(failures.PatchError) as e:
         fetch_objects(urls, root=str(work))
@@ -294,7 +294,7 @@ def test_every_failing_check_of_a_patch_is_listed(replica, tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
-    import beam_pipeline.index as index
+    import bigearthnet_beam.beam_pipeline.index as index
 
     def interrupted(argv):
         raise KeyboardInterrupt
@@ -306,7 +306,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
 
 
 def test_debug_shows_the_traceback(monkeypatch):
-    import beam_pipeline.index as index
+    import bigearthnet_beam.beam_pipeline.index as index
 
     def broken(argv):
         raise RuntimeError("boom")
@@ -355,7 +355,7 @@ def test_an_unreachable_endpoint_fails_in_seconds_with_exit_3(capsys):
 
 
 def test_refused_connections_are_retried_twice_not_five_times():
-    from transforms import storeconfig
+    from bigearthnet_beam.transforms import storeconfig
 
     calls = []
 

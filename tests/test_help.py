@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from beam_pipeline.cli import COMMANDS, main
+from bigearthnet_beam.beam_pipeline.cli import COMMANDS, main
 
 
 class _Captured(BaseException):  # main() turns every Exception into one line and an exit code

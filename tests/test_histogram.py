@@ -9,10 +9,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from schemas.bands import ALL_BANDS, ALL_NAMES, S2_NAMES
-from transforms.combiners import BandStatsCombineFn
-from transforms.histogram import BandStats, from_npz_bytes, to_npz_bytes
-from transforms.normalize import NormParams, normalize
+from bigearthnet_beam.schemas.bands import ALL_BANDS, ALL_NAMES, S2_NAMES
+from bigearthnet_beam.transforms.combiners import BandStatsCombineFn
+from bigearthnet_beam.transforms.histogram import BandStats, from_npz_bytes, to_npz_bytes
+from bigearthnet_beam.transforms.normalize import NormParams, normalize
 
 
 def _patches(n, seed=0):

@@ -18,12 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beam_pipeline.cli import main
-from schemas import failures, manifest
-from schemas.naming import OBJECT_KEYS
-from transforms import containment
-from transforms import metadata as md
-from transforms.patch import fetch_objects
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.schemas import failures, manifest
+from bigearthnet_beam.schemas.naming import OBJECT_KEYS
+from bigearthnet_beam.transforms import containment
+from bigearthnet_beam.transforms import metadata as md
+from bigearthnet_beam.transforms.patch import fetch_objects
 
 # --------------------------------------------------------------------------- audit of opened paths
 
@@ -302,7 +302,7 @@ def test_a_manifest_pointing_outside_its_dataset_is_refused_by_verify_and_the_tr
     secret = str(world["paths"]["outside_abs"])
     man["splits"]["train"]["shards"][0]["path"] = os.path.relpath(secret, ds)  # ../../…/secret.tif
     (ds / manifest.MANIFEST).write_text(json.dumps(man))
-    from beam_pipeline.verify import verify
+    from bigearthnet_beam.beam_pipeline.verify import verify
 
     with audit() as opened:
         try:
@@ -311,7 +311,7 @@ def test_a_manifest_pointing_outside_its_dataset_is_refused_by_verify_and_the_tr
             problems = [str(e)]
     assert problems and not any(os.path.realpath(p) == os.path.realpath(secret) for p in opened)
     assert main(["verify", str(ds)]) != 0
-    from trainer.data import open_dataset
+    from bigearthnet_beam.trainer.data import open_dataset
 
     with pytest.raises(manifest.ManifestError):
         open_dataset(str(ds))

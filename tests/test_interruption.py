@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from beam_pipeline.cli import main
-from schemas import manifest
-from transforms.encode import iter_records
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.schemas import manifest
+from bigearthnet_beam.transforms.encode import iter_records
 
 # servers, job services, clusters or killed processes: make test-fast leaves these out
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def _convert_cmd(d, out):
     return [
         sys.executable,
         "-m",
-        "beam_pipeline",
+        "bigearthnet_beam",
         "convert",
         "--meta",
         str(d / "reben" / "metadata.parquet"),

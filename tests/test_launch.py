@@ -5,9 +5,9 @@ import zipfile
 
 import pytest
 
-from beam_pipeline import cli
-from beam_pipeline.cli import main
-from launch import staging, submit
+from bigearthnet_beam.beam_pipeline import cli
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.launch import staging, submit
 
 
 def _args(argv):
@@ -154,9 +154,13 @@ def test_portable_argument_errors():
 def test_a_wheel_of_the_running_package(tmp_path):
     whl = staging.build_wheel(str(tmp_path))
     names = zipfile.ZipFile(whl).namelist()
-    for pkg in staging.PACKAGES:
-        assert f"{pkg}/__init__.py" in names, pkg
-    assert "schemas/data/clc_metadata.json" in names
+    # one top-level import name (plus the distribution's metadata folder)
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"bigearthnet_beam"}
+    for pkg in staging.FOLDERS[1:]:
+        assert f"bigearthnet_beam/{pkg}/__init__.py" in names, pkg
+    assert "bigearthnet_beam/schemas/data/clc_metadata.json" in names
+    assert "bigearthnet_beam/synth/data/metadata.parquet" in names
+    assert "bigearthnet_beam/py.typed" in names
     meta = zipfile.ZipFile(whl).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:")]
     base = [r for r in requires if "extra ==" not in r]
@@ -179,9 +183,9 @@ def test_tfx_cross_check_finds_a_disagreeing_decoding(tmp_path, monkeypatch):
     pytest.importorskip("tfx_bsl", reason="the [tfx] extra is part of [dev]")
     import numpy as np
 
-    from beam_pipeline import verify
-    from transforms import encode
-    from transforms.encode import ShardWriter, encode_example, iter_records
+    from bigearthnet_beam.beam_pipeline import verify
+    from bigearthnet_beam.transforms import encode
+    from bigearthnet_beam.transforms.encode import ShardWriter, encode_example, iter_records
 
     rng = np.random.default_rng(0)
     path = str(tmp_path / "s.tfrecord")
@@ -216,9 +220,9 @@ def test_tfx_cross_check_finds_a_disagreeing_decoding(tmp_path, monkeypatch):
 def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
     import json
 
-    from beam_pipeline import convert, stats_pass
-    from beam_pipeline.options import ConvertOptions, parse
-    from schemas import manifest
+    from bigearthnet_beam.beam_pipeline import convert, stats_pass
+    from bigearthnet_beam.beam_pipeline.options import ConvertOptions, parse
+    from bigearthnet_beam.schemas import manifest
 
     assert main(["synth", "--out", str(tmp_path / "reben"), "--n", "8", "--seed", "3"]) == 0
     argv = [
@@ -255,12 +259,13 @@ def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
 def test_the_wheel_holds_every_subpackage(tmp_path):
     import os
 
-    from launch import staging as st
+    from bigearthnet_beam.launch import staging as st
 
     names = set(zipfile.ZipFile(st.build_wheel(str(tmp_path))).namelist())
     root = st.checkout_root()
-    for top in st.PACKAGES:
+    for top in st.FOLDERS:
         for d, _, files in os.walk(root / top):
             rel = os.path.relpath(d, root).replace(os.sep, "/")
             if "__pycache__" not in rel and "__init__.py" in files:
-                assert f"{rel}/__init__.py" in names, rel
+                installed = rel if top == st.PACKAGE else f"{st.PACKAGE}/{rel}"
+                assert f"{installed}/__init__.py" in names, rel

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from schemas import manifest
+from bigearthnet_beam.schemas import manifest
 
 SHA = "0" * 64
 

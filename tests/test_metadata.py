@@ -6,10 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipeline.index import index_table
-from schemas import failures, manifest
-from schemas.naming import OBJECT_KEYS, relative_paths
-from transforms import metadata as md
+from bigearthnet_beam.beam_pipeline.index import index_table
+from bigearthnet_beam.schemas import failures, manifest
+from bigearthnet_beam.schemas.naming import OBJECT_KEYS, relative_paths
+from bigearthnet_beam.transforms import metadata as md
 
 PID = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43"
 S1 = "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_75_43"

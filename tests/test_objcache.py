@@ -3,7 +3,7 @@
 import os
 import pickle
 
-from transforms.objcache import PatchCache
+from bigearthnet_beam.transforms.objcache import PatchCache
 
 PID = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
 

@@ -15,10 +15,10 @@ import tempfile
 
 import pytest
 
-from beam_pipeline.cli import main
-from schemas import manifest as manifest_schema
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.schemas import manifest as manifest_schema
+from bigearthnet_beam.transforms import storage
 from tests.servers import FaultProxy, fake_gcs, seaweedfs
-from transforms import storage
 
 # servers, job services, clusters or killed processes: make test-fast leaves these out
 pytestmark = pytest.mark.slow
@@ -260,9 +260,9 @@ def test_conversion_through_a_faulty_proxy_loses_nothing(s3_server, local_run, t
 def test_permanent_errors_are_dead_letters_with_their_reason(s3_server):
     import s3fs
 
-    from schemas.failures import PatchError
-    from schemas.naming import object_urls
-    from transforms.patch import fetch_objects
+    from bigearthnet_beam.schemas.failures import PatchError
+    from bigearthnet_beam.schemas.naming import object_urls
+    from bigearthnet_beam.transforms.patch import fetch_objects
 
     endpoint, flags = s3_server
     root = "s3://bench/perm"

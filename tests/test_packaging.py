@@ -16,9 +16,9 @@ import venv
 
 import pytest
 
-from beam_pipeline.cli import main
-from launch import staging
-from schemas import manifest
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.launch import staging
+from bigearthnet_beam.schemas import manifest
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -98,8 +98,9 @@ def test_the_wheel_installs_no_tensorflow(wheel_env):
         wheel_env,
         "python",
         "-c",
-        "import beam_pipeline.convert, beam_pipeline.verify, launch.staging, sys; "
-        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; print(beam_pipeline.__file__)",
+        "import bigearthnet_beam.beam_pipeline.convert, bigearthnet_beam.beam_pipeline.verify, sys; "
+        "import bigearthnet_beam.launch.staging; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; print(bigearthnet_beam.__file__)",
     )
     assert r.returncode == 0, r.stderr
     assert "site-packages" in r.stdout

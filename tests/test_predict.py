@@ -12,7 +12,12 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 rasterio = pytest.importorskip("rasterio")
 
-from schemas import classes  # noqa: E402
+from bigearthnet_beam.schemas import classes  # noqa: E402
+from bigearthnet_beam.trainer.inference.grid import BLEND_FLOOR, blend_weights, check_chunk_size, window_starts  # noqa: E402
+from bigearthnet_beam.trainer.inference.layers import entropy, layers_from_probs, probs_for_file  # noqa: E402
+from bigearthnet_beam.trainer.inference.plugins import Extra, load_extra  # noqa: E402
+from bigearthnet_beam.trainer.inference.predictor import Predictor  # noqa: E402
+from bigearthnet_beam.trainer.inference.settings import PREVIEW, PredictError  # noqa: E402
 from tests.predict_fixtures import (  # noqa: E402
     ArrayTile,
     K,
@@ -21,11 +26,6 @@ from tests.predict_fixtures import (  # noqa: E402
     save_tiny_model,
     tiny_model,
 )
-from trainer.inference.grid import BLEND_FLOOR, blend_weights, check_chunk_size, window_starts  # noqa: E402
-from trainer.inference.layers import entropy, layers_from_probs, probs_for_file  # noqa: E402
-from trainer.inference.plugins import Extra, load_extra  # noqa: E402
-from trainer.inference.predictor import Predictor  # noqa: E402
-from trainer.inference.settings import PREVIEW, PredictError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

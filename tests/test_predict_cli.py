@@ -12,15 +12,15 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 rasterio = pytest.importorskip("rasterio")
 
-from schemas import bands as band_table  # noqa: E402
-from schemas import classes  # noqa: E402
+from bigearthnet_beam.schemas import bands as band_table  # noqa: E402
+from bigearthnet_beam.schemas import classes  # noqa: E402
+from bigearthnet_beam.trainer.inference.settings import REPORT_CSV, VIEWER  # noqa: E402
+from bigearthnet_beam.trainer.inference.staging import s1_sidecar  # noqa: E402
 from tests.predict_fixtures import (  # noqa: E402
     K,
     read_band,
     save_tiny_model,
 )
-from trainer.inference.settings import REPORT_CSV, VIEWER  # noqa: E402
-from trainer.inference.staging import s1_sidecar  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def model_file(tmp_path_factory):
 
 
 def _cli(argv):
-    from trainer.inference.cli import run
+    from bigearthnet_beam.trainer.inference.cli import run
 
     return run([str(a) for a in argv])
 
@@ -46,9 +46,9 @@ def _last_err(capsys) -> str:
 @pytest.fixture(scope="module")
 def synthetic_model(tmp_path_factory):
     """synth 300 patches → convert → train a narrow S2 U-Net (the real commands, in-process)."""
-    from beam_pipeline.cli import main
-    from trainer.config import TrainConfig
-    from trainer.train import train
+    from bigearthnet_beam.beam_pipeline.cli import main
+    from bigearthnet_beam.trainer.config import TrainConfig
+    from bigearthnet_beam.trainer.train import train
 
     d = tmp_path_factory.mktemp("synthetic")
     assert main(["synth", "--out", str(d / "reben"), "--n", "300", "--seed", "0", "--workers", "2"]) == 0
@@ -98,7 +98,7 @@ def s1_model_file(tmp_path_factory):
 def test_model_trained_on_synthetic_patches_maps_a_synthetic_safe_tile_well_above_chance(
     synthetic_model, tmp_path, capsys
 ):
-    from synth.tiles import make_tile
+    from bigearthnet_beam.synth.tiles import make_tile
 
     t = make_tile(str(tmp_path / "tiles"), size=360, seed=1, layout="safe")
     out = tmp_path / "out"
@@ -118,7 +118,7 @@ def test_model_trained_on_synthetic_patches_maps_a_synthetic_safe_tile_well_abov
 
 
 def test_s2_s1_model_reads_the_s1_raster_or_refuses_clearly(s1_model_file, tmp_path, capsys):
-    from synth.tiles import make_tile
+    from bigearthnet_beam.synth.tiles import make_tile
 
     t = make_tile(str(tmp_path / "tiles"), size=180, seed=2, layout="geotiff", s1=True, nodata_border=30)
     assert _cli(["--model", s1_model_file, "--tile", t["path"], "--out", tmp_path / "no_s1", "--chunk_size", 128]) == 2
@@ -162,7 +162,7 @@ def test_s2_s1_model_reads_the_s1_raster_or_refuses_clearly(s1_model_file, tmp_p
 
 
 def test_user_errors_exit_2_with_one_clear_line(model_file, tmp_path, capsys):
-    from synth.tiles import make_tile
+    from bigearthnet_beam.synth.tiles import make_tile
 
     t = make_tile(str(tmp_path / "tiles"), size=180, seed=3, layout="geotiff")
     blocker = tmp_path / "a_file"
@@ -201,7 +201,7 @@ def test_user_errors_exit_2_with_one_clear_line(model_file, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def two_tiles(tmp_path_factory):
     """A GeoTIFF tile and a .SAFE tile in one folder."""
-    from synth.tiles import make_tile, tile_ids
+    from bigearthnet_beam.synth.tiles import make_tile, tile_ids
 
     d = tmp_path_factory.mktemp("two_tiles")
     return [
@@ -280,8 +280,8 @@ def test_beam_transforms_pickle_and_a_bad_tile_becomes_a_dead_letter(model_file,
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that
 
-    from trainer.inference import beam as predict_beam
-    from trainer.inference.settings import PredictSettings
+    from bigearthnet_beam.trainer.inference import beam as predict_beam
+    from bigearthnet_beam.trainer.inference.settings import PredictSettings
 
     settings = PredictSettings(model=model_file, out=str(tmp_path), chunk_size=128)
     for obj in (
@@ -310,8 +310,8 @@ def test_predict_resamples_tiles_as_the_training_data_was_converted(synthetic_mo
     """The model records convert's --resampling; predict uses it unless --resampling is given."""
     import shutil
 
-    from trainer.inference.tile import model_resampling
-    from trainer.model import sidecar_path
+    from bigearthnet_beam.trainer.inference.tile import model_resampling
+    from bigearthnet_beam.trainer.model import sidecar_path
 
     info = json.loads(open(sidecar_path(synthetic_model)).read())
     assert info["resampling"] == "bilinear"  # what convert ran with in the fixture

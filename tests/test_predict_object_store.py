@@ -13,14 +13,14 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from beam_pipeline.cli import main  # noqa: E402
-from schemas import bands  # noqa: E402
+from bigearthnet_beam.beam_pipeline.cli import main  # noqa: E402
+from bigearthnet_beam.schemas import bands  # noqa: E402
+from bigearthnet_beam.trainer.inference.cli import run  # noqa: E402
+from bigearthnet_beam.trainer.inference.staging import fetch_tile, s1_sidecar, tiles_in  # noqa: E402
+from bigearthnet_beam.trainer.model import save_model  # noqa: E402
+from bigearthnet_beam.transforms import storage  # noqa: E402
 from tests.predict_fixtures import tiny_model  # noqa: E402
 from tests.servers import fake_gcs, seaweedfs  # noqa: E402
-from trainer.inference.cli import run  # noqa: E402
-from trainer.inference.staging import fetch_tile, s1_sidecar, tiles_in  # noqa: E402
-from trainer.model import save_model  # noqa: E402
-from transforms import storage  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def _cli(argv) -> int:
 def local(tmp_path_factory):
     """Two S2+S1 tiles (a GeoTIFF and a .SAFE product, each with its S1 sidecar), a model that
     reads both modalities, and the plain command's maps of each tile on local disk."""
-    from synth.tiles import make_tile, tile_ids
+    from bigearthnet_beam.synth.tiles import make_tile, tile_ids
 
     d = tmp_path_factory.mktemp("local")
     model, _ = tiny_model(channels=bands.ALL_NAMES)

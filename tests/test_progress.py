@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from transforms import progress
+from bigearthnet_beam.transforms import progress
 
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (?P<label>[\w: ]+): (?P<n>\d+)/(?P<total>\d+) patches "
@@ -127,7 +127,7 @@ def test_per_shard_lines_are_kept_for_verbose(msg, level, shown):
 
 @pytest.mark.slow
 def test_convert_prints_overall_lines_not_shard_lines_on_a_non_terminal(tmp_path, capfd, caplog, monkeypatch):
-    from beam_pipeline.cli import main
+    from bigearthnet_beam.beam_pipeline.cli import main
 
     monkeypatch.setenv(progress.ENV_INTERVAL, "0.2")
     root = tmp_path / "reben"

@@ -8,12 +8,12 @@ from apache_beam.internal import pickler
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from schemas.manifest import shard_path
-from transforms import metadata as md
-from transforms import plan as shard_plan
-from transforms.combiners import BandStatsCombineFn
-from transforms.plan import INVALID, RowPlan, check_rows
-from transforms.ptransforms import (
+from bigearthnet_beam.schemas.manifest import shard_path
+from bigearthnet_beam.transforms import metadata as md
+from bigearthnet_beam.transforms import plan as shard_plan
+from bigearthnet_beam.transforms.combiners import BandStatsCombineFn
+from bigearthnet_beam.transforms.plan import INVALID, RowPlan, check_rows
+from bigearthnet_beam.transforms.ptransforms import (
     CheckRows,
     CheckShardFn,
     ComputeBandStats,
@@ -22,7 +22,7 @@ from transforms.ptransforms import (
     WriteShardFn,
     WriteShards,
 )
-from transforms.shard_writer import ShardConfig
+from bigearthnet_beam.transforms.shard_writer import ShardConfig
 
 PIDS = [f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{x:02d}_{y:02d}" for x in range(3) for y in range(4)]
 
@@ -188,10 +188,10 @@ def test_read_ahead_gives_the_same_patches_and_errors_in_the_same_order(tmp_path
     import numpy as np
     import pyarrow.parquet as pq
 
-    from beam_pipeline.cli import main
-    from schemas import failures
-    from schemas.naming import object_urls
-    from transforms.shard_reader import load_patch, loaded_patches
+    from bigearthnet_beam.beam_pipeline.cli import main
+    from bigearthnet_beam.schemas import failures
+    from bigearthnet_beam.schemas.naming import object_urls
+    from bigearthnet_beam.transforms.shard_reader import load_patch, loaded_patches
 
     assert (
         main(

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from beam_pipeline.cli import main
-from beam_pipeline.report_page import SECTIONS
-from schemas import manifest
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.beam_pipeline.report_page import SECTIONS
+from bigearthnet_beam.schemas import manifest
 from tests.browser import render, require_chromium
 
 FAULTS = "missing_band_file,truncated_tiff,s1_nan"

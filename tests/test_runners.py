@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from beam_pipeline.cli import main
-from schemas import manifest
+from bigearthnet_beam.beam_pipeline.cli import main
+from bigearthnet_beam.schemas import manifest
 from tests.servers import free_port
 
 # servers, job services, clusters or killed processes: make test-fast leaves these out

@@ -9,16 +9,16 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from schemas import failures, manifest, tfrecord
-from schemas.classes import IGNORE_INDEX, NUM_CLASSES
-from synth.generator import generate
-from transforms.encode import decode_example, iter_records
-from transforms.histogram import BandStats
-from transforms.normalize import NormParams
-from transforms.objcache import PatchCache
-from transforms.plan import RowPlan
-from transforms.shard_reader import load_patch
-from transforms.shard_writer import ShardConfig, labels_agree, shard_statistics, write_shard
+from bigearthnet_beam.schemas import failures, manifest, tfrecord
+from bigearthnet_beam.schemas.classes import IGNORE_INDEX, NUM_CLASSES
+from bigearthnet_beam.synth.generator import generate
+from bigearthnet_beam.transforms.encode import decode_example, iter_records
+from bigearthnet_beam.transforms.histogram import BandStats
+from bigearthnet_beam.transforms.normalize import NormParams
+from bigearthnet_beam.transforms.objcache import PatchCache
+from bigearthnet_beam.transforms.plan import RowPlan
+from bigearthnet_beam.transforms.shard_reader import load_patch
+from bigearthnet_beam.transforms.shard_writer import ShardConfig, labels_agree, shard_statistics, write_shard
 
 FAULTS = ["truncated_tiff", "s1_nan", "missing_band_file"]
 

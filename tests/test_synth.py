@@ -11,11 +11,11 @@ import pytest
 import rasterio
 import tifffile
 
-from schemas import classes as class_table
-from schemas.bands import BAND_BY_NAME, S2_NAMES
-from schemas.failures import FAULT_KINDS
-from schemas.naming import OBJECT_KEYS, REFERENCE_MAP_KEY, object_urls, parse_patch_id
-from synth.generator import generate, patch_origin, tile_origin
+from bigearthnet_beam.schemas import classes as class_table
+from bigearthnet_beam.schemas.bands import BAND_BY_NAME, S2_NAMES
+from bigearthnet_beam.schemas.failures import FAULT_KINDS
+from bigearthnet_beam.schemas.naming import OBJECT_KEYS, REFERENCE_MAP_KEY, object_urls, parse_patch_id
+from bigearthnet_beam.synth.generator import generate, patch_origin, tile_origin
 
 ROOT = Path(__file__).resolve().parents[1]
 # The official reBEN metadata and CLC table ship inside the package (synth/data, schemas/data);
@@ -117,7 +117,7 @@ def test_tile_origin_is_plausible_and_patch_origin_follows_x_y():
 def test_coarse_bands_are_area_averages_of_the_10m_signal(sample):
     # The 20 m and 60 m bands of a class-homogeneous block equal the mean of that block:
     # check via the class map: a 6x6 block of one class has B09 close to the class signature.
-    from synth.signatures import signatures
+    from bigearthnet_beam.synth.signatures import signatures
 
     s2sig, _ = signatures()
     r = pq.read_table(sample / "metadata.parquet").to_pylist()[0]
@@ -231,7 +231,7 @@ def test_every_fault_is_injected_and_listed(tmp_path):
 
 def test_content_is_learnable_by_a_per_pixel_classifier(sample):
     """Nearest-centroid on the 14 upsampled channels is far above chance (1/19)."""
-    from transforms.patch import decode_patch, fetch_objects
+    from bigearthnet_beam.transforms.patch import decode_patch, fetch_objects
 
     rows = pq.read_table(sample / "metadata.parquet").to_pylist()
     xs, ys = [], []

@@ -22,7 +22,7 @@ GOOGLE_HOSTS = ["www.googleapis.com", "storage.googleapis.com"]
 READ = """
 import json, sys
 import numpy as np
-from trainer import data
+from bigearthnet_beam.trainer import data
 urls, out = json.loads(sys.argv[1]), sys.argv[2]
 assert data.native_reads(urls), "gs:// should be native here"
 got = {}
@@ -40,10 +40,10 @@ def _expected(tiny):
 
 @pytest.mark.slow
 def test_tf_data_reads_gs_natively_and_falls_back_to_the_generator_for_an_emulator(tmp_path, monkeypatch):
+    from bigearthnet_beam.trainer import data
+    from bigearthnet_beam.transforms import storage
     from tests.servers import fake_gcs
     from tests.tls_proxy import intercepting_proxy
-    from trainer import data
-    from transforms import storage
 
     tiny = make_tiny_dataset(tmp_path / "tiny", n_train=7, n_val=0, n_test=0, shards=3)
     with fake_gcs(public_host="storage.googleapis.com") as endpoint:
@@ -92,8 +92,8 @@ def test_tf_data_reads_gs_natively_and_falls_back_to_the_generator_for_an_emulat
 
 
 def test_native_reads_only_where_tensorflow_reads_the_scheme(monkeypatch):
-    from trainer import data
-    from transforms import storage
+    from bigearthnet_beam.trainer import data
+    from bigearthnet_beam.transforms import storage
 
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     storage.configure()

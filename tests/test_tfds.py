@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from schemas import bands, classes, tfrecord
-from schemas import manifest as manifest_schema
+from bigearthnet_beam.schemas import bands, classes, tfrecord
+from bigearthnet_beam.schemas import manifest as manifest_schema
+from bigearthnet_beam.transforms import tfds_meta
 from tests.trainer_fixtures import make_tiny_dataset
-from transforms import tfds_meta
 
 if os.environ.get("CI"):  # the [dev] extra has it: a CI run without it fails instead of skipping
     import tensorflow_datasets as tfds
@@ -20,8 +20,8 @@ else:
 
 def _trainer_arrays(path: str, split: str) -> dict:
     """patch id -> (image float32[H,W,14], label uint8[H,W], multi-hot float32[19]) through trainer.data."""
-    from trainer import data
-    from trainer.model import MULTI, SEG
+    from bigearthnet_beam.trainer import data
+    from bigearthnet_beam.trainer.model import MULTI, SEG
 
     ds = data.open_dataset(path)
     out = {}
@@ -91,7 +91,7 @@ def test_tfds_files_are_derived_deterministically(tmp_path):
 
 
 def test_verify_checks_the_tfds_files_against_the_manifest(tmp_path):
-    from beam_pipeline.verify import verify
+    from bigearthnet_beam.beam_pipeline.verify import verify
 
     tiny = make_tiny_dataset(tmp_path / "ds", n_train=4, n_val=2, n_test=0, shards=2)
     assert verify(tiny.path) == []  # no TFDS files (an older dataset): nothing to check
@@ -114,7 +114,7 @@ def test_gzip_dataset_gets_no_tfds_files_and_stale_ones_go(tmp_path):
 
 @pytest.mark.slow
 def test_convert_writes_tfds_metadata_readable_like_the_trainer(tmp_path):
-    from beam_pipeline.cli import main
+    from bigearthnet_beam.beam_pipeline.cli import main
 
     root, out = tmp_path / "reben", tmp_path / "out"
     assert main(["synth", "--out", str(root), "--n", "14", "--seed", "3"]) == 0

@@ -14,14 +14,14 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from schemas.bands import ALL_NAMES, BAND_BY_NAME, S1_NAMES, S2_NAMES
-from schemas.classes import IGNORE_INDEX, NUM_CLASSES
-from synth.generator import tile_origin
-from synth.signatures import signatures
-from synth.tile_cli import run
-from synth.tiles import DN_OFFSET, L1C_NAMES, jp2_writable, make_tile, tile_ids
-from trainer.tiles import find_tiles, normalise_band_name, open_tile, read_offsets
-from transforms.resample import resample_window, taps, upsample, weights
+from bigearthnet_beam.schemas.bands import ALL_NAMES, BAND_BY_NAME, S1_NAMES, S2_NAMES
+from bigearthnet_beam.schemas.classes import IGNORE_INDEX, NUM_CLASSES
+from bigearthnet_beam.synth.generator import tile_origin
+from bigearthnet_beam.synth.signatures import signatures
+from bigearthnet_beam.synth.tile_cli import run
+from bigearthnet_beam.synth.tiles import DN_OFFSET, L1C_NAMES, jp2_writable, make_tile, tile_ids
+from bigearthnet_beam.trainer.tiles import find_tiles, normalise_band_name, open_tile, read_offsets
+from bigearthnet_beam.transforms.resample import resample_window, taps, upsample, weights
 
 SIZE = 240
 EXT = ".jp2" if jp2_writable() else ".tif"

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from schemas import bands, classes
+from bigearthnet_beam.schemas import bands, classes
 from tests.trainer_fixtures import make_tiny_dataset
 
 if os.environ.get("CI"):  # torch is in the [dev] extra: a CI run without it fails instead of skipping
@@ -18,7 +18,7 @@ else:
 
 from torch.utils.data import DataLoader
 
-from trainer.torch_data import BenDataset, assign_shards
+from bigearthnet_beam.trainer.torch_data import BenDataset, assign_shards
 
 N_TRAIN = 13
 
@@ -29,8 +29,8 @@ def tiny(tmp_path_factory):
 
 
 def _trainer_arrays(path: str, split: str, modalities: str = "s2,s1") -> dict:
-    from trainer import data
-    from trainer.model import MULTI, SEG
+    from bigearthnet_beam.trainer import data
+    from bigearthnet_beam.trainer.model import MULTI, SEG
 
     ds = data.open_dataset(path)
     out = {}
@@ -119,7 +119,8 @@ def test_torchgeo_split_name_is_refused_with_the_fix(tiny):
 
 def test_no_tensorflow_import(tiny):
     code = (
-        "import sys; from trainer.torch_data import BenDataset; from torch.utils.data import DataLoader\n"
+        "import sys\nfrom bigearthnet_beam.trainer.torch_data import BenDataset\n"
+        "from torch.utils.data import DataLoader\n"
         f"n = sum(len(b['mask']) for b in DataLoader(BenDataset({tiny.path!r}, 'train'), batch_size=4))\n"
         "assert n == %d, n\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'apache_beam'))\n"
@@ -132,8 +133,8 @@ def test_no_tensorflow_import(tiny):
 
 @pytest.mark.slow
 def test_reads_gs_with_two_workers(tiny, monkeypatch):
+    from bigearthnet_beam.transforms import storage
     from tests.servers import fake_gcs
-    from transforms import storage
 
     with fake_gcs() as endpoint:
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)

@@ -16,18 +16,18 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
-from beam_pipeline.cli import main  # noqa: E402
-from schemas import bands as band_table  # noqa: E402
-from schemas import classes, tfrecord  # noqa: E402
-from schemas import manifest as manifest_schema  # noqa: E402
+from bigearthnet_beam.beam_pipeline.cli import main  # noqa: E402
+from bigearthnet_beam.schemas import bands as band_table  # noqa: E402
+from bigearthnet_beam.schemas import classes, tfrecord  # noqa: E402
+from bigearthnet_beam.schemas import manifest as manifest_schema  # noqa: E402
+from bigearthnet_beam.trainer import data as trainer_data  # noqa: E402
+from bigearthnet_beam.trainer import model as unet_model  # noqa: E402
+from bigearthnet_beam.trainer.config import TrainConfig  # noqa: E402
+from bigearthnet_beam.trainer.evaluate import evaluate  # noqa: E402
+from bigearthnet_beam.trainer.run_files import run_paths  # noqa: E402
+from bigearthnet_beam.trainer.train import seg_metric, train  # noqa: E402
+from bigearthnet_beam.transforms.encode import decode_example, iter_records  # noqa: E402
 from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
-from trainer import data as trainer_data  # noqa: E402
-from trainer import model as unet_model  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.evaluate import evaluate  # noqa: E402
-from trainer.run_files import run_paths  # noqa: E402
-from trainer.train import seg_metric, train  # noqa: E402
-from transforms.encode import decode_example, iter_records  # noqa: E402
 
 FAST = dict(width=4, batch=8, tensorboard=False, verbose=0)
 
@@ -371,7 +371,7 @@ def test_deterministic_training_gives_the_same_weights_twice(tiny, tmp_path):
     """`--deterministic`: same data, seed and flags -> bit-identical weights."""
     import keras
 
-    from trainer.model import load_model
+    from bigearthnet_beam.trainer.model import load_model
 
     weights = []
     for i in range(2):
@@ -399,7 +399,7 @@ class NoBenbeam(importlib.abc.MetaPathFinder):
     """Any import of this project's packages fails: the process has Keras but not benbeam."""
 
     def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in {"trainer", "schemas", "transforms", "beam_pipeline", "synth", "launch", "tests"}:
+        if name.split(".")[0] in {"bigearthnet_beam", "tests"}:
             raise ImportError(f"{name}: this process has no benbeam")
 
 
@@ -430,7 +430,7 @@ def test_the_saved_model_loads_with_plain_keras_in_a_process_without_the_project
 
 @pytest.mark.slow
 def test_the_export_serves_on_raw_bands_as_the_predictor_does(trained, tmp_path):
-    from trainer.inference.predictor import Predictor
+    from bigearthnet_beam.trainer.inference.predictor import Predictor
 
     save, _ = trained
     out = tmp_path / "exported"

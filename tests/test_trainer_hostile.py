@@ -19,15 +19,15 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from beam_pipeline.cli import main  # noqa: E402
-from schemas import manifest  # noqa: E402
+from bigearthnet_beam.beam_pipeline.cli import main  # noqa: E402
+from bigearthnet_beam.schemas import manifest  # noqa: E402
+from bigearthnet_beam.trainer.config import TrainConfig  # noqa: E402
+from bigearthnet_beam.trainer.data import open_dataset, unreadable_shard  # noqa: E402
+from bigearthnet_beam.trainer.evaluate import evaluate  # noqa: E402
+from bigearthnet_beam.trainer.run_files import run_paths  # noqa: E402
+from bigearthnet_beam.trainer.train import resume_differences, train  # noqa: E402
+from bigearthnet_beam.transforms import outdir  # noqa: E402
 from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import open_dataset, unreadable_shard  # noqa: E402
-from trainer.evaluate import evaluate  # noqa: E402
-from trainer.run_files import run_paths  # noqa: E402
-from trainer.train import resume_differences, train  # noqa: E402
-from transforms import outdir  # noqa: E402
 
 FAST = dict(width=4, batch=4, tensorboard=False, verbose=0)
 CLI_FAST = ["--width", "4", "--batch", "4", "--no_tensorboard"]
@@ -178,7 +178,7 @@ def test_a_second_train_into_a_folder_in_use_fails_at_once(data, tmp_path, capsy
 
 
 def test_predict_out_holding_other_files_is_refused_and_left_untouched(tmp_path, capsys):
-    from trainer.inference.cli import run as predict
+    from bigearthnet_beam.trainer.inference.cli import run as predict
 
     model, tile = tmp_path / "m.keras", tmp_path / "t.tif"
     model.write_bytes(b"x")
@@ -280,7 +280,7 @@ def test_the_torch_reader_refuses_shard_paths_outside_the_dataset_too(data, tmp_
         import torch  # noqa: F401
     else:
         pytest.importorskip("torch")
-    from trainer.torch_data import BenDataset
+    from bigearthnet_beam.trainer.torch_data import BenDataset
 
     ds = tmp_path / "ds"
     shutil.copytree(data["a"], ds)
@@ -298,7 +298,7 @@ def test_an_interrupted_train_or_evaluate_ends_with_one_line_and_130(data, tmp_p
     def interrupted(url):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("trainer.data.open_dataset", interrupted)
+    monkeypatch.setattr("bigearthnet_beam.trainer.data.open_dataset", interrupted)
     save = tmp_path / "run" / "m.keras"
     assert main(["train", "--data", data["a"], "--save", str(save), *CLI_FAST]) == 130
     assert "interrupted" in _one_error_line(capsys, "train")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas import bands, tfrecord
-from schemas import classes as class_table
-from schemas import manifest as manifest_schema
+from bigearthnet_beam.schemas import bands, tfrecord
+from bigearthnet_beam.schemas import classes as class_table
+from bigearthnet_beam.schemas import manifest as manifest_schema
 
 SIZE = bands.PATCH_SIZE
 

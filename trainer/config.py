@@ -62,8 +62,8 @@ class TrainConfig:
     def checked(self) -> TrainConfig:
         """This config with ``modalities`` and ``val_split`` canonical; ValueError (with the fix)
         for a value no run can use. Touches nothing on disk."""
-        from schemas.manifest import check_split
-        from trainer.model import TASKS, check_depth
+        from bigearthnet_beam.schemas.manifest import check_split
+        from bigearthnet_beam.trainer.model import TASKS, check_depth
 
         for name in ("epochs", "batch"):
             if int(getattr(self, name)) < 1:
@@ -90,7 +90,7 @@ class TrainConfig:
 
 def canonical_modalities(modalities) -> str:
     """``"s1,s2"`` / ``("s2",)`` … as the canonical comma list in schemas.bands order (``"s2,s1"``)."""
-    from schemas.bands import MODALITIES, channels_for
+    from bigearthnet_beam.schemas.bands import MODALITIES, channels_for
 
     chans = channels_for(modalities)
     return ",".join(m for m, names in MODALITIES.items() if any(c in names for c in chans))

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from schemas import bands, tfrecord
-from schemas import manifest as manifest_schema
-from transforms import containment, storage
+from bigearthnet_beam.schemas import bands, tfrecord
+from bigearthnet_beam.schemas import manifest as manifest_schema
+from bigearthnet_beam.transforms import containment, storage
 
 # Which TFRecord feature holds each modality's channels (in schemas.bands.MODALITIES order).
 MODALITY_FEATURE = {"s2": tfrecord.S2, "s1": tfrecord.S1}
@@ -91,7 +91,7 @@ class ShardError(Exception):
 def unreadable_shard(ds: Dataset, splits) -> str | None:
     """What is wrong with the first shard of ``splits`` that does not read back cleanly (CRCs
     and record counts checked, as ``benbeam verify`` does); None if every one does."""
-    from transforms.encode import iter_records
+    from bigearthnet_beam.transforms.encode import iter_records
 
     for split in splits:
         counts = [s["records"] for s in ds.split_info(split)["shards"]]
@@ -178,7 +178,7 @@ def record_dataset(
 
 def _remote_reader(compression: str, opts: dict):
     def gen(url):
-        from transforms.encode import iter_records
+        from bigearthnet_beam.transforms.encode import iter_records
 
         storage.set_options(opts)
         u = url.decode() if isinstance(url, bytes) else str(url)
@@ -211,7 +211,7 @@ def parse_batch(
 
     ``targets`` is ``{"seg": uint8[B,H,W]}`` (255 = ignore) plus ``"multi": float32[B,19]``.
     """
-    from trainer.model import MULTI, SEG
+    from bigearthnet_beam.trainer.model import MULTI, SEG
 
     _, picks = channel_selection(modalities)
     parsed = tf.io.parse_example(serialized, tfrecord.parsing_spec(image_dtype))

@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
-from trainer.run_files import write_json
-from transforms import storage
-from transforms.cli_args import add_storage_args, configure_storage
+from bigearthnet_beam.trainer.run_files import write_json
+from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms.cli_args import add_storage_args, configure_storage
 
 LOG = logging.getLogger("benbeam.evaluate")
 
@@ -74,10 +74,10 @@ def evaluate(
     """Evaluate ``model`` on ``split`` of ``data``; writes and returns the metrics dict."""
     import tensorflow as tf
 
-    from schemas.manifest import check_split
-    from trainer import metrics
-    from trainer.data import make_dataset, open_dataset, shard_errors
-    from trainer.model import MULTI, SEG, load_model
+    from bigearthnet_beam.schemas.manifest import check_split
+    from bigearthnet_beam.trainer import metrics
+    from bigearthnet_beam.trainer.data import make_dataset, open_dataset, shard_errors
+    from bigearthnet_beam.trainer.model import MULTI, SEG, load_model
 
     split = check_split(split)
     if batch < 1:
@@ -231,8 +231,8 @@ def add_evaluate_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def evaluate_main(args: argparse.Namespace) -> int:
     """Run ``benbeam evaluate`` from parsed flags; returns the exit code."""
-    from schemas.manifest import ManifestError
-    from trainer.data import ShardError
+    from bigearthnet_beam.schemas.manifest import ManifestError
+    from bigearthnet_beam.trainer.data import ShardError
 
     configure_storage(args)
     try:

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 
-from transforms import storage
+from bigearthnet_beam.transforms import storage
 
 
 def serving_model(model, info: dict):
@@ -29,7 +29,7 @@ def serving_model(model, info: dict):
     import numpy as np
     from keras import ops
 
-    from transforms.normalize import NormParams
+    from bigearthnet_beam.transforms.normalize import NormParams
 
     channels = tuple(info["channels"])
     stats = info["statistics"]
@@ -48,7 +48,7 @@ def serving_model(model, info: dict):
 def export_model(model_path: str, out_dir: str) -> str:
     """Write the SavedModel of ``model_path`` (local or a URL) to ``out_dir`` (local or a URL),
     with ``info.json`` beside its files; returns ``out_dir``."""
-    from trainer.model import load_model
+    from bigearthnet_beam.trainer.model import load_model
 
     model, info = load_model(model_path)
     local = tempfile.mkdtemp(prefix="benbeam-export-") if storage.is_remote(out_dir) else out_dir
@@ -71,7 +71,7 @@ def export_cli(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from transforms.cli_args import add_storage_args, configure_storage
+    from bigearthnet_beam.transforms.cli_args import add_storage_args, configure_storage
 
     ap = argparse.ArgumentParser(
         prog="benbeam export",

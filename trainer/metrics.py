@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.classes import IGNORE_INDEX, NUM_CLASSES
+from bigearthnet_beam.schemas.classes import IGNORE_INDEX, NUM_CLASSES
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX) -> np.ndarray:

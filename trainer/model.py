@@ -28,8 +28,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from schemas.bands import PATCH_SIZE
-from schemas.classes import IGNORE_INDEX, NUM_CLASSES
+from bigearthnet_beam.schemas.bands import PATCH_SIZE
+from bigearthnet_beam.schemas.classes import IGNORE_INDEX, NUM_CLASSES
 
 INFO_FORMAT = "benbeam-unet"
 INFO_VERSION = 1
@@ -431,7 +431,7 @@ def load_model(path: str, compile: bool = False) -> tuple[keras.Model, dict]:
     ``classes``, ``class_colors``, ``ignore_index``, ``task``. Read from the model itself;
     the ``.json`` sidecar is used only for a model without the info layer.
     """
-    from transforms import storage
+    from bigearthnet_beam.transforms import storage
 
     if storage.is_remote(path):  # Keras reads local files: fetch the model (and its sidecar) first
         import shutil

@@ -7,7 +7,7 @@ import json
 import math
 import os
 
-from transforms import storage
+from bigearthnet_beam.transforms import storage
 
 
 def run_paths(save: str) -> dict[str, str]:

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.bands import ALL_NAMES, BAND_BY_NAME, PIXEL_SIZE_M, S1_NAMES, S2_NAMES, S2_PRODUCT_NAMES
-from schemas.tiles import DN_ADD_OFFSET, MTD_FILES, OFFSET_BASELINE, SIDECAR_SUFFIXES
-from transforms.resample import RESAMPLING_METHODS, resample_window, source_span
+from bigearthnet_beam.schemas.bands import ALL_NAMES, BAND_BY_NAME, PIXEL_SIZE_M, S1_NAMES, S2_NAMES, S2_PRODUCT_NAMES
+from bigearthnet_beam.schemas.tiles import DN_ADD_OFFSET, MTD_FILES, OFFSET_BASELINE, SIDECAR_SUFFIXES
+from bigearthnet_beam.transforms.resample import RESAMPLING_METHODS, resample_window, source_span
 
 TILE_EXTENSIONS = (".tif", ".tiff")
 BAND_EXTENSIONS = (".jp2", ".tif", ".tiff")

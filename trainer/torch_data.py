@@ -1,7 +1,7 @@
 """A PyTorch ``IterableDataset`` over a dataset written by ``benbeam convert``; no TensorFlow.
 
     from torch.utils.data import DataLoader
-    from trainer.torch_data import BenDataset
+    from bigearthnet_beam.trainer.torch_data import BenDataset
 
     ds = BenDataset("gs://bucket/reben-tfrecords", "train", shuffle=True, seed=0)
     for epoch in range(epochs):
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from schemas import bands, tfrecord
-from schemas import manifest as manifest_schema
-from transforms import storage
-from transforms.containment import check_relative
-from transforms.encode import decode_example, iter_records
+from bigearthnet_beam.schemas import bands, tfrecord
+from bigearthnet_beam.schemas import manifest as manifest_schema
+from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms.containment import check_relative
+from bigearthnet_beam.transforms.encode import decode_example, iter_records
 
 MODALITY_FEATURE = {"s2": tfrecord.S2, "s1": tfrecord.S1}
 

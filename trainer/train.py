@@ -27,10 +27,10 @@ import os
 import sys
 import time
 
-from schemas import __version__
-from trainer.config import TrainConfig, canonical_modalities
-from trainer.run_files import RunFiles, finite_or_none, write_json
-from transforms import outdir, storage
+from bigearthnet_beam.schemas import __version__
+from bigearthnet_beam.trainer.config import TrainConfig, canonical_modalities
+from bigearthnet_beam.trainer.run_files import RunFiles, finite_or_none, write_json
+from bigearthnet_beam.transforms import outdir, storage
 
 LOG = logging.getLogger("benbeam.train")
 COMMAND = "benbeam train"
@@ -38,9 +38,9 @@ COMMAND = "benbeam train"
 
 def build_info(ds, *, modalities: str, task: str, width: int, depth: int, class_weights) -> dict:
     """The inference contract stored in the model (see ``trainer.model.load_model``)."""
-    from schemas import classes
-    from schemas.bands import PATCH_SIZE, channels_for
-    from trainer.model import INFO_FORMAT, INFO_VERSION
+    from bigearthnet_beam.schemas import classes
+    from bigearthnet_beam.schemas.bands import PATCH_SIZE, channels_for
+    from bigearthnet_beam.trainer.model import INFO_FORMAT, INFO_VERSION
 
     m = ds.manifest
     chans = list(channels_for(modalities))
@@ -84,8 +84,8 @@ def seg_metric(logs: dict, name: str, val: bool = False):
 def _callbacks(files: RunFiles, *, state: dict, batch: int, has_val: bool, tensorboard: bool, resume: bool):
     import keras
 
-    from trainer.augment import unwrap
-    from trainer.model import save_model
+    from bigearthnet_beam.trainer.augment import unwrap
+    from bigearthnet_beam.trainer.model import save_model
 
     paths = files.paths
 
@@ -185,7 +185,7 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
     other files), ``OutputBusy`` while another run writes there, ``trainer.data.ShardError``
     for a corrupt shard. ``extra_callbacks``: Keras callbacks added to the run's own.
     """
-    from trainer.data import open_dataset
+    from bigearthnet_beam.trainer.data import open_dataset
 
     cfg = config.checked()  # everything checked before touching the disk
     ds = open_dataset(cfg.data)
@@ -205,10 +205,10 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
     import keras
     import tensorflow as tf
 
-    from schemas.bands import channels_for
-    from trainer.augment import augmented
-    from trainer.data import make_dataset, num_patches, shard_errors
-    from trainer.model import build_unet, class_weights_from_counts, compile_model, load_model
+    from bigearthnet_beam.schemas.bands import channels_for
+    from bigearthnet_beam.trainer.augment import augmented
+    from bigearthnet_beam.trainer.data import make_dataset, num_patches, shard_errors
+    from bigearthnet_beam.trainer.model import build_unet, class_weights_from_counts, compile_model, load_model
 
     channels = channels_for(cfg.modalities)
     files = RunFiles(cfg.save)

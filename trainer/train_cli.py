@@ -6,10 +6,10 @@ import argparse
 import dataclasses
 import sys
 
-from trainer.config import TrainConfig
-from trainer.train import train
-from transforms import outdir
-from transforms.cli_args import add_storage_args, configure_storage, positive_int
+from bigearthnet_beam.trainer.config import TrainConfig
+from bigearthnet_beam.trainer.train import train
+from bigearthnet_beam.transforms import outdir
+from bigearthnet_beam.transforms.cli_args import add_storage_args, configure_storage, positive_int
 
 
 def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -118,8 +118,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def train_main(args: argparse.Namespace) -> int:
     """Run ``benbeam train`` from parsed flags; returns the exit code."""
-    from schemas.manifest import ManifestError
-    from trainer.data import ShardError
+    from bigearthnet_beam.schemas.manifest import ManifestError
+    from bigearthnet_beam.trainer.data import ShardError
 
     configure_storage(args)
     try:
@@ -139,7 +139,7 @@ def train_main(args: argparse.Namespace) -> int:
         + (f", val mIoU {best:.4f})" if best is not None else ")")
     )
     if getattr(args, "export", None):
-        from trainer.export import export_model
+        from bigearthnet_beam.trainer.export import export_model
 
         print(f"exported: {export_model(metrics['model'], args.export)}")
     return 0

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.bands import S1_NAMES, S2_NAMES
-from schemas.naming import (
+from bigearthnet_beam.schemas.bands import S1_NAMES, S2_NAMES
+from bigearthnet_beam.schemas.naming import (
     MAP_DIR,
     OBJECT_KEYS,
     REFERENCE_MAP_KEY,
@@ -17,7 +17,7 @@ from schemas.naming import (
     parse_patch_id,
     parse_s1_name,
 )
-from transforms.archives import iter_members, patch_folder
+from bigearthnet_beam.transforms.archives import iter_members, patch_folder
 
 FOLDER_KEYS: dict[str, tuple[str, ...]] = {S2_DIR: S2_NAMES, S1_DIR: S1_NAMES, MAP_DIR: (REFERENCE_MAP_KEY,)}
 
@@ -33,7 +33,7 @@ def expected_members(folder: str, name: str) -> dict[str, str]:
 
 def expected_folders(metas, folder: str, splits, frac: float) -> np.ndarray:
     """Sorted unique patch folder names of ``folder`` that the selected metadata rows name."""
-    from transforms import metadata as md
+    from bigearthnet_beam.transforms import metadata as md
 
     column = "s1_name" if folder == S1_DIR else "patch_id"
     names = set()
@@ -88,8 +88,8 @@ def inventory(url: str, folder: str, expected: np.ndarray) -> tuple[dict[str, di
 def check_archived(rec: dict, lacking: dict) -> list:
     """The missing / empty objects of a record according to the archives' inventories
     (``{(folder, patch folder): {"missing", "empty"}}``): PatchErrors worded as for files."""
-    from schemas import failures
-    from transforms import metadata as md
+    from bigearthnet_beam.schemas import failures
+    from bigearthnet_beam.transforms import metadata as md
 
     urls = md.record_urls(rec)
     gaps: dict[str, str] = {}

@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator, Union
 
-from schemas.naming import OBJECT_KEYS, relative_paths
-from transforms import storage
+from bigearthnet_beam.schemas.naming import OBJECT_KEYS, relative_paths
+from bigearthnet_beam.transforms import storage
 
 PACK_BUFFER_BYTES = 64 << 20  # member bytes held in memory before the largest shard buffer is flushed
 _REC = struct.Struct("<4sIQ")
@@ -264,8 +264,8 @@ class ShardObjects:
 
     def __call__(self, rec: dict) -> dict[str, bytes]:
         """The 15 objects of ``rec``, by URL, from this shard's packs; PatchError when missing or empty."""
-        from transforms import metadata as md
-        from transforms.patch import fetch_objects
+        from bigearthnet_beam.transforms import metadata as md
+        from bigearthnet_beam.transforms.patch import fetch_objects
 
         index = self._load()
         urls = md.record_urls(rec)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import archive_inventory, archives, storage
+from bigearthnet_beam.transforms import archive_inventory, archives, storage
 
 LOG = logging.getLogger("benbeam")
 NAMESPACE = "benbeam"

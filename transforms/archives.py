@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.naming import MAP_DIR, S1_DIR, S2_DIR
-from transforms import storage
-from transforms.archive_packs import PACK_BUFFER_BYTES, PackWriter
+from bigearthnet_beam.schemas.naming import MAP_DIR, S1_DIR, S2_DIR
+from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms.archive_packs import PACK_BUFFER_BYTES, PackWriter
 
 # The archives of a reBEN release: the folder each holds (its members' first path component).
 ARCHIVES: tuple[tuple[str, str], ...] = (
@@ -255,7 +255,7 @@ class Router:
     @classmethod
     def from_plan(cls, plan, folder: str) -> Router:
         """The router of an archive (its ``folder``: S2, S1 or reference maps) over ``plan``'s rows."""
-        from transforms.plan import INVALID
+        from bigearthnet_beam.transforms.plan import INVALID
 
         column = "s1_name" if folder == S1_DIR else "patch_id"
         homes = [h for h in plan.homes() if h != INVALID]

@@ -35,7 +35,7 @@ def add_s3_endpoint(parser) -> None:
 
 def configure_storage(args: argparse.Namespace) -> dict:
     """Apply the parsed storage flags to ``transforms.storage``; returns the options set."""
-    from transforms import storage
+    from bigearthnet_beam.transforms import storage
 
     return storage.configure(
         getattr(args, "s3_endpoint_url", None), getattr(args, "anon", False), getattr(args, "gcs_endpoint_url", None)

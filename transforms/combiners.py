@@ -5,7 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 
-from transforms.histogram import BandStats, BandStatsAccumulator
+from bigearthnet_beam.transforms.histogram import BandStats, BandStatsAccumulator
 
 
 class BandStatsCombineFn(beam.CombineFn):

@@ -22,8 +22,8 @@ import stat
 
 import numpy as np
 
-from schemas import failures
-from schemas.bands import ALL_BANDS, PATCH_SIZE, REFERENCE_MAP_DTYPE
+from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.schemas.bands import ALL_BANDS, PATCH_SIZE, REFERENCE_MAP_DTYPE
 
 # The largest reBEN object is a 120×120 float32 S1 band (57,600 bytes of pixels). A GeoTIFF
 # written another way (tiled with 512×512 tiles, uncompressed, with overviews) may need many

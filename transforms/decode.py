@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas import failures
+from bigearthnet_beam.schemas import failures
 
 # No reBEN object is larger than 120×120; a header declaring more than this is corrupt or
 # hostile, and is refused before any decoder allocates for it (a mutated width field must

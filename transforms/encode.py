@@ -22,8 +22,8 @@ from typing import Iterator
 import google_crc32c
 import numpy as np
 
-from schemas import tfrecord
-from transforms import storage
+from bigearthnet_beam.schemas import tfrecord
+from bigearthnet_beam.transforms import storage
 
 _MASK_DELTA = 0xA282EAD8
 

@@ -20,7 +20,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from transforms import storeconfig
+from bigearthnet_beam.transforms import storeconfig
 
 _LOCK = threading.Lock()
 _STORES: dict[tuple, object] = {}

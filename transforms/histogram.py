@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.bands import ALL_BANDS, HIST_BINS
+from bigearthnet_beam.schemas.bands import ALL_BANDS, HIST_BINS
 
 _SCALE = 2.0**24  # exact sums are integers in units of 2^-24
 

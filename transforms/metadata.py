@@ -14,11 +14,11 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas import failures
-from schemas.classes import CLASS_INDEX
-from schemas.manifest import SPLIT_ALIASES, SPLITS
-from schemas.naming import OBJECT_KEYS, PATCH_ID_RE, S1_NAME_RE, object_urls
-from transforms import storage
+from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.schemas.classes import CLASS_INDEX
+from bigearthnet_beam.schemas.manifest import SPLIT_ALIASES, SPLITS
+from bigearthnet_beam.schemas.naming import OBJECT_KEYS, PATCH_ID_RE, S1_NAME_RE, object_urls
+from bigearthnet_beam.transforms import storage
 
 REQUIRED_COLUMNS = ("patch_id", "s1_name", "split", "labels")
 OPTIONAL_COLUMNS = ("country", "s2v1_name", "contains_seasonal_snow", "contains_cloud_or_shadow")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.bands import ALL_NAMES
+from bigearthnet_beam.schemas.bands import ALL_NAMES
 
 
 @dataclass(frozen=True)

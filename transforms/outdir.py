@@ -18,7 +18,7 @@ import json
 import os
 import socket
 
-from transforms import storage
+from bigearthnet_beam.transforms import storage
 
 MARKER = ".benbeam-run.json"
 LOCK = ".benbeam-lock.json"

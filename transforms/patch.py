@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas import failures
-from schemas.bands import BAND_BY_NAME, PATCH_SIZE, S1_NAMES, S2_NAMES
-from schemas.classes import map_reference, unknown_codes
-from schemas.naming import OBJECT_KEYS, REFERENCE_MAP_KEY, parse_patch_id
-from transforms import containment, storage
-from transforms.decode import Raster, decode_geotiff
-from transforms.resample import upsample
+from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.schemas.bands import BAND_BY_NAME, PATCH_SIZE, S1_NAMES, S2_NAMES
+from bigearthnet_beam.schemas.classes import map_reference, unknown_codes
+from bigearthnet_beam.schemas.naming import OBJECT_KEYS, REFERENCE_MAP_KEY, parse_patch_id
+from bigearthnet_beam.transforms import containment, storage
+from bigearthnet_beam.transforms.decode import Raster, decode_geotiff
+from bigearthnet_beam.transforms.resample import upsample
 
 
 @dataclass
@@ -67,7 +67,7 @@ def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dic
             except OSError as e:
                 errors.append(failures.PatchError(failures.FETCH, "read_error", f"{k} object {urls[k]}: {e}"))
     else:
-        from transforms import fastget
+        from bigearthnet_beam.transforms import fastget
 
         todo = []
         for k in keys:

@@ -21,9 +21,9 @@ from typing import Any, Iterable, Tuple
 
 import numpy as np
 
-from schemas import failures
-from schemas.manifest import SPLITS
-from transforms import metadata as md
+from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.schemas.manifest import SPLITS
+from bigearthnet_beam.transforms import metadata as md
 
 MAIN, DEAD, SELECTED = "main", "dead", "selected"
 INVALID = ("", 0, 1)

@@ -18,10 +18,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms import metadata as md
-from transforms import storage
-from transforms.plan import INVALID, SELECTED, check_row_tagged, dedupe_tagged
-from transforms.shard_writer import ShardConfig, shard_statistics, write_shard
+from bigearthnet_beam.transforms import metadata as md
+from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms.plan import INVALID, SELECTED, check_row_tagged, dedupe_tagged
+from bigearthnet_beam.transforms.shard_writer import ShardConfig, shard_statistics, write_shard
 
 NAMESPACE = "benbeam"
 DEAD = "dead"
@@ -190,7 +190,7 @@ class ShardStatsFn(beam.DoFn):
 
     def setup(self):
         """Apply the storage options and make the band statistics in the worker."""
-        from transforms.histogram import BandStats
+        from bigearthnet_beam.transforms.histogram import BandStats
 
         storage.set_options(self.config.storage_options)
         self.stats = BandStats()
@@ -220,7 +220,7 @@ class ComputeBandStats(beam.PTransform):
 
     def expand(self, shards):
         """The combined band statistics of the training shards."""
-        from transforms.combiners import BandStatsCombineFn
+        from bigearthnet_beam.transforms.combiners import BandStatsCombineFn
 
         return (
             shards

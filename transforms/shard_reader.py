@@ -11,9 +11,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
-from schemas import failures
-from transforms import metadata as md
-from transforms.patch import DEFAULT_DECODE_TIMEOUT, DecodedPatch, decode_patch, fetch_objects
+from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.transforms import metadata as md
+from bigearthnet_beam.transforms.patch import DEFAULT_DECODE_TIMEOUT, DecodedPatch, decode_patch, fetch_objects
 
 READ_AHEAD = 4  # patches whose objects are fetched while the current one is decoded
 

@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from schemas import failures, manifest
-from schemas.classes import CLASS_INDEX, NUM_CLASSES, multi_hot
-from transforms import metadata as md
-from transforms import progress, storage
-from transforms.encode import ShardWriter, encode_example
-from transforms.normalize import NormParams, normalize
-from transforms.patch import DEFAULT_DECODE_TIMEOUT, DecodedPatch
-from transforms.plan import RowPlan
-from transforms.shard_reader import READ_AHEAD, Count, loaded_patches, no_count
+from bigearthnet_beam.schemas import failures, manifest
+from bigearthnet_beam.schemas.classes import CLASS_INDEX, NUM_CLASSES, multi_hot
+from bigearthnet_beam.transforms import metadata as md
+from bigearthnet_beam.transforms import progress, storage
+from bigearthnet_beam.transforms.encode import ShardWriter, encode_example
+from bigearthnet_beam.transforms.normalize import NormParams, normalize
+from bigearthnet_beam.transforms.patch import DEFAULT_DECODE_TIMEOUT, DecodedPatch
+from bigearthnet_beam.transforms.plan import RowPlan
+from bigearthnet_beam.transforms.shard_reader import READ_AHEAD, Count, loaded_patches, no_count
 
 LOG = logging.getLogger("benbeam")
 

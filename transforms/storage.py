@@ -15,8 +15,8 @@ import uuid
 
 import fsspec
 
-from transforms import fastget
-from transforms.storeconfig import (  # noqa: F401 - the storage API: options and retries
+from bigearthnet_beam.transforms import fastget
+from bigearthnet_beam.transforms.storeconfig import (  # noqa: F401 - the storage API: options and retries
     _OPTIONS,
     CONNECT_TIMEOUT_S,
     READ_TIMEOUT_S,

@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import logging
 
-from schemas import manifest as manifest_schema
-from transforms import storage
+from bigearthnet_beam.schemas import manifest as manifest_schema
+from bigearthnet_beam.transforms import storage
 
 LOG = logging.getLogger("benbeam")
 

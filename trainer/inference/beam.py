@@ -31,13 +31,13 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.utils import shared
 
-from trainer.inference import staging
-from trainer.inference.plugins import load_extra
-from trainer.inference.predictor import Predictor
-from trainer.inference.settings import SUMMARY, VIEWER, PredictError, PredictSettings
-from trainer.inference.tile import open_tile_at, predict_tile, print_summary
-from trainer.inference.viewer import write_viewer
-from transforms import storage
+from bigearthnet_beam.trainer.inference import staging
+from bigearthnet_beam.trainer.inference.plugins import load_extra
+from bigearthnet_beam.trainer.inference.predictor import Predictor
+from bigearthnet_beam.trainer.inference.settings import SUMMARY, VIEWER, PredictError, PredictSettings
+from bigearthnet_beam.trainer.inference.tile import open_tile_at, predict_tile, print_summary
+from bigearthnet_beam.trainer.inference.viewer import write_viewer
+from bigearthnet_beam.transforms import storage
 
 LOG = logging.getLogger("benbeam.predict")
 NAMESPACE = "benbeam"

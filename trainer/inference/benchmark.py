@@ -7,10 +7,10 @@ import contextlib
 import csv
 import os
 
-from trainer.inference.predictor import Predictor
-from trainer.inference.settings import REPORT_CSV, VIEWER, PredictError
-from trainer.inference.tile import open_tile_at, predict_tile, stderr_progress
-from trainer.inference.viewer import write_viewer
+from bigearthnet_beam.trainer.inference.predictor import Predictor
+from bigearthnet_beam.trainer.inference.settings import REPORT_CSV, VIEWER, PredictError
+from bigearthnet_beam.trainer.inference.tile import open_tile_at, predict_tile, stderr_progress
+from bigearthnet_beam.trainer.inference.viewer import write_viewer
 
 REPORT_FIELDS = (
     "tile",

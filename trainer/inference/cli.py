@@ -16,11 +16,24 @@ import argparse
 import os
 import sys
 
-from trainer.inference import staging
-from trainer.inference.settings import DEFAULTS, PROBS_DTYPES, REPORT_CSV, VIEWER, PredictEnvironmentError, PredictError
-from transforms import outdir, storage
-from transforms.cli_args import add_storage_args, configure_storage, nonneg_int, positive_int, unknown_pipeline_args
-from transforms.resample import RESAMPLING_METHODS
+from bigearthnet_beam.trainer.inference import staging
+from bigearthnet_beam.trainer.inference.settings import (
+    DEFAULTS,
+    PROBS_DTYPES,
+    REPORT_CSV,
+    VIEWER,
+    PredictEnvironmentError,
+    PredictError,
+)
+from bigearthnet_beam.transforms import outdir, storage
+from bigearthnet_beam.transforms.cli_args import (
+    add_storage_args,
+    configure_storage,
+    nonneg_int,
+    positive_int,
+    unknown_pipeline_args,
+)
+from bigearthnet_beam.transforms.resample import RESAMPLING_METHODS
 
 
 def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -156,7 +169,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from trainer.inference.grid import check_chunk_size
+    from bigearthnet_beam.trainer.inference.grid import check_chunk_size
 
     if not staging.exists(args.model):
         raise PredictError(f"model {args.model} does not exist")
@@ -177,8 +190,8 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str]) -> int:
-    from trainer.inference.plugins import load_extra
-    from trainer.inference.tile import model_resampling, predict_path, print_summary
+    from bigearthnet_beam.trainer.inference.plugins import load_extra
+    from bigearthnet_beam.trainer.inference.tile import model_resampling, predict_path, print_summary
 
     extras = [load_extra(s) for s in args.extra]
     if args.resampling is None:
@@ -192,7 +205,7 @@ def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str]) -
     )
     outdir.mark(args.out, COMMAND)  # every check passed: the folder is this command's from now on
     if args.input_dir and not args.benchmark:
-        from trainer.inference.beam import run_pipeline
+        from bigearthnet_beam.trainer.inference.beam import run_pipeline
 
         return run_pipeline(
             model=args.model,
@@ -204,12 +217,12 @@ def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str]) -
             beam_args=beam_args,
             **settings,
         )
-    from trainer.inference.predictor import Predictor
+    from bigearthnet_beam.trainer.inference.predictor import Predictor
 
     predictor = Predictor.load(args.model, batch_size=args.batch_size, overlap=args.overlap)
     with staging.local_folder(args.out) as out_dir:
         if args.benchmark:
-            from trainer.inference.benchmark import benchmark
+            from bigearthnet_beam.trainer.inference.benchmark import benchmark
 
             s1_for = staging.s1_sidecar if predictor.needs_s1 else None
             results = benchmark(predictor, tiles, out_dir, extras=extras, s1_for=s1_for, **settings)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.inference.settings import PredictError
+from bigearthnet_beam.trainer.inference.settings import PredictError
 
 BLEND_FLOOR = 0.02  # weight of a window's edge pixels relative to its centre (edges still count)
 

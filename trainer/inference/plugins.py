@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trainer.inference.layers import BUILTIN_LAYERS
-from trainer.inference.settings import PredictError
+from bigearthnet_beam.trainer.inference.layers import BUILTIN_LAYERS
+from bigearthnet_beam.trainer.inference.settings import PredictError
 
 _LAYER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 

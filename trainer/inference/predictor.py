@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.bands import S1_NAMES
-from trainer.inference.grid import Chunk, blend_weights, touching
-from trainer.inference.settings import DEFAULTS, PredictError
+from bigearthnet_beam.schemas.bands import S1_NAMES
+from bigearthnet_beam.trainer.inference.grid import Chunk, blend_weights, touching
+from bigearthnet_beam.trainer.inference.settings import DEFAULTS, PredictError
 
 
 class Predictor:
@@ -18,7 +18,7 @@ class Predictor:
     ):
         import tensorflow as tf
 
-        from transforms.normalize import NormParams
+        from bigearthnet_beam.transforms.normalize import NormParams
 
         for k in ("channels", "statistics", "classes", "input_shape"):
             if k not in info:
@@ -58,7 +58,7 @@ class Predictor:
     @classmethod
     def load(cls, path: str, **kwargs) -> Predictor:
         """Load a ``.keras`` model written by ``benbeam train`` (local or s3:// / gs://)."""
-        from trainer.model import load_model
+        from bigearthnet_beam.trainer.model import load_model
 
         try:
             model, info = load_model(path)
@@ -73,7 +73,7 @@ class Predictor:
     def preprocess(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Raw (h, w, C) pixels → the model's input: the ETL's normalisation; 0 (the dataset
         mean) at pixels without data, which get no class anyway."""
-        from transforms.normalize import normalize
+        from bigearthnet_beam.transforms.normalize import normalize
 
         x = normalize(np.asarray(pixels, dtype=np.float32), self.norm, inplace=pixels.dtype == np.float32)
         if self.float16_inputs:

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from trainer.inference.layers import NODATA_COLOR, palette
+from bigearthnet_beam.trainer.inference.layers import NODATA_COLOR, palette
 
 
 def render_preview(

@@ -20,11 +20,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from schemas.bands import S2_NAMES
-from schemas.tiles import MTD_FILES, S1_SIDECAR
-from trainer.inference.settings import SUMMARY, PredictEnvironmentError, PredictError
-from trainer.tiles import BAND_EXTENSIONS, TILE_EXTENSIONS, find_tiles, is_tile_file
-from transforms import storage
+from bigearthnet_beam.schemas.bands import S2_NAMES
+from bigearthnet_beam.schemas.tiles import MTD_FILES, S1_SIDECAR
+from bigearthnet_beam.trainer.inference.settings import SUMMARY, PredictEnvironmentError, PredictError
+from bigearthnet_beam.trainer.tiles import BAND_EXTENSIONS, TILE_EXTENSIONS, find_tiles, is_tile_file
+from bigearthnet_beam.transforms import storage
 
 _SAFE_NAME = re.compile(r"S2[A-D]_MSI(?:L2A|L1C)_(\d{8}T\d{6})_N\d{4}_R\d{3}_(T\d{2}[A-Z]{3})_")
 

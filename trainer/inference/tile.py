@@ -14,16 +14,23 @@ import time
 
 import numpy as np
 
-from trainer.inference import staging
-from trainer.inference.grid import check_chunk_size, chunk_grid, window_starts
-from trainer.inference.layers import LAYER_DOC, NODATA_CLASS, classmap, layers_from_probs, palette, probs_for_file
-from trainer.inference.memory import device_name, peak_rss_bytes, reset_peak_rss, rss_bytes
-from trainer.inference.plugins import Extra, load_extra
-from trainer.inference.predictor import Predictor
-from trainer.inference.preview import render_preview
-from trainer.inference.settings import DEFAULTS, PREVIEW, PROBS_DTYPES, PredictError
-from trainer.inference.writer import GDAL_CACHE_MB, LayerWriter
-from transforms.progress import Bar
+from bigearthnet_beam.trainer.inference import staging
+from bigearthnet_beam.trainer.inference.grid import check_chunk_size, chunk_grid, window_starts
+from bigearthnet_beam.trainer.inference.layers import (
+    LAYER_DOC,
+    NODATA_CLASS,
+    classmap,
+    layers_from_probs,
+    palette,
+    probs_for_file,
+)
+from bigearthnet_beam.trainer.inference.memory import device_name, peak_rss_bytes, reset_peak_rss, rss_bytes
+from bigearthnet_beam.trainer.inference.plugins import Extra, load_extra
+from bigearthnet_beam.trainer.inference.predictor import Predictor
+from bigearthnet_beam.trainer.inference.preview import render_preview
+from bigearthnet_beam.trainer.inference.settings import DEFAULTS, PREVIEW, PROBS_DTYPES, PredictError
+from bigearthnet_beam.trainer.inference.writer import GDAL_CACHE_MB, LayerWriter
+from bigearthnet_beam.transforms.progress import Bar
 
 LOG = logging.getLogger("benbeam.predict")
 
@@ -195,8 +202,8 @@ def predict_tile(
 def model_resampling(model: str) -> str:
     """The resampling the model's training data was converted with, from the model's JSON
     sidecar (no TensorFlow needed); ``bilinear`` (convert's default) when not recorded."""
-    from trainer.model import sidecar_path
-    from transforms import storage
+    from bigearthnet_beam.trainer.model import sidecar_path
+    from bigearthnet_beam.transforms import storage
 
     try:
         info = json.loads(storage.read_bytes(sidecar_path(model)))
@@ -208,7 +215,7 @@ def model_resampling(model: str) -> str:
 def open_source(path: str, channels, s1: str | None = None, resampling: str = "bilinear"):
     """``trainer.tiles.open_tile`` of a local tile with its errors turned into ``PredictError``.
     ``resampling`` of the 20 m / 60 m bands: that of the training data's ``benbeam convert --resampling``."""
-    from trainer.tiles import open_tile
+    from bigearthnet_beam.trainer.tiles import open_tile
 
     if not os.path.exists(path):
         raise PredictError(f"tile {path} does not exist")

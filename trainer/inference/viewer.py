@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import html
 
-from trainer.inference.settings import PREVIEW
-from transforms import storage
+from bigearthnet_beam.trainer.inference.settings import PREVIEW
+from bigearthnet_beam.transforms import storage
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from trainer.inference.grid import Chunk
+from bigearthnet_beam.trainer.inference.grid import Chunk
 
 GDAL_CACHE_MB = 64  # GDAL's block cache: bounded, so dirty output blocks never grow with the tile
 CATEGORICAL_RESAMPLING = "NEAREST"  # overviews of class ids: an id that exists, never an average
