@@ -1,6 +1,6 @@
 """Command-line helpers that several commands share (``benbeam convert`` / ``train`` / ``predict`` …).
 
-Plain argparse: the storage flags and their application, integer types, and the check
+Plain argparse: the storage flags and the ``Storage`` they build, integer types, and the check
 that the flags a command leaves to Beam are real pipeline options. ``beam_pipeline`` and
 ``trainer`` both import this module; it imports neither.
 """
@@ -8,38 +8,58 @@ that the flags a command leaves to Beam are real pipeline options. ``beam_pipeli
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def add_storage_args(parser, s3_endpoint: bool = True) -> None:
-    """Storage flags. Beam's own S3Options already defines ``--s3_endpoint_url`` (same
-    meaning), so PipelineOptions subclasses pass ``s3_endpoint=False``."""
+    """Storage flags (``storage_from_args`` turns them into a ``Storage``). Beam's own S3Options
+    already defines ``--s3_endpoint_url`` (same meaning), so PipelineOptions subclasses pass
+    ``s3_endpoint=False``. No flag takes a secret: keys come from the credential chains."""
     g = parser.add_argument_group("object storage")
     if s3_endpoint:
         add_s3_endpoint(g)
     g.add_argument("--anon", action="store_true", help="anonymous access to public buckets")
     g.add_argument(
+        "--s3_profile", default=None, help="named AWS profile (~/.aws/config) for s3:// (default: the chain)"
+    )
+    g.add_argument("--s3_region", default=None, help="region of the s3:// buckets (default: the profile's)")
+    g.add_argument(
         "--gcs_endpoint_url", default=None, help="GCS endpoint (defaults to $STORAGE_EMULATOR_HOST when set)"
+    )
+    g.add_argument("--gcs_project", default=None, help="Google Cloud project billed for gs:// requests")
+    g.add_argument(
+        "--gcs_credentials",
+        default=None,
+        metavar="JSON",
+        help="service-account key file for gs:// (default: Application Default Credentials)",
     )
 
 
 def add_s3_endpoint(parser) -> None:
     """The ``--s3_endpoint_url`` flag (default: ``$AWS_ENDPOINT_URL_S3`` or ``$AWS_ENDPOINT_URL``)."""
-    default = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     parser.add_argument(
         "--s3_endpoint_url",
-        default=default,
-        help="S3-compatible endpoint (MinIO, SeaweedFS, Ceph); credentials come from the standard AWS chain",
+        default=None,
+        help="S3-compatible endpoint (MinIO, SeaweedFS, Ceph; default: $AWS_ENDPOINT_URL_S3 or "
+        "$AWS_ENDPOINT_URL); credentials come from the standard AWS chain",
     )
 
 
-def configure_storage(args: argparse.Namespace) -> dict:
-    """Apply the parsed storage flags to ``transforms.storage``; returns the options set."""
-    from bigearthnet_beam.transforms import storage
+def storage_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None, probe: bool = True):
+    """The ``Storage`` the parsed flags describe, the environment (read once, here) filling what
+    they leave unset; with ``probe``, fails in seconds when nothing answers at a custom endpoint."""
+    from bigearthnet_beam.transforms.storage import Storage
 
-    return storage.configure(
-        getattr(args, "s3_endpoint_url", None), getattr(args, "anon", False), getattr(args, "gcs_endpoint_url", None)
+    st = Storage.from_env(
+        environ,
+        s3_endpoint_url=getattr(args, "s3_endpoint_url", None),
+        gcs_endpoint_url=getattr(args, "gcs_endpoint_url", None),
+        anon=getattr(args, "anon", False) or None,
+        s3_profile=getattr(args, "s3_profile", None),
+        s3_region=getattr(args, "s3_region", None),
+        gcs_project=getattr(args, "gcs_project", None),
+        gcs_token=getattr(args, "gcs_credentials", None),
     )
+    return st.probe() if probe else st
 
 
 def positive_int(s: str) -> int:

@@ -1,20 +1,19 @@
-"""Storage options and the retry policy, shared by ``storage`` (fsspec) and ``fastget`` (obstore).
+"""The retry policy and timeouts, shared by ``storage`` (fsspec) and ``fastget`` (obstore).
 
-Plain Python (no Beam), importing neither of them, so that both can import it. Options
-(endpoint URL, anonymous access) are set once per process with ``configure`` (the CLI
-from ``--s3_endpoint_url`` / ``--anon``; workers in ``DoFn.setup``) and never contain
-credentials: those come from the standard AWS / Google credential chains.
+Plain Python (no Beam), importing neither of them, so that both can import it. Constants
+only: where objects live and the credentials to reach them are a ``storage.Storage`` value
+passed to each caller, never process-wide state.
 
 Retries are one layer per client: botocore (s3fs) and obstore retry themselves, configured
-here; ``retry`` is the layer for the fsspec calls of other clients. What is transient is
+with these constants; ``retry`` is the layer for the fsspec calls of other clients. What is transient is
 decided by exception type, errno and HTTP status only — never by words in a message.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
-import os
 import random
 import time
 
@@ -28,43 +27,6 @@ RETRY_BASE_S = 0.25
 RETRY_CAP_S = 10.0
 REFUSED_ATTEMPTS = 2  # a refused connection (nothing listens there) is tried twice, not five times
 
-_OPTIONS: dict[str, dict] = {}
-
-
-def configure(s3_endpoint_url: str | None = None, anon: bool = False, gcs_endpoint_url: str | None = None) -> dict:
-    """Set process-wide storage options; returns them (picklable, credential-free)."""
-    # botocore retries (standard mode: throttling, 5xx, connection errors); s3fs's own retry
-    # loop is turned off (retries=1: one attempt), so the two do not multiply.
-    s3: dict = {
-        "config_kwargs": {
-            "connect_timeout": CONNECT_TIMEOUT_S,
-            "read_timeout": READ_TIMEOUT_S,
-            "retries": {"max_attempts": RETRY_ATTEMPTS, "mode": "standard"},
-        },
-        "retries": 1,
-    }
-    if s3_endpoint_url:
-        s3["client_kwargs"] = {"endpoint_url": s3_endpoint_url}
-    if anon:
-        s3["anon"] = True
-    gcs: dict = {}
-    endpoint = gcs_endpoint_url or os.environ.get("STORAGE_EMULATOR_HOST")
-    if endpoint:
-        if not endpoint.startswith("http"):
-            endpoint = "http://" + endpoint
-        gcs["endpoint_url"] = endpoint
-        gcs["token"] = "anon"
-        # gcsfs probes a bucket's type over gRPC first, which an emulator never answers.
-        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    elif anon:
-        gcs["token"] = "anon"
-    _OPTIONS.clear()
-    _OPTIONS.update({"s3": s3, "gs": gcs, "gcs": gcs})
-    for url in (s3_endpoint_url, endpoint):
-        if url:
-            probe_endpoint(url)
-    return dict(_OPTIONS)
-
 
 def probe_endpoint(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Fail in seconds, not after a minute of client retries, when nothing answers at a
@@ -77,20 +39,10 @@ def probe_endpoint(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     try:
         socket.create_connection((parts.hostname or "localhost", port), timeout=timeout).close()
     except OSError as e:
+        shown = f"{parts.scheme or 'http'}://{parts.hostname}:{port}"  # never the URL's user:password@
         raise ConnectionRefusedError(
-            errno.ECONNREFUSED, f"nothing answers at the storage endpoint {url} ({type(e).__name__}: {e})"
+            errno.ECONNREFUSED, f"nothing answers at the storage endpoint {shown} ({type(e).__name__}: {e})"
         ) from None
-
-
-def options() -> dict:
-    """The current process-wide storage options (a copy)."""
-    return dict(_OPTIONS)
-
-
-def set_options(opts: dict) -> None:
-    """Replace the process-wide storage options (workers: with the driver's)."""
-    _OPTIONS.clear()
-    _OPTIONS.update(opts or {})
 
 
 # --------------------------------------------------------------------------- retries
@@ -105,20 +57,23 @@ _PERMANENT = (
     TypeError,
     KeyError,
 )
-_TRANSIENT_ERRNO = {
-    errno.ECONNRESET,
-    errno.ECONNREFUSED,
-    errno.EPIPE,
-    errno.ETIMEDOUT,
-    errno.ECONNABORTED,
-    errno.EBUSY,
-    errno.EAGAIN,
-    errno.EREMOTEIO,
-    errno.EHOSTUNREACH,
-    errno.ENETUNREACH,
-}
+_TRANSIENT_ERRNO = frozenset(
+    {
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.ECONNABORTED,
+        errno.EBUSY,
+        errno.EAGAIN,
+        errno.EREMOTEIO,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+    }
+)
 
 
+@functools.cache
 def _transport_errors() -> tuple[type, ...]:
     """Connection/timeout exception classes of the HTTP stacks underneath fsspec (those installed)."""
     found: list[type] = []
@@ -134,9 +89,6 @@ def _transport_errors() -> tuple[type, ...]:
             continue
         found.extend(getattr(m, n) for n in names if isinstance(getattr(m, n, None), type))
     return tuple(found)
-
-
-_TRANSPORT: tuple[type, ...] | None = None
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -166,16 +118,14 @@ def is_transient(exc: BaseException) -> bool:
     """Throttling, 5xx, resets, refused connections and timeouts are worth retrying; 4xx,
     missing objects and refused access are not. Decided by type, errno and HTTP status
     (of the exception or one it was raised from), never by the message's words."""
-    global _TRANSPORT
-    if _TRANSPORT is None:
-        _TRANSPORT = _transport_errors()
+    transport = _transport_errors()
     for e in exception_chain(exc):
         status = http_status(e)
         if status is not None:
             return status in (408, 429) or 500 <= status < 600
         if isinstance(e, _PERMANENT):
             return False
-        if isinstance(e, (TimeoutError, ConnectionError)) or (_TRANSPORT and isinstance(e, _TRANSPORT)):
+        if isinstance(e, (TimeoutError, ConnectionError)) or (transport and isinstance(e, transport)):
             return True
         if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNO:
             return True
@@ -197,9 +147,6 @@ def backoff(attempt: int, base: float = RETRY_BASE_S, cap: float = RETRY_CAP_S, 
     return rng.uniform(0.0, min(cap, base * (2**attempt)))
 
 
-RETRIES = {"count": 0}  # retries made in this process (tests and progress lines read it)
-
-
 def retry(fn, *args, what: str = "", attempts: int = RETRY_ATTEMPTS, sleep=time.sleep, **kwargs):
     """Call ``fn(*args, **kwargs)``; retry transient failures with capped exponential backoff
     and jitter (a refused connection only ``REFUSED_ATTEMPTS`` times in all); raise
@@ -212,7 +159,6 @@ def retry(fn, *args, what: str = "", attempts: int = RETRY_ATTEMPTS, sleep=time.
             if last or not is_transient(e):
                 raise
             delay = backoff(attempt)
-            RETRIES["count"] += 1
             LOG.warning(
                 "transient error (%s: %s) on %s; retry %d of %d in %.2f s",
                 type(e).__name__,
