@@ -62,7 +62,6 @@ COMMANDS = (
 def _synth(argv: list[str]) -> int:
     from bigearthnet_beam.beam_pipeline.options import add_storage_args, positive_int, strict_parser, unit_fraction
     from bigearthnet_beam.schemas.failures import FAULT_KINDS
-    from bigearthnet_beam.transforms import storage
 
     ap = strict_parser(prog="benbeam synth", description="Write a synthetic BigEarthNet v2.0 replica.")
     ap.add_argument("--out", required=True, help="output folder or URL")
@@ -92,8 +91,10 @@ def _synth(argv: list[str]) -> int:
     )
     add_storage_args(ap)
     args = ap.parse_args(argv)
-    storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
     from bigearthnet_beam.synth.generator import generate
+    from bigearthnet_beam.transforms.cli_args import storage_from_args
+
+    st = storage_from_args(args)
 
     faults = [f.strip() for f in args.faults.split(",") if f.strip()] if args.faults else None
     try:
@@ -106,6 +107,7 @@ def _synth(argv: list[str]) -> int:
             faults=faults,
             workers=args.workers,
             progress=True,
+            st=st,
         )
     except ValueError as e:
         print(f"benbeam synth: error: {e}", file=sys.stderr)
@@ -113,7 +115,7 @@ def _synth(argv: list[str]) -> int:
     if args.archives:
         from bigearthnet_beam.synth.archives import write_archives
 
-        for a in write_archives(args.out):
+        for a in write_archives(args.out, st):
             print(f"archive: {a['archive']} ({a['files']} files, {a['bytes']} bytes)")
     for k, v in summary.items():
         print(f"{k}: {v}")

@@ -36,6 +36,7 @@ from bigearthnet_beam.beam_pipeline.stats_pass import (
 from bigearthnet_beam.schemas import manifest as manifest_schema
 from bigearthnet_beam.transforms import metadata as md
 from bigearthnet_beam.transforms import outdir, progress, storage
+from bigearthnet_beam.transforms.cli_args import storage_from_args
 from bigearthnet_beam.transforms.objcache import PatchCache
 from bigearthnet_beam.transforms.plan import RowPlan
 from bigearthnet_beam.transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
@@ -62,15 +63,20 @@ RECORDED = (
 )
 
 
-def build_packs(p: beam.Pipeline, args, plan: RowPlan, pack_dir: str) -> None:
+def _storage(args, st):
+    """``st``, else the ``Storage`` the parsed flags describe (the environment filling the rest)."""
+    return st if st is not None else storage_from_args(args, probe=False)
+
+
+def build_packs(p: beam.Pipeline, args, plan: RowPlan, pack_dir: str, st=None) -> None:
     """With ``--archives``, the first job: stream each archive (in parallel, once) into per-shard
     packs under ``pack_dir``, which the other jobs read through ``PackObjects(pack_dir)``."""
     from bigearthnet_beam.transforms.archive_ptransforms import SplitArchives
 
-    _ = p | "SplitArchives" >> SplitArchives(plan, args.archives, pack_dir, storage.options())
+    _ = p | "SplitArchives" >> SplitArchives(plan, args.archives, pack_dir, _storage(args, st))
 
 
-def shard_config(args, plan: RowPlan, sopts: dict, cache: PatchCache | None, objects) -> ShardConfig:
+def shard_config(args, plan: RowPlan, sopts: storage.Storage, cache: PatchCache | None, objects) -> ShardConfig:
     """What the statistics and the write job's DoFns share (one frozen value for both jobs)."""
     return ShardConfig(
         plan,
@@ -86,11 +92,11 @@ def shard_config(args, plan: RowPlan, sopts: dict, cache: PatchCache | None, obj
 
 
 def build_stats(
-    p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None, objects=None
+    p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None, objects=None, st=None
 ) -> None:
     """The statistics job: band statistics of the training shards, written into ``args.out``;
     ``objects``: the object source (None: the files; ``--archives``: the packs)."""
-    sopts = storage.options()
+    sopts = _storage(args, st)
     config = shard_config(args, plan, sopts, cache, objects)
     checked = p | "PlanShards" >> PlannedShards(config)
     _ = (
@@ -103,12 +109,12 @@ def build_stats(
 def _finalize_all(keyed, *, sopts, **kw):
     """``finalize`` of everything the write job produced, gathered under one key."""
     items = list(keyed[1])
-    storage.set_options(sopts)
     return fin.finalize(
         None,
         shards=[v for t, v in items if t == "shard"],
         dead=[v for t, v in items if t == "dead"],
         selected=dict(v for t, v in items if t == "selected"),
+        st=sopts,
         **kw,
     )
 
@@ -120,6 +126,7 @@ def build(
     cache: PatchCache | None = None,
     stats: tuple[dict, bytes] | None = None,
     objects=None,
+    st=None,
 ) -> None:
     """Assemble the write job on ``p`` from parsed ConvertOptions ``args``: ``stats`` = (stats
     document, histograms.npz bytes) are known at construction time (``--stats``, or the
@@ -127,7 +134,7 @@ def build(
     side input's whole upstream wherever it is read). ``plan`` (from ``preflight``) is made
     here if absent; ``cache`` (``object_cache``) holds patches the statistics job fetched;
     ``objects``: the object source (None: the files; ``--archives``: the packs of ``build_packs``)."""
-    sopts = storage.options()
+    sopts = _storage(args, st)
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     clip_p = tuple(args.clip_percentiles)
@@ -135,9 +142,9 @@ def build(
     # The plan (which rows each shard holds) is fixed here; the workers derive the rows of a
     # shard from its key, so only keys, dead letters and per-shard results cross stages.
     if plan is None:
-        tables = [md.read_table(m) for m in metas]
+        tables = [md.read_table(m, sopts) for m in metas]
         plan = RowPlan.create(
-            metas, md.dataset_root(args.root, args.meta, tables), splits, args.frac, args.shard_size, tables
+            metas, md.dataset_root(args.root, args.meta, tables), splits, args.frac, args.shard_size, tables, sopts
         )
     if stats is None:
         if not args.stats:
@@ -178,8 +185,9 @@ def build(
     )
 
 
-def preflight(args, probe_output: bool = True) -> RowPlan:
+def preflight(args, probe_output: bool = True, st=None) -> RowPlan:
     """Check inputs before any work (raise ValueError with the fix); returns the plan."""
+    st = _storage(args, st)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     for s in splits:
         manifest_schema.check_split(s)
@@ -198,19 +206,19 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
             "to --splits or pass --stats with the stats.json of an earlier run"
         )
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
-    tables = [md.read_table(m) for m in metas]  # raises MetadataError with a clear message
+    tables = [md.read_table(m, st) for m in metas]  # raises MetadataError with a clear message
     root = md.dataset_root(args.root, args.meta, tables)
-    plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size, tables)
+    plan = RowPlan.create(metas, root, splits, args.frac, args.shard_size, tables, st)
     if args.archives:
         from bigearthnet_beam.transforms.archives import check_archives
 
-        check_archives(args.archives)
+        check_archives(args.archives, st)
         if any(c.startswith("url_") for t, _ in tables for c in t.column_names):
             raise ValueError(
                 "--archives reads the objects by their reBEN names; this metadata has url_* columns "
                 "(`benbeam index` output): pass the official metadata.parquet instead"
             )
-    elif args.root and not storage.exists(root):
+    elif args.root and not st.exists(root):
         raise ValueError(f"dataset root {root} does not exist")
     if not sum(n for _, n in plan.counts):
         raise ValueError(
@@ -223,20 +231,20 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
             "with the stats.json of an earlier run"
         )
     if args.stats:
-        fin.load_stats_document(args.stats)
+        fin.load_stats_document(args.stats, st)
     if not probe_output:
         return plan
     # The output must be writable, and a stale manifest must not outlive this run.
     probe = storage.join(args.out, ".benbeam-write-test")
     try:
-        storage.makedirs(args.out)
-        storage.write_bytes_atomic(probe, b"ok")
-        storage.filesystem(probe).rm(probe)
+        st.makedirs(args.out)
+        st.write_bytes_atomic(probe, b"ok")
+        st.filesystem(probe).rm(probe)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"output {args.out} is not writable: {e}") from None
     manifest = storage.join(args.out, manifest_schema.MANIFEST)
-    if storage.exists(manifest):
-        storage.filesystem(manifest).rm(manifest)
+    if st.exists(manifest):
+        st.filesystem(manifest).rm(manifest)
     return plan
 
 
@@ -293,15 +301,15 @@ def run(argv: list[str] | None = None) -> int:
 def _run(argv: list[str] | None, held: _Held) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, _ = parse(ConvertOptions, argv, "benbeam convert", description(__doc__))
-    storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
+    st = storage_from_args(args)
     beam_argv = local_runner_args(argv, args.workers)
     opts = PipelineOptions(beam_argv)
     dry_run = bool(opts.get_all_options().get("dry_run"))
     try:
         if not dry_run:  # --out must be new, empty or an earlier convert's; one run at a time; marked first
-            held.lock = outdir.claim(args.out, "benbeam convert")
-            outdir.mark(args.out, "benbeam convert")
-        plan = preflight(args, probe_output=not dry_run)
+            held.lock = outdir.claim(args.out, "benbeam convert", st)
+            outdir.mark(args.out, "benbeam convert", st)
+        plan = preflight(args, probe_output=not dry_run, st=st)
     except outdir.OutputBusy as e:
         print(f"benbeam convert: error: {e}", file=sys.stderr)
         return 3
@@ -321,7 +329,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
     try:
         if not args.stats:  # a complete statistics pass of an earlier, failed run is reused
             dest, key = storage.join(args.out, STATS_PASS_JSON), stats_pass_key(args, plan)
-            stats = None if dry_run else load_stats_pass(args.out, key)
+            stats = None if dry_run else load_stats_pass(args.out, key, st)
             if stats is not None:
                 LOG.info("statistics from the complete statistics pass %s (delete it to recompute)", dest)
         # workers' tracebacks to a log file (--debug: here), then the progress lines
@@ -333,26 +341,26 @@ def _run(argv: list[str] | None, held: _Held) -> int:
                 from bigearthnet_beam.transforms import archive_packs
 
                 pack_dir = archive_packs.new_pack_dir(args.out)
-                objects = archive_packs.PackObjects(pack_dir)
+                objects = archive_packs.PackObjects(pack_dir, st)
                 pa = beam.Pipeline(options=opts)
-                build_packs(pa, opts.view_as(ConvertOptions), plan, pack_dir)
+                build_packs(pa, opts.view_as(ConvertOptions), plan, pack_dir, st)
                 results.append(("archives", pa.run()))
                 if not dry_run:
                     results[-1][1].wait_until_finish()
             if not args.stats and stats is None:  # job 1: the statistics
                 ps = beam.Pipeline(options=opts)
-                build_stats(ps, opts.view_as(ConvertOptions), plan, key, cache, objects)
+                build_stats(ps, opts.view_as(ConvertOptions), plan, key, cache, objects, st)
                 results.append(("stats", ps.run()))
                 results[-1][1].wait_until_finish()
                 stats = (
                     (fin.stats_document({}, {}, "dry run", args.clip, args.clip_percentiles), b"")
                     if dry_run
-                    else load_stats_pass(args.out, key)
+                    else load_stats_pass(args.out, key, st)
                 )
                 if stats is None:
                     raise RuntimeError(f"the statistics job finished without writing {dest}")
             p = beam.Pipeline(options=opts)  # job 2: the shards and the manifest
-            build(p, opts.view_as(ConvertOptions), plan, cache, stats, objects)
+            build(p, opts.view_as(ConvertOptions), plan, cache, stats, objects, st)
             results.append(("write", p.run()))
             if dry_run:  # DataflowRunner --dry_run: the job graphs were built and every transform pickled
                 print(
@@ -371,7 +379,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
             from bigearthnet_beam.beam_pipeline.diagnose import no_statistics
 
             print(
-                f"benbeam convert: error: {no_statistics(plan, args.out, args.resampling, args.decode_timeout)}; "
+                f"benbeam convert: error: {no_statistics(plan, args.out, args.resampling, args.decode_timeout, st)}; "
                 f"no {manifest_schema.MANIFEST} was written",
                 file=sys.stderr,
             )
@@ -409,18 +417,18 @@ def _run(argv: list[str] | None, held: _Held) -> int:
         if cache is not None:
             cache.remove()
         if pack_dir is not None and not dry_run:
-            archive_packs.remove_packs(pack_dir)
-    remove_stats_pass(args.out)
+            archive_packs.remove_packs(pack_dir, st)
+    remove_stats_pass(args.out, st)
     dt = time.perf_counter() - t0
     counters = print_counters(results)
-    man = summary(args.out)
+    man = summary(args.out, st)
     print_summary(man, dt)
     try:
-        write_run_record(args.out, man, dt, opts, counters)
+        write_run_record(args.out, man, dt, opts, counters, st)
         if args.report:
             from bigearthnet_beam.beam_pipeline.report import write_report
 
-            print(f"  report: {write_report(args.out)}")
+            print(f"  report: {write_report(args.out, st=st)}")
     except Exception as e:  # noqa: BLE001 - the dataset is complete; a failed report must not hide that
         print(
             f"benbeam convert: warning: the dataset is complete, but its report could not be written "

@@ -17,7 +17,9 @@ from bigearthnet_beam.transforms import storage
 LIMIT = 20_000  # training patches re-checked at most (a failed run should not take a second hour)
 
 
-def training_dead_letters(plan, resampling: str, decode_timeout, limit: int = LIMIT) -> tuple[list[dict], int, int]:
+def training_dead_letters(
+    plan, resampling: str, decode_timeout, limit: int = LIMIT, st=None
+) -> tuple[list[dict], int, int]:
     """(dead letters, training patches checked, training patches that decode) of ``plan``'s training split."""
     from bigearthnet_beam.transforms.shard_reader import load_patch
 
@@ -34,7 +36,7 @@ def training_dead_letters(plan, resampling: str, decode_timeout, limit: int = LI
                 return dead, checked, ok
             checked += 1
             try:
-                load_patch(rec, resampling, decode_timeout)
+                load_patch(rec, resampling, decode_timeout, st)
                 ok += 1
             except failures.PatchError as e:
                 dead.append(e.record(rec["patch_id"], rec["split"]))
@@ -48,20 +50,20 @@ def top_reasons(dead: list[dict], n: int = 4) -> str:
     return shown + (f", {len(counts) - n} more reasons" if len(counts) > n else "")
 
 
-def write_failures(out: str, dead: list[dict]) -> str:
+def write_failures(out: str, dead: list[dict], st=None) -> str:
     """Write ``failures.jsonl`` (sorted as ``finalize`` sorts it); returns its URL."""
     dead = sorted(dead, key=lambda d: (d["patch_id"], d["stage"], d["reason"], d["detail"]))
     url = storage.join(out, manifest.FAILURES_JSONL)
-    storage.write_bytes_atomic(
+    (st or storage.Storage()).write_bytes_atomic(
         url, "".join(json.dumps(d, sort_keys=True, ensure_ascii=True) + "\n" for d in dead).encode()
     )
     return url
 
 
-def no_statistics(plan, out: str, resampling: str, decode_timeout) -> str:
+def no_statistics(plan, out: str, resampling: str, decode_timeout, st=None) -> str:
     """Write the training split's dead letters to ``out`` and return the one line that says why."""
-    dead, checked, ok = training_dead_letters(plan, resampling, decode_timeout)
-    url = write_failures(out, dead)
+    dead, checked, ok = training_dead_letters(plan, resampling, decode_timeout, st=st)
+    url = write_failures(out, dead, st)
     scope = f"the first {checked:,} checked" if checked >= LIMIT else f"{checked:,}"
     if not checked:
         return "the training split selects no patch, so no statistics can be computed; pass --stats from an earlier run"

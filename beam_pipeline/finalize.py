@@ -35,11 +35,11 @@ def stats_document(extracted: dict, norm: dict, source: str, clip: bool, clip_pe
     }
 
 
-def load_stats_document(url: str) -> dict:
+def load_stats_document(url: str, st: storage.Storage | None = None) -> dict:
     """The statistics ``--stats`` names: a ``stats.json``, or the ``dataset.json`` of an earlier
     run (checked like every manifest). Raises ValueError saying what is wrong."""
     try:
-        doc = json.loads(storage.read_bytes(url))
+        doc = json.loads((st or storage.Storage()).read_bytes(url))
     except FileNotFoundError:
         raise ValueError(f"--stats {url} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -64,10 +64,10 @@ def load_stats_document(url: str) -> dict:
 _SHARD_RE = re.compile(r"^(?P<split>[a-z]+)-\d{5}-of-\d{5}\.tfrecord(\.gz)?$")
 
 
-def _cleanup(out: str, keep: set[str], splits) -> None:
+def _cleanup(out: str, keep: set[str], splits, st: storage.Storage) -> None:
     """Remove temp files and shards of earlier runs that are not part of this dataset, and
     the temporary files a killed run left at the top (its write probe, half-written JSON)."""
-    fs = storage.filesystem(out)
+    fs = st.filesystem(out)
     try:
         top = fs.ls(out, detail=False)
     except FileNotFoundError:
@@ -117,7 +117,7 @@ def _fsync_local(out: str, rels: list[str]) -> None:
 
 
 def _with_empty_shards(
-    out: str, shards: list[manifest_schema.ShardRecord], compression: str
+    out: str, shards: list[manifest_schema.ShardRecord], compression: str, st: storage.Storage
 ) -> list[manifest_schema.ShardRecord]:
     """Shards that received no patch at all still exist (empty), so names stay of-N complete."""
     from bigearthnet_beam.transforms.encode import ShardWriter
@@ -129,24 +129,27 @@ def _with_empty_shards(
         for i in range(count):
             if (split, i) not in have:
                 with ShardWriter(
-                    storage.join(out, manifest_schema.shard_path(split, i, count, compression)), compression
+                    storage.join(out, manifest_schema.shard_path(split, i, count, compression)), compression, st
                 ) as w:
                     info = w.close()
                 complete.append(manifest_schema.ShardRecord.build((split, i, count), compression, info))
     return sorted(complete, key=lambda s: (s.split, s.index))
 
 
-def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_npz, meta_info, compression, image_dtype):
-    """Write failures.jsonl, stats.json, histograms.npz, schema.pbtxt, then dataset.json."""
-    shards = _with_empty_shards(out, list(shards), compression)
+def finalize(
+    _, *, out, options, shards, dead, selected, stats_doc, histogram_npz, meta_info, compression, image_dtype, st=None
+):
+    """Write failures.jsonl, stats.json, histograms.npz, schema.pbtxt, then dataset.json (under ``st``)."""
+    st = st if st is not None else storage.Storage()
+    shards = _with_empty_shards(out, list(shards), compression, st)
     dead = sorted(dead, key=lambda d: (d["patch_id"], d["stage"], d["reason"], d["detail"]))
     splits = manifest_schema.split_entries(
         selected, shards, dead
     )  # raises if the accounting is broken, before any write
 
     lines = "".join(json.dumps(d, sort_keys=True, ensure_ascii=True) + "\n" for d in dead)
-    storage.write_bytes_atomic(storage.join(out, manifest_schema.FAILURES_JSONL), lines.encode())
-    storage.write_bytes_atomic(
+    st.write_bytes_atomic(storage.join(out, manifest_schema.FAILURES_JSONL), lines.encode())
+    st.write_bytes_atomic(
         storage.join(out, manifest_schema.STATS_JSON), (json.dumps(stats_doc, indent=2, sort_keys=True) + "\n").encode()
     )
     files = {
@@ -155,12 +158,12 @@ def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_np
         "tfmd_schema": manifest_schema.TFMD_SCHEMA,
     }
     if histogram_npz:
-        storage.write_bytes_atomic(storage.join(out, manifest_schema.HISTOGRAMS_NPZ), histogram_npz)
+        st.write_bytes_atomic(storage.join(out, manifest_schema.HISTOGRAMS_NPZ), histogram_npz)
         files["histograms"] = manifest_schema.HISTOGRAMS_NPZ
     try:
         from google.protobuf import text_format
 
-        storage.write_bytes_atomic(
+        st.write_bytes_atomic(
             storage.join(out, manifest_schema.TFMD_SCHEMA),
             text_format.MessageToString(tfrecord.tfmd_schema(image_dtype)).encode(),
         )
@@ -168,7 +171,7 @@ def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_np
         files.pop("tfmd_schema")
 
     keep = {sh.path for e in splits.values() for sh in e.shards}
-    _cleanup(out, keep, [s for s in splits if s in manifest_schema.SPLITS])
+    _cleanup(out, keep, [s for s in splits if s in manifest_schema.SPLITS], st)
 
     manifest = manifest_schema.build(
         package_version=__version__,
@@ -184,9 +187,9 @@ def finalize(_, *, out, options, shards, dead, selected, stats_doc, histogram_np
     )
     text = manifest.dumps()
     manifest_schema.loads(text)  # what is written passes what every reader checks
-    tfds_files = tfds_meta.write(out, json.loads(text))  # derived from the manifest, written before it
+    tfds_files = tfds_meta.write(out, json.loads(text), st)  # derived from the manifest, written before it
     if not storage.is_remote(out):
         _fsync_local(out, sorted(keep) + [manifest_schema.FAILURES_JSONL, manifest_schema.STATS_JSON] + tfds_files)
-    storage.write_bytes_atomic(storage.join(out, manifest_schema.MANIFEST), text.encode())
+    st.write_bytes_atomic(storage.join(out, manifest_schema.MANIFEST), text.encode())
     LOG.info("wrote %s", storage.join(out, manifest_schema.MANIFEST))
     return manifest.failures["total"]

@@ -18,6 +18,7 @@ from bigearthnet_beam.beam_pipeline.options import add_storage_args
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS, object_urls
 from bigearthnet_beam.transforms import metadata as md
 from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms.cli_args import storage_from_args
 
 
 def index_table(table: pa.Table, root: str) -> tuple[pa.Table, list[dict]]:
@@ -62,12 +63,12 @@ def run(argv: list[str] | None = None) -> int:
     )
     add_storage_args(ap)
     args = ap.parse_args(argv)
-    storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
+    st = storage_from_args(args)
     root = args.root or storage.parent(args.meta)
     try:
-        tables = [md.read_table(args.meta)[0]]
+        tables = [md.read_table(args.meta, st)[0]]
         if args.include_snow_cloud:
-            tables.append(md.read_table(args.include_snow_cloud)[0])
+            tables.append(md.read_table(args.include_snow_cloud, st)[0])
         table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     except (md.MetadataError, pa.ArrowInvalid) as e:
         print(f"benbeam index: error: {e}", file=sys.stderr)
@@ -75,7 +76,7 @@ def run(argv: list[str] | None = None) -> int:
     out, errors = index_table(table, root)
     buf = io.BytesIO()
     pq.write_table(out, buf)
-    storage.write_bytes_atomic(args.out, buf.getvalue())
+    st.write_bytes_atomic(args.out, buf.getvalue())
     print(f"indexed {out.num_rows} patches under {root} -> {args.out}")
     if errors:
         print(f"{len(errors)} row(s) with malformed names (url_* left null, see column index_error):", file=sys.stderr)

@@ -45,22 +45,22 @@ SAMPLES = 6
 # --------------------------------------------------------------------------- inputs
 
 
-def _read(dataset: str, rel: str) -> bytes | None:
+def _read(dataset: str, rel: str, st: storage.Storage) -> bytes | None:
     """A file of the dataset, or None if it does not exist."""
     try:
-        return storage.read_bytes(storage.join(dataset, rel))
+        return st.read_bytes(storage.join(dataset, rel))
     except FileNotFoundError:
         return None
 
 
-def _failures(dataset: str, man: dict) -> list[dict]:
-    data = _read(dataset, man["failures"].get("file", manifest.FAILURES_JSONL))
+def _failures(dataset: str, man: dict, st: storage.Storage) -> list[dict]:
+    data = _read(dataset, man["failures"].get("file", manifest.FAILURES_JSONL), st)
     if not data:
         return []
     return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
-def _samples(dataset: str, man: dict, n: int = SAMPLES) -> list[dict]:
+def _samples(dataset: str, man: dict, st: storage.Storage, n: int = SAMPLES) -> list[dict]:
     """The first ``n`` records of the first non-empty shards (validation first, then train, test)."""
     from bigearthnet_beam.transforms.encode import decode_example, iter_records
 
@@ -71,7 +71,7 @@ def _samples(dataset: str, man: dict, n: int = SAMPLES) -> list[dict]:
         if sh is None:
             continue
         got = per_split.setdefault(split, [])
-        for rec in iter_records(storage.join(dataset, sh["path"]), man["compression"]):
+        for rec in iter_records(storage.join(dataset, sh["path"]), man["compression"], st=st):
             got.append(decode_example(rec, man["image_dtype"]))
             if len(got) >= n:
                 break
@@ -86,22 +86,24 @@ def _samples(dataset: str, man: dict, n: int = SAMPLES) -> list[dict]:
 # --------------------------------------------------------------------------- entry points
 
 
-def write_report(dataset: str, out: str | None = None) -> str:
-    """Write ``report.html`` (and the plots under ``report/``) for a complete dataset;
-    returns the report's URL. ``out``: another place for the HTML file."""
+def write_report(dataset: str, out: str | None = None, st: storage.Storage | None = None) -> str:
+    """Write ``report.html`` (and the plots under ``report/``) for a complete dataset, read and
+    written under ``st`` (default ``Storage()``); returns the report's URL. ``out``: another
+    place for the HTML file."""
     from bigearthnet_beam.beam_pipeline.verify import load_manifest
 
-    man = load_manifest(dataset)
-    failures = _failures(dataset, man)
-    run_raw = _read(dataset, RUN_JSON)
+    st = st if st is not None else storage.Storage()
+    man = load_manifest(dataset, st)
+    failures = _failures(dataset, man, st)
+    run_raw = _read(dataset, RUN_JSON, st)
     run = json.loads(run_raw) if run_raw else None
-    npz = _read(dataset, man["files"]["histograms"]) if man["files"].get("histograms") else None
+    npz = _read(dataset, man["files"]["histograms"], st) if man["files"].get("histograms") else None
     plots = {
         "classes": plot_classes(man),
         "failures": plot_failures(man, failures),
         "histograms": plot_histograms(man, npz) if npz else None,
     }
-    examples = _samples(dataset, man)
+    examples = _samples(dataset, man, st)
     params = sample_params(man) if examples else None
     samples = [(ex, *render_sample(ex, man, params)) for ex in examples]
     page = build_html(dataset, man, failures=failures, plots=plots, samples=samples, run=run)
@@ -109,17 +111,18 @@ def write_report(dataset: str, out: str | None = None) -> str:
     plot_dir = storage.join(storage.parent(target), REPORT_DIR)
     for name, svg in plots.items():
         if svg:
-            storage.write_bytes_atomic(storage.join(plot_dir, f"{name}.svg"), svg)
+            st.write_bytes_atomic(storage.join(plot_dir, f"{name}.svg"), svg)
     for i, (_, rgb, lab) in enumerate(samples):
-        storage.write_bytes_atomic(storage.join(plot_dir, f"sample-{i}-rgb.png"), rgb)
-        storage.write_bytes_atomic(storage.join(plot_dir, f"sample-{i}-label.png"), lab)
-    storage.write_bytes_atomic(target, page.encode("utf-8"))
+        st.write_bytes_atomic(storage.join(plot_dir, f"sample-{i}-rgb.png"), rgb)
+        st.write_bytes_atomic(storage.join(plot_dir, f"sample-{i}-label.png"), lab)
+    st.write_bytes_atomic(target, page.encode("utf-8"))
     return target
 
 
 def run(argv: list[str] | None = None) -> int:
     """``benbeam report DATASET [--out HTML]``."""
     from bigearthnet_beam.beam_pipeline.options import add_storage_args
+    from bigearthnet_beam.transforms.cli_args import storage_from_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(
@@ -131,9 +134,9 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="where to write the HTML (default: DATASET/report.html)")
     add_storage_args(ap)
     args = ap.parse_args(argv)
-    storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
+    st = storage_from_args(args)
     try:
-        url = write_report(args.dataset, args.out)
+        url = write_report(args.dataset, args.out, st)
     except manifest.ManifestError as e:
         print(f"benbeam report: error: {e}", file=sys.stderr)
         return 2

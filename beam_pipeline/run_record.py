@@ -10,9 +10,9 @@ from bigearthnet_beam.schemas import manifest as manifest_schema
 from bigearthnet_beam.transforms import storage
 
 
-def summary(out: str) -> dict:
+def summary(out: str, st: storage.Storage | None = None) -> dict:
     """The manifest a run just wrote, as its JSON dict."""
-    return json.loads(storage.read_bytes(storage.join(out, manifest_schema.MANIFEST)))
+    return json.loads((st or storage.Storage()).read_bytes(storage.join(out, manifest_schema.MANIFEST)))
 
 
 def print_summary(man: dict, seconds: float, stream=None) -> None:
@@ -57,7 +57,9 @@ def print_counters(results, stream=None) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
-def write_run_record(out: str, man: dict, seconds: float, opts, counters: dict) -> dict:
+def write_run_record(
+    out: str, man: dict, seconds: float, opts, counters: dict, st: storage.Storage | None = None
+) -> dict:
     """``run.json``: how this run went (time, throughput, runner). Not part of the manifest,
     which stays byte-identical between runs; the report's throughput section reads it."""
     import datetime
@@ -79,7 +81,7 @@ def write_run_record(out: str, man: dict, seconds: float, opts, counters: dict) 
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "counters": counters,
     }
-    storage.write_bytes_atomic(
+    (st or storage.Storage()).write_bytes_atomic(
         storage.join(out, manifest_schema.RUN_JSON), (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode()
     )
     return rec

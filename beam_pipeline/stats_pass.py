@@ -26,12 +26,11 @@ def stats_from_acc(acc, clip, clip_percentiles):
     return fin.stats_document(extracted, norm, "computed", clip, clip_percentiles)
 
 
-def stats_from_file(url, clip, clip_percentiles, storage_options):
+def stats_from_file(url, clip, clip_percentiles, st=None):
     """The statistics document of an earlier run's ``stats.json`` or ``dataset.json`` (``--stats``)."""
     from bigearthnet_beam.transforms.normalize import NormParams
 
-    storage.set_options(storage_options)
-    doc = fin.load_stats_document(url)
+    doc = fin.load_stats_document(url, st)
     norm = NormParams.from_stats(doc["bands"], clip=clip).to_dict()
     return fin.stats_document(doc["bands"], norm, url, clip, clip_percentiles)
 
@@ -64,34 +63,36 @@ def stats_pass_key(args, plan: RowPlan) -> dict:
     return {"package_version": __version__, "options": key, "metadata": plan.info(), "root": plan.root}
 
 
-def write_stats_pass(acc, out, key, clip, clip_percentiles, storage_options) -> None:
+def write_stats_pass(acc, out, key, clip, clip_percentiles, st=None) -> None:
     """Write the statistics job's result: the histograms, then statistics + key (last: that
     file marks the pass complete)."""
     from bigearthnet_beam.transforms.histogram import to_npz_bytes
 
-    storage.set_options(storage_options)
+    st = st if st is not None else storage.Storage()
     doc = stats_from_acc(acc, clip, clip_percentiles)
-    storage.write_bytes_atomic(storage.join(out, STATS_PASS_NPZ), to_npz_bytes(acc))
-    storage.write_bytes_atomic(
+    st.write_bytes_atomic(storage.join(out, STATS_PASS_NPZ), to_npz_bytes(acc))
+    st.write_bytes_atomic(
         storage.join(out, STATS_PASS_JSON), json.dumps({"key": key, "statistics": doc}, sort_keys=True).encode()
     )
 
 
-def load_stats_pass(out: str, key: dict) -> tuple[dict, bytes] | None:
+def load_stats_pass(out: str, key: dict, st=None) -> tuple[dict, bytes] | None:
     """The statistics and histograms of a complete stats pass with this ``key``, else None."""
+    st = st if st is not None else storage.Storage()
     try:
-        done = json.loads(storage.read_bytes(storage.join(out, STATS_PASS_JSON)))
+        done = json.loads(st.read_bytes(storage.join(out, STATS_PASS_JSON)))
         if done.get("key") != json.loads(json.dumps(key)):
             return None
-        return done["statistics"], storage.read_bytes(storage.join(out, STATS_PASS_NPZ))
+        return done["statistics"], st.read_bytes(storage.join(out, STATS_PASS_NPZ))
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return None
 
 
-def remove_stats_pass(out: str) -> None:
+def remove_stats_pass(out: str, st=None) -> None:
+    st = st if st is not None else storage.Storage()
     for name in (STATS_PASS_JSON, STATS_PASS_NPZ):
         url = storage.join(out, name)
         try:
-            storage.filesystem(url).rm(url)
+            st.filesystem(url).rm(url)
         except FileNotFoundError:
             pass

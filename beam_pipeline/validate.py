@@ -35,6 +35,7 @@ from bigearthnet_beam.schemas import failures, manifest
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS
 from bigearthnet_beam.transforms import containment, progress, storage
 from bigearthnet_beam.transforms import metadata as md
+from bigearthnet_beam.transforms.cli_args import storage_from_args
 from bigearthnet_beam.transforms.ptransforms import CheckRows, ReadMetadata, _count
 
 COMMAND = "benbeam validate"
@@ -49,9 +50,9 @@ def _norm(url: str) -> str:
     return url.split("://", 1)[1] if "://" in url else os.path.abspath(url)
 
 
-def list_sizes(prefix: str) -> dict[str, int]:
-    """Every object below ``prefix`` with its size (one recursive listing)."""
-    fs = storage.filesystem(prefix)
+def list_sizes(prefix: str, st: storage.Storage | None = None) -> dict[str, int]:
+    """Every object below ``prefix`` with its size (one recursive listing, under ``st``)."""
+    fs = (st or storage.Storage()).filesystem(prefix)
     try:
         found = fs.find(prefix, detail=True)
     except FileNotFoundError:
@@ -92,14 +93,16 @@ def check_objects(rec: dict, listing) -> list[failures.PatchError]:
 class ValidateGroupFn(beam.DoFn):
     """Per object folder's ``(prefix, records)``: check each patch's objects (and decode them with ``deep``)."""
 
-    def __init__(self, deep: bool, storage_options: dict, decode_timeout: float | None = None):
+    def __init__(self, deep: bool, st: storage.Storage | None = None, decode_timeout: float | None = None):
         self.deep = deep
         self.decode_timeout = decode_timeout
-        self.storage_options = storage_options
+        self.storage = st if st is not None else storage.Storage()
 
     def setup(self):
-        """Apply the storage options in the worker."""
-        storage.set_options(self.storage_options)
+        """The decode watchdog of this DoFn instance (``--deep``)."""
+        from bigearthnet_beam.transforms.patch import Watchdog
+
+        self.watchdog = Watchdog()
 
     def process(self, element):
         """One result dict (patch id, split, failing reasons) per record, in patch-id order."""
@@ -108,7 +111,7 @@ class ValidateGroupFn(beam.DoFn):
 
         def listing(prefix):
             if prefix not in cache:
-                cache[prefix] = list_sizes(prefix)
+                cache[prefix] = list_sizes(prefix, self.storage)
                 _count("folders_listed")
             return cache[prefix]
 
@@ -120,7 +123,7 @@ class ValidateGroupFn(beam.DoFn):
                 from bigearthnet_beam.transforms.shard_reader import load_patch
 
                 try:
-                    load_patch(rec, "nearest", self.decode_timeout)
+                    load_patch(rec, "nearest", self.decode_timeout, self.storage, self.watchdog)
                 except failures.PatchError as e:
                     errs = [e, *e.also]
             yield _result(rec, errs)
@@ -136,9 +139,10 @@ def _result(rec: dict, errs: list) -> dict:
     }
 
 
-def build(p, args, root, splits):
-    """Add the validation pipeline (metadata, objects or archives, report) to ``p``."""
-    sopts = storage.options()
+def build(p, args, root, splits, st: storage.Storage | None = None):
+    """Add the validation pipeline (metadata, objects or archives, report) to ``p``; every
+    step reads and writes under ``st`` (default ``Storage()``)."""
+    sopts = st if st is not None else storage.Storage()
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     read = p | "ReadMetadata" >> ReadMetadata(tuple(metas), sopts)
     checked = read["rows"] | "CheckRows" >> CheckRows(root, splits, args.frac)
@@ -170,14 +174,14 @@ def build(p, args, root, splits):
         | "Once" >> beam.Create([None])
         | "Report"
         >> beam.Map(
-            lambda _, res, info: (storage.set_options(sopts), write_report(args, res, info))[1],
+            lambda _, res, info: write_report(args, res, info, sopts),
             beam.pvalue.AsList(allres),
             beam.pvalue.AsList(read["info"]),
         )
     )
 
 
-def write_report(args, results, meta_info) -> None:
+def write_report(args, results, meta_info, st: storage.Storage | None = None) -> None:
     """Write the validation report (totals, per split and reason, failures) as JSON to ``args.out``."""
     results = sorted(results, key=lambda r: r["patch_id"])
     failing = [r for r in results if r["reasons"]]
@@ -202,13 +206,16 @@ def write_report(args, results, meta_info) -> None:
         "by_reason": dict(sorted(by_reason.items())),
         "failures": failing,
     }
-    storage.write_bytes_atomic(args.out, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    (st or storage.Storage()).write_bytes_atomic(
+        args.out, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+    )
 
 
-def check_out(out: str) -> None:
+def check_out(out: str, st: storage.Storage | None = None) -> None:
     """``--out`` is a report file: refuse a folder, and a file that is not an earlier report."""
+    st = st if st is not None else storage.Storage()
     if storage.is_remote(out):
-        if storage.exists(out) and not _is_report(out):
+        if st.exists(out) and not _is_report(out, st):
             raise ValueError(
                 f"--out {out} exists and is not a report of `{COMMAND}`; it is not overwritten — choose another name"
             )
@@ -217,15 +224,15 @@ def check_out(out: str) -> None:
         raise ValueError(
             f"--out {out} is a folder; give the report's file name, e.g. {os.path.join(out, 'validation.json')}"
         )
-    if os.path.lexists(out) and not _is_report(out):
+    if os.path.lexists(out) and not _is_report(out, st):
         raise ValueError(
             f"--out {out} exists and is not a report of `{COMMAND}`; it is not overwritten — choose another name"
         )
 
 
-def _is_report(url: str) -> bool:
+def _is_report(url: str, st: storage.Storage | None = None) -> bool:
     try:
-        doc = json.loads(storage.read_bytes(url))
+        doc = json.loads((st or storage.Storage()).read_bytes(url))
     except Exception:  # noqa: BLE001 - unreadable or not JSON: not ours
         return False
     return isinstance(doc, dict) and doc.get("command") == COMMAND
@@ -272,11 +279,11 @@ def run(argv: list[str] | None = None) -> int:
             f"unrecognized arguments: {' '.join(unknown)} (neither a {COMMAND} flag nor an Apache Beam "
             f"pipeline option{suggest(unknown, ap)}; flags are never abbreviated; see --help)"
         )
-    storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
+    st = storage_from_args(args)
     try:
         splits = tuple(manifest.check_split(s.strip()) for s in args.splits.split(",") if s.strip())
         metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
-        tables = [md.read_table(m) for m in metas]
+        tables = [md.read_table(m, st) for m in metas]
         if args.archives:
             if args.deep:
                 raise ValueError(
@@ -285,8 +292,8 @@ def run(argv: list[str] | None = None) -> int:
                 )
             from bigearthnet_beam.transforms.archives import check_archives
 
-            check_archives(args.archives)
-        check_out(args.out)
+            check_archives(args.archives, st)
+        check_out(args.out, st)
     except (ValueError, md.MetadataError) as e:
         print(f"{COMMAND}: error: {e}", file=sys.stderr)
         return 2
@@ -301,7 +308,7 @@ def run(argv: list[str] | None = None) -> int:
             progress.watch([progress.Pass("validate", "validate", total)], opts.get_all_options().get("runner")),
         ):
             with beam.Pipeline(options=opts) as p:
-                build(p, args, root, splits)
+                build(p, args, root, splits, st)
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line
         msg = str(e).strip().splitlines()[-1][:500] if str(e).strip() else ""
         print(f"{COMMAND}: error: the validation failed: {type(e).__name__}: {msg}", file=sys.stderr)
@@ -309,7 +316,7 @@ def run(argv: list[str] | None = None) -> int:
             print(f"{COMMAND}: the workers' output is in {wlog['log']} (--debug shows it here)", file=sys.stderr)
         return 1
     dt = time.perf_counter() - t0
-    rep = json.loads(storage.read_bytes(args.out))
+    rep = json.loads(st.read_bytes(args.out))
     t = rep["totals"]
     print(f"validated {t['patches']} patches in {dt:.1f} s: {t['ok']} ok, {t['failed']} failed -> {args.out}")
     for reason, n in rep["by_reason"].items():

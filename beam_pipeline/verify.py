@@ -22,11 +22,12 @@ from bigearthnet_beam.beam_pipeline.options import add_storage_args
 from bigearthnet_beam.schemas import manifest, tfrecord
 from bigearthnet_beam.schemas.classes import IGNORE_INDEX, NUM_CLASSES
 from bigearthnet_beam.transforms import containment, storage, tfds_meta
+from bigearthnet_beam.transforms.cli_args import storage_from_args
 
 
-def load_manifest(dataset: str) -> dict:
-    """The dataset's checked manifest (``schemas.manifest.load``), as its JSON dict."""
-    return manifest.load(dataset, storage.read_bytes)[0].to_dict()
+def load_manifest(dataset: str, st: storage.Storage | None = None) -> dict:
+    """The dataset's checked manifest (``schemas.manifest.load``, read under ``st``), as its JSON dict."""
+    return manifest.load(dataset, (st or storage.Storage()).read_bytes)[0].to_dict()
 
 
 def check_example(ex: dict, split: str, dtype: str) -> list[str]:
@@ -94,11 +95,12 @@ def tfx_decoder(mode: str, image_dtype: str) -> TfxDecoder | None:
         return None
 
 
-def verify(dataset: str, parse: bool = True, tfx: str = "auto") -> list[str]:
-    """All problems found (empty list = the dataset matches its manifest)."""
+def verify(dataset: str, parse: bool = True, tfx: str = "auto", st: storage.Storage | None = None) -> list[str]:
+    """All problems found (empty list = the dataset matches its manifest), read under ``st`` (default ``Storage()``)."""
     from bigearthnet_beam.transforms.encode import decode_example, iter_records
 
-    man = load_manifest(dataset)
+    st = st if st is not None else storage.Storage()
+    man = load_manifest(dataset, st)
     cross = tfx_decoder(tfx, man["image_dtype"]) if parse else None
     problems: list[str] = []
     for split, entry in man["splits"].items():
@@ -108,10 +110,10 @@ def verify(dataset: str, parse: bool = True, tfx: str = "auto") -> list[str]:
             except ValueError as e:
                 problems.append(f"{str(sh['path'])[:200]}: refused, not read: {e}")
                 continue
-            if not storage.exists(url):
+            if not st.exists(url):
                 problems.append(f"{sh['path']}: missing")
                 continue
-            data = storage.read_bytes(url)
+            data = st.read_bytes(url)
             if len(data) != sh["bytes"]:
                 problems.append(f"{sh['path']}: {len(data)} bytes, manifest says {sh['bytes']}")
             digest = hashlib.sha256(data).hexdigest()
@@ -120,7 +122,7 @@ def verify(dataset: str, parse: bool = True, tfx: str = "auto") -> list[str]:
             n = 0
             records, examples = [], []
             try:
-                for rec in iter_records(url, man["compression"]):
+                for rec in iter_records(url, man["compression"], st=st):
                     n += 1
                     if parse:
                         ex = decode_example(rec, man["image_dtype"])
@@ -137,7 +139,7 @@ def verify(dataset: str, parse: bool = True, tfx: str = "auto") -> list[str]:
                 continue
             if n != sh["records"]:
                 problems.append(f"{sh['path']}: {n} records, manifest says {sh['records']}")
-    return problems + tfds_meta.check(dataset, man)
+    return problems + tfds_meta.check(dataset, man, st)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -153,9 +155,9 @@ def run(argv: list[str] | None = None) -> int:
     )
     add_storage_args(ap)
     args = ap.parse_args(argv)
-    storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
+    st = storage_from_args(args)
     try:
-        problems = verify(args.dataset, parse=args.parse, tfx=args.tfx)
+        problems = verify(args.dataset, parse=args.parse, tfx=args.tfx, st=st)
     except manifest.ManifestError as e:
         print(f"benbeam verify: error: {e}", file=sys.stderr)
         return 2
@@ -167,7 +169,7 @@ def run(argv: list[str] | None = None) -> int:
             print(f"MISMATCH {p}", file=sys.stderr)
         print(f"benbeam verify: {len(problems)} problem(s) in {args.dataset}", file=sys.stderr)
         return 1
-    man = load_manifest(args.dataset)
+    man = load_manifest(args.dataset, st)
     n = sum(e["written"] for e in man["splits"].values())
     k = sum(len(e["shards"]) for e in man["splits"].values())
     how = (

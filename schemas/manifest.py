@@ -18,7 +18,7 @@ means the dataset is complete. Its top-level layout (schema version 1) is ``Mani
 A ``ShardRecord`` is what the writer reports for one shard (``ShardEntry`` plus its key and
 the sums ``build`` adds up). Shard paths are relative to the dataset directory so that a
 dataset can be copied. Plain Python: the caller passes the function that reads bytes
-(``transforms.storage.read_bytes`` for URLs).
+(``Storage.read_bytes`` of a ``transforms.storage.Storage`` for URLs).
 """
 
 from __future__ import annotations

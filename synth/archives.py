@@ -27,10 +27,10 @@ MTIME = 1_700_000_000  # fixed modification time of every member (2023-11-14)
 LEVEL = 3  # zstd's default level
 
 
-def _entries(out: str, folder: str) -> list[tuple[str, bool]]:
+def _entries(out: str, folder: str, st: storage.Storage) -> list[tuple[str, bool]]:
     """(relative path, is_dir) below ``out`` for ``folder``, depth-first, names sorted per directory."""
     top = storage.join(out, folder)
-    fs = storage.filesystem(top)
+    fs = st.filesystem(top)
     prefix = top.split("://", 1)[-1].rstrip("/") if storage.is_remote(top) else top.rstrip("/")
     files = []
     for full in fs.find(top, detail=False):
@@ -62,15 +62,16 @@ def _info(name: str, is_dir: bool, size: int = 0) -> tarfile.TarInfo:
     return info
 
 
-def write_archive(out: str, folder: str, name: str) -> dict:
-    """Archive ``out/folder`` as ``out/name`` (streamed: one member in memory at a time)."""
+def write_archive(out: str, folder: str, name: str, st: storage.Storage | None = None) -> dict:
+    """Archive ``out/folder`` as ``out/name`` (streamed: one member in memory at a time), under ``st``."""
     import zstandard
 
+    st = st if st is not None else storage.Storage()
     url = storage.join(out, name)
-    entries = _entries(out, folder)
+    entries = _entries(out, folder, st)
     files = 0
     with (
-        storage.filesystem(url).open(url, "wb") as raw,
+        st.filesystem(url).open(url, "wb") as raw,
         zstandard.ZstdCompressor(level=LEVEL).stream_writer(raw, closefd=False) as z,
         tarfile.open(fileobj=z, mode="w|", format=tarfile.GNU_FORMAT) as tar,
     ):
@@ -78,12 +79,12 @@ def write_archive(out: str, folder: str, name: str) -> dict:
             if is_dir:
                 tar.addfile(_info(rel, True))
                 continue
-            data = storage.read_bytes(storage.join(out, rel))
+            data = st.read_bytes(storage.join(out, rel))
             tar.addfile(_info(rel, False, len(data)), io.BytesIO(data))
             files += 1
-    return {"archive": url, "files": files, "bytes": storage.filesystem(url).size(url)}
+    return {"archive": url, "files": files, "bytes": st.filesystem(url).size(url)}
 
 
-def write_archives(out: str) -> list[dict]:
+def write_archives(out: str, st: storage.Storage | None = None) -> list[dict]:
     """Write the three archives of the replica under ``out``; one summary per archive."""
-    return [write_archive(out, folder, name) for folder, name in ARCHIVES]
+    return [write_archive(out, folder, name, st) for folder, name in ARCHIVES]

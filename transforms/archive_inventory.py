@@ -31,14 +31,14 @@ def expected_members(folder: str, name: str) -> dict[str, str]:
     return {k: f"{parent}/{name}_{k}.tif" for k in FOLDER_KEYS[folder]}
 
 
-def expected_folders(metas, folder: str, splits, frac: float) -> np.ndarray:
+def expected_folders(metas, folder: str, splits, frac: float, st=None) -> np.ndarray:
     """Sorted unique patch folder names of ``folder`` that the selected metadata rows name."""
     from bigearthnet_beam.transforms import metadata as md
 
     column = "s1_name" if folder == S1_DIR else "patch_id"
     names = set()
     for url in metas:
-        table, _ = md.read_table(url)
+        table, _ = md.read_table(url, st)
         for pid, split, v in zip(
             table.column("patch_id").to_pylist(),
             table.column("split").to_pylist(),
@@ -50,7 +50,7 @@ def expected_folders(metas, folder: str, splits, frac: float) -> np.ndarray:
     return np.array(sorted(names), dtype=bytes) if names else np.array([], dtype="S1")
 
 
-def inventory(url: str, folder: str, expected: np.ndarray) -> tuple[dict[str, dict], int]:
+def inventory(url: str, folder: str, expected: np.ndarray, st=None) -> tuple[dict[str, dict], int]:
     """Stream the member list of one archive (no data kept) against the ``expected`` patch
     folders: ``({folder name: {"missing": keys, "empty": keys}} for incomplete ones, members)``."""
     keys = FOLDER_KEYS[folder]
@@ -58,7 +58,7 @@ def inventory(url: str, folder: str, expected: np.ndarray) -> tuple[dict[str, di
     empty = np.zeros(expected.size, dtype=np.uint16)
     members = 0
     last, slot, paths = None, -1, {}
-    for m in iter_members(url, read_data=False):
+    for m in iter_members(url, read_data=False, st=st):
         members += 1
         pf = patch_folder(m.name)
         if pf is None or not expected.size:

@@ -74,6 +74,7 @@ class PackWriter:
     tag: str
     buffer_bytes: int = PACK_BUFFER_BYTES
     attempt: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    storage: storage.Storage = storage.Storage()
 
     def __post_init__(self):
         self._bufs: dict[tuple, list[bytes]] = {}
@@ -108,7 +109,7 @@ class PackWriter:
         self._parts[home] = part + 1
         path = self._path(home, part)
         if storage.is_remote(self.pack_dir):
-            storage.write_bytes_atomic(path, blob)
+            self.storage.write_bytes_atomic(path, blob)
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "ab") as fh:
@@ -127,7 +128,7 @@ class PackWriter:
             "shards": len(self._parts),
             "writes": self.files_written,
         }
-        storage.write_bytes_atomic(
+        self.storage.write_bytes_atomic(
             storage.join(self.pack_dir, COMMITS, f"{self.tag}.json"),
             (json.dumps(summary, sort_keys=True) + "\n").encode(),
         )
@@ -158,18 +159,19 @@ class _PackFS:
         }
 
 
-def committed_attempts(pack_dir: str) -> dict[str, str]:
+def committed_attempts(pack_dir: str, st: storage.Storage | None = None) -> dict[str, str]:
     """Archive tag -> the attempt whose packs are valid."""
+    st = st if st is not None else storage.Storage()
     out = {}
     url = storage.join(pack_dir, COMMITS)
     try:
-        names = sorted(str(p) for p in storage.filesystem(url).ls(url, detail=False))
+        names = sorted(str(p) for p in st.filesystem(url).ls(url, detail=False))
     except FileNotFoundError:
         return out
     for full in names:
         base = full.rstrip("/").rsplit("/", 1)[-1]
         if base.endswith(".json"):
-            out[base[: -len(".json")]] = json.loads(storage.read_bytes(storage.join(url, base)))["attempt"]
+            out[base[: -len(".json")]] = json.loads(st.read_bytes(storage.join(url, base)))["attempt"]
     return out
 
 
@@ -197,12 +199,15 @@ def _scan_local(path: str) -> Iterator[tuple[str, int, int]]:
 Location = Union[bytes, tuple[str, int, int]]  # the bytes (remote packs), or (local pack file, offset, size)
 
 
-def shard_index(pack_dir: str, home, attempts: dict[str, str]) -> dict[str, Location]:
+def shard_index(
+    pack_dir: str, home, attempts: dict[str, str], st: storage.Storage | None = None
+) -> dict[str, Location]:
     """Member path -> where its bytes are, for every member routed to shard ``home`` (committed
     attempts only; a later record of a name wins). Local packs are indexed by their headers
     (their data is read when needed); remote pack parts are read whole."""
+    st = st if st is not None else storage.Storage()
     d = storage.join(pack_dir, shard_dir(home))
-    fs = storage.filesystem(d)
+    fs = st.filesystem(d)
     try:
         names = sorted(str(p) for p in fs.ls(d, detail=False))
     except FileNotFoundError:
@@ -215,7 +220,7 @@ def shard_index(pack_dir: str, home, attempts: dict[str, str]) -> dict[str, Loca
             continue
         if storage.is_remote(d):
             url = full if "://" in full else f"{storage.protocol(d)}://{full}"
-            out.update(decode_records(storage.read_bytes(url), url))
+            out.update(decode_records(st.read_bytes(url), url))
         else:
             out.update((name, (full, off, size)) for name, off, size in _scan_local(full))
     return out
@@ -230,9 +235,11 @@ def _resolve(loc: Location) -> bytes:
         return fh.read(size)
 
 
-def read_shard_objects(pack_dir: str, home, attempts: dict[str, str]) -> dict[str, bytes]:
+def read_shard_objects(
+    pack_dir: str, home, attempts: dict[str, str], st: storage.Storage | None = None
+) -> dict[str, bytes]:
     """Member path -> bytes, for every member routed to shard ``home`` (committed attempts only)."""
-    return {k: _resolve(v) for k, v in shard_index(pack_dir, home, attempts).items()}
+    return {k: _resolve(v) for k, v in shard_index(pack_dir, home, attempts, st).items()}
 
 
 @dataclass(frozen=True)
@@ -240,26 +247,29 @@ class PackObjects:
     """The object source of a conversion from archives: a shard's objects come from its packs."""
 
     pack_dir: str
+    storage: storage.Storage = storage.Storage()
 
     def shard(self, home) -> ShardObjects:
         """The object source of shard ``home``."""
-        return ShardObjects(self.pack_dir, tuple(home))
+        return ShardObjects(self.pack_dir, tuple(home), self.storage)
 
 
 class ShardObjects:
     """``fetch(rec)`` -> the 15 objects of one record of this shard, from its packs (indexed on
     first use); missing or empty objects raise PatchError exactly as for files."""
 
-    def __init__(self, pack_dir: str, home: tuple):
+    def __init__(self, pack_dir: str, home: tuple, st: storage.Storage | None = None):
         self.pack_dir = pack_dir
         self.home = home
+        self.storage = st if st is not None else storage.Storage()
         self._index: dict[str, Location] | None = None
         self._lock = threading.Lock()
 
     def _load(self) -> dict[str, Location]:
         with self._lock:
             if self._index is None:
-                self._index = shard_index(self.pack_dir, self.home, committed_attempts(self.pack_dir))
+                attempts = committed_attempts(self.pack_dir, self.storage)
+                self._index = shard_index(self.pack_dir, self.home, attempts, self.storage)
             return self._index
 
     def __call__(self, rec: dict) -> dict[str, bytes]:
@@ -274,14 +284,14 @@ class ShardObjects:
         return fetch_objects(urls, fs=_PackFS(found))
 
 
-def remove_packs(pack_dir: str) -> None:
+def remove_packs(pack_dir: str, st: storage.Storage | None = None) -> None:
     """Delete a conversion's packs (a missing folder is fine; a failure is logged, not raised)."""
     import logging
     import shutil
 
     try:
         if storage.is_remote(pack_dir):
-            fs = storage.filesystem(pack_dir)
+            fs = (st if st is not None else storage.Storage()).filesystem(pack_dir)
             fs.invalidate_cache()
             files = fs.find(pack_dir)
             if files:

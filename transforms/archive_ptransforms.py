@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -26,15 +26,13 @@ NAMESPACE = "benbeam"
 class SplitArchiveFn(beam.DoFn):
     """Per ``(folder, url)`` of an archive: stream it into the packs of ``plan``'s shards."""
 
-    def __init__(self, plan, pack_dir: str, storage_options: dict, buffer_bytes: int = archives.PACK_BUFFER_BYTES):
+    def __init__(
+        self, plan, pack_dir: str, st: storage.Storage | None = None, buffer_bytes: int = archives.PACK_BUFFER_BYTES
+    ):
         self.plan = plan
         self.pack_dir = pack_dir
-        self.storage_options = storage_options
+        self.storage = st if st is not None else storage.Storage()
         self.buffer_bytes = buffer_bytes
-
-    def setup(self):
-        """Apply the storage options in the worker."""
-        storage.set_options(self.storage_options)
 
     def process(self, item):
         """Split one archive into the packs; yields its summary."""
@@ -43,7 +41,7 @@ class SplitArchiveFn(beam.DoFn):
         folder, url = item
         t0, started = time.perf_counter(), time.time()
         router = archives.Router.from_plan(self.plan, folder)
-        summary = archives.split_archive(url, folder, router, self.pack_dir, self.buffer_bytes)
+        summary = archives.split_archive(url, folder, router, self.pack_dir, self.buffer_bytes, self.storage)
         dt = time.perf_counter() - t0
         Metrics.counter(NAMESPACE, "archive_members_read").inc(summary["members"])
         Metrics.counter(NAMESPACE, "archive_members_unrouted").inc(summary["unrouted"])
@@ -74,7 +72,7 @@ class SplitArchives(beam.PTransform):
     plan: object
     location: str
     pack_dir: str
-    storage_options: dict = field(default_factory=dict)
+    storage: storage.Storage = storage.Storage()
     buffer_bytes: int = archives.PACK_BUFFER_BYTES
 
     def expand(self, pbegin):
@@ -83,7 +81,7 @@ class SplitArchives(beam.PTransform):
             pbegin
             | "Archives" >> beam.Create(sorted(archives.archive_urls(self.location).items()))
             | "OnePerWorker" >> beam.Reshuffle()
-            | "Split" >> beam.ParDo(SplitArchiveFn(self.plan, self.pack_dir, self.storage_options, self.buffer_bytes))
+            | "Split" >> beam.ParDo(SplitArchiveFn(self.plan, self.pack_dir, self.storage, self.buffer_bytes))
         )
 
 
@@ -91,22 +89,18 @@ class InventoryFn(beam.DoFn):
     """Per ``(folder, url)`` of an archive: ``((folder, patch folder), {"missing": [...],
     "empty": [...]})`` for every expected patch folder that lacks objects or holds empty ones."""
 
-    def __init__(self, metas: tuple[str, ...], splits: tuple[str, ...], frac: float, storage_options: dict):
+    def __init__(self, metas: tuple[str, ...], splits: tuple[str, ...], frac: float, st: storage.Storage | None = None):
         self.metas = metas
         self.splits = splits
         self.frac = frac
-        self.storage_options = storage_options
-
-    def setup(self):
-        """Apply the storage options in the worker."""
-        storage.set_options(self.storage_options)
+        self.storage = st if st is not None else storage.Storage()
 
     def process(self, item):
         """List one archive; yields the expected patch folders it lacks, with what they lack."""
         folder, url = item
-        expected = archive_inventory.expected_folders(self.metas, folder, self.splits, self.frac)
+        expected = archive_inventory.expected_folders(self.metas, folder, self.splits, self.frac, self.storage)
         t0 = time.perf_counter()
-        lacking, members = archive_inventory.inventory(url, folder, expected)
+        lacking, members = archive_inventory.inventory(url, folder, expected, self.storage)
         Metrics.counter(NAMESPACE, "archive_members_listed").inc(members)
         LOG.info(
             "archive %s: %d members listed in %.1f s; %d of %d expected folders incomplete",
@@ -129,7 +123,7 @@ class ArchiveInventory(beam.PTransform):
     metas: tuple[str, ...]
     splits: tuple[str, ...]
     frac: float = 1.0
-    storage_options: dict = field(default_factory=dict)
+    storage: storage.Storage = storage.Storage()
 
     def expand(self, pbegin):
         """One archive per worker, each listed against the metadata."""
@@ -137,5 +131,5 @@ class ArchiveInventory(beam.PTransform):
             pbegin
             | "Archives" >> beam.Create(sorted(archives.archive_urls(self.location).items()))
             | "OnePerWorker" >> beam.Reshuffle()
-            | "List" >> beam.ParDo(InventoryFn(self.metas, self.splits, self.frac, self.storage_options))
+            | "List" >> beam.ParDo(InventoryFn(self.metas, self.splits, self.frac, self.storage))
         )

@@ -46,10 +46,11 @@ def archive_urls(location: str) -> dict[str, str]:
     return {folder: storage.join(location, name) for folder, name in ARCHIVES}
 
 
-def check_archives(location: str) -> dict[str, str]:
-    """The archives' URLs; ValueError naming those that do not exist."""
+def check_archives(location: str, st: storage.Storage | None = None) -> dict[str, str]:
+    """The archives' URLs; ValueError naming those that do not exist (under ``st``)."""
     urls = archive_urls(location)
-    absent = [u for u in urls.values() if not storage.exists(u)]
+    st = st if st is not None else storage.Storage()
+    absent = [u for u in urls.values() if not st.exists(u)]
     if absent:
         raise ValueError(
             f"archive(s) not found: {', '.join(absent)}; --archives names the folder or bucket prefix "
@@ -157,18 +158,19 @@ class Member:
     data: bytes | None  # None when read without data
 
 
-def _open(url: str):
+def _open(url: str, st: storage.Storage | None = None):
     if storage.is_remote(url):
-        return storage.filesystem(url).open(url, "rb", block_size=8 << 20, cache_type="readahead")
+        fs = (st if st is not None else storage.Storage()).filesystem(url)
+        return fs.open(url, "rb", block_size=8 << 20, cache_type="readahead")
     return open(url, "rb")
 
 
-def iter_members(url: str, read_data: bool = True, fh=None) -> Iterator[Member]:
+def iter_members(url: str, read_data: bool = True, fh=None, st: storage.Storage | None = None) -> Iterator[Member]:
     """Every regular file of the ``.tar.zst`` at ``url``, in archive order, streamed; raises
     ArchiveError (archive and byte offset) on truncation or corruption. Directories, links
     and other member types are skipped."""
     own = fh is None
-    fh = _open(url) if own else fh
+    fh = _open(url, st) if own else fh
     try:
         z = _ZstdStream(fh, url)
         yield from _members(z, url, read_data)
@@ -280,12 +282,20 @@ class Router:
         return sorted(set(self.targets[lo:hi].tolist()))
 
 
-def split_archive(url: str, folder: str, router: Router, pack_dir: str, buffer_bytes: int = PACK_BUFFER_BYTES) -> dict:
+def split_archive(
+    url: str,
+    folder: str,
+    router: Router,
+    pack_dir: str,
+    buffer_bytes: int = PACK_BUFFER_BYTES,
+    st: storage.Storage | None = None,
+) -> dict:
     """Stream one archive into per-shard packs; returns counts (members, routed, unrouted)."""
-    writer = PackWriter(pack_dir, folder, buffer_bytes)
+    st = st if st is not None else storage.Storage()
+    writer = PackWriter(pack_dir, folder, buffer_bytes, storage=st)
     members = unrouted = 0
     last, targets = None, []
-    for m in iter_members(url):
+    for m in iter_members(url, st=st):
         members += 1
         pf = patch_folder(m.name)
         if pf is None or not m.name.startswith(folder + "/"):

@@ -259,16 +259,19 @@ def frame_record(data: bytes) -> bytes:
     return b"".join(frame_parts(data))
 
 
-def _open_raw(url: str, compression: str):
-    fh = storage.filesystem(url).open(url, "rb")
+def _open_raw(url: str, compression: str, st: storage.Storage | None = None):
+    fh = (st or storage.Storage()).filesystem(url).open(url, "rb")
     if compression == "gzip":
         return gzip.GzipFile(fileobj=fh, mode="rb")
     return fh
 
 
-def iter_records(url: str, compression: str = "none", verify_crc: bool = True) -> Iterator[bytes]:
-    """Records of a TFRecord file; raises ValueError on a truncated record or a bad CRC."""
-    with _open_raw(url, compression) as fh:
+def iter_records(
+    url: str, compression: str = "none", verify_crc: bool = True, st: storage.Storage | None = None
+) -> Iterator[bytes]:
+    """Records of a TFRecord file (read under ``st``, default ``Storage()``); raises ValueError
+    on a truncated record or a bad CRC."""
+    with _open_raw(url, compression, st) as fh:
         offset = 0
         while True:
             header = fh.read(12)
@@ -294,15 +297,16 @@ class ShardWriter:
 
     Local: records go to ``.tmp-<name>-<uuid>`` beside the target, renamed on ``close``
     (no per-shard fsync: ``convert`` flushes once before writing its manifest). Remote (s3://, gs://):
-    a local temp file is uploaded once on ``close`` (a single PUT is atomic). ``gzip`` output is
+    a local temp file is uploaded once on ``close`` under ``st`` (a single PUT is atomic). ``gzip`` output is
     deterministic (mtime 0, no name). On an exception inside ``with``, the temp file is removed and nothing appears.
     """
 
-    def __init__(self, url: str, compression: str = "none"):
+    def __init__(self, url: str, compression: str = "none", st: storage.Storage | None = None):
         if compression not in ("none", "gzip"):
             raise ValueError(f"compression must be 'none' or 'gzip', got {compression!r}")
         self.url = str(url)
         self.compression = compression
+        self.storage = st if st is not None else storage.Storage()
         self.records = 0
         self._result: dict | None = None
         if storage.is_remote(self.url):
@@ -341,7 +345,7 @@ class ShardWriter:
             self._gz.close()
         self._raw.close()  # durability: convert syncs once, before it writes dataset.json
         if storage.is_remote(self.url):
-            storage.upload_file(self._tmp, self.url)
+            self.storage.upload_file(self._tmp, self.url)
             os.unlink(self._tmp)
         else:
             os.replace(self._tmp, self.url)

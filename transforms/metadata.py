@@ -57,10 +57,11 @@ def shard_index(patch_id: str, n_shards: int) -> int:
     return int(hash_unit(patch_id, "shard") * n_shards) % n_shards
 
 
-def read_table(url: str) -> tuple[pa.Table, str]:
-    """Read a metadata parquet (local or URL); returns (table, sha256 of the file bytes)."""
+def read_table(url: str, st: storage.Storage | None = None) -> tuple[pa.Table, str]:
+    """Read a metadata parquet (local or URL, under ``st``: default ``Storage()``); returns
+    (table, sha256 of the file bytes)."""
     try:
-        data = storage.read_bytes(url)
+        data = (st or storage.Storage()).read_bytes(url)
     except FileNotFoundError:
         raise MetadataError(f"metadata file {url} does not exist") from None
     except Exception as e:

@@ -34,14 +34,18 @@ class OutputBusy(RuntimeError):
     """Another live run holds the output folder's lock."""
 
 
-def _read_json(url: str):
+def _st(st):
+    return st if st is not None else storage.Storage()
+
+
+def _read_json(url: str, st=None):
     try:
-        return json.loads(storage.read_bytes(url))
+        return json.loads(_st(st).read_bytes(url))
     except Exception:  # noqa: BLE001 - unreadable or not JSON: not ours
         return None
 
 
-def _listing(out: str) -> list[str] | None:
+def _listing(out: str, st=None) -> list[str] | None:
     """Names at the top of ``out``; None if it does not exist; OutputRefused if it is a file."""
     if not storage.is_remote(out):
         if not os.path.lexists(out):
@@ -49,35 +53,36 @@ def _listing(out: str) -> list[str] | None:
         if not os.path.isdir(out):
             raise OutputRefused(f"--out {out} is a file, not a folder; give a new or empty folder")
         return sorted(os.listdir(out))
-    fs = storage.filesystem(out)
+    fs = _st(st).filesystem(out)
     try:
         return sorted(os.path.basename(str(p).rstrip("/")) for p in fs.ls(out, detail=False))
     except FileNotFoundError:
         return None
 
 
-def is_ours(out: str, command: str) -> bool:
+def is_ours(out: str, command: str, st=None) -> bool:
     """``out`` holds the marker of an earlier run of ``command`` (or, from before markers,
     a manifest it wrote)."""
-    marker = _read_json(storage.join(out, MARKER))
+    marker = _read_json(storage.join(out, MARKER), st)
     if isinstance(marker, dict):
         return marker.get("command") == command
     for name in _OWN_TOP.get(command, ()):
-        doc = _read_json(storage.join(out, name))
+        doc = _read_json(storage.join(out, name), st)
         if isinstance(doc, dict) and doc.get("created_by") == command:
             return True
     return False
 
 
-def check(out: str, command: str) -> None:
-    """Raise OutputRefused unless ``out`` is new, empty, or an earlier run of ``command``."""
-    names = _listing(out)
+def check(out: str, command: str, st=None) -> None:
+    """Raise OutputRefused unless ``out`` is new, empty, or an earlier run of ``command``
+    (``st``: the ``Storage`` it is read under; default ``Storage()``)."""
+    names = _listing(out, st)
     # Only a lock, or the temporary file of a marker being written when a run was killed: as empty.
     if not [n for n in names or () if n != LOCK and not n.startswith(f".tmp-{MARKER}-")]:
         return
-    if is_ours(out, command):
+    if is_ours(out, command, st):
         return
-    marker = _read_json(storage.join(out, MARKER))
+    marker = _read_json(storage.join(out, MARKER), st)
     whose = f" (it holds a run of `{marker.get('command')}`)" if isinstance(marker, dict) else ""
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     raise OutputRefused(
@@ -86,14 +91,15 @@ def check(out: str, command: str) -> None:
     )
 
 
-def mark(out: str, command: str) -> None:
+def mark(out: str, command: str, st=None) -> None:
     """Write the marker (first, before any output) that makes ``out`` recognisably ours."""
-    storage.makedirs(out)
+    st = _st(st)
+    st.makedirs(out)
     url = storage.join(out, MARKER)
-    if isinstance(_read_json(url), dict):
+    if isinstance(_read_json(url, st), dict):
         return
     doc = {"command": command, "note": "written by benbeam: this folder holds its output"}
-    storage.write_bytes_atomic(url, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    st.write_bytes_atomic(url, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _alive(pid: int) -> bool:
@@ -179,14 +185,14 @@ class Lock:
         self.release()
 
 
-def claim(out: str, command: str) -> Lock:
+def claim(out: str, command: str, st=None) -> Lock:
     """Check ``out`` (OutputRefused) and take its lock (OutputBusy); returns the lock. The
     caller then ``mark``s the folder, before writing anything else (a write probe included),
     so that whatever a killed run leaves is recognisably its own."""
-    check(out, command)
+    check(out, command, st)
     lock = Lock(out, command).acquire()
     try:
-        check(out, command)  # something written between the first check and the lock
+        check(out, command, st)  # something written between the first check and the lock
     except BaseException:
         lock.release()
         raise

@@ -44,9 +44,12 @@ class DecodedPatch:
         return self.pixels[..., len(S2_NAMES) :]
 
 
-def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dict[str, bytes]:
+def fetch_objects(
+    urls: dict[str, str], fs=None, root: str | None = None, st: storage.Storage | None = None
+) -> dict[str, bytes]:
     """Read the 15 objects of a patch. Remote objects are fetched concurrently in one
-    bulk call; local files with plain reads. Every URL must lie under ``root``
+    bulk call (through ``fs``, else ``st``'s clients; default ``Storage()``); local files
+    with plain reads. Every URL must lie under ``root``
     (``transforms.containment``: refused ones are never opened) and no object may exceed
     ``containment.MAX_OBJECT_BYTES``. Raises one PatchError listing every failing object."""
     keys = [k for k in OBJECT_KEYS if k in urls]
@@ -67,8 +70,7 @@ def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dic
             except OSError as e:
                 errors.append(failures.PatchError(failures.FETCH, "read_error", f"{k} object {urls[k]}: {e}"))
     else:
-        from bigearthnet_beam.transforms import fastget
-
+        st = st if st is not None else storage.Storage()
         todo = []
         for k in keys:
             try:
@@ -78,13 +80,13 @@ def fetch_objects(urls: dict[str, str], fs=None, root: str | None = None) -> dic
                 errors.append(e)
         cap = containment.MAX_OBJECT_BYTES
         first = urls[todo[0]] if todo else first
-        retried = fs is None and fastget.enabled(first)
+        retried = fs is None and st.fast_get_enabled(first)
         if not todo:
             got = {}
         elif retried:  # s3://: concurrent GETs through obstore, each retried by obstore itself
-            got = fastget.get_many([urls[k] for k in todo], max_bytes=cap)
+            got = st.get_many([urls[k] for k in todo], max_bytes=cap)
         else:
-            fs = fs or storage.filesystem(first)
+            fs = fs or st.filesystem(first)
             try:  # each read capped one byte past the largest legitimate object
                 got = fs.cat([urls[k] for k in todo], on_error="return", start=0, end=cap + 1)
             except Exception as e:  # noqa: BLE001 - the bulk call itself failed: fetch one by one below
@@ -191,7 +193,10 @@ class _Helper:
 
     def _run(self) -> None:
         while True:
-            fut, fn, args = self._jobs.get()
+            job = self._jobs.get()
+            if job is None:
+                return
+            fut, fn, args = job
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
@@ -204,9 +209,16 @@ class _Helper:
         self._jobs.put((fut, fn, args))
         return fut
 
+    def stop(self) -> None:
+        """End the thread after the jobs already submitted."""
+        self._jobs.put(None)
 
-class _Watchdog:
+
+class Watchdog:
     """Runs decodes in a helper thread and gives up on one that overruns its deadline.
+
+    Owned by its caller (a DoFn holds one from ``setup``; ``decode_patch`` without one uses
+    a helper for that call alone), never process-wide.
 
     Native decoders (GDAL) cannot be interrupted from Python, so a decode that hangs is
     abandoned: its thread is left to finish (or not) on its own, a fresh helper takes the
@@ -225,11 +237,16 @@ class _Watchdog:
         return helper
 
     def abandon(self, helper: _Helper) -> None:
+        """Leave ``helper`` (stuck in a decode) behind: this thread's next decode gets a fresh one."""
         if getattr(self._local, "helper", None) is helper:
             self._local.helper = None
 
-
-_WATCHDOG = _Watchdog()
+    def close(self) -> None:
+        """Let this thread's helper end once its current job is done."""
+        helper = getattr(self._local, "helper", None)
+        self._local.helper = None
+        if helper is not None:
+            helper.stop()
 
 
 def decode_patch(
@@ -237,17 +254,25 @@ def decode_patch(
     objects: dict[str, bytes],
     resampling: str = "bilinear",
     timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+    watchdog: Watchdog | None = None,
 ) -> DecodedPatch:
     """Decode and check the 15 objects of a patch; raises PatchError (and only PatchError:
     whatever corrupt bytes make a decoder raise becomes a ``decode_error``).
 
     ``timeout``: seconds allowed for each object's decode (``None`` or 0: no limit); an
-    object that takes longer makes the patch a ``decode_timeout`` dead letter.
+    object that takes longer makes the patch a ``decode_timeout`` dead letter. ``watchdog``:
+    the caller's (its helper thread is reused across calls); None: one for this call alone.
     """
     if not timeout:
         return _guarded(patch_id, objects, resampling, None)
+    if watchdog is None:
+        own = Watchdog()
+        try:
+            return decode_patch(patch_id, objects, resampling, timeout, own)
+        finally:
+            own.close()
     progress = {"key": None, "since": time.monotonic()}
-    helper = _WATCHDOG.helper()
+    helper = watchdog.helper()
     fut = helper.submit(_guarded, patch_id, objects, resampling, progress)
     while True:
         wait = progress["since"] + timeout - time.monotonic()
@@ -258,7 +283,7 @@ def decode_patch(
                 continue  # the deadline may have moved on to the next object: look again
         if fut.done():
             return fut.result()
-        _WATCHDOG.abandon(helper)
+        watchdog.abandon(helper)
         raise failures.PatchError(
             failures.DECODE,
             "decode_timeout",

@@ -24,6 +24,7 @@ import numpy as np
 from bigearthnet_beam.schemas import failures
 from bigearthnet_beam.schemas.manifest import SPLITS
 from bigearthnet_beam.transforms import metadata as md
+from bigearthnet_beam.transforms.storage import Storage
 
 MAIN, DEAD, SELECTED = "main", "dead", "selected"
 INVALID = ("", 0, 1)
@@ -103,11 +104,13 @@ class RowPlan:
     frac: float
     shard_size: int
     counts: tuple[tuple[str, int], ...]  # selected rows per split, invalid split values included
+    storage: Storage = Storage()  # where the metadata files are read from
 
     @classmethod
-    def create(cls, sources, root, splits, frac: float, shard_size: int, tables=None) -> "RowPlan":
+    def create(cls, sources, root, splits, frac: float, shard_size: int, tables=None, storage=None) -> "RowPlan":
         """Read (or take the already read ``[(table, sha256)]``) metadata and fix the plan."""
-        tables = tables if tables is not None else [md.read_table(u) for u in sources]
+        storage = storage if storage is not None else Storage()
+        tables = tables if tables is not None else [md.read_table(u, storage) for u in sources]
         counts = md.split_counts([t for t, _ in tables], tuple(splits), frac)
         return cls(
             tuple(sources),
@@ -118,6 +121,7 @@ class RowPlan:
             float(frac),
             int(shard_size),
             tuple(sorted(counts.items())),
+            storage,
         )
 
     def shard_counts(self) -> dict[str, int]:
@@ -154,7 +158,7 @@ class _Index:
     def __init__(self, plan: RowPlan):
         self.tables = []
         for url, sha in zip(plan.sources, plan.sha256, strict=True):
-            table, got = md.read_table(url)
+            table, got = md.read_table(url, plan.storage)
             if got != sha:
                 raise md.MetadataError(
                     f"metadata file {url} changed while the conversion ran (sha256 {sha[:12]}… "

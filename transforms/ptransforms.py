@@ -11,7 +11,7 @@ row, serves ``benbeam validate``.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import apache_beam as beam
@@ -58,9 +58,9 @@ class Demux(beam.PTransform):
 # --------------------------------------------------------------------------- metadata
 
 
-def _read_source(source: tuple[int, str]) -> Iterable[Any]:
+def _read_source(source: tuple[int, str], st: storage.Storage | None = None) -> Iterable[Any]:
     index, url = source
-    table, sha = md.read_table(url)
+    table, sha = md.read_table(url, st)
     rows = md.table_rows(table, source=index)
     _count("metadata_rows_read", len(rows))
     yield ("info", {"source": index, "path": url, "sha256": sha, "rows": len(rows)})
@@ -77,15 +77,14 @@ class ReadMetadata(beam.PTransform):
     """
 
     urls: tuple[str, ...]
-    storage_options: dict = field(default_factory=dict)
+    storage: storage.Storage = storage.Storage()
 
     def expand(self, pbegin):
         """Rows, dead letters and per-source info of the metadata files."""
-        opts = self.storage_options
+        st = self.storage
 
         def read(source) -> Iterable[Any]:
-            storage.set_options(opts)
-            yield from _read_source(source)
+            yield from _read_source(source, st)
 
         out = (
             pbegin
@@ -141,10 +140,6 @@ class CheckShardFn(beam.DoFn):
     def __init__(self, config: ShardConfig):
         self.config = config
 
-    def setup(self):
-        """Apply the storage options in the worker."""
-        storage.set_options(self.config.storage_options)
-
     def process(self, home):
         """Yield tagged selected counts, dead letters and the shard key when its rows are clean."""
         selected, dead, clean = self.config.plan.check(home)
@@ -189,10 +184,9 @@ class ShardStatsFn(beam.DoFn):
         self.stats_fraction = stats_fraction
 
     def setup(self):
-        """Apply the storage options and make the band statistics in the worker."""
+        """Make the band statistics in the worker (the storage is the config's)."""
         from bigearthnet_beam.transforms.histogram import BandStats
 
-        storage.set_options(self.config.storage_options)
         self.stats = BandStats()
 
     def process(self, key):
@@ -240,10 +234,6 @@ class WriteShardFn(beam.DoFn):
 
     def __init__(self, config: ShardConfig):
         self.config = config
-
-    def setup(self):
-        """Apply the storage options in the worker."""
-        storage.set_options(self.config.storage_options)
 
     def process(self, key, norm):
         """Write one shard; yields its dead letters and its record."""

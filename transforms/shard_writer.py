@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ class ShardConfig:
     resampling: str = "bilinear"
     compression: str = "none"
     image_dtype: str = "float32"
-    storage_options: dict = field(default_factory=dict)
+    storage: storage.Storage = storage.Storage()
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
     cache: Any = None  # a transforms.objcache.PatchCache: training patches kept by the statistics pass
     read_ahead: int = READ_AHEAD
@@ -83,7 +83,7 @@ def write_shard(
     label_values = np.zeros(256, dtype=np.int64)
     disagreements = 0
     dead = []
-    with ShardWriter(storage.join(config.out, rel), config.compression) as writer:
+    with ShardWriter(storage.join(config.out, rel), config.compression, config.storage) as writer:
         for rec, patch in loaded_patches(
             recs,
             config.resampling,
@@ -92,6 +92,7 @@ def write_shard(
             cache=config.cache,
             count=count,
             source=config.source(key),
+            st=config.storage,
         ):
             if isinstance(patch, failures.PatchError):
                 count(f"failed_{patch.stage}_{patch.reason}")
@@ -140,6 +141,7 @@ def shard_statistics(config: ShardConfig, key: ShardKey, stats, stats_fraction: 
         keep=True,
         count=count,
         source=config.source(key),
+        st=config.storage,
     ):
         if isinstance(patch, failures.PatchError):
             continue

@@ -120,8 +120,9 @@ def documents(manifest: dict) -> dict[str, bytes]:
     }
 
 
-def write(out: str, manifest: dict) -> list[str]:
-    """Write the TFDS files of ``manifest`` into the dataset folder ``out``; returns their names."""
+def write(out: str, manifest: dict, st: storage.Storage | None = None) -> list[str]:
+    """Write the TFDS files of ``manifest`` into the dataset folder ``out`` (under ``st``); returns their names."""
+    st = st if st is not None else storage.Storage()
     docs = documents(manifest)
     if not docs:
         LOG.info(
@@ -130,24 +131,25 @@ def write(out: str, manifest: dict) -> list[str]:
         )
         for name in FILES:  # an earlier uncompressed run's files would describe shards that are gone
             url = storage.join(out, name)
-            if storage.exists(url):
-                storage.filesystem(url).rm(url)
+            if st.exists(url):
+                st.filesystem(url).rm(url)
     for name, data in docs.items():
-        storage.write_bytes_atomic(storage.join(out, name), data)
+        st.write_bytes_atomic(storage.join(out, name), data)
     return sorted(docs)
 
 
-def check(out: str, manifest: dict) -> list[str]:
+def check(out: str, manifest: dict, st: storage.Storage | None = None) -> list[str]:
     """Problems of the TFDS files present in ``out``: each must equal what ``manifest`` derives
     (a dataset converted before these files existed has none, which is no problem)."""
+    st = st if st is not None else storage.Storage()
     want = documents(manifest)
     problems = []
     for name in FILES:
         url = storage.join(out, name)
-        if not storage.exists(url):
+        if not st.exists(url):
             continue
         if name not in want:
             problems.append(f"{name}: present, but TFDS cannot read {manifest['compression']} shards")
-        elif storage.read_bytes(url) != want[name]:
+        elif st.read_bytes(url) != want[name]:
             problems.append(f"{name}: differs from what dataset.json derives (re-run `benbeam convert`)")
     return problems
