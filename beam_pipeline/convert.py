@@ -16,6 +16,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bigearthnet_beam.beam_pipeline import finalize as fin
+from bigearthnet_beam.beam_pipeline.dataset import ComputeStatistics, ConvertDataset, check_options
 from bigearthnet_beam.beam_pipeline.options import ConvertOptions, description, local_runner_args, parse
 from bigearthnet_beam.beam_pipeline.quiet import worker_stderr
 from bigearthnet_beam.beam_pipeline.run_record import (
@@ -29,43 +30,33 @@ from bigearthnet_beam.beam_pipeline.stats_pass import (
     STATS_PASS_JSON,
     load_stats_pass,
     remove_stats_pass,
-    stats_from_file,
     stats_pass_key,
     write_stats_pass,
 )
 from bigearthnet_beam.schemas import manifest as manifest_schema
 from bigearthnet_beam.transforms import metadata as md
-from bigearthnet_beam.transforms import outdir, progress, storage
+from bigearthnet_beam.transforms import outdir, progress, storage, storeconfig
+from bigearthnet_beam.transforms.carried import DISK_FULL, exit_code_of, message_of
 from bigearthnet_beam.transforms.cli_args import storage_from_args
 from bigearthnet_beam.transforms.objcache import PatchCache
 from bigearthnet_beam.transforms.plan import RowPlan
-from bigearthnet_beam.transforms.ptransforms import ComputeBandStats, PlannedShards, WriteShards
-from bigearthnet_beam.transforms.shard_writer import ShardConfig
+from bigearthnet_beam.transforms.ptransforms import ReadMetadata
+from bigearthnet_beam.transforms.statistics import NoStatisticsError, stats_document
 
 LOG = logging.getLogger("benbeam")
-
-# Options recorded in the manifest (never credentials: those never enter the options).
-RECORDED = (
-    "meta",
-    "include_snow_cloud",
-    "root",
-    "out",
-    "splits",
-    "frac",
-    "resampling",
-    "shard_size",
-    "compression",
-    "image_dtype",
-    "clip_percentiles",
-    "clip",
-    "stats",
-    "stats_fraction",
-)
 
 
 def _storage(args, st):
     """``st``, else the ``Storage`` the parsed flags describe (the environment filling the rest)."""
     return st if st is not None else storage_from_args(args, probe=False)
+
+
+def _splits(args) -> tuple[str, ...]:
+    return tuple(s.strip() for s in args.splits.split(",") if s.strip())
+
+
+def _metas(args) -> tuple[str, ...]:
+    return (args.meta,) + ((args.include_snow_cloud,) if args.include_snow_cloud else ())
 
 
 def build_packs(p: beam.Pipeline, args, plan: RowPlan, pack_dir: str, st=None) -> None:
@@ -76,46 +67,53 @@ def build_packs(p: beam.Pipeline, args, plan: RowPlan, pack_dir: str, st=None) -
     _ = p | "SplitArchives" >> SplitArchives(plan, args.archives, pack_dir, _storage(args, st))
 
 
-def shard_config(args, plan: RowPlan, sopts: storage.Storage, cache: PatchCache | None, objects) -> ShardConfig:
-    """What the statistics and the write job's DoFns share (one frozen value for both jobs)."""
-    return ShardConfig(
-        plan,
-        args.out,
-        args.resampling,
-        args.compression,
-        args.image_dtype,
-        sopts,
-        args.decode_timeout,
-        cache,
-        objects=objects,
-    )
-
-
 def build_stats(
     p: beam.Pipeline, args, plan: RowPlan, key: dict, cache: PatchCache | None = None, objects=None, st=None
 ) -> None:
-    """The statistics job: band statistics of the training shards, written into ``args.out``;
-    ``objects``: the object source (None: the files; ``--archives``: the packs)."""
-    sopts = _storage(args, st)
-    config = shard_config(args, plan, sopts, cache, objects)
-    checked = p | "PlanShards" >> PlannedShards(config)
+    """The statistics job: ``ComputeStatistics`` of the metadata rows, kept in ``args.out`` as the
+    stats pass (``stats_pass``); ``objects``: the object source (None: the files; ``--archives``: the packs)."""
+    st = _storage(args, st)
     _ = (
-        checked["shards"]
-        | "ComputeBandStats" >> ComputeBandStats(config, args.stats_fraction)
-        | "WriteStatsPass" >> beam.Map(write_stats_pass, args.out, key, args.clip, tuple(args.clip_percentiles), sopts)
+        p
+        | "ReadMetadata" >> ReadMetadata(_metas(args), storage=st)
+        | "ComputeStatistics"
+        >> ComputeStatistics(
+            plan.root,
+            storage=st,
+            splits=_splits(args),
+            frac=args.frac,
+            shard_size=args.shard_size,
+            resampling=args.resampling,
+            stats_fraction=args.stats_fraction,
+            decode_timeout=args.decode_timeout,
+            cache=cache,
+            objects=objects,
+        )
+        | "WriteStatsPass" >> beam.Map(write_stats_pass, args.out, key, args.clip, tuple(args.clip_percentiles), st)
     )
 
 
-def _finalize_all(keyed, *, sopts, **kw):
-    """``finalize`` of everything the write job produced, gathered under one key."""
-    items = list(keyed[1])
-    return fin.finalize(
-        None,
-        shards=[v for t, v in items if t == "shard"],
-        dead=[v for t, v in items if t == "dead"],
-        selected=dict(v for t, v in items if t == "selected"),
-        st=sopts,
-        **kw,
+def convert_dataset(args, plan: RowPlan, st, cache=None, stats: tuple[dict, bytes] | None = None, objects=None):
+    """The ``ConvertDataset`` of parsed ConvertOptions ``args`` (``stats``: computed by the statistics job)."""
+    return ConvertDataset(
+        plan.root,
+        args.out,
+        storage=st,
+        splits=_splits(args),
+        frac=args.frac,
+        shard_size=args.shard_size,
+        resampling=args.resampling,
+        compression=args.compression,
+        image_dtype=args.image_dtype,
+        clip=args.clip,
+        clip_percentiles=tuple(args.clip_percentiles),
+        stats=args.stats,
+        stats_fraction=args.stats_fraction,
+        decode_timeout=args.decode_timeout,
+        report=False,  # written after run.json, so that it shows this run's throughput
+        statistics=None if args.stats else stats,
+        cache=cache,
+        objects=objects,
     )
 
 
@@ -128,83 +126,38 @@ def build(
     objects=None,
     st=None,
 ) -> None:
-    """Assemble the write job on ``p`` from parsed ConvertOptions ``args``: ``stats`` = (stats
-    document, histograms.npz bytes) are known at construction time (``--stats``, or the
-    statistics job of ``run``), so no step reads a side input (the DaskRunner recomputes a
-    side input's whole upstream wherever it is read). ``plan`` (from ``preflight``) is made
-    here if absent; ``cache`` (``object_cache``) holds patches the statistics job fetched;
+    """The write job on ``p``: ``ReadMetadata | ConvertDataset`` of parsed ConvertOptions ``args``.
+    ``stats`` = (stats document, histograms.npz bytes) are known at construction time (``--stats``,
+    or the statistics job of ``run``), so no step reads them as a side input (the DaskRunner
+    recomputes a side input's whole upstream wherever it is read). ``plan`` (from ``preflight``)
+    is made here if absent; ``cache`` (``object_cache``) holds patches the statistics job fetched;
     ``objects``: the object source (None: the files; ``--archives``: the packs of ``build_packs``)."""
-    sopts = _storage(args, st)
-    metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
-    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
-    clip_p = tuple(args.clip_percentiles)
-
-    # The plan (which rows each shard holds) is fixed here; the workers derive the rows of a
-    # shard from its key, so only keys, dead letters and per-shard results cross stages.
+    st = _storage(args, st)
     if plan is None:
-        tables = [md.read_table(m, sopts) for m in metas]
+        tables = [md.read_table(m, st) for m in _metas(args)]
         plan = RowPlan.create(
-            metas, md.dataset_root(args.root, args.meta, tables), splits, args.frac, args.shard_size, tables, sopts
+            _metas(args),
+            md.dataset_root(args.root, args.meta, tables),
+            _splits(args),
+            args.frac,
+            args.shard_size,
+            tables,
+            st,
         )
-    if stats is None:
-        if not args.stats:
-            raise ValueError("build() needs the statistics: run the statistics job first (convert.run does)")
-        stats = (stats_from_file(args.stats, args.clip, clip_p, sopts), b"")
-    stats_doc, hist = stats
-    config = shard_config(args, plan, sopts, cache, objects)
-    checked = p | "PlanShards" >> PlannedShards(config)
-    written = checked["shards"] | "WriteShards" >> WriteShards(config, stats_doc["normalization"])
-
-    options = {k: getattr(args, k) for k in RECORDED}
-    options["splits"] = list(splits)
-    options["clip_percentiles"] = list(clip_p)
-    tag = lambda t: lambda v: (t, v)  # noqa: E731
+    if stats is None and not args.stats:
+        raise ValueError("build() needs the statistics: run the statistics job first (convert.run does)")
     _ = (
-        (
-            p | "Once" >> beam.Create([("once", None)]),
-            checked["dead"] | "TagCheckDead" >> beam.Map(tag("dead")),
-            written["dead"] | "TagWriteDead" >> beam.Map(tag("dead")),
-            written["shards"] | "TagShards" >> beam.Map(tag("shard")),
-            checked["selected"] | "TagSelected" >> beam.Map(tag("selected")),
-        )
-        | "Everything" >> beam.Flatten()
-        | "OneKey" >> beam.Map(lambda v: (0, v))
-        | "Gather" >> beam.GroupByKey()
-        | "Finalize"
-        >> beam.Map(
-            _finalize_all,
-            sopts=sopts,
-            out=args.out,
-            options=options,
-            compression=args.compression,
-            image_dtype=args.image_dtype,
-            stats_doc=stats_doc,
-            histogram_npz=hist,
-            meta_info=plan.info(),
-        )
+        p
+        | "ReadMetadata" >> ReadMetadata(_metas(args), storage=st)
+        | "ConvertDataset" >> convert_dataset(args, plan, st, cache, stats, objects)
     )
 
 
 def preflight(args, probe_output: bool = True, st=None) -> RowPlan:
     """Check inputs before any work (raise ValueError with the fix); returns the plan."""
     st = _storage(args, st)
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    for s in splits:
-        manifest_schema.check_split(s)
-    if not 0 < args.frac <= 1:
-        raise ValueError(f"--frac must be in (0, 1], got {args.frac}")
-    if not 0 < args.stats_fraction <= 1:
-        raise ValueError(f"--stats_fraction must be in (0, 1], got {args.stats_fraction}")
-    if args.shard_size < 1:
-        raise ValueError("--shard_size must be at least 1")
-    lo, hi = args.clip_percentiles
-    if not 0 <= lo < hi <= 100:
-        raise ValueError(f"--clip_percentiles must satisfy 0 <= LO < HI <= 100, got {lo} {hi}")
-    if "train" not in splits and not args.stats:
-        raise ValueError(
-            "statistics are computed on the training split, which is not selected: add 'train' "
-            "to --splits or pass --stats with the stats.json of an earlier run"
-        )
+    splits = list(_splits(args))
+    check_options(splits, args.frac, args.stats_fraction, args.shard_size, args.clip_percentiles, args.stats)
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
     tables = [md.read_table(m, st) for m in metas]  # raises MetadataError with a clear message
     root = md.dataset_root(args.root, args.meta, tables)
@@ -298,6 +251,38 @@ def run(argv: list[str] | None = None) -> int:
         return _run(argv, held)
 
 
+def _failed(e: BaseException, args, plan: RowPlan, st, stats, wlog: dict) -> int:
+    """One line for a failed run, chosen by the error's type (``transforms.carried``); its exit code."""
+    nothing = f"no {manifest_schema.MANIFEST} was written to {args.out}"
+    if any(isinstance(x, NoStatisticsError) for x in storeconfig.exception_chain(e)):
+        from bigearthnet_beam.beam_pipeline.diagnose import no_statistics
+
+        why = no_statistics(plan, args.out, args.resampling, args.decode_timeout, st)
+        print(f"benbeam convert: error: {why}; {nothing}", file=sys.stderr)
+        return 1
+    found = exit_code_of(e)
+    if found is not None and found[1] == DISK_FULL:
+        print(
+            f"benbeam convert: error: the disk holding {args.out} is full ({message_of(e)}): free space (the "
+            "dataset needs about 0.85 MB per patch as float32, half that with --dtype float16, less with "
+            f"--compression gzip) or choose another --out, then run the same command again; {nothing}",
+            file=sys.stderr,
+        )
+        return 3
+    if wlog.get("log"):
+        print(f"benbeam convert: the workers' output is in {wlog['log']} (--debug shows it here)", file=sys.stderr)
+    kind = found[1] if found is not None else type(e).__name__
+    print(f"benbeam convert: error: the conversion failed: {kind}: {message_of(e)}", file=sys.stderr)
+    print(f"benbeam convert: {nothing}; the shards there are incomplete", file=sys.stderr)
+    if not args.stats and stats is not None:
+        print(
+            f"benbeam convert: the statistics are kept in {storage.join(args.out, STATS_PASS_JSON)}: the "
+            "same command again resumes with the shards",
+            file=sys.stderr,
+        )
+    return found[0] if found is not None else 1
+
+
 def _run(argv: list[str] | None, held: _Held) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, _ = parse(ConvertOptions, argv, "benbeam convert", description(__doc__))
@@ -353,7 +338,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
                 results.append(("stats", ps.run()))
                 results[-1][1].wait_until_finish()
                 stats = (
-                    (fin.stats_document({}, {}, "dry run", args.clip, args.clip_percentiles), b"")
+                    (stats_document({}, {}, "dry run", args.clip, args.clip_percentiles), b"")
                     if dry_run
                     else load_stats_pass(args.out, key, st)
                 )
@@ -372,45 +357,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
                 return 0
             results[-1][1].wait_until_finish()
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line, no manifest, exit 1
-        if wlog.get("log"):
-            print(f"benbeam convert: the workers' output is in {wlog['log']} (--debug shows it here)", file=sys.stderr)
-        msg = str(e)
-        if "no training pixels for band(s)" in msg:  # every training patch failed: say why, keep the reasons
-            from bigearthnet_beam.beam_pipeline.diagnose import no_statistics
-
-            print(
-                f"benbeam convert: error: {no_statistics(plan, args.out, args.resampling, args.decode_timeout, st)}; "
-                f"no {manifest_schema.MANIFEST} was written",
-                file=sys.stderr,
-            )
-            return 1
-        line = f"{type(e).__name__}: {msg.strip().splitlines()[-1][:500]}" if msg.strip() else type(e).__name__
-        print(f"benbeam convert: error: the conversion failed: {line}", file=sys.stderr)
-        if "No space left on device" in msg or "Errno 28" in msg or "Disk quota exceeded" in msg:
-            print(
-                f"benbeam convert: the disk holding {args.out} is full: free space (the dataset needs about "
-                "0.85 MB per patch as float32, half that with --dtype float16, less with --compression gzip) or "
-                "choose another --out, then run the same command again",
-                file=sys.stderr,
-            )
-            print(
-                f"benbeam convert: no {manifest_schema.MANIFEST} was written to {args.out}; "
-                "the shards there are incomplete",
-                file=sys.stderr,
-            )
-            return 3
-        print(
-            f"benbeam convert: no {manifest_schema.MANIFEST} was written to {args.out}; "
-            "the shards there are incomplete",
-            file=sys.stderr,
-        )
-        if not args.stats and stats is not None:
-            print(
-                f"benbeam convert: the statistics are kept in {storage.join(args.out, STATS_PASS_JSON)}: the "
-                "same command again resumes with the shards",
-                file=sys.stderr,
-            )
-        return 1
+        return _failed(e, args, plan, st, stats, wlog)
     finally:
         if quiet is not None:
             progress.restore_shard_lines(quiet)

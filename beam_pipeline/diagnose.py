@@ -60,10 +60,36 @@ def write_failures(out: str, dead: list[dict], st=None) -> str:
     return url
 
 
+def not_processed(rec: dict) -> dict:
+    """The dead letter of a patch a stopped run never wrote."""
+    return failures.dead_letter(
+        rec["patch_id"],
+        failures.WRITE,
+        "not_processed",
+        "not written: the conversion stopped because no statistics could be computed from the training "
+        "patches; fix those (see their lines here) or pass --stats from an earlier run",
+        rec["split"],
+    )
+
+
+def unprocessed_dead_letters(plan, training_dead: list[dict]) -> list[dict]:
+    """Every other selected row of ``plan`` as a dead letter: the metadata failures of the other
+    splits, and ``not_processed`` for each clean patch without a line in ``training_dead``."""
+    failed = {d["patch_id"] for d in training_dead if d["stage"] != failures.METADATA}  # fetched and failed
+    dead: list[dict] = []
+    for home in plan.homes():
+        _, meta_dead, clean = plan.check(home)
+        if home[0] != "train":
+            dead.extend(meta_dead)
+        dead.extend(not_processed(rec) for rec in clean if rec["patch_id"] not in failed or home[0] != "train")
+    return dead
+
+
 def no_statistics(plan, out: str, resampling: str, decode_timeout, st=None) -> str:
-    """Write the training split's dead letters to ``out`` and return the one line that says why."""
+    """Write a dead letter for every selected row to ``out`` (the training split's reasons, then
+    ``not_processed`` for the rest, so written + failed = input) and return the one line that says why."""
     dead, checked, ok = training_dead_letters(plan, resampling, decode_timeout, st=st)
-    url = write_failures(out, dead, st)
+    url = write_failures(out, dead + unprocessed_dead_letters(plan, dead), st)
     scope = f"the first {checked:,} checked" if checked >= LIMIT else f"{checked:,}"
     if not checked:
         return "the training split selects no patch, so no statistics can be computed; pass --stats from an earlier run"

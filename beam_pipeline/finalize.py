@@ -20,21 +20,6 @@ from bigearthnet_beam.transforms import storage, tfds_meta
 LOG = logging.getLogger("benbeam")
 
 
-def stats_document(extracted: dict, norm: dict, source: str, clip: bool, clip_percentiles) -> dict:
-    """``stats.json`` (and the manifest's ``statistics``): the band statistics and the normalisation."""
-    return {
-        "schema_version": manifest_schema.SCHEMA_VERSION,
-        "source": source,
-        "split": "train",
-        "clip": bool(clip),
-        "clip_percentiles": [float(p) for p in clip_percentiles],
-        "bands": extracted,
-        "normalization": norm,
-        "band_order": list(band_table.ALL_NAMES),
-        "pixels": "values on the 10 m grid after resampling (what is normalised)",
-    }
-
-
 def load_stats_document(url: str, st: storage.Storage | None = None) -> dict:
     """The statistics ``--stats`` names: a ``stats.json``, or the ``dataset.json`` of an earlier
     run (checked like every manifest). Raises ValueError saying what is wrong."""
@@ -139,7 +124,8 @@ def _with_empty_shards(
 def finalize(
     _, *, out, options, shards, dead, selected, stats_doc, histogram_npz, meta_info, compression, image_dtype, st=None
 ):
-    """Write failures.jsonl, stats.json, histograms.npz, schema.pbtxt, then dataset.json (under ``st``)."""
+    """Write failures.jsonl, stats.json, histograms.npz, schema.pbtxt, then dataset.json (under
+    ``st``); returns the manifest dict."""
     st = st if st is not None else storage.Storage()
     shards = _with_empty_shards(out, list(shards), compression, st)
     dead = sorted(dead, key=lambda d: (d["patch_id"], d["stage"], d["reason"], d["detail"]))
@@ -192,4 +178,4 @@ def finalize(
         _fsync_local(out, sorted(keep) + [manifest_schema.FAILURES_JSONL, manifest_schema.STATS_JSON] + tfds_files)
     st.write_bytes_atomic(storage.join(out, manifest_schema.MANIFEST), text.encode())
     LOG.info("wrote %s", storage.join(out, manifest_schema.MANIFEST))
-    return manifest.failures["total"]
+    return json.loads(text)

@@ -36,16 +36,15 @@ def print_summary(man: dict, seconds: float, stream=None) -> None:
 
 def print_counters(results, stream=None) -> dict[str, int]:
     """Summarise the Beam counters of the jobs ``[(name, result)]`` (outcomes by reason,
-    bytes); the shard checks run in both jobs and are counted once. Returns them."""
+    bytes); the metadata is read and checked in both jobs and counted once (the statistics
+    job contributes its ``ComputeBandStats`` counters only). Returns them."""
     stream = stream or sys.stderr
     totals: dict[str, int] = {}
     counters = []
     for name, result in results:
         try:
             counters += [
-                c
-                for c in result.metrics().query()["counters"]
-                if name != "stats" or not c.key.step.startswith("PlanShards")
+                c for c in result.metrics().query()["counters"] if name != "stats" or "ComputeBandStats" in c.key.step
             ]
         except Exception:  # noqa: BLE001 - some runners do not report metrics
             continue

@@ -8,22 +8,7 @@ import json
 from bigearthnet_beam.beam_pipeline import finalize as fin
 from bigearthnet_beam.transforms import storage
 from bigearthnet_beam.transforms.plan import RowPlan
-
-
-def stats_from_acc(acc, clip, clip_percentiles):
-    """The statistics document of a histogram accumulator; RuntimeError when a band has no training pixel."""
-    from bigearthnet_beam.transforms.histogram import BandStats
-    from bigearthnet_beam.transforms.normalize import NormParams
-
-    extracted = BandStats().extract(acc, clip_percentiles=tuple(clip_percentiles))
-    bad = [b for b, s in extracted.items() if not s.get("count")]
-    if bad:
-        raise RuntimeError(
-            f"no training pixels for band(s) {', '.join(bad)}: every training patch failed or the "
-            "training split is empty; pass --stats from an earlier run"
-        )
-    norm = NormParams.from_stats(extracted, clip=clip).to_dict()
-    return fin.stats_document(extracted, norm, "computed", clip, clip_percentiles)
+from bigearthnet_beam.transforms.statistics import NoStatisticsError, stats_document, stats_from_acc
 
 
 def stats_from_file(url, clip, clip_percentiles, st=None):
@@ -32,7 +17,7 @@ def stats_from_file(url, clip, clip_percentiles, st=None):
 
     doc = fin.load_stats_document(url, st)
     norm = NormParams.from_stats(doc["bands"], clip=clip).to_dict()
-    return fin.stats_document(doc["bands"], norm, url, clip, clip_percentiles)
+    return stats_document(doc["bands"], norm, url, clip, clip_percentiles)
 
 
 # Under --out: the statistics job's result (histograms, then statistics with their key),
@@ -64,25 +49,33 @@ def stats_pass_key(args, plan: RowPlan) -> dict:
 
 
 def write_stats_pass(acc, out, key, clip, clip_percentiles, st=None) -> None:
-    """Write the statistics job's result: the histograms, then statistics + key (last: that
-    file marks the pass complete)."""
+    """Write the statistics job's result: the histograms, then the statistics (null when a band
+    has no training pixel) with their key (last: that file marks the pass complete)."""
     from bigearthnet_beam.transforms.histogram import to_npz_bytes
 
     st = st if st is not None else storage.Storage()
-    doc = stats_from_acc(acc, clip, clip_percentiles)
+    try:
+        doc, empty = stats_from_acc(acc, clip, clip_percentiles), []
+    except NoStatisticsError as e:  # said in the driver, by type (load_stats_pass)
+        doc, empty = None, e.bands
     st.write_bytes_atomic(storage.join(out, STATS_PASS_NPZ), to_npz_bytes(acc))
     st.write_bytes_atomic(
-        storage.join(out, STATS_PASS_JSON), json.dumps({"key": key, "statistics": doc}, sort_keys=True).encode()
+        storage.join(out, STATS_PASS_JSON),
+        json.dumps({"key": key, "statistics": doc, "empty_bands": empty}, sort_keys=True).encode(),
     )
 
 
 def load_stats_pass(out: str, key: dict, st=None) -> tuple[dict, bytes] | None:
-    """The statistics and histograms of a complete stats pass with this ``key``, else None."""
+    """The statistics and histograms of a complete stats pass with this ``key``, else None;
+    raises NoStatisticsError (and removes the pass) when it found no training pixel."""
     st = st if st is not None else storage.Storage()
     try:
         done = json.loads(st.read_bytes(storage.join(out, STATS_PASS_JSON)))
         if done.get("key") != json.loads(json.dumps(key)):
             return None
+        if done["statistics"] is None:
+            remove_stats_pass(out, st)
+            raise NoStatisticsError(done.get("empty_bands") or ["?"])
         return done["statistics"], st.read_bytes(storage.join(out, STATS_PASS_NPZ))
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return None

@@ -144,7 +144,7 @@ def build(p, args, root, splits, st: storage.Storage | None = None):
     step reads and writes under ``st`` (default ``Storage()``)."""
     sopts = st if st is not None else storage.Storage()
     metas = [args.meta] + ([args.include_snow_cloud] if args.include_snow_cloud else [])
-    read = p | "ReadMetadata" >> ReadMetadata(tuple(metas), sopts)
+    read = p | "ReadMetadata" >> ReadMetadata(tuple(metas), storage=sopts, with_info=True)
     checked = read["rows"] | "CheckRows" >> CheckRows(root, splits, args.frac)
     if getattr(args, "archives", None):  # each archive's member list, streamed once, against the metadata
         from bigearthnet_beam.transforms.archive_inventory import check_archived

@@ -52,6 +52,7 @@ REASONS: dict[str, str] = {
     "unknown_clc_code": "the reference map holds a code outside the CLC table",
     # write
     "encode_error": "the example could not be serialised",
+    "not_processed": "the run stopped (e.g. no statistics could be computed) before this patch was written",
 }
 
 

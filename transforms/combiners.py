@@ -1,4 +1,5 @@
-"""The Beam CombineFn around ``transforms.histogram.BandStats``."""
+"""The Beam CombineFns around ``transforms.histogram.BandStats``: the accumulator itself
+(``BandStatsCombineFn``) and the statistics document (``StatisticsCombineFn``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import apache_beam as beam
 import numpy as np
 
 from bigearthnet_beam.transforms.histogram import BandStats, BandStatsAccumulator
+from bigearthnet_beam.transforms.statistics import DEFAULT_CLIP_PERCENTILES, stats_from_acc
 
 
 class BandStatsCombineFn(beam.CombineFn):
@@ -45,3 +47,29 @@ class BandStatsCombineFn(beam.CombineFn):
 
     def __setstate__(self, state):
         self._stats = None
+
+
+class StatisticsCombineFn(BandStatsCombineFn):
+    """The statistics document (what ``stats.json`` holds) of pixel arrays or partial accumulators.
+
+    ``beam.CombineGlobally(StatisticsCombineFn())`` over the ``.pixels`` of the decoded training
+    patches gives the statistics ``ConvertDataset`` computes. Each array is sealed on its own,
+    so the result does not depend on how a runner groups the inputs.
+    """
+
+    def __init__(self, clip: bool = True, clip_percentiles: tuple[float, float] = DEFAULT_CLIP_PERCENTILES):
+        super().__init__()
+        self.clip = bool(clip)
+        self.clip_percentiles = (float(clip_percentiles[0]), float(clip_percentiles[1]))
+
+    def extract_output(self, acc):
+        """The statistics document; ``NoStatisticsError`` when a band has no pixel."""
+        return stats_from_acc(acc, self.clip, self.clip_percentiles)
+
+    def __getstate__(self):
+        return {"clip": self.clip, "clip_percentiles": self.clip_percentiles}
+
+    def __setstate__(self, state):
+        self._stats = None
+        self.clip = state.get("clip", True)
+        self.clip_percentiles = tuple(state.get("clip_percentiles", DEFAULT_CLIP_PERCENTILES))

@@ -89,6 +89,62 @@ def check_rows(rows, root, splits, frac) -> tuple[Counter, list[dict], list[dict
     return selected, dead, clean
 
 
+# --------------------------------------------------------------------------- homes
+
+
+def is_clean(row, root) -> bool:
+    """Whether a row passes the metadata checks (``metadata.check_row``)."""
+    try:
+        md.check_row(row, root)
+        return True
+    except failures.PatchError:
+        return False
+
+
+def group_split(splits_in_order, clean) -> str:
+    """The split a patch id's rows live in: that of its first row, or, when its rows name
+    several splits, that of its first clean row (the one ``dedupe_tagged`` keeps);
+    ``splits_in_order``: the rows' splits in (file, row) order; ``clean(i)``: row i is clean."""
+    s = splits_in_order[0]
+    if len(splits_in_order) > 1 and len(set(splits_in_order)) > 1:
+        s = next((x for i, x in enumerate(splits_in_order) if clean(i)), s)
+    return s
+
+
+def route_row(row, splits, frac) -> Iterable[Tuple[str, Any]]:
+    """How a row reaches its home in a pipeline: nothing (not selected), else ``("count", split)``
+    and either ``("pid", (patch_id, row))`` (grouped with its patch id first) or
+    ``("home", (INVALID, row))`` (no string id, or a split that is not selectable)."""
+    pid = row.get("patch_id")
+    s = md.selected_split(pid, row.get("split"), splits, frac)
+    if s is None:
+        return
+    yield ("count", s)
+    if isinstance(pid, str) and s in SPLITS:
+        yield ("pid", (pid, row))
+    else:
+        yield ("home", (INVALID, row))
+
+
+def shard_counts(counts: dict, shard_size: int) -> dict[str, int]:
+    """Split -> number of shards, from the selected rows per split."""
+    return {s: md.shard_count(n, shard_size) for s, n in sorted(counts.items()) if s in SPLITS}
+
+
+def row_order(row) -> tuple:
+    """The (file, row) order rows are checked and de-duplicated in."""
+    return (row.get("_source", 0), row.get("_row", 0))
+
+
+def homes_of_group(pid: str, rows, splits, frac, root, n_shards: dict) -> list[tuple]:
+    """``(home, row)`` for every row of one patch id (the rule ``RowPlan`` applies to files)."""
+    rows = sorted(rows, key=row_order)
+    in_order = [md.selected_split(pid, r.get("split"), splits, frac) for r in rows]
+    s = group_split(in_order, lambda i: is_clean(rows[i], root))
+    home = (s, md.shard_index(pid, n_shards[s]), n_shards[s])
+    return [(home, r) for r in rows]
+
+
 # --------------------------------------------------------------------------- the plan
 
 
@@ -126,7 +182,21 @@ class RowPlan:
 
     def shard_counts(self) -> dict[str, int]:
         """Split -> number of shards."""
-        return {s: md.shard_count(n, self.shard_size) for s, n in self.counts if s in SPLITS}
+        return shard_counts(dict(self.counts), self.shard_size)
+
+    @property
+    def _lock(self) -> threading.Lock:
+        lock = self.__dict__.get("_lock_")
+        if lock is None:
+            lock = self.__dict__.setdefault("_lock_", threading.Lock())
+        return lock
+
+    def __getstate__(self):
+        """The plan's fields only: its index (built on first use) stays in the process that built it."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_index_cache", "_lock_")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
     def homes(self) -> list[tuple]:
         """Every shard key, then ``INVALID``."""
@@ -184,11 +254,8 @@ class _Index:
                 else:
                     ids[src][i] = self.home_id[INVALID]
         for pid, occ in first.items():
-            s = occ[0][2]
-            if len(occ) > 1 and len({o[2] for o in occ}) > 1:
-                # The same id in several splits: the group lives where its kept row (the first
-                # clean occurrence, as dedupe_tagged decides) belongs.
-                s = next((o[2] for o in occ if self._clean(o[0], o[1], plan.root)), s)
+            # The same id in several splits: the group lives where its kept row belongs.
+            s = group_split([o[2] for o in occ], lambda k, occ=occ: self._clean(occ[k][0], occ[k][1], plan.root))
             h = self.home_id[(s, md.shard_index(pid, n_shards[s]), n_shards[s])]
             for src, i, _ in occ:
                 ids[src][i] = h
@@ -196,12 +263,7 @@ class _Index:
         self.sorted_ids = [a[o] for a, o in zip(ids, self.order, strict=True)]
 
     def _clean(self, src: int, i: int, root) -> bool:
-        row = md.table_rows(self.tables[src], src, [i])[0]
-        try:
-            md.check_row(row, root)
-            return True
-        except failures.PatchError:
-            return False
+        return is_clean(md.table_rows(self.tables[src], src, [i])[0], root)
 
     def rows_of(self, home) -> list[dict]:
         h = self.home_id.get(tuple(home))
@@ -215,15 +277,12 @@ class _Index:
         return rows
 
 
-_LOCK = threading.Lock()
-_CACHE: dict[RowPlan, _Index] = {}
-
-
 def _index(plan: RowPlan) -> _Index:
-    """The plan's index, built once per process (the latest plan only)."""
-    with _LOCK:
-        idx = _CACHE.get(plan)
+    """The plan's index, built once per plan value and held by that value (not by the module):
+    each unpickled copy (one per DoFn instance on a worker) builds its own on first use."""
+    with plan._lock:
+        idx = plan.__dict__.get("_index_cache")
         if idx is None:
-            _CACHE.clear()
-            idx = _CACHE[plan] = _Index(plan)
+            idx = _Index(plan)
+            object.__setattr__(plan, "_index_cache", idx)
         return idx

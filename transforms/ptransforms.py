@@ -1,17 +1,17 @@
 """The Beam PTransforms of the conversion pipeline. Each is thin: the logic lives in plain
 modules (metadata, patch, histogram, normalize, encode) that import no Beam.
 
-Only references cross the stage boundaries of a conversion: shard keys, dead letters, small
-per-shard accumulators and shard records. Each stage derives a shard's metadata rows
-from its key (``transforms.plan``); pixels are decoded, normalised, encoded and written
-inside one DoFn per shard (``transforms.shard_writer``, configured by one ``ShardConfig``),
-so nothing large, and nothing per patch, is shuffled or materialised. (``CheckRows``, per
-row, serves ``benbeam validate``.)
+Metadata rows are grouped by the shard they belong to (``GroupByShard``, the rule of
+``transforms.plan``), checked (``CheckShards``), and each shard's records travel as one
+element; pixels are decoded, normalised, encoded and written inside one DoFn per shard
+(``transforms.shard_writer``, configured by one ``ShardConfig``), so no pixel is shuffled.
+(``CheckRows``, per row, serves ``benbeam validate``; ``DecodePatches``, per row, a user
+who wants the decoded patches.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Iterable
 
 import apache_beam as beam
@@ -20,7 +20,18 @@ from apache_beam.metrics import Metrics
 
 from bigearthnet_beam.transforms import metadata as md
 from bigearthnet_beam.transforms import storage
-from bigearthnet_beam.transforms.plan import INVALID, SELECTED, check_row_tagged, dedupe_tagged
+from bigearthnet_beam.transforms.carried import carried
+from bigearthnet_beam.transforms.plan import (
+    INVALID,
+    SELECTED,
+    check_row_tagged,
+    check_rows,
+    dedupe_tagged,
+    homes_of_group,
+    route_row,
+    row_order,
+    shard_counts,
+)
 from bigearthnet_beam.transforms.shard_writer import ShardConfig, shard_statistics, write_shard
 
 NAMESPACE = "benbeam"
@@ -70,30 +81,36 @@ def _read_source(source: tuple[int, str], st: storage.Storage | None = None) -> 
 
 @dataclass
 class ReadMetadata(beam.PTransform):
-    """Read one or more metadata parquet files (local or URL) into row dicts.
+    """Read metadata parquet files (local paths or URLs) into rows: one plain dict per row.
 
-    Outputs: main = rows (each tagged with _source/_row), ``info`` = one
-    {path, sha256, rows} per file.
+    A row holds the parquet's columns (``patch_id``, ``labels``, ``split``, ``country``,
+    ``s1_name``, ...) plus ``_source`` (the file's index in ``url_or_urls``) and ``_row``
+    (the row's index in its file). ``with_info``: return ``{"rows": rows, "info": one
+    {source, path, sha256, rows} per file}`` instead.
     """
 
-    urls: tuple[str, ...]
-    storage: storage.Storage = storage.Storage()
+    url_or_urls: str | tuple[str, ...]
+    _: KW_ONLY
+    storage: storage.Storage | None = None
+    with_info: bool = False
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The metadata files, in ``_source`` order."""
+        u = self.url_or_urls
+        return (u,) if isinstance(u, str) else tuple(u)
 
     def expand(self, pbegin):
-        """Rows, dead letters and per-source info of the metadata files."""
-        st = self.storage
-
-        def read(source) -> Iterable[Any]:
-            yield from _read_source(source, st)
-
+        """The rows (and, ``with_info``, per-file info) of the metadata files."""
+        st = self.storage if self.storage is not None else storage.Storage()
         out = (
             pbegin
             | "Sources" >> beam.Create(list(enumerate(self.urls)))
-            | "Read" >> beam.FlatMap(read)
+            | "Read" >> beam.FlatMap(_read_source, st)
             | "Outputs" >> Demux((MAIN, "info"))
         )
         rows = out[MAIN] | "Spread" >> beam.Reshuffle()
-        return {"rows": rows, "info": out["info"]}
+        return {"rows": rows, "info": out["info"]} if self.with_info else rows
 
 
 def _count_dead(d: dict) -> dict:
@@ -132,41 +149,84 @@ class CheckRows(beam.PTransform):
 
 # --------------------------------------------------------------------------- sharding
 
-
-class CheckShardFn(beam.DoFn):
-    """Per shard key of the config's RowPlan: its rows checked and de-duplicated. Outputs the
-    key if the shard has clean patches, a dead letter per bad row, ``(SELECTED, (split, n))``."""
-
-    def __init__(self, config: ShardConfig):
-        self.config = config
-
-    def process(self, home):
-        """Yield tagged selected counts, dead letters and the shard key when its rows are clean."""
-        selected, dead, clean = self.config.plan.check(home)
-        for split, n in sorted(selected.items()):
-            yield (SELECTED, (split, n))
-        for d in dead:
-            yield (DEAD, _count_dead(d))
-        if clean:
-            if tuple(home) == INVALID:
-                raise AssertionError(f"rows without a shard passed the checks: {clean[:1]}")
-            yield (MAIN, tuple(home))
+ShardRows = tuple  # (home (split, index, count), [metadata rows])
+ShardRecords = tuple  # (shard key (split, index, count), [clean records sorted by patch id])
 
 
 @dataclass
-class PlannedShards(beam.PTransform):
-    """The shards of the config's RowPlan, checked where the rows are read: no per-patch element
-    crosses a stage boundary. Outputs: ``shards`` (keys (split, index, count) of shards with
-    clean patches), ``dead`` (dead letters), ``selected`` ((split, selected rows))."""
+class GroupByShard(beam.PTransform):
+    """Metadata rows -> ``(home, rows)``: every selected row (``--frac``, ``--splits``) with the
+    other rows of its shard, the way ``RowPlan`` assigns them (``transforms.plan``). The rows
+    of a patch id are grouped first, so duplicates share a home; the shard count of a split
+    comes from its selected rows (a small singleton side input)."""
 
-    config: ShardConfig
+    root: str | None
+    splits: tuple[str, ...]
+    frac: float = 1.0
+    shard_size: int = 1000
 
-    def expand(self, pbegin):
-        """Shard keys, dead letters and selected counts per split."""
+    def expand(self, rows):
+        """``(home, rows)`` per shard with rows, ``INVALID`` for rows that can only fail."""
+        routed = (
+            rows
+            | "Route" >> beam.FlatMap(route_row, self.splits, self.frac)
+            | "Routes" >> Demux(("count", "pid", "home"))
+        )
+        n_shards = (
+            routed["count"]
+            | "CountPerSplit" >> beam.combiners.Count.PerElement()
+            | "Counts" >> beam.combiners.ToList()
+            | "ShardCounts" >> beam.Map(lambda pairs, size: shard_counts(dict(pairs), size), self.shard_size)
+        )
+        by_pid = (
+            routed["pid"]
+            | "GroupById" >> beam.GroupByKey()
+            | "Homes"
+            >> beam.FlatMap(
+                lambda kv, n, splits, frac, root: homes_of_group(kv[0], kv[1], splits, frac, root, n),
+                beam.pvalue.AsSingleton(n_shards),
+                self.splits,
+                self.frac,
+                self.root,
+            )
+        )
+        return (
+            (by_pid, routed["home"])
+            | "AllHomes" >> beam.Flatten()
+            | "GroupByHome" >> beam.GroupByKey()
+            | "Sorted" >> beam.MapTuple(lambda home, rs: (tuple(home), sorted(rs, key=row_order)))
+        )
+
+
+def check_home(kv, root, splits, frac) -> Iterable[tuple[str, Any]]:
+    """One home's rows checked and de-duplicated: tagged selected counts, dead letters and,
+    when the shard has clean patches, ``(MAIN, (key, records))``."""
+    home, rows = kv
+    selected, dead, clean = check_rows(rows, root, splits, frac)
+    for split, n in sorted(selected.items()):
+        yield (SELECTED, (split, n))
+    for d in dead:
+        yield (DEAD, _count_dead(d))
+    if clean:
+        if tuple(home) == INVALID:
+            raise AssertionError(f"rows without a shard passed the checks: {clean[:1]}")
+        yield (MAIN, (tuple(home), clean))
+
+
+@dataclass
+class CheckShards(beam.PTransform):
+    """``(home, rows)`` -> ``shards`` (``(key, records)`` of shards with clean patches), ``dead``
+    (dead letters) and ``selected`` (``(split, selected rows)``)."""
+
+    root: str | None
+    splits: tuple[str, ...]
+    frac: float = 1.0
+
+    def expand(self, homes):
+        """Checked shards, dead letters and selected counts per split."""
         out = (
-            pbegin
-            | "Shards" >> beam.Create(self.config.plan.homes())
-            | "Check" >> beam.ParDo(CheckShardFn(self.config))
+            homes
+            | "Check" >> beam.FlatMap(check_home, self.root, self.splits, self.frac)
             | "CheckOutputs" >> Demux((MAIN, DEAD, SELECTED))
         )
         selected = out[SELECTED] | "SelectedPerSplit" >> beam.CombinePerKey(sum)
@@ -177,7 +237,7 @@ class PlannedShards(beam.PTransform):
 
 
 class ShardStatsFn(beam.DoFn):
-    """Per training shard key: ``shard_statistics``, a partial band-statistics accumulator."""
+    """Per training shard ``(key, records)``: ``shard_statistics``, a partial band-statistics accumulator."""
 
     def __init__(self, config: ShardConfig, stats_fraction: float):
         self.config = config
@@ -189,9 +249,11 @@ class ShardStatsFn(beam.DoFn):
 
         self.stats = BandStats()
 
-    def process(self, key):
+    def process(self, shard):
         """The partial statistics of one training shard."""
-        yield shard_statistics(self.config, key, self.stats, self.stats_fraction, count=_count)
+        key, records = shard
+        with carried():
+            yield shard_statistics(self.config, key, self.stats, self.stats_fraction, count=_count, records=records)
 
 
 def _fanout_key(acc, fanout: int) -> int:
@@ -205,8 +267,8 @@ def _fanout_key(acc, fanout: int) -> int:
 
 @dataclass
 class ComputeBandStats(beam.PTransform):
-    """Dataset-wide band statistics over the training shards: per-shard partial
-    accumulators combined globally with fanout. Output: one accumulator."""
+    """Dataset-wide band statistics over the training shards ``(key, records)``: per-shard
+    partial accumulators combined globally with fanout. Output: one accumulator."""
 
     config: ShardConfig
     stats_fraction: float = 1.0
@@ -218,7 +280,7 @@ class ComputeBandStats(beam.PTransform):
 
         return (
             shards
-            | "TrainOnly" >> beam.Filter(lambda key: key[0] == "train")
+            | "TrainOnly" >> beam.Filter(lambda shard: shard[0][0] == "train")
             | "PartialStats" >> beam.ParDo(ShardStatsFn(self.config, self.stats_fraction))
             # Two-level combine with a deterministic fanout key of our own (what
             # CombineGlobally.with_fanout does with random keys, which the DaskRunner cannot run).
@@ -230,35 +292,80 @@ class ComputeBandStats(beam.PTransform):
 
 
 class WriteShardFn(beam.DoFn):
-    """Per shard key: ``write_shard``. Main output: its ShardRecord; ``dead`` output: dead letters."""
+    """Per shard ``(key, records)``: ``write_shard``. Outputs ``(MAIN, ShardRecord)`` and ``(DEAD, dead letter)``."""
 
     def __init__(self, config: ShardConfig):
         self.config = config
 
-    def process(self, key, norm):
-        """Write one shard; yields its dead letters and its record."""
-        record, dead = write_shard(self.config, key, norm, count=_count)
+    def process(self, shard, norm, *ready):
+        """Write one shard; yields its dead letters and its record (``ready``: steps that must run first)."""
+        key, records = shard
+        with carried():
+            record, dead = write_shard(self.config, key, norm, count=_count, records=records)
         yield from ((DEAD, d) for d in dead)
         yield (MAIN, record)
 
 
 @dataclass
 class WriteShards(beam.PTransform):
-    """Write every shard key of the config's plan; ``norm`` is a NormParams dict (or a
-    singleton PCollection of one, read as a side input)."""
+    """Write every shard ``(key, records)``; ``norm`` is a NormParams dict (or a singleton
+    PCollection of one, read as a side input); ``ready``: singleton PCollections that must be
+    computed before any shard is written. Outputs ``shards`` (ShardRecords) and ``dead``."""
 
     config: ShardConfig
     norm: Any  # dict | beam.pvalue.PCollection
+    ready: tuple = ()
 
     def expand(self, shards):
         """Shard records and dead letters."""
+        norm = self.norm if isinstance(self.norm, dict) else beam.pvalue.AsSingleton(self.norm)
         out = (
             shards
-            | "Write"
-            >> beam.ParDo(
-                WriteShardFn(self.config),
-                self.norm if isinstance(self.norm, dict) else beam.pvalue.AsSingleton(self.norm),
-            )
+            | "Write" >> beam.ParDo(WriteShardFn(self.config), norm, *[beam.pvalue.AsSingleton(r) for r in self.ready])
             | "WriteOutputs" >> Demux((MAIN, DEAD))
         )
         return {"shards": out[MAIN], "dead": out[DEAD]}
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def decode_row(row: dict, root, resampling: str, decode_timeout, st) -> Iterable[tuple[str, Any]]:
+    """A row checked, fetched and decoded: ``(MAIN, (patch_id, DecodedPatch))`` or ``(DEAD, dead letter)``."""
+    from bigearthnet_beam.schemas import failures
+    from bigearthnet_beam.transforms.shard_reader import load_patch
+
+    split = md.row_split(row)
+    try:
+        rec = md.check_row(row, root)
+        patch = load_patch(rec, resampling, decode_timeout, st)
+    except failures.PatchError as e:
+        yield (DEAD, _count_dead(e.record(md.row_key(row), split)))
+        return
+    yield (MAIN, (rec["patch_id"], patch))
+
+
+@dataclass
+class DecodePatches(beam.PTransform):
+    """Metadata rows -> ``patches``: ``(patch_id, DecodedPatch)`` (``.pixels``: float32 (120, 120, 14)
+    on the 10 m grid, the bands of ``schemas.bands``; ``.label``: the CLC map), and ``dead``:
+    dead letters of rows that fail the checks, the fetch or the decode."""
+
+    root: str
+    _: KW_ONLY
+    storage: storage.Storage | None = None
+    resampling: str = "bilinear"
+    decode_timeout: float | None = None
+
+    def expand(self, rows):
+        """Decoded patches and dead letters."""
+        from bigearthnet_beam.transforms.patch import DEFAULT_DECODE_TIMEOUT
+
+        timeout = DEFAULT_DECODE_TIMEOUT if self.decode_timeout is None else self.decode_timeout
+        st = self.storage if self.storage is not None else storage.Storage()
+        out = (
+            rows
+            | "Decode" >> beam.FlatMap(decode_row, self.root, self.resampling, timeout, st)
+            | "Outputs" >> Demux((MAIN, DEAD))
+        )
+        return {"patches": out[MAIN], "dead": out[DEAD]}

@@ -35,7 +35,7 @@ ShardKey = tuple[str, int, int]  # (split, index, count)
 class ShardConfig:
     """What the per-shard steps of a conversion share; pickles to the workers as it is."""
 
-    plan: RowPlan
+    plan: RowPlan | None = None  # None: the records come with each shard key (ConvertDataset)
     out: str = ""
     resampling: str = "bilinear"
     compression: str = "none"
@@ -71,12 +71,12 @@ def labels_agree(rec: dict, label_values: np.ndarray) -> bool:
 
 
 def write_shard(
-    config: ShardConfig, key: ShardKey, norm: dict, count: Count = no_count
+    config: ShardConfig, key: ShardKey, norm: dict, count: Count = no_count, records: list[dict] | None = None
 ) -> tuple[manifest.ShardRecord, list[dict]]:
-    """Decode, normalise, encode and write one shard (the records of ``key`` in the plan), in
-    patch-id order, atomically; its record and its dead letters. ``norm``: NormParams dict."""
+    """Decode, normalise, encode and write one shard (``records``, else the records of ``key`` in
+    the plan), in patch-id order, atomically; its record and its dead letters. ``norm``: NormParams dict."""
     split, index, n_shards = key
-    recs = config.plan.records(key)
+    recs = config.plan.records(key) if records is None else records
     params = NormParams.from_dict(norm)
     rel = manifest.shard_path(split, index, n_shards, config.compression)
     t0 = time.perf_counter()
@@ -123,13 +123,22 @@ def write_shard(
     return manifest.ShardRecord.build(key, config.compression, info, label_values, disagreements, dt), dead
 
 
-def shard_statistics(config: ShardConfig, key: ShardKey, stats, stats_fraction: float, count: Count = no_count):
+def shard_statistics(
+    config: ShardConfig,
+    key: ShardKey,
+    stats,
+    stats_fraction: float,
+    count: Count = no_count,
+    records: list[dict] | None = None,
+):
     """A partial band-statistics accumulator (``stats``: a ``transforms.histogram.BandStats``)
-    over the sampled records of one shard; failed patches are skipped (the writer reports them).
+    over the sampled records of one shard (``records``, else the plan's); failed patches are
+    skipped (the writer reports them). Each patch is sealed on its own, so the result equals
+    any grouping of the same patches (``StatisticsCombineFn`` over pixel arrays included).
     With a cache, the fetched objects are kept there for the writer."""
     split, index, n_shards = key
     t0 = time.perf_counter()
-    recs = config.plan.records(key)
+    recs = config.plan.records(key) if records is None else records
     acc = stats.create()
     chosen = [r for r in recs if md.sampled(r["patch_id"], stats_fraction, salt="stats")]
     for _, patch in loaded_patches(
@@ -145,7 +154,7 @@ def shard_statistics(config: ShardConfig, key: ShardKey, stats, stats_fraction: 
     ):
         if isinstance(patch, failures.PatchError):
             continue
-        stats.add(acc, patch.pixels)
+        stats.seal(stats.add(acc, patch.pixels))
         count("stats_patches")
     LOG.info(
         "statistics: %s shard %d of %d: %d patches in %.1f s",
