@@ -97,7 +97,12 @@ class RowsDigestFn(beam.CombineFn):
 
 
 def _start(_, out: str, st: storage.Storage) -> bool:
-    """Before any shard is written: a manifest (and run record) of an earlier run must not outlive this one."""
+    """Before any shard is written (a step of the pipeline: building the graph touches no storage):
+    ``out`` must be new, empty or an earlier conversion's (nothing else there is touched); mark it
+    as ours; a manifest (and run record) of an earlier run must not outlive this one."""
+    with carried():
+        outdir.check(out, COMMAND, st)
+    outdir.mark(out, COMMAND, st)
     for name in (manifest_schema.MANIFEST, manifest_schema.RUN_JSON):
         url = storage.join(out, name)
         if st.exists(url):
@@ -218,8 +223,6 @@ class ConvertDataset(beam.PTransform):
         from bigearthnet_beam.beam_pipeline.stats_pass import stats_from_file
 
         st = self._st()
-        outdir.check(self.out, COMMAND, st)  # new, empty or an earlier conversion's: nothing else is touched
-        outdir.mark(self.out, COMMAND, st)
         config = self.shard_config()
         homes = rows | "GroupByShard" >> GroupByShard(self.root, self.splits, self.frac, self.shard_size)
         checked = homes | "CheckShards" >> CheckShards(self.root, self.splits, self.frac)

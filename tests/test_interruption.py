@@ -155,6 +155,8 @@ def test_a_full_disk_is_a_clear_error_and_no_dataset_is_presented_as_complete(re
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["rc"] == 3, out["stderr"]  # a full disk is an environment failure (README: exit codes)
     assert "No space left on device" in out["stderr"] and "is full" in out["stderr"]
+    said = [line for line in out["stderr"].splitlines() if line.startswith("benbeam convert:")]
+    assert len(said) == 1 and "is full" in said[0], said  # one line (issue 24, W8)
     assert f"no {manifest.MANIFEST} was written" in out["stderr"]
     assert manifest.MANIFEST not in {os.path.basename(f) for f in out["files"]}
     ref_hashes = {s["path"]: s["sha256"] for info in ref["splits"].values() for s in info["shards"]}

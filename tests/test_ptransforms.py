@@ -10,19 +10,19 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from bigearthnet_beam.schemas.manifest import shard_path
 from bigearthnet_beam.transforms import metadata as md
-from bigearthnet_beam.transforms import plan as shard_plan
 from bigearthnet_beam.transforms.combiners import BandStatsCombineFn
 from bigearthnet_beam.transforms.plan import INVALID, RowPlan, check_rows
 from bigearthnet_beam.transforms.ptransforms import (
     CheckRows,
-    CheckShardFn,
+    CheckShards,
     ComputeBandStats,
-    PlannedShards,
+    GroupByShard,
     ShardStatsFn,
     WriteShardFn,
     WriteShards,
 )
 from bigearthnet_beam.transforms.shard_writer import ShardConfig
+from bigearthnet_beam.transforms.storage import Storage
 
 PIDS = [f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{x:02d}_{y:02d}" for x in range(3) for y in range(4)]
 
@@ -133,38 +133,59 @@ def test_plan_samples_selects_and_notices_a_changed_metadata_file(tmp_path):
     again = _plan(tmp_path, [rows], splits=("train",), frac=0.8)
     assert again == plan and hash(again) == hash(plan)  # a plan is a value: the per-process cache key
     changed = _plan(tmp_path, [rows[:-1]], splits=("train",), frac=0.8)  # rewrites meta0.parquet
-    shard_plan._CACHE.clear()  # as in a fresh worker process
+    plan = pickle.loads(pickle.dumps(plan))  # as in a fresh worker process: the index is not pickled
+    assert "_index_cache" not in plan.__dict__
     with pytest.raises(md.MetadataError, match="changed while the conversion ran"):
         plan.records(plan.homes()[0])
     assert changed.records(changed.homes()[0]) is not None
 
 
-def test_planned_shards_in_a_pipeline(tmp_path):
-    rows = [_row(i, p) for i, p in enumerate(PIDS)] + [_row(len(PIDS), "bad")]
-    plan = _plan(tmp_path, [rows], shard_size=5)
+def _tricky_rows():
+    t0 = [_row(i, p, split=("train", "validation", "test")[i % 3]) for i, p in enumerate(PIDS)]
+    t0.append(_row(len(t0), PIDS[4], split="test"))  # duplicate in another split: the first is kept
+    t0.append(_row(len(t0), "not-an-id"))
+    t0.append(_row(len(t0), PIDS[0][:-1] + "9", split="val"))  # unknown split
+    t0.append(_row(len(t0), PIDS[1][:-1] + "8", labels=["No such class"]))
+    t1 = [_row(0, PIDS[2], split="validation", labels=["Unknown"]), _row(1, PIDS[5], split="train")]
+    return t0, t1
+
+
+def test_grouping_rows_in_a_pipeline_gives_the_plans_shards(tmp_path):
+    """GroupByShard + CheckShards on rows (ConvertDataset's way) give exactly the shards, records,
+    dead letters and selected counts of the RowPlan of the same rows as files."""
+    t0, t1 = _tricky_rows()
+    plan = _plan(tmp_path, [t0, t1], shard_size=2)
+    rows = [dict(r, _source=0, _row=i) for i, r in enumerate(t0)] + [
+        dict(r, _source=1, _row=i) for i, r in enumerate(t1)
+    ]
+    want_shards = [(h, plan.records(h)) for h in plan.homes() if plan.records(h)]
+    want_dead = sorted(d["patch_id"] + d["reason"] for h in plan.homes() for d in plan.check(h)[1])
+    want_sel: dict = {}
+    for h in plan.homes():
+        for k, v in plan.check(h)[0].items():
+            want_sel[k] = want_sel.get(k, 0) + v
     with TestPipeline() as p:
-        out = p | PlannedShards(ShardConfig(plan))
-        assert_that(
-            out["shards"],
-            equal_to([("train", i, 3) for i in range(3) if plan.records(("train", i, 3))]),
-            label="shards",
+        out = (
+            p | beam.Create(rows) | GroupByShard("/data", plan.splits, 1.0, 2) | CheckShards("/data", plan.splits, 1.0)
         )
-        assert_that(out["selected"], equal_to([("train", 13)]), label="selected")
-        assert_that(out["dead"] | beam.Map(lambda d: d["reason"]), equal_to(["malformed_patch_id"]), label="dead")
+        assert_that(out["shards"], equal_to(want_shards), label="shards")
+        assert_that(out["selected"], equal_to(sorted(want_sel.items())), label="selected")
+        assert_that(out["dead"] | beam.Map(lambda d: d["patch_id"] + d["reason"]), equal_to(want_dead), label="dead")
+    assert len(want_shards) > 3 and len(want_dead) == 6
     assert shard_path("train", 2, 12) == "train/train-00002-of-00012.tfrecord"
     assert shard_path("test", 0, 1, "gzip") == "test/test-00000-of-00001.tfrecord.gz"
 
 
 def test_everything_that_ships_to_workers_pickles():
     plan = RowPlan(("/m.parquet",), ("0" * 64,), (10,), "/data", ("train",), 1.0, 5, (("train", 10),))
-    config = ShardConfig(plan, "/out", "cubic", "gzip", "float16", {"s3": {"anon": True}}, 12.0)
+    config = ShardConfig(plan, "/out", "cubic", "gzip", "float16", Storage(anon=True), 12.0)
     for obj in (
         ShardStatsFn(config, 1.0),
         WriteShardFn(config),
-        CheckShardFn(config),
         BandStatsCombineFn(),
         CheckRows("/data", ("train",), 0.5),
-        PlannedShards(config),
+        GroupByShard("/data", ("train",), 0.5, 7),
+        CheckShards("/data", ("train",), 0.5),
         ComputeBandStats(config, 0.5),
         config,
     ):

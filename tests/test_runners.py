@@ -117,12 +117,23 @@ def test_dataflow_dry_run_builds_the_whole_graph(sample, monkeypatch, capsys):
     assert "dry run" in out and "staged: bigearthnet_beam-" in out
     stats_job, write_job = jobs  # the statistics job, then the write job (statistics known at construction)
     names = lambda job: {t.unique_name for t in job.proto_pipeline.components.transforms.values()}  # noqa: E731
-    for step in ("PlanShards", "PlanShards/Check", "ComputeBandStats", "WriteStatsPass"):
+    for step in (
+        "ReadMetadata",
+        "ComputeStatistics/GroupByShard",
+        "ComputeStatistics/CheckShards",
+        "ComputeStatistics/ComputeBandStats",
+        "WriteStatsPass",
+    ):
         assert step in names(stats_job), step
-    for step in ("PlanShards", "WriteShards", "Gather", "Finalize"):
+    for step in (
+        "ReadMetadata",
+        "ConvertDataset/GroupByShard",
+        "ConvertDataset/WriteShards",
+        "ConvertDataset/Finalize",
+    ):
         assert step in names(write_job), step
-    assert "ComputeBandStats" not in names(write_job)
-    assert any(n.startswith("WriteShards/Write") for n in names(write_job))
+    assert not any("ComputeBandStats" in n for n in names(write_job))  # the statistics were known at construction
+    assert any(n.startswith("ConvertDataset/WriteShards/Write") for n in names(write_job))
     opts = write_job.options.get_all_options()
     assert opts["extra_packages"][0].endswith(".whl") and not opts.get("setup_file")
     assert opts["max_num_workers"] == 50
