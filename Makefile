@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
 #   make demo   install into .venv, then synth -> convert -> train -> evaluate -> predict on a built-in sample
 #   make test   install into .venv (with test tools), then run the test suite
-# (make test-fast: the tests not marked slow; make lint: ruff check + ruff format --check)
+# (make test-fast: the tests not marked slow; make lint: ruff, import-linter contracts, mypy on the public API)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -46,9 +46,14 @@ test: setup chromium
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
+# ruff; the architecture contracts (import-linter) and the types of the public API (mypy), both
+# on the package as installed: staged by setup.py build_py, since package_dir maps the folders
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	rm -rf build/lint && $(BIN)/python setup.py -q build_py --build-lib build/lint
+	cd build/lint && PYTHONPATH=. ../../$(BIN)/lint-imports --config ../../pyproject.toml
+	cd build/lint && ../../$(BIN)/mypy --config-file ../../pyproject.toml
 
 format: setup
 	$(BIN)/ruff check --fix .

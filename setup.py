@@ -77,6 +77,9 @@ setup(
             # the packaging tests build the wheel
             "build>=1.0",
             "ruff>=0.5",
+            # make lint: the architecture contracts and the types of the public API
+            "import-linter>=2.1",
+            "mypy>=1.10",
             # the TFDS and PyTorch readers' tests (torch 2.13.0: a CPU build)
             "tensorflow-datasets>=4.9,<5",
             "torch==2.13.0",

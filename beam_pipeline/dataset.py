@@ -26,6 +26,7 @@ from bigearthnet_beam.transforms.patch import DEFAULT_DECODE_TIMEOUT
 from bigearthnet_beam.transforms.ptransforms import CheckShards, ComputeBandStats, GroupByShard, WriteShards
 from bigearthnet_beam.transforms.shard_writer import ShardConfig
 from bigearthnet_beam.transforms.statistics import DEFAULT_CLIP_PERCENTILES, stats_from_acc
+from bigearthnet_beam.transforms.storage import Storage
 
 COMMAND = "benbeam convert"  # the output folder's marker: ConvertDataset and `benbeam convert` write the same
 DEFAULT_SPLITS = ("train", "validation", "test")
@@ -96,7 +97,7 @@ class RowsDigestFn(beam.CombineFn):
 # --------------------------------------------------------------------------- steps
 
 
-def _start(_, out: str, st: storage.Storage) -> bool:
+def _start(_, out: str, st: Storage) -> bool:
     """Before any shard is written (a step of the pipeline: building the graph touches no storage):
     ``out`` must be new, empty or an earlier conversion's (nothing else there is touched); mark it
     as ours; a manifest (and run record) of an earlier run must not outlive this one."""
@@ -161,7 +162,7 @@ class ConvertDataset(beam.PTransform):
     root: str
     out: str
     _: KW_ONLY
-    storage: storage.Storage | None = None
+    storage: Storage | None = None
     splits: tuple[str, ...] = DEFAULT_SPLITS
     frac: float = 1.0
     shard_size: int = DEFAULT_SHARD_SIZE
@@ -184,8 +185,8 @@ class ConvertDataset(beam.PTransform):
         self.clip_percentiles = (float(self.clip_percentiles[0]), float(self.clip_percentiles[1]))
         check_options(self.splits, self.frac, self.stats_fraction, self.shard_size, self.clip_percentiles, self.stats)
 
-    def _st(self) -> storage.Storage:
-        return self.storage if self.storage is not None else storage.Storage()
+    def _st(self) -> Storage:
+        return self.storage if self.storage is not None else Storage()
 
     def shard_config(self) -> ShardConfig:
         """What the per-shard steps share."""
@@ -276,7 +277,7 @@ class ComputeStatistics(beam.PTransform):
 
     root: str
     _: KW_ONLY
-    storage: storage.Storage | None = None
+    storage: Storage | None = None
     splits: tuple[str, ...] = DEFAULT_SPLITS
     frac: float = 1.0
     shard_size: int = DEFAULT_SHARD_SIZE
@@ -291,7 +292,7 @@ class ComputeStatistics(beam.PTransform):
         config = ShardConfig(
             None,
             resampling=self.resampling,
-            storage=self.storage if self.storage is not None else storage.Storage(),
+            storage=self.storage if self.storage is not None else Storage(),
             decode_timeout=self.decode_timeout,
             cache=self.cache,
             objects=self.objects,

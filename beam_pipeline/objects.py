@@ -16,9 +16,9 @@ import apache_beam as beam
 from bigearthnet_beam.beam_pipeline.validate import ValidateGroupFn, _prefix
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS
 from bigearthnet_beam.transforms import metadata as md
-from bigearthnet_beam.transforms import storage
 from bigearthnet_beam.transforms.patch import DEFAULT_DECODE_TIMEOUT
 from bigearthnet_beam.transforms.ptransforms import CheckRows
+from bigearthnet_beam.transforms.storage import Storage
 
 
 def _dead_result(d: dict) -> dict:
@@ -35,7 +35,7 @@ class ValidateObjects(beam.PTransform):
 
     root: str
     _: KW_ONLY
-    storage: storage.Storage | None = None
+    storage: Storage | None = None
     splits: tuple[str, ...] = ("train", "validation", "test")
     frac: float = 1.0
     deep: bool = False
@@ -43,7 +43,7 @@ class ValidateObjects(beam.PTransform):
 
     def expand(self, rows):
         """Results of the metadata checks and of the object checks."""
-        st = self.storage if self.storage is not None else storage.Storage()
+        st = self.storage if self.storage is not None else Storage()
         checked = rows | "CheckRows" >> CheckRows(self.root, tuple(self.splits), self.frac)
         results = (
             checked["patches"]

@@ -33,6 +33,7 @@ from bigearthnet_beam.transforms.plan import (
     shard_counts,
 )
 from bigearthnet_beam.transforms.shard_writer import ShardConfig, shard_statistics, write_shard
+from bigearthnet_beam.transforms.storage import Storage
 
 NAMESPACE = "benbeam"
 DEAD = "dead"
@@ -91,7 +92,7 @@ class ReadMetadata(beam.PTransform):
 
     url_or_urls: str | tuple[str, ...]
     _: KW_ONLY
-    storage: storage.Storage | None = None
+    storage: Storage | None = None
     with_info: bool = False
 
     @property
@@ -353,7 +354,7 @@ class DecodePatches(beam.PTransform):
 
     root: str
     _: KW_ONLY
-    storage: storage.Storage | None = None
+    storage: Storage | None = None
     resampling: str = "bilinear"
     decode_timeout: float | None = None
 
