@@ -371,7 +371,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
     man = summary(args.out, st)
     print_summary(man, dt)
     try:
-        write_run_record(args.out, man, dt, opts, counters, st)
+        write_run_record(args.out, man, dt, opts, counters, st, metadata=plan.info())
         if args.report:
             from bigearthnet_beam.beam_pipeline.report import write_report
 

@@ -142,6 +142,11 @@ def _finalize_all(keyed, stats, meta_info, *, st, report, **kw) -> dict:
     return man
 
 
+def _with_histograms(stats) -> tuple[dict, bytes]:
+    """A statistics document alone, or with its histograms.npz bytes, as (document, bytes)."""
+    return (stats, b"") if isinstance(stats, dict) else (stats[0], stats[1])
+
+
 def _tag(t: str):
     return lambda v: (t, v)
 
@@ -155,8 +160,10 @@ class ConvertDataset(beam.PTransform):
     Options as ``benbeam convert``'s flags: ``splits``, ``frac``, ``shard_size``, ``resampling``,
     ``compression``, ``image_dtype`` (``--dtype``), ``clip`` (not ``--no_clip``), ``clip_percentiles``,
     ``stats`` (an earlier run's stats.json or dataset.json), ``stats_fraction``, ``decode_timeout``.
-    ``statistics``: a (statistics document, histograms.npz bytes) pair computed before (the CLI's
-    statistics job); ``cache`` / ``objects``: the CLI's object cache and archive packs.
+    ``statistics``: statistics computed before, instead of in the pipeline — a statistics document
+    (what ``StatisticsCombineFn`` gives), a (document, histograms.npz bytes) pair (the CLI's
+    statistics job), or a singleton PCollection of either; ``cache`` / ``objects``: the CLI's
+    object cache and archive packs.
     """
 
     root: str
@@ -175,7 +182,7 @@ class ConvertDataset(beam.PTransform):
     stats_fraction: float = 1.0
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
     report: bool = True
-    statistics: tuple[dict, bytes] | None = None
+    statistics: Any = None  # a statistics document, (document, histograms.npz bytes), or a singleton PCollection
     cache: Any = None
     objects: Any = None
 
@@ -228,8 +235,10 @@ class ConvertDataset(beam.PTransform):
         homes = rows | "GroupByShard" >> GroupByShard(self.root, self.splits, self.frac, self.shard_size)
         checked = homes | "CheckShards" >> CheckShards(self.root, self.splits, self.frac)
         stats: Any
-        if self.statistics is not None:
-            stats = self.statistics
+        if isinstance(self.statistics, beam.pvalue.PCollection):  # e.g. of StatisticsCombineFn
+            stats = self.statistics | "GivenStatistics" >> beam.Map(_with_histograms)
+        elif self.statistics is not None:
+            stats = _with_histograms(self.statistics)
         elif self.stats:
             stats = (stats_from_file(self.stats, self.clip, self.clip_percentiles, st), b"")
         else:

@@ -57,10 +57,17 @@ def print_counters(results, stream=None) -> dict[str, int]:
 
 
 def write_run_record(
-    out: str, man: dict, seconds: float, opts, counters: dict, st: storage.Storage | None = None
+    out: str,
+    man: dict,
+    seconds: float,
+    opts,
+    counters: dict,
+    st: storage.Storage | None = None,
+    metadata: list[dict] | None = None,
 ) -> dict:
-    """``run.json``: how this run went (time, throughput, runner). Not part of the manifest,
-    which stays byte-identical between runs; the report's throughput section reads it."""
+    """``run.json``: how this run went (time, throughput, runner; ``metadata``: the files read, with
+    their paths and sha256). Not part of the manifest, which describes the rows it received and
+    stays byte-identical between runs; the report's throughput section reads it."""
     import datetime
     import resource
 
@@ -79,6 +86,7 @@ def write_run_record(
         "finished_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "counters": counters,
+        "metadata": metadata or [],
     }
     (st or storage.Storage()).write_bytes_atomic(
         storage.join(out, manifest_schema.RUN_JSON), (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode()

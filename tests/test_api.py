@@ -132,18 +132,16 @@ def test_the_same_pipeline_on_the_dask_runner_equals_the_cli(replica):
 
 
 @pytest.mark.slow
-def test_the_statistics_combinefn_gives_the_cli_statistics(replica):
+def test_the_statistics_combinefn_gives_the_cli_statistics_and_shards(replica):
     """``StatisticsCombineFn`` under ``beam.CombineGlobally`` over the decoded training patches
-    equals the CLI's stats.json."""
-    d, reben, country = replica
+    equals the CLI's stats.json; ``ConvertDataset`` given those statistics (a PCollection) writes
+    the CLI's shards."""
+    d, reben, _ = replica
     want = json.loads((d / "cli" / "stats.json").read_text())
+    out = d / "given"
     with beam.Pipeline() as p:
-        decoded = (
-            p
-            | bb.ReadMetadata(str(d / "kept.parquet"))
-            | beam.Filter(lambda row: row["split"] == "train")
-            | bb.DecodePatches(str(reben))
-        )
+        rows = p | bb.ReadMetadata(str(d / "kept.parquet"))
+        decoded = rows | beam.Filter(lambda row: row["split"] == "train") | bb.DecodePatches(str(reben))
         stats = (
             decoded["patches"]
             | beam.Map(lambda kv: kv[1].pixels)
@@ -151,6 +149,11 @@ def test_the_statistics_combinefn_gives_the_cli_statistics(replica):
             | beam.Map(lambda doc: json.loads(json.dumps(doc)))
         )
         assert_that(stats, equal_to([want]))
+        _ = rows | "Convert" >> bb.ConvertDataset(root=str(reben), out=str(out), statistics=stats, **OPTS)
+    shards = lambda t: {k: v for k, v in t.items() if k.endswith(".tfrecord")}  # noqa: E731
+    assert shards(tree(out)) == shards(tree(d / "cli")) != {}
+    assert json.loads((out / "stats.json").read_text()) == want
+    assert not (out / "histograms.npz").exists()  # given statistics come without histograms
 
 
 @pytest.mark.slow
