@@ -398,7 +398,7 @@ def test_inventory_marks_missing_empty_and_misplaced_members(tmp_path):
 @pytest.mark.slow
 def test_archives_in_a_bucket_stream_through_the_storage_layer(reben, from_folders):
     """s3:// archives on a real SeaweedFS server, packs under the bucket output, removed after."""
-    from bigearthnet_beam.transforms import storage
+    from bigearthnet_beam.transforms.storage import Storage
     from tests.servers import seaweedfs
 
     key, secret = "AKIABENBEAMARCHIVES1", "benbeam-archives-secret"
@@ -408,11 +408,11 @@ def test_archives_in_a_bucket_stream_through_the_storage_layer(reben, from_folde
     mp.delenv("AWS_PROFILE", raising=False)
     try:
         with seaweedfs(key, secret) as endpoint:
-            storage.configure(endpoint)
-            storage.filesystem("s3://").mkdir("arch")
+            st = Storage(s3_endpoint_url=endpoint)
+            st.filesystem("s3://").mkdir("arch")
             for _, name in archives.ARCHIVES:
-                storage.upload_file(str(reben / name), f"s3://arch/in/{name}")
-            storage.upload_file(str(reben / "metadata.parquet"), "s3://arch/in/metadata.parquet")
+                st.upload_file(str(reben / name), f"s3://arch/in/{name}")
+            st.upload_file(str(reben / "metadata.parquet"), "s3://arch/in/metadata.parquet")
             assert (
                 main(
                     [
@@ -436,7 +436,7 @@ def test_archives_in_a_bucket_stream_through_the_storage_layer(reben, from_folde
                 )
                 == 0
             )
-            fs = storage.filesystem("s3://arch")
+            fs = st.filesystem("s3://arch")
             man = json.loads(fs.cat_file(f"s3://arch/ds/{manifest_schema.MANIFEST}"))
             ref = json.loads((from_folders / manifest_schema.MANIFEST).read_text())
             shards = [(s["path"], s["sha256"]) for m in (man, ref) for e in m["splits"].values() for s in e["shards"]]
@@ -454,4 +454,3 @@ def test_archives_in_a_bucket_stream_through_the_storage_layer(reben, from_folde
             assert not [f for f in fs.find(left[0]) if f.endswith((".pack", ".json"))]
     finally:
         mp.undo()
-        storage.configure()
