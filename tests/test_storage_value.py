@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from bigearthnet_beam.schemas.errors import InputError
+from bigearthnet_beam.schemas.errors import InputError, exit_code
 from bigearthnet_beam.transforms import storage
 from bigearthnet_beam.transforms.cli_args import add_storage_args, storage_from_args
 from bigearthnet_beam.transforms.storage import Storage
@@ -63,6 +63,20 @@ def test_redact_replaces_every_secret_in_a_message():
     assert "127.0.0.1:9/b/k" in shown
     assert storage.redact_url("http://a:b@h:1/p") == "http://***@h:1/p"
     assert storage.redact_url("http://h:1/p") == "http://h:1/p"
+
+
+def test_a_refused_access_says_where_and_whose_credentials_without_them():
+    st = _secret_value()
+    msg = st.denied_message("s3://b/k", PermissionError(f"Forbidden for {KEY}"))
+    assert msg == (
+        "access to s3://b/k at http://***@127.0.0.1:9 denied (Forbidden for ***) with the S3 key ***: "
+        "check the credentials and the bucket policy"
+    )
+    assert "profile 'p'" in Storage(s3_profile="p").denied_message("s3://b/k", PermissionError())
+    assert "anonymous access" in Storage(anon=True).denied_message("gs://b/k", PermissionError("x"))
+    assert "default credential chain" in Storage().denied_message("gs://b/k", PermissionError("x"))
+    e = storage.AccessDenied(13, msg)
+    assert isinstance(e, PermissionError) and exit_code(e) == 3  # a storage failure: the environment's
 
 
 def test_probe_failure_names_the_endpoint_without_its_password():
@@ -417,8 +431,12 @@ def test_two_pipelines_two_servers_two_credentials_in_one_process(two_servers, c
     assert "does not exist" in str(e.value)
     # and at the other's endpoint its credentials are refused, by the fsspec client and by obstore alike:
     crossed = sa.replace(s3_endpoint_url=sb.s3_endpoint_url)
-    with pytest.raises(PermissionError):
-        crossed.read_bytes(f"{reben_b}/metadata.parquet")
+    with pytest.raises(storage.AccessDenied) as denied:
+        md.read_table(f"{reben_b}/metadata.parquet", crossed)
+    msg = str(denied.value)
+    assert f"access to {reben_b}/metadata.parquet at {sb.s3_endpoint_url} denied" in msg, msg
+    assert "with the S3 key ***: check the credentials" in msg and KEY_A not in msg and SECRET_A not in msg
+    assert exit_code(denied.value) == 3
     table, _ = md.read_table(f"{reben_b}/metadata.parquet", sb)
     row = table.to_pylist()[0]
     urls = object_urls(reben_b, row["patch_id"], row["s1_name"])
