@@ -182,13 +182,16 @@ def test_router_sends_a_shared_s1_folder_to_every_shard_that_reads_it():
 
 def test_transforms_and_sources_pickle():
     from bigearthnet_beam.transforms.archive_ptransforms import InventoryFn, SplitArchiveFn
+    from bigearthnet_beam.transforms.storage import Storage
 
+    st = Storage(s3_endpoint_url="http://127.0.0.1:9", s3_key="k", s3_secret="s")
     for obj in (
-        SplitArchiveFn(None, "/tmp/p", {}),
-        InventoryFn(("m",), ("train",), 1.0, {}),
-        archive_packs.PackObjects("/x"),
+        SplitArchiveFn(None, "/tmp/p", st),
+        InventoryFn(("m",), ("train",), 1.0, st),
+        archive_packs.PackObjects("/x", st),
     ):
-        assert type(pickle.loads(pickle.dumps(obj))) is type(obj)
+        back = pickle.loads(pickle.dumps(obj))
+        assert type(back) is type(obj) and back.storage == st  # the value travels with the worker's copy
 
 
 # --------------------------------------------------------------------------- end to end

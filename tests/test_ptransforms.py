@@ -23,6 +23,7 @@ from bigearthnet_beam.transforms.ptransforms import (
     WriteShards,
 )
 from bigearthnet_beam.transforms.shard_writer import ShardConfig
+from bigearthnet_beam.transforms.storage import Storage
 
 PIDS = [f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{x:02d}_{y:02d}" for x in range(3) for y in range(4)]
 
@@ -157,7 +158,7 @@ def test_planned_shards_in_a_pipeline(tmp_path):
 
 def test_everything_that_ships_to_workers_pickles():
     plan = RowPlan(("/m.parquet",), ("0" * 64,), (10,), "/data", ("train",), 1.0, 5, (("train", 10),))
-    config = ShardConfig(plan, "/out", "cubic", "gzip", "float16", {"s3": {"anon": True}}, 12.0)
+    config = ShardConfig(plan, "/out", "cubic", "gzip", "float16", Storage(anon=True), 12.0)
     for obj in (
         ShardStatsFn(config, 1.0),
         WriteShardFn(config),
@@ -170,6 +171,7 @@ def test_everything_that_ships_to_workers_pickles():
     ):
         back = pickler.loads(pickler.dumps(obj))
         assert type(back) is type(obj)
+    assert pickler.loads(pickler.dumps(WriteShardFn(config))).config.storage == Storage(anon=True)
     fn = pickle.loads(pickle.dumps(WriteShardFn(ShardConfig(plan, "/o", "nearest", "gzip", "float16"))))
     assert fn.config.plan == plan
     assert (fn.config.out, fn.config.resampling, fn.config.compression, fn.config.image_dtype) == (
