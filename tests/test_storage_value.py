@@ -236,6 +236,7 @@ MUTABLE_NODES = (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.Se
 # (module, name). Anything not listed here that binds a mutable value at module level fails.
 ALLOWED = {
     ("bigearthnet_beam/__init__.py", "__all__"),  # the export list
+    ("bigearthnet_beam/__init__.py", "_LAZY"),  # public name -> module (the public-API work of issue 23)
     # schemas: the data contract's lookup tables
     ("schemas/bands.py", "BAND_BY_NAME"),
     ("schemas/bands.py", "S2_PRODUCT_RESOLUTION_M"),
