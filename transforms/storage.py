@@ -92,7 +92,7 @@ class Storage:
     - ``s3_key`` / ``s3_secret`` / ``s3_session_token``: explicit S3 credentials (secret).
     - ``s3_profile``: a named profile of ``~/.aws/config``; ``s3_region``: the bucket region.
     - ``gcs_token``: gcsfs's ``token`` — a service-account JSON path, ``"google_default"``,
-      ``"cloud"`` or ``"anon"`` (shown as ``***``); ``gcs_project``: the billing project.
+      ``"cloud"`` or ``"anon"`` (a path is shown as ``***``); ``gcs_project``: the billing project.
     - ``fast_get``: whole-object ``s3://`` reads and uploads through obstore (default) or s3fs.
     """
 
@@ -182,7 +182,7 @@ class Storage:
                 text = text.replace(user_info, HIDDEN)
         for name in _SECRET_FIELDS:
             v = getattr(self, name)
-            if v and len(v) >= 4 and v not in ("anon", "cloud", "google_default", "browser"):
+            if v and len(v) >= 4 and v not in _NOT_SECRET_TOKENS:
                 text = text.replace(v, HIDDEN)
         return text
 
