@@ -90,10 +90,10 @@ def main() -> int:
             for pid in weed_pids():
                 threads = os.listdir(f"/proc/{pid}/task")
                 assert all(os.sched_getaffinity(int(t)) == {1} for t in threads), "server not pinned"
-        storage.configure(endpoint)
-        storage.filesystem("s3://").mkdir("bench")
+        st = storage.Storage(s3_endpoint_url=endpoint)
+        st.filesystem("s3://").mkdir("bench")
         t0 = time.perf_counter()
-        generate("s3://bench/reben", args.n, seed=11)
+        generate("s3://bench/reben", args.n, seed=11, st=st)
         print(f"synth into the bucket: {args.n} patches in {time.perf_counter() - t0:.1f} s")
         print(
             "server on core 1, every conversion on core 0"
@@ -133,7 +133,7 @@ def main() -> int:
             os.path.join(work, "out_n"),
             "s3://bench/out",
         ):
-            man = json.loads(storage.read_bytes(storage.join(out, "dataset.json")))
+            man = json.loads(st.read_bytes(storage.join(out, "dataset.json")))
             hashes.append(sorted(s["sha256"] for e in man["splits"].values() for s in e["shards"]))
         print(f"shards identical across the four runs: {all(h == hashes[0] for h in hashes)}")
         base = runs["local disk -> local disk"]

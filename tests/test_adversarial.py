@@ -433,12 +433,13 @@ def test_a_hung_decode_in_one_thread_does_not_stall_another_threads_patches(patc
 
     monkeypatch.setattr(patch_checks, "decode_geotiff", hanging)
     errors = []
+    wd = patch_checks.Watchdog()  # one watchdog shared by both threads, as a DoFn's is
 
     def victim():
-        helper = patch_checks._WATCHDOG.helper()
+        helper = wd.helper()
         helper.submit(lambda: setattr(threading.current_thread(), "_hang", True)).result()
         try:
-            patch_checks.decode_patch(pid, objs, timeout=10)
+            patch_checks.decode_patch(pid, objs, timeout=10, watchdog=wd)
         except failures.PatchError as e:
             errors.append(e)
 
@@ -446,7 +447,7 @@ def test_a_hung_decode_in_one_thread_does_not_stall_another_threads_patches(patc
     t.start()
     assert hung.wait(10)  # thread 1's decode is stuck now
     for _ in range(3):  # thread 2 (this one) decodes normally, well within 0.5 s each
-        assert patch_checks.decode_patch(pid, objs, timeout=0.5).pixels.shape == (120, 120, 14)
+        assert patch_checks.decode_patch(pid, objs, timeout=0.5, watchdog=wd).pixels.shape == (120, 120, 14)
     release.set()
     t.join(20)
     assert not errors  # released before its 10 s deadline: thread 1's patch decoded too

@@ -182,13 +182,16 @@ def test_router_sends_a_shared_s1_folder_to_every_shard_that_reads_it():
 
 def test_transforms_and_sources_pickle():
     from bigearthnet_beam.transforms.archive_ptransforms import InventoryFn, SplitArchiveFn
+    from bigearthnet_beam.transforms.storage import Storage
 
+    st = Storage(s3_endpoint_url="http://127.0.0.1:9", s3_key="k", s3_secret="s")
     for obj in (
-        SplitArchiveFn(None, "/tmp/p", {}),
-        InventoryFn(("m",), ("train",), 1.0, {}),
-        archive_packs.PackObjects("/x"),
+        SplitArchiveFn(None, "/tmp/p", st),
+        InventoryFn(("m",), ("train",), 1.0, st),
+        archive_packs.PackObjects("/x", st),
     ):
-        assert type(pickle.loads(pickle.dumps(obj))) is type(obj)
+        back = pickle.loads(pickle.dumps(obj))
+        assert type(back) is type(obj) and back.storage == st  # the value travels with the worker's copy
 
 
 # --------------------------------------------------------------------------- end to end
@@ -398,7 +401,7 @@ def test_inventory_marks_missing_empty_and_misplaced_members(tmp_path):
 @pytest.mark.slow
 def test_archives_in_a_bucket_stream_through_the_storage_layer(reben, from_folders):
     """s3:// archives on a real SeaweedFS server, packs under the bucket output, removed after."""
-    from bigearthnet_beam.transforms import storage
+    from bigearthnet_beam.transforms.storage import Storage
     from tests.servers import seaweedfs
 
     key, secret = "AKIABENBEAMARCHIVES1", "benbeam-archives-secret"
@@ -408,11 +411,11 @@ def test_archives_in_a_bucket_stream_through_the_storage_layer(reben, from_folde
     mp.delenv("AWS_PROFILE", raising=False)
     try:
         with seaweedfs(key, secret) as endpoint:
-            storage.configure(endpoint)
-            storage.filesystem("s3://").mkdir("arch")
+            st = Storage(s3_endpoint_url=endpoint)
+            st.filesystem("s3://").mkdir("arch")
             for _, name in archives.ARCHIVES:
-                storage.upload_file(str(reben / name), f"s3://arch/in/{name}")
-            storage.upload_file(str(reben / "metadata.parquet"), "s3://arch/in/metadata.parquet")
+                st.upload_file(str(reben / name), f"s3://arch/in/{name}")
+            st.upload_file(str(reben / "metadata.parquet"), "s3://arch/in/metadata.parquet")
             assert (
                 main(
                     [
@@ -436,7 +439,7 @@ def test_archives_in_a_bucket_stream_through_the_storage_layer(reben, from_folde
                 )
                 == 0
             )
-            fs = storage.filesystem("s3://arch")
+            fs = st.filesystem("s3://arch")
             man = json.loads(fs.cat_file(f"s3://arch/ds/{manifest_schema.MANIFEST}"))
             ref = json.loads((from_folders / manifest_schema.MANIFEST).read_text())
             shards = [(s["path"], s["sha256"]) for m in (man, ref) for e in m["splits"].values() for s in e["shards"]]
@@ -454,4 +457,3 @@ def test_archives_in_a_bucket_stream_through_the_storage_layer(reben, from_folde
             assert not [f for f in fs.find(left[0]) if f.endswith((".pack", ".json"))]
     finally:
         mp.undo()
-        storage.configure()

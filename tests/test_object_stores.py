@@ -18,6 +18,7 @@ import pytest
 from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.schemas import manifest as manifest_schema
 from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms.storage import Storage
 from tests.servers import FaultProxy, fake_gcs, seaweedfs
 
 # servers, job services, clusters or killed processes: make test-fast leaves these out
@@ -64,33 +65,31 @@ def s3_server():
     mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     mp.delenv("AWS_PROFILE", raising=False)
     with seaweedfs(ACCESS_KEY, SECRET_KEY) as endpoint:
-        storage.configure(endpoint)
-        storage.filesystem("s3://").mkdir("bench")
-        yield endpoint, ["--s3_endpoint_url", endpoint]
+        st = Storage(s3_endpoint_url=endpoint)  # credentials: the AWS chain (the environment here)
+        st.filesystem("s3://").mkdir("bench")
+        yield endpoint, ["--s3_endpoint_url", endpoint], st
     mp.undo()
-    storage.configure()
 
 
 @pytest.fixture(scope="module")
 def gcs_server():
     mp = pytest.MonkeyPatch()
     with fake_gcs() as endpoint:
-        mp.setenv("STORAGE_EMULATOR_HOST", endpoint)
-        mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-        storage.configure()
-        storage.filesystem("gs://").mkdir("bench")
-        yield endpoint, []
+        mp.setenv("STORAGE_EMULATOR_HOST", endpoint)  # what the commands read, once, into their Storage
+        st = Storage.from_env()
+        assert st.gcs_endpoint_url == endpoint and st.gcs_token == "anon"
+        st.filesystem("gs://").mkdir("bench")
+        yield endpoint, [], st
     mp.undo()
-    storage.configure()
 
 
-def _end_to_end(scheme: str, flags: list[str], local_run, tmp_path) -> dict:
+def _end_to_end(scheme: str, flags: list[str], st: Storage, local_run, tmp_path) -> dict:
     base = f"{scheme}://bench/run"
     reben, ds = f"{base}/reben", f"{base}/ds"
     assert main(["synth", "--out", reben, "--n", str(N), "--seed", "5", "--faults", FAULTS, *flags]) == 0
     # the replica in the bucket is the local one, object for object
     local_dir = local_run[0] / "reben"
-    fs = storage.filesystem(reben)
+    fs = st.filesystem(reben)
     for rel in ("metadata.parquet", "injected_faults.json"):
         assert fs.cat_file(f"{reben}/{rel}") == (local_dir / rel).read_bytes()
     n_local = sum(len(f) for _, _, f in os.walk(local_dir))
@@ -175,12 +174,12 @@ def _end_to_end(scheme: str, flags: list[str], local_run, tmp_path) -> dict:
 
 
 def test_s3_end_to_end_equals_local_disk_and_never_leaks_the_secret(s3_server, local_run, tmp_path, capfd):
-    endpoint, flags = s3_server
-    _end_to_end("s3", flags, local_run, tmp_path)
+    endpoint, flags, st = s3_server
+    _end_to_end("s3", flags, st, local_run, tmp_path)
     out, err = capfd.readouterr()
     assert "s3://bench/run/ds" in out  # the output was captured at all
     assert SECRET_KEY not in out + err
-    fs = storage.filesystem("s3://bench")
+    fs = st.filesystem("s3://bench")
     for key in fs.find("bench/run"):
         body = fs.cat_file(key)
         assert SECRET_KEY.encode() not in body, key
@@ -194,15 +193,14 @@ def test_s3_end_to_end_equals_local_disk_and_never_leaks_the_secret(s3_server, l
 
 
 def test_gcs_end_to_end_equals_local_disk(gcs_server, local_run, tmp_path):
-    _, flags = gcs_server
-    _end_to_end("gs", flags, local_run, tmp_path)
+    _, flags, st = gcs_server
+    _end_to_end("gs", flags, st, local_run, tmp_path)
 
 
 def test_conversion_through_a_faulty_proxy_loses_nothing(s3_server, local_run, tmp_path, capfd):
-    endpoint, _ = s3_server
-    storage.configure(endpoint)  # every CLI call reconfigures the process-wide options
+    endpoint, _, st = s3_server
     reben = "s3://bench/run/reben"  # written by the end-to-end test, or written here
-    fs = storage.filesystem(reben)
+    fs = st.filesystem(reben)
     if not fs.exists(f"{reben}/metadata.parquet"):
         assert (
             main(
@@ -245,14 +243,11 @@ def test_conversion_through_a_faulty_proxy_loses_nothing(s3_server, local_run, t
             == 0
         )  # every read through the proxy
         stats = dict(proxy.stats)
-    storage.configure(endpoint)
     assert stats["drop"] + stats["503"] >= 3, stats  # faults really happened
-    man = json.loads(storage.filesystem(out).cat_file(f"{out}/{manifest_schema.MANIFEST}"))
+    man = json.loads(st.filesystem(out).cat_file(f"{out}/{manifest_schema.MANIFEST}"))
     assert _shard_hashes(man) == _shard_hashes(local_run[1])
     injected = {f["patch_id"] for f in json.loads((local_run[0] / "reben" / "injected_faults.json").read_text())}
-    dead = [
-        json.loads(x) for x in storage.filesystem(out).cat_file(f"{out}/{manifest_schema.FAILURES_JSONL}").splitlines()
-    ]
+    dead = [json.loads(x) for x in st.filesystem(out).cat_file(f"{out}/{manifest_schema.FAILURES_JSONL}").splitlines()]
     assert {d["patch_id"] for d in dead} == injected
     assert sum(e["written"] for e in man["splits"].values()) == N + 1 - len(injected)  # + the missing_files row
 
@@ -264,20 +259,19 @@ def test_permanent_errors_are_dead_letters_with_their_reason(s3_server):
     from bigearthnet_beam.schemas.naming import object_urls
     from bigearthnet_beam.transforms.patch import fetch_objects
 
-    endpoint, flags = s3_server
+    endpoint, flags, st = s3_server
     root = "s3://bench/perm"
     assert main(["synth", "--out", root, "--n", "1", "--seed", "2", *flags]) == 0
-    storage.configure(endpoint)
     row = json.loads(
         json.dumps(
             __import__("pyarrow.parquet")
-            .parquet.read_table(storage.filesystem(root).open(f"{root}/metadata.parquet", "rb"))
+            .parquet.read_table(st.filesystem(root).open(f"{root}/metadata.parquet", "rb"))
             .to_pylist()[0],
             default=str,
         )
     )
     urls = object_urls(root, row["patch_id"], row["s1_name"])
-    assert len(fetch_objects(urls)) == 15
+    assert len(fetch_objects(urls, st=st)) == 15
     wrong = s3fs.S3FileSystem(
         key=ACCESS_KEY, secret="not-the-secret", skip_instance_cache=True, client_kwargs={"endpoint_url": endpoint}
     )
@@ -287,7 +281,7 @@ def test_permanent_errors_are_dead_letters_with_their_reason(s3_server):
     gone = dict(urls)
     gone["VH"] = urls["VH"].replace(row["patch_id"][-5:], "99_99")
     with pytest.raises(PatchError) as e:
-        fetch_objects(gone)
+        fetch_objects(gone, st=st)
     assert e.value.reason == "missing_object"
 
 

@@ -2,7 +2,7 @@
 SeaweedFS S3 server (and fake-gcs-server for gs://) on 127.0.0.1. Each map read from and
 written to the bucket must equal, byte for byte, the local run's; the Beam pipeline runs in
 worker processes of their own (multi-processing DirectRunner), which reach the server only
-through the storage options the pipeline ships to them.
+through the `Storage` value the pipeline ships to them.
 """
 
 import json
@@ -18,7 +18,7 @@ from bigearthnet_beam.schemas import bands  # noqa: E402
 from bigearthnet_beam.trainer.inference.cli import run  # noqa: E402
 from bigearthnet_beam.trainer.inference.staging import fetch_tile, s1_sidecar, tiles_in  # noqa: E402
 from bigearthnet_beam.trainer.model import save_model  # noqa: E402
-from bigearthnet_beam.transforms import storage  # noqa: E402
+from bigearthnet_beam.transforms.storage import Storage  # noqa: E402
 from tests.predict_fixtures import tiny_model  # noqa: E402
 from tests.servers import fake_gcs, seaweedfs  # noqa: E402
 
@@ -82,14 +82,13 @@ def s3(local):
     mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     mp.delenv("AWS_PROFILE", raising=False)
     with seaweedfs(ACCESS_KEY, SECRET_KEY) as endpoint:
-        storage.configure(endpoint)
-        storage.filesystem("s3://").mkdir("predict")
+        st = Storage(s3_endpoint_url=endpoint)
+        st.filesystem("s3://").mkdir("predict")
         d, _ = local
-        storage.upload_tree(str(d / "tiles"), "s3://predict/in")
-        storage.upload_file(str(d / "m.keras"), "s3://predict/m.keras")
-        storage.upload_file(str(d / "m.keras.json"), "s3://predict/m.keras.json")
+        st.upload_tree(str(d / "tiles"), "s3://predict/in")
+        st.upload_file(str(d / "m.keras"), "s3://predict/m.keras")
+        st.upload_file(str(d / "m.keras.json"), "s3://predict/m.keras.json")
         yield endpoint
-        storage.configure()
     mp.undo()
 
 
@@ -102,8 +101,8 @@ def _local_files(folder) -> dict[str, bytes]:
     }  # the output-folder marker: not a map
 
 
-def _remote_files(url: str) -> dict[str, bytes]:
-    fs = storage.filesystem(url)
+def _remote_files(url: str, st: Storage) -> dict[str, bytes]:
+    fs = st.filesystem(url)
     fs.invalidate_cache()
     root = url.split("://", 1)[1].rstrip("/") + "/"
     return {
@@ -138,8 +137,8 @@ def test_a_tile_read_from_s3_and_mapped_to_s3_equals_the_local_run(local, s3, ca
         )
         want = _local_files(d / "maps" / t["name"])
         assert len(want) == 7  # 4 layers + probs + classmap + preview, the summary aside
-        assert _remote_files(out) == want, t["name"]
-        summary = json.loads(storage.read_bytes(f"{out}/{t['name']}_summary.json"))
+        assert _remote_files(out, Storage(s3_endpoint_url=s3)) == want, t["name"]
+        summary = json.loads(Storage(s3_endpoint_url=s3).read_bytes(f"{out}/{t['name']}_summary.json"))
         assert summary["pixels"] == (150 + 30 * i) ** 2
         assert summary["channels"] == list(bands.ALL_NAMES)
     assert SECRET_KEY not in capsys.readouterr().err
@@ -170,11 +169,13 @@ def test_the_beam_pipeline_in_worker_processes_reads_and_writes_s3_with_the_loca
         )
         == 0
     )
-    summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
+    summary = json.loads(Storage(s3_endpoint_url=s3).read_bytes(f"{out}/summary.json"))
     assert summary["mapped"] == 2 and summary["failures"] == [], summary["failures"]
     for t in tiles:
-        assert _remote_files(f"{out}/{t['name']}") == _local_files(d / "maps" / t["name"]), t["name"]
-    page = storage.read_bytes(f"{out}/viewer.html").decode()
+        assert _remote_files(f"{out}/{t['name']}", Storage(s3_endpoint_url=s3)) == _local_files(
+            d / "maps" / t["name"]
+        ), t["name"]
+    page = Storage(s3_endpoint_url=s3).read_bytes(f"{out}/viewer.html").decode()
     assert page.count('src="data:image/png;base64,') == 2  # the previews, read back from the bucket
     assert "2 tiles mapped, 0 failed" in capsys.readouterr().out
 
@@ -200,18 +201,23 @@ def test_the_benchmark_maps_tiles_from_s3_into_s3(local, s3):
         == 0
     )
     for t in tiles:
-        assert _remote_files(f"{out}/{t['name']}") == _local_files(d / "maps" / t["name"]), t["name"]
-    report = storage.read_bytes(f"{out}/benchmark_report.csv").decode().splitlines()
+        assert _remote_files(f"{out}/{t['name']}", Storage(s3_endpoint_url=s3)) == _local_files(
+            d / "maps" / t["name"]
+        ), t["name"]
+    report = Storage(s3_endpoint_url=s3).read_bytes(f"{out}/benchmark_report.csv").decode().splitlines()
     assert len(report) == 3 and report[0].startswith("tile,pixels,seconds")
-    assert storage.read_bytes(f"{out}/viewer.html").decode().count('src="data:image/png;base64,') == 2
+    assert (
+        Storage(s3_endpoint_url=s3).read_bytes(f"{out}/viewer.html").decode().count('src="data:image/png;base64,') == 2
+    )
 
 
 def test_only_the_files_the_model_needs_are_fetched(local, s3, tmp_path):
     _, tiles = local
     safe = f"s3://predict/in/{os.path.basename(tiles[1]['path'])}"
-    assert tiles_in("s3://predict/in") == sorted(f"s3://predict/in/{os.path.basename(t['path'])}" for t in tiles)
-    assert s1_sidecar(safe) == f"s3://predict/in/{os.path.basename(tiles[1]['s1'])}"
-    got = fetch_tile(safe, ("B02", "B03", "B04", "B08"), str(tmp_path))
+    st = Storage(s3_endpoint_url=s3)
+    assert tiles_in("s3://predict/in", st) == sorted(f"s3://predict/in/{os.path.basename(t['path'])}" for t in tiles)
+    assert s1_sidecar(safe, st) == f"s3://predict/in/{os.path.basename(tiles[1]['s1'])}"
+    got = fetch_tile(safe, ("B02", "B03", "B04", "B08"), str(tmp_path), st)
     files = sorted(os.path.relpath(os.path.join(r, f), got) for r, _, fs in os.walk(got) for f in fs)
     assert files[-1] == "MTD_MSIL2A.xml" and len(files) == 5, files
     assert [f.rsplit("_", 2)[-2] for f in files[:-1]] == ["B02", "B03", "B04", "B08"], files
@@ -257,7 +263,6 @@ def test_a_missing_tile_is_a_usage_error_and_an_unreachable_store_an_environment
         )
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("benbeam predict: error: the storage endpoint cannot be reached") and dead in line, line
-    storage.configure(s3)
 
 
 def test_a_tile_in_gcs_maps_to_gcs_with_the_local_bytes(local):
@@ -266,9 +271,9 @@ def test_a_tile_in_gcs_maps_to_gcs_with_the_local_bytes(local):
     mp = pytest.MonkeyPatch()
     with fake_gcs() as endpoint:
         mp.setenv("STORAGE_EMULATOR_HOST", endpoint)
-        storage.configure()
-        storage.filesystem("gs://").mkdir("predict")
-        storage.upload_tree(str(d / "tiles"), "gs://predict/in")
+        gst = Storage.from_env()  # as the command builds its own
+        gst.filesystem("gs://").mkdir("predict")
+        gst.upload_tree(str(d / "tiles"), "gs://predict/in")
         out = f"gs://predict/maps/{t['name']}"
         assert (
             _cli(
@@ -286,6 +291,5 @@ def test_a_tile_in_gcs_maps_to_gcs_with_the_local_bytes(local):
             )
             == 0
         )
-        assert _remote_files(out) == _local_files(d / "maps" / t["name"])
+        assert _remote_files(out, gst) == _local_files(d / "maps" / t["name"])
     mp.undo()
-    storage.configure()

@@ -191,6 +191,7 @@ def test_everything_that_ships_to_workers_pickles():
     ):
         back = pickler.loads(pickler.dumps(obj))
         assert type(back) is type(obj)
+    assert pickler.loads(pickler.dumps(WriteShardFn(config))).config.storage == Storage(anon=True)
     fn = pickle.loads(pickle.dumps(WriteShardFn(ShardConfig(plan, "/o", "nearest", "gzip", "float16"))))
     assert fn.config.plan == plan
     assert (fn.config.out, fn.config.resampling, fn.config.compression, fn.config.image_dtype) == (

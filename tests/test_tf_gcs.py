@@ -8,7 +8,6 @@ proxy (``tests.tls_proxy``) that relays to a fake-gcs-server answering as storag
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -41,26 +40,22 @@ def _expected(tiny):
 @pytest.mark.slow
 def test_tf_data_reads_gs_natively_and_falls_back_to_the_generator_for_an_emulator(tmp_path, monkeypatch):
     from bigearthnet_beam.trainer import data
-    from bigearthnet_beam.transforms import storage
+    from bigearthnet_beam.transforms.storage import Storage
     from tests.servers import fake_gcs
     from tests.tls_proxy import intercepting_proxy
 
     tiny = make_tiny_dataset(tmp_path / "tiny", n_train=7, n_val=0, n_test=0, shards=3)
     with fake_gcs(public_host="storage.googleapis.com") as endpoint:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
-        storage.configure()
-        try:
-            storage.filesystem("gs://").mkdir("tfnative")
-            storage.upload_tree(tiny.path, "gs://tfnative/tiny")
-            ds = data.open_dataset("gs://tfnative/tiny")
-            urls = ds.shards["train"]
-            # an emulator endpoint: TensorFlow cannot reach it, the generator reads the shards
-            assert not data.native_reads(urls)
-            fallback = {}
-            for img, _, ids in data.make_dataset(ds, "train", batch_size=4, with_ids=True):
-                fallback.update({p.decode(): img[i].numpy() for i, p in enumerate(ids.numpy())})
-        finally:
-            storage.configure()
+        st = Storage(gcs_endpoint_url=endpoint, gcs_token="anon")
+        st.filesystem("gs://").mkdir("tfnative")
+        st.upload_tree(tiny.path, "gs://tfnative/tiny")
+        ds = data.open_dataset("gs://tfnative/tiny", st)
+        urls = ds.shards["train"]
+        # an emulator endpoint: TensorFlow cannot reach it, the generator reads the shards
+        assert not data.native_reads(urls, st)
+        fallback = {}
+        for img, _, ids in data.make_dataset(ds, "train", batch_size=4, with_ids=True):
+            fallback.update({p.decode(): img[i].numpy() for i, p in enumerate(ids.numpy())})
         port = int(endpoint.rsplit(":", 1)[1])
         with intercepting_proxy(("127.0.0.1", port), GOOGLE_HOSTS) as proxy:
             env = {k: v for k, v in os.environ.items() if k != "STORAGE_EMULATOR_HOST"}
@@ -93,19 +88,17 @@ def test_tf_data_reads_gs_natively_and_falls_back_to_the_generator_for_an_emulat
 
 def test_native_reads_only_where_tensorflow_reads_the_scheme(monkeypatch):
     from bigearthnet_beam.trainer import data
-    from bigearthnet_beam.transforms import storage
+    from bigearthnet_beam.transforms.storage import Storage
 
-    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    storage.configure()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:9")  # a Storage value never reads it
     assert data.native_reads(["/data/train/train-00000-of-00001.tfrecord"])
     assert data.native_reads(["gs://b/train/train-00000-of-00001.tfrecord"])
     assert not data.native_reads(["s3://b/train/train-00000-of-00001.tfrecord"])  # needs tensorflow-io
     assert not data.native_reads(["gs://b/a.tfrecord", "s3://b/b.tfrecord"])
-    with socket.socket() as listener:  # an emulator's endpoint (configure checks that something answers there)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        storage.configure(gcs_endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}")
-        try:
-            assert not data.native_reads(["gs://b/train/train-00000-of-00001.tfrecord"])
-        finally:
-            storage.configure()
+    gs = ["gs://b/train/train-00000-of-00001.tfrecord"]
+    assert data.native_reads(gs, Storage())
+    # what TensorFlow's GCS client cannot do (another endpoint, a token, a project, anonymous access): fsspec reads
+    assert not data.native_reads(gs, Storage(gcs_endpoint_url="http://127.0.0.1:9"))
+    assert not data.native_reads(gs, Storage(gcs_token="/sa.json"))
+    assert not data.native_reads(gs, Storage(gcs_project="p"))
+    assert not data.native_reads(gs, Storage(anon=True))

@@ -133,19 +133,16 @@ def test_no_tensorflow_import(tiny):
 
 @pytest.mark.slow
 def test_reads_gs_with_two_workers(tiny, monkeypatch):
-    from bigearthnet_beam.transforms import storage
+    from bigearthnet_beam.transforms.storage import Storage
     from tests.servers import fake_gcs
 
     with fake_gcs() as endpoint:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
-        storage.configure()
-        try:
-            storage.filesystem("gs://").mkdir("torch")
-            storage.upload_tree(tiny.path, "gs://torch/tiny")
-            ds = BenDataset("gs://torch/tiny", "train", multi_hot=True, with_ids=True)
-            got = _collect(DataLoader(ds, batch_size=4, num_workers=2))
-        finally:
-            storage.configure()
+        monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)  # the value alone says where
+        st = Storage(gcs_endpoint_url=endpoint, gcs_token="anon")
+        st.filesystem("gs://").mkdir("torch")
+        st.upload_tree(tiny.path, "gs://torch/tiny")
+        ds = BenDataset("gs://torch/tiny", "train", multi_hot=True, with_ids=True, storage=st)
+        got = _collect(DataLoader(ds, batch_size=4, num_workers=2))  # the value pickles into the workers
     assert sorted(g["patch_id"] for g in got) == sorted(tiny.arrays["train"])
     for g in got:
         a = tiny.arrays["train"][g["patch_id"]]

@@ -295,7 +295,7 @@ def test_the_torch_reader_refuses_shard_paths_outside_the_dataset_too(data, tmp_
 
 
 def test_an_interrupted_train_or_evaluate_ends_with_one_line_and_130(data, tmp_path, monkeypatch, capsys):
-    def interrupted(url):
+    def interrupted(url, storage=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("bigearthnet_beam.trainer.data.open_dataset", interrupted)

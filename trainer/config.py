@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from bigearthnet_beam.transforms.storage import Storage
+
 STRATEGIES = ("default", "mirrored")
 # The settings a run records in its state file (and reports in its metrics).
 RECORDED = (
@@ -58,6 +60,7 @@ class TrainConfig:
     tensorboard: bool = True
     deterministic: bool = False
     verbose: int | str = "auto"
+    storage: Storage = Storage()  # where --data is read and --save written (never recorded: it may hold secrets)
 
     def checked(self) -> TrainConfig:
         """This config with ``modalities`` and ``val_split`` canonical; ValueError (with the fix)

@@ -20,7 +20,8 @@ import tensorflow as tf
 
 from bigearthnet_beam.schemas import bands, tfrecord
 from bigearthnet_beam.schemas import manifest as manifest_schema
-from bigearthnet_beam.transforms import containment, storage
+from bigearthnet_beam.transforms import containment
+from bigearthnet_beam.transforms.storage import Storage, protocol
 
 # Which TFRecord feature holds each modality's channels (in schemas.bands.MODALITIES order).
 MODALITY_FEATURE = {"s2": tfrecord.S2, "s1": tfrecord.S1}
@@ -34,6 +35,7 @@ class Dataset:
     manifest: dict
     shards: dict[str, list[str]] = field(default_factory=dict)
     manifest_sha256: str = ""
+    storage: Storage = Storage()  # where it is read from (``open_dataset``'s)
 
     @property
     def image_dtype(self) -> str:
@@ -62,12 +64,14 @@ class Dataset:
             ) from None
 
 
-def open_dataset(url: str) -> Dataset:
-    """Read and check ``<url>/dataset.json``; refuse a dataset without a complete manifest.
+def open_dataset(url: str, storage: Storage | None = None) -> Dataset:
+    """Read and check ``<url>/dataset.json`` under ``storage`` (default ``Storage()``); refuse a
+    dataset without a complete manifest. Every later read of the dataset uses the same storage.
 
     Raises ``schemas.manifest.ManifestError`` saying what is wrong and what to do.
     """
     url = str(url)
+    storage = storage if storage is not None else Storage()
     manifest, raw = manifest_schema.load(
         url, storage.read_bytes, hint="run `benbeam convert` to completion and pass its --out folder as --data"
     )
@@ -78,7 +82,7 @@ def open_dataset(url: str) -> Dataset:
         }
     except ValueError as e:
         raise manifest_schema.ManifestError(f"{url}/{manifest_schema.MANIFEST}: {e}") from None
-    return Dataset(url, manifest.to_dict(), shards, hashlib.sha256(raw).hexdigest())
+    return Dataset(url, manifest.to_dict(), shards, hashlib.sha256(raw).hexdigest(), storage)
 
 
 # --------------------------------------------------------------------------- records
@@ -98,7 +102,7 @@ def unreadable_shard(ds: Dataset, splits) -> str | None:
         for url, want in zip(ds.shards.get(split, ()), counts, strict=False):
             n = 0
             try:
-                for _ in iter_records(url, ds.compression):
+                for _ in iter_records(url, ds.compression, st=ds.storage):
                     n += 1
             except Exception as e:  # noqa: BLE001 - whatever breaks the read is the finding
                 text = str(e)
@@ -126,16 +130,18 @@ def shard_errors(ds: Dataset, splits):
         ) from e
 
 
-def native_reads(urls: list[str]) -> bool:
+def native_reads(urls: list[str], storage: Storage | None = None) -> bool:
     """Whether TensorFlow's own file systems read every URL: local paths, and ``gs://`` where this
-    TensorFlow has its GCS file system and no emulator endpoint is configured (TensorFlow's GCS
-    client always talks to storage.googleapis.com). ``s3://`` needs tensorflow-io: not native."""
-    schemes = {storage.protocol(u) for u in urls}
+    TensorFlow has its GCS file system and ``storage`` asks for nothing TensorFlow's GCS client
+    cannot do (it always talks to storage.googleapis.com with the default credentials: no
+    emulator endpoint, token, project or anonymous access). ``s3://`` needs tensorflow-io: not native."""
+    schemes = {protocol(u) for u in urls}
     if schemes <= {"file"}:
         return True
     if schemes != {"gs"} or "gs" not in tf.io.gfile.get_registered_schemes():
         return False
-    return not storage.options().get("gs", {}).get("endpoint_url")
+    st = storage if storage is not None else Storage()
+    return not (st.gcs_endpoint_url or st.gcs_token or st.gcs_project or st.anon)
 
 
 def record_dataset(
@@ -147,14 +153,16 @@ def record_dataset(
     shuffle_files: bool = False,
     seed: int | None = None,
     native: bool | None = None,
+    storage: Storage | None = None,
 ) -> tf.data.Dataset:
     """Serialised examples of the given shards, ``parallel`` shards read interleaved.
 
     Shards TensorFlow reads itself (``native_reads``: local, ``gs://``) go through
     ``tf.data.TFRecordDataset``; others (``s3://``, an emulated ``gs://``, anything fsspec reads)
-    are streamed through ``transforms.encode.iter_records`` with CRC checks, using the storage
-    options set by ``transforms.storage.configure``. ``native`` forces one or the other.
+    are streamed through ``transforms.encode.iter_records`` with CRC checks, under ``storage``
+    (default ``Storage()``). ``native`` forces one or the other.
     """
+    storage = storage if storage is not None else Storage()
     urls = [str(u) for u in urls]
     if not urls:
         raise ValueError("no shards to read")
@@ -162,9 +170,8 @@ def record_dataset(
     files = tf.data.Dataset.from_tensor_slices(urls)
     if shuffle_files:
         files = files.shuffle(len(urls), seed=seed, reshuffle_each_iteration=True)
-    if not (native_reads(urls) if native is None else native):
-        opts = storage.options()
-        read = _remote_reader(compression, opts)
+    if not (native_reads(urls, storage) if native is None else native):
+        read = _remote_reader(compression, storage)
     else:
 
         def read(u):
@@ -176,13 +183,12 @@ def record_dataset(
     )
 
 
-def _remote_reader(compression: str, opts: dict):
+def _remote_reader(compression: str, st: Storage):
     def gen(url):
         from bigearthnet_beam.transforms.encode import iter_records
 
-        storage.set_options(opts)
         u = url.decode() if isinstance(url, bytes) else str(url)
-        yield from iter_records(u, compression)
+        yield from iter_records(u, compression, st=st)
 
     def read(u):
         return tf.data.Dataset.from_generator(gen, args=(u,), output_signature=tf.TensorSpec((), tf.string))
@@ -268,6 +274,7 @@ def make_dataset(
         deterministic=not training or fixed_subset,
         shuffle_files=training and not fixed_subset,
         seed=seed,
+        storage=ds.storage,
     )
     if max_patches is not None:
         records = records.take(int(max_patches))

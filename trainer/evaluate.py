@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 from bigearthnet_beam.trainer.run_files import write_json
-from bigearthnet_beam.transforms import storage
-from bigearthnet_beam.transforms.cli_args import add_storage_args, configure_storage
+from bigearthnet_beam.transforms.cli_args import add_storage_args, storage_from_args
+from bigearthnet_beam.transforms.storage import Storage, is_remote, join
 
 LOG = logging.getLogger("benbeam.evaluate")
 
@@ -70,8 +70,10 @@ def evaluate(
     max_patches: int | None = None,
     threshold: float = 0.5,
     plot: bool = True,
+    storage: Storage | None = None,
 ) -> dict:
-    """Evaluate ``model`` on ``split`` of ``data``; writes and returns the metrics dict."""
+    """Evaluate ``model`` on ``split`` of ``data`` (both read, the metrics written, under
+    ``storage``: default ``Storage()``); writes and returns the metrics dict."""
     import tensorflow as tf
 
     from bigearthnet_beam.schemas.manifest import check_split
@@ -82,8 +84,9 @@ def evaluate(
     split = check_split(split)
     if batch < 1:
         raise ValueError(f"--batch must be at least 1, got {batch}")
-    ds = open_dataset(data)
-    keras_model, info = load_model(model)
+    storage = storage if storage is not None else Storage()
+    ds = open_dataset(data, storage)
+    keras_model, info = load_model(model, st=storage)
     warnings = check_compatible(info, ds)
     for w in warnings:
         LOG.warning("%s", w)
@@ -134,7 +137,7 @@ def evaluate(
         result["multilabel"] = metrics.multilabel_report(
             np.concatenate(truths), np.concatenate(scores), info["classes"], threshold
         )
-    local_out = tempfile.mkdtemp(prefix="benbeam-eval-") if storage.is_remote(out) else out
+    local_out = tempfile.mkdtemp(prefix="benbeam-eval-") if is_remote(out) else out
     try:
         os.makedirs(local_out, exist_ok=True)
         write_json(os.path.join(local_out, "metrics.json"), result)
@@ -234,9 +237,10 @@ def evaluate_main(args: argparse.Namespace) -> int:
     from bigearthnet_beam.schemas.manifest import ManifestError
     from bigearthnet_beam.trainer.data import ShardError
 
-    configure_storage(args)
+    st = storage_from_args(args)
     try:
         r = evaluate(
+            storage=st,
             model=args.model,
             data=args.data,
             split=args.split,
@@ -256,7 +260,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
         ml = r["multilabel"]
         line += f", micro F1 {_fmt(ml['micro_f1'])}, macro F1 {_fmt(ml['macro_f1'])}, mAP {_fmt(ml['map_macro'])}"
     print(line)
-    print(f"wrote {storage.join(args.out, 'metrics.json')}")
+    print(f"wrote {join(args.out, 'metrics.json')}")
     return 0
 
 

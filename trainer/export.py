@@ -45,12 +45,13 @@ def serving_model(model, info: dict):
     return keras.Model(raw, model(x), name="benbeam_unet_serving")
 
 
-def export_model(model_path: str, out_dir: str) -> str:
+def export_model(model_path: str, out_dir: str, st: storage.Storage | None = None) -> str:
     """Write the SavedModel of ``model_path`` (local or a URL) to ``out_dir`` (local or a URL),
-    with ``info.json`` beside its files; returns ``out_dir``."""
+    with ``info.json`` beside its files, both under ``st``; returns ``out_dir``."""
     from bigearthnet_beam.trainer.model import load_model
 
-    model, info = load_model(model_path)
+    st = st if st is not None else storage.Storage()
+    model, info = load_model(model_path, st=st)
     local = tempfile.mkdtemp(prefix="benbeam-export-") if storage.is_remote(out_dir) else out_dir
     try:
         if os.path.exists(os.path.join(local, "saved_model.pb")):
@@ -59,7 +60,7 @@ def export_model(model_path: str, out_dir: str) -> str:
         with open(os.path.join(local, "info.json"), "w", encoding="utf-8") as fh:
             fh.write(json.dumps(info, indent=2, sort_keys=True, allow_nan=False) + "\n")
         if local != out_dir:
-            storage.upload_tree(local, out_dir)
+            st.upload_tree(local, out_dir)
     finally:
         if local != out_dir:
             shutil.rmtree(local, ignore_errors=True)
@@ -71,7 +72,7 @@ def export_cli(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from bigearthnet_beam.transforms.cli_args import add_storage_args, configure_storage
+    from bigearthnet_beam.transforms.cli_args import add_storage_args, storage_from_args
 
     ap = argparse.ArgumentParser(
         prog="benbeam export",
@@ -82,9 +83,9 @@ def export_cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="folder (or URL) for the SavedModel and info.json")
     add_storage_args(ap)
     args = ap.parse_args(argv)
-    configure_storage(args)
+    st = storage_from_args(args)
     try:
-        export_model(args.model, args.out)
+        export_model(args.model, args.out, st)
     except (FileNotFoundError, ValueError) as e:
         print(f"benbeam export: error: {e}", file=sys.stderr)
         return 2

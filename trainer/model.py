@@ -423,15 +423,18 @@ def save_model(model: keras.Model, path: str, *, portable: bool = True) -> None:
     os.replace(tmpj, sidecar_path(path))
 
 
-def load_model(path: str, compile: bool = False) -> tuple[keras.Model, dict]:
+def load_model(path: str, compile: bool = False, st=None) -> tuple[keras.Model, dict]:
     """Load a model saved by ``save_model``: ``(keras_model, info)``.
 
     ``info`` holds what inference needs: ``channels`` (band order of the input),
     ``modalities``, ``statistics`` (the dataset's normalisation statistics, verbatim),
     ``classes``, ``class_colors``, ``ignore_index``, ``task``. Read from the model itself;
-    the ``.json`` sidecar is used only for a model without the info layer.
+    the ``.json`` sidecar is used only for a model without the info layer. ``st``: the
+    ``transforms.storage.Storage`` a URL ``path`` is read under (default ``Storage()``).
     """
     from bigearthnet_beam.transforms import storage
+
+    st = st if st is not None else storage.Storage()
 
     if storage.is_remote(path):  # Keras reads local files: fetch the model (and its sidecar) first
         import shutil
@@ -441,11 +444,11 @@ def load_model(path: str, compile: bool = False) -> tuple[keras.Model, dict]:
         try:
             local = os.path.join(tmp, os.path.basename(path))
             try:
-                storage.download_file(path, local)
+                st.download_file(path, local)
             except FileNotFoundError:
                 raise FileNotFoundError(f"model {path} does not exist") from None
             try:
-                storage.download_file(sidecar_path(path), sidecar_path(local))
+                st.download_file(sidecar_path(path), sidecar_path(local))
             except FileNotFoundError:
                 pass
             return load_model(local, compile=compile)

@@ -32,7 +32,8 @@ class RunFiles:
     ``gs://`` ``save``, in a local staging folder mirrored to the bucket after every epoch
     (Keras, the CSV logger and TensorBoard write local files only)."""
 
-    def __init__(self, save: str):
+    def __init__(self, save: str, st: storage.Storage | None = None):
+        self.storage = st if st is not None else storage.Storage()
         self.remote = storage.is_remote(save)
         self.urls = run_paths(save)
         if self.remote:
@@ -52,7 +53,7 @@ class RunFiles:
             return
         for k in keys:
             try:
-                storage.download_file(self.urls[k], self.paths[k])
+                self.storage.download_file(self.urls[k], self.paths[k])
             except FileNotFoundError:
                 pass
 
@@ -63,9 +64,9 @@ class RunFiles:
         for k in keys:
             local = self.paths[k]
             if os.path.isdir(local):
-                storage.upload_tree(local, self.urls[k])
+                self.storage.upload_tree(local, self.urls[k])
             elif os.path.exists(local):
-                storage.upload_file(local, self.urls[k])
+                self.storage.upload_file(local, self.urls[k])
 
     def cleanup(self) -> None:
         """Remove the local staging folder (remote runs)."""

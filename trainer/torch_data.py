@@ -30,17 +30,20 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from bigearthnet_beam.schemas import bands, tfrecord
 from bigearthnet_beam.schemas import manifest as manifest_schema
-from bigearthnet_beam.transforms import storage
 from bigearthnet_beam.transforms.containment import check_relative
 from bigearthnet_beam.transforms.encode import decode_example, iter_records
+from bigearthnet_beam.transforms.storage import Storage
 
 MODALITY_FEATURE = {"s2": tfrecord.S2, "s1": tfrecord.S1}
 
 
-def read_manifest(root: str) -> dict:
-    """``<root>/dataset.json``, checked (``schemas.manifest.load``); raises ``ManifestError`` saying what is wrong."""
+def read_manifest(root: str, storage: Storage | None = None) -> dict:
+    """``<root>/dataset.json`` (read under ``storage``), checked (``schemas.manifest.load``); raises
+    ``ManifestError`` saying what is wrong."""
     manifest, _ = manifest_schema.load(
-        str(root), storage.read_bytes, hint="run `benbeam convert` to completion and pass its --out folder"
+        str(root),
+        (storage if storage is not None else Storage()).read_bytes,
+        hint="run `benbeam convert` to completion and pass its --out folder",
     )
     return manifest.to_dict()
 
@@ -78,13 +81,13 @@ class BenDataset(IterableDataset):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
-        storage_options: dict | None = None,
+        storage: Storage | None = None,
     ):
         manifest_schema.check_split(split)  # torchgeo's "val" is refused with the hint: this format says "validation"
-        if storage_options is not None:
-            storage.set_options(storage_options)
+        # The value pickles into DataLoader worker processes with the dataset: no per-process setup.
+        self.storage = storage if storage is not None else Storage()
         self.root, self.split = str(root), split
-        self.manifest = read_manifest(self.root)
+        self.manifest = read_manifest(self.root, self.storage)
         if split not in self.manifest["splits"] or not self.manifest["splits"][split]["written"]:
             have = ", ".join(s for s, e in sorted(self.manifest["splits"].items()) if e["written"]) or "none"
             raise ValueError(f"the dataset at {self.root} holds no patches of split {split!r} (it has: {have})")
@@ -100,7 +103,6 @@ class BenDataset(IterableDataset):
         self.multi_hot, self.with_ids = multi_hot, with_ids
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, int(shuffle_buffer), int(seed)
         self.rank, self.world_size = _rank_and_world(rank, world_size)
-        self.storage_options = storage.options()
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -130,10 +132,9 @@ class BenDataset(IterableDataset):
         for i in shard_ids:
             url, n = self.shards[i]
             if n:
-                yield from iter_records(url, self.manifest["compression"])
+                yield from iter_records(url, self.manifest["compression"], st=self.storage)
 
     def __iter__(self):
-        storage.set_options(self.storage_options)  # worker processes start with the defaults
         worker = get_worker_info()
         w_id, w_num = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         part, parts = self.rank * w_num + w_id, self.world_size * w_num

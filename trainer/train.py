@@ -188,10 +188,10 @@ def train(config: TrainConfig, *, extra_callbacks=()) -> dict:
     from bigearthnet_beam.trainer.data import open_dataset
 
     cfg = config.checked()  # everything checked before touching the disk
-    ds = open_dataset(cfg.data)
+    ds = open_dataset(cfg.data, cfg.storage)
     folder = storage.parent(cfg.save)
     try:  # new, empty or an earlier run's folder; one run at a time
-        lock = outdir.claim(folder, COMMAND)
+        lock = outdir.claim(folder, COMMAND, cfg.storage)
     except (outdir.OutputRefused, outdir.OutputBusy) as e:  # outdir names the folder "--out": here it is --save's
         text = str(e)
         raise type(e)("the --save folder" + text[len("--out") :] if text.startswith("--out ") else text) from None
@@ -211,7 +211,7 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
     from bigearthnet_beam.trainer.model import build_unet, class_weights_from_counts, compile_model, load_model
 
     channels = channels_for(cfg.modalities)
-    files = RunFiles(cfg.save)
+    files = RunFiles(cfg.save, cfg.storage)
     paths = files.paths
     if not ds.records("train"):
         raise ValueError(f"split 'train' of {cfg.data} holds no patches")
@@ -241,7 +241,7 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
     if cfg.class_weights:
         weights = class_weights_from_counts(ds.split_info("train")["class_pixel_counts"], cfg.class_weights)
 
-    outdir.mark(folder, COMMAND)  # every check passed: the folder is this command's from now on
+    outdir.mark(folder, COMMAND, cfg.storage)  # every check passed: the folder is this command's from now on
     keras.utils.set_random_seed(int(cfg.seed))
     if cfg.deterministic:  # same data, seed and flags -> the same weights (TF picks deterministic kernels)
         tf.config.experimental.enable_op_determinism()
@@ -254,7 +254,7 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
     try:
         with dist.scope():
             if state is not None:
-                model, info = load_model(paths["last"], compile=True)
+                model, info = load_model(paths["last"], compile=True, st=cfg.storage)
                 if list(info["channels"]) != list(channels):
                     raise ValueError(f"--resume: checkpoint channels {info['channels']} differ from {list(channels)}")
                 initial_epoch = int(state["epoch"])

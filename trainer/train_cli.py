@@ -9,7 +9,7 @@ import sys
 from bigearthnet_beam.trainer.config import TrainConfig
 from bigearthnet_beam.trainer.train import train
 from bigearthnet_beam.transforms import outdir
-from bigearthnet_beam.transforms.cli_args import add_storage_args, configure_storage, positive_int
+from bigearthnet_beam.transforms.cli_args import add_storage_args, positive_int, storage_from_args
 
 
 def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -112,8 +112,12 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The ``TrainConfig`` of parsed ``benbeam train`` flags."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"tensorboard", "verbose"}
-    return TrainConfig(**{n: getattr(args, n) for n in names}, tensorboard=not args.no_tensorboard)
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"tensorboard", "verbose", "storage"}
+    return TrainConfig(
+        **{n: getattr(args, n) for n in names},
+        tensorboard=not args.no_tensorboard,
+        storage=storage_from_args(args),
+    )
 
 
 def train_main(args: argparse.Namespace) -> int:
@@ -121,9 +125,9 @@ def train_main(args: argparse.Namespace) -> int:
     from bigearthnet_beam.schemas.manifest import ManifestError
     from bigearthnet_beam.trainer.data import ShardError
 
-    configure_storage(args)
+    cfg = config_from_args(args)  # the storage endpoint is probed here: nothing answering is exit 3
     try:
-        metrics = train(config_from_args(args))
+        metrics = train(cfg)
     except (ManifestError, ValueError, FileNotFoundError) as e:
         print(f"benbeam train: error: {e}", file=sys.stderr)
         return 2
@@ -141,7 +145,7 @@ def train_main(args: argparse.Namespace) -> int:
     if getattr(args, "export", None):
         from bigearthnet_beam.trainer.export import export_model
 
-        print(f"exported: {export_model(metrics['model'], args.export)}")
+        print(f"exported: {export_model(metrics['model'], args.export, cfg.storage)}")
     return 0
 
 

@@ -113,14 +113,10 @@ def _store(st: Storage, bucket: str, pid: int):
     if st.anon:
         return S3Store(bucket, skip_signature=True, client_options=client, **kwargs)
     if st.s3_key:
-        return S3Store(
-            bucket,
-            access_key_id=st.s3_key,
-            secret_access_key=st.s3_secret,
-            session_token=st.s3_session_token,
-            client_options=client,
-            **kwargs,
-        )
+        keys = {"access_key_id": st.s3_key, "secret_access_key": st.s3_secret}
+        if st.s3_session_token:
+            keys["session_token"] = st.s3_session_token
+        return S3Store(bucket, client_options=client, **keys, **kwargs)
     return S3Store(bucket, credential_provider=_BotocoreCredentials(st.s3_profile), client_options=client, **kwargs)
 
 

@@ -237,9 +237,11 @@ class Watchdog:
         return helper
 
     def abandon(self, helper: _Helper) -> None:
-        """Leave ``helper`` (stuck in a decode) behind: this thread's next decode gets a fresh one."""
+        """Leave ``helper`` (stuck in a decode) behind: this thread's next decode gets a fresh one;
+        the stuck thread ends if its decode ever returns."""
         if getattr(self._local, "helper", None) is helper:
             self._local.helper = None
+        helper.stop()
 
     def close(self) -> None:
         """Let this thread's helper end once its current job is done."""

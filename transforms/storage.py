@@ -26,6 +26,7 @@ through ``transforms.fastget`` (obstore).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import os
@@ -37,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
-from bigearthnet_beam.schemas.errors import InputError
+from bigearthnet_beam.schemas.errors import InputError, StorageError
 from bigearthnet_beam.transforms import fastget
 from bigearthnet_beam.transforms.storeconfig import (  # noqa: F401 - the storage API: retry policy
     CONNECT_TIMEOUT_S,
@@ -56,6 +57,10 @@ _SECRET_FIELDS = ("s3_key", "s3_secret", "s3_session_token", "gcs_token")
 _NOT_SECRET_TOKENS = ("anon", "cloud", "google_default", "browser")  # gcsfs token modes, not secrets
 GCS_DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 CLIENT_RETRIES = ("s3", "gs", "gcs")  # clients that retry transient failures themselves (configured)
+
+
+class AccessDenied(StorageError, PermissionError):
+    """An object store refused this ``Storage``'s credentials for a URL (exit 3; also a ``PermissionError``)."""
 
 
 def redact_url(url: str | None) -> str | None:
@@ -87,7 +92,7 @@ class Storage:
     - ``s3_key`` / ``s3_secret`` / ``s3_session_token``: explicit S3 credentials (secret).
     - ``s3_profile``: a named profile of ``~/.aws/config``; ``s3_region``: the bucket region.
     - ``gcs_token``: gcsfs's ``token`` — a service-account JSON path, ``"google_default"``,
-      ``"cloud"`` or ``"anon"`` (shown as ``***``); ``gcs_project``: the billing project.
+      ``"cloud"`` or ``"anon"`` (a path is shown as ``***``); ``gcs_project``: the billing project.
     - ``fast_get``: whole-object ``s3://`` reads and uploads through obstore (default) or s3fs.
     """
 
@@ -177,7 +182,7 @@ class Storage:
                 text = text.replace(user_info, HIDDEN)
         for name in _SECRET_FIELDS:
             v = getattr(self, name)
-            if v and len(v) >= 4 and v not in ("anon", "cloud", "google_default", "browser"):
+            if v and len(v) >= 4 and v not in _NOT_SECRET_TOKENS:
                 text = text.replace(v, HIDDEN)
         return text
 
@@ -229,6 +234,33 @@ class Storage:
         """The fsspec filesystem of ``url`` under this value (cached per value and protocol)."""
         return _filesystem(self, protocol(url), os.getpid())
 
+    def _call(self, url: str, fn, *args, what: str = ""):
+        """``call`` on ``url``'s client; a refused access as ``AccessDenied`` naming the URL, the
+        endpoint and whose credentials were refused (never the credentials themselves)."""
+        try:
+            return call(url, fn, *args, what=what)
+        except PermissionError as e:
+            if isinstance(e, AccessDenied):
+                raise
+            raise AccessDenied(errno.EACCES, self.denied_message(url, e)) from None
+
+    def denied_message(self, url: str, exc: BaseException) -> str:
+        """One line on a refused access to ``url``: where, whose credentials, the store's words (redacted)."""
+        endpoint = self.s3_endpoint_url if protocol(url) == "s3" else self.gcs_endpoint_url
+        if self.anon:
+            who = "anonymous access"
+        elif self.s3_key and protocol(url) == "s3":
+            who = f"the S3 key {HIDDEN}"
+        elif self.s3_profile and protocol(url) == "s3":
+            who = f"the AWS profile {self.s3_profile!r}"
+        elif self.gcs_token and protocol(url) in ("gs", "gcs"):
+            who = "the configured GCS token"
+        else:
+            who = "the default credential chain"
+        said = self.redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:200]
+        at = f" at {redact_url(endpoint)}" if endpoint else ""
+        return f"access to {url}{at} denied ({said}) with {who}: check the credentials and the bucket policy"
+
     def exists(self, url: str) -> bool:
         """True when ``url`` exists."""
         return self.filesystem(url).exists(url)
@@ -236,7 +268,7 @@ class Storage:
     def read_bytes(self, url: str) -> bytes:
         """The bytes of ``url``."""
         if is_remote(url):
-            return call(url, self.filesystem(url).cat_file, url, what=f"read {url}")
+            return self._call(url, self.filesystem(url).cat_file, url, what=f"read {url}")
         with open(url, "rb") as fh:
             return fh.read()
 
@@ -253,7 +285,7 @@ class Storage:
         """
         url = str(url)
         if is_remote(url):
-            call(url, self.filesystem(url).pipe_file, url, data, what=f"write {url}")
+            self._call(url, self.filesystem(url).pipe_file, url, data, what=f"write {url}")
             return
         d = os.path.dirname(os.path.abspath(url))
         os.makedirs(d, exist_ok=True)
@@ -283,9 +315,9 @@ class Storage:
         """Copy a local file to ``url`` (one PUT, or a multipart upload completed at once), retried."""
         if is_remote(url):
             if fastget.enabled(self, url):
-                call(url, fastget.put_file, self, local, url, what=f"upload {url}")
+                self._call(url, fastget.put_file, self, local, url, what=f"upload {url}")
             else:
-                call(url, self.filesystem(url).put_file, local, url, what=f"upload {url}")
+                self._call(url, self.filesystem(url).put_file, local, url, what=f"upload {url}")
         else:
             with open(local, "rb") as fh:
                 self.write_bytes_atomic(url, fh.read())
@@ -307,7 +339,7 @@ class Storage:
         tmp = f"{local}.part-{uuid.uuid4().hex}"
         try:
             if is_remote(url):
-                call(url, self.filesystem(url).get_file, url, tmp, what=f"download {url}")
+                self._call(url, self.filesystem(url).get_file, url, tmp, what=f"download {url}")
             else:
                 with open(url, "rb") as src, open(tmp, "wb") as dst:
                     dst.write(src.read())

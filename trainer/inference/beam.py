@@ -55,12 +55,6 @@ def tile_name(path: str) -> str:
     return os.path.basename(path.rstrip("/"))
 
 
-def _use_storage(opts: dict) -> None:
-    """On a worker: the launching process's storage options (endpoints; credentials stay in the chains)."""
-    if opts:
-        storage.set_options(opts)
-
-
 class PredictTileFn(beam.DoFn):
     """Maps one tile per element; yields ``("ok", summary)`` or ``("failed", dead letter)``."""
 
@@ -73,12 +67,13 @@ class PredictTileFn(beam.DoFn):
     def setup(self):
         """Load the model once per worker process (shared by its threads) and the --extra functions."""
         s = self.settings
-        _use_storage(s.storage)
 
         def load():
-            return _Loaded(Predictor.load(s.model, batch_size=s.batch_size, overlap=s.overlap))
+            return _Loaded(Predictor.load(s.model, s.storage, batch_size=s.batch_size, overlap=s.overlap))
 
-        self._predictor = self._shared.acquire(load, tag=f"{s.model}|{s.batch_size}|{s.overlap}").predictor
+        # The tag names the storage too: two pipelines with different credentials never share a model.
+        tag = f"{s.model}|{s.batch_size}|{s.overlap}|{hash(s.storage)}"
+        self._predictor = self._shared.acquire(load, tag=tag).predictor
         self._extras = [load_extra(e) for e in s.extras]
 
     def process(self, path: str):
@@ -87,12 +82,12 @@ class PredictTileFn(beam.DoFn):
         stage = "open"
         try:
             with contextlib.ExitStack() as stack:
-                s1 = staging.s1_sidecar(path) if self._predictor.needs_s1 else None
-                src = stack.enter_context(open_tile_at(path, self._predictor.channels, s1, s.resampling))
+                s1 = staging.s1_sidecar(path, s.storage) if self._predictor.needs_s1 else None
+                src = stack.enter_context(open_tile_at(path, self._predictor.channels, s1, s.resampling, s.storage))
                 stage = "predict"
                 for w in src.warnings:
                     LOG.warning("%s: %s", src.name, w)
-                out_dir = stack.enter_context(staging.local_folder(storage.join(s.out, src.name)))
+                out_dir = stack.enter_context(staging.local_folder(storage.join(s.out, src.name), s.storage))
                 summary = predict_tile(
                     self._predictor, src, out_dir, extras=self._extras, progress=LOG.info, **s.tile_kwargs()
                 )
@@ -119,8 +114,9 @@ class PredictTiles(beam.PTransform):
         return paths | "Distribute" >> beam.Reshuffle() | "Predict" >> beam.ParDo(PredictTileFn(self.settings))
 
 
-def finalize(results: list, out: str) -> dict:
-    """Write ``summary.json`` (tiles sorted by name, dead letters) and ``viewer.html`` into ``out``."""
+def finalize(results: list, out: str, st: storage.Storage | None = None) -> dict:
+    """Write ``summary.json`` (tiles sorted by name, dead letters) and ``viewer.html`` into ``out`` (under ``st``)."""
+    st = st if st is not None else storage.Storage()
     ok = sorted((r for tag, r in results if tag == "ok"), key=lambda r: r["tile"])
     failed = sorted((r for tag, r in results if tag == "failed"), key=lambda r: r["path"])
     summary = {
@@ -130,10 +126,8 @@ def finalize(results: list, out: str) -> dict:
         "failed": len(failed),
         "pixels": sum(r["pixels"] for r in ok),
     }
-    storage.write_bytes_atomic(
-        storage.join(out, SUMMARY), (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode()
-    )
-    write_viewer(storage.join(out, VIEWER), ok, failed, title="benbeam predict")
+    st.write_bytes_atomic(storage.join(out, SUMMARY), (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
+    write_viewer(storage.join(out, VIEWER), ok, failed, title="benbeam predict", st=st)
     return summary
 
 
@@ -142,20 +136,19 @@ class Finalize(beam.PTransform):
     """All ``(status, dict)`` results → ``summary.json`` and ``viewer.html`` in ``out``; yields the count mapped."""
 
     out: str
-    storage_options: dict | None = None
+    storage: storage.Storage = storage.Storage()
 
     def expand(self, results):
         """Collect all results and finalize them into ``out``; yields the count mapped."""
         return (
             results
             | "Collect" >> beam.combiners.ToList()
-            | "Write" >> beam.Map(_finalize_count, self.out, self.storage_options or {})
+            | "Write" >> beam.Map(_finalize_count, self.out, self.storage)
         )
 
 
-def _finalize_count(results: list, out: str, storage_options: dict) -> int:
-    _use_storage(storage_options)
-    return finalize(results, out)["mapped"]
+def _finalize_count(results: list, out: str, st: storage.Storage) -> int:
+    return finalize(results, out, st)["mapped"]
 
 
 def build(p: beam.Pipeline, tiles: list[str], settings: PredictSettings):
@@ -189,13 +182,15 @@ def run_pipeline(
     overlap: int,
     batch_size: int,
     extras: list[str],
+    st: storage.Storage | None = None,
     **tile_kwargs,
 ) -> int:
     """Run the pipeline over ``tiles`` (paths or URLs) into ``out`` (a folder or a URL); prints
-    a summary; returns the exit code."""
+    a summary; returns the exit code. ``st``: the ``Storage`` of every URL (default ``Storage()``)."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    if not staging.exists(model):
+    st = st if st is not None else storage.Storage()
+    if not staging.exists(model, st):
         raise PredictError(f"model {model} does not exist")
     settings = PredictSettings(
         model=model,
@@ -203,7 +198,7 @@ def run_pipeline(
         overlap=overlap,
         batch_size=batch_size,
         extras=tuple(extras),
-        storage=storage.options(),
+        storage=st,
         **tile_kwargs,
     )
     t0 = time.perf_counter()
@@ -215,7 +210,7 @@ def run_pipeline(
         msg = str(e).strip().splitlines()[-1][:500] if str(e).strip() else ""
         print(f"benbeam predict: error: the pipeline failed: {type(e).__name__}: {msg}", file=sys.stderr)
         return 1
-    summary = json.loads(storage.read_bytes(storage.join(settings.out, SUMMARY)))
+    summary = json.loads(st.read_bytes(storage.join(settings.out, SUMMARY)))
     for s in summary["tiles"]:
         print_summary(s, storage.join(out, s["dir"]))
     for f in summary["failures"]:

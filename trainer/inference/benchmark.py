@@ -61,11 +61,12 @@ def benchmark(
     s1_for=None,
     progress=stderr_progress,
     resampling: str = "bilinear",
+    st=None,
     **kwargs,
 ) -> list[dict]:
     """Map every tile (local paths or URLs) into the local ``out/<tile name>/`` one after the
     other, timing each; writes ``benchmark_report.csv`` and ``viewer.html``. A tile that
-    cannot be opened is reported and skipped."""
+    cannot be opened is reported and skipped. ``st``: the ``Storage`` of URL tiles."""
     summaries, failures = [], []
     for i, path in enumerate(tiles):
         if progress:
@@ -73,7 +74,7 @@ def benchmark(
         with contextlib.ExitStack() as stack:
             try:
                 src = stack.enter_context(
-                    open_tile_at(path, predictor.channels, s1_for(path) if s1_for else None, resampling)
+                    open_tile_at(path, predictor.channels, s1_for(path) if s1_for else None, resampling, st)
                 )
             except PredictError as e:
                 failures.append({"tile": os.path.basename(path.rstrip("/")), "path": path, "reason": str(e)})

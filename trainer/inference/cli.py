@@ -28,9 +28,9 @@ from bigearthnet_beam.trainer.inference.settings import (
 from bigearthnet_beam.transforms import outdir, storage
 from bigearthnet_beam.transforms.cli_args import (
     add_storage_args,
-    configure_storage,
     nonneg_int,
     positive_int,
+    storage_from_args,
     unknown_pipeline_args,
 )
 from bigearthnet_beam.transforms.resample import RESAMPLING_METHODS
@@ -104,15 +104,15 @@ def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 COMMAND = "benbeam predict"
 
 
-def _claim_out(out: str) -> outdir.Lock:
+def _claim_out(out: str, st: storage.Storage) -> outdir.Lock:
     """Check ``--out`` can be written and holds nothing but an earlier predict's output; its lock."""
-    outdir.check(out, COMMAND)  # before the write probe: a folder of other files is not touched
+    outdir.check(out, COMMAND, st)  # before the write probe: a folder of other files is not touched
     if storage.is_remote(out):  # no lock in a bucket; a listing right after the probe may still show it
-        lock = outdir.claim(out, COMMAND)
-        staging.check_writable(out)
+        lock = outdir.claim(out, COMMAND, st)
+        staging.check_writable(out, st)
         return lock
-    staging.check_writable(out)
-    return outdir.claim(out, COMMAND)
+    staging.check_writable(out, st)
+    return outdir.claim(out, COMMAND, st)
 
 
 def _unmark_unused(out: str) -> None:
@@ -123,8 +123,8 @@ def _unmark_unused(out: str) -> None:
         os.remove(os.path.join(out, outdir.MARKER))
 
 
-def _find_tiles(input_dir: str) -> list[str]:
-    tiles = staging.tiles_in(input_dir)
+def _find_tiles(input_dir: str, st: storage.Storage) -> list[str]:
+    tiles = staging.tiles_in(input_dir, st)
     if not tiles:
         raise PredictError(f"--input_dir {input_dir} holds no tile (.SAFE folder or GeoTIFF)")
     return tiles
@@ -151,9 +151,10 @@ def run(argv: list[str] | None = None) -> int:
             )
         if args.tile or args.benchmark:
             ap.error("Beam pipeline options apply to --input_dir without --benchmark")
-    configure_storage(args)  # a custom endpoint nothing answers: raised, one line and exit 3 from benbeam's CLI
+    # a custom endpoint nothing answers: raised, one line and exit 3 from benbeam's CLI
+    st = storage_from_args(args)
     try:
-        return _run(args, beam_args)
+        return _run(args, beam_args, st)
     except (PredictEnvironmentError, outdir.OutputBusy) as e:
         print(f"benbeam predict: error: {e}", file=sys.stderr)
         return 3
@@ -168,20 +169,20 @@ def run(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
+def _run(args: argparse.Namespace, beam_args: list[str], st: storage.Storage) -> int:
     from bigearthnet_beam.trainer.inference.grid import check_chunk_size
 
-    if not staging.exists(args.model):
+    if not staging.exists(args.model, st):
         raise PredictError(f"model {args.model} does not exist")
     check_chunk_size(args.chunk_size)
     if args.s1 and not args.tile:
         raise PredictError("--s1 goes with --tile; with --input_dir each tile's S1 raster is found beside it")
-    if args.tile and not staging.exists(args.tile):
+    if args.tile and not staging.exists(args.tile, st):
         raise PredictError(f"tile {args.tile} does not exist")
-    tiles = _find_tiles(args.input_dir) if args.input_dir else [args.tile]
-    lock = _claim_out(args.out)
+    tiles = _find_tiles(args.input_dir, st) if args.input_dir else [args.tile]
+    lock = _claim_out(args.out, st)
     try:
-        return _predict(args, beam_args, tiles)
+        return _predict(args, beam_args, tiles, st)
     except BaseException:
         _unmark_unused(args.out)
         raise
@@ -189,13 +190,13 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
         lock.release()
 
 
-def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str]) -> int:
+def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str], st: storage.Storage) -> int:
     from bigearthnet_beam.trainer.inference.plugins import load_extra
     from bigearthnet_beam.trainer.inference.tile import model_resampling, predict_path, print_summary
 
     extras = [load_extra(s) for s in args.extra]
     if args.resampling is None:
-        args.resampling = model_resampling(args.model)
+        args.resampling = model_resampling(args.model, st)
     settings = dict(
         chunk_size=args.chunk_size,
         save_probs=args.save_probs,
@@ -203,7 +204,7 @@ def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str]) -
         preview_size=args.preview_size,
         resampling=args.resampling,
     )
-    outdir.mark(args.out, COMMAND)  # every check passed: the folder is this command's from now on
+    outdir.mark(args.out, COMMAND, st)  # every check passed: the folder is this command's from now on
     if args.input_dir and not args.benchmark:
         from bigearthnet_beam.trainer.inference.beam import run_pipeline
 
@@ -215,19 +216,20 @@ def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str]) -
             overlap=args.overlap,
             extras=list(args.extra),
             beam_args=beam_args,
+            st=st,
             **settings,
         )
     from bigearthnet_beam.trainer.inference.predictor import Predictor
 
-    predictor = Predictor.load(args.model, batch_size=args.batch_size, overlap=args.overlap)
-    with staging.local_folder(args.out) as out_dir:
+    predictor = Predictor.load(args.model, st, batch_size=args.batch_size, overlap=args.overlap)
+    with staging.local_folder(args.out, st) as out_dir:
         if args.benchmark:
             from bigearthnet_beam.trainer.inference.benchmark import benchmark
 
-            s1_for = staging.s1_sidecar if predictor.needs_s1 else None
-            results = benchmark(predictor, tiles, out_dir, extras=extras, s1_for=s1_for, **settings)
+            s1_for = (lambda path: staging.s1_sidecar(path, st)) if predictor.needs_s1 else None
+            results = benchmark(predictor, tiles, out_dir, extras=extras, s1_for=s1_for, st=st, **settings)
         else:
-            s = predict_path(predictor, args.tile, out_dir, s1=args.s1, extras=extras, **settings)
+            s = predict_path(predictor, args.tile, out_dir, s1=args.s1, extras=extras, st=st, **settings)
     if args.benchmark:
         ok = [r for r in results if not r.get("failed")]
         for s in ok:

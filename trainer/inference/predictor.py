@@ -56,12 +56,12 @@ class Predictor:
         return any(c in S1_NAMES for c in self.channels)
 
     @classmethod
-    def load(cls, path: str, **kwargs) -> Predictor:
-        """Load a ``.keras`` model written by ``benbeam train`` (local or s3:// / gs://)."""
+    def load(cls, path: str, st=None, **kwargs) -> Predictor:
+        """Load a ``.keras`` model written by ``benbeam train`` (local, or s3:// / gs:// under ``st``)."""
         from bigearthnet_beam.trainer.model import load_model
 
         try:
-            model, info = load_model(path)
+            model, info = load_model(path, st=st)
         except FileNotFoundError as e:
             raise PredictError(str(e)) from None
         except ValueError as e:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bigearthnet_beam.transforms.storage import Storage
+
 DEFAULTS = {"chunk_size": 1024, "overlap": 32, "batch_size": 16, "probs_dtype": "uint8", "preview_size": 1024}
 PROBS_DTYPES = ("uint8", "float32")
 PREVIEW = "preview.png"  # per tile, beside its maps
@@ -25,8 +27,8 @@ class PredictEnvironmentError(PredictError):
 class PredictSettings:
     """Everything a worker needs to map a tile (plain values: pickles predictably).
 
-    ``storage``: ``transforms.storage.options()`` of the launching process (endpoints, never
-    credentials), applied on the workers so that they reach the same object stores.
+    ``storage``: the ``transforms.storage.Storage`` of the launching process; it pickles to
+    the workers with the settings, so that they reach the same object stores.
     """
 
     model: str
@@ -39,7 +41,7 @@ class PredictSettings:
     preview_size: int = DEFAULTS["preview_size"]
     resampling: str = "bilinear"
     extras: tuple[str, ...] = field(default_factory=tuple)
-    storage: dict = field(default_factory=dict, compare=False)
+    storage: Storage = Storage()
 
     def tile_kwargs(self) -> dict:
         """The keyword arguments of ``trainer.inference.tile.predict_tile`` these settings fix."""

@@ -6,8 +6,8 @@ model's channels need: a GeoTIFF tile whole, from a ``.SAFE`` product its ``MTD_
 and the band files of the requested bands (the folders of the others are recreated empty,
 so the product reads exactly as the full one would). A tile's maps are written locally and
 uploaded when all are complete, the summary last, so a bucket never holds a
-finished-looking but partial output. Nothing here reads credentials: they come from the
-standard AWS / Google chains, endpoints from ``transforms.storage``'s options.
+finished-looking but partial output. Every function takes the ``transforms.storage.Storage``
+(``st``; default ``Storage()``) whose endpoints and credentials it uses.
 """
 
 from __future__ import annotations
@@ -44,18 +44,22 @@ def _store_call(url: str, fn, *args):
         ) from None
 
 
-def exists(path: str) -> bool:
+def _st(st: storage.Storage | None) -> storage.Storage:
+    return st if st is not None else storage.Storage()
+
+
+def exists(path: str, st: storage.Storage | None = None) -> bool:
     """Whether a local path or a URL exists (a URL: an object or a prefix holding objects)."""
     if not storage.is_remote(path):
         return os.path.exists(path)
-    return bool(_store_call(path, storage.filesystem(path).exists, path))
+    return bool(_store_call(path, _st(st).filesystem(path).exists, path))
 
 
 def _name(url: str) -> str:
     return posixpath.basename(str(url).rstrip("/"))
 
 
-def tiles_in(input_dir: str) -> list[str]:
+def tiles_in(input_dir: str, st: storage.Storage | None = None) -> list[str]:
     """The tiles directly in a local folder or a bucket prefix, sorted by name (``.SAFE``
     products or folders holding ``GRANULE/``, and GeoTIFFs except ``*_s1`` / ``*_truth``
     sidecars); a path that is itself a tile gives [path]."""
@@ -64,7 +68,7 @@ def tiles_in(input_dir: str) -> list[str]:
             raise PredictError(f"--input_dir {input_dir} is not a folder")
         return find_tiles(input_dir)
     proto = storage.protocol(input_dir)
-    fs = storage.filesystem(input_dir)
+    fs = _st(st).filesystem(input_dir)
     root = input_dir.rstrip("/")
     if _name(root).upper().endswith(".SAFE") or _name(root).lower().endswith(TILE_EXTENSIONS):
         return [root] if exists(root) else []
@@ -81,7 +85,7 @@ def tiles_in(input_dir: str) -> list[str]:
     return out
 
 
-def s1_sidecar(path: str) -> str | None:
+def s1_sidecar(path: str, st: storage.Storage | None = None) -> str | None:
     """The S1 raster beside a tile, ``<dir>/T<tile>_<date>_s1.tif`` (the synth-tile layout),
     for a ``.SAFE`` folder (name parsed from the product name) or ``<stem>_s1.tif``."""
     base = _name(path)
@@ -93,7 +97,7 @@ def s1_sidecar(path: str) -> str | None:
     cands.append(f"{os.path.splitext(base)[0]}{S1_SIDECAR}.tif")
     for c in cands:
         p = storage.join(d, c)
-        if (storage.is_remote(p) and exists(p)) or os.path.isfile(p):
+        if (storage.is_remote(p) and exists(p, st)) or os.path.isfile(p):
             return p
     return None
 
@@ -109,13 +113,14 @@ def _band_file(rel: str, bands) -> bool:
     return name.lower().endswith(BAND_EXTENSIONS) and any(re.search(rf"_{b}(_\d+m)?\.", name) for b in bands)
 
 
-def fetch_tile(url: str, channels, dest_dir: str) -> str:
+def fetch_tile(url: str, channels, dest_dir: str, st: storage.Storage | None = None) -> str:
     """Copy the parts of a remote tile that ``channels`` need into ``dest_dir``; returns the local path."""
-    fs = storage.filesystem(url)
+    st = _st(st)
+    fs = st.filesystem(url)
     root = url.rstrip("/")
     local = os.path.join(dest_dir, _name(root))
     if _name(root).lower().endswith(TILE_EXTENSIONS):
-        _store_call(url, storage.download_file, root, local)
+        _store_call(url, st.download_file, root, local)
         return local
     if not _store_call(url, fs.isdir, root):
         raise PredictError(f"tile {url} does not exist")
@@ -128,7 +133,7 @@ def fetch_tile(url: str, channels, dest_dir: str) -> str:
         target = os.path.join(local, *rel.split("/"))
         os.makedirs(os.path.dirname(target), exist_ok=True)  # every folder, the unfetched bands' too
         if _band_file(rel, bands):
-            _store_call(url, storage.download_file, f"{root}/{rel}", target)
+            _store_call(url, st.download_file, f"{root}/{rel}", target)
     return local
 
 
@@ -148,7 +153,7 @@ class Staged:
 
 
 @contextlib.contextmanager
-def local_tile(path: str, channels, s1: str | None = None):
+def local_tile(path: str, channels, s1: str | None = None, st: storage.Storage | None = None):
     """Yield a ``Staged`` tile: local paths as they are; a URL's needed files fetched into a
     temporary folder, removed on exit."""
     if not storage.is_remote(path) and not (s1 and storage.is_remote(s1)):
@@ -159,19 +164,19 @@ def local_tile(path: str, channels, s1: str | None = None):
         urls = {}
         lpath = path
         if storage.is_remote(path):
-            lpath = fetch_tile(path, channels, stage)
+            lpath = fetch_tile(path, channels, stage, st)
             urls[lpath] = path.rstrip("/")
         ls1 = s1
         if s1 and storage.is_remote(s1):
             ls1 = os.path.join(stage, "s1", _name(s1))
-            _store_call(s1, storage.download_file, s1, ls1)
+            _store_call(s1, _st(st).download_file, s1, ls1)
             urls[ls1] = s1
         yield Staged(lpath, ls1, urls)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def publish(local_dir: str, url: str) -> list[str]:
+def publish(local_dir: str, url: str, st: storage.Storage | None = None) -> list[str]:
     """Upload every file of ``local_dir`` below ``url`` (summaries last); returns the URLs."""
     files = sorted(
         os.path.relpath(os.path.join(d, f), local_dir).replace(os.sep, "/")
@@ -182,13 +187,13 @@ def publish(local_dir: str, url: str) -> list[str]:
     out = []
     for rel in files:
         target = storage.join(url, rel)
-        _store_call(target, storage.upload_file, os.path.join(local_dir, rel), target)
+        _store_call(target, _st(st).upload_file, os.path.join(local_dir, rel), target)
         out.append(target)
     return out
 
 
 @contextlib.contextmanager
-def local_folder(out: str):
+def local_folder(out: str, st: storage.Storage | None = None):
     """Yield a local folder to write into: ``out`` itself, or for a URL a temporary folder that
     is uploaded to ``out`` when the block completes (and removed either way)."""
     if not storage.is_remote(out):
@@ -197,16 +202,16 @@ def local_folder(out: str):
     stage = tempfile.mkdtemp(prefix="benbeam-maps-")
     try:
         yield stage
-        publish(stage, out)
+        publish(stage, out, st)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def check_writable(out: str) -> None:
+def check_writable(out: str, st: storage.Storage | None = None) -> None:
     """Refuse an output folder or bucket prefix that cannot be written, before any work."""
     if storage.is_remote(out):
         probe = storage.join(out, f".benbeam-probe-{os.getpid()}")
-        fs = storage.filesystem(out)
+        fs = _st(st).filesystem(out)
         _store_call(out, fs.pipe_file, probe, b"")
         _store_call(out, fs.rm_file, probe)
         return

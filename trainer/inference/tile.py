@@ -199,14 +199,14 @@ def predict_tile(
     return summary
 
 
-def model_resampling(model: str) -> str:
+def model_resampling(model: str, st=None) -> str:
     """The resampling the model's training data was converted with, from the model's JSON
     sidecar (no TensorFlow needed); ``bilinear`` (convert's default) when not recorded."""
     from bigearthnet_beam.trainer.model import sidecar_path
     from bigearthnet_beam.transforms import storage
 
     try:
-        info = json.loads(storage.read_bytes(sidecar_path(model)))
+        info = json.loads((st if st is not None else storage.Storage()).read_bytes(sidecar_path(model)))
     except (FileNotFoundError, ValueError):
         return "bilinear"
     return info.get("resampling") or "bilinear"
@@ -228,26 +228,33 @@ def open_source(path: str, channels, s1: str | None = None, resampling: str = "b
 
 
 @contextlib.contextmanager
-def open_tile_at(path: str, channels, s1: str | None = None, resampling: str = "bilinear"):
+def open_tile_at(path: str, channels, s1: str | None = None, resampling: str = "bilinear", st=None):
     """Yield the opened tile at a local path or an ``s3://`` / ``gs://`` URL (fetched into a
-    temporary folder, only the files ``channels`` need); closed and cleaned up on exit.
-    Messages name the URL, not the local copy."""
-    with staging.local_tile(path, channels, s1) as st:
+    temporary folder under the ``Storage`` ``st``, only the files ``channels`` need); closed
+    and cleaned up on exit. Messages name the URL, not the local copy."""
+    with staging.local_tile(path, channels, s1, st) as staged:
         try:
-            src = open_source(st.path, channels, st.s1, resampling)
+            src = open_source(staged.path, channels, staged.s1, resampling)
         except PredictError as e:
-            raise PredictError(st.restore(str(e))) from None
-        src.warnings = [st.restore(w) for w in src.warnings or []]
+            raise PredictError(staged.restore(str(e))) from None
+        src.warnings = [staged.restore(w) for w in src.warnings or []]
         with src:
             yield src
 
 
 def predict_path(
-    predictor: Predictor, path: str, out_dir: str, *, s1: str | None = None, resampling: str = "bilinear", **kwargs
+    predictor: Predictor,
+    path: str,
+    out_dir: str,
+    *,
+    s1: str | None = None,
+    resampling: str = "bilinear",
+    st=None,
+    **kwargs,
 ) -> dict:
-    """Open ``path`` (local or a URL) for the model's channels and map it into the local
-    ``out_dir`` (see ``predict_tile``)."""
-    with open_tile_at(path, predictor.channels, s1, resampling) as src:
+    """Open ``path`` (local or a URL, under the ``Storage`` ``st``) for the model's channels and
+    map it into the local ``out_dir`` (see ``predict_tile``)."""
+    with open_tile_at(path, predictor.channels, s1, resampling, st) as src:
         for msg in src.warnings:
             LOG.warning("%s: %s", src.name, msg)
             if kwargs.get("progress", stderr_progress) is stderr_progress:

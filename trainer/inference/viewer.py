@@ -35,15 +35,16 @@ def _anchor(name: str) -> str:
     return "tile-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
 
 
-def _data_uri(path: str) -> str | None:
+def _data_uri(path: str, st=None) -> str | None:
     try:
-        return "data:image/png;base64," + base64.b64encode(storage.read_bytes(path)).decode("ascii")
+        data = (st if st is not None else storage.Storage()).read_bytes(path)
+        return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     except OSError:
         return None
 
 
 def render_viewer(
-    page_dir: str, summaries: list[dict], failures: list[dict] = (), *, title: str = "benbeam predict"
+    page_dir: str, summaries: list[dict], failures: list[dict] = (), *, title: str = "benbeam predict", st=None
 ) -> str:
     """The page's HTML. Each summary is a ``predict_tile`` summary plus ``dir``: its output
     folder relative to ``page_dir``."""
@@ -57,7 +58,7 @@ def render_viewer(
             f"<td>{s['seconds']:.2f}</td><td>{pps}</td><td>{mib:,.0f} MiB</td>"
             f"<td>{_esc(s['device'])}</td></tr>"
         )
-        uri = _data_uri(storage.join(page_dir, *(p for p in (d, PREVIEW) if p)))
+        uri = _data_uri(storage.join(page_dir, *(p for p in (d, PREVIEW) if p)), st)
         img = (
             f'<img id="preview-{_esc(_anchor(s["tile"]))}" src="{uri}" alt="class map of {_esc(s["tile"])}">'
             if uri
@@ -93,7 +94,10 @@ def render_viewer(
     )
 
 
-def write_viewer(path: str, summaries: list[dict], failures: list[dict] = (), *, title: str = "benbeam predict"):
-    """Write the page to ``path`` (local or a URL), its previews read from beside it."""
-    text = render_viewer(storage.parent(path), summaries, failures, title=title)
-    storage.write_bytes_atomic(path, text.encode("utf-8"))
+def write_viewer(
+    path: str, summaries: list[dict], failures: list[dict] = (), *, title: str = "benbeam predict", st=None
+):
+    """Write the page to ``path`` (local or a URL, under the ``Storage`` ``st``), its previews read from beside it."""
+    st = st if st is not None else storage.Storage()
+    text = render_viewer(storage.parent(path), summaries, failures, title=title, st=st)
+    st.write_bytes_atomic(path, text.encode("utf-8"))
