@@ -1,15 +1,15 @@
-"""Which metadata rows each shard holds: the conversion's plan, derived where it is needed.
-
-Only shard keys cross the stage boundaries of a conversion. The driver fixes the plan
-(metadata files and their sha256, sampling, split selection, rows per split, shard size);
-each worker process reads the metadata once (cached per process, checked against the
-driver's sha256) and derives the rows of a shard from its key. Nothing per patch is
-grouped or buffered by the runner, so its memory does not grow with the number of patches.
+"""Which metadata rows each shard holds: the conversion's plan. Plain Python (no Beam).
 
 Every selected row has exactly one *home*: the shard of its patch id in its split, or
 ``INVALID`` for a row that names no selectable split or has no string id (such a row can
 only become a dead letter). Rows sharing a patch id share a home, so de-duplication is
-local to a home. Plain Python (no Beam).
+local to a home. The rule is applied in two ways that agree: inside a pipeline, to rows
+(``route_row`` / ``homes_of_group``: ``transforms.ptransforms.GroupByShard``, what
+``ConvertDataset`` runs), and in the driver, to metadata files (``RowPlan``: counts for the
+progress lines and the checks before a run, the archive packs of ``--archives``, the
+diagnosis of a run without statistics). A ``RowPlan`` reads its files once per copy of the
+value (its index is held by the value, not by the module, and is not pickled) and checks
+them against the sha256 taken when it was made.
 """
 
 from __future__ import annotations
