@@ -314,7 +314,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
     try:
         if not args.stats:  # a complete statistics pass of an earlier, failed run is reused
             dest, key = storage.join(args.out, STATS_PASS_JSON), stats_pass_key(args, plan)
-            stats = None if dry_run else load_stats_pass(args.out, key, st)
+            stats = None if dry_run else load_stats_pass(args.out, key, st, raise_empty=False)
             if stats is not None:
                 LOG.info("statistics from the complete statistics pass %s (delete it to recompute)", dest)
         # workers' tracebacks to a log file (--debug: here), then the progress lines

@@ -119,10 +119,11 @@ def _stats_and_histograms(acc, clip: bool, clip_percentiles) -> tuple[dict, byte
         return stats_from_acc(acc, clip, clip_percentiles), to_npz_bytes(acc)
 
 
-def _finalize_all(keyed, stats, meta_info, *, st, report, **kw) -> dict:
-    """``finalize`` of everything the write steps produced, gathered under one key; the manifest dict."""
+def _finalize_all(keyed, *, st, report, **kw) -> dict:
+    """``finalize`` of everything the steps produced (the statistics and the rows' description
+    included: no side input), gathered under one key; the manifest dict."""
     items = list(keyed[1])
-    stats_doc, hist = stats
+    (stats_doc, hist), meta_info = _one(items, "stats"), _one(items, "meta")
     with carried():
         man = fin.finalize(
             None,
@@ -140,6 +141,14 @@ def _finalize_all(keyed, stats, meta_info, *, st, report, **kw) -> dict:
 
             write_report(kw["out"], st=st)
     return man
+
+
+def _one(items, tag: str):
+    """The one value tagged ``tag``."""
+    values = [v for t, v in items if t == tag]
+    if len(values) != 1:
+        raise AssertionError(f"finalize expected one {tag!r}, got {len(values)}")
+    return values[0]
 
 
 def _with_histograms(stats) -> tuple[dict, bytes]:
@@ -252,9 +261,12 @@ class ConvertDataset(beam.PTransform):
         started = rows.pipeline | "Once" >> beam.Create([None]) | "Start" >> beam.Map(_start, self.out, st)
         written = checked["shards"] | "WriteShards" >> WriteShards(config, norm, (started,))
         meta = rows | "DescribeRows" >> beam.CombineGlobally(RowsDigestFn())
+        stats_pc = stats if not known else rows.pipeline | "KnownStatistics" >> beam.Create([stats])
         return (
             (
                 started | "TagStart" >> beam.Map(_tag("start")),
+                stats_pc | "TagStats" >> beam.Map(_tag("stats")),
+                meta | "TagMeta" >> beam.Map(_tag("meta")),
                 checked["dead"] | "TagCheckDead" >> beam.Map(_tag("dead")),
                 written["dead"] | "TagWriteDead" >> beam.Map(_tag("dead")),
                 written["shards"] | "TagShards" >> beam.Map(_tag("shard")),
@@ -266,8 +278,6 @@ class ConvertDataset(beam.PTransform):
             | "Finalize"
             >> beam.Map(
                 _finalize_all,
-                stats if known else beam.pvalue.AsSingleton(stats),
-                beam.pvalue.AsSingleton(meta),
                 st=st,
                 report=self.report,
                 out=self.out,

@@ -65,9 +65,10 @@ def write_stats_pass(acc, out, key, clip, clip_percentiles, st=None) -> None:
     )
 
 
-def load_stats_pass(out: str, key: dict, st=None) -> tuple[dict, bytes] | None:
-    """The statistics and histograms of a complete stats pass with this ``key``, else None;
-    raises NoStatisticsError (and removes the pass) when it found no training pixel."""
+def load_stats_pass(out: str, key: dict, st=None, raise_empty: bool = True) -> tuple[dict, bytes] | None:
+    """The statistics and histograms of a complete stats pass with this ``key``, else None. A pass
+    that found no training pixel is removed and raises NoStatisticsError (``raise_empty``; else
+    None: an earlier run's such pass is not reused, the data may have been fixed since)."""
     st = st if st is not None else storage.Storage()
     try:
         done = json.loads(st.read_bytes(storage.join(out, STATS_PASS_JSON)))
@@ -75,6 +76,8 @@ def load_stats_pass(out: str, key: dict, st=None) -> tuple[dict, bytes] | None:
             return None
         if done["statistics"] is None:
             remove_stats_pass(out, st)
+            if not raise_empty:
+                return None
             raise NoStatisticsError(done.get("empty_bands") or ["?"])
         return done["statistics"], st.read_bytes(storage.join(out, STATS_PASS_NPZ))
     except (FileNotFoundError, json.JSONDecodeError, KeyError):

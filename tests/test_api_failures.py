@@ -60,7 +60,7 @@ def test_when_no_statistics_can_be_computed_every_input_row_gets_a_line(tmp_path
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "bigearthnet_beam", *args], capture_output=True, text=True)
 
-    made = cli("synth", "--out", str(tmp_path / "reben"), "--n", "24", "--seed", "1", "--corrupt", "1.0")
+    made = cli("synth", "--out", str(tmp_path / "reben"), "--n", "32", "--seed", "1", "--corrupt", "1.0")
     assert made.returncode == 0, made.stderr[-2000:]
     meta = tmp_path / "reben" / "metadata.parquet"
     r = cli("convert", "--meta", str(meta), "--out", str(tmp_path / "ds"), "--workers", "2")

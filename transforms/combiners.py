@@ -35,8 +35,10 @@ class BandStatsCombineFn(beam.CombineFn):
         return self.stats.seal(self.stats.add(acc, np.asarray(element)))
 
     def merge_accumulators(self, accumulators):
-        """Merge accumulators."""
-        return self.stats.merge(accumulators)
+        """Merge accumulators into a new one: an input may be an object a runner still holds (the
+        DaskRunner reuses computed partitions when it recomputes a side input's upstream), so none
+        is changed in value."""
+        return self.stats.merge([self.stats.create(), *accumulators])
 
     def extract_output(self, acc):
         """The accumulator itself."""

@@ -67,6 +67,49 @@ class Demux(beam.PTransform):
         }
 
 
+BUCKETS = 64  # how many ways a singleton is sent to the elements it is joined with
+
+
+def _bucket(key) -> int:
+    """A bucket in [0, BUCKETS) from a key's repr (the same in every process)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:4], "little") % BUCKETS
+
+
+def _pairs(kv) -> Iterable[tuple]:
+    _, groups = kv
+    values = list(groups["value"])
+    elements = list(groups["element"])
+    if elements and len(values) != 1:
+        raise AssertionError(f"a singleton joined with {len(elements)} elements has {len(values)} values")
+    for e in elements:
+        yield (e, values[0])
+
+
+@dataclass
+class WithSingleton(beam.PTransform):
+    """``pcoll`` -> ``(element, value)`` with the one element of the PCollection ``singleton``, joined
+    by key instead of read as a side input: the DaskRunner computes a side input's upstream again
+    inside each task that reads it, where its ParDos repeat earlier outputs. The value is sent to
+    ``BUCKETS`` keys; ``key(element)`` picks an element's."""
+
+    singleton: Any  # beam.pvalue.PCollection
+    key: Any = None  # element -> what its bucket is derived from (default: the element)
+
+    def expand(self, pcoll):
+        """The elements paired with the singleton's value."""
+        key = self.key or (lambda e: e)
+        return (
+            {
+                "element": pcoll | "ByBucket" >> beam.Map(lambda e: (_bucket(key(e)), e)),
+                "value": self.singleton | "ToBuckets" >> beam.FlatMap(lambda v: [(b, v) for b in range(BUCKETS)]),
+            }
+            | "Join" >> beam.CoGroupByKey()
+            | "Pairs" >> beam.FlatMap(_pairs)
+        )
+
+
 # --------------------------------------------------------------------------- metadata
 
 
@@ -182,10 +225,10 @@ class GroupByShard(beam.PTransform):
         by_pid = (
             routed["pid"]
             | "GroupById" >> beam.GroupByKey()
+            | "WithShardCounts" >> WithSingleton(n_shards, key=lambda kv: kv[0])
             | "Homes"
             >> beam.FlatMap(
-                lambda kv, n, splits, frac, root: homes_of_group(kv[0], kv[1], splits, frac, root, n),
-                beam.pvalue.AsSingleton(n_shards),
+                lambda pair, splits, frac, root: homes_of_group(pair[0][0], pair[0][1], splits, frac, root, pair[1]),
                 self.splits,
                 self.frac,
                 self.root,
@@ -293,14 +336,14 @@ class ComputeBandStats(beam.PTransform):
 
 
 class WriteShardFn(beam.DoFn):
-    """Per shard ``(key, records)``: ``write_shard``. Outputs ``(MAIN, ShardRecord)`` and ``(DEAD, dead letter)``."""
+    """Per ``((key, records), norm)``: ``write_shard``. Outputs ``(MAIN, ShardRecord)`` and ``(DEAD, dead letter)``."""
 
     def __init__(self, config: ShardConfig):
         self.config = config
 
-    def process(self, shard, norm, *ready):
-        """Write one shard; yields its dead letters and its record (``ready``: steps that must run first)."""
-        key, records = shard
+    def process(self, element):
+        """Write one shard; yields its dead letters and its record."""
+        (key, records), norm = element
         with carried():
             record, dead = write_shard(self.config, key, norm, count=_count, records=records)
         yield from ((DEAD, d) for d in dead)
@@ -310,8 +353,8 @@ class WriteShardFn(beam.DoFn):
 @dataclass
 class WriteShards(beam.PTransform):
     """Write every shard ``(key, records)``; ``norm`` is a NormParams dict (or a singleton
-    PCollection of one, read as a side input); ``ready``: singleton PCollections that must be
-    computed before any shard is written. Outputs ``shards`` (ShardRecords) and ``dead``."""
+    PCollection of one); ``ready``: singleton PCollections that must be computed before any
+    shard is written. Outputs ``shards`` (ShardRecords) and ``dead``."""
 
     config: ShardConfig
     norm: Any  # dict | beam.pvalue.PCollection
@@ -319,10 +362,16 @@ class WriteShards(beam.PTransform):
 
     def expand(self, shards):
         """Shard records and dead letters."""
-        norm = self.norm if isinstance(self.norm, dict) else beam.pvalue.AsSingleton(self.norm)
+        for i, r in enumerate(self.ready):
+            shards = shards | f"After{i}" >> WithSingleton(r, key=lambda s: s[0]) | f"Drop{i}" >> beam.Keys()
+        if isinstance(self.norm, dict):
+            with_norm = shards | "WithNorm" >> beam.Map(lambda s, norm: (s, norm), self.norm)
+        else:
+            with_norm = shards | "WithNorm" >> WithSingleton(self.norm, key=lambda s: s[0])
         out = (
-            shards
-            | "Write" >> beam.ParDo(WriteShardFn(self.config), norm, *[beam.pvalue.AsSingleton(r) for r in self.ready])
+            with_norm
+            | "Reshard" >> beam.Reshuffle()
+            | "Write" >> beam.ParDo(WriteShardFn(self.config))
             | "WriteOutputs" >> Demux((MAIN, DEAD))
         )
         return {"shards": out[MAIN], "dead": out[DEAD]}
