@@ -94,16 +94,19 @@ def predict_tile(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         try:
             pal = palette(info)
+            # a scene classifier (pretrained_predictor.WindowClassifier) gives its layers a multi-label meaning
+            layer_fn = getattr(predictor, "layers_from_probs", layers_from_probs)
+            layer_doc = {**LAYER_DOC, **getattr(predictor, "layer_doc", {})}
             w.open(
                 "class",
                 dtype="uint8",
                 nodata=NODATA_CLASS,
                 categorical=True,
                 colormap={i: (*map(int, pal[i]), 255) for i in range(256)},
-                tags={"classes": json.dumps(list(info["classes"])), "layer": LAYER_DOC["class"]},
+                tags={"classes": json.dumps(list(info["classes"])), "layer": layer_doc["class"]},
             )
             for name in ("maxprob", "entropy", "gap"):
-                w.open(name, dtype="float32", nodata=float("nan"), tags={"layer": LAYER_DOC[name]})
+                w.open(name, dtype="float32", nodata=float("nan"), tags={"layer": layer_doc[name]})
             if save_probs:
                 w.open(
                     "probs",
@@ -111,7 +114,7 @@ def predict_tile(
                     count=k,
                     nodata=255 if probs_dtype == "uint8" else float("nan"),
                     descriptions=list(info["classes"]),
-                    tags={"layer": LAYER_DOC["probs"]},
+                    tags={"layer": layer_doc["probs"]},
                 )
             # the default: one overall line for the tile's chunks (a bar on a terminal, a line every ~10 s otherwise);
             # another callback (the Beam workers' log) gets a line per chunk
@@ -119,7 +122,7 @@ def predict_tile(
             for ch in chunks:
                 probs, valid, n_run, n_skip = predictor.predict_chunk(source, ch, rows, cols)
                 runs, skips = runs + n_run, skips + n_skip
-                layers = layers_from_probs(probs, valid)
+                layers = layer_fn(probs, valid)
                 for name, arr in layers.items():
                     w.write(name, ch, arr)
                 counts += np.bincount(np.where(valid, layers["class"], k).ravel(), minlength=k + 1)[: k + 1]
@@ -147,6 +150,11 @@ def predict_tile(
             w.close()
             extra_names = [n for e in extras for n in (e.names or ())]
             cm = classmap(info, probs_dtype=probs_dtype if save_probs else None, extras=extra_names)
+            if hasattr(predictor, "layer_doc"):
+                cm["layers"].update({k: v for k, v in predictor.layer_doc.items() if k in cm["layers"]})
+                if "probs" in cm["layers"]:
+                    cm["layers"]["probs"] = predictor.layer_doc["probs"] + f"; this run: {probs_dtype}"
+                cm["entropy_log"] = predictor.entropy_note
             w.write_file(
                 f"{source.name}_classmap.json",
                 (json.dumps(cm, indent=2, sort_keys=False, allow_nan=False) + "\n").encode(),
@@ -179,7 +187,7 @@ def predict_tile(
         "pixels_per_s": pixels / seconds if seconds > 0 else None,
         "peak_rss_bytes": peak_rss_bytes(),
         "rss_start_bytes": rss_start,
-        "device": device_name(),
+        "device": predictor.device_name() if hasattr(predictor, "device_name") else device_name(),
         "model": getattr(predictor, "path", None),
         "channels": list(predictor.channels),
         "chunk_size": chunk_size,
