@@ -109,7 +109,7 @@ def test_hub_cache_offline_with_revisions(folders, tmp_path, monkeypatch):
     assert pretrained.load("BIFOLD-Test/tiny-resnet-s2@v2").architecture == "test_convnext"
     with pytest.raises(pretrained.ModelNotAvailableError) as e:
         pretrained.load("BIFOLD-Test/not-cached")
-    assert errors.exit_code(e.value) == 3 and "huggingface-cli download BIFOLD-Test/not-cached" in str(e.value)
+    assert errors.exit_code(e.value) == 3 and "hf download BIFOLD-Test/not-cached config.json" in str(e.value)
     with pytest.raises(pretrained.PretrainedModelError, match="revision"):
         pretrained.load("BIFOLD-Test/tiny-resnet-s2@main", revision="v2")
 

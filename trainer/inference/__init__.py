@@ -1,4 +1,5 @@
-"""``benbeam predict``: map whole Sentinel-2 tiles with a trained U-Net.
+"""``benbeam predict``: map whole Sentinel-2 tiles with a trained U-Net (or a reBEN authors' scene
+classifier, ``--model ORG/NAME``: see ``pretrained_predictor``).
 
 A tile (an L2A ``.SAFE`` folder or a multi-band GeoTIFF, on local disk or in ``s3://`` /
 ``gs://``; read through ``trainer.tiles``) is processed chunk by chunk; every chunk runs the
@@ -26,6 +27,8 @@ One module per concern (imports point down this list, never up):
     plugins    --extra user layer functions
     memory     peak RSS probe and device name
     predictor  Predictor: the model with its inference contract; one chunk's blended softmax
+    pretrained_predictor  WindowClassifier: a reBEN authors' scene classifier (--model ORG/NAME):
+               per-window probabilities, nearest or blended maps, multi-label layers
     writer     LayerWriter: the GeoTIFFs of one tile, chunk by chunk, under temporary names, then COGs
     preview    preview.png
     viewer     viewer.html over many tiles
@@ -33,5 +36,6 @@ One module per concern (imports point down this list, never up):
     tile       one tile: predict_tile / predict_path, the summary
     benchmark  many tiles one after the other, benchmark_report.csv
     beam       many tiles as a Beam pipeline (one model load per worker)
+    pretrained_beam  the same for an authors' classifier, windows through Beam's RunInference
     cli        ``benbeam predict`` (``run(argv)``)
 """

@@ -192,7 +192,8 @@ def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="benbeam predict",
         allow_abbrev=False,
-        description="Map whole Sentinel-2 tiles with a model trained by `benbeam train`.",
+        description="Map whole Sentinel-2 tiles with a model trained by `benbeam train`, or with a reBEN "
+        "authors' classifier from the Hugging Face Hub (--model ORG/NAME; docs/pretrained.md).",
         epilog="Beam pipeline options (--runner, ...) make --input_dir run as a Beam "
         "pipeline (the default without --benchmark: DirectRunner).",
     )

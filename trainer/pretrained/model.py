@@ -108,9 +108,9 @@ def resolve(ref: str, revision: str | None = None) -> tuple[str, str]:
         except LocalEntryNotFoundError:
             raise ModelNotAvailableError(
                 f"model {repo}{'@' + rev if rev else ''}: {name} is not in the Hugging Face cache "
-                f"({_cache_dir()}) and cannot be downloaded here; on a machine online run "
-                f"`huggingface-cli download {repo}{' --revision ' + rev if rev else ''}` (same HF_HOME), "
-                "then set HF_HUB_OFFLINE=1"
+                f"({_cache_dir()}) and cannot be downloaded here; online, run `hf download {repo} "
+                f"config.json model.safetensors{' --revision ' + rev if rev else ''}` (same HF_HOME; "
+                "huggingface-cli download with huggingface_hub < 1), then set HF_HUB_OFFLINE=1"
             ) from None
         except RepositoryNotFoundError:
             raise PretrainedModelError(f"model {repo}: no such repository on the Hugging Face Hub") from None
