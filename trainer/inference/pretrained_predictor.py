@@ -104,14 +104,18 @@ def table_to_chunk(table: np.ndarray, rows, cols, chunk: Chunk, mode: str) -> tu
     ri = np.nonzero((rows < r1) & (rows + PATCH > r0))[0]
     ci = np.nonzero((cols < c1) & (cols + PATCH > c0))[0]
     sub = table[ri][:, ci]  # (ni, nj, K)
-    ok = np.isfinite(sub[..., 0]).astype(np.float64)
-    vals = np.nan_to_num(sub, nan=0.0).astype(np.float64) * ok[..., None]
-    wr, wc = axis_weights(rows[ri], r0, r1), axis_weights(cols[ci], c0, c1)
-    acc = np.einsum("jc,rjk->rck", wc, np.einsum("ir,ijk->rjk", wr, vals))
+    ok = np.isfinite(sub[..., 0]).astype(np.float32)
+    vals = np.nan_to_num(sub, nan=0.0) * ok[..., None]
+    wr = axis_weights(rows[ri], r0, r1).astype(np.float32)
+    wc = axis_weights(cols[ci], c0, c1).astype(np.float32)
+    rowsum = np.tensordot(wr, vals, axes=([0], [0]))  # (h, nj, K): windows' rows weighted
+    acc = np.ascontiguousarray(np.matmul(rowsum.transpose(0, 2, 1), wc).transpose(0, 2, 1))  # (h, w, K)
+    del rowsum
     wsum = wr.T @ ok @ wc
     covered = wsum > 0
-    probs = np.divide(acc, wsum[..., None], out=np.zeros_like(acc), where=covered[..., None])
-    return probs.astype(np.float32), covered
+    np.divide(acc, wsum[..., None], out=acc, where=covered[..., None])
+    acc[~covered] = 0.0
+    return acc, covered
 
 
 class WindowClassifier:
