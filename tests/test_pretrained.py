@@ -215,3 +215,21 @@ def test_ref_detection(folders, tmp_path):
     assert not pretrained.is_pretrained_ref("runs/model.keras")
     assert not pretrained.is_pretrained_ref("gs://bucket/model.keras")
     assert not pretrained.is_pretrained_ref(str(tmp_path))  # a folder without config.json
+
+
+def test_timm_import_stands_in_only_for_missing_torchvision_operators():
+    """timm imports; torchvision's fake-kernel registrations are replaced only when its compiled
+    operators cannot load (a CUDA torchvision beside a CPU torch), and its Python parts work."""
+    import importlib.util
+    import sys
+
+    from bigearthnet_beam.trainer.pretrained import timm_import
+
+    timm = timm_import.import_timm()
+    assert timm.is_model("resnet50")
+    loads = timm_import._extension_loads(importlib.util.find_spec("torchvision"))
+    meta = sys.modules["torchvision._meta_registrations"]
+    assert (getattr(meta, "__file__", None) is None) == (not loads)
+    from torchvision.ops.misc import FrozenBatchNorm2d  # what timm imports from torchvision
+
+    assert FrozenBatchNorm2d(4)(torch.ones(1, 4, 2, 2)).shape == (1, 4, 2, 2)

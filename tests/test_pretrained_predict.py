@@ -92,6 +92,10 @@ def test_tile_windows_are_the_authors_patches(models, tile, tmp_path):
     out = tmp_path / "out"
     argv = ["--model", models["s2"], "--tile", tile["path"], "--out", out, "--save_probs", "--probs_dtype", "float32"]
     assert _cli(argv) == 0
+    again = tmp_path / "again"
+    assert _cli([*argv[:5], again, *argv[6:]]) == 0
+    for layer in ("class", "maxprob", "entropy", "gap", "probs"):  # deterministic: the same bytes twice
+        assert (out / f"{NAME}_{layer}.tif").read_bytes() == (again / f"{NAME}_{layer}.tif").read_bytes(), layer
     with rasterio.open(out / f"{NAME}_probs.tif") as ds:
         probs = ds.read()  # (19, H, W)
     with rasterio.open(out / f"{NAME}_class.tif") as ds:
@@ -256,6 +260,10 @@ def test_beam_path_runs_inference_with_the_pytorch_handler(models, tile, tmp_pat
             diff = np.abs(a.read().astype(np.int16) - b.read().astype(np.int16))
             assert diff.max() <= (1 if layer == "probs" else 0), layer  # uint8 probabilities: batching may round
     assert (tmp_path / "b" / "viewer.html").exists()
+    # --benchmark: the tiles one after the other, the report and the viewer
+    assert _cli(["--model", models["s2"], "--input_dir", d, "--out", tmp_path / "bm", "--benchmark"]) == 0
+    report = (tmp_path / "bm" / "benchmark_report.csv").read_text().splitlines()
+    assert len(report) == 3 and (tmp_path / "bm" / "viewer.html").exists()
 
 
 def test_classifier_flag_errors(models, tile, tmp_path, capsys):

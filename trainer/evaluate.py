@@ -247,6 +247,9 @@ def evaluate_main(args: argparse.Namespace) -> int:
         from bigearthnet_beam.trainer.pretrained.evaluate import run
 
         return run(args)
+    if args.device != "cpu":
+        print("benbeam evaluate: error: --device goes with an authors' classifier (--model ORG/NAME)", file=sys.stderr)
+        return 2
     try:
         r = evaluate(
             model=args.model,
