@@ -220,6 +220,7 @@ def test_windows_without_data_are_skipped(models, tmp_path):
 # --------------------------------------------------------------------------- Beam: RunInference
 
 
+@pytest.mark.slow
 def test_beam_path_runs_inference_with_the_pytorch_handler(models, tile, tmp_path):
     import apache_beam as beam
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
