@@ -117,14 +117,14 @@ def add_classifier_args(ap: argparse.ArgumentParser) -> None:
         "--stride",
         type=positive_int,
         default=None,
-        help="authors' classifier: step of the 120-px window grid in px, even, 1..120 (default: 120, "
-        "adjacent patches); the same as --overlap 120-STRIDE",
+        help="authors' classifier: step of the 120-px window grid in px, 1..120, even for a model with 20 m "
+        "bands (default: 120, adjacent patches); the same as --overlap 120-STRIDE",
     )
     ap.add_argument(
         "--window_map",
         choices=WINDOW_MAPS,
         default="nearest",
-        help="authors' classifier: per-pixel probabilities from the windows' -- nearest: those of the window "
+        help="authors' classifier: how window probabilities become pixels. nearest: those of the window "
         "whose centre is nearest (window resolution, blocks of stride px); blend: the Hann-weighted mean of "
         "every window covering the pixel (smooth) (default: %(default)s)",
     )
