@@ -103,3 +103,15 @@ def test_a_worker_reports_patches_within_a_shard(tmp_path, monkeypatch):
         slow.tick()
     slow.done()
     assert events.read_text().splitlines()[8:] == ["statistics 5"]  # one line per shard when ticks come faster
+
+
+def test_workers_and_direct_num_workers_must_agree(capsys):
+    from bigearthnet_beam.beam_pipeline.options import local_runner_args
+
+    with pytest.raises(SystemExit) as e:
+        local_runner_args(["--direct_num_workers", "2"], 1, "benbeam convert")
+    assert e.value.code == 2 and "--workers 1 and --direct_num_workers 2 disagree" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        local_runner_args(["--direct_num_workers=3"], 2)
+    assert "--direct_num_workers=2" in local_runner_args(["--direct_num_workers=2"], 2)  # the same: fine
+    assert "--direct_num_workers=4" in local_runner_args([], 4)
