@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -75,17 +76,22 @@ def test_two_gloo_ranks_train_under_ddp_on_unequal_shards_without_hanging(tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
+    # its own process group: a hang kills the two ranks too, not only the launcher
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.ddp_worker", t.path, str(_free_port()), str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
-        r = subprocess.run(
-            [sys.executable, "-m", "tests.ddp_worker", t.path, str(_free_port()), str(out)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=240,  # a deadlocked all-reduce fails here instead of hanging the suite
-        )
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"the two DDP ranks hung: {(e.stderr or b'')[-2000:]!r}")
-    assert r.returncode == 0, r.stderr[-3000:]
+        _, stderr = proc.communicate(timeout=240)  # a deadlocked all-reduce fails here instead of hanging
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"the two DDP ranks hung: {stderr[-2000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
     ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)]
     assert [(x["rank"], x["world"]) for x in ranks] == [(0, 2), (1, 2)]  # taken from torch.distributed
     per_epoch = -(-n // 2)

@@ -115,3 +115,45 @@ def test_workers_and_direct_num_workers_must_agree(capsys):
         local_runner_args(["--direct_num_workers=3"], 2)
     assert "--direct_num_workers=2" in local_runner_args(["--direct_num_workers=2"], 2)  # the same: fine
     assert "--direct_num_workers=4" in local_runner_args([], 4)
+
+
+_BAR_CHILD = """
+import logging, sys, time
+from bigearthnet_beam.transforms.progress import Bar
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+bar = Bar("convert: write", total=40)
+for i in range(40):
+    bar.update(1)
+    if i == 20:
+        logging.getLogger("benbeam").warning("a line in the middle of the pass")
+    time.sleep(0.01)
+bar.close()
+"""
+
+
+def test_log_lines_print_above_the_bar_on_a_terminal():
+    import pty
+    import re
+
+    main, child = pty.openpty()
+    os.set_blocking(main, True)
+    env = dict(os.environ, COLUMNS="90")
+    proc = subprocess.Popen([sys.executable, "-c", _BAR_CHILD], stdin=child, stdout=child, stderr=child, env=env)
+    os.close(child)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        data += chunk
+    proc.wait(timeout=60)
+    os.close(main)
+    assert proc.returncode == 0, data[-2000:]
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", data.decode(errors="replace"))
+    line = next(ln for ln in text.split("\n") if "a line in the middle" in ln)
+    # what the terminal shows on that line: the text after the last carriage return
+    assert line.rstrip("\r").rsplit("\r", 1)[-1].strip() == "WARNING a line in the middle of the pass"
+    assert "40/40" in text.split("a line in the middle")[1]  # the bar goes on below it
