@@ -119,7 +119,6 @@ def tile_item(summary: dict, info: dict, outputs: list[str], *, probs_dtype: str
         properties={
             "title": f"benbeam predict: {tile}",
             "benbeam:datetime_source": source,
-            "benbeam:model": summary.get("model"),
             "benbeam:valid_pixels": summary.get("valid_pixels"),
         },
     )
