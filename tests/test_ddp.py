@@ -104,3 +104,20 @@ def test_two_gloo_ranks_train_under_ddp_on_unequal_shards_without_hanging(tmp_pa
     assert len(ranks[0]["ids"]) == len(ranks[1]["ids"]) == EPOCHS * per_epoch
     assert set(ranks[0]["ids"]) | set(ranks[1]["ids"]) == set(t.arrays["train"])
     assert ranks[0]["weights"] == ranks[1]["weights"]  # the gradients were all-reduced: the replicas agree
+
+
+def test_a_shard_shorter_than_its_manifest_entry_is_an_integrity_error(tmp_path):
+    from bigearthnet_beam.schemas.errors import IntegrityError
+    from bigearthnet_beam.trainer.torch_data import BenDataset
+    from bigearthnet_beam.transforms.encode import iter_records
+
+    t = make_tiny_dataset(tmp_path / "ds", n_train=5, n_val=0, n_test=0, shards=2, shard_sizes={"train": [3, 2]})
+    shard = os.path.join(t.path, t.manifest["splits"]["train"]["shards"][1]["path"])
+    first = next(iter_records(shard))
+    with open(shard, "rb") as fh:
+        data = fh.read()
+    with open(shard, "wb") as fh:  # keep the first record only: the manifest still says 2
+        fh.write(data[: 16 + len(first)])
+    assert len(list(iter_records(shard))) == 1
+    with pytest.raises(IntegrityError, match="holds 1 records, dataset.json says 2"):
+        list(BenDataset(t.path, "train"))

@@ -24,8 +24,8 @@ tail dropped). So ranks never differ in sample or batch count, whatever the shar
 ``DistributedDataParallel`` never waits on a rank that ran out. Within a rank the DataLoader
 workers split the rank's records by record too: their counts differ by at most one and are the
 same on every rank, so every rank yields the same number of batches. With one rank nothing is
-padded or dropped: every record comes exactly once per epoch. ``per_rank(num_workers)`` says how
-many samples a rank yields per epoch.
+padded or dropped: every record comes exactly once per epoch. ``per_rank()`` says how many
+samples a rank yields per epoch.
 """
 
 from __future__ import annotations
@@ -182,9 +182,9 @@ class BenDataset(IterableDataset):
         """Records of the split over all ranks and workers (one epoch)."""
         return int(self.manifest["splits"][self.split]["written"])
 
-    def per_rank(self, num_workers: int = 0) -> int:
-        """Samples this rank yields per epoch (the same on every rank; padded, or cut with ``drop_last``)."""
-        del num_workers  # the workers split the rank's records: their sum does not depend on their number
+    def per_rank(self) -> int:
+        """Samples this rank yields per epoch, whatever the DataLoader workers (the same on every rank;
+        padded, or cut with ``drop_last``)."""
         start, stop = rank_span(len(self), self.rank, self.world_size, self.drop_last)
         return stop - start
 
