@@ -56,6 +56,24 @@ def test_the_metadata_names_the_tiles_of_genuine_reben():
 
 @pytest.mark.parametrize("tile", TILES)
 def test_every_vendored_tile_lies_in_its_band_with_its_square_letters(tile):
+    check_tile(tile)
+
+
+def test_synth_tile_names_walk_within_the_band():
+    from bigearthnet_beam.synth.tiles import tile_ids
+
+    ids = tile_ids(80)
+    assert len(set(ids)) == 80 and ids[:2] == ["32TQR", "32TRR"]
+    for tile in ids:
+        check_tile(tile)
+    with pytest.raises(ValueError, match="at most 80"):
+        tile_ids(81)
+    with pytest.raises(ValueError, match="latitude band T"):
+        tile_ids(1, first="32TQA")  # row A of zone 32 lies near 3,500 km north: band S
+
+
+def check_tile(tile: str) -> None:
+    """The tile's 100 km square meets its latitude band, and a point of it inside the band has its name."""
     zone, band = int(tile[:2]), tile[2]
     x0, y0 = tile_origin(zone, tile[2:])
     assert (x0, y0 - 100_000) == square_origin(zone, tile[2:])
