@@ -18,7 +18,7 @@ HERE = Path(__file__).parent
 # the design's top-level folders, installed as bigearthnet_beam.<folder>
 FOLDERS = ("beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch")
 # `train`, `evaluate`, `predict` (benbeam says which extra to install when one is missing)
-TRAIN = ["tensorflow>=2.16,<3", "keras>=3.3,<4", "tensorboard>=2.16,<3", "matplotlib>=3.8,<4"]
+TRAIN = ["tensorflow>=2.16,<3", "keras>=3.3,<4", "tensorboard>=2.16,<3", "matplotlib>=3.8,<4", "pystac>=1.10,<2"]
 # `verify` decodes every record a second way, with tfx-bsl's schema-driven decoder
 TFX = ["tfx-bsl>=1.16,<2"]
 # the reBEN authors' published models (bigearthnet_beam.pretrained; predict/evaluate --model ORG/NAME): no Lightning

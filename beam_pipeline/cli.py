@@ -188,6 +188,14 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
     if cmd in EXTRAS and (missing := missing_extra(cmd, argv)):
         print(missing, file=sys.stderr)
         return 3
+    if cmd in EXTRAS:
+        # TensorFlow's C++ start-up lines (cuInit, CUDA factories) only with --verbose (or --debug)
+        verbose = "--verbose" in argv
+        argv = [a for a in argv if a != "--verbose"]
+        if not {"-h", "--help"} & set(argv):
+            from bigearthnet_beam.trainer.tfenv import quiet_tensorflow
+
+            quiet_tensorflow(verbose or DEBUG["on"])
     if cmd == "predict":
         from bigearthnet_beam.trainer.inference.cli import run
 

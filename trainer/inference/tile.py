@@ -29,6 +29,8 @@ from bigearthnet_beam.trainer.inference.plugins import Extra, load_extra
 from bigearthnet_beam.trainer.inference.predictor import Predictor
 from bigearthnet_beam.trainer.inference.preview import render_preview
 from bigearthnet_beam.trainer.inference.settings import DEFAULTS, PREVIEW, PROBS_DTYPES, PredictError
+from bigearthnet_beam.trainer.inference.stac import item_bytes, item_name, tile_item
+from bigearthnet_beam.trainer.inference.styles import style_files
 from bigearthnet_beam.trainer.inference.writer import GDAL_CACHE_MB, LayerWriter
 from bigearthnet_beam.transforms.progress import Bar
 
@@ -159,6 +161,8 @@ def predict_tile(
                 f"{source.name}_classmap.json",
                 (json.dumps(cm, indent=2, sort_keys=False, allow_nan=False) + "\n").encode(),
             )
+            for fname, data in style_files(source.name, info).items():  # GDAL categories, QGIS styles
+                w.write_sidecar(fname, data)
             render_preview(
                 w.tmp[f"{source.name}_class.tif"],
                 info,
@@ -197,13 +201,18 @@ def predict_tile(
         "windows_run": runs,
         "windows_skipped": skips,
         "warnings": list(getattr(source, "warnings", []) or []),
-        "outputs": sorted(outputs + [f"{source.name}_summary.json"]),
+        "outputs": sorted(outputs + [f"{source.name}_summary.json", item_name(source.name)]),
     }
     tmp = os.path.join(out_dir, f".tmp-{os.getpid()}-{source.name}_summary.json")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2, allow_nan=False)
         fh.write("\n")
     os.replace(tmp, os.path.join(out_dir, f"{source.name}_summary.json"))
+    item = tile_item(summary, info, summary["outputs"], probs_dtype=probs_dtype if save_probs else None)
+    tmp = os.path.join(out_dir, f".tmp-{os.getpid()}-{item_name(source.name)}")
+    with open(tmp, "wb") as fh:
+        fh.write(item_bytes(item))
+    os.replace(tmp, os.path.join(out_dir, item_name(source.name)))  # the STAC item, last
     return summary
 
 
