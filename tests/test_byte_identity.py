@@ -43,17 +43,12 @@ FIXED_RUN = {
     "workers": 1,
 }
 
-# re-recorded for issue 23: the manifest's input is the rows received (count + digest) and its
-# options the resolved root without the metadata paths; statistics are sealed per patch
-EXPECTED: dict[str, str] = {
-    "reben/* (every file of the synthetic replica)": "fbeeeb7e2ad2cb1344bba1269b1785eb7ae51c9438bfae0ce6a0151ccd6b2e2b",
+EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
+    "reben/* (every file of the synthetic replica)": "c6d459fc9da690a5c50f4a9a9278f1e9e37618278b5864460f1b83f82e742446",
+    "a/dataset.json": "b7d9a015d093eb51b79fc78def8b9a9dd8f515f00366b7fdb091356b32ea8784",
     "a/.benbeam-run.json": "977efadb044f16f0203a4f7bfc8750ea4a4219d9bd146ca58e69588e589ab6ea",
-    "a/dataset.json": "42a44763e375cbe0c156734a93d558d677c236de627f027c18f14841e59537e4",
-    "a/dataset_info.json": "938de51a9cac7257fbd3681272a15485364a3b50a2a7f2c2395b551557f44920",
-    "a/failures.jsonl": "4247bd00787e375c17435afe755657b10c948e228c05d3503c09706595411f69",
-    "a/features.json": "cdec0d1b872215d9d5e04dabd641d5de2901f80e8354c2531f066657228b4f6a",
-    "a/histograms.npz": "866a7af99dd20a56f91c53f4adc43bb028ea55166bcf3db663c5896e7d8634c6",
-    "a/metadata.json": "d994494ff1185a9aa9e27905cc3455d26f94bb58dbab03cd6fb84b677a08d816",
+    "a/failures.jsonl": "ac0aee35dad60f59b7174a3032393d7eea97e189ed2a2b8f2b50a370e7a283f3",
+    "a/histograms.npz": "cd0f592aabe17a37a9fb5ece9c9717e51042cabed6f8fbfced6eceaf78a4cb18",
     "a/report/classes.svg": "f4451d53168c6b5ab6f674ff1018f7a91d4adee4127e37f8947267b7b0cdf6f1",
     "a/report/failures.svg": "2bb4852b4276c4d906eaa133a3b64ee83964a4eb339b41d31665ebdf47616b13",
     "a/report/histograms.svg": "a87e7ba5450eb8a2fce57d13682d9b640c0e04cfcd69ec9d8021c7cb5b918eaa",
@@ -69,9 +64,9 @@ EXPECTED: dict[str, str] = {
     "a/report/sample-4-rgb.png": "92db790ec95cfb45cdd5f50c55bdc176f5bacdec29996d1fe98143fb7229d518",
     "a/report/sample-5-label.png": "345ce30a27566b6b9c478da07a6509622e4f21b9f193314100e3ccfd260e5660",
     "a/report/sample-5-rgb.png": "cbeea1face0b3d05ed72bf9da379c950c37e159d7d2e1f22796b750aabbcf2a7",
-    "a/report.html": "fdf051fe88c5ac6f92f35f985c4545aca1f6f0f37b92ae33d61801e4103b89d3",
+    "a/report.html": "81859629f4d21c265805ba75d2b7c69338d19b7792affd4adf5ad51ae1dce62b",
     "a/schema.pbtxt": "6ff6fad88aac9e2b46aefbcc2f8475ce5f78c305ebe2e90b942ca4f836e76165",
-    "a/stats.json": "cf6a1e18201e47c3e0b24a1129c09ad49d5f0af2beceff7fa925a3eea9d01c6e",
+    "a/stats.json": "b9e8fb905f44d45790d026a1356c40caed8bef4b7919c7d2e16e46cd0e9961a8",
     "a/test/test-00000-of-00002.tfrecord": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     "a/test/test-00001-of-00002.tfrecord": "164e7d0de919e92cf9f972ea037ec339dc9d2a16dc3d0c7e9d69ba964a8848e0",
     "a/train/train-00000-of-00003.tfrecord": "120936b58b6c3c99d3ecd4f6f9e8b906eaf1d7ade4c0bb113161ce60fbc7e79b",
@@ -79,11 +74,11 @@ EXPECTED: dict[str, str] = {
     "a/train/train-00002-of-00003.tfrecord": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     "a/validation/validation-00000-of-00002.tfrecord": "d0eaa87c71b3ec99aa1e533fda3b8f791ec9f7dc24704f54fbb4f1e85684a64c",
     "a/validation/validation-00001-of-00002.tfrecord": "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
+    "b/dataset.json": "1228c98dc55ddfc4ad3499bd592f7b2fcc53966af42f196983b826b1e9aa9c79",
     "b/.benbeam-run.json": "977efadb044f16f0203a4f7bfc8750ea4a4219d9bd146ca58e69588e589ab6ea",
-    "b/dataset.json": "642c454cef90fa44ac21d03f23eb57c5f776b09df7e583449c8bc2b4addcab1e",
-    "b/failures.jsonl": "4247bd00787e375c17435afe755657b10c948e228c05d3503c09706595411f69",
+    "b/failures.jsonl": "ac0aee35dad60f59b7174a3032393d7eea97e189ed2a2b8f2b50a370e7a283f3",
     "b/schema.pbtxt": "c1b5d79af0ce921d11d07e2db1d6d7a630da6a66a2e428f3bbe09386ea40ac69",
-    "b/stats.json": "1d2554957fff563fccd04dbf39fd31aa912e0f1995b1f473b01668d9ae022d3a",
+    "b/stats.json": "e3088ef9bb2419f96394d4fb7d56e87385e024f03ffef3a1d75f1645309e4cb6",
     "b/test/test-00000-of-00002.tfrecord.gz": "9ceffb7310338057cfe71a4ae1e2c98d2c485d81cdef906532a801f457a38d64",
     "b/test/test-00001-of-00002.tfrecord.gz": "23a7a057b6c2bc9528a7e265b708ae93e9178b5e691e0e4f1164ec2d17f3fe57",
     "b/train/train-00000-of-00003.tfrecord.gz": "70c574defaeabd58e4f21756e42b2280f6db44ea00bc47c4a0a7d93120c6f51f",
@@ -91,18 +86,27 @@ EXPECTED: dict[str, str] = {
     "b/train/train-00002-of-00003.tfrecord.gz": "9ceffb7310338057cfe71a4ae1e2c98d2c485d81cdef906532a801f457a38d64",
     "b/validation/validation-00000-of-00002.tfrecord.gz": "2d9a4c765e7bd4480d684ca535f0f8ff70689b2c816b07fe9893c32985e8a48e",
     "b/validation/validation-00001-of-00002.tfrecord.gz": "8cf2f854eb9db58d760245990a19caf1b7414b11c13b71ea3ba5e13a0a2ed359",
+    "c/dataset.json": "72168140567a785575bfd455e7085b5f9d23e8bb12d76dfd001586501f2e5c7e",
     "c/.benbeam-run.json": "977efadb044f16f0203a4f7bfc8750ea4a4219d9bd146ca58e69588e589ab6ea",
-    "c/dataset.json": "29a24136151ff272fcdb9c7f145e8ba314242c7b2e27c4f85978dec895fae8e1",
-    "c/dataset_info.json": "28005f09bb1785b78b5ab2e36407548612c64c512c0db2ebc9149e4d95f888a5",
     "c/failures.jsonl": "4d262466bf99771ef4ab31e288449693472d22bb037854c9404e5dc04f608b19",
-    "c/features.json": "cdec0d1b872215d9d5e04dabd641d5de2901f80e8354c2531f066657228b4f6a",
-    "c/metadata.json": "d994494ff1185a9aa9e27905cc3455d26f94bb58dbab03cd6fb84b677a08d816",
     "c/schema.pbtxt": "6ff6fad88aac9e2b46aefbcc2f8475ce5f78c305ebe2e90b942ca4f836e76165",
-    "c/stats.json": "1d2554957fff563fccd04dbf39fd31aa912e0f1995b1f473b01668d9ae022d3a",
+    "c/stats.json": "e3088ef9bb2419f96394d4fb7d56e87385e024f03ffef3a1d75f1645309e4cb6",
     "c/test/test-00000-of-00002.tfrecord": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
     "c/test/test-00001-of-00002.tfrecord": "164e7d0de919e92cf9f972ea037ec339dc9d2a16dc3d0c7e9d69ba964a8848e0",
     "c/validation/validation-00000-of-00002.tfrecord": "d0eaa87c71b3ec99aa1e533fda3b8f791ec9f7dc24704f54fbb4f1e85684a64c",
     "c/validation/validation-00001-of-00002.tfrecord": "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
+    # Re-recorded for issue 26 (the replica places MGRS tiles where their names say): the replica's
+    # GeoTIFFs (georeferencing only), and the grid-mismatch dead letter of T35VPK_00_07, whose
+    # message quotes the origin (now 6,991,600 m: the tile hangs 109.8 km south of its 100 km
+    # square's north edge), in a/ and b/failures.jsonl and a/report.html. No shard changed.
+    # New files, not in the baseline: the TFDS metadata derived from dataset.json (issue 17).
+    # gzip datasets (b) get none: TFDS reads uncompressed TFRecords only.
+    "a/dataset_info.json": "938de51a9cac7257fbd3681272a15485364a3b50a2a7f2c2395b551557f44920",
+    "a/features.json": "cdec0d1b872215d9d5e04dabd641d5de2901f80e8354c2531f066657228b4f6a",
+    "a/metadata.json": "d994494ff1185a9aa9e27905cc3455d26f94bb58dbab03cd6fb84b677a08d816",
+    "c/dataset_info.json": "28005f09bb1785b78b5ab2e36407548612c64c512c0db2ebc9149e4d95f888a5",
+    "c/features.json": "cdec0d1b872215d9d5e04dabd641d5de2901f80e8354c2531f066657228b4f6a",
+    "c/metadata.json": "d994494ff1185a9aa9e27905cc3455d26f94bb58dbab03cd6fb84b677a08d816",
 }
 
 

@@ -83,6 +83,7 @@ def write_shard(
     label_values = np.zeros(256, dtype=np.int64)
     disagreements = 0
     dead = []
+    ticker = progress.Ticker("write", len(recs))
     with ShardWriter(storage.join(config.out, rel), config.compression, config.storage) as writer:
         for rec, patch in loaded_patches(
             recs,
@@ -94,6 +95,7 @@ def write_shard(
             source=config.source(key),
             st=config.storage,
         ):
+            ticker.tick()
             if isinstance(patch, failures.PatchError):
                 count(f"failed_{patch.stage}_{patch.reason}")
                 dead.append(patch.record(rec["patch_id"], split))
@@ -119,7 +121,7 @@ def write_shard(
     count("bytes_written", info["bytes"])
     n = info["records"]
     LOG.info("wrote %s: %d patches, %d failed, %.1f patches/s", rel, n, len(dead), n / dt if dt else 0.0)
-    progress.shard_done("write", len(recs))
+    ticker.done()
     return manifest.ShardRecord.build(key, config.compression, info, label_values, disagreements, dt), dead
 
 
@@ -141,6 +143,7 @@ def shard_statistics(
     recs = config.plan.records(key) if records is None else records
     acc = stats.create()
     chosen = [r for r in recs if md.sampled(r["patch_id"], stats_fraction, salt="stats")]
+    ticker = progress.Ticker("statistics", len(recs))
     for _, patch in loaded_patches(
         chosen,
         config.resampling,
@@ -152,6 +155,7 @@ def shard_statistics(
         source=config.source(key),
         st=config.storage,
     ):
+        ticker.tick(len(recs) // max(1, len(chosen)))  # a sampled patch stands for the shard's share
         if isinstance(patch, failures.PatchError):
             continue
         stats.seal(stats.add(acc, patch.pixels))
@@ -164,5 +168,5 @@ def shard_statistics(
         len(recs),
         time.perf_counter() - t0,
     )
-    progress.shard_done("statistics", len(recs))
+    ticker.done()
     return stats.seal(acc)
