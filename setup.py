@@ -4,7 +4,8 @@
 ``convert``, ``verify``, ``report`` and ``launch`` import): that is what a worker installs.
 Extras: ``[train]`` TensorFlow/Keras/TensorBoard/matplotlib for ``train``, ``evaluate``,
 ``predict``; ``[tfx]`` tfx-bsl, with which ``verify`` cross-decodes every record;
-``[dev]`` both of them plus the test tools (``make test``).
+``[docs]`` MkDocs, Material and mkdocstrings (``make docs``); ``[dev]`` all three plus the
+test tools (``make test``).
 """
 
 import re
@@ -19,6 +20,8 @@ FOLDERS = ("beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch
 TRAIN = ["tensorflow>=2.16,<3", "keras>=3.3,<4", "tensorboard>=2.16,<3", "matplotlib>=3.8,<4"]
 # `verify` decodes every record a second way, with tfx-bsl's schema-driven decoder
 TFX = ["tfx-bsl>=1.16,<2"]
+# the documentation site (`make docs`: mkdocs.yml, docs/)
+DOCS = ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.26"]
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "schemas" / "__init__.py").read_text()).group(1)
 
 setup(
@@ -58,11 +61,13 @@ setup(
     extras_require={
         "train": TRAIN,
         "tfx": TFX,
+        "docs": DOCS,
         # `launch dask` / the DaskRunner (the scheduler's and workers' environment too)
         "dask": ["dask[distributed]>=2024.1"],
         "torch": ["torch>=2.2"],  # bigearthnet_beam.trainer.torch_data: a PyTorch IterableDataset, no TensorFlow
         "dev": TRAIN
         + TFX
+        + DOCS
         + [
             "pytest>=8",
             "pytest-timeout>=2.3",
