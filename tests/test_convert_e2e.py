@@ -20,14 +20,12 @@ from bigearthnet_beam.schemas import bands, classes, manifest, tfrecord
 from bigearthnet_beam.schemas.failures import FAULT_EXPECTATIONS, FAULT_KINDS
 from bigearthnet_beam.schemas.naming import object_urls
 
-N = 36
-
 
 @pytest.fixture(scope="module")
-def reben(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reben")
-    assert main(["synth", "--out", str(root), "--n", str(N), "--seed", "7", "--faults", ",".join(FAULT_KINDS)]) == 0
-    return root
+def reben(replica):
+    """The session's replica (tests/conftest.py): 36 patches, every fault kind once; read-only."""
+    assert len(json.loads((replica / "injected_faults.json").read_text())) == len(FAULT_KINDS)
+    return replica
 
 
 def convert(reben, out, *extra):
@@ -47,10 +45,9 @@ def convert(reben, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def dataset(reben, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ds")
-    assert convert(reben, out) == 0
-    return out
+def dataset(converted):
+    """The session's conversion of the replica, with the flags of ``convert`` above; read-only."""
+    return converted
 
 
 def _manifest(out):

@@ -176,7 +176,9 @@ def test_a_missing_extra_names_it(monkeypatch, capsys):
     assert main(["train", "--data", "x"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["benbeam train: error: tensorflow is not installed; pip install 'bigearthnet-beam[train]'"]
-    assert cli.missing_extra("predict") is not None
+    assert cli.missing_extra("predict") == (
+        "benbeam predict: error: tensorflow is not installed; pip install 'bigearthnet-beam[train]'"
+    )
 
 
 def test_tfx_cross_check_finds_a_disagreeing_decoding(tmp_path, monkeypatch):
