@@ -109,10 +109,16 @@ EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
 }
 
 
-def produce(base: Path) -> dict[str, str]:
-    """Synth and convert under ``base``; the normalised sha256 of every deterministic file."""
+VARIANTS = ("a", "b", "c", "d")
+
+
+def produce(base: Path, variants: tuple[str, ...] = VARIANTS) -> dict[str, str]:
+    """Synth and convert under ``base`` (what is not there yet); the normalised sha256 of every
+    deterministic file of the replica and of ``variants``."""
     reben = base / "reben"
-    assert main(["synth", "--out", str(reben), "--n", "22", "--seed", "3", "--corrupt", "0.5", "--workers", "1"]) == 0
+    if not reben.exists():
+        argv = ["synth", "--out", str(reben), "--n", "22", "--seed", "3", "--corrupt", "0.5", "--workers", "1"]
+        assert main(argv) == 0
     common = [
         "--meta",
         str(reben / "metadata.parquet"),
@@ -123,61 +129,19 @@ def produce(base: Path) -> dict[str, str]:
         "--max_failure_fraction",
         "1",
     ]
-    assert main(["convert", *common, "--out", str(base / "a")]) == 0
-    assert (
-        main(
-            [
-                "convert",
-                *common,
-                "--out",
-                str(base / "b"),
-                "--compression",
-                "gzip",
-                "--dtype",
-                "float16",
-                "--resampling",
-                "cubic",
-                "--stats",
-                str(base / "a" / "stats.json"),
-                "--no_report",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "convert",
-                *common,
-                "--out",
-                str(base / "c"),
-                "--splits",
-                "validation,test",
-                "--stats",
-                str(base / "a" / "stats.json"),
-                "--no_report",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "convert",
-                *common,
-                "--out",
-                str(base / "d"),
-                "--splits",
-                "validation,test",
-                "--stats",
-                str(base / "a" / "dataset.json"),
-                "--no_report",
-            ]
-        )
-        == 0
-    )
-    (base / "a" / "run.json").write_text(json.dumps(FIXED_RUN, indent=2, sort_keys=True) + "\n")
-    assert main(["report", str(base / "a")]) == 0
+    stats = ["--stats", str(base / "a" / "stats.json"), "--no_report"]
+    flags = {
+        "a": [],
+        "b": ["--compression", "gzip", "--dtype", "float16", "--resampling", "cubic", *stats],
+        "c": ["--splits", "validation,test", *stats],
+        "d": ["--splits", "validation,test", "--stats", str(base / "a" / "dataset.json"), "--no_report"],
+    }
+    for name in ("a", *[v for v in variants if v != "a"]):  # b, c and d use a's statistics
+        if not (base / name).exists():
+            assert main(["convert", *common, "--out", str(base / name), *flags[name]]) == 0
+            if name == "a":
+                (base / "a" / "run.json").write_text(json.dumps(FIXED_RUN, indent=2, sort_keys=True) + "\n")
+                assert main(["report", str(base / "a")]) == 0
     # The input replica as one digest: if it changed, the outputs' differences are not convert's.
     inputs = "".join(
         f"{f.relative_to(reben).as_posix()} {hashlib.sha256(f.read_bytes()).hexdigest()}\n"
@@ -185,7 +149,7 @@ def produce(base: Path) -> dict[str, str]:
         if f.is_file()
     )
     hashes = {"reben/* (every file of the synthetic replica)": hashlib.sha256(inputs.encode()).hexdigest()}
-    for name in ("a", "b", "c", "d"):
+    for name in variants:
         for path in sorted((base / name).rglob("*")):
             rel = path.relative_to(base).as_posix()
             if not path.is_file() or path.name in ("run.json", "report.html"):
@@ -201,37 +165,63 @@ def produce(base: Path) -> dict[str, str]:
     return hashes
 
 
+def _expected(*variants: str) -> dict[str, str]:
+    return {k: v for k, v in EXPECTED.items() if k.startswith(("reben/", *(f"{x}/" for x in variants)))}
+
+
+def _differences(produced: dict[str, str], expected: dict[str, str]) -> list[str]:
+    assert set(produced) == set(expected), f"the set of files written changed: {sorted(set(produced) ^ set(expected))}"
+    return sorted(k for k in expected if produced[k] != expected[k])
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run_a(tmp_path_factory):
+    """The replica and ``a`` (statistics computed, report written): the fast tier's conversion."""
     base = tmp_path_factory.mktemp("bytes")
-    return base, produce(base)
+    return base, produce(base, ("a",))
 
 
 @pytest.fixture(scope="module")
-def produced(run):
-    return {k: v for k, v in run[1].items() if not k.startswith("d/")}
+def run(run_a):
+    """``b``, ``c`` and ``d`` too, in the same folder (three more conversions: slow)."""
+    base, _ = run_a
+    return base, produce(base, VARIANTS)
 
 
-def test_every_output_file_has_its_recorded_bytes(produced):
-    assert set(produced) == set(EXPECTED), "the set of files written changed"
-    changed = sorted(k for k in EXPECTED if produced[k] != EXPECTED[k])
+def test_every_file_of_the_replica_and_of_a_has_its_recorded_bytes(run_a):
+    changed = _differences(run_a[1], _expected("a"))
     assert not changed, f"{len(changed)} file(s) differ from the recorded bytes: {changed}"
 
 
-def test_the_run_covers_what_it_claims(produced):
-    """Several shards per split, gzip shards, an empty shard and the three datasets' manifests."""
-    for ds in ("a", "b", "c"):
-        assert f"{ds}/dataset.json" in produced and f"{ds}/failures.jsonl" in produced
+@pytest.mark.slow
+def test_every_file_of_b_and_c_has_its_recorded_bytes(run):
+    produced = {k: v for k, v in run[1].items() if not k.startswith(("a/", "d/"))}
+    changed = _differences(produced, _expected("b", "c"))
+    assert not changed, f"{len(changed)} file(s) differ from the recorded bytes: {changed}"
+
+
+def test_a_covers_what_it_claims(run_a):
+    """Several training shards, an empty shard (every patch of it failed), a manifest and dead letters."""
+    produced = run_a[1]
+    assert "a/dataset.json" in produced and "a/failures.jsonl" in produced
     assert sum(k.startswith("a/train/") for k in produced) >= 2
-    assert any(k.startswith("b/") and k.endswith(".tfrecord.gz") for k in produced)
-    assert not any(k.startswith("c/train/") for k in produced)
     empty = hashlib.sha256(b"").hexdigest()
     assert empty in {v for k, v in produced.items() if k.startswith("a/") and k.endswith(".tfrecord")}
 
 
-def test_the_report_shows_the_pinned_data(run):
+@pytest.mark.slow
+def test_b_and_c_cover_what_they_claim(run):
+    """gzip shards in ``b``; ``c`` has no training split; both have a manifest and dead letters."""
+    produced = run[1]
+    for ds in ("b", "c"):
+        assert f"{ds}/dataset.json" in produced and f"{ds}/failures.jsonl" in produced
+    assert any(k.startswith("b/") and k.endswith(".tfrecord.gz") for k in produced)
+    assert not any(k.startswith("c/train/") for k in produced)
+
+
+def test_the_report_shows_the_pinned_data(run_a):
     """report.html embeds exactly the plot and sample files of report/ and shows the manifest's counts."""
-    base, _ = run
+    base, _ = run_a
     a = base / "a"
     page = (a / "report.html").read_text()
     embedded = [base64.b64decode(m) for m in re.findall(r'src="data:image/[a-z+]+;base64,([A-Za-z0-9+/=]+)"', page)]
@@ -247,6 +237,7 @@ def test_the_report_shows_the_pinned_data(run):
         assert reason in page and f"<td>{count:,}</td>" in page, reason
 
 
+@pytest.mark.slow
 def test_stats_from_a_manifest_equal_stats_from_its_stats_json(run):
     base, hashes = run
     c = {k[2:]: v for k, v in hashes.items() if k.startswith("c/")}

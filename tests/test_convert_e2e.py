@@ -177,7 +177,8 @@ def test_rerun_is_byte_identical_and_index_path_matches(reben, dataset, tmp_path
     out2 = tmp_path / "again"
     idx = tmp_path / "indexed.parquet"
     assert main(["index", "--meta", str(reben / "metadata.parquet"), "--out", str(idx)]) == 0
-    # the index carries the URLs: no --root needed, same shards
+    # the index carries the URLs: no --root needed, same shards; and the multi-process runner gives the
+    # bytes of the session dataset, which was converted in one process (tests/conftest.py)
     assert (
         main(["convert", "--max_failure_fraction", "1", "--meta", str(idx), "--out", str(out2), "--shard_size", "8"])
         == 0
