@@ -271,11 +271,9 @@ column_values = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def stats_json(tmp_path_factory):
-    d = tmp_path_factory.mktemp("stats")
-    assert main(["synth", "--out", str(d / "reben"), "--n", "6", "--seed", "1"]) == 0
-    assert main(["convert", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ds")]) == 0
-    return str(d / "ds" / "stats.json")
+def stats_json(converted):
+    """Statistics of the session's dataset (tests/conftest.py): the fuzzed tables need no training patch."""
+    return str(converted / "stats.json")
 
 
 @pytest.mark.slow
