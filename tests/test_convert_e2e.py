@@ -19,6 +19,8 @@ from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.schemas import bands, classes, manifest, tfrecord
 from bigearthnet_beam.schemas.failures import FAULT_EXPECTATIONS, FAULT_KINDS
 from bigearthnet_beam.schemas.naming import object_urls
+from tests.helpers import read_failures as _failures
+from tests.helpers import read_manifest as _manifest
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +50,6 @@ def convert(reben, out, *extra):
 def dataset(converted):
     """The session's conversion of the replica, with the flags of ``convert`` above; read-only."""
     return converted
-
-
-def _manifest(out):
-    return json.loads((out / manifest.MANIFEST).read_text())
-
-
-def _failures(out):
-    return [json.loads(line) for line in (out / manifest.FAILURES_JSONL).read_text().splitlines()]
 
 
 @pytest.mark.slow

@@ -11,16 +11,13 @@ from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.beam_pipeline.report_page import SECTIONS
 from bigearthnet_beam.schemas import manifest
 from tests.browser import render, require_chromium
+from tests.helpers import read_manifest as _manifest
 
 
 @pytest.fixture(scope="module")
 def dataset(converted):
     """The session's converted replica (tests/conftest.py), every fault kind dead-lettered; read-only."""
     return converted
-
-
-def _manifest(ds):
-    return json.loads((ds / manifest.MANIFEST).read_text())
 
 
 @pytest.mark.slow
