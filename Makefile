@@ -43,7 +43,8 @@ test: setup chromium
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The inner loop: every test not marked slow (no servers, browsers, training or kill tests).
+# The inner loop: every test not marked slow: unit tests plus the session's shared conversion and the
+# byte-identity one (tests/conftest.py); no servers, browsers, training, kill tests or fresh environments.
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
