@@ -88,6 +88,7 @@ def raw_window(tile: dict, bands, r: int, c: int) -> dict:
 # --------------------------------------------------------------------------- end to end through the command
 
 
+@pytest.mark.slow  # predict end to end through the command
 def test_tile_windows_are_the_authors_patches(models, tile, tmp_path):
     out = tmp_path / "out"
     argv = ["--model", models["s2"], "--tile", tile["path"], "--out", out, "--save_probs", "--probs_dtype", "float32"]
@@ -117,6 +118,7 @@ def test_tile_windows_are_the_authors_patches(models, tile, tmp_path):
     assert (out / "preview.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # predict end to end through the command
 def test_s1_s2_model_from_the_hub_cache_offline(models, tile, tmp_path):
     """The real ``benbeam`` entry point, a hub id resolved from a filled cache with HF_HUB_OFFLINE=1."""
     cache = tmp_path / "hub"
@@ -176,6 +178,7 @@ def _array_tile(channels, h=380, w=500, seed=0):
     )
 
 
+@pytest.mark.slow  # maps a tile twice per blending mode
 @pytest.mark.parametrize("window_map", ["nearest", "blend"])
 def test_chunking_does_not_change_the_maps(models, tmp_path, window_map):
     from bigearthnet_beam.trainer.inference.tile import predict_tile
