@@ -259,10 +259,10 @@ def patch_files(row: dict, seed: int, fault: str | None = None) -> tuple[dict[st
     return files, detail
 
 
-def _write(out: str, rel: str, data: bytes) -> None:
+def _write(out: str, rel: str, data: bytes, st: storage.Storage) -> None:
     url = storage.join(out, rel)
     if storage.is_remote(out):
-        storage.retry(storage.filesystem(url).pipe_file, url, data, what=f"write {url}")
+        storage.retry(st.filesystem(url).pipe_file, url, data, what=f"write {url}")
     else:
         os.makedirs(os.path.dirname(url), exist_ok=True)
         with open(url, "wb") as fh:
@@ -270,14 +270,13 @@ def _write(out: str, rel: str, data: bytes) -> None:
 
 
 def _work(args) -> list[tuple[str, str]]:
-    out, seed, items, opts = args
-    storage.set_options(opts)
+    out, seed, items, st = args
     done = []
     for row, fault in items:
         files, detail = patch_files(row, seed, fault)
         for rel, data in files.items():
             if data is not None:
-                _write(out, rel, data)
+                _write(out, rel, data, st)
         done.append((row["patch_id"], detail))
     return done
 
@@ -319,14 +318,17 @@ def generate(
     faults: list[str] | None = None,
     workers: int | None = None,
     progress: bool = False,
+    st: storage.Storage | None = None,
 ) -> dict:
     """Write a synthetic reBEN sample of ``n`` patches under ``out``; returns a summary.
 
     ``faults``: one patch per listed kind; ``corrupt``: that fraction of the patches,
     kinds cycling over ``schemas.failures.FAULT_KINDS``. ``missing_files`` faults are
     extra metadata rows (real ids not otherwise sampled) whose files are not written, so
-    metadata.parquet then holds ``n`` + their number of rows.
+    metadata.parquet then holds ``n`` + their number of rows. ``st``: the ``Storage`` of a
+    bucket ``out`` (default ``Storage()``).
     """
+    st = st if st is not None else storage.Storage()
     if n < 1:
         raise ValueError("--n must be at least 1")
     if not 0 <= corrupt <= 1:
@@ -356,13 +358,13 @@ def generate(
     full = full.sort_by("patch_id")
     buf = io.BytesIO()
     pq.write_table(full, buf)
-    _write(out, CLEAN, buf.getvalue())
+    _write(out, CLEAN, buf.getvalue(), st)
 
     rows = sample.to_pylist()
     items = [(r, plan.get(r["patch_id"])) for r in rows]
     workers = max(1, workers or os.cpu_count() or 1)
     chunk = max(1, min(64, len(items) // (workers * 4) or 1))
-    jobs = [(out, seed, items[i : i + chunk], storage.options()) for i in range(0, len(items), chunk)]
+    jobs = [(out, seed, items[i : i + chunk], st) for i in range(0, len(items), chunk)]
     details: dict[str, str] = {}
     bar = Bar("synth", n) if progress else None
     if workers == 1 or len(jobs) == 1:
@@ -389,7 +391,7 @@ def generate(
             for pid in extra.column("patch_id").to_pylist()
         ]
     injected.sort(key=lambda f: f["patch_id"])
-    _write(out, FAULTS_JSON, (json.dumps(injected, indent=2) + "\n").encode())
+    _write(out, FAULTS_JSON, (json.dumps(injected, indent=2) + "\n").encode(), st)
     dt = time.perf_counter() - t0
     return {
         "out": out,
