@@ -128,8 +128,7 @@ def build(
 ) -> None:
     """The write job on ``p``: ``ReadMetadata | ConvertDataset`` of parsed ConvertOptions ``args``.
     ``stats`` = (stats document, histograms.npz bytes) are known at construction time (``--stats``,
-    or the statistics job of ``run``), so no step reads them as a side input (the DaskRunner
-    recomputes a side input's whole upstream wherever it is read). ``plan`` (from ``preflight``)
+    or the statistics job of ``run``), so the write job does not compute them again. ``plan`` (from ``preflight``)
     is made here if absent; ``cache`` (``object_cache``) holds patches the statistics job fetched;
     ``objects``: the object source (None: the files; ``--archives``: the packs of ``build_packs``)."""
     st = _storage(args, st)

@@ -6,6 +6,11 @@ statistics, histograms, TFMD schema, TFDS files, manifest, optionally the report
 step, the way Beam's file sinks finalise. It returns a singleton PCollection holding the
 manifest (the ``dataset.json`` dict). ``benbeam convert`` is a user of it: its statistics job
 is ``ComputeStatistics`` and its write job ``ConvertDataset(..., statistics=...)``.
+
+No step reads a side input: singletons (shard counts, statistics) are joined by key
+(``WithSingleton``) and finalize gathers everything under one key, because the DaskRunner
+computes a side input's upstream again inside each task that reads it, where its ParDos
+repeat earlier outputs (seen as a wrong normalisation).
 """
 
 from __future__ import annotations

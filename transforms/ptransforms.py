@@ -202,7 +202,7 @@ class GroupByShard(beam.PTransform):
     """Metadata rows -> ``(home, rows)``: every selected row (``--frac``, ``--splits``) with the
     other rows of its shard, the way ``RowPlan`` assigns them (``transforms.plan``). The rows
     of a patch id are grouped first, so duplicates share a home; the shard count of a split
-    comes from its selected rows (a small singleton side input)."""
+    comes from its selected rows (a small singleton, joined by key: ``WithSingleton``)."""
 
     root: str | None
     splits: tuple[str, ...]
