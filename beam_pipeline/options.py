@@ -19,6 +19,7 @@ from bigearthnet_beam.transforms.cli_args import positive_int as positive_int
 from bigearthnet_beam.transforms.cli_args import (
     unknown_pipeline_args as unknown_pipeline_args,  # shared with trainer: re-exported
 )
+from bigearthnet_beam.transforms.progress import LOCAL_RUNNER
 
 BEAM_PASSTHROUGH = (
     "Apache Beam pipeline options (--runner, --direct_num_workers, --project, --temp_location, ...) "
@@ -234,11 +235,15 @@ def add_decode_timeout_arg(parser) -> None:
 
 
 def local_runner_args(argv: list[str], workers: int | None) -> list[str]:
-    """Default to the DirectRunner in multi-process mode on all cores, unless the user
-    chose a runner or a running mode."""
+    """Default to Beam's local multi-process runner on all cores, unless the user chose a
+    runner or a running mode. With no ``--runner`` it is the ``FnApiRunner`` the DirectRunner
+    delegates to, named directly: the DirectRunner would first try to start Prism (a
+    download, and a ``/tmp/beam-temp*`` folder left behind when it cannot start)."""
     joined = " ".join(argv)
     extra = []
     runner_given = "--runner" in joined
+    if not runner_given:
+        extra.append(f"--runner={LOCAL_RUNNER}")
     if not runner_given or "DirectRunner" in joined:
         if "--direct_running_mode" not in joined:
             extra.append("--direct_running_mode=multi_processing")

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from bigearthnet_beam.schemas import bands as band_table
 from bigearthnet_beam.schemas import classes as class_table
-from bigearthnet_beam.schemas import tfrecord
+from bigearthnet_beam.schemas import errors, tfrecord
 
 SCHEMA_VERSION = 1
 
@@ -72,7 +72,7 @@ REQUIRED_KEYS = (
 )
 
 
-class ManifestError(ValueError):
+class ManifestError(errors.InputError):
     """The dataset has no complete, readable manifest."""
 
 

@@ -14,7 +14,7 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.schemas import errors, failures
 from bigearthnet_beam.schemas.classes import CLASS_INDEX
 from bigearthnet_beam.schemas.manifest import SPLIT_ALIASES, SPLITS
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS, PATCH_ID_RE, S1_NAME_RE, object_urls
@@ -25,7 +25,7 @@ OPTIONAL_COLUMNS = ("country", "s2v1_name", "contains_seasonal_snow", "contains_
 URL_COLUMNS = tuple(f"url_{k}" for k in OBJECT_KEYS)  # written by `benbeam index`
 
 
-class MetadataError(ValueError):
+class MetadataError(errors.InputError):
     """The metadata file as a whole is unusable (not a row-level problem)."""
 
 

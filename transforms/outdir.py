@@ -18,6 +18,7 @@ import json
 import os
 import socket
 
+from bigearthnet_beam.schemas import errors
 from bigearthnet_beam.transforms import storage
 
 MARKER = ".benbeam-run.json"
@@ -26,11 +27,11 @@ LOCK = ".benbeam-lock.json"
 _OWN_TOP = {"benbeam convert": ("dataset.json",)}
 
 
-class OutputRefused(ValueError):
+class OutputRefused(errors.InputError):
     """The output folder holds something this command did not write."""
 
 
-class OutputBusy(RuntimeError):
+class OutputBusy(errors.UnavailableError, RuntimeError):
     """Another live run holds the output folder's lock."""
 
 
