@@ -62,12 +62,14 @@ COMMANDS = (
 def _synth(argv: list[str]) -> int:
     from bigearthnet_beam.beam_pipeline.options import add_storage_args, positive_int, strict_parser, unit_fraction
     from bigearthnet_beam.schemas.failures import FAULT_KINDS
-    from bigearthnet_beam.transforms import storage
+    from bigearthnet_beam.transforms import flagtypes, storage
 
     ap = strict_parser(prog="benbeam synth", description="Write a synthetic BigEarthNet v2.0 replica.")
     ap.add_argument("--out", required=True, help="output folder or URL")
     ap.add_argument("--n", type=positive_int, required=True, help="number of patches")
-    ap.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes (default 0)")
+    ap.add_argument(
+        "--seed", type=flagtypes.seed, default=0, help="random seed: the same seed writes the same bytes (default 0)"
+    )
     ap.add_argument("--include_snow_cloud", action="store_true", help="sample from the snow/cloud/shadow metadata too")
     g = ap.add_mutually_exclusive_group()
     g.add_argument(

@@ -13,6 +13,7 @@ import os
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from bigearthnet_beam.schemas.tfrecord import IMAGE_DTYPES
+from bigearthnet_beam.transforms import flagtypes
 from bigearthnet_beam.transforms.cli_args import add_s3_endpoint as add_s3_endpoint
 from bigearthnet_beam.transforms.cli_args import add_storage_args as add_storage_args
 from bigearthnet_beam.transforms.cli_args import positive_int as positive_int
@@ -31,42 +32,14 @@ DEFAULT_MAX_FAILURE_FRACTION = 0.05  # a run where more than 5 % of the input fa
 
 
 def strict_parser(**kwargs) -> argparse.ArgumentParser:
-    """An ArgumentParser that takes no abbreviated flags (``--met`` is not ``--meta``)."""
-    return argparse.ArgumentParser(allow_abbrev=False, **kwargs)
+    """The commands' parser (``transforms.flagtypes.Parser``): no abbreviated flags, usage errors in one line."""
+    return flagtypes.Parser(**kwargs)
 
 
-def _number(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if v != v:
-        raise argparse.ArgumentTypeError("must be a number, got NaN")
-    return v
-
-
-def unit_fraction(text: str) -> float:
-    """argparse type: a fraction in [0, 1]."""
-    v = _number(text)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
-    return v
-
-
-def sample_fraction(text: str) -> float:
-    """argparse type: a sampling fraction in (0, 1]."""
-    v = _number(text)
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text!r}")
-    return v
-
-
-def percentile(text: str) -> float:
-    """argparse type: a percentile in [0, 100]."""
-    v = _number(text)
-    if not 0.0 <= v <= 100.0:
-        raise argparse.ArgumentTypeError(f"must be a percentile in [0, 100], got {text!r}")
-    return v
+# The number types of the flags (one set for every command: transforms.flagtypes).
+unit_fraction = flagtypes.unit_fraction
+sample_fraction = flagtypes.sample_fraction
+percentile = flagtypes.percentile
 
 
 def description(doc: str) -> str:
@@ -218,15 +191,9 @@ def add_decode_timeout_arg(parser) -> None:
     """Add ``--decode_timeout`` (seconds >= 0; 0: no limit) to ``parser``."""
     from bigearthnet_beam.transforms.patch import DEFAULT_DECODE_TIMEOUT
 
-    def seconds(text: str) -> float:
-        v = _number(text)
-        if not v >= 0:
-            raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-        return v
-
     parser.add_argument(
         "--decode_timeout",
-        type=seconds,
+        type=flagtypes.seconds,
         default=DEFAULT_DECODE_TIMEOUT,
         metavar="SECONDS",
         help="give up decoding an object after this long and dead-letter its patch as "

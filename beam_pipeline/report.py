@@ -20,7 +20,6 @@ writes the files (and is ``benbeam report``); ``report_page`` builds the HTML pa
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -34,7 +33,7 @@ from bigearthnet_beam.beam_pipeline.report_plots import (
     sample_params,
 )
 from bigearthnet_beam.schemas import manifest
-from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms import flagtypes, storage
 
 LOG = logging.getLogger("benbeam")
 
@@ -122,7 +121,7 @@ def run(argv: list[str] | None = None) -> int:
     from bigearthnet_beam.beam_pipeline.options import add_storage_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(
+    ap = flagtypes.Parser(
         prog="benbeam report",
         allow_abbrev=False,
         description="(Re)write a converted dataset's report.html and its plots.",

@@ -12,7 +12,6 @@ Exits 1 on any mismatch, listing each problem.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 
@@ -21,7 +20,7 @@ import numpy as np
 from bigearthnet_beam.beam_pipeline.options import add_storage_args
 from bigearthnet_beam.schemas import manifest, tfrecord
 from bigearthnet_beam.schemas.classes import IGNORE_INDEX, NUM_CLASSES
-from bigearthnet_beam.transforms import containment, storage, tfds_meta
+from bigearthnet_beam.transforms import containment, flagtypes, storage, tfds_meta
 
 
 def load_manifest(dataset: str) -> dict:
@@ -142,7 +141,7 @@ def verify(dataset: str, parse: bool = True, tfx: str = "auto") -> list[str]:
 
 def run(argv: list[str] | None = None) -> int:
     """``benbeam verify DATASET``: 0 if it matches its manifest, 1 on mismatches, 2 without a manifest."""
-    ap = argparse.ArgumentParser(prog="benbeam verify", allow_abbrev=False, description=__doc__.splitlines()[0])
+    ap = flagtypes.Parser(prog="benbeam verify", allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("dataset", help="dataset directory or URL holding dataset.json")
     ap.add_argument("--no_parse", dest="parse", action="store_false", help="check hashes and counts only")
     ap.add_argument(

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 
-from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms import flagtypes, storage
 
 
 def serving_model(model, info: dict):
@@ -68,12 +68,11 @@ def export_model(model_path: str, out_dir: str) -> str:
 
 def export_cli(argv: list[str] | None = None) -> int:
     """``benbeam export --model M --out DIR``; returns the exit code."""
-    import argparse
     import sys
 
     from bigearthnet_beam.transforms.cli_args import add_storage_args, configure_storage
 
-    ap = argparse.ArgumentParser(
+    ap = flagtypes.Parser(
         prog="benbeam export",
         allow_abbrev=False,
         description="Write a trained model as a TensorFlow SavedModel serving on raw bands.",

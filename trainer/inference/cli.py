@@ -25,11 +25,10 @@ from bigearthnet_beam.trainer.inference.settings import (
     PredictEnvironmentError,
     PredictError,
 )
-from bigearthnet_beam.transforms import outdir, storage
+from bigearthnet_beam.transforms import flagtypes, outdir, storage
 from bigearthnet_beam.transforms.cli_args import (
     add_storage_args,
     configure_storage,
-    nonneg_int,
     positive_int,
     unknown_pipeline_args,
 )
@@ -55,13 +54,13 @@ def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--chunk_size",
-        type=positive_int,
+        type=flagtypes.chunk_size,
         default=DEFAULTS["chunk_size"],
         help="chunk side in px, a multiple of 128; peak memory grows with its square (default: %(default)s)",
     )
     ap.add_argument(
         "--overlap",
-        type=nonneg_int,
+        type=flagtypes.overlap,
         default=DEFAULTS["overlap"],
         help="overlap of neighbouring 120-px windows, blended with a Hann weight (default: %(default)s)",
     )
@@ -133,7 +132,7 @@ def _find_tiles(input_dir: str) -> list[str]:
 def run(argv: list[str] | None = None) -> int:
     """``benbeam predict ARGV``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(
+    ap = flagtypes.Parser(
         prog="benbeam predict",
         allow_abbrev=False,
         description="Map whole Sentinel-2 tiles with a model trained by `benbeam train`.",
