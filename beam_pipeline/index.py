@@ -62,7 +62,7 @@ def run(argv: list[str] | None = None) -> int:
     add_storage_args(ap)
     args = ap.parse_args(argv)
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
-    root = args.root or storage.parent(args.meta)
+    root = md.named_root(args.root, args.meta)  # absolute: the index works from any folder
     try:
         tables = [md.read_table(args.meta)[0]]
         if args.include_snow_cloud:

@@ -79,7 +79,7 @@ class ConvertOptions(PipelineOptions):
             "--root",
             default=None,
             help="dataset root holding BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/ "
-            "(default: the folder of --meta); not needed for `benbeam index` output",
+            "(default: the folder of --meta); objects outside it are refused",
         )
         parser.add_argument("--out", default=None, help="output dataset directory or URL; required")
         parser.add_argument(

@@ -245,8 +245,7 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--root",
         default=None,
-        help="dataset root (default: the root an index declares, else the "
-        "folder of --meta); objects outside it are refused",
+        help="dataset root (default: the folder of --meta); objects outside it are refused",
     )
     ap.add_argument("--out", required=True, help="report JSON (local, s3:// or gs://); not a folder")
     ap.add_argument("--frac", type=sample_fraction, default=1.0, help="deterministic hash sample of patch ids")

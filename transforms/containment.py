@@ -57,8 +57,9 @@ def _refuse(reason: str, detail: str) -> failures.PatchError:
 def check_url(url: str, root: str | None, what: str = "object") -> str:
     """The path to open for ``url`` (local: resolved) if it is contained in ``root``; raises
     PatchError (outside_root, unsupported_scheme, path_traversal) otherwise. No I/O on
-    remote URLs; local ones are resolved (``realpath``), not opened. ``root`` None: no root
-    to hold the path to (only the scheme and segment rules apply)."""
+    remote URLs; local ones are resolved (``realpath``), not opened, a relative one against
+    ``root``. ``root`` None: no root to hold the path to (only the scheme and segment rules
+    apply)."""
     url = str(url)
     got = scheme(url)
     want = scheme(root) if root is not None else got
@@ -84,9 +85,11 @@ def check_url(url: str, root: str | None, what: str = "object") -> str:
             raise _refuse("outside_root", f"{what} {url[:200]} is not under the dataset root {root}")
         return url
     real_root = os.path.realpath(root)
-    real = os.path.realpath(url)
+    # A relative object path is relative to the dataset root (never to the working directory).
+    full = url if os.path.isabs(url) else os.path.join(real_root, url)
+    real = os.path.realpath(full)
     if os.path.commonpath([real_root, real]) != real_root:
-        how = "" if os.path.abspath(url) == real else f" (it resolves to {real} through a symlink)"
+        how = "" if os.path.abspath(full) == real else f" (it resolves to {real} through a symlink)"
         raise _refuse(
             "outside_root",
             f"{what} {url[:200]} lies outside the dataset root {root}{how}; pass the "

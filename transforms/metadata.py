@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -86,22 +87,49 @@ ROOT_KEY = b"benbeam.root"  # parquet schema metadata: the dataset root an index
 
 
 def declared_root(table: pa.Table) -> str | None:
-    """The dataset root an index file (``benbeam index`` output) declares, if any."""
+    """The dataset root an index file (``benbeam index`` output) says it was made for, if any.
+    Information only: objects are read from under the root the user names (``dataset_root``)."""
     meta = table.schema.metadata or {}
     v = meta.get(ROOT_KEY)
-    return v.decode("utf-8") if v else None
+    return v.decode("utf-8", "replace") if v else None
+
+
+def named_root(root: str | None, meta_url: str) -> str:
+    """The root the user named: ``--root``, else the folder of ``--meta``; a local one resolved
+    once (absolute, symlinks resolved), a URL as given without its trailing slash."""
+    named = root or storage.parent(meta_url)
+    if storage.is_remote(named):
+        return named.rstrip("/")
+    return os.path.realpath(named)
 
 
 def dataset_root(root: str | None, meta_url: str, tables=None) -> str:
-    """The root every object must lie under: ``--root``, else the root the (first) index
-    declares, else the folder of the metadata file."""
+    """The root every object must lie under: the one the user named (``named_root``), never
+    one a data file claims. An index whose declared root lies outside it (made with another
+    ``--root``) is refused here with the flag to pass, instead of every row failing later."""
+    named = named_root(root, meta_url)
     if root:
-        return root
+        return named
     for t in tables or ():
         declared = declared_root(t[0] if isinstance(t, tuple) else t)
-        if declared:
-            return declared
-    return storage.parent(meta_url)
+        if declared is None:
+            continue
+        inside = (
+            _under(os.path.realpath(declared), named)
+            if not storage.is_remote(named) and not storage.is_remote(declared)
+            else _under(declared.rstrip("/"), named)
+        )
+        if not inside:
+            raise MetadataError(
+                f"{meta_url} indexes objects under {declared[:200]}, outside the folder of --meta "
+                f"({named}); pass --root with the dataset folder to read them (objects are read only "
+                "from under the root you name, never one a file declares)"
+            )
+    return named
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def record_columns(table: pa.Table) -> list[str]:
