@@ -33,7 +33,7 @@ from bigearthnet_beam.beam_pipeline.report_plots import (
     sample_params,
 )
 from bigearthnet_beam.schemas import manifest
-from bigearthnet_beam.transforms import flagtypes, storage
+from bigearthnet_beam.transforms import containment, flagtypes, storage
 
 LOG = logging.getLogger("benbeam")
 
@@ -45,9 +45,10 @@ SAMPLES = 6
 
 
 def _read(dataset: str, rel: str) -> bytes | None:
-    """A file of the dataset, or None if it does not exist."""
+    """A file of the dataset, or None if it does not exist; a path that leaves the dataset
+    (``containment.check_relative``) is refused, never opened."""
     try:
-        return storage.read_bytes(storage.join(dataset, rel))
+        return storage.read_bytes(containment.check_relative(rel, dataset))
     except FileNotFoundError:
         return None
 
@@ -70,7 +71,7 @@ def _samples(dataset: str, man: dict, n: int = SAMPLES) -> list[dict]:
         if sh is None:
             continue
         got = per_split.setdefault(split, [])
-        for rec in iter_records(storage.join(dataset, sh["path"]), man["compression"]):
+        for rec in iter_records(containment.check_relative(sh["path"], dataset, what="shard"), man["compression"]):
             got.append(decode_example(rec, man["image_dtype"]))
             if len(got) >= n:
                 break

@@ -366,6 +366,32 @@ def _check_contract(man: dict) -> list[str]:
     return problems
 
 
+def path_problem(rel: Any) -> str | None:
+    """Why ``rel`` is not a plain relative path inside the dataset folder (None: it is one).
+    Every path a manifest lists passes this; readers then resolve it with
+    ``transforms.containment.check_relative`` (which also refuses symlinks out of the folder)."""
+    if not isinstance(rel, str) or not rel:
+        return "is not a non-empty string"
+    parts = rel.replace("\\", "/").split("/")
+    if "://" in rel or rel.startswith(("/", "\\")) or ":" in parts[0] or "\x00" in rel:
+        return f"{rel[:200]!r} is not a relative path inside the dataset"
+    if any(s in ("..", ".", "") for s in parts):
+        return f"{rel[:200]!r} holds a '..', '.' or empty segment"
+    return None
+
+
+def _path_problems(man: dict) -> list[str]:
+    """The paths of shards and files a manifest lists that are not plain relative paths."""
+    listed = [
+        (f"split {split!r} shard {i} path", sh["path"])
+        for split, info in man["splits"].items()
+        for i, sh in enumerate(info["shards"])
+    ]
+    listed.append(("failures.file", man["failures"].get("file", FAILURES_JSONL)))
+    listed += [(f"files.{k}", v) for k, v in sorted(man["files"].items()) if v is not None]
+    return [f"{what} {p}" for what, rel in listed if (p := path_problem(rel))]
+
+
 def from_dict(man: Any, where: str = MANIFEST) -> Manifest:
     """Check a parsed ``dataset.json`` (version, required fields, types, accounting, contract)
     and type it; raise ManifestError naming ``where`` and saying what is wrong."""
@@ -394,6 +420,8 @@ def from_dict(man: Any, where: str = MANIFEST) -> Manifest:
                 problems.append(f"split {split!r} shard {i} lacks one of {', '.join(_SHARD_TYPES)}")
                 break
             problems += _check_types(sh, _SHARD_TYPES, f"split {split!r} shard {i}: ")
+    if not problems:
+        problems = _path_problems(man)
     if problems:
         raise ManifestError(f"{where} is malformed: " + "; ".join(problems) + " (re-run `benbeam convert`)")
     for split, info in man["splits"].items():

@@ -22,7 +22,7 @@ import stat
 
 import numpy as np
 
-from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.schemas import errors, failures, manifest
 from bigearthnet_beam.schemas.bands import ALL_BANDS, PATCH_SIZE, REFERENCE_MAP_DTYPE
 
 # The largest reBEN object is a 120×120 float32 S1 band (57,600 bytes of pixels). A GeoTIFF
@@ -156,11 +156,12 @@ def _kind(mode: int) -> str:
 
 def check_relative(rel: str, base: str, what: str = "file") -> str:
     """``base/rel`` for a relative path taken from a manifest, if it stays under ``base``
-    (no scheme, no absolute path, no ``..``); raises ValueError otherwise."""
+    (``schemas.manifest.path_problem``: no scheme, no absolute path, no ``..``; local: no
+    symlink out of it); raises ManifestError / ContainmentError (both ValueErrors) otherwise."""
+    problem = manifest.path_problem(rel)
     rel = str(rel)
-    parts = rel.replace("\\", "/").split("/")
-    if "://" in rel or rel.startswith(("/", "\\")) or any(s in ("..", ".", "") for s in parts):
-        raise ValueError(
+    if problem:
+        raise manifest.ManifestError(
             f"{what} path {rel[:200]!r} is not a plain relative path inside {base}; the manifest "
             "was not written by benbeam or was altered"
         )
@@ -168,5 +169,5 @@ def check_relative(rel: str, base: str, what: str = "file") -> str:
     if scheme(base) == LOCAL:
         real_base, real = os.path.realpath(base), os.path.realpath(full)
         if os.path.commonpath([real_base, real]) != real_base:
-            raise ValueError(f"{what} path {rel!r} resolves to {real}, outside {base} (a symlink)")
+            raise errors.ContainmentError(f"{what} path {rel!r} resolves to {real}, outside {base} (a symlink)")
     return full
