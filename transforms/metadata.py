@@ -80,7 +80,21 @@ def read_table(url: str) -> tuple[pa.Table, str]:
             f"metadata file {url} lacks the column(s) {', '.join(missing)}; a reBEN metadata "
             f"parquet needs at least {', '.join(REQUIRED_COLUMNS)} (found: {', '.join(table.column_names)})"
         )
-    return table, storage.sha256_bytes(data)
+    return text_columns(table), storage.sha256_bytes(data)
+
+
+def text_columns(table: pa.Table) -> pa.Table:
+    """``table`` with its binary name columns as text: valid UTF-8 decoded, anything else
+    with its bytes escaped (``S2A\\x80…``), so that such a row is a dead letter whose detail
+    shows the id, and every stage keys and samples the same string."""
+    for name in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + URL_COLUMNS:
+        if name not in table.column_names:
+            continue
+        col = table.column(name)
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            values = [None if v is None else v.decode("utf-8", "backslashreplace") for v in col.to_pylist()]
+            table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.string()))
+    return table
 
 
 ROOT_KEY = b"benbeam.root"  # parquet schema metadata: the dataset root an index's url_* columns lie under
@@ -184,11 +198,18 @@ def check_row(row: dict, root: str | None = None) -> dict:
             f"; the metadata uses {SPLIT_ALIASES[split]!r}" if isinstance(split, str) and split in SPLIT_ALIASES else ""
         )
         bad("unknown_split", f"split {str(split)[:40]!r} is unknown{hint}; use one of {', '.join(SPLITS)}")
-    if isinstance(labels, str) or not hasattr(labels, "__iter__"):
+    if isinstance(labels, (str, bytes, dict)) or not hasattr(labels, "__iter__"):
         bad("unknown_label", f"labels must be a list of class names, got {type(labels).__name__}")
     labels = list(labels)
     if not labels:
         bad("empty_labels", "the row has no labels; every reBEN patch has 1-11 of the 19 classes")
+    if not all(isinstance(lab, str) for lab in labels):
+        kinds = sorted({type(lab).__name__ for lab in labels if not isinstance(lab, str)})
+        bad(
+            "unknown_label",
+            f"labels must be a flat list of class names (text); this row's list holds {', '.join(kinds)} "
+            "(a nested list?): give each patch a list of the 19 class names",
+        )
     unknown = [lab for lab in labels if lab not in CLASS_INDEX]
     if unknown:
         bad(
