@@ -286,15 +286,17 @@ def run(argv: list[str] | None = None) -> int:
 
             check_archives(args.archives)
         check_out(args.out)
+        root = md.dataset_root(args.root, args.meta, tables)
+        total = sum(md.split_counts([t for t, _ in tables], splits, args.frac).values())
+        rows = [t.num_rows for t, _ in tables]
+        md.check_selection(root, bool(args.root) and not args.archives, total, rows, args.splits, args.frac, "validate")
     except (ValueError, md.MetadataError) as e:
         print(f"{COMMAND}: error: {e}", file=sys.stderr)
         return 2
-    root = md.dataset_root(args.root, args.meta, tables)
     t0 = time.perf_counter()
     wlog: dict = {}
     try:
         opts = PipelineOptions(local_runner_args(rest, args.workers))
-        total = sum(md.split_counts([t for t, _ in tables], splits, args.frac).values())
         with (
             quiet.worker_stderr(wlog),
             progress.watch([progress.Pass("validate", "validate", total)], opts.get_all_options().get("runner")),

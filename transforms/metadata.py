@@ -146,6 +146,18 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def check_selection(root: str, root_given: bool, selected: int, rows, splits: str, frac: float, verb: str) -> None:
+    """The input checks every command that reads the patches makes before it starts (the
+    same refusals, the same exit code 2): a named root that does not exist, nothing selected."""
+    if root_given and not storage.exists(root):
+        raise MetadataError(f"dataset root {root} does not exist")
+    if not selected:
+        raise MetadataError(
+            f"the metadata selects no patch (rows: {', '.join(map(str, rows))}; --splits {splits}, "
+            f"--frac {frac:g}): nothing to {verb}"
+        )
+
+
 def record_columns(table: pa.Table) -> list[str]:
     """The columns of ``table`` that rows and records use."""
     return [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + URL_COLUMNS if c in table.column_names]
