@@ -62,14 +62,18 @@ def list_sizes(prefix: str) -> dict[str, int]:
 
 
 def check_objects(rec: dict, listing) -> list[failures.PatchError]:
-    """Missing / empty / oversized objects of a patch according to folder listings; a path
-    outside the dataset root is refused before any listing (``transforms.containment``)."""
+    """Missing / empty / oversized objects of a patch: local ones by ``containment.check_local_object``
+    (convert's own check), remote ones by folder listings; a path outside the dataset root
+    is refused before anything is listed or opened (``transforms.containment``)."""
     errs = []
     urls = md.record_urls(rec)
     for key in OBJECT_KEYS:
         url = urls[key]
         try:
             containment.check_url(url, rec.get("root"), what=f"{key} object")
+            if not storage.is_remote(url):  # local: the one object check convert's reads make
+                containment.check_local_object(url, rec.get("root"), what=f"{key} object")
+                continue
         except failures.PatchError as e:
             errs.append(e)
             continue

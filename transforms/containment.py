@@ -98,23 +98,56 @@ def check_url(url: str, root: str | None, what: str = "object") -> str:
     return real
 
 
-def read_local(url: str, root: str | None, what: str = "object", max_bytes: int = MAX_OBJECT_BYTES) -> bytes:
-    """Read a contained local regular file of at most ``max_bytes``; PatchError otherwise
-    (FileNotFoundError / OSError pass through for the caller to classify)."""
+def _verdict(st: os.stat_result, url: str, what: str, max_bytes: int) -> None:
+    """The one object check on a local file's status: a regular file of 1..``max_bytes`` bytes."""
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse("not_a_file", f"{what} {url[:200]} is a {_kind(st.st_mode)}, not a regular file; it was not read")
+    if st.st_size == 0:
+        raise _refuse("empty_object", f"{what} {url[:200]} is 0 bytes")
+    if st.st_size > max_bytes:
+        raise _refuse(
+            "object_too_large",
+            f"{what} {url[:200]} is {st.st_size:,} bytes; no reBEN object exceeds "
+            f"{max_bytes:,} bytes, so it was not read",
+        )
+
+
+def _missing(url: str, what: str) -> failures.PatchError:
+    return _refuse("missing_object", f"{what} {url[:200]} does not exist")
+
+
+def check_local_object(url: str, root: str | None, what: str = "object", max_bytes: int = MAX_OBJECT_BYTES) -> int:
+    """The size of a contained local object that ``read_local`` would read; PatchError
+    otherwise (outside_root …, missing_object, not_a_file, empty_object, object_too_large,
+    read_error). ``benbeam validate`` checks with it, ``convert`` reads with ``read_local``:
+    one verdict for a symlinked folder, a FIFO or a directory in place of a band file."""
     path = check_url(url, root, what)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        st = os.stat(path)  # the path is resolved: no symlink left to follow
+    except (FileNotFoundError, NotADirectoryError):
+        raise _missing(url, what) from None
+    except OSError as e:
+        raise _refuse("read_error", f"{what} {url[:200]}: {e}") from None
+    _verdict(st, url, what, max_bytes)
+    return st.st_size
+
+
+def read_local(url: str, root: str | None, what: str = "object", max_bytes: int = MAX_OBJECT_BYTES) -> bytes:
+    """Read a contained local regular file of 1..``max_bytes`` bytes; PatchError otherwise (the
+    verdicts of ``check_local_object``, taken on the opened descriptor)."""
+    path = check_url(url, root, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise _missing(url, what) from None
+    except OSError as e:
+        if os.path.isdir(path):  # O_RDONLY opens a directory on some systems, refuses it on others
             raise _refuse(
-                "not_a_file", f"{what} {url[:200]} is a {_kind(st.st_mode)}, not a regular file; it was not read"
-            )
-        if st.st_size > max_bytes:
-            raise _refuse(
-                "object_too_large",
-                f"{what} {url[:200]} is {st.st_size:,} bytes; no reBEN object "
-                f"exceeds {max_bytes:,} bytes, so it was not read",
-            )
+                "not_a_file", f"{what} {url[:200]} is a directory, not a regular file; it was not read"
+            ) from None
+        raise _refuse("read_error", f"{what} {url[:200]}: {e}") from None
+    try:
+        _verdict(os.fstat(fd), url, what, max_bytes)
         chunks, left = [], max_bytes + 1
         while left > 0:  # bounded even if the file grows while it is read
             b = os.read(fd, min(left, 1 << 20))
