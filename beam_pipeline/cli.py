@@ -65,7 +65,7 @@ def _synth(argv: list[str]) -> int:
     from bigearthnet_beam.transforms import flagtypes, storage
 
     ap = strict_parser(prog="benbeam synth", description="Write a synthetic BigEarthNet v2.0 replica.")
-    ap.add_argument("--out", required=True, help="output folder or URL")
+    ap.add_argument("--out", type=flagtypes.output, required=True, help="output folder or URL")
     ap.add_argument("--n", type=positive_int, required=True, help="number of patches")
     ap.add_argument(
         "--seed", type=flagtypes.seed, default=0, help="random seed: the same seed writes the same bytes (default 0)"

@@ -52,7 +52,7 @@ def run(argv: list[str] | None = None) -> int:
     ap = flagtypes.Parser(prog="benbeam index", allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--meta", required=True, help="metadata.parquet (local, s3:// or gs://)")
     ap.add_argument("--root", default=None, help="dataset root (default: the folder of --meta)")
-    ap.add_argument("--out", required=True, help="output parquet")
+    ap.add_argument("--out", type=flagtypes.output, required=True, help="output parquet (local, s3:// or gs://)")
     ap.add_argument(
         "--include_snow_cloud",
         default=None,

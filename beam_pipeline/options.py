@@ -81,7 +81,9 @@ class ConvertOptions(PipelineOptions):
             help="dataset root holding BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/ "
             "(default: the folder of --meta); objects outside it are refused",
         )
-        parser.add_argument("--out", default=None, help="output dataset directory or URL; required")
+        parser.add_argument(
+            "--out", type=flagtypes.output, default=None, help="output dataset directory or URL; required"
+        )
         parser.add_argument(
             "--archives",
             default=None,

@@ -128,7 +128,9 @@ def run(argv: list[str] | None = None) -> int:
         description="(Re)write a converted dataset's report.html and its plots.",
     )
     ap.add_argument("dataset", help="dataset directory or URL (holding dataset.json)")
-    ap.add_argument("--out", default=None, help="where to write the HTML (default: DATASET/report.html)")
+    ap.add_argument(
+        "--out", type=flagtypes.output, default=None, help="where to write the HTML (default: DATASET/report.html)"
+    )
     add_storage_args(ap)
     args = ap.parse_args(argv)
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)

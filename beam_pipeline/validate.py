@@ -33,7 +33,7 @@ from bigearthnet_beam.beam_pipeline.options import (
 )
 from bigearthnet_beam.schemas import failures, manifest
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS
-from bigearthnet_beam.transforms import containment, progress, storage
+from bigearthnet_beam.transforms import containment, flagtypes, progress, storage
 from bigearthnet_beam.transforms import metadata as md
 from bigearthnet_beam.transforms.ptransforms import CheckRows, ReadMetadata, _count
 
@@ -251,7 +251,9 @@ def run(argv: list[str] | None = None) -> int:
         default=None,
         help="dataset root (default: the folder of --meta); objects outside it are refused",
     )
-    ap.add_argument("--out", required=True, help="report JSON (local, s3:// or gs://); not a folder")
+    ap.add_argument(
+        "--out", type=flagtypes.output, required=True, help="report JSON (local, s3:// or gs://); not a folder"
+    )
     ap.add_argument("--frac", type=sample_fraction, default=1.0, help="deterministic hash sample of patch ids")
     ap.add_argument(
         "--splits", default="train,validation,test", help="comma-separated splits to check (default: all three)"

@@ -17,7 +17,7 @@ def run(argv: list[str] | None = None) -> int:
         description="Write synthetic Sentinel-2 tiles (SAFE folders or GeoTIFFs) with a "
         "ground-truth class map, for benbeam predict.",
     )
-    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--out", type=flagtypes.local_output, required=True, help="output folder (local)")
     ap.add_argument("--n", type=flagtypes.positive_int, default=1, help="number of tiles (distinct tile ids and seeds)")
     ap.add_argument(
         "--size", type=flagtypes.positive_int, default=1098, help="pixels of 10 m a side, a multiple of 6 (real: 10980)"
@@ -61,7 +61,7 @@ def run(argv: list[str] | None = None) -> int:
         info = make_tile(
             args.out,
             size=args.size,
-            seed=args.seed + i,
+            seed=(args.seed + i) % (flagtypes.MAX_SEED + 1),
             layout=args.layout,
             level=args.level,
             s1=args.s1,

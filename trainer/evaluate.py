@@ -216,7 +216,9 @@ def add_evaluate_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--model", required=True, help="a .keras model written by `benbeam train`")
     ap.add_argument("--data", required=True, help="converted dataset: folder or URL holding dataset.json")
     ap.add_argument("--split", default="test", help="split to score (default: %(default)s)")
-    ap.add_argument("--out", required=True, help="folder for metrics.json and the confusion matrix")
+    ap.add_argument(
+        "--out", type=flagtypes.output, required=True, help="folder for metrics.json and the confusion matrix"
+    )
     ap.add_argument("--batch", type=flagtypes.positive_int, default=32, help="batch size (default: %(default)s)")
     ap.add_argument("--max_patches", type=flagtypes.positive_int, default=None, help="score the first N patches only")
     ap.add_argument(

@@ -78,7 +78,9 @@ def export_cli(argv: list[str] | None = None) -> int:
         description="Write a trained model as a TensorFlow SavedModel serving on raw bands.",
     )
     ap.add_argument("--model", required=True, help="a .keras model written by `benbeam train` (path or URL)")
-    ap.add_argument("--out", required=True, help="folder (or URL) for the SavedModel and info.json")
+    ap.add_argument(
+        "--out", type=flagtypes.output, required=True, help="folder (or URL) for the SavedModel and info.json"
+    )
     add_storage_args(ap)
     args = ap.parse_args(argv)
     configure_storage(args)

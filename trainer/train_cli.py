@@ -28,6 +28,7 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--save",
+        type=flagtypes.output,
         default=d.save,
         help="model output path (.keras); logs, history and checkpoints go beside it (default: %(default)s)",
     )
@@ -104,6 +105,7 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
     ap.add_argument(
         "--export",
+        type=flagtypes.output,
         default=None,
         metavar="DIR",
         help="also write the best model as a TensorFlow SavedModel serving on raw bands (as `benbeam export`)",

@@ -147,9 +147,42 @@ def chunk_size(text: str) -> int:
     return v
 
 
+STORE_SCHEMES = ("s3", "gs", "gcs")  # the object stores every --out that takes a URL writes to
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
+def _location(text: str, what: str, remote: bool) -> str:
+    s = str(text)
+    if not s.strip() or any(ord(c) < 32 for c in s):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {s[:40]!r}")
+    if "://" not in s:
+        if _SCHEME.match(s) and not s[1:3] == ":/":  # 's3:/bucket' (one slash), not 'C:/x'
+            raise argparse.ArgumentTypeError(f"{s[:80]!r} looks like a URL with a slash missing; write {what}")
+        return s
+    scheme = s.split("://", 1)[0].lower()
+    if remote and scheme in STORE_SCHEMES:
+        return s
+    if scheme in STORE_SCHEMES:
+        raise argparse.ArgumentTypeError(
+            f"{redact(s)[:80]} is an object-store URL; this command writes local files only: give a local folder"
+        )
+    raise argparse.ArgumentTypeError(f"{redact(s)[:80]}: {scheme}:// is not supported; give {what}")
+
+
+def output(text: str) -> str:
+    """argparse type of ``--out`` where the command writes to object stores too: a local path or s3:// / gs:// URL."""
+    return _location(text, "a local path or an s3:// / gs:// URL", remote=True)
+
+
+def local_output(text: str) -> str:
+    """argparse type of ``--out`` where the command writes local files only: a local path (a URL is refused)."""
+    return _location(text, "a local path", remote=False)
+
+
 # Every type above, by the kind of flag it checks (tests/test_flag_table.py probes each).
 FLAG_TYPES = {
     "integer": (positive_int, nonneg_int, seed, overlap, chunk_size),
     "number": (positive_float, learning_rate, seconds),
     "fraction": (unit_fraction, sample_fraction, percentile),
+    "output": (output, local_output),
 }

@@ -41,7 +41,7 @@ def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--tile", help="one tile: a Sentinel-2 L2A .SAFE folder or a multi-band GeoTIFF (path or URL)")
     src.add_argument("--input_dir", help="every tile in this folder or bucket prefix (--benchmark, or a Beam pipeline)")
-    ap.add_argument("--out", required=True, help="output folder, or an s3:// / gs:// URL")
+    ap.add_argument("--out", type=flagtypes.output, required=True, help="output folder, or an s3:// / gs:// URL")
     ap.add_argument(
         "--s1", default=None, help="Sentinel-1 VV/VH raster for --tile (needed by a model trained on S2+S1 or S1)"
     )
