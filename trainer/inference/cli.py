@@ -13,16 +13,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
+from bigearthnet_beam.schemas import errors
 from bigearthnet_beam.trainer.inference import staging
 from bigearthnet_beam.trainer.inference.settings import (
     DEFAULTS,
     PROBS_DTYPES,
     REPORT_CSV,
     VIEWER,
-    PredictEnvironmentError,
     PredictError,
 )
 from bigearthnet_beam.transforms import flagtypes, outdir, storage
@@ -114,12 +115,17 @@ def _claim_out(out: str) -> outdir.Lock:
     return outdir.claim(out, COMMAND)
 
 
-def _unmark_unused(out: str) -> None:
-    """After a run that wrote nothing, the marker it left alone in a local --out goes again."""
+def _unmark_unused(out: str, created: bool) -> None:
+    """After a run that wrote nothing, the marker it left alone in a local --out goes again,
+    and so does the folder itself if this run created it (no empty --out after a failure)."""
     if storage.is_remote(out) or not os.path.isdir(out):
         return
     if set(os.listdir(out)) - {outdir.LOCK} == {outdir.MARKER}:  # the lock goes when the run ends
         os.remove(os.path.join(out, outdir.MARKER))
+    if created and not set(os.listdir(out)) - {outdir.LOCK}:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(out, outdir.LOCK))
+            os.rmdir(out)
 
 
 def _find_tiles(input_dir: str) -> list[str]:
@@ -153,16 +159,18 @@ def run(argv: list[str] | None = None) -> int:
     configure_storage(args)  # a custom endpoint nothing answers: raised, one line and exit 3 from benbeam's CLI
     try:
         return _run(args, beam_args)
-    except (PredictEnvironmentError, outdir.OutputBusy) as e:
+    except errors.BenBeamError as e:  # PredictError 2, PredictEnvironmentError 3, OutputRefused 2, OutputBusy 3
         print(f"benbeam predict: error: {e}", file=sys.stderr)
-        return 3
-    except (PredictError, outdir.OutputRefused) as e:
-        print(f"benbeam predict: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("benbeam predict: interrupted; no finished output was left for the tile in progress", file=sys.stderr)
         return 130
-    except (RuntimeError, OSError) as e:
+    except OSError as e:
+        if errors.exit_code(e) is not None:
+            raise  # a full disk, a read-only --out: the environment (benbeam's CLI says so, exit 3)
+        print(f"benbeam predict: error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
         print(f"benbeam predict: error: {e}", file=sys.stderr)
         return 1
 
@@ -178,11 +186,13 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     if args.tile and not staging.exists(args.tile):
         raise PredictError(f"tile {args.tile} does not exist")
     tiles = _find_tiles(args.input_dir) if args.input_dir else [args.tile]
+    created = not storage.is_remote(args.out) and not os.path.lexists(args.out)
     lock = _claim_out(args.out)
     try:
         return _predict(args, beam_args, tiles)
     except BaseException:
-        _unmark_unused(args.out)
+        lock.release()
+        _unmark_unused(args.out, created)
         raise
     finally:
         lock.release()
