@@ -258,11 +258,18 @@ UNREACHABLE_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError"
 
 def _endpoint_flag(chain: list[BaseException]) -> str:
     """The endpoint flag of the client that raised: S3 (botocore) or GCS (gcsfs, google, aiohttp)."""
+    from bigearthnet_beam.transforms import storage
+
     roots = {type(e).__module__.split(".", 1)[0] for e in chain}
     if roots & {"botocore", "aiobotocore", "s3fs", "boto3"}:
         return "--s3_endpoint_url"
     if roots & {"gcsfs", "google", "aiohttp"}:
         return "--gcs_endpoint_url"
+    opts = storage.options()  # a refused connection names no client: the one endpoint configured
+    s3 = ((opts.get("s3") or {}).get("client_kwargs") or {}).get("endpoint_url")
+    gcs = (opts.get("gs") or {}).get("endpoint_url")
+    if bool(s3) != bool(gcs):
+        return "--s3_endpoint_url" if s3 else "--gcs_endpoint_url"
     return "--s3_endpoint_url / --gcs_endpoint_url"
 
 

@@ -24,6 +24,7 @@ dataset can be copied. Plain Python: the caller passes the function that reads b
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Mapping
@@ -480,6 +481,8 @@ def load(dataset: str, read_bytes: Callable[[str], bytes], hint: str = "") -> tu
     try:
         raw = read_bytes(url)
     except FileNotFoundError:
+        if "://" not in str(dataset) and not os.path.exists(dataset):
+            raise ManifestError(f"{dataset} does not exist{'; ' + hint if hint else ''}") from None
         raise ManifestError(
             f"{dataset} has no {MANIFEST}, so it is not a complete dataset (`benbeam convert` writes the manifest "
             f"last: an interrupted or still-running conversion has none){'; ' + hint if hint else ''}"

@@ -205,7 +205,13 @@ def check_row(row: dict, root: str | None = None) -> dict:
             f"s1_name {str(s1)[:80]!r} does not match the reBEN pattern "
             "S1[AB]_IW_GRDH_1SDV_<date>T<time>_<tile>_<x>_<y>; fix or drop the row",
         )
-    if not isinstance(split, str) or split not in SPLITS:
+    if not isinstance(split, str):
+        bad(
+            "unknown_split",
+            f"split {str(split)[:40]} is {type(split).__name__}, not a name; the split column holds "
+            f"the names {', '.join(SPLITS)}",
+        )
+    if split not in SPLITS:
         hint = (
             f"; the metadata uses {SPLIT_ALIASES[split]!r}" if isinstance(split, str) and split in SPLIT_ALIASES else ""
         )
