@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from bigearthnet_beam.beam_pipeline.options import add_storage_args
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS, object_urls
-from bigearthnet_beam.transforms import flagtypes, storage
+from bigearthnet_beam.transforms import flagtypes, outdir, storage
 from bigearthnet_beam.transforms import metadata as md
 
 
@@ -62,6 +62,7 @@ def run(argv: list[str] | None = None) -> int:
     add_storage_args(ap)
     args = ap.parse_args(argv)
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
+    outdir.check_writable(args.out)  # before the metadata is read: exit 3, one line
     root = md.named_root(args.root, args.meta)  # absolute: the index works from any folder
     try:
         tables = [md.read_table(args.meta)[0]]

@@ -33,7 +33,7 @@ from bigearthnet_beam.beam_pipeline.options import (
 )
 from bigearthnet_beam.schemas import failures, manifest
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS
-from bigearthnet_beam.transforms import containment, flagtypes, progress, storage
+from bigearthnet_beam.transforms import containment, flagtypes, outdir, progress, storage
 from bigearthnet_beam.transforms import metadata as md
 from bigearthnet_beam.transforms.ptransforms import CheckRows, ReadMetadata, _count
 
@@ -210,7 +210,9 @@ def write_report(args, results, meta_info) -> None:
 
 
 def check_out(out: str) -> None:
-    """``--out`` is a report file: refuse a folder, and a file that is not an earlier report."""
+    """``--out`` is a report file: refuse a folder, a file that is not an earlier report, and a
+    place that cannot be written (``outdir.check_writable``, exit 3)."""
+    outdir.check_writable(out)
     if storage.is_remote(out):
         if storage.exists(out) and not _is_report(out):
             raise ValueError(
@@ -299,6 +301,9 @@ def run(argv: list[str] | None = None) -> int:
     except (ValueError, md.MetadataError) as e:
         print(f"{COMMAND}: error: {e}", file=sys.stderr)
         return 2
+    except outdir.OutputUnwritable as e:
+        print(f"{COMMAND}: error: {e}", file=sys.stderr)
+        return e.exit_code
     t0 = time.perf_counter()
     wlog: dict = {}
     try:
