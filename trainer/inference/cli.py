@@ -123,8 +123,9 @@ def _unmark_unused(out: str, created: bool) -> None:
     if set(os.listdir(out)) - {outdir.LOCK} == {outdir.MARKER}:  # the lock goes when the run ends
         os.remove(os.path.join(out, outdir.MARKER))
     if created and not set(os.listdir(out)) - {outdir.LOCK}:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, outdir.LOCK))  # released already, unless it could not be read
         with contextlib.suppress(OSError):
-            os.remove(os.path.join(out, outdir.LOCK))
             os.rmdir(out)
 
 
