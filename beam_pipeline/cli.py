@@ -330,24 +330,25 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     cmd = argv[0] if argv else ""
     quiet.install_thread_hook()
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        quiet.INTERRUPTED["on"] = True
-        if DEBUG["on"]:
-            traceback.print_exc()
-        print(
-            f"benbeam {cmd}: interrupted; a rerun of the same command continues from what is complete", file=sys.stderr
-        )
-        return EXIT_INTERRUPTED
-    except SystemExit:
-        raise
-    except Exception as e:  # noqa: BLE001 - the last resort: one line and the exit code of its type
-        code, line = classify(e)
-        if DEBUG["on"]:
-            traceback.print_exc()
-        print(f"benbeam {cmd}: error: {line}", file=sys.stderr)
-        return code
+    stopped = f"benbeam {cmd}: interrupted; a rerun of the same command continues from what is complete"
+    with quiet.interrupt_guard(stopped) as guard:
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            quiet.INTERRUPTED["on"] = True
+            if DEBUG["on"]:
+                traceback.print_exc()
+            print(stopped, file=sys.stderr, flush=True)
+            guard["printed"] = True
+            return EXIT_INTERRUPTED
+        except SystemExit:
+            raise
+        except Exception as e:  # noqa: BLE001 - the last resort: one line and the exit code of its type
+            code, line = classify(e)
+            if DEBUG["on"]:
+                traceback.print_exc()
+            print(f"benbeam {cmd}: error: {line}", file=sys.stderr)
+            return code
 
 
 def _main(argv: list[str]) -> int:

@@ -131,3 +131,52 @@ def worker_stderr(keep: dict | None = None):
                 os.unlink(path)
             keep.pop("log", None)
             LOG_FILE.pop("path", None)
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, the command has this long to end by itself
+_GUARD: dict = {}
+
+
+def _end_now(line: str) -> None:
+    """End the process with the one interrupted line (unless already printed) and exit 130."""
+    if not _GUARD.get("printed"):
+        with contextlib.suppress(OSError, ValueError):
+            print(line, file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+@contextlib.contextmanager
+def interrupt_guard(line: str, grace: float = INTERRUPT_GRACE_S):
+    """Within the block, Ctrl-C raises KeyboardInterrupt as usual; if the command has not
+    ended ``grace`` seconds later (a Beam runner waiting for a worker that Ctrl-C killed
+    during its start), it ends with ``line`` and exit 130. A second Ctrl-C ends it at once.
+    Outside the main thread (no signal handlers there) the block changes nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield _GUARD
+        return
+
+    def handler(signum, frame):
+        INTERRUPTED["on"] = True
+        if _GUARD.get("timer") is not None:
+            _end_now(line)
+        timer = threading.Timer(grace, _end_now, args=(line,))
+        timer.daemon = True
+        _GUARD["timer"] = timer
+        timer.start()
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    _GUARD.clear()
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield _GUARD
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        timer = _GUARD.pop("timer", None)
+        if timer is not None:
+            timer.cancel()
