@@ -482,7 +482,9 @@ def load(dataset: str, read_bytes: Callable[[str], bytes], hint: str = "") -> tu
         raw = read_bytes(url)
     except FileNotFoundError:
         if "://" not in str(dataset) and not os.path.exists(dataset):
-            raise ManifestError(f"{dataset} does not exist{'; ' + hint if hint else ''}") from None
+            raise ManifestError(
+                f"{dataset} does not exist (no dataset folder there, so no {MANIFEST}){'; ' + hint if hint else ''}"
+            ) from None
         raise ManifestError(
             f"{dataset} has no {MANIFEST}, so it is not a complete dataset (`benbeam convert` writes the manifest "
             f"last: an interrupted or still-running conversion has none){'; ' + hint if hint else ''}"
