@@ -103,7 +103,7 @@ def _verdict(st: os.stat_result, url: str, what: str, max_bytes: int) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise _refuse("not_a_file", f"{what} {url[:200]} is a {_kind(st.st_mode)}, not a regular file; it was not read")
     if st.st_size == 0:
-        raise _refuse("empty_object", f"{what} {url[:200]} is 0 bytes")
+        raise _refuse("empty_object", f"{what} {url} is 0 bytes")
     if st.st_size > max_bytes:
         raise _refuse(
             "object_too_large",
@@ -113,7 +113,7 @@ def _verdict(st: os.stat_result, url: str, what: str, max_bytes: int) -> None:
 
 
 def _missing(url: str, what: str) -> failures.PatchError:
-    return _refuse("missing_object", f"{what} {url[:200]} does not exist")
+    return _refuse("missing_object", f"{what} {url} does not exist")
 
 
 def check_local_object(url: str, root: str | None, what: str = "object", max_bytes: int = MAX_OBJECT_BYTES) -> int:
