@@ -62,7 +62,6 @@ HOSTILE_NUMBERS = ["nan", "inf", "-inf", "-1", "", " ", "１２", "1_0", "0x10",
 REFUSE_ZERO = {
     flagtypes.positive_int,
     flagtypes.chunk_size,
-    flagtypes.positive_float,
     flagtypes.learning_rate,
     flagtypes.sample_fraction,
 }

@@ -85,14 +85,6 @@ def seed(text: str) -> int:
     return integer(text, 0, MAX_SEED, f"a seed in 0..{MAX_SEED}")
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    v = number(text, "a finite number > 0")
-    if not v > 0:
-        raise _bad(text, "a finite number > 0")
-    return v
-
-
 def learning_rate(text: str) -> float:
     """argparse type: a learning rate in (0, 1]."""
     v = number(text, "a learning rate in (0, 1]")
@@ -182,7 +174,7 @@ def local_output(text: str) -> str:
 # Every type above, by the kind of flag it checks (tests/test_flag_table.py probes each).
 FLAG_TYPES = {
     "integer": (positive_int, nonneg_int, seed, overlap, chunk_size),
-    "number": (positive_float, learning_rate, seconds),
+    "number": (learning_rate, seconds),
     "fraction": (unit_fraction, sample_fraction, percentile),
     "output": (output, local_output),
 }
