@@ -161,7 +161,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         return _run(args, beam_args)
     except errors.BenBeamError as e:  # PredictError 2, PredictEnvironmentError 3, OutputRefused 2, OutputBusy 3
-        print(f"benbeam predict: error: {e}", file=sys.stderr)
+        print(f"benbeam predict: error: {errors.redact(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("benbeam predict: interrupted; no finished output was left for the tile in progress", file=sys.stderr)
