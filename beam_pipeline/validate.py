@@ -307,7 +307,7 @@ def run(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     wlog: dict = {}
     try:
-        opts = PipelineOptions(local_runner_args(rest, args.workers))
+        opts = PipelineOptions(local_runner_args(rest, args.workers, COMMAND))
         with (
             quiet.worker_stderr(wlog),
             progress.watch([progress.Pass("validate", "validate", total)], opts.get_all_options().get("runner")),

@@ -44,10 +44,10 @@ FIXED_RUN = {
 }
 
 EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
-    "reben/* (every file of the synthetic replica)": "fbeeeb7e2ad2cb1344bba1269b1785eb7ae51c9438bfae0ce6a0151ccd6b2e2b",
+    "reben/* (every file of the synthetic replica)": "c6d459fc9da690a5c50f4a9a9278f1e9e37618278b5864460f1b83f82e742446",
     "a/dataset.json": "b7d9a015d093eb51b79fc78def8b9a9dd8f515f00366b7fdb091356b32ea8784",
     "a/.benbeam-run.json": "977efadb044f16f0203a4f7bfc8750ea4a4219d9bd146ca58e69588e589ab6ea",
-    "a/failures.jsonl": "4247bd00787e375c17435afe755657b10c948e228c05d3503c09706595411f69",
+    "a/failures.jsonl": "ac0aee35dad60f59b7174a3032393d7eea97e189ed2a2b8f2b50a370e7a283f3",
     "a/histograms.npz": "cd0f592aabe17a37a9fb5ece9c9717e51042cabed6f8fbfced6eceaf78a4cb18",
     "a/report/classes.svg": "f4451d53168c6b5ab6f674ff1018f7a91d4adee4127e37f8947267b7b0cdf6f1",
     "a/report/failures.svg": "2bb4852b4276c4d906eaa133a3b64ee83964a4eb339b41d31665ebdf47616b13",
@@ -64,7 +64,7 @@ EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
     "a/report/sample-4-rgb.png": "92db790ec95cfb45cdd5f50c55bdc176f5bacdec29996d1fe98143fb7229d518",
     "a/report/sample-5-label.png": "345ce30a27566b6b9c478da07a6509622e4f21b9f193314100e3ccfd260e5660",
     "a/report/sample-5-rgb.png": "cbeea1face0b3d05ed72bf9da379c950c37e159d7d2e1f22796b750aabbcf2a7",
-    "a/report.html": "85693de53c11e647d6ba9de5a035ff3e0e9afbdb6388ac55c2dac716a7121a6d",
+    "a/report.html": "81859629f4d21c265805ba75d2b7c69338d19b7792affd4adf5ad51ae1dce62b",
     "a/schema.pbtxt": "6ff6fad88aac9e2b46aefbcc2f8475ce5f78c305ebe2e90b942ca4f836e76165",
     "a/stats.json": "b9e8fb905f44d45790d026a1356c40caed8bef4b7919c7d2e16e46cd0e9961a8",
     "a/test/test-00000-of-00002.tfrecord": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
@@ -76,7 +76,7 @@ EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
     "a/validation/validation-00001-of-00002.tfrecord": "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
     "b/dataset.json": "1228c98dc55ddfc4ad3499bd592f7b2fcc53966af42f196983b826b1e9aa9c79",
     "b/.benbeam-run.json": "977efadb044f16f0203a4f7bfc8750ea4a4219d9bd146ca58e69588e589ab6ea",
-    "b/failures.jsonl": "4247bd00787e375c17435afe755657b10c948e228c05d3503c09706595411f69",
+    "b/failures.jsonl": "ac0aee35dad60f59b7174a3032393d7eea97e189ed2a2b8f2b50a370e7a283f3",
     "b/schema.pbtxt": "c1b5d79af0ce921d11d07e2db1d6d7a630da6a66a2e428f3bbe09386ea40ac69",
     "b/stats.json": "e3088ef9bb2419f96394d4fb7d56e87385e024f03ffef3a1d75f1645309e4cb6",
     "b/test/test-00000-of-00002.tfrecord.gz": "9ceffb7310338057cfe71a4ae1e2c98d2c485d81cdef906532a801f457a38d64",
@@ -95,6 +95,10 @@ EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
     "c/test/test-00001-of-00002.tfrecord": "164e7d0de919e92cf9f972ea037ec339dc9d2a16dc3d0c7e9d69ba964a8848e0",
     "c/validation/validation-00000-of-00002.tfrecord": "d0eaa87c71b3ec99aa1e533fda3b8f791ec9f7dc24704f54fbb4f1e85684a64c",
     "c/validation/validation-00001-of-00002.tfrecord": "a8d740d4471d8ac95daf7339f1fd3a5776ca02110c20998d7e0327f5ab13a068",
+    # Re-recorded for issue 26 (the replica places MGRS tiles where their names say): the replica's
+    # GeoTIFFs (georeferencing only), and the grid-mismatch dead letter of T35VPK_00_07, whose
+    # message quotes the origin (now 6,991,600 m: the tile hangs 109.8 km south of its 100 km
+    # square's north edge), in a/ and b/failures.jsonl and a/report.html. No shard changed.
     # New files, not in the baseline: the TFDS metadata derived from dataset.json (issue 17).
     # gzip datasets (b) get none: TFDS reads uncompressed TFRecords only.
     "a/dataset_info.json": "938de51a9cac7257fbd3681272a15485364a3b50a2a7f2c2395b551557f44920",

@@ -447,5 +447,11 @@ def test_the_export_serves_on_raw_bands_as_the_predictor_does(trained, tmp_path)
     got = loaded.serve(tf.constant(raw))
     # the same float32 maths in another graph: summation order differs (seen: up to 1.1e-5)
     np.testing.assert_allclose(got[unet_model.SEG].numpy(), want, rtol=0, atol=1e-4)
-    assert set(got) == {unet_model.SEG, unet_model.MULTI}
+    assert set(got) == {unet_model.SEG, unet_model.MULTI, "class_id"}
+    assert got["class_id"].dtype == tf.uint8
+    np.testing.assert_array_equal(got["class_id"].numpy(), np.argmax(got[unet_model.SEG].numpy(), -1))
+    raw[1] = 0.0  # a window without data: every raw band 0
+    raw[2, :10, :20] = 0.0
+    ids = loaded.serve(tf.constant(raw))["class_id"].numpy()
+    assert (ids[1] == 255).all() and (ids[2, :10, :20] == 255).all() and (ids[2, 10:] < 19).all()
     assert json.loads((out / "info.json").read_text()) == predictor.info

@@ -130,6 +130,15 @@ def overlap(text: str) -> int:
     return integer(text, 0, MAX_OVERLAP, f"an overlap in 0..{MAX_OVERLAP} px (half the {PATCH_SIZE}-px window at most)")
 
 
+def stride(text: str) -> int:
+    """argparse type: the step of the window grid in px, half a window to a whole one (the
+    complement of ``overlap``: ``overlap = window - stride``)."""
+    lo = PATCH_SIZE - MAX_OVERLAP
+    return integer(
+        text, lo, PATCH_SIZE, f"a window step in {lo}..{PATCH_SIZE} px (at most 4x the windows of adjacent ones)"
+    )
+
+
 def chunk_size(text: str) -> int:
     """argparse type: a chunk side in px, a multiple of 128 in [128, 8192]."""
     what = f"a multiple of 128 px in [128, {MAX_CHUNK}]"
@@ -173,7 +182,7 @@ def local_output(text: str) -> str:
 
 # Every type above, by the kind of flag it checks (tests/test_flag_table.py probes each).
 FLAG_TYPES = {
-    "integer": (positive_int, nonneg_int, seed, overlap, chunk_size),
+    "integer": (positive_int, nonneg_int, seed, overlap, stride, chunk_size),
     "number": (learning_rate, seconds),
     "fraction": (unit_fraction, sample_fraction, percentile),
     "output": (output, local_output),
