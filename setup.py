@@ -6,6 +6,7 @@ Extras: ``[train]`` TensorFlow/Keras/TensorBoard/matplotlib for ``train``, ``eva
 ``predict``; ``[tfx]`` tfx-bsl, with which ``verify`` cross-decodes every record;
 ``[pretrained]`` torch, timm, safetensors, huggingface-hub for the reBEN authors' models
 (``bigearthnet_beam.pretrained``, ``predict``/``evaluate --model ORG/NAME``);
+``[docs]`` MkDocs, Material and mkdocstrings (``make docs``);
 ``[dev]`` all of them plus the test tools (``make test``).
 """
 
@@ -23,6 +24,8 @@ TRAIN = ["tensorflow>=2.16,<3", "keras>=3.3,<4", "tensorboard>=2.16,<3", "matplo
 TFX = ["tfx-bsl>=1.16,<2"]
 # the reBEN authors' published models (bigearthnet_beam.pretrained; predict/evaluate --model ORG/NAME): no Lightning
 PRETRAINED = ["torch>=2.2", "timm>=1.0,<2", "safetensors>=0.4", "huggingface-hub>=0.23"]
+# the documentation site (`make docs`: mkdocs.yml, docs/)
+DOCS = ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.26"]
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "schemas" / "__init__.py").read_text()).group(1)
 
 setup(
@@ -62,6 +65,7 @@ setup(
     extras_require={
         "train": TRAIN,
         "tfx": TFX,
+        "docs": DOCS,
         # `launch dask` / the DaskRunner (the scheduler's and workers' environment too)
         "dask": ["dask[distributed]>=2024.1"],
         "torch": ["torch>=2.2"],  # bigearthnet_beam.trainer.torch_data: a PyTorch IterableDataset, no TensorFlow
@@ -69,6 +73,7 @@ setup(
         "dev": TRAIN
         + TFX
         + PRETRAINED
+        + DOCS
         + [
             "pytest>=8",
             "pytest-timeout>=2.3",

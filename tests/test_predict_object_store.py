@@ -22,7 +22,10 @@ from bigearthnet_beam.transforms.storage import Storage  # noqa: E402
 from tests.predict_fixtures import tiny_model  # noqa: E402
 from tests.servers import fake_gcs, seaweedfs  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]  # servers, clusters or fresh environments: longer than the default
 
 ACCESS_KEY = "AKIABENBEAMPREDICT01"
 SECRET_KEY = "benbeam-Predict/Secret+Never-Printed-3a1f"

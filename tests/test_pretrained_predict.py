@@ -30,7 +30,10 @@ NAME = "T32TQR_20240715T101031"
 def _cli(argv):
     from bigearthnet_beam.trainer.inference.cli import run
 
-    return run([str(a) for a in argv])
+    try:
+        return run([str(a) for a in argv])
+    except SystemExit as e:  # a flag refused by its type (transforms.flagtypes): argparse's exit 2
+        return e.code
 
 
 def _last_err(capsys) -> str:
@@ -88,6 +91,7 @@ def raw_window(tile: dict, bands, r: int, c: int) -> dict:
 # --------------------------------------------------------------------------- end to end through the command
 
 
+@pytest.mark.slow  # predict end to end through the command
 def test_tile_windows_are_the_authors_patches(models, tile, tmp_path):
     out = tmp_path / "out"
     argv = ["--model", models["s2"], "--tile", tile["path"], "--out", out, "--save_probs", "--probs_dtype", "float32"]
@@ -117,6 +121,7 @@ def test_tile_windows_are_the_authors_patches(models, tile, tmp_path):
     assert (out / "preview.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # predict end to end through the command
 def test_s1_s2_model_from_the_hub_cache_offline(models, tile, tmp_path):
     """The real ``benbeam`` entry point, a hub id resolved from a filled cache with HF_HUB_OFFLINE=1."""
     cache = tmp_path / "hub"
@@ -176,6 +181,7 @@ def _array_tile(channels, h=380, w=500, seed=0):
     )
 
 
+@pytest.mark.slow  # maps a tile twice per blending mode
 @pytest.mark.parametrize("window_map", ["nearest", "blend"])
 def test_chunking_does_not_change_the_maps(models, tmp_path, window_map):
     from bigearthnet_beam.trainer.inference.tile import predict_tile
@@ -271,7 +277,7 @@ def test_classifier_flag_errors(models, tile, tmp_path, capsys):
     base = ["--tile", tile["path"], "--out", tmp_path / "out"]
     cases = [
         (["--model", models["s2"], *base, "--stride", 119], 2, "even stride"),
-        (["--model", models["s2"], *base, "--stride", 121], 2, "--stride must be 1..120"),
+        (["--model", models["s2"], *base, "--stride", 121], 2, "--stride: must be a window step in 60..120"),
         (["--model", models["s2"], *base, "--stride", 60, "--overlap", 60], 2, "not both"),
         (["--model", tmp_path / "u.keras", *base, "--stride", 60], 2, "authors' classifier"),
         (["--model", models["s1s2"], *base], 2, "--s1"),

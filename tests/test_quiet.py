@@ -26,6 +26,7 @@ def _benbeam(*args, env=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # two TensorFlow command processes
 def test_tensorflow_commands_print_no_start_up_noise_unless_verbose(tmp_path):
     args = ["export", "--model", str(tmp_path / "missing.keras"), "--out", str(tmp_path / "x")]
     r = _benbeam(*args)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from bigearthnet_beam.schemas import bands, tfrecord
+from bigearthnet_beam.schemas import bands, errors, tfrecord
 from bigearthnet_beam.schemas import manifest as manifest_schema
 from bigearthnet_beam.transforms import containment
 from bigearthnet_beam.transforms.storage import Storage, protocol
@@ -88,7 +88,7 @@ def open_dataset(url: str, storage: Storage | None = None) -> Dataset:
 # --------------------------------------------------------------------------- records
 
 
-class ShardError(Exception):
+class ShardError(errors.IntegrityError):
     """A shard of the dataset cannot be read (corrupt or truncated): a data failure, exit 1."""
 
 
