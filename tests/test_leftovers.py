@@ -161,7 +161,7 @@ def test_a_failed_predict_exits_by_type_and_leaves_no_empty_out(
 ):
     pcli, argv = predict_inputs
 
-    def fail(args, beam_args, tiles):
+    def fail(args, beam_args, tiles, st=None):
         assert (tmp_path / "p").is_dir()  # the run got as far as its --out
         raise exc
 
