@@ -245,7 +245,7 @@ def _work(args) -> list[tuple[str, str]]:
 
 
 def _official(include_snow_cloud: bool) -> pa.Table:
-    base = resources.files("synth").joinpath("data")
+    base = resources.files("bigearthnet_beam.synth").joinpath("data")
     tables = [pq.read_table(io.BytesIO(base.joinpath(CLEAN).read_bytes()))]
     if include_snow_cloud:
         tables.append(pq.read_table(io.BytesIO(base.joinpath(SNOW_CLOUD).read_bytes())))

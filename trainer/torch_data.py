@@ -13,7 +13,9 @@
 
 Shards (local paths, ``s3://``, ``gs://``: anything ``transforms.storage`` reads) are read with the
 project's TensorFlow-free TFRecord reader (``transforms.encode.iter_records``, CRCs checked) and
-decoded by ``transforms.encode.decode_example``. Shards are split across DataLoader workers and
+decoded by ``transforms.encode.decode_example``; raw-encoded datasets (``convert --encoding raw``)
+are upsampled and normalised per sample in torch (``raw_image``), by default into the same
+tensors as the normalised encoding of the same run. Shards are split across DataLoader workers and
 distributed ranks: every record of the split is yielded exactly once per epoch over all of them.
 Ranks get whole shards, so their record counts differ by up to one shard; under DDP, bound each
 rank's steps (e.g. ``len(ds) // world_size // batch_size``) or convert with a shard count that is
@@ -62,6 +64,53 @@ def assign_shards(n_shards: int, part: int, parts: int, seed: int | None, epoch:
     return order[part::parts]
 
 
+def read_spec(manifest: dict, channels, *, band_subset=None, resampling=None, statistics=None):
+    """The ``transforms.raw_decode.RawSpec`` of a raw dataset's reader; None for a normalised dataset,
+    which takes no read-time options (ValueError if any is given)."""
+    from bigearthnet_beam.transforms import raw_decode
+
+    if manifest.get("encoding") != tfrecord.RAW:
+        if (resampling, statistics) != (None, None) or (
+            band_subset is not None and tuple(band_subset) != tuple(channels)
+        ):
+            raise ValueError(
+                "this dataset holds normalised records: read-time resampling, statistics and band subsets "
+                "need a raw-encoded dataset (`benbeam convert --encoding raw`)"
+            )
+        return None
+    channels = tuple(band_subset) if band_subset is not None else channels
+    return raw_decode.make_spec(manifest, channels, resampling, statistics)
+
+
+def raw_tensors(spec) -> dict:
+    """A ``RawSpec``'s weight matrices (by feature) and normalisation columns (C, 1, 1) as tensors."""
+    out = {g.feature: torch.from_numpy(g.weights.copy()) for g in spec.groups if g.weights is not None}
+    if spec.norm is not None:
+        for k in ("lo", "hi", "offset", "scale"):
+            out[k] = torch.from_numpy(np.asarray(getattr(spec.norm, k), dtype=np.float32).reshape(-1, 1, 1))
+    return out
+
+
+def raw_image(ex: dict, spec, tensors: dict) -> torch.Tensor:
+    """float32[C, H, W] of one decoded raw example: per resolution group ``W @ X @ W.T``, one
+    permutation, then clipping and normalisation (``tensors``: ``raw_tensors(spec)``)."""
+    parts = []
+    for g in spec.groups:
+        x = torch.from_numpy(np.asarray(ex[g.feature])[list(g.index)].astype(np.float32))
+        w = tensors.get(g.feature)
+        if w is not None:
+            x = torch.matmul(torch.matmul(w, x), w.T)
+        parts.append(x)
+    x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+    if not spec.identity_order:
+        x = x[list(spec.order)]
+    if spec.norm is not None:
+        if spec.norm.clip:  # as transforms.normalize: maximum with lo, then minimum with hi
+            x = torch.minimum(torch.maximum(x, tensors["lo"]), tensors["hi"])
+        x = (x - tensors["offset"]) / tensors["scale"]
+    return x.contiguous()
+
+
 class BenDataset(IterableDataset):
     """One split of a converted dataset as a stream of ``{"image", "mask"[, "label", "patch_id"]}`` dicts."""
 
@@ -79,6 +128,9 @@ class BenDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         storage_options: dict | None = None,
+        band_subset=None,
+        resampling: str | None = None,
+        statistics=None,
     ):
         manifest_schema.check_split(split)  # torchgeo's "val" is refused with the hint: this format says "validation"
         if storage_options is not None:
@@ -92,6 +144,11 @@ class BenDataset(IterableDataset):
         # shard paths come from an editable file: each must stay inside the dataset (ValueError otherwise)
         self.shards = [(check_relative(s["path"], self.root, what="shard"), int(s["records"])) for s in info["shards"]]
         self.channels = bands.channels_for(modalities)
+        spec = read_spec(
+            self.manifest, self.channels, band_subset=band_subset, resampling=resampling, statistics=statistics
+        )
+        self.raw_spec, self.raw_tensors = spec, raw_tensors(spec) if spec is not None else None
+        self.channels = spec.channels if spec is not None else self.channels
         self.picks = [
             (MODALITY_FEATURE[m], [names.index(c) for c in self.channels if c in names])
             for m, names in bands.MODALITIES.items()
@@ -114,10 +171,14 @@ class BenDataset(IterableDataset):
     def sample(self, record: bytes) -> dict:
         """One serialised example -> the sample dict (channel-first float32 image, int64 mask)."""
         ex = decode_example(record, self.manifest["image_dtype"])
-        parts = [ex[feat][..., idx] for feat, idx in self.picks]
-        image = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+        if self.raw_spec is not None:
+            image = raw_image(ex, self.raw_spec, self.raw_tensors)
+        else:
+            parts = [ex[feat][..., idx] for feat, idx in self.picks]
+            image = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+            image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
         out = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+            "image": image,
             "mask": torch.from_numpy(ex[tfrecord.LABEL].astype(np.int64)),
         }
         if self.multi_hot:
