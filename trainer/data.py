@@ -222,8 +222,7 @@ def raw_image(ex: dict, spec) -> tf.Tensor:
             x = tf.gather(x, list(g.index), axis=1)
         x = tf.cast(x, tf.float32)
         if g.weights is not None:
-            w = tf.constant(g.weights)
-            x = tf.matmul(tf.matmul(w, x), w, transpose_b=True)
+            x = _upsample(x, g.weights)
         parts.append(x)
     x = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
     if not spec.identity_order:
@@ -235,6 +234,18 @@ def raw_image(ex: dict, spec) -> tf.Tensor:
             x = tf.minimum(tf.maximum(x, tf.constant(norm.lo)), tf.constant(norm.hi))
         x = (x - tf.constant(norm.offset)) / tf.constant(norm.scale)
     return x
+
+
+def _upsample(x: tf.Tensor, w) -> tf.Tensor:
+    """``W @ X @ W.T`` for x float32[B, k, n, n] and W float32[N, n], as plain 2-D matmuls (TensorFlow's
+    broadcasting batch matmul crashes on a batch dimension of size 1 against a rank-2 matrix)."""
+    big, n = w.shape
+    wt = tf.constant(w.T)
+    b, k = tf.shape(x)[0], tf.shape(x)[1]
+    t = tf.transpose(x, [0, 1, 3, 2])  # X.T: rows of W @ X come out as columns
+    t = tf.reshape(tf.matmul(tf.reshape(t, [-1, n]), wt), [b, k, n, big])  # (W @ X).T
+    t = tf.transpose(t, [0, 1, 3, 2])
+    return tf.reshape(tf.matmul(tf.reshape(t, [-1, n]), wt), [b, k, big, big])
 
 
 def parse_batch(

@@ -140,3 +140,12 @@ def image_numpy(ex: dict, spec: RawSpec) -> np.ndarray:
         img -= spec.norm.offset
         img /= spec.norm.scale
     return img
+
+
+def as_normalized(ex: dict, manifest: dict) -> dict:
+    """A decoded raw example with the normalised encoding's ``s2_data`` and ``s1_data`` added
+    (HWC float32, the manifest's resampling and statistics), e.g. for the report's samples."""
+    spec = make_spec(manifest, bands.ALL_NAMES)
+    img = image_numpy(ex, spec)
+    n = len(bands.S2_NAMES)
+    return {**ex, tfrecord.S2: img[..., :n], tfrecord.S1: img[..., n:]}
