@@ -214,26 +214,28 @@ def channel_selection(modalities) -> tuple[tuple[str, ...], list[tuple[str, list
 
 def raw_image(ex: dict, spec) -> tf.Tensor:
     """float32[B,H,W,C] from the decoded raw features of a batch (``tfrecord.decode_parsed``) and a
-    ``transforms.raw_decode.RawSpec``: gather, ``W @ X @ W.T`` per resolution group, permute, normalise."""
+    ``transforms.raw_decode.RawSpec``: per resolution group a gather, the affine part of the
+    normalisation, ``W @ X @ W.T``, the clipping (``RawSpec.group_norm``); then the channel order
+    and one transpose to channels-last. The arithmetic runs channels-first, where TensorFlow's
+    per-channel broadcasting is ~3x faster than over a last axis of 14."""
     parts = []
     for g in spec.groups:
         x = ex[g.feature]
         if len(g.index) != x.shape[1]:
             x = tf.gather(x, list(g.index), axis=1)
         x = tf.cast(x, tf.float32)
+        norm = spec.group_norm(g)
+        if norm is not None:
+            x = (x - tf.constant(norm[0])) / tf.constant(norm[1])
         if g.weights is not None:
             x = _upsample(x, g.weights)
+        if norm is not None and spec.norm.clip:
+            x = tf.clip_by_value(x, tf.constant(norm[2]), tf.constant(norm[3]))
         parts.append(x)
     x = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
     if not spec.identity_order:
         x = tf.gather(x, list(spec.order), axis=1)
-    x = tf.transpose(x, [0, 2, 3, 1])
-    norm = spec.norm
-    if norm is not None:
-        if norm.clip:  # as transforms.normalize: maximum with lo, then minimum with hi
-            x = tf.minimum(tf.maximum(x, tf.constant(norm.lo)), tf.constant(norm.hi))
-        x = (x - tf.constant(norm.offset)) / tf.constant(norm.scale)
-    return x
+    return tf.transpose(x, [0, 2, 3, 1])
 
 
 def _upsample(x: tf.Tensor, w) -> tf.Tensor:

@@ -38,6 +38,7 @@ class Group:
     feature: str
     index: tuple[int, ...]  # band indices within the feature
     weights: np.ndarray | None  # float32[120, n]: W; the image is W @ X @ W.T
+    names: tuple[str, ...] = ()  # the bands taken, in ``index`` order
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,17 @@ class RawSpec:
     groups: tuple[Group, ...]
     order: tuple[int, ...]  # channel positions in the concatenation of the groups' bands -> ``channels``
     norm: NormParams | None  # for ``channels``; None: raw values (S2 DN, S1 dB) as float32
+
+    def group_norm(self, group: Group) -> tuple[np.ndarray, ...] | None:
+        """(offset, scale, lo', hi') float32[k, 1, 1] of a group's bands, with the clip bounds moved
+        past the affine step: ``clip((x - offset) / scale, lo', hi')`` equals ``normalize``'s
+        ``(clip(x, lo, hi) - offset) / scale`` (scale > 0), so the affine step can run on the
+        native-resolution bands, before upsampling; None without normalisation."""
+        if self.norm is None:
+            return None
+        p = self.norm.select(group.names)
+        col = lambda a: np.asarray(a, dtype=np.float32).reshape(-1, 1, 1)  # noqa: E731
+        return col(p.offset), col(p.scale), col((p.lo - p.offset) / p.scale), col((p.hi - p.offset) / p.scale)
 
     @property
     def identity_order(self) -> bool:
@@ -117,7 +129,7 @@ def make_spec(manifest: dict, channels, resampling: str | None = None, statistic
         if not idx:
             continue
         w = None if n == PATCH_SIZE else weights(n, PATCH_SIZE // n, resampling)
-        groups.append(Group(feat, idx, w))
+        groups.append(Group(feat, idx, w, tuple(names[i] for i in idx)))
         taken += [names[i] for i in idx]
     order = tuple(taken.index(c) for c in channels)
     return RawSpec(channels, resampling, tuple(groups), order, resolve_norm(manifest, channels, statistics))
