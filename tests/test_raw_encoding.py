@@ -8,6 +8,7 @@ float32 (the default), raw, raw + gzip; and once more raw from the official-styl
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -351,34 +352,51 @@ def test_verify_report_and_tfds_handle_raw(runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_evaluate_export_on_a_raw_dataset(runs, tmp_path):
+def test_train_evaluate_export_predict_on_a_raw_dataset(runs, tmp_path):
+    from bigearthnet_beam.synth.tiles import make_tile
     from bigearthnet_beam.trainer import model as unet_model
 
     save = tmp_path / "m.keras"
     argv = ["train", "--data", str(runs / "raw"), "--epochs", "1", "--batch", "4", "--save", str(save)]
-    argv += ["--width", "4", "--steps_per_epoch", "2", "--no_tensorboard", "--export", str(tmp_path / "serving")]
-    assert main(argv) == 0
+    argv += ["--width", "4", "--steps_per_epoch", "2", "--no_tensorboard", "--modalities", "s2"]
+    assert main(argv + ["--export", str(tmp_path / "serving")]) == 0
     _, info = unet_model.load_model(str(save))
-    assert info["image_dtype"] == "raw" and info["channels"] == list(bands.ALL_NAMES)
+    assert info["image_dtype"] == "raw" and info["channels"] == list(bands.S2_NAMES)
     assert (tmp_path / "serving" / "saved_model.pb").is_file()
-    ev = tmp_path / "ev"
-    assert (
-        main(
-            ["evaluate", "--model", str(save), "--data", str(runs / "raw"), "--split", "validation"]
-            + ["--out", str(ev)]
-        )
-        == 0
+    metrics = {}
+    for name in ("raw", "norm"):  # the same model on the raw and the normalised run's records
+        ev = tmp_path / f"ev-{name}"
+        argv = ["evaluate", "--model", str(save), "--data", str(runs / name), "--split", "validation"]
+        assert main(argv + ["--out", str(ev)]) == 0
+        metrics[name] = json.loads((ev / "metrics.json").read_text())
+    assert metrics["raw"]["patches"] == _man(runs / "raw")["splits"]["validation"]["written"]
+    assert metrics["raw"]["miou"] == pytest.approx(metrics["norm"]["miou"], abs=1e-6)
+    t = make_tile(str(tmp_path / "tiles"), size=180, seed=3, layout="geotiff")
+    out = tmp_path / "pred"
+    argv = ["predict", "--model", str(save), "--tile", t["path"], "--out", str(out), "--chunk_size", "128"]
+    assert main(argv) == 0
+    summary = json.loads((out / f"{t['name']}_summary.json").read_text())
+    assert summary["pixels"] == 180 * 180 and summary["channels"] == list(bands.S2_NAMES)
+
+
+@pytest.mark.slow
+def test_gpu_figures_script_runs_end_to_end_on_cpu(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu_figures.py")
+    res = subprocess.run(
+        [sys.executable, script, "--smoke", "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=1500
     )
-    r = json.loads((ev / "metrics.json").read_text())
-    assert r["patches"] == _man(runs / "raw")["splits"]["validation"]["written"]
-    # the same model evaluated on the normalised run's records gives the same metrics
-    ev2 = tmp_path / "ev2"
-    assert (
-        main(
-            ["evaluate", "--model", str(save), "--data", str(runs / "norm"), "--split", "validation"]
-            + ["--out", str(ev2)]
-        )
-        == 0
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    patterns = (
+        r"raw: 2\d\d,\d{3} bytes per patch",  # at most 320 KB
+        r"batch +2: raw +\d+ +float16 +\d+",
+        r"compute only +[\d.]+ steps/s",
+        r"CPU: [\d,]+ pixels/s",
     )
-    r2 = json.loads((ev2 / "metrics.json").read_text())
-    assert r["miou"] == pytest.approx(r2["miou"], abs=1e-6)
+    for pattern in patterns:
+        assert re.search(pattern, out), (pattern, out)
+    assert "every figure below is a CPU figure" in out or "GPU / CPU" in out
