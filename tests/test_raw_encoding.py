@@ -115,6 +115,24 @@ def test_manifest_records_the_encoding_and_refuses_unknown_ones(runs):
     assert "encoding" not in manifest.from_dict(norm).to_dict()
 
 
+def test_readers_refuse_an_unknown_encoding_in_one_line(runs, tmp_path):
+    import shutil
+
+    from bigearthnet_beam.trainer import data
+    from bigearthnet_beam.trainer.torch_data import BenDataset
+
+    future = tmp_path / "future"
+    shutil.copytree(runs / "raw", future)
+    man = _man(future)
+    man["encoding"] = "zstd-planes"
+    (future / manifest.MANIFEST).write_text(json.dumps(man))
+    for read in (data.open_dataset, lambda p: BenDataset(p, "train")):
+        with pytest.raises(manifest.ManifestError, match="encoding 'zstd-planes'.*cannot read") as e:
+            read(str(future))
+        assert "\n" not in str(e.value)
+    assert main(["verify", str(future)]) != 0
+
+
 def test_dtype_with_raw_encoding_is_a_usage_error(reben, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         convert(reben, tmp_path / "o", "--encoding", "raw", "--dtype", "float16")
