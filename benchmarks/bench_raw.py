@@ -196,6 +196,18 @@ def main() -> int:
             f"  {1000 * per('user'):9.1f}  {1000 * per('sys'):8.1f}  {per('vcsw'):11.1f}  {per('oublock') / 2:11.1f}"
         )
 
+    print("\nfixed cost: the same commands on a --frac 0.02 sample (start-up of the runner, its worker")
+    print("processes and their imports, two jobs), and the marginal cost per patch of the full runs:")
+    for v, flags in VARIANTS.items():
+        small = convert(meta, os.path.join(args.workdir, v + "-small"), [*flags, "--frac", "0.02"], args.workers)
+        big = conv[v][-1]
+        fixed = small["user"] + small["sys"]
+        marginal = (big["user"] + big["sys"] - fixed) / (big["patches"] - small["patches"])
+        print(
+            f"  {v:9s} {small['patches']:3d} patches: {small['wall']:5.1f} s wall, {fixed:5.1f} CPU s "
+            f"(sys {small['sys']:.1f}); marginal {1000 * marginal:5.2f} CPU ms/patch"
+        )
+
     if not args.skip_loop:
         print("\nplain single-process loop (same per-patch work, statistics included), CPU ms per patch:")
         for name, raw, dt in (("float32", False, "float32"), ("float16", False, "float16"), ("raw", True, "")):
