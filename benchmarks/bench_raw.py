@@ -169,6 +169,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workdir", default="/tmp/bench-raw")
     ap.add_argument("--skip_loop", action="store_true", help="leave out the plain loops")
+    ap.add_argument("--convert_only", action="store_true", help="float32 and raw conversions only")
     args = ap.parse_args()
     from bigearthnet_beam.synth.generator import generate
 
@@ -179,9 +180,10 @@ def main() -> int:
     meta = os.path.join(root, "metadata.parquet")
     print(f"bench_raw: {args.n} synthetic patches, convert --workers {args.workers}; before: {load()}")
 
-    conv: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    variants = {v: VARIANTS[v] for v in (("float32", "raw") if args.convert_only else VARIANTS)}
+    conv: dict[str, list[dict]] = {v: [] for v in variants}
     for _ in range(args.repeats):
-        for v, flags in VARIANTS.items():
+        for v, flags in variants.items():
             conv[v].append(convert(meta, os.path.join(args.workdir, v), flags, args.workers))
     base = [r["patches"] / r["wall"] for r in conv["float32"]]
     print("\nconvert (end to end, statistics pass included):")
@@ -198,7 +200,7 @@ def main() -> int:
 
     print("\nfixed cost: the same commands on a --frac 0.02 sample (start-up of the runner, its worker")
     print("processes and their imports, two jobs), and the marginal cost per patch of the full runs:")
-    for v, flags in VARIANTS.items():
+    for v, flags in variants.items():
         small = convert(meta, os.path.join(args.workdir, v + "-small"), [*flags, "--frac", "0.02"], args.workers)
         big = conv[v][-1]
         fixed = small["user"] + small["sys"]
@@ -208,6 +210,9 @@ def main() -> int:
             f"(sys {small['sys']:.1f}); marginal {1000 * marginal:5.2f} CPU ms/patch"
         )
 
+    if args.convert_only:
+        print(f"\nafter: {load()}")
+        return 0
     if not args.skip_loop:
         print("\nplain single-process loop (same per-patch work, statistics included), CPU ms per patch:")
         for name, raw, dt in (("float32", False, "float32"), ("float16", False, "float16"), ("raw", True, "")):
