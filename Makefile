@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
 #   make demo   install into .venv, then synth -> convert -> train -> evaluate -> predict on a built-in sample
 #   make test   install into .venv (with test tools), then run the test suite
-# (make test-fast: the tests not marked slow; make lint: ruff check + ruff format --check)
+# (make test-fast: the tests not marked slow; make lint: ruff check + ruff format --check;
+#  make docs: the documentation site into site/, mkdocs build --strict)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ DEMO   ?= demo_out
 DEMO_N ?= 400
 DEMO_EPOCHS ?= 3
 
-.PHONY: setup chromium demo test test-fast lint format bench clean constraints
+.PHONY: setup chromium demo test test-fast lint format docs bench clean constraints
 
 $(BIN)/.installed: setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,13 +43,19 @@ test: setup chromium
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-# The inner loop: every test not marked slow (no servers, browsers, training or kill tests).
+# The inner loop: every test not marked slow: unit tests plus the session's shared conversion and the
+# byte-identity one (tests/conftest.py); no servers, browsers, training, kill tests or fresh environments.
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The documentation site (mkdocs.yml, docs/): --strict turns a broken link, anchor or API
+# reference into an error. docs/hooks/ generates the CLI reference from the parsers.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict -d site
 
 format: setup
 	$(BIN)/ruff check --fix .
@@ -68,4 +75,4 @@ constraints:
 	rm -rf .constraints-venv
 
 clean:
-	rm -rf $(DEMO) bench_out .pytest_cache
+	rm -rf $(DEMO) bench_out .pytest_cache site build/docs-api

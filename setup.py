@@ -4,7 +4,10 @@
 ``convert``, ``verify``, ``report`` and ``launch`` import): that is what a worker installs.
 Extras: ``[train]`` TensorFlow/Keras/TensorBoard/matplotlib for ``train``, ``evaluate``,
 ``predict``; ``[tfx]`` tfx-bsl, with which ``verify`` cross-decodes every record;
-``[dev]`` both of them plus the test tools (``make test``).
+``[pretrained]`` torch, timm, safetensors, huggingface-hub for the reBEN authors' models
+(``bigearthnet_beam.pretrained``, ``predict``/``evaluate --model ORG/NAME``);
+``[docs]`` MkDocs, Material and mkdocstrings (``make docs``);
+``[dev]`` all of them plus the test tools (``make test``).
 """
 
 import re
@@ -16,9 +19,13 @@ HERE = Path(__file__).parent
 # the design's top-level folders, installed as bigearthnet_beam.<folder>
 FOLDERS = ("beam_pipeline", "transforms", "schemas", "synth", "trainer", "launch")
 # `train`, `evaluate`, `predict` (benbeam says which extra to install when one is missing)
-TRAIN = ["tensorflow>=2.16,<3", "keras>=3.3,<4", "tensorboard>=2.16,<3", "matplotlib>=3.8,<4"]
+TRAIN = ["tensorflow>=2.16,<3", "keras>=3.3,<4", "tensorboard>=2.16,<3", "matplotlib>=3.8,<4", "pystac>=1.10,<2"]
 # `verify` decodes every record a second way, with tfx-bsl's schema-driven decoder
 TFX = ["tfx-bsl>=1.16,<2"]
+# the reBEN authors' published models (bigearthnet_beam.pretrained; predict/evaluate --model ORG/NAME): no Lightning
+PRETRAINED = ["torch>=2.2", "timm>=1.0,<2", "safetensors>=0.4", "huggingface-hub>=0.23"]
+# the documentation site (`make docs`: mkdocs.yml, docs/)
+DOCS = ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.26"]
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "schemas" / "__init__.py").read_text()).group(1)
 
 setup(
@@ -58,11 +65,15 @@ setup(
     extras_require={
         "train": TRAIN,
         "tfx": TFX,
+        "docs": DOCS,
         # `launch dask` / the DaskRunner (the scheduler's and workers' environment too)
         "dask": ["dask[distributed]>=2024.1"],
         "torch": ["torch>=2.2"],  # bigearthnet_beam.trainer.torch_data: a PyTorch IterableDataset, no TensorFlow
+        "pretrained": PRETRAINED,
         "dev": TRAIN
         + TFX
+        + PRETRAINED
+        + DOCS
         + [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -80,6 +91,9 @@ setup(
             # the TFDS and PyTorch readers' tests (torch 2.13.0: a CPU build)
             "tensorflow-datasets>=4.9,<5",
             "torch==2.13.0",
+            # timm's torchvision, paired with torch 2.13.0: the index's build is a CUDA one whose compiled
+            # operators do not load beside the CPU torch; trainer.pretrained.timm_import handles that
+            "torchvision==0.28.0",
         ],
     },
     entry_points={"console_scripts": ["benbeam=bigearthnet_beam.beam_pipeline.cli:main"]},

@@ -129,11 +129,29 @@ EXTRAS = {
 }
 
 
-def missing_extra(cmd: str) -> str | None:
+# `predict` / `evaluate --model ORG/NAME` (a reBEN authors' model): PyTorch, no TensorFlow
+PRETRAINED_EXTRA = ("pretrained", ("torch", "timm", "safetensors", "huggingface_hub"))
+
+
+def _model_arg(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--model" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--model="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def missing_extra(cmd: str, argv: list[str] | None = None) -> str | None:
     """One line naming the extra to install when ``cmd``'s modules are missing, else None."""
     import importlib.util
 
     extra, modules = EXTRAS[cmd]
+    if cmd in ("predict", "evaluate") and (model := _model_arg(argv or [])):
+        from bigearthnet_beam.trainer.pretrained.model import is_pretrained_ref
+
+        if is_pretrained_ref(model):
+            extra, modules = PRETRAINED_EXTRA
     absent = [m for m in modules if importlib.util.find_spec(m) is None]
     if not absent:
         return None
@@ -167,9 +185,17 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         from bigearthnet_beam.beam_pipeline.report import run
 
         return run(argv)
-    if cmd in EXTRAS and (missing := missing_extra(cmd)):
+    if cmd in EXTRAS and (missing := missing_extra(cmd, argv)):
         print(missing, file=sys.stderr)
         return 3
+    if cmd in EXTRAS:
+        # TensorFlow's C++ start-up lines (cuInit, CUDA factories) only with --verbose (or --debug)
+        verbose = "--verbose" in argv
+        argv = [a for a in argv if a != "--verbose"]
+        if not {"-h", "--help"} & set(argv):
+            from bigearthnet_beam.trainer.tfenv import quiet_tensorflow
+
+            quiet_tensorflow(verbose or DEBUG["on"])
     if cmd == "predict":
         from bigearthnet_beam.trainer.inference.cli import run
 

@@ -297,7 +297,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, _ = parse(ConvertOptions, argv, "benbeam convert", description(__doc__))
     storage.configure(args.s3_endpoint_url, args.anon, args.gcs_endpoint_url)
-    beam_argv = local_runner_args(argv, args.workers)
+    beam_argv = local_runner_args(argv, args.workers, "benbeam convert")
     opts = PipelineOptions(beam_argv)
     dry_run = bool(opts.get_all_options().get("dry_run"))
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -248,9 +249,28 @@ def add_decode_timeout_arg(parser) -> None:
     )
 
 
-def local_runner_args(argv: list[str], workers: int | None) -> list[str]:
+def direct_num_workers(argv: list[str]) -> str | None:
+    """The value of Beam's ``--direct_num_workers`` in ``argv`` (``--flag=N`` or ``--flag N``), else None."""
+    for i, a in enumerate(argv):
+        if a.startswith("--direct_num_workers="):
+            return a.split("=", 1)[1]
+        if a == "--direct_num_workers" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def local_runner_args(argv: list[str], workers: int | None, prog: str = "benbeam") -> list[str]:
     """Default to the DirectRunner in multi-process mode on all cores, unless the user
-    chose a runner or a running mode."""
+    chose a runner or a running mode. ``--workers N`` and Beam's ``--direct_num_workers M`` with
+    M != N is a usage error (exit 2): the command would otherwise silently run M workers."""
+    given = direct_num_workers(argv)
+    if workers is not None and given is not None and given.strip() != str(workers):
+        print(
+            f"{prog}: error: --workers {workers} and --direct_num_workers {given} disagree; "
+            "give one of them (--workers is the same as --direct_num_workers on the DirectRunner)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     joined = " ".join(argv)
     extra = []
     runner_given = "--runner" in joined

@@ -294,7 +294,7 @@ def run(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     wlog: dict = {}
     try:
-        opts = PipelineOptions(local_runner_args(rest, args.workers))
+        opts = PipelineOptions(local_runner_args(rest, args.workers, COMMAND))
         total = sum(md.split_counts([t for t, _ in tables], splits, args.frac).values())
         with (
             quiet.worker_stderr(wlog),

@@ -1,12 +1,12 @@
-"""The README's fault matrix, produced by running every fault, not written by hand.
+"""The fault matrix of docs/troubleshooting.md, produced by running every fault, not written by hand.
 
 Each row injects one fault (file, object store, process, disk, input, output folder) into a
 small synthetic replica, runs the real command line (``python -m beam_pipeline``) and
 records what the user sees (the last line on stderr), the exit code and what is on disk
-afterwards. ``--readme README.md`` replaces the table between the markers
+afterwards. ``--readme docs/troubleshooting.md`` replaces the table between the markers
 ``<!-- fault-matrix:start -->`` and ``<!-- fault-matrix:end -->``.
 
-    PYTHONPATH=. python benchmarks/fault_matrix.py --readme README.md
+    PYTHONPATH=. python benchmarks/fault_matrix.py --readme docs/troubleshooting.md
 """
 
 from __future__ import annotations

@@ -45,26 +45,64 @@ _COL_SETS = ("ABCDEFGH", "JKLMNPQR", "STUVWXYZ")
 _ROW_LETTERS = "ABCDEFGHJKLMNPQRSTUV"
 _LAT_BANDS = "CDEFGHJKLMNPQRSTUVWX"  # 8° bands from 80°S
 TILE_EXTENT_M = 109_800.0
+SQUARE_M = 100_000.0
+ROW_CYCLE_M = 2_000_000.0  # the 20 row letters repeat every 2,000 km of northing
+EVEN_ZONE_ROW_SHIFT = 5  # even zones: northing 0 is row letter F (index 5), odd zones: A
+_WGS84_A, _WGS84_F, _UTM_K0 = 6_378_137.0, 1 / 298.257223563, 0.9996
 
 
-def tile_origin(zone: int, square: str) -> tuple[float, float]:
-    """Upper-left corner (x, y) in UTM metres of a Sentinel-2 tile like 33 + "UUP".
+def band_latitudes(band: str) -> tuple[float, float]:
+    """(south, north) latitude in degrees of an MGRS latitude band letter (C…X; X spans 72–84°N)."""
+    if band not in _LAT_BANDS:
+        raise ValueError(f"{band!r} is not an MGRS latitude band letter (C-X without I and O)")
+    south = -80.0 + 8.0 * _LAT_BANDS.index(band)
+    return south, south + (12.0 if band == "X" else 8.0)
 
-    Easting: the MGRS column letter's 100 km square (letter sets cycle with the zone).
-    Northing: the row letter's 100 km square (rows cycle every 2,000 km, offset by 500 km in
-    even zones), lifted into the latitude band's range (~110.9 km per degree), plus the
-    tile's 109.8 km extent to reach its upper edge. Deterministic and plausible; the
-    pipeline itself never assumes it (it checks that all layers share one grid).
+
+def meridian_northing(lat_deg: float) -> float:
+    """UTM northing (metres, northern hemisphere) of a latitude on a zone's central meridian:
+    the WGS84 meridian arc (series to e^6) times the UTM scale 0.9996."""
+    e2 = _WGS84_F * (2 - _WGS84_F)
+    e4, e6 = e2 * e2, e2 * e2 * e2
+    p = np.radians(lat_deg)
+    m = _WGS84_A * (
+        (1 - e2 / 4 - 3 * e4 / 64 - 5 * e6 / 256) * p
+        - (3 * e2 / 8 + 3 * e4 / 32 + 45 * e6 / 1024) * np.sin(2 * p)
+        + (15 * e4 / 256 + 45 * e6 / 1024) * np.sin(4 * p)
+        - (35 * e6 / 3072) * np.sin(6 * p)
+    )
+    return float(_UTM_K0 * m)
+
+
+def square_origin(zone: int, square: str) -> tuple[float, float]:
+    """South-west corner (x, y) in UTM metres of the MGRS 100 km square named by a latitude band
+    and two letters, e.g. 33 + "UUP" (northern hemisphere).
+
+    Easting: the column letter's position in the zone's letter set (sets cycle with the zone:
+    A-H, J-R, S-Z), the first column at 100 km. Northing: the row letter's 100 km row modulo
+    2,000 km, rows A-V counted from the equator in odd zones and from 500 km south of it
+    (letter F at the equator) in even zones, lifted by whole 2,000 km cycles to the repetition
+    nearest the latitude band's middle.
     """
     band, col, row = square[0], square[1], square[2]
     cols = _COL_SETS[(zone - 1) % 3]
-    easting = (cols.index(col) + 1) * 100_000.0
-    r = _ROW_LETTERS.index(row)
-    base = (r * 100_000.0 + (500_000.0 if zone % 2 == 0 else 0.0)) % 2_000_000.0
-    lat_min = -80 + 8 * _LAT_BANDS.index(band)
-    approx = lat_min * 110_946.0
-    northing = base + 2_000_000.0 * max(0, round((approx - base) / 2_000_000.0))
-    return easting, northing + TILE_EXTENT_M
+    if col not in cols or row not in _ROW_LETTERS:
+        raise ValueError(f"{zone}{square}: {col}{row} is not a 100 km square of zone {zone}")
+    easting = (cols.index(col) + 1) * SQUARE_M
+    shift = EVEN_ZONE_ROW_SHIFT if zone % 2 == 0 else 0
+    base = ((_ROW_LETTERS.index(row) - shift) % len(_ROW_LETTERS)) * SQUARE_M
+    south, north = band_latitudes(band)
+    middle = meridian_northing((south + north) / 2)
+    northing = base + ROW_CYCLE_M * round((middle - base - SQUARE_M / 2) / ROW_CYCLE_M)
+    return easting, northing
+
+
+def tile_origin(zone: int, square: str) -> tuple[float, float]:
+    """Upper-left corner (x, y) in UTM metres of a Sentinel-2 tile like 33 + "UUP": the north-west
+    corner of its MGRS 100 km square (``square_origin``); the tile reaches 109.8 km east and
+    south from there, overlapping its neighbours by 9.8 km, as the Sentinel-2 tiling grid does."""
+    x, y = square_origin(zone, square)
+    return x, y + SQUARE_M
 
 
 def patch_origin(patch_id: str) -> tuple[float, float]:
@@ -245,7 +283,7 @@ def _work(args) -> list[tuple[str, str]]:
 
 
 def _official(include_snow_cloud: bool) -> pa.Table:
-    base = resources.files("bigearthnet_beam.synth").joinpath("data")
+    base = resources.files(__package__).joinpath("data")
     tables = [pq.read_table(io.BytesIO(base.joinpath(CLEAN).read_bytes()))]
     if include_snow_cloud:
         tables.append(pq.read_table(io.BytesIO(base.joinpath(SNOW_CLOUD).read_bytes())))

@@ -43,7 +43,15 @@ import numpy as np
 from bigearthnet_beam.schemas.bands import S2_NAMES, S2_PRODUCT_NAMES, S2_PRODUCT_RESOLUTION_M
 from bigearthnet_beam.schemas.classes import IGNORE_INDEX, NUM_CLASSES
 from bigearthnet_beam.schemas.tiles import DN_ADD_OFFSET, MTD_FILES, S1_SIDECAR, TRUTH_SIDECAR
-from bigearthnet_beam.synth.generator import _COL_SETS, _ROW_LETTERS, tile_origin
+from bigearthnet_beam.synth.generator import (
+    _COL_SETS,
+    _ROW_LETTERS,
+    SQUARE_M,
+    band_latitudes,
+    meridian_northing,
+    square_origin,
+    tile_origin,
+)
 from bigearthnet_beam.synth.signatures import (
     NO_CLASS_ROW,
     S1_NOISE_DB,
@@ -465,14 +473,25 @@ def _lookahead(it):
 # --------------------------------------------------------------------------------------
 
 
+def band_rows(zone: int, band: str) -> list[str]:
+    """The row letters of the zone's 100 km squares that meet latitude ``band``, north to south
+    (the band's northings on the central meridian)."""
+    south, north = band_latitudes(band)
+    lo, hi = meridian_northing(south), meridian_northing(north)
+    ys = {r: square_origin(zone, f"{band}{_COL_SETS[(zone - 1) % 3][0]}{r}")[1] for r in _ROW_LETTERS}
+    return sorted((r for r, y in ys.items() if y < hi and y + SQUARE_M > lo), key=lambda r: -ys[r])
+
+
 def tile_ids(n: int, first: str = "32TQR") -> list[str]:
-    """n distinct MGRS tile ids starting at ``first`` (walking the zone's 100 km columns, then rows)."""
-    zone, band, col, row = first[:2], first[2], first[3], first[4]
-    cols = _COL_SETS[(int(zone) - 1) % 3]
-    c0, r0 = cols.index(col), _ROW_LETTERS.index(row)
-    if n > len(cols) * len(_ROW_LETTERS):
-        raise ValueError(f"at most {len(cols) * len(_ROW_LETTERS)} distinct tiles per zone")
-    return [
-        f"{zone}{band}{cols[(c0 + i) % len(cols)]}{_ROW_LETTERS[(r0 - i // len(cols)) % len(_ROW_LETTERS)]}"
-        for i in range(n)
-    ]
+    """n distinct MGRS tile ids starting at ``first``, walking the zone's 100 km columns, then its
+    rows southwards within ``first``'s latitude band (wrapping to the band's northern row), so every
+    id names a square of its band."""
+    zone, band, col, row = int(first[:2]), first[2], first[3], first[4]
+    cols = _COL_SETS[(zone - 1) % 3]
+    rows = band_rows(zone, band)
+    if col not in cols or row not in rows:
+        raise ValueError(f"{first} is not a 100 km square of zone {zone} in latitude band {band}")
+    c0, r0 = cols.index(col), rows.index(row)
+    if n > len(cols) * len(rows):
+        raise ValueError(f"at most {len(cols) * len(rows)} distinct tiles in zone {zone}, band {band}")
+    return [f"{zone}{band}{cols[(c0 + i) % len(cols)]}{rows[(r0 + i // len(cols)) % len(rows)]}" for i in range(n)]

@@ -19,15 +19,15 @@ from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.schemas import bands, classes, manifest, tfrecord
 from bigearthnet_beam.schemas.failures import FAULT_EXPECTATIONS, FAULT_KINDS
 from bigearthnet_beam.schemas.naming import object_urls
-
-N = 36
+from tests.helpers import read_failures as _failures
+from tests.helpers import read_manifest as _manifest
 
 
 @pytest.fixture(scope="module")
-def reben(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reben")
-    assert main(["synth", "--out", str(root), "--n", str(N), "--seed", "7", "--faults", ",".join(FAULT_KINDS)]) == 0
-    return root
+def reben(replica):
+    """The session's replica (tests/conftest.py): 36 patches, every fault kind once; read-only."""
+    assert len(json.loads((replica / "injected_faults.json").read_text())) == len(FAULT_KINDS)
+    return replica
 
 
 def convert(reben, out, *extra):
@@ -47,18 +47,9 @@ def convert(reben, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def dataset(reben, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ds")
-    assert convert(reben, out) == 0
-    return out
-
-
-def _manifest(out):
-    return json.loads((out / manifest.MANIFEST).read_text())
-
-
-def _failures(out):
-    return [json.loads(line) for line in (out / manifest.FAILURES_JSONL).read_text().splitlines()]
+def dataset(converted):
+    """The session's conversion of the replica, with the flags of ``convert`` above; read-only."""
+    return converted
 
 
 @pytest.mark.slow
@@ -180,7 +171,8 @@ def test_rerun_is_byte_identical_and_index_path_matches(reben, dataset, tmp_path
     out2 = tmp_path / "again"
     idx = tmp_path / "indexed.parquet"
     assert main(["index", "--meta", str(reben / "metadata.parquet"), "--out", str(idx)]) == 0
-    # the index carries the URLs: no --root needed, same shards
+    # the index carries the URLs: no --root needed, same shards; and the multi-process runner gives the
+    # bytes of the session dataset, which was converted in one process (tests/conftest.py)
     assert (
         main(["convert", "--max_failure_fraction", "1", "--meta", str(idx), "--out", str(out2), "--shard_size", "8"])
         == 0

@@ -20,7 +20,10 @@ from bigearthnet_beam.schemas import manifest
 from tests import netns
 from tests.servers import seaweedfs
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]  # servers, clusters or fresh environments: longer than the default
 
 KEY, SECRET = "benbeam-netns", "netns-secret-key-0123456789"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -213,6 +213,7 @@ def test_validate_out_rules(replica, tmp_path, capsys):
 # --------------------------------------------------------------------------- honest exits
 
 
+@pytest.mark.slow  # a whole conversion of its own
 def test_a_mostly_failing_convert_exits_1_after_writing_everything(replica, tmp_path, capsys):
     out = tmp_path / "bad"
     rc = main(["convert", "--meta", str(replica / "bad" / "metadata.parquet"), "--out", str(out), "--workers", "1"])

@@ -294,10 +294,9 @@ def _stats(world, tmp_path):
     return path
 
 
-def test_a_manifest_pointing_outside_its_dataset_is_refused_by_verify_and_the_trainer(world, tmp_path):
-    clean = _stats(world, tmp_path).parent
+def test_a_manifest_pointing_outside_its_dataset_is_refused_by_verify_and_the_trainer(world, converted, tmp_path):
     ds = tmp_path / "edited"
-    shutil.copytree(clean, ds)
+    shutil.copytree(converted, ds)  # the session's dataset (tests/conftest.py), edited in a copy
     man = json.loads((ds / manifest.MANIFEST).read_text())
     secret = str(world["paths"]["outside_abs"])
     man["splits"]["train"]["shards"][0]["path"] = os.path.relpath(secret, ds)  # ../../…/secret.tif

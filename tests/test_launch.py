@@ -151,6 +151,7 @@ def test_portable_argument_errors():
     assert main(["launch", "dask", "--dask_client_address", "127.0.0.1:1"]) == 2  # no convert flags
 
 
+@pytest.mark.slow  # builds a wheel
 def test_a_wheel_of_the_running_package(tmp_path):
     whl = staging.build_wheel(str(tmp_path))
     names = zipfile.ZipFile(whl).namelist()
@@ -176,7 +177,9 @@ def test_a_missing_extra_names_it(monkeypatch, capsys):
     assert main(["train", "--data", "x"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["benbeam train: error: tensorflow is not installed; pip install 'bigearthnet-beam[train]'"]
-    assert cli.missing_extra("predict") is not None
+    assert cli.missing_extra("predict") == (
+        "benbeam predict: error: tensorflow is not installed; pip install 'bigearthnet-beam[train]'"
+    )
 
 
 def test_tfx_cross_check_finds_a_disagreeing_decoding(tmp_path, monkeypatch):
@@ -256,6 +259,7 @@ def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
     assert json.loads((out / manifest.MANIFEST).read_text())["statistics"]["source"] == "computed"
 
 
+@pytest.mark.slow  # builds a wheel
 def test_the_wheel_holds_every_subpackage(tmp_path):
     import os
 

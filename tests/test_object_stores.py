@@ -21,7 +21,10 @@ from bigearthnet_beam.transforms import storage
 from tests.servers import FaultProxy, fake_gcs, seaweedfs
 
 # servers, job services, clusters or killed processes: make test-fast leaves these out
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]  # servers, clusters or fresh environments: longer than the default
 
 N = 14
 FAULTS = "missing_band_file,truncated_tiff,missing_files"

@@ -21,7 +21,10 @@ from bigearthnet_beam.launch import staging
 from bigearthnet_beam.schemas import manifest
 from tests.servers import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]  # servers, clusters or fresh environments: longer than the default
 
 
 def _clean_env(bin_dir=None) -> dict:

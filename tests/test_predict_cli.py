@@ -269,7 +269,8 @@ def test_beam_pipeline_gives_the_plain_commands_bytes(model_file, two_tiles, tmp
         plain = tmp_path / "plain" / t["name"]
         assert _cli(["--model", model_file, "--tile", t["path"], "--out", plain, *flags]) == 0
         files = sorted(f for f in os.listdir(plain) if not f.endswith("_summary.json") and f != ".benbeam-run.json")
-        assert len(files) == 9  # 4 layers + probs + 2 extras + classmap + preview
+        # 4 layers + probs + 2 extras + classmap + preview; the GDAL sidecar, 4 QGIS styles and the STAC item
+        assert len(files) == 15
         assert sorted(f for f in os.listdir(out / t["name"]) if not f.endswith("_summary.json")) == files
         for f in files:
             assert (plain / f).read_bytes() == (out / t["name"] / f).read_bytes(), f

@@ -33,6 +33,7 @@ def _lines(text):
     return out
 
 
+@pytest.mark.slow  # starts worker processes
 def test_worker_processes_report_and_the_driver_prints_lines_with_an_eta(monkeypatch):
     monkeypatch.setenv(progress.ENV_INTERVAL, "0.2")
     stream = io.StringIO()

@@ -11,35 +11,13 @@ from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.beam_pipeline.report_page import SECTIONS
 from bigearthnet_beam.schemas import manifest
 from tests.browser import render, require_chromium
-
-FAULTS = "missing_band_file,truncated_tiff,s1_nan"
+from tests.helpers import read_manifest as _manifest
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    d = tmp_path_factory.mktemp("report")
-    assert main(["synth", "--out", str(d / "reben"), "--n", "36", "--seed", "11", "--faults", FAULTS]) == 0
-    assert (
-        main(
-            [
-                "convert",
-                "--max_failure_fraction",
-                "1",
-                "--meta",
-                str(d / "reben" / "metadata.parquet"),
-                "--out",
-                str(d / "ds"),
-                "--shard_size",
-                "8",
-            ]
-        )
-        == 0
-    )
-    return d / "ds"
-
-
-def _manifest(ds):
-    return json.loads((ds / manifest.MANIFEST).read_text())
+def dataset(converted):
+    """The session's converted replica (tests/conftest.py), every fault kind dead-lettered; read-only."""
+    return converted
 
 
 @pytest.mark.slow
@@ -96,9 +74,9 @@ def test_benbeam_report_regenerates_it_identically(dataset, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_dataset_without_run_record_or_histograms_still_gets_a_report(dataset, tmp_path):
+def test_a_dataset_without_run_record_or_histograms_still_gets_a_report(replica, dataset, tmp_path):
     """`--stats` from an earlier run: no histograms.npz; a copied dataset without run.json."""
-    reben = dataset.parent / "reben"
+    reben = replica
     out = tmp_path / "ds2"
     assert (
         main(

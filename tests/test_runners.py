@@ -22,7 +22,10 @@ from bigearthnet_beam.schemas import manifest
 from tests.servers import free_port
 
 # servers, job services, clusters or killed processes: make test-fast leaves these out
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+]  # servers, clusters or fresh environments: longer than the default
 
 N = 16
 

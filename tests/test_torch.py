@@ -18,7 +18,7 @@ else:
 
 from torch.utils.data import DataLoader
 
-from bigearthnet_beam.trainer.torch_data import BenDataset, assign_shards
+from bigearthnet_beam.trainer.torch_data import BenDataset, shard_order
 
 N_TRAIN = 13
 
@@ -84,14 +84,22 @@ def test_per_epoch_shuffling_is_seeded_and_complete(tiny):
 
 
 def test_ranks_and_workers_partition_the_split(tiny):
+    # 13 records over 2 ranks: 7 each, the second rank padding with one record of the first
     seen = []
     for rank in range(2):
         ds = BenDataset(tiny.path, "train", with_ids=True, shuffle=True, seed=1, rank=rank, world_size=2)
-        seen += [b["patch_id"] for b in DataLoader(ds, batch_size=None, num_workers=2)]
-    assert sorted(seen) == sorted(tiny.arrays["train"])
-    for n, parts in ((4, 4), (7, 3), (2, 5)):
-        dealt = [assign_shards(n, p, parts, seed=9, epoch=2) for p in range(parts)]
-        assert sorted(i for d in dealt for i in d) == list(range(n))
+        got = [b["patch_id"] for b in DataLoader(ds, batch_size=None, num_workers=2)]
+        assert len(got) == ds.per_rank() == 7
+        seen += got
+    assert set(seen) == set(tiny.arrays["train"]) and len(seen) == 14
+    cut = []
+    for rank in range(2):
+        ds = BenDataset(tiny.path, "train", with_ids=True, rank=rank, world_size=2, drop_last=True)
+        cut += [b["patch_id"] for b in DataLoader(ds, batch_size=None, num_workers=2)]
+        assert ds.per_rank() == 6
+    assert len(cut) == len(set(cut)) == 12 and set(cut) <= set(tiny.arrays["train"])
+    for n in (4, 7, 2):
+        assert sorted(shard_order(n, seed=9, epoch=2)) == list(range(n))
 
 
 def test_modalities_select_channels_in_the_formats_order(tiny):

@@ -185,7 +185,7 @@ def test_tiny_run_decreases_the_loss_and_writes_its_outputs(trained):
         assert os.path.exists(paths[key]), key
     assert metrics["epochs_completed"] == 4
     assert metrics["best_val_miou"] == max(seg_metric(r, "miou", val=True) for r in hist)
-    assert metrics["best_epoch"] is not None
+    assert metrics["best_epoch"] == 1 + int(np.argmax([seg_metric(r, "miou", val=True) for r in hist]))
     assert json.loads(open(paths["metrics"]).read())["params"] == unet_model.unet_param_count(14, width=6, task="both")
 
 
@@ -312,7 +312,9 @@ def test_cli_train_and_evaluate_s2_only_with_seed_flags(tiny, tmp_path, capsys):
     assert main(argv) == 0
     assert (tmp_path / "serving" / "saved_model.pb").is_file() and (tmp_path / "serving" / "info.json").is_file()
     _, info = unet_model.load_model(str(save))
-    assert info["channels"] == list(band_table.S2_NAMES) and info["class_weights"] is not None
+    assert info["channels"] == list(band_table.S2_NAMES)
+    counts = trainer_data.open_dataset(tiny.path).split_info("train")["class_pixel_counts"]
+    assert info["class_weights"] == pytest.approx(unet_model.class_weights_from_counts(counts, "inv_sqrt"))
     assert (
         main(
             [
@@ -447,5 +449,11 @@ def test_the_export_serves_on_raw_bands_as_the_predictor_does(trained, tmp_path)
     got = loaded.serve(tf.constant(raw))
     # the same float32 maths in another graph: summation order differs (seen: up to 1.1e-5)
     np.testing.assert_allclose(got[unet_model.SEG].numpy(), want, rtol=0, atol=1e-4)
-    assert set(got) == {unet_model.SEG, unet_model.MULTI}
+    assert set(got) == {unet_model.SEG, unet_model.MULTI, "class_id"}
+    assert got["class_id"].dtype == tf.uint8
+    np.testing.assert_array_equal(got["class_id"].numpy(), np.argmax(got[unet_model.SEG].numpy(), -1))
+    raw[1] = 0.0  # a window without data: every raw band 0
+    raw[2, :10, :20] = 0.0
+    ids = loaded.serve(tf.constant(raw))["class_id"].numpy()
+    assert (ids[1] == 255).all() and (ids[2, :10, :20] == 255).all() and (ids[2, 10:] < 19).all()
     assert json.loads((out / "info.json").read_text()) == predictor.info

@@ -99,6 +99,14 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _shard_of(i: int, split: str, shards: int, shard_sizes: dict | None) -> int:
+    sizes = (shard_sizes or {}).get(split)
+    if not sizes:
+        return i % shards
+    assert len(sizes) == shards, (sizes, shards)
+    return int(np.searchsorted(np.cumsum(sizes), i, side="right"))
+
+
 def make_tiny_dataset(
     dirpath,
     n_train: int = 24,
@@ -109,8 +117,11 @@ def make_tiny_dataset(
     compression: str = "none",
     seed: int = 0,
     noise: float = 0.3,
+    shard_sizes: dict | None = None,
 ) -> TinyDataset:
-    """Write a tiny dataset under ``dirpath``; returns its manifest and the arrays written."""
+    """Write a tiny dataset under ``dirpath``; returns its manifest and the arrays written.
+    ``shard_sizes``: ``{split: [records per shard]}`` fills that split's shards in order (unequal
+    sizes); other splits deal their records round-robin."""
     import tensorflow as tf
 
     dirpath = str(dirpath)
@@ -145,7 +156,7 @@ def make_tiny_dataset(
                 tfrecord.SPLIT: split,
                 tfrecord.COUNTRY: "Austria",
             }
-            shard_lists[i % shards].append(serialize(values, image_dtype))
+            shard_lists[_shard_of(i, split, shards, shard_sizes)].append(serialize(values, image_dtype))
             valid = label[label != class_table.IGNORE_INDEX]
             pix += np.bincount(valid, minlength=class_table.NUM_CLASSES)
             ignored += int((label == class_table.IGNORE_INDEX).sum())

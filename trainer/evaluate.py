@@ -213,7 +213,12 @@ def plot_confusion_matrix(cm, class_names, path: str, title: str = "") -> None:
 
 def add_evaluate_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the ``benbeam evaluate`` flags."""
-    ap.add_argument("--model", required=True, help="a .keras model written by `benbeam train`")
+    ap.add_argument(
+        "--model",
+        required=True,
+        help="a .keras model written by `benbeam train`, or a reBEN authors' classifier (Hugging Face id "
+        "ORG/NAME[@revision] or its folder): scored with the scene-level multi-label metrics",
+    )
     ap.add_argument("--data", required=True, help="converted dataset: folder or URL holding dataset.json")
     ap.add_argument("--split", default="test", help="split to score (default: %(default)s)")
     ap.add_argument("--out", required=True, help="folder for metrics.json and the confusion matrix")
@@ -225,6 +230,7 @@ def add_evaluate_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=0.5,
         help="score threshold of the multi-label head for F1 (default: %(default)s)",
     )
+    ap.add_argument("--device", default="cpu", help="an authors' classifier: torch device (default: %(default)s)")
     add_storage_args(ap)
     return ap
 
@@ -235,6 +241,15 @@ def evaluate_main(args: argparse.Namespace) -> int:
     from bigearthnet_beam.trainer.data import ShardError
 
     configure_storage(args)
+    from bigearthnet_beam.trainer.pretrained.model import is_pretrained_ref
+
+    if is_pretrained_ref(args.model):  # an authors' scene classifier (PyTorch): trainer.pretrained.evaluate
+        from bigearthnet_beam.trainer.pretrained.evaluate import run
+
+        return run(args)
+    if args.device != "cpu":
+        print("benbeam evaluate: error: --device goes with an authors' classifier (--model ORG/NAME)", file=sys.stderr)
+        return 2
     try:
         r = evaluate(
             model=args.model,

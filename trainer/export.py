@@ -8,9 +8,14 @@ The artefact (Keras' ``model.export``) needs neither this project nor Keras to r
 and applies the training data's normalisation inside the graph — the clip to the
 percentiles, minus the mean, over the std, the float16 rounding where the training images
 were float16 — before the U-Net. It returns the model's outputs (``seg``: per-pixel softmax;
-``multi`` for a ``--task both`` model). Pixels without data must be masked by the caller (the
-predictor sets them to the dataset mean, 0 after normalisation). ``DIR/info.json`` is the
-model's inference contract.
+``multi`` for a ``--task both`` model) and ``class_id``: uint8 ``[N, 120, 120]``, the argmax of
+``seg`` as in the class maps of ``benbeam predict``, 255 where every raw band of a pixel is 0 (no
+data). The softmax of such pixels means nothing: the predictor sets them to the dataset mean
+instead (0 after normalisation). ``DIR/info.json`` is the model's inference contract.
+
+TensorFlow Serving expects ``<model base path>/<name>/<version>/saved_model.pb``: export into a
+numbered folder, e.g. ``benbeam export --model m.keras --out models/benbeam/1``
+(``docs/gis-outputs.md``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import tempfile
 
 from bigearthnet_beam.transforms import storage
 
+CLASS_ID = "class_id"  # serving output: uint8 [N, H, W] class index, NO_DATA_ID where every raw band is 0
+NO_DATA_ID = 255
+
 
 def serving_model(model, info: dict):
     """A Keras model: raw bands → the training normalisation → ``model``'s outputs."""
@@ -29,6 +37,7 @@ def serving_model(model, info: dict):
     import numpy as np
     from keras import ops
 
+    from bigearthnet_beam.trainer.model import SEG
     from bigearthnet_beam.transforms.normalize import NormParams
 
     channels = tuple(info["channels"])
@@ -42,7 +51,12 @@ def serving_model(model, info: dict):
     x = (x - np.asarray(norm.offset)) / np.asarray(norm.scale)
     if info.get("image_dtype") == "float16":  # the model saw images stored as float16
         x = ops.cast(ops.cast(x, "float16"), "float32")
-    return keras.Model(raw, model(x), name="benbeam_unet_serving")
+    outputs = dict(model(x))
+    # the class map as `benbeam predict` writes it: argmax of the softmax, 255 where a pixel has no data
+    cls = ops.cast(ops.argmax(outputs[SEG], axis=-1), "uint8")
+    no_data = ops.all(ops.equal(raw, 0.0), axis=-1)
+    outputs[CLASS_ID] = ops.where(no_data, ops.cast(ops.full_like(cls, NO_DATA_ID), "uint8"), cls)
+    return keras.Model(raw, outputs, name="benbeam_unet_serving")
 
 
 def export_model(model_path: str, out_dir: str) -> str:

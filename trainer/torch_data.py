@@ -14,12 +14,21 @@
 Shards (local paths, ``s3://``, ``gs://``: anything ``transforms.storage`` reads) are read with the
 project's TensorFlow-free TFRecord reader (``transforms.encode.iter_records``, CRCs checked) and
 decoded by ``transforms.encode.decode_example``; raw-encoded datasets (``convert --encoding raw``)
-are upsampled and normalised per sample in torch (``raw_image``), by default into the same
-tensors as the normalised encoding of the same run. Shards are split across DataLoader workers and
-distributed ranks: every record of the split is yielded exactly once per epoch over all of them.
-Ranks get whole shards, so their record counts differ by up to one shard; under DDP, bound each
-rank's steps (e.g. ``len(ds) // world_size // batch_size``) or convert with a shard count that is
-a multiple of ``world_size * num_workers`` and equal shard sizes.
+are upsampled and normalised per sample in torch (``trainer.torch_raw``), by default into the same
+tensors as the normalised encoding of the same run (options: ``band_subset``, ``resampling``,
+``statistics``, as ``trainer.data.make_dataset``'s).
+
+Balance across distributed ranks (``partition``): the split is cut by record, not by shard, as
+``torch.utils.data.DistributedSampler`` does. The shards (in an order fixed by seed and epoch, the
+same in every process) form one stream of ``len(ds)`` records; every rank reads the same number
+of consecutive records of it, ``ceil(len / world_size)``, the last rank(s) padding by wrapping
+around to the stream's first records (``drop_last=True``: ``floor(len / world_size)`` each, the
+tail dropped). So ranks never differ in sample or batch count, whatever the shard sizes, and
+``DistributedDataParallel`` never waits on a rank that ran out. Within a rank the DataLoader
+workers split the rank's records by record too: their counts differ by at most one and are the
+same on every rank, so every rank yields the same number of batches. With one rank nothing is
+padded or dropped: every record comes exactly once per epoch. ``per_rank()`` says how many
+samples a rank yields per epoch.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from bigearthnet_beam.schemas import bands, tfrecord
 from bigearthnet_beam.schemas import manifest as manifest_schema
+from bigearthnet_beam.schemas.errors import IntegrityError
+from bigearthnet_beam.trainer import torch_raw
 from bigearthnet_beam.transforms import storage
 from bigearthnet_beam.transforms.containment import check_relative
 from bigearthnet_beam.transforms.encode import decode_example, iter_records
@@ -55,85 +66,72 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     return 0, 1
 
 
-def assign_shards(n_shards: int, part: int, parts: int, seed: int | None, epoch: int) -> list[int]:
-    """Indices of the shards reader ``part`` of ``parts`` reads: a permutation (fixed by seed and
-    epoch, the same in every process), dealt round-robin; ``seed=None`` keeps the shard order."""
+def shard_order(n_shards: int, seed: int | None, epoch: int) -> list[int]:
+    """The shards' order in an epoch: a permutation fixed by seed and epoch (the same in every
+    process); ``seed=None`` keeps the manifest's order."""
     order = list(range(n_shards))
     if seed is not None:
         random.Random(f"{seed}:{epoch}").shuffle(order)
-    return order[part::parts]
+    return order
 
 
-def read_spec(manifest: dict, channels, *, band_subset=None, resampling=None, statistics=None):
-    """The ``transforms.raw_decode.RawSpec`` of a raw dataset's reader; None for a normalised dataset,
-    which takes no read-time options (ValueError if any is given)."""
-    from bigearthnet_beam.transforms import raw_decode
-
-    if manifest.get("encoding") != tfrecord.RAW:
-        if (resampling, statistics) != (None, None) or (
-            band_subset is not None and tuple(band_subset) != tuple(channels)
-        ):
-            raise ValueError(
-                "this dataset holds normalised records: read-time resampling, statistics and band subsets "
-                "need a raw-encoded dataset (`benbeam convert --encoding raw`)"
-            )
-        return None
-    channels = tuple(band_subset) if band_subset is not None else channels
-    return raw_decode.make_spec(manifest, channels, resampling, statistics)
+def rank_span(total: int, rank: int, world_size: int, drop_last: bool = False) -> tuple[int, int]:
+    """``[start, stop)`` of the padded record stream that ``rank`` reads: every rank the same length,
+    ``ceil(total / world_size)`` (positions past ``total`` wrap around), or ``floor`` with ``drop_last``."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1} (world_size {world_size})")
+    per = total // world_size if drop_last else -(-total // world_size)
+    return rank * per, (rank + 1) * per
 
 
-def raw_tensors(spec) -> dict:
-    """A ``RawSpec``'s weight matrices (by feature), each group's output channel positions and the
-    normalisation columns (C, 1, 1), as tensors."""
-    out: dict = {g.feature: torch.from_numpy(g.weights.copy()) for g in spec.groups if g.weights is not None}
-    where = {p: i for i, p in enumerate(spec.order)}  # position in the groups' concatenation -> channel
-    start, positions = 0, []
-    for g in spec.groups:
-        pos = [where[start + j] for j in range(len(g.index))]
-        contiguous = pos == list(range(pos[0], pos[0] + len(pos)))
-        positions.append(slice(pos[0], pos[-1] + 1) if contiguous else torch.tensor(pos))
-        start += len(g.index)
-    out["positions"] = positions
-    if spec.norm is not None:
-        for k in ("lo", "hi", "offset", "scale"):
-            out[k] = torch.from_numpy(np.asarray(getattr(spec.norm, k), dtype=np.float32).reshape(-1, 1, 1))
+def worker_span(start: int, stop: int, worker: int, num_workers: int) -> tuple[int, int]:
+    """The part of ``[start, stop)`` a DataLoader worker reads: consecutive records, the first
+    ``(stop - start) % num_workers`` workers one more than the others."""
+    n = stop - start
+    q, r = divmod(n, num_workers)
+    lo = start + worker * q + min(worker, r)
+    return lo, lo + q + (1 if worker < r else 0)
+
+
+def stream_ranges(sizes: list[int], order: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
+    """``(shard, first, end)`` record ranges covering positions ``[start, stop)`` of the stream that
+    concatenates the shards in ``order`` (position p is record ``p % total``: padding wraps around)."""
+    total = sum(sizes[i] for i in order)
+    out: list[tuple[int, int, int]] = []
+    if total == 0 or stop <= start:
+        return out
+    p = start
+    while p < stop:
+        q = p % total
+        want = min(stop - p, total - q)  # up to the end of this pass over the stream
+        offset = 0
+        for i in order:
+            n = sizes[i]
+            if q < offset + n and want > 0:
+                first = q - offset
+                take = min(n - first, want)
+                out.append((i, first, first + take))
+                q, want, p = q + take, want - take, p + take
+            offset += n
     return out
 
 
-def raw_image(ex: dict, spec, tensors: dict) -> torch.Tensor:
-    """float32[C, H, W] of one decoded raw example: per resolution group ``W @ X @ W.T`` written into
-    its channels of the output, then clipping and normalisation in place (``tensors``: ``raw_tensors``).
-
-    Runs on one intra-op thread (as in a DataLoader worker): one patch is too small to share, and
-    on a busy machine the thread hand-offs cost ~10x the work (measured: 0.6 ms vs 6-9 ms)."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        return _raw_image(ex, spec, tensors)
-    torch.set_num_threads(1)
-    try:
-        return _raw_image(ex, spec, tensors)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _raw_image(ex: dict, spec, tensors: dict) -> torch.Tensor:
-    size = bands.PATCH_SIZE
-    image = torch.empty((len(spec.channels), size, size), dtype=torch.float32)
-    for g, pos in zip(spec.groups, tensors["positions"], strict=True):
-        a = np.asarray(ex[g.feature])
-        if len(g.index) != a.shape[0]:
-            a = a[list(g.index)]
-        x = torch.from_numpy(a.astype(np.float32))
-        w = tensors.get(g.feature)
-        if w is not None:
-            x = torch.matmul(torch.matmul(w, x), w.T)
-        image[pos] = x
-    if spec.norm is not None:
-        if spec.norm.clip:  # as transforms.normalize: maximum with lo, then minimum with hi
-            torch.maximum(image, tensors["lo"], out=image)
-            torch.minimum(image, tensors["hi"], out=image)
-        image.sub_(tensors["offset"]).div_(tensors["scale"])
-    return image
+def partition(
+    sizes: list[int],
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    worker: int = 0,
+    num_workers: int = 1,
+    seed: int | None = None,
+    epoch: int = 0,
+    drop_last: bool = False,
+) -> list[tuple[int, int, int]]:
+    """The ``(shard, first, end)`` record ranges one DataLoader worker of one rank reads in an
+    epoch (module docstring: equal counts per rank, by record, whatever the shard sizes)."""
+    start, stop = rank_span(sum(sizes), rank, world_size, drop_last)
+    lo, hi = worker_span(start, stop, worker, num_workers)
+    return stream_ranges(sizes, shard_order(len(sizes), seed, epoch), lo, hi)
 
 
 class BenDataset(IterableDataset):
@@ -152,6 +150,7 @@ class BenDataset(IterableDataset):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        drop_last: bool = False,
         storage_options: dict | None = None,
         band_subset=None,
         resampling: str | None = None,
@@ -169,19 +168,21 @@ class BenDataset(IterableDataset):
         # shard paths come from an editable file: each must stay inside the dataset (ValueError otherwise)
         self.shards = [(check_relative(s["path"], self.root, what="shard"), int(s["records"])) for s in info["shards"]]
         self.channels = bands.channels_for(modalities)
-        spec = read_spec(
-            self.manifest, self.channels, band_subset=band_subset, resampling=resampling, statistics=statistics
-        )
-        self.raw_spec, self.raw_tensors = spec, raw_tensors(spec) if spec is not None else None
-        self.channels = spec.channels if spec is not None else self.channels
         self.picks = [
             (MODALITY_FEATURE[m], [names.index(c) for c in self.channels if c in names])
             for m, names in bands.MODALITIES.items()
             if any(c in names for c in self.channels)
         ]
+        spec = torch_raw.read_spec(
+            self.manifest, self.channels, band_subset=band_subset, resampling=resampling, statistics=statistics
+        )
+        self.raw_spec, self.raw_tensors = spec, torch_raw.raw_tensors(spec) if spec is not None else None
+        self.channels = spec.channels if spec is not None else self.channels
         self.multi_hot, self.with_ids = multi_hot, with_ids
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, int(shuffle_buffer), int(seed)
         self.rank, self.world_size = _rank_and_world(rank, world_size)
+        rank_span(0, self.rank, self.world_size)  # a rank outside 0..world_size-1: ValueError now, not a silent skew
+        self.drop_last = bool(drop_last)
         self.storage_options = storage.options()
         self.epoch = 0
 
@@ -193,11 +194,17 @@ class BenDataset(IterableDataset):
         """Records of the split over all ranks and workers (one epoch)."""
         return int(self.manifest["splits"][self.split]["written"])
 
+    def per_rank(self) -> int:
+        """Samples this rank yields per epoch, whatever the DataLoader workers (the same on every rank;
+        padded, or cut with ``drop_last``)."""
+        start, stop = rank_span(len(self), self.rank, self.world_size, self.drop_last)
+        return stop - start
+
     def sample(self, record: bytes) -> dict:
         """One serialised example -> the sample dict (channel-first float32 image, int64 mask)."""
         ex = decode_example(record, self.manifest["image_dtype"])
         if self.raw_spec is not None:
-            image = raw_image(ex, self.raw_spec, self.raw_tensors)
+            image = torch_raw.raw_image(ex, self.raw_spec, self.raw_tensors)
         else:
             parts = [ex[feat][..., idx] for feat, idx in self.picks]
             image = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
@@ -212,19 +219,40 @@ class BenDataset(IterableDataset):
             out["patch_id"] = ex[tfrecord.PATCH_ID]
         return out
 
-    def _records(self, shard_ids: list[int]):
-        for i in shard_ids:
+    def _records(self, ranges: list[tuple[int, int, int]]):
+        """The records of ``(shard, first, end)`` ranges, in order; a shard holding fewer records than
+        its manifest entry says raises ``IntegrityError`` (a short rank would hang its peers)."""
+        for i, first, end in ranges:
             url, n = self.shards[i]
-            if n:
-                yield from iter_records(url, self.manifest["compression"])
+            k = 0
+            if end > first:
+                for rec in iter_records(url, self.manifest["compression"]):
+                    if k >= first:
+                        yield rec
+                    k += 1
+                    if k >= end:
+                        break
+            if k < end:
+                raise IntegrityError(
+                    f"{url}: holds {k} records, dataset.json says {n}; re-run `benbeam verify` / `benbeam convert`"
+                )
 
     def __iter__(self):
         storage.set_options(self.storage_options)  # worker processes start with the defaults
         worker = get_worker_info()
         w_id, w_num = (worker.id, worker.num_workers) if worker is not None else (0, 1)
-        part, parts = self.rank * w_num + w_id, self.world_size * w_num
-        shard_ids = assign_shards(len(self.shards), part, parts, self.seed if self.shuffle else None, self.epoch)
-        records = self._records(shard_ids)
+        part = self.rank * w_num + w_id
+        ranges = partition(
+            [n for _, n in self.shards],
+            rank=self.rank,
+            world_size=self.world_size,
+            worker=w_id,
+            num_workers=w_num,
+            seed=self.seed if self.shuffle else None,
+            epoch=self.epoch,
+            drop_last=self.drop_last,
+        )
+        records = self._records(ranges)
         if not (self.shuffle and self.shuffle_buffer > 1):
             for rec in records:
                 yield self.sample(rec)

@@ -339,6 +339,7 @@ def _train(cfg: TrainConfig, ds, folder: str, extra_callbacks) -> dict:
                 steps_per_epoch=cfg.steps_per_epoch,
                 callbacks=cbs,
                 verbose=verbose,
+                shuffle=False,  # make_dataset shuffles (seeded); Keras would warn that it ignores shuffle=True
             )
         wall = time.perf_counter() - t0
     finally:

@@ -33,7 +33,8 @@ ENV_INTERVAL = "BENBEAM_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL_S = 10.0
 POLL_S = 0.5
 LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt}{unit} ({percentage:.0f}%), {rate_noinv_fmt}, ETA {remaining}"
-BAR_FORMAT = "{desc}: {n_fmt}/{total_fmt}{unit} {percentage:3.0f}%|{bar:24}| {rate_noinv_fmt} ETA {remaining}"
+BAR_FORMAT = "{desc}: {n_fmt}/{total_fmt}{unit} {percentage:3.0f}%|{bar}| {rate_noinv_fmt} ETA {remaining}"
+TICK_S = 0.25  # a worker reports its patches this often within a shard (the bar moves per patch, not per shard)
 
 
 def shard_done(stage: str, patches: int) -> None:
@@ -46,6 +47,40 @@ def shard_done(stage: str, patches: int) -> None:
             fh.write(f"{stage} {int(patches)}\n")
     except OSError:  # the watcher has gone (the run is ending): progress is best effort
         pass
+
+
+class Ticker:
+    """Worker side: the patches of one shard as they are done, reported every ``TICK_S`` seconds
+    (``shard_done``), the rest on ``done``; so a bar moves during a shard, not only after it."""
+
+    def __init__(self, stage: str, total: int, every: float = TICK_S):
+        self.stage, self.total, self.every = stage, int(total), every
+        self.pending = self.reported = 0
+        self.last = time.monotonic()
+
+    def tick(self, n: int = 1) -> None:
+        """``n`` more patches of the shard done."""
+        self.pending += n
+        now = time.monotonic()
+        if now - self.last >= self.every and self.reported + self.pending <= self.total:
+            shard_done(self.stage, self.pending)
+            self.reported += self.pending
+            self.pending, self.last = 0, now
+
+    def done(self) -> None:
+        """The shard is complete: report what is left of its ``total``."""
+        if self.total > self.reported:
+            shard_done(self.stage, self.total - self.reported)
+        self.reported, self.pending = self.total, 0
+
+
+def terminal_columns(stream) -> int:
+    """Columns of the terminal ``stream`` writes to (its own size, then $COLUMNS, then 100)."""
+    try:
+        cols = os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        cols = 0
+    return cols if cols > 0 else shutil.get_terminal_size((100, 24)).columns or 100
 
 
 def interval() -> float:
@@ -67,6 +102,7 @@ class Bar:
         stream=None,
         tty: bool | None = None,
         every: float | None = None,
+        logs: bool = True,
     ):
         self.label, self.total, self.unit = label, int(total), unit
         self.stream = stream or sys.stderr
@@ -82,14 +118,17 @@ class Bar:
                 unit=unit,
                 file=self.stream,
                 bar_format=BAR_FORMAT,
-                mininterval=0.2,
-                # a terminal reporting a size of 0 x 0 (tqdm would hide the bar) gets 100 x 24
-                ncols=shutil.get_terminal_size((100, 24)).columns,
+                mininterval=0.1,
+                # the width of the terminal the bar is drawn on (a terminal reporting 0 columns gets 100)
+                ncols=terminal_columns(self.stream),
                 nrows=shutil.get_terminal_size((100, 24)).lines,
             )
             if self.tty
             else None
         )
+        self._logs = contextlib.ExitStack()
+        if self.bar is not None and logs:  # log lines are printed above the bar instead of through it
+            self._logs.enter_context(logging_redirect_tqdm())
         if not self.tty:
             self.emit(self.line())
 
@@ -128,6 +167,7 @@ class Bar:
         self.closed = True
         if self.bar is not None:
             self.bar.close()
+            self._logs.close()
         else:
             self.emit(f"{self.line().split(', ETA')[0]} in {time.monotonic() - self.t0:.1f} s")
 
@@ -194,7 +234,7 @@ class Watcher:
             self.bar.close(complete=True)
         self.current = index
         p = self.passes[index]
-        self.bar = Bar(p.label, p.total, stream=self.stream, tty=self.tty)
+        self.bar = Bar(p.label, p.total, stream=self.stream, tty=self.tty, logs=False)  # __enter__ redirects
         self.bar.update(self.done[p.stage])
 
     def _loop(self) -> None:

@@ -103,6 +103,7 @@ def write_shard(
     label_values = np.zeros(256, dtype=np.int64)
     disagreements = 0
     dead = []
+    ticker = progress.Ticker("write", len(recs))
     with ShardWriter(storage.join(config.out, rel), config.compression) as writer:
         for rec, patch in loaded_patches(
             recs,
@@ -113,6 +114,7 @@ def write_shard(
             count=count,
             source=config.source(key),
         ):
+            ticker.tick()
             if isinstance(patch, failures.PatchError):
                 count(f"failed_{patch.stage}_{patch.reason}")
                 dead.append(patch.record(rec["patch_id"], split))
@@ -138,7 +140,7 @@ def write_shard(
     count("bytes_written", info["bytes"])
     n = info["records"]
     LOG.info("wrote %s: %d patches, %d failed, %.1f patches/s", rel, n, len(dead), n / dt if dt else 0.0)
-    progress.shard_done("write", len(recs))
+    ticker.done()
     return manifest.ShardRecord.build(key, config.compression, info, label_values, disagreements, dt), dead
 
 
@@ -151,6 +153,7 @@ def shard_statistics(config: ShardConfig, key: ShardKey, stats, stats_fraction: 
     recs = config.plan.records(key)
     acc = stats.create()
     chosen = [r for r in recs if md.sampled(r["patch_id"], stats_fraction, salt="stats")]
+    ticker = progress.Ticker("statistics", len(recs))
     for _, patch in loaded_patches(
         chosen,
         config.resampling,
@@ -161,6 +164,7 @@ def shard_statistics(config: ShardConfig, key: ShardKey, stats, stats_fraction: 
         count=count,
         source=config.source(key),
     ):
+        ticker.tick(len(recs) // max(1, len(chosen)))  # a sampled patch stands for the shard's share
         if isinstance(patch, failures.PatchError):
             continue
         stats.add(acc, patch.pixels)
@@ -173,5 +177,5 @@ def shard_statistics(config: ShardConfig, key: ShardKey, stats, stats_fraction: 
         len(recs),
         time.perf_counter() - t0,
     )
-    progress.shard_done("statistics", len(recs))
+    ticker.done()
     return stats.seal(acc)

@@ -195,7 +195,10 @@ def run_pipeline(
     a summary; returns the exit code."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    if not staging.exists(model):
+    from bigearthnet_beam.trainer.pretrained.model import is_pretrained_ref
+
+    pretrained = is_pretrained_ref(model)
+    if not pretrained and not staging.exists(model):
         raise PredictError(f"model {model} does not exist")
     settings = PredictSettings(
         model=model,
@@ -207,8 +210,15 @@ def run_pipeline(
         **tile_kwargs,
     )
     t0 = time.perf_counter()
+    if pretrained:  # an authors' scene classifier: windows through RunInference (trainer.inference.pretrained_beam)
+        from bigearthnet_beam.trainer.inference.pretrained_beam import build_pretrained, check_model
+
+        bands = check_model(settings)
     p = beam.Pipeline(options=PipelineOptions(beam_argv(beam_args)))
-    build(p, tiles, settings)
+    if pretrained:
+        build_pretrained(p, tiles, settings, bands)
+    else:
+        build(p, tiles, settings)
     try:
         p.run().wait_until_finish()
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line

@@ -9,6 +9,7 @@ import os
 
 from bigearthnet_beam.trainer.inference.predictor import Predictor
 from bigearthnet_beam.trainer.inference.settings import REPORT_CSV, VIEWER, PredictError
+from bigearthnet_beam.trainer.inference.stac import write_collection
 from bigearthnet_beam.trainer.inference.tile import open_tile_at, predict_tile, stderr_progress
 from bigearthnet_beam.trainer.inference.viewer import write_viewer
 
@@ -64,7 +65,8 @@ def benchmark(
     **kwargs,
 ) -> list[dict]:
     """Map every tile (local paths or URLs) into the local ``out/<tile name>/`` one after the
-    other, timing each; writes ``benchmark_report.csv`` and ``viewer.html``. A tile that
+    other, timing each; writes ``benchmark_report.csv``, ``viewer.html`` and the STAC
+    ``collection.json`` over the tiles' items. A tile that
     cannot be opened is reported and skipped."""
     summaries, failures = [], []
     for i, path in enumerate(tiles):
@@ -87,5 +89,6 @@ def benchmark(
         s["dir"] = src.name
         summaries.append(s)
     write_report_csv(os.path.join(out, REPORT_CSV), summaries)
+    write_collection(out, summaries)  # collection.json: the STAC collection of the tiles' items
     write_viewer(os.path.join(out, VIEWER), summaries, failures, title="benbeam predict: benchmark")
     return summaries + [dict(f, failed=True) for f in failures]

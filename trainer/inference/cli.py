@@ -38,7 +38,13 @@ from bigearthnet_beam.transforms.resample import RESAMPLING_METHODS
 
 def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the ``benbeam predict`` flags."""
-    ap.add_argument("--model", required=True, help="a .keras model written by `benbeam train` (path or URL)")
+    ap.add_argument(
+        "--model",
+        required=True,
+        help="a .keras model written by `benbeam train` (path or URL), or a reBEN authors' scene classifier: "
+        "a Hugging Face id ORG/NAME[@revision] (e.g. BIFOLD-BigEarthNetv2-0/resnet50-s2-v0.2.0, through the "
+        "hub cache; HF_HUB_OFFLINE=1 offline) or a folder with its config.json and model.safetensors",
+    )
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--tile", help="one tile: a Sentinel-2 L2A .SAFE folder or a multi-band GeoTIFF (path or URL)")
     src.add_argument("--input_dir", help="every tile in this folder or bucket prefix (--benchmark, or a Beam pipeline)")
@@ -62,9 +68,11 @@ def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument(
         "--overlap",
         type=nonneg_int,
-        default=DEFAULTS["overlap"],
-        help="overlap of neighbouring 120-px windows, blended with a Hann weight (default: %(default)s)",
+        default=None,
+        help=f"overlap of neighbouring 120-px windows, blended with a Hann weight (default: {DEFAULTS['overlap']}; "
+        "an authors' classifier: 120 - --stride)",
     )
+    add_classifier_args(ap)
     ap.add_argument(
         "--batch_size",
         type=positive_int,
@@ -99,6 +107,54 @@ def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     add_storage_args(ap)
     return ap
+
+
+def add_classifier_args(ap: argparse.ArgumentParser) -> None:
+    """The flags of an authors' scene classifier (``--model ORG/NAME``)."""
+    from bigearthnet_beam.trainer.inference.pretrained_predictor import WINDOW_MAPS
+
+    ap.add_argument(
+        "--stride",
+        type=positive_int,
+        default=None,
+        help="authors' classifier: step of the 120-px window grid in px, 1..120, even for a model with 20 m "
+        "bands (default: 120, adjacent patches); the same as --overlap 120-STRIDE",
+    )
+    ap.add_argument(
+        "--window_map",
+        choices=WINDOW_MAPS,
+        default="nearest",
+        help="authors' classifier: how window probabilities become pixels. nearest: those of the window "
+        "whose centre is nearest (window resolution, blocks of stride px); blend: the Hann-weighted mean of "
+        "every window covering the pixel (smooth) (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="authors' classifier: torch device, cpu or cuda[:N] (an error when torch sees no GPU) "
+        "(default: %(default)s)",
+    )
+
+
+def resolve_overlap(args: argparse.Namespace, pretrained: bool) -> int:
+    """``--overlap`` / ``--stride`` as an overlap in px; the classifier flags refused with a Keras model."""
+    from bigearthnet_beam.trainer.pretrained.authors import IMAGE_SIZE
+
+    if args.stride is not None and args.overlap is not None:
+        raise PredictError("give --stride or --overlap, not both (overlap = 120 - stride)")
+    if not pretrained:
+        if args.stride is not None or args.device != "cpu" or args.window_map != "nearest":
+            raise PredictError(
+                "--stride, --window_map and --device go with an authors' classifier (--model ORG/NAME or its "
+                "folder); a .keras U-Net takes --overlap and TensorFlow's own device placement"
+            )
+        return DEFAULTS["overlap"] if args.overlap is None else args.overlap
+    if args.overlap is not None:
+        return args.overlap
+    stride = IMAGE_SIZE if args.stride is None else args.stride
+    if stride > IMAGE_SIZE:
+        raise PredictError(f"--stride must be 1..{IMAGE_SIZE} px (windows may overlap, never leave gaps), got {stride}")
+    return IMAGE_SIZE - stride
 
 
 COMMAND = "benbeam predict"
@@ -136,7 +192,8 @@ def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="benbeam predict",
         allow_abbrev=False,
-        description="Map whole Sentinel-2 tiles with a model trained by `benbeam train`.",
+        description="Map whole Sentinel-2 tiles with a model trained by `benbeam train`, or with a reBEN "
+        "authors' classifier from the Hugging Face Hub (--model ORG/NAME; docs/pretrained.md).",
         epilog="Beam pipeline options (--runner, ...) make --input_dir run as a Beam "
         "pipeline (the default without --benchmark: DirectRunner).",
     )
@@ -170,8 +227,11 @@ def run(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from bigearthnet_beam.trainer.inference.grid import check_chunk_size
+    from bigearthnet_beam.trainer.pretrained.model import is_pretrained_ref
 
-    if not staging.exists(args.model):
+    args.pretrained = is_pretrained_ref(args.model)
+    args.overlap = resolve_overlap(args, args.pretrained)
+    if not args.pretrained and not staging.exists(args.model):
         raise PredictError(f"model {args.model} does not exist")
     check_chunk_size(args.chunk_size)
     if args.s1 and not args.tile:
@@ -191,11 +251,12 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str]) -> int:
     from bigearthnet_beam.trainer.inference.plugins import load_extra
+    from bigearthnet_beam.trainer.inference.pretrained_predictor import RESAMPLING, WindowClassifier
     from bigearthnet_beam.trainer.inference.tile import model_resampling, predict_path, print_summary
 
     extras = [load_extra(s) for s in args.extra]
     if args.resampling is None:
-        args.resampling = model_resampling(args.model)
+        args.resampling = RESAMPLING if args.pretrained else model_resampling(args.model)
     settings = dict(
         chunk_size=args.chunk_size,
         save_probs=args.save_probs,
@@ -207,6 +268,8 @@ def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str]) -
     if args.input_dir and not args.benchmark:
         from bigearthnet_beam.trainer.inference.beam import run_pipeline
 
+        if args.pretrained:
+            settings.update(device=args.device, window_map=args.window_map)
         return run_pipeline(
             model=args.model,
             tiles=tiles,
@@ -217,9 +280,18 @@ def _predict(args: argparse.Namespace, beam_args: list[str], tiles: list[str]) -
             beam_args=beam_args,
             **settings,
         )
-    from bigearthnet_beam.trainer.inference.predictor import Predictor
+    if args.pretrained:
+        predictor = WindowClassifier.load(
+            args.model,
+            device=args.device,
+            batch_size=args.batch_size,
+            overlap=args.overlap,
+            window_map=args.window_map,
+        )
+    else:
+        from bigearthnet_beam.trainer.inference.predictor import Predictor
 
-    predictor = Predictor.load(args.model, batch_size=args.batch_size, overlap=args.overlap)
+        predictor = Predictor.load(args.model, batch_size=args.batch_size, overlap=args.overlap)
     with staging.local_folder(args.out) as out_dir:
         if args.benchmark:
             from bigearthnet_beam.trainer.inference.benchmark import benchmark

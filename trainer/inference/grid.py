@@ -35,9 +35,14 @@ def blend_weights(patch: int, floor: float = BLEND_FLOOR) -> np.ndarray:
     windows that see it near their centre (U-Net predictions are weakest at a window's
     border) and predictions change smoothly from one window to the next.
     """
-    i = np.arange(patch, dtype=np.float64)
-    w1 = floor + (1.0 - floor) * np.sin(np.pi * (i + 0.5) / patch) ** 2
+    w1 = hann_1d(patch, floor)
     return np.outer(w1, w1).astype(np.float32)
+
+
+def hann_1d(patch: int, floor: float = BLEND_FLOOR) -> np.ndarray:
+    """float64[patch]: one axis of ``blend_weights`` (the weight is separable)."""
+    i = np.arange(patch, dtype=np.float64)
+    return floor + (1.0 - floor) * np.sin(np.pi * (i + 0.5) / patch) ** 2
 
 
 @dataclass(frozen=True)

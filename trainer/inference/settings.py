@@ -39,6 +39,9 @@ class PredictSettings:
     preview_size: int = DEFAULTS["preview_size"]
     resampling: str = "bilinear"
     extras: tuple[str, ...] = field(default_factory=tuple)
+    # an authors' scene classifier (--model ORG/NAME): torch device, how windows become pixels
+    device: str = "cpu"
+    window_map: str = "nearest"
     storage: dict = field(default_factory=dict, compare=False)
 
     def tile_kwargs(self) -> dict:

@@ -29,6 +29,8 @@ from bigearthnet_beam.trainer.inference.plugins import Extra, load_extra
 from bigearthnet_beam.trainer.inference.predictor import Predictor
 from bigearthnet_beam.trainer.inference.preview import render_preview
 from bigearthnet_beam.trainer.inference.settings import DEFAULTS, PREVIEW, PROBS_DTYPES, PredictError
+from bigearthnet_beam.trainer.inference.stac import item_bytes, item_name, tile_item
+from bigearthnet_beam.trainer.inference.styles import style_files
 from bigearthnet_beam.trainer.inference.writer import GDAL_CACHE_MB, LayerWriter
 from bigearthnet_beam.transforms.progress import Bar
 
@@ -94,16 +96,19 @@ def predict_tile(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         try:
             pal = palette(info)
+            # a scene classifier (pretrained_predictor.WindowClassifier) gives its layers a multi-label meaning
+            layer_fn = getattr(predictor, "layers_from_probs", layers_from_probs)
+            layer_doc = {**LAYER_DOC, **getattr(predictor, "layer_doc", {})}
             w.open(
                 "class",
                 dtype="uint8",
                 nodata=NODATA_CLASS,
                 categorical=True,
                 colormap={i: (*map(int, pal[i]), 255) for i in range(256)},
-                tags={"classes": json.dumps(list(info["classes"])), "layer": LAYER_DOC["class"]},
+                tags={"classes": json.dumps(list(info["classes"])), "layer": layer_doc["class"]},
             )
             for name in ("maxprob", "entropy", "gap"):
-                w.open(name, dtype="float32", nodata=float("nan"), tags={"layer": LAYER_DOC[name]})
+                w.open(name, dtype="float32", nodata=float("nan"), tags={"layer": layer_doc[name]})
             if save_probs:
                 w.open(
                     "probs",
@@ -111,7 +116,7 @@ def predict_tile(
                     count=k,
                     nodata=255 if probs_dtype == "uint8" else float("nan"),
                     descriptions=list(info["classes"]),
-                    tags={"layer": LAYER_DOC["probs"]},
+                    tags={"layer": layer_doc["probs"]},
                 )
             # the default: one overall line for the tile's chunks (a bar on a terminal, a line every ~10 s otherwise);
             # another callback (the Beam workers' log) gets a line per chunk
@@ -119,7 +124,7 @@ def predict_tile(
             for ch in chunks:
                 probs, valid, n_run, n_skip = predictor.predict_chunk(source, ch, rows, cols)
                 runs, skips = runs + n_run, skips + n_skip
-                layers = layers_from_probs(probs, valid)
+                layers = layer_fn(probs, valid)
                 for name, arr in layers.items():
                     w.write(name, ch, arr)
                 counts += np.bincount(np.where(valid, layers["class"], k).ravel(), minlength=k + 1)[: k + 1]
@@ -147,10 +152,17 @@ def predict_tile(
             w.close()
             extra_names = [n for e in extras for n in (e.names or ())]
             cm = classmap(info, probs_dtype=probs_dtype if save_probs else None, extras=extra_names)
+            if hasattr(predictor, "layer_doc"):
+                cm["layers"].update({k: v for k, v in predictor.layer_doc.items() if k in cm["layers"]})
+                if "probs" in cm["layers"]:
+                    cm["layers"]["probs"] = predictor.layer_doc["probs"] + f"; this run: {probs_dtype}"
+                cm["entropy_log"] = predictor.entropy_note
             w.write_file(
                 f"{source.name}_classmap.json",
                 (json.dumps(cm, indent=2, sort_keys=False, allow_nan=False) + "\n").encode(),
             )
+            for fname, data in style_files(source.name, info).items():  # GDAL categories, QGIS styles
+                w.write_sidecar(fname, data)
             render_preview(
                 w.tmp[f"{source.name}_class.tif"],
                 info,
@@ -179,7 +191,7 @@ def predict_tile(
         "pixels_per_s": pixels / seconds if seconds > 0 else None,
         "peak_rss_bytes": peak_rss_bytes(),
         "rss_start_bytes": rss_start,
-        "device": device_name(),
+        "device": predictor.device_name() if hasattr(predictor, "device_name") else device_name(),
         "model": getattr(predictor, "path", None),
         "channels": list(predictor.channels),
         "chunk_size": chunk_size,
@@ -189,13 +201,18 @@ def predict_tile(
         "windows_run": runs,
         "windows_skipped": skips,
         "warnings": list(getattr(source, "warnings", []) or []),
-        "outputs": sorted(outputs + [f"{source.name}_summary.json"]),
+        "outputs": sorted(outputs + [f"{source.name}_summary.json", item_name(source.name)]),
     }
     tmp = os.path.join(out_dir, f".tmp-{os.getpid()}-{source.name}_summary.json")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2, allow_nan=False)
         fh.write("\n")
     os.replace(tmp, os.path.join(out_dir, f"{source.name}_summary.json"))
+    item = tile_item(summary, info, summary["outputs"], probs_dtype=probs_dtype if save_probs else None)
+    tmp = os.path.join(out_dir, f".tmp-{os.getpid()}-{item_name(source.name)}")
+    with open(tmp, "wb") as fh:
+        fh.write(item_bytes(item))
+    os.replace(tmp, os.path.join(out_dir, item_name(source.name)))  # the STAC item, last
     return summary
 
 

@@ -113,6 +113,14 @@ class LayerWriter:
         with open(self.tmp_path(fname), "wb") as fh:
             fh.write(data)
 
+    def write_sidecar(self, fname: str, data: bytes) -> None:
+        """Write a small file beside the maps (a QGIS style, a GDAL ``.aux.xml``) under a temporary name
+        that GDAL does not take for a temporary GeoTIFF's own sidecar; renamed by ``commit``."""
+        tmp = os.path.join(self.out_dir, f".tmp-{os.getpid()}-sidecar-{fname}")
+        self.tmp[fname] = tmp
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
     def commit(self) -> list[str]:
         """Close everything, make each GeoTIFF a COG, and rename each file to its final name;
         returns the file names."""
