@@ -243,7 +243,7 @@ def preflight(args, probe_output: bool = True) -> RowPlan:
     return plan
 
 
-LOCAL_RUNNERS = (None, "", "DirectRunner", "direct", "PrismRunner", "prism", "SwitchingDirectRunner")
+LOCAL_RUNNERS = progress.LOCAL_RUNNERS  # the runners that run here (one list: transforms.progress)
 
 
 def object_cache(choice: str, root: str | None, opts) -> PatchCache | None:

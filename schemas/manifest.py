@@ -24,13 +24,14 @@ dataset can be copied. Plain Python: the caller passes the function that reads b
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Mapping
 
 from bigearthnet_beam.schemas import bands as band_table
 from bigearthnet_beam.schemas import classes as class_table
-from bigearthnet_beam.schemas import tfrecord
+from bigearthnet_beam.schemas import errors, tfrecord
 
 SCHEMA_VERSION = 1
 
@@ -72,7 +73,7 @@ REQUIRED_KEYS = (
 )
 
 
-class ManifestError(ValueError):
+class ManifestError(errors.InputError):
     """The dataset has no complete, readable manifest."""
 
 
@@ -374,6 +375,32 @@ def _check_contract(man: dict) -> list[str]:
     return problems
 
 
+def path_problem(rel: Any) -> str | None:
+    """Why ``rel`` is not a plain relative path inside the dataset folder (None: it is one).
+    Every path a manifest lists passes this; readers then resolve it with
+    ``transforms.containment.check_relative`` (which also refuses symlinks out of the folder)."""
+    if not isinstance(rel, str) or not rel:
+        return "is not a non-empty string"
+    parts = rel.replace("\\", "/").split("/")
+    if "://" in rel or rel.startswith(("/", "\\")) or ":" in parts[0] or "\x00" in rel:
+        return f"{rel[:200]!r} is not a relative path inside the dataset"
+    if any(s in ("..", ".", "") for s in parts):
+        return f"{rel[:200]!r} holds a '..', '.' or empty segment"
+    return None
+
+
+def _path_problems(man: dict) -> list[str]:
+    """The paths of shards and files a manifest lists that are not plain relative paths."""
+    listed = [
+        (f"split {split!r} shard {i} path", sh["path"])
+        for split, info in man["splits"].items()
+        for i, sh in enumerate(info["shards"])
+    ]
+    listed.append(("failures.file", man["failures"].get("file", FAILURES_JSONL)))
+    listed += [(f"files.{k}", v) for k, v in sorted(man["files"].items()) if v is not None]
+    return [f"{what} {p}" for what, rel in listed if (p := path_problem(rel))]
+
+
 def from_dict(man: Any, where: str = MANIFEST) -> Manifest:
     """Check a parsed ``dataset.json`` (version, required fields, types, accounting, contract)
     and type it; raise ManifestError naming ``where`` and saying what is wrong."""
@@ -402,6 +429,8 @@ def from_dict(man: Any, where: str = MANIFEST) -> Manifest:
                 problems.append(f"split {split!r} shard {i} lacks one of {', '.join(_SHARD_TYPES)}")
                 break
             problems += _check_types(sh, _SHARD_TYPES, f"split {split!r} shard {i}: ")
+    if not problems:
+        problems = _path_problems(man)
     if problems:
         raise ManifestError(f"{where} is malformed: " + "; ".join(problems) + " (re-run `benbeam convert`)")
     for split, info in man["splits"].items():
@@ -467,6 +496,10 @@ def load(dataset: str, read_bytes: Callable[[str], bytes], hint: str = "") -> tu
     try:
         raw = read_bytes(url)
     except FileNotFoundError:
+        if "://" not in str(dataset) and not os.path.exists(dataset):
+            raise ManifestError(
+                f"{dataset} does not exist (no dataset folder there, so no {MANIFEST}){'; ' + hint if hint else ''}"
+            ) from None
         raise ManifestError(
             f"{dataset} has no {MANIFEST}, so it is not a complete dataset (`benbeam convert` writes the manifest "
             f"last: an interrupted or still-running conversion has none){'; ' + hint if hint else ''}"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from bigearthnet_beam.schemas import bands, tfrecord
+from bigearthnet_beam.schemas import bands, errors, tfrecord
 from bigearthnet_beam.schemas import manifest as manifest_schema
 from bigearthnet_beam.transforms import containment, storage
 
@@ -92,7 +92,7 @@ def open_dataset(url: str) -> Dataset:
 # --------------------------------------------------------------------------- records
 
 
-class ShardError(Exception):
+class ShardError(errors.IntegrityError):
     """A shard of the dataset cannot be read (corrupt or truncated): a data failure, exit 1."""
 
 

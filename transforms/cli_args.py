@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from bigearthnet_beam.transforms import flagtypes
+
 
 def add_storage_args(parser, s3_endpoint: bool = True) -> None:
     """Storage flags. Beam's own S3Options already defines ``--s3_endpoint_url`` (same
@@ -42,20 +44,8 @@ def configure_storage(args: argparse.Namespace) -> dict:
     )
 
 
-def positive_int(s: str) -> int:
-    """argparse type: an integer >= 1."""
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def nonneg_int(s: str) -> int:
-    """argparse type: an integer >= 0."""
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {s}")
-    return v
+positive_int = flagtypes.positive_int  # argparse types: one set for every command (transforms.flagtypes)
+nonneg_int = flagtypes.nonneg_int
 
 
 def unknown_pipeline_args(args: list[str]) -> list[str]:
