@@ -88,6 +88,7 @@ def shard_config(args, plan: RowPlan, sopts: storage.Storage, cache: PatchCache 
         args.decode_timeout,
         cache,
         objects=objects,
+        encoding=args.encoding,
     )
 
 
@@ -158,6 +159,8 @@ def build(
     options = {k: getattr(args, k) for k in RECORDED}
     options["splits"] = list(splits)
     options["clip_percentiles"] = list(clip_p)
+    if args.encoding != "normalized":  # recorded only when chosen: the default's manifest is unchanged
+        options["encoding"] = args.encoding
     tag = lambda t: lambda v: (t, v)  # noqa: E731
     _ = (
         (
@@ -177,7 +180,7 @@ def build(
             out=args.out,
             options=options,
             compression=args.compression,
-            image_dtype=args.image_dtype,
+            image_dtype=config.stored_dtype,
             stats_doc=stats_doc,
             histogram_npz=hist,
             meta_info=plan.info(),

@@ -13,7 +13,7 @@ import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bigearthnet_beam.schemas.tfrecord import IMAGE_DTYPES
+from bigearthnet_beam.schemas.tfrecord import ENCODINGS, IMAGE_DTYPES
 from bigearthnet_beam.transforms import flagtypes
 from bigearthnet_beam.transforms.cli_args import add_s3_endpoint as add_s3_endpoint
 from bigearthnet_beam.transforms.cli_args import add_storage_args as add_storage_args
@@ -66,6 +66,13 @@ class ConvertOptions(PipelineOptions):
     """
 
     REQUIRED = ("meta", "out")
+
+    @staticmethod
+    def conflicts(args) -> str | None:
+        """What contradicts itself in parsed options (None: nothing)."""
+        if getattr(args, "encoding", "normalized") == "raw" and args.image_dtype != "float32":
+            return "--dtype applies to the normalized encoding; --encoding raw stores each band in its own dtype"
+        return None
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -124,6 +131,14 @@ class ConvertOptions(PipelineOptions):
         )
         parser.add_argument(
             "--dtype", dest="image_dtype", choices=IMAGE_DTYPES, default="float32", help="dtype of the image features"
+        )
+        parser.add_argument(
+            "--encoding",
+            choices=ENCODINGS,
+            default="normalized",
+            help="normalized (default): bands resampled to 10 m and normalised at conversion, --dtype images; "
+            "raw: every band losslessly at its native resolution (S2 uint16, S1 float32 dB, ~290 KB per "
+            "patch), resampled and normalised by the readers (docs/raw-records.md)",
         )
         parser.add_argument(
             "--clip_percentiles",
@@ -258,6 +273,9 @@ def parse(cls, argv: list[str], prog: str, description: str):
     missing = [f"--{r}" for r in getattr(cls, "REQUIRED", ()) if getattr(known, r) is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
+    conflict = cls.conflicts(known) if hasattr(cls, "conflicts") else None
+    if conflict:
+        parser.error(conflict)
     return known, rest
 
 

@@ -62,6 +62,8 @@ def _failures(dataset: str, man: dict, st: storage.Storage) -> list[dict]:
 
 def _samples(dataset: str, man: dict, st: storage.Storage, n: int = SAMPLES) -> list[dict]:
     """The first ``n`` records of the first non-empty shards (validation first, then train, test)."""
+    from bigearthnet_beam.schemas import tfrecord
+    from bigearthnet_beam.transforms import raw_decode
     from bigearthnet_beam.transforms.encode import decode_example, iter_records
 
     order = [s for s in ("validation", "train", "test") if s in man["splits"]]
@@ -74,7 +76,8 @@ def _samples(dataset: str, man: dict, st: storage.Storage, n: int = SAMPLES) -> 
         for rec in iter_records(
             containment.check_relative(sh["path"], dataset, what="shard"), man["compression"], st=st
         ):
-            got.append(decode_example(rec, man["image_dtype"]))
+            ex = decode_example(rec, man["image_dtype"])
+            got.append(raw_decode.as_normalized(ex, man) if man["image_dtype"] == tfrecord.RAW else ex)
             if len(got) >= n:
                 break
     out: list[dict] = []

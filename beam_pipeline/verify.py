@@ -33,12 +33,17 @@ def check_example(ex: dict, split: str, dtype: str) -> list[str]:
     """What is wrong with one decoded example of a ``split`` shard (shapes, finite values, labels)."""
     problems = []
     feats = tfrecord.feature_by_name(dtype)
-    for name in (tfrecord.S2, tfrecord.S1, tfrecord.LABEL, tfrecord.MULTI_HOT):
+    images = tfrecord.RAW_IMAGE_FEATURES if dtype == tfrecord.RAW else tfrecord.IMAGE_FEATURES
+    for name in (*images, tfrecord.LABEL, tfrecord.MULTI_HOT):
         arr = np.asarray(ex[name])
         if tuple(arr.shape) != feats[name].shape:
             problems.append(f"{name} has shape {arr.shape}, expected {feats[name].shape}")
-    for name in (tfrecord.S2, tfrecord.S1):
-        if not np.isfinite(np.asarray(ex[name], dtype=np.float32)).all():
+    for name in images:
+        arr = np.asarray(ex[name])
+        if arr.dtype.kind == "u":  # raw S2 digital numbers: reBEN has no S2 nodata (convert refuses it)
+            if not arr.all():
+                problems.append(f"{name} holds nodata (0) values")
+        elif not np.isfinite(np.asarray(arr, dtype=np.float32)).all():
             problems.append(f"{name} holds non-finite values")
     label = np.asarray(ex[tfrecord.LABEL])
     bad = (label >= NUM_CLASSES) & (label != IGNORE_INDEX)

@@ -7,7 +7,7 @@ means the dataset is complete. Its top-level layout (schema version 1) is ``Mani
     schema_version, package_version, created_by, options,
     input:       {metadata: [{path, sha256, rows, source}], rows_selected}
     features:    [{name, kind, shape, dtype, description}]   (schemas.tfrecord)
-    image_dtype, compression,
+    image_dtype, compression,   [encoding: "raw" only for the raw encoding, whose image_dtype is "raw"]
     bands:       {s2: [...], s1: [...]},  classes: [...], class_colors: [...], ignore_index
     statistics:  {source, clip, clip_percentiles, bands: {NAME: {...}}, ...}
     splits:      {SPLIT: SplitEntry {input, written, failed, shards: [ShardEntry {path, records, sha256, bytes}],
@@ -97,8 +97,11 @@ def shard_path(split: str, index: int, count: int, compression: str = "none") ->
 
 def contract(image_dtype: str, compression: str) -> dict:
     """The part of ``dataset.json`` that readers rely on and this package fixes: the feature
-    spec, image dtype, compression, band and class tables, ignore index."""
+    spec, image dtype, compression, band and class tables, ignore index (and, for the raw
+    encoding only, ``encoding``: the normalised datasets' manifests stay as they were)."""
+    extra = {"encoding": tfrecord.RAW} if image_dtype == tfrecord.RAW else {}
     return {
+        **extra,
         "features": [
             {"name": f.name, "kind": f.kind, "shape": list(f.shape), "dtype": f.dtype, "description": f.description}
             for f in tfrecord.features(image_dtype)
@@ -244,11 +247,14 @@ class Manifest:
     splits: dict[str, SplitEntry]
     failures: dict
     files: dict
+    encoding: str = "normalized"  # written to dataset.json only when it is not the default
 
     def to_dict(self) -> dict:
         """The JSON form."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["splits"] = {k: v.to_dict() for k, v in self.splits.items()}
+        if d["encoding"] == "normalized":
+            del d["encoding"]
         return d
 
     def dumps(self) -> str:
@@ -355,8 +361,10 @@ def _check_contract(man: dict) -> list[str]:
     problems = []
     if man["compression"] not in COMPRESSIONS:
         problems.append(f"compression {man['compression']!r} is not one of {COMPRESSIONS}")
-    if man["image_dtype"] not in tfrecord.IMAGE_DTYPES:
-        problems.append(f"image_dtype {man['image_dtype']!r} is not one of {tfrecord.IMAGE_DTYPES}")
+    if man["image_dtype"] not in tfrecord.STORED_DTYPES:
+        problems.append(f"image_dtype {man['image_dtype']!r} is not one of {tfrecord.STORED_DTYPES}")
+    elif tfrecord.encoding_of(man["image_dtype"]) != man.get("encoding", "normalized"):
+        problems.append(f"image_dtype {man['image_dtype']!r} contradicts encoding {man.get('encoding')!r}")
     want_bands = {m: list(names) for m, names in band_table.MODALITIES.items()}
     if man["bands"] != want_bands:
         problems.append(f"bands {man['bands']!r} differ from {want_bands!r}")
@@ -430,6 +438,13 @@ def from_dict(man: Any, where: str = MANIFEST) -> Manifest:
             raise ManifestError(f"{where}: split {split!r} breaks written + failed = input")
         if sum(s["records"] for s in info["shards"]) != info["written"]:
             raise ManifestError(f"{where}: split {split!r} shard record counts do not add up")
+    encoding = man.get("encoding", "normalized")
+    if encoding not in tfrecord.ENCODINGS:
+        raise ManifestError(
+            f"{where} holds records of encoding {encoding!r}, which this version of bigearthnet-beam cannot read "
+            f"(it reads {', '.join(tfrecord.ENCODINGS)}): install the version that wrote it "
+            f"({man.get('package_version')}) or a newer one"
+        )
     problems = _check_contract(man)
     if problems:
         raise ManifestError(
@@ -451,7 +466,7 @@ def from_dict(man: Any, where: str = MANIFEST) -> Manifest:
         for name, info in man["splits"].items()
     }
     optional = {"created_by": "", "class_colors": []}  # not required by version 1
-    return Manifest(**dict({k: man.get(k, optional.get(k)) for k in _TOP_TYPES}, splits=splits))
+    return Manifest(**dict({k: man.get(k, optional.get(k)) for k in _TOP_TYPES}, splits=splits, encoding=encoding))
 
 
 def validate(manifest: dict, where: str = MANIFEST) -> dict:
