@@ -62,11 +62,14 @@ COMMANDS = (
 def _synth(argv: list[str]) -> int:
     from bigearthnet_beam.beam_pipeline.options import add_storage_args, positive_int, strict_parser, unit_fraction
     from bigearthnet_beam.schemas.failures import FAULT_KINDS
+    from bigearthnet_beam.transforms import flagtypes
 
     ap = strict_parser(prog="benbeam synth", description="Write a synthetic BigEarthNet v2.0 replica.")
-    ap.add_argument("--out", required=True, help="output folder or URL")
+    ap.add_argument("--out", type=flagtypes.output, required=True, help="output folder or URL")
     ap.add_argument("--n", type=positive_int, required=True, help="number of patches")
-    ap.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes (default 0)")
+    ap.add_argument(
+        "--seed", type=flagtypes.seed, default=0, help="random seed: the same seed writes the same bytes (default 0)"
+    )
     ap.add_argument("--include_snow_cloud", action="store_true", help="sample from the snow/cloud/shadow metadata too")
     g = ap.add_mutually_exclusive_group()
     g.add_argument(
@@ -258,18 +261,17 @@ def setup_logging() -> None:
         if not any(isinstance(f, _WorkerLogFilter) for f in lg.filters):
             lg.addFilter(_WorkerLogFilter())
     logging.getLogger("root").setLevel(logging.WARNING)
+    from bigearthnet_beam.beam_pipeline.quiet import BeamTracebackFilter
+
+    for h in logging.getLogger().handlers:
+        if not any(isinstance(f, BeamTracebackFilter) for f in h.filters):
+            h.addFilter(BeamTracebackFilter())
 
 
-def classify(exc: BaseException) -> tuple[int, str]:
-    """(exit code, what to tell the user) for an exception a command did not handle itself."""
-    from bigearthnet_beam.transforms import storeconfig
-
-    names = {type(e).__name__ for e in storeconfig.exception_chain(exc)}
-    text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
-    for e in storeconfig.exception_chain(exc):
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return EXIT_ENV, f"the disk is full ({text}); free space or choose another --out"
-    if names & {
+# Exception types (by class name: the client libraries are optional) that mean the object
+# store refused the credentials, or could not be reached at all.
+CREDENTIAL_ERRORS = frozenset(
+    {
         "NoCredentialsError",
         "PartialCredentialsError",
         "UnauthenticatedError",
@@ -278,43 +280,102 @@ def classify(exc: BaseException) -> tuple[int, str]:
         "ExpiredToken",
         "RefreshError",
         "DefaultCredentialsError",
-    }:
+    }
+)
+UNREACHABLE_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"})
+
+
+def _endpoint_flag(chain: list[BaseException]) -> str:
+    """The endpoint flag of the endpoint that refused (``storage.EndpointRefused`` names it), else
+    of the client that raised: S3 (botocore, obstore) or GCS (gcsfs, google, aiohttp)."""
+    for e in chain:
+        flag = getattr(e, "flag", None)
+        if isinstance(e, ConnectionRefusedError) and isinstance(flag, str):
+            return flag
+    roots = {type(e).__module__.split(".", 1)[0] for e in chain}
+    if roots & {"botocore", "aiobotocore", "s3fs", "boto3", "obstore"}:
+        return "--s3_endpoint_url"
+    if roots & {"gcsfs", "google", "aiohttp"}:
+        return "--gcs_endpoint_url"
+    return "--s3_endpoint_url / --gcs_endpoint_url"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """(exit code, what to tell the user) for an exception a command did not handle itself:
+    by its type, errno or HTTP status (``schemas.errors.exit_code``), never its message's words."""
+    from bigearthnet_beam.schemas import errors
+    from bigearthnet_beam.transforms import storeconfig
+
+    chain = list(storeconfig.exception_chain(exc))
+    text = errors.redact(f"{type(exc).__name__}: {_first_line(exc)}")
+    for e in chain:  # our own errors say what is wrong in their message
+        if isinstance(e, errors.BenBeamError):
+            return e.exit_code, errors.redact(_first_line(e))
+    names = {type(e).__name__ for e in chain}
+    statuses = {storeconfig.http_status(e) for e in chain} - {None}
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return EXIT_ENV, f"the disk is full ({text}); free space or choose another --out"
+        if isinstance(e, OSError) and e.errno == errno.EROFS:
+            where = f"{e.filename} is" if e.filename else "the output is"
+            return EXIT_ENV, f"{where} on a read-only file system; choose another --out"
+    if names & CREDENTIAL_ERRORS or statuses & {401, 403}:
         return EXIT_ENV, f"the object store refused the credentials ({text}); check AWS_* / GOOGLE_* settings or --anon"
-    unreachable = {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}
-    if storeconfig.is_refused(exc) or names & unreachable:
-        return EXIT_ENV, f"the storage endpoint cannot be reached ({text}); check --s3_endpoint_url / the network"
-    if any(isinstance(e, PermissionError) for e in storeconfig.exception_chain(exc)):
-        return EXIT_ENV, f"access refused ({text}); check the credentials and the permissions of the path or bucket"
+    if names & UNREACHABLE_ERRORS or any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return EXIT_ENV, f"the storage endpoint cannot be reached ({text}); check {_endpoint_flag(chain)} / the network"
+    for e in chain:
+        if isinstance(e, PermissionError):
+            what = f"{e.filename}" if e.filename else "a path"
+            return EXIT_ENV, (
+                f"permission denied on {what}; make it readable (inputs) or writable (--out), or choose another --out"
+            )
     if storeconfig.is_transient(exc):
         return EXIT_ENV, f"the storage kept failing after retries ({text}); try again later"
-    if isinstance(exc, FileNotFoundError):
-        return EXIT_USAGE, f"{text}"
+    for e in chain:
+        code = errors.exit_code(e)
+        if code is not None:
+            return code, text
+        if isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+            return EXIT_USAGE, errors.redact(f"{e.strerror or type(e).__name__}: {e.filename or _first_line(e)}")
     return EXIT_DATA, f"unexpected {text} (run with --debug for the traceback)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``benbeam``: dispatch a command; expected failures end with one line and an exit code."""
+    """``benbeam``: dispatch a command; expected failures end with one line and an exit code
+    (with ``--debug``: the traceback, then the same exit code)."""
+    import traceback
+
+    from bigearthnet_beam.beam_pipeline import quiet
+
     argv = list(sys.argv[1:] if argv is None else argv)
     DEBUG["on"] = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     cmd = argv[0] if argv else ""
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        if DEBUG["on"]:
+    quiet.install_thread_hook()
+    stopped = f"benbeam {cmd}: interrupted; a rerun of the same command continues from what is complete"
+    with quiet.interrupt_guard(stopped) as guard:
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            quiet.INTERRUPTED["on"] = True
+            if DEBUG["on"]:
+                traceback.print_exc()
+            print(stopped, file=sys.stderr, flush=True)
+            guard["printed"] = True
+            return EXIT_INTERRUPTED
+        except SystemExit:
             raise
-        print(
-            f"benbeam {cmd}: interrupted; a rerun of the same command continues from what is complete", file=sys.stderr
-        )
-        return EXIT_INTERRUPTED
-    except SystemExit:
-        raise
-    except Exception as e:
-        if DEBUG["on"]:
-            raise
-        code, line = classify(e)
-        print(f"benbeam {cmd}: error: {line}", file=sys.stderr)
-        return code
+        except Exception as e:  # noqa: BLE001 - the last resort: one line and the exit code of its type
+            code, line = classify(e)
+            if DEBUG["on"]:
+                traceback.print_exc()
+            print(f"benbeam {cmd}: error: {line}", file=sys.stderr)
+            return code
 
 
 def _main(argv: list[str]) -> int:

@@ -111,6 +111,7 @@ def convert_dataset(args, plan: RowPlan, st, cache=None, stats: tuple[dict, byte
         stats_fraction=args.stats_fraction,
         decode_timeout=args.decode_timeout,
         report=False,  # written after run.json, so that it shows this run's throughput
+        encoding=args.encoding,
         statistics=None if args.stats else stats,
         cache=cache,
         objects=objects,
@@ -200,7 +201,7 @@ def preflight(args, probe_output: bool = True, st=None) -> RowPlan:
     return plan
 
 
-LOCAL_RUNNERS = (None, "", "DirectRunner", "direct", "PrismRunner", "prism", "SwitchingDirectRunner")
+LOCAL_RUNNERS = progress.LOCAL_RUNNERS  # the runners that run here (one list: transforms.progress)
 
 
 def object_cache(choice: str, root: str | None, opts) -> PatchCache | None:

@@ -196,6 +196,7 @@ class ConvertDataset(beam.PTransform):
     stats_fraction: float = 1.0
     decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
     report: bool = True
+    encoding: str = "normalized"  # "raw": each band losslessly at its own resolution (docs/raw-records.md)
     statistics: Any = None  # a statistics document, (document, histograms.npz bytes), or a singleton PCollection
     cache: Any = None
     objects: Any = None
@@ -221,11 +222,12 @@ class ConvertDataset(beam.PTransform):
             self.decode_timeout,
             self.cache,
             objects=self.objects,
+            encoding=self.encoding,
         )
 
     def options(self) -> dict:
         """The options the manifest records (never credentials: the storage is not among them)."""
-        return {
+        opts = {
             "root": self.root,
             "out": self.out,
             "splits": list(self.splits),
@@ -239,6 +241,9 @@ class ConvertDataset(beam.PTransform):
             "stats": self.stats,
             "stats_fraction": self.stats_fraction,
         }
+        if self.encoding != "normalized":  # recorded only when chosen: the default's manifest is unchanged
+            opts["encoding"] = self.encoding
+        return opts
 
     def expand(self, rows):
         """Group, check, (compute statistics,) write, finalise; the manifest."""
@@ -288,7 +293,7 @@ class ConvertDataset(beam.PTransform):
                 out=self.out,
                 options=self.options(),
                 compression=self.compression,
-                image_dtype=self.image_dtype,
+                image_dtype=config.stored_dtype,
             )
         )
 

@@ -7,7 +7,6 @@ why: it is reported, never guessed. The output keeps every input column and row.
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 
@@ -16,8 +15,8 @@ import pyarrow.parquet as pq
 
 from bigearthnet_beam.beam_pipeline.options import add_storage_args
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS, object_urls
+from bigearthnet_beam.transforms import flagtypes, outdir
 from bigearthnet_beam.transforms import metadata as md
-from bigearthnet_beam.transforms import storage
 from bigearthnet_beam.transforms.cli_args import storage_from_args
 
 
@@ -51,10 +50,10 @@ def index_table(table: pa.Table, root: str) -> tuple[pa.Table, list[dict]]:
 
 def run(argv: list[str] | None = None) -> int:
     """``benbeam index``: write the metadata with each patch's object URLs as a parquet; the exit code."""
-    ap = argparse.ArgumentParser(prog="benbeam index", allow_abbrev=False, description=__doc__.splitlines()[0])
+    ap = flagtypes.Parser(prog="benbeam index", allow_abbrev=False, description=__doc__.splitlines()[0])
     ap.add_argument("--meta", required=True, help="metadata.parquet (local, s3:// or gs://)")
     ap.add_argument("--root", default=None, help="dataset root (default: the folder of --meta)")
-    ap.add_argument("--out", required=True, help="output parquet")
+    ap.add_argument("--out", type=flagtypes.output, required=True, help="output parquet (local, s3:// or gs://)")
     ap.add_argument(
         "--include_snow_cloud",
         default=None,
@@ -64,7 +63,8 @@ def run(argv: list[str] | None = None) -> int:
     add_storage_args(ap)
     args = ap.parse_args(argv)
     st = storage_from_args(args)
-    root = args.root or storage.parent(args.meta)
+    outdir.check_writable(args.out)  # before the metadata is read: exit 3, one line
+    root = md.named_root(args.root, args.meta)  # absolute: the index works from any folder
     try:
         tables = [md.read_table(args.meta, st)[0]]
         if args.include_snow_cloud:

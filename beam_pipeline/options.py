@@ -13,13 +13,15 @@ import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from bigearthnet_beam.schemas.tfrecord import IMAGE_DTYPES
+from bigearthnet_beam.schemas.tfrecord import ENCODINGS, IMAGE_DTYPES
+from bigearthnet_beam.transforms import flagtypes
 from bigearthnet_beam.transforms.cli_args import add_s3_endpoint as add_s3_endpoint
 from bigearthnet_beam.transforms.cli_args import add_storage_args as add_storage_args
 from bigearthnet_beam.transforms.cli_args import positive_int as positive_int
 from bigearthnet_beam.transforms.cli_args import (
     unknown_pipeline_args as unknown_pipeline_args,  # shared with trainer: re-exported
 )
+from bigearthnet_beam.transforms.progress import LOCAL_RUNNER
 
 BEAM_PASSTHROUGH = (
     "Apache Beam pipeline options (--runner, --direct_num_workers, --project, --temp_location, ...) "
@@ -31,42 +33,14 @@ DEFAULT_MAX_FAILURE_FRACTION = 0.05  # a run where more than 5 % of the input fa
 
 
 def strict_parser(**kwargs) -> argparse.ArgumentParser:
-    """An ArgumentParser that takes no abbreviated flags (``--met`` is not ``--meta``)."""
-    return argparse.ArgumentParser(allow_abbrev=False, **kwargs)
+    """The commands' parser (``transforms.flagtypes.Parser``): no abbreviated flags, usage errors in one line."""
+    return flagtypes.Parser(**kwargs)
 
 
-def _number(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if v != v:
-        raise argparse.ArgumentTypeError("must be a number, got NaN")
-    return v
-
-
-def unit_fraction(text: str) -> float:
-    """argparse type: a fraction in [0, 1]."""
-    v = _number(text)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
-    return v
-
-
-def sample_fraction(text: str) -> float:
-    """argparse type: a sampling fraction in (0, 1]."""
-    v = _number(text)
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text!r}")
-    return v
-
-
-def percentile(text: str) -> float:
-    """argparse type: a percentile in [0, 100]."""
-    v = _number(text)
-    if not 0.0 <= v <= 100.0:
-        raise argparse.ArgumentTypeError(f"must be a percentile in [0, 100], got {text!r}")
-    return v
+# The number types of the flags (one set for every command: transforms.flagtypes).
+unit_fraction = flagtypes.unit_fraction
+sample_fraction = flagtypes.sample_fraction
+percentile = flagtypes.percentile
 
 
 def description(doc: str) -> str:
@@ -93,6 +67,13 @@ class ConvertOptions(PipelineOptions):
 
     REQUIRED = ("meta", "out")
 
+    @staticmethod
+    def conflicts(args) -> str | None:
+        """What contradicts itself in parsed options (None: nothing)."""
+        if getattr(args, "encoding", "normalized") == "raw" and args.image_dtype != "float32":
+            return "--dtype applies to the normalized encoding; --encoding raw stores each band in its own dtype"
+        return None
+
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--meta", default=None, help="metadata.parquet (local path, s3:// or gs://); required")
@@ -106,9 +87,11 @@ class ConvertOptions(PipelineOptions):
             "--root",
             default=None,
             help="dataset root holding BigEarthNet-S2/, BigEarthNet-S1/, Reference_Maps/ "
-            "(default: the folder of --meta); not needed for `benbeam index` output",
+            "(default: the folder of --meta); objects outside it are refused",
         )
-        parser.add_argument("--out", default=None, help="output dataset directory or URL; required")
+        parser.add_argument(
+            "--out", type=flagtypes.output, default=None, help="output dataset directory or URL; required"
+        )
         parser.add_argument(
             "--archives",
             default=None,
@@ -148,6 +131,14 @@ class ConvertOptions(PipelineOptions):
         )
         parser.add_argument(
             "--dtype", dest="image_dtype", choices=IMAGE_DTYPES, default="float32", help="dtype of the image features"
+        )
+        parser.add_argument(
+            "--encoding",
+            choices=ENCODINGS,
+            default="normalized",
+            help="normalized (default): bands resampled to 10 m and normalised at conversion, --dtype images; "
+            "raw: every band losslessly at its native resolution (S2 uint16, S1 float32 dB, ~290 KB per "
+            "patch), resampled and normalised by the readers (docs/raw-records.md)",
         )
         parser.add_argument(
             "--clip_percentiles",
@@ -218,15 +209,9 @@ def add_decode_timeout_arg(parser) -> None:
     """Add ``--decode_timeout`` (seconds >= 0; 0: no limit) to ``parser``."""
     from bigearthnet_beam.transforms.patch import DEFAULT_DECODE_TIMEOUT
 
-    def seconds(text: str) -> float:
-        v = _number(text)
-        if not v >= 0:
-            raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-        return v
-
     parser.add_argument(
         "--decode_timeout",
-        type=seconds,
+        type=flagtypes.seconds,
         default=DEFAULT_DECODE_TIMEOUT,
         metavar="SECONDS",
         help="give up decoding an object after this long and dead-letter its patch as "
@@ -245,9 +230,12 @@ def direct_num_workers(argv: list[str]) -> str | None:
 
 
 def local_runner_args(argv: list[str], workers: int | None, prog: str = "benbeam") -> list[str]:
-    """Default to the DirectRunner in multi-process mode on all cores, unless the user
-    chose a runner or a running mode. ``--workers N`` and Beam's ``--direct_num_workers M`` with
-    M != N is a usage error (exit 2): the command would otherwise silently run M workers."""
+    """Default to Beam's local multi-process runner on all cores, unless the user chose a
+    runner or a running mode. With no ``--runner`` it is the ``FnApiRunner`` the DirectRunner
+    delegates to, named directly: the DirectRunner would first try to start Prism (a
+    download, and a ``/tmp/beam-temp*`` folder left behind when it cannot start).
+    ``--workers N`` and Beam's ``--direct_num_workers M`` with M != N is a usage error (exit
+    2): the command would otherwise silently run M workers."""
     given = direct_num_workers(argv)
     if workers is not None and given is not None and given.strip() != str(workers):
         print(
@@ -259,6 +247,8 @@ def local_runner_args(argv: list[str], workers: int | None, prog: str = "benbeam
     joined = " ".join(argv)
     extra = []
     runner_given = "--runner" in joined
+    if not runner_given:
+        extra.append(f"--runner={LOCAL_RUNNER}")
     if not runner_given or "DirectRunner" in joined:
         if "--direct_running_mode" not in joined:
             extra.append("--direct_running_mode=multi_processing")
@@ -283,6 +273,9 @@ def parse(cls, argv: list[str], prog: str, description: str):
     missing = [f"--{r}" for r in getattr(cls, "REQUIRED", ()) if getattr(known, r) is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
+    conflict = cls.conflicts(known) if hasattr(cls, "conflicts") else None
+    if conflict:
+        parser.error(conflict)
     return known, rest
 
 

@@ -16,6 +16,65 @@ import sys
 import tempfile
 
 DEBUG = {"on": False}  # set by the CLI from --debug
+INTERRUPTED = {"on": False}  # set by the CLI on Ctrl-C
+LOG_FILE: dict = {}  # "path": the worker log of the pipeline now running (worker_stderr)
+# Beam's own threads: their tracebacks (a worker that exited on Ctrl-C, a closed gRPC
+# stream) go to the worker log, never to the terminal.
+_BEAM_MODULES = ("apache_beam", "grpc")
+
+
+def _is_beam_thread(args) -> bool:
+    tb = args.exc_traceback
+    while tb is not None:
+        mod = tb.tb_frame.f_globals.get("__name__", "")
+        if mod.split(".", 1)[0] in _BEAM_MODULES:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _thread_hook(args) -> None:
+    """threading.excepthook: Beam's threads write their traceback to the worker log (or, after
+    Ctrl-C with no log, nowhere: the command prints one line); every other thread as usual."""
+    if DEBUG["on"] or not _is_beam_thread(args):
+        _DEFAULT_HOOK[0](args)
+        return
+    path = LOG_FILE.get("path")
+    if path:
+        import traceback
+
+        with contextlib.suppress(OSError), open(path, "a", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"Exception in thread {getattr(args.thread, 'name', '?')}:\n")
+            traceback.print_exception(args.exc_type, args.exc_value, args.exc_traceback, file=f)
+    elif not INTERRUPTED["on"]:
+        _DEFAULT_HOOK[0](args)
+
+
+_DEFAULT_HOOK: list = []
+
+
+class BeamTracebackFilter(logging.Filter):
+    """A log handler's filter: Beam's own records that carry a traceback (a failed bundle, a
+    worker gone on Ctrl-C) go to the worker log while a pipeline runs; ``--debug`` shows them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if DEBUG["on"] or not record.exc_info or record.name.split(".", 1)[0] not in _BEAM_MODULES:
+            return True
+        path = LOG_FILE.get("path")
+        if path:
+            with contextlib.suppress(OSError), open(path, "a", encoding="utf-8", errors="backslashreplace") as f:
+                f.write(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s").format(record) + "\n")
+            return False
+        return not INTERRUPTED["on"]
+
+
+def install_thread_hook() -> None:
+    """Route Beam's thread tracebacks through ``_thread_hook`` (once per process)."""
+    import threading
+
+    if not _DEFAULT_HOOK:
+        _DEFAULT_HOOK.append(threading.excepthook)
+        threading.excepthook = _thread_hook
 
 
 @contextlib.contextmanager
@@ -33,7 +92,7 @@ def worker_stderr(keep: dict | None = None):
         yield keep
         return
     fd, path = tempfile.mkstemp(prefix="benbeam-workers-", suffix=".log")
-    keep["log"] = path
+    keep["log"] = LOG_FILE["path"] = path
     old = sys.stderr
     swapped = []
     try:
@@ -50,8 +109,10 @@ def worker_stderr(keep: dict | None = None):
                 swapped.append(h)
     try:
         yield keep
-    except BaseException:
-        keep["failed"] = True
+    except BaseException as e:
+        # a failure keeps the log (the command names it); Ctrl-C does not (nothing names it)
+        keep["failed"] = not isinstance(e, KeyboardInterrupt)
+        INTERRUPTED["on"] = INTERRUPTED["on"] or isinstance(e, KeyboardInterrupt)
         raise
     finally:
         try:
@@ -69,3 +130,53 @@ def worker_stderr(keep: dict | None = None):
             with contextlib.suppress(OSError):
                 os.unlink(path)
             keep.pop("log", None)
+            LOG_FILE.pop("path", None)
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, the command has this long to end by itself
+_GUARD: dict = {}
+
+
+def _end_now(line: str) -> None:
+    """End the process with the one interrupted line (unless already printed) and exit 130."""
+    if not _GUARD.get("printed"):
+        with contextlib.suppress(OSError, ValueError):
+            print(line, file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+@contextlib.contextmanager
+def interrupt_guard(line: str, grace: float = INTERRUPT_GRACE_S):
+    """Within the block, Ctrl-C raises KeyboardInterrupt as usual; if the command has not
+    ended ``grace`` seconds later (a Beam runner waiting for a worker that Ctrl-C killed
+    during its start), it ends with ``line`` and exit 130. A second Ctrl-C ends it at once.
+    Outside the main thread (no signal handlers there) the block changes nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield _GUARD
+        return
+
+    def handler(signum, frame):
+        INTERRUPTED["on"] = True
+        if _GUARD.get("timer") is not None:
+            _end_now(line)
+        timer = threading.Timer(grace, _end_now, args=(line,))
+        timer.daemon = True
+        _GUARD["timer"] = timer
+        timer.start()
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    _GUARD.clear()
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield _GUARD
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        timer = _GUARD.pop("timer", None)
+        if timer is not None:
+            timer.cancel()

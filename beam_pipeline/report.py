@@ -20,7 +20,6 @@ writes the files (and is ``benbeam report``); ``report_page`` builds the HTML pa
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -34,7 +33,7 @@ from bigearthnet_beam.beam_pipeline.report_plots import (
     sample_params,
 )
 from bigearthnet_beam.schemas import manifest
-from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms import containment, flagtypes, storage
 
 LOG = logging.getLogger("benbeam")
 
@@ -46,9 +45,10 @@ SAMPLES = 6
 
 
 def _read(dataset: str, rel: str, st: storage.Storage) -> bytes | None:
-    """A file of the dataset, or None if it does not exist."""
+    """A file of the dataset, or None if it does not exist; a path that leaves the dataset
+    (``containment.check_relative``) is refused, never opened."""
     try:
-        return st.read_bytes(storage.join(dataset, rel))
+        return st.read_bytes(containment.check_relative(rel, dataset))
     except FileNotFoundError:
         return None
 
@@ -62,6 +62,8 @@ def _failures(dataset: str, man: dict, st: storage.Storage) -> list[dict]:
 
 def _samples(dataset: str, man: dict, st: storage.Storage, n: int = SAMPLES) -> list[dict]:
     """The first ``n`` records of the first non-empty shards (validation first, then train, test)."""
+    from bigearthnet_beam.schemas import tfrecord
+    from bigearthnet_beam.transforms import raw_decode
     from bigearthnet_beam.transforms.encode import decode_example, iter_records
 
     order = [s for s in ("validation", "train", "test") if s in man["splits"]]
@@ -71,8 +73,11 @@ def _samples(dataset: str, man: dict, st: storage.Storage, n: int = SAMPLES) -> 
         if sh is None:
             continue
         got = per_split.setdefault(split, [])
-        for rec in iter_records(storage.join(dataset, sh["path"]), man["compression"], st=st):
-            got.append(decode_example(rec, man["image_dtype"]))
+        for rec in iter_records(
+            containment.check_relative(sh["path"], dataset, what="shard"), man["compression"], st=st
+        ):
+            ex = decode_example(rec, man["image_dtype"])
+            got.append(raw_decode.as_normalized(ex, man) if man["image_dtype"] == tfrecord.RAW else ex)
             if len(got) >= n:
                 break
     out: list[dict] = []
@@ -125,13 +130,15 @@ def run(argv: list[str] | None = None) -> int:
     from bigearthnet_beam.transforms.cli_args import storage_from_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(
+    ap = flagtypes.Parser(
         prog="benbeam report",
         allow_abbrev=False,
         description="(Re)write a converted dataset's report.html and its plots.",
     )
     ap.add_argument("dataset", help="dataset directory or URL (holding dataset.json)")
-    ap.add_argument("--out", default=None, help="where to write the HTML (default: DATASET/report.html)")
+    ap.add_argument(
+        "--out", type=flagtypes.output, default=None, help="where to write the HTML (default: DATASET/report.html)"
+    )
     add_storage_args(ap)
     args = ap.parse_args(argv)
     st = storage_from_args(args)

@@ -33,7 +33,7 @@ from bigearthnet_beam.beam_pipeline.options import (
 )
 from bigearthnet_beam.schemas import failures, manifest
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS
-from bigearthnet_beam.transforms import containment, progress, storage
+from bigearthnet_beam.transforms import containment, flagtypes, outdir, progress, storage
 from bigearthnet_beam.transforms import metadata as md
 from bigearthnet_beam.transforms.cli_args import storage_from_args
 from bigearthnet_beam.transforms.ptransforms import CheckRows, ReadMetadata, _count
@@ -63,14 +63,18 @@ def list_sizes(prefix: str, st: storage.Storage | None = None) -> dict[str, int]
 
 
 def check_objects(rec: dict, listing) -> list[failures.PatchError]:
-    """Missing / empty / oversized objects of a patch according to folder listings; a path
-    outside the dataset root is refused before any listing (``transforms.containment``)."""
+    """Missing / empty / oversized objects of a patch: local ones by ``containment.check_local_object``
+    (convert's own check), remote ones by folder listings; a path outside the dataset root
+    is refused before anything is listed or opened (``transforms.containment``)."""
     errs = []
     urls = md.record_urls(rec)
     for key in OBJECT_KEYS:
         url = urls[key]
         try:
             containment.check_url(url, rec.get("root"), what=f"{key} object")
+            if not storage.is_remote(url):  # local: the one object check convert's reads make
+                containment.check_local_object(url, rec.get("root"), what=f"{key} object")
+                continue
         except failures.PatchError as e:
             errs.append(e)
             continue
@@ -212,8 +216,10 @@ def write_report(args, results, meta_info, st: storage.Storage | None = None) ->
 
 
 def check_out(out: str, st: storage.Storage | None = None) -> None:
-    """``--out`` is a report file: refuse a folder, and a file that is not an earlier report."""
+    """``--out`` is a report file: refuse a folder, a file that is not an earlier report, and a
+    place that cannot be written (``outdir.check_writable``, exit 3)."""
     st = st if st is not None else storage.Storage()
+    outdir.check_writable(out)
     if storage.is_remote(out):
         if st.exists(out) and not _is_report(out, st):
             raise ValueError(
@@ -252,10 +258,11 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--root",
         default=None,
-        help="dataset root (default: the root an index declares, else the "
-        "folder of --meta); objects outside it are refused",
+        help="dataset root (default: the folder of --meta); objects outside it are refused",
     )
-    ap.add_argument("--out", required=True, help="report JSON (local, s3:// or gs://); not a folder")
+    ap.add_argument(
+        "--out", type=flagtypes.output, required=True, help="report JSON (local, s3:// or gs://); not a folder"
+    )
     ap.add_argument("--frac", type=sample_fraction, default=1.0, help="deterministic hash sample of patch ids")
     ap.add_argument(
         "--splits", default="train,validation,test", help="comma-separated splits to check (default: all three)"
@@ -294,15 +301,22 @@ def run(argv: list[str] | None = None) -> int:
 
             check_archives(args.archives, st)
         check_out(args.out, st)
+        root = md.dataset_root(args.root, args.meta, tables)
+        total = sum(md.split_counts([t for t, _ in tables], splits, args.frac).values())
+        rows = [t.num_rows for t, _ in tables]
+        md.check_selection(
+            root, bool(args.root) and not args.archives, total, rows, args.splits, args.frac, "validate", st
+        )
     except (ValueError, md.MetadataError) as e:
         print(f"{COMMAND}: error: {e}", file=sys.stderr)
         return 2
-    root = md.dataset_root(args.root, args.meta, tables)
+    except outdir.OutputUnwritable as e:
+        print(f"{COMMAND}: error: {e}", file=sys.stderr)
+        return e.exit_code
     t0 = time.perf_counter()
     wlog: dict = {}
     try:
         opts = PipelineOptions(local_runner_args(rest, args.workers, COMMAND))
-        total = sum(md.split_counts([t for t, _ in tables], splits, args.frac).values())
         with (
             quiet.worker_stderr(wlog),
             progress.watch([progress.Pass("validate", "validate", total)], opts.get_all_options().get("runner")),

@@ -88,8 +88,8 @@ def scenarios(d: str):
     yield (
         "input",
         "index points outside the root, at http://, /dev/zero",
-        "convert --meta hostile.parquet",
-        lambda: conv(o("hostile"), meta=hostile),
+        "convert --meta hostile.parquet --root ok",
+        lambda: conv(o("hostile"), "--root", ok, meta=hostile),
     )
     yield (
         "file",

@@ -21,6 +21,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from bigearthnet_beam.schemas import errors
+
 DIST = "bigearthnet-beam"
 PACKAGE = "bigearthnet_beam"  # the one import name the wheel installs
 # a checkout's folders that setup.py maps into it (bigearthnet_beam.<folder>)
@@ -28,7 +30,7 @@ FOLDERS = ("bigearthnet_beam", "beam_pipeline", "transforms", "schemas", "synth"
 _NOT_IN_WHEEL = ("INSTALLER", "REQUESTED", "direct_url.json", "RECORD")
 
 
-class StagingError(RuntimeError):
+class StagingError(errors.UnavailableError, RuntimeError):
     """The package could not be turned into a wheel for the workers."""
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from bigearthnet_beam.transforms import flagtypes
+
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 ENVIRONMENTS = ("DOCKER", "PROCESS", "EXTERNAL", "LOOPBACK")
 ENV_HELP = f"Beam SDK harness environment: {', '.join(ENVIRONMENTS)} (default %(default)s)"
@@ -230,7 +232,7 @@ def _portable_env_flags(parser, default_env: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``benbeam launch`` argument parser (one subcommand per runner)."""
-    ap = argparse.ArgumentParser(
+    ap = flagtypes.Parser(
         prog="benbeam launch",
         allow_abbrev=False,
         description=__doc__.splitlines()[0],
@@ -243,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--temp_location", required=True, help="gs:// folder for temporary files")
     d.add_argument("--staging_location", default=None, help="gs:// folder for staged files (default: <temp>/staging)")
     d.add_argument("--machine_type", default=None, help="e.g. n2-standard-4")
-    d.add_argument("--num_workers", type=int, default=None, help="initial workers (default: Dataflow's)")
-    d.add_argument("--max_workers", type=int, default=None, help="autoscaling upper bound")
+    d.add_argument(
+        "--num_workers", type=flagtypes.positive_int, default=None, help="initial workers (default: Dataflow's)"
+    )
+    d.add_argument("--max_workers", type=flagtypes.positive_int, default=None, help="autoscaling upper bound")
     d.add_argument(
         "--autoscaling",
         default="THROUGHPUT_BASED",
@@ -275,7 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="Flink version of the job server Beam starts itself (without --job_endpoint)",
             )
-            f.add_argument("--parallelism", type=int, default=None, help="Flink parallelism (default: the cluster's)")
+            f.add_argument(
+                "--parallelism",
+                type=flagtypes.positive_int,
+                default=None,
+                help="Flink parallelism (default: the cluster's)",
+            )
         else:
             f.add_argument("--spark_master_url", default=None, help="spark://HOST:PORT (without --job_endpoint)")
         _portable_env_flags(f, "DOCKER")
@@ -284,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     _portable_env_flags(pt, "LOOPBACK")
     k = sub.add_parser("dask", allow_abbrev=False, help="a dask.distributed cluster")
     k.add_argument("--dask_client_address", required=True, help="HOST:PORT of the Dask scheduler")
-    k.add_argument("--partition_size", type=int, default=1, help="shard keys per Dask partition (default 1)")
+    k.add_argument(
+        "--partition_size", type=flagtypes.positive_int, default=1, help="shard keys per Dask partition (default 1)"
+    )
     return ap
 
 

@@ -25,6 +25,7 @@ caught those before keeps working. Ctrl-C stays ``KeyboardInterrupt`` (exit 130)
 from __future__ import annotations
 
 import errno
+import re
 
 EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_ENV, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -61,12 +62,24 @@ class StorageError(UnavailableError):
     """An object store cannot be reached, refuses the credentials, or keeps failing after retries."""
 
 
+# A full disk or quota, a read-only file system, a refused permission: the environment (exit 3).
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it replaced by ``***@``."""
+    return _USERINFO.sub(r"\g<scheme>***@", str(text))
+
+
 def exit_code(exc: BaseException) -> int | None:
-    """The exit code an exception means by its type (None: not one of ours, nor a full disk)."""
+    """The exit code an exception means by its type or errno (None: not one of ours, nor the environment's)."""
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     if isinstance(exc, BenBeamError):
         return exc.exit_code
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
         return EXIT_ENV
     return None

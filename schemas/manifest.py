@@ -7,7 +7,7 @@ means the dataset is complete. Its top-level layout (schema version 1) is ``Mani
     schema_version, package_version, created_by, options,
     input:       {metadata: [{path, sha256, rows, source}], rows_selected}
     features:    [{name, kind, shape, dtype, description}]   (schemas.tfrecord)
-    image_dtype, compression,
+    image_dtype, compression,   [encoding: "raw" only for the raw encoding, whose image_dtype is "raw"]
     bands:       {s2: [...], s1: [...]},  classes: [...], class_colors: [...], ignore_index
     statistics:  {source, clip, clip_percentiles, bands: {NAME: {...}}, ...}
     splits:      {SPLIT: SplitEntry {input, written, failed, shards: [ShardEntry {path, records, sha256, bytes}],
@@ -24,13 +24,14 @@ dataset can be copied. Plain Python: the caller passes the function that reads b
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Mapping
 
 from bigearthnet_beam.schemas import bands as band_table
 from bigearthnet_beam.schemas import classes as class_table
-from bigearthnet_beam.schemas import tfrecord
+from bigearthnet_beam.schemas import errors, tfrecord
 
 SCHEMA_VERSION = 1
 
@@ -72,7 +73,7 @@ REQUIRED_KEYS = (
 )
 
 
-class ManifestError(ValueError):
+class ManifestError(errors.InputError):
     """The dataset has no complete, readable manifest."""
 
 
@@ -96,8 +97,11 @@ def shard_path(split: str, index: int, count: int, compression: str = "none") ->
 
 def contract(image_dtype: str, compression: str) -> dict:
     """The part of ``dataset.json`` that readers rely on and this package fixes: the feature
-    spec, image dtype, compression, band and class tables, ignore index."""
+    spec, image dtype, compression, band and class tables, ignore index (and, for the raw
+    encoding only, ``encoding``: the normalised datasets' manifests stay as they were)."""
+    extra = {"encoding": tfrecord.RAW} if image_dtype == tfrecord.RAW else {}
     return {
+        **extra,
         "features": [
             {"name": f.name, "kind": f.kind, "shape": list(f.shape), "dtype": f.dtype, "description": f.description}
             for f in tfrecord.features(image_dtype)
@@ -243,11 +247,14 @@ class Manifest:
     splits: dict[str, SplitEntry]
     failures: dict
     files: dict
+    encoding: str = "normalized"  # written to dataset.json only when it is not the default
 
     def to_dict(self) -> dict:
         """The JSON form."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["splits"] = {k: v.to_dict() for k, v in self.splits.items()}
+        if d["encoding"] == "normalized":
+            del d["encoding"]
         return d
 
     def dumps(self) -> str:
@@ -354,8 +361,10 @@ def _check_contract(man: dict) -> list[str]:
     problems = []
     if man["compression"] not in COMPRESSIONS:
         problems.append(f"compression {man['compression']!r} is not one of {COMPRESSIONS}")
-    if man["image_dtype"] not in tfrecord.IMAGE_DTYPES:
-        problems.append(f"image_dtype {man['image_dtype']!r} is not one of {tfrecord.IMAGE_DTYPES}")
+    if man["image_dtype"] not in tfrecord.STORED_DTYPES:
+        problems.append(f"image_dtype {man['image_dtype']!r} is not one of {tfrecord.STORED_DTYPES}")
+    elif tfrecord.encoding_of(man["image_dtype"]) != man.get("encoding", "normalized"):
+        problems.append(f"image_dtype {man['image_dtype']!r} contradicts encoding {man.get('encoding')!r}")
     want_bands = {m: list(names) for m, names in band_table.MODALITIES.items()}
     if man["bands"] != want_bands:
         problems.append(f"bands {man['bands']!r} differ from {want_bands!r}")
@@ -364,6 +373,32 @@ def _check_contract(man: dict) -> list[str]:
     if man["ignore_index"] != class_table.IGNORE_INDEX:
         problems.append(f"ignore_index {man['ignore_index']!r} is not {class_table.IGNORE_INDEX}")
     return problems
+
+
+def path_problem(rel: Any) -> str | None:
+    """Why ``rel`` is not a plain relative path inside the dataset folder (None: it is one).
+    Every path a manifest lists passes this; readers then resolve it with
+    ``transforms.containment.check_relative`` (which also refuses symlinks out of the folder)."""
+    if not isinstance(rel, str) or not rel:
+        return "is not a non-empty string"
+    parts = rel.replace("\\", "/").split("/")
+    if "://" in rel or rel.startswith(("/", "\\")) or ":" in parts[0] or "\x00" in rel:
+        return f"{rel[:200]!r} is not a relative path inside the dataset"
+    if any(s in ("..", ".", "") for s in parts):
+        return f"{rel[:200]!r} holds a '..', '.' or empty segment"
+    return None
+
+
+def _path_problems(man: dict) -> list[str]:
+    """The paths of shards and files a manifest lists that are not plain relative paths."""
+    listed = [
+        (f"split {split!r} shard {i} path", sh["path"])
+        for split, info in man["splits"].items()
+        for i, sh in enumerate(info["shards"])
+    ]
+    listed.append(("failures.file", man["failures"].get("file", FAILURES_JSONL)))
+    listed += [(f"files.{k}", v) for k, v in sorted(man["files"].items()) if v is not None]
+    return [f"{what} {p}" for what, rel in listed if (p := path_problem(rel))]
 
 
 def from_dict(man: Any, where: str = MANIFEST) -> Manifest:
@@ -394,6 +429,8 @@ def from_dict(man: Any, where: str = MANIFEST) -> Manifest:
                 problems.append(f"split {split!r} shard {i} lacks one of {', '.join(_SHARD_TYPES)}")
                 break
             problems += _check_types(sh, _SHARD_TYPES, f"split {split!r} shard {i}: ")
+    if not problems:
+        problems = _path_problems(man)
     if problems:
         raise ManifestError(f"{where} is malformed: " + "; ".join(problems) + " (re-run `benbeam convert`)")
     for split, info in man["splits"].items():
@@ -401,6 +438,13 @@ def from_dict(man: Any, where: str = MANIFEST) -> Manifest:
             raise ManifestError(f"{where}: split {split!r} breaks written + failed = input")
         if sum(s["records"] for s in info["shards"]) != info["written"]:
             raise ManifestError(f"{where}: split {split!r} shard record counts do not add up")
+    encoding = man.get("encoding", "normalized")
+    if encoding not in tfrecord.ENCODINGS:
+        raise ManifestError(
+            f"{where} holds records of encoding {encoding!r}, which this version of bigearthnet-beam cannot read "
+            f"(it reads {', '.join(tfrecord.ENCODINGS)}): install the version that wrote it "
+            f"({man.get('package_version')}) or a newer one"
+        )
     problems = _check_contract(man)
     if problems:
         raise ManifestError(
@@ -422,7 +466,7 @@ def from_dict(man: Any, where: str = MANIFEST) -> Manifest:
         for name, info in man["splits"].items()
     }
     optional = {"created_by": "", "class_colors": []}  # not required by version 1
-    return Manifest(**dict({k: man.get(k, optional.get(k)) for k in _TOP_TYPES}, splits=splits))
+    return Manifest(**dict({k: man.get(k, optional.get(k)) for k in _TOP_TYPES}, splits=splits, encoding=encoding))
 
 
 def validate(manifest: dict, where: str = MANIFEST) -> dict:
@@ -452,6 +496,10 @@ def load(dataset: str, read_bytes: Callable[[str], bytes], hint: str = "") -> tu
     try:
         raw = read_bytes(url)
     except FileNotFoundError:
+        if "://" not in str(dataset) and not os.path.exists(dataset):
+            raise ManifestError(
+                f"{dataset} does not exist (no dataset folder there, so no {MANIFEST}){'; ' + hint if hint else ''}"
+            ) from None
         raise ManifestError(
             f"{dataset} has no {MANIFEST}, so it is not a complete dataset (`benbeam convert` writes the manifest "
             f"last: an interrupted or still-running conversion has none){'; ' + hint if hint else ''}"

@@ -16,8 +16,8 @@ S1_DIR = "BigEarthNet-S1"
 MAP_DIR = "Reference_Maps"
 REFERENCE_MAP_KEY = "reference_map"
 
-PATCH_ID_RE = re.compile(r"^S2[AB]_MSIL2A_\d{8}T\d{6}_N9999_R\d{3}_T(\d{2})([A-Z]{3})_(\d{2})_(\d{2})\Z")
-S1_NAME_RE = re.compile(r"^S1[AB]_IW_GRDH_1SDV_\d{8}T\d{6}_(\d{2})([A-Z]{3})_(\d{1,2})_(\d{1,2})\Z")
+PATCH_ID_RE = re.compile(r"^S2[AB]_MSIL2A_\d{8}T\d{6}_N9999_R\d{3}_T(\d{2})([A-Z]{3})_(\d{2})_(\d{2})\Z", re.ASCII)
+S1_NAME_RE = re.compile(r"^S1[AB]_IW_GRDH_1SDV_\d{8}T\d{6}_(\d{2})([A-Z]{3})_(\d{1,2})_(\d{1,2})\Z", re.ASCII)
 
 # Object keys of a patch, in canonical order: 12 S2 bands, VV, VH, reference map.
 OBJECT_KEYS: tuple[str, ...] = S2_NAMES + S1_NAMES + (REFERENCE_MAP_KEY,)

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bigearthnet_beam.schemas.bands import PATCH_SIZE, S1_NAMES, S2_NAMES
+from bigearthnet_beam.schemas.bands import BAND_BY_NAME, PATCH_SIZE, S1_NAMES, S2_NAMES
 from bigearthnet_beam.schemas.classes import NUM_CLASSES
 
 IMAGE_DTYPES = ("float32", "float16")
+# How the images are stored: "normalized" (resampled to 10 m, normalised, IMAGE_DTYPES) or
+# "raw" (lossless: S2 uint16 at native resolution, S1 float32 dB; readers normalise).
+ENCODINGS = ("normalized", "raw")
+RAW = "raw"  # the manifest's image_dtype (and features()' argument) of the raw encoding
+STORED_DTYPES = IMAGE_DTYPES + (RAW,)
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,61 @@ COUNTRY = "country"
 
 IMAGE_FEATURES = (S2, S1)
 
+# The raw encoding's image features: S2 bands grouped by native resolution, band-major (CHW).
+S2_10M = "s2_10m"
+S2_20M = "s2_20m"
+S2_60M = "s2_60m"
+S1_DB = "s1_db"
+# (feature, native resolution in m, band names in schemas.bands.S2_NAMES order)
+S2_GROUPS: tuple[tuple[str, int, tuple[str, ...]], ...] = tuple(
+    (feat, res, tuple(n for n in S2_NAMES if BAND_BY_NAME[n].resolution_m == res))
+    for feat, res in ((S2_10M, 10), (S2_20M, 20), (S2_60M, 60))
+)
+RAW_IMAGE_FEATURES = (S2_10M, S2_20M, S2_60M, S1_DB)
+
+
+def encoding_of(image_dtype: str) -> str:
+    """The encoding of a stored image dtype: ``raw`` for RAW, else ``normalized``."""
+    return RAW if image_dtype == RAW else "normalized"
+
+
+def _common() -> tuple[Feature, ...]:
+    return (
+        Feature(LABEL, "raw", (PATCH_SIZE, PATCH_SIZE), "uint8", "19-class index per pixel, 255 = no class (ignore)"),
+        Feature(
+            MULTI_HOT, "int64", (NUM_CLASSES,), "int64", "multi-hot of the metadata labels in canonical class order"
+        ),
+        Feature(SPLIT, "bytes", (), "string", "train / validation / test"),
+        Feature(COUNTRY, "bytes", (), "string", "country of the patch"),
+    )
+
+
+def raw_features() -> tuple[Feature, ...]:
+    """The features of the raw encoding: lossless native-resolution arrays, readers normalise."""
+    s2 = tuple(
+        Feature(
+            feat,
+            "raw",
+            (len(names), PATCH_SIZE * 10 // res, PATCH_SIZE * 10 // res),
+            "uint16",
+            f"S2 bands {','.join(names)} at their native {res} m, digital numbers, band-major (CHW)",
+        )
+        for feat, res, names in S2_GROUPS
+    )
+    s1 = Feature(
+        S1_DB,
+        "raw",
+        (len(S1_NAMES), PATCH_SIZE, PATCH_SIZE),
+        "float32",
+        "S1 backscatter " + ",".join(S1_NAMES) + " in dB as in the source files, band-major (CHW)",
+    )
+    return (Feature(PATCH_ID, "bytes", (), "string", "reBEN patch id"), *s2, s1, *_common())
+
 
 def features(image_dtype: str = "float32") -> tuple[Feature, ...]:
-    """All features of one example, in the order they are serialised."""
+    """All features of one example (``image_dtype`` RAW: the raw encoding's), in the order they are serialised."""
+    if image_dtype == RAW:
+        return raw_features()
     if image_dtype not in IMAGE_DTYPES:
         raise ValueError(f"--dtype must be one of {IMAGE_DTYPES}, got {image_dtype!r}")
     img_kind = "float" if image_dtype == "float32" else "raw"
@@ -59,12 +116,7 @@ def features(image_dtype: str = "float32") -> tuple[Feature, ...]:
             image_dtype,
             "normalised S1 backscatter " + ",".join(S1_NAMES) + ", HWC",
         ),
-        Feature(LABEL, "raw", (PATCH_SIZE, PATCH_SIZE), "uint8", "19-class index per pixel, 255 = no class (ignore)"),
-        Feature(
-            MULTI_HOT, "int64", (NUM_CLASSES,), "int64", "multi-hot of the metadata labels in canonical class order"
-        ),
-        Feature(SPLIT, "bytes", (), "string", "train / validation / test"),
-        Feature(COUNTRY, "bytes", (), "string", "country of the patch"),
+        *_common(),
     )
 
 

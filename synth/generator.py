@@ -357,8 +357,7 @@ def generate(
     full = pa.concat_tables([sample, extra]) if extra is not None else sample
     full = full.sort_by("patch_id")
     buf = io.BytesIO()
-    pq.write_table(full, buf)
-    _write(out, CLEAN, buf.getvalue(), st)
+    pq.write_table(full, buf)  # written last: a replica cut short (a full disk, Ctrl-C) has none
 
     rows = sample.to_pylist()
     items = [(r, plan.get(r["patch_id"])) for r in rows]
@@ -392,6 +391,8 @@ def generate(
         ]
     injected.sort(key=lambda f: f["patch_id"])
     _write(out, FAULTS_JSON, (json.dumps(injected, indent=2) + "\n").encode(), st)
+    # the metadata last and atomically: its presence means the replica is complete
+    st.write_bytes_atomic(storage.join(out, CLEAN), buf.getvalue())
     dt = time.perf_counter() - t0
     return {
         "out": out,

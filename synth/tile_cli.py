@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from bigearthnet_beam.synth.tiles import LAYOUTS, LEVELS, check_args, make_tile, tile_ids
+from bigearthnet_beam.transforms import flagtypes
 
 
 def run(argv: list[str] | None = None) -> int:
     """``benbeam synth-tile ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(
+    ap = flagtypes.Parser(
         prog="benbeam synth-tile",
         allow_abbrev=False,
         description="Write synthetic Sentinel-2 tiles (SAFE folders or GeoTIFFs) with a "
         "ground-truth class map, for benbeam predict.",
     )
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--n", type=int, default=1, help="number of tiles (distinct tile ids and seeds)")
-    ap.add_argument("--size", type=int, default=1098, help="pixels of 10 m a side, a multiple of 6 (real: 10980)")
-    ap.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes (default 0)")
+    ap.add_argument("--out", type=flagtypes.local_output, required=True, help="output folder (local)")
+    ap.add_argument("--n", type=flagtypes.positive_int, default=1, help="number of tiles (distinct tile ids and seeds)")
+    ap.add_argument(
+        "--size", type=flagtypes.positive_int, default=1098, help="pixels of 10 m a side, a multiple of 6 (real: 10980)"
+    )
+    ap.add_argument(
+        "--seed", type=flagtypes.seed, default=0, help="random seed: the same seed writes the same bytes (default 0)"
+    )
     ap.add_argument(
         "--layout",
         choices=LAYOUTS,
@@ -37,7 +41,7 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--s1", action="store_true", help="also write a co-registered S1 raster <tile>_s1.tif")
     ap.add_argument(
         "--nodata_border",
-        type=int,
+        type=flagtypes.nonneg_int,
         default=0,
         metavar="N",
         help="N columns on the left outside the swath (0 in all S2 bands)",
@@ -57,7 +61,7 @@ def run(argv: list[str] | None = None) -> int:
         info = make_tile(
             args.out,
             size=args.size,
-            seed=args.seed + i,
+            seed=(args.seed + i) % (flagtypes.MAX_SEED + 1),
             layout=args.layout,
             level=args.level,
             s1=args.s1,

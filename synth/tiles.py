@@ -273,9 +273,9 @@ def check_args(size, layout, level, tile, date, nodata_border):
         raise ValueError("the geotiff layout holds L2A values (reBEN units); use --layout safe for L1C")
     import re
 
-    if not re.fullmatch(r"\d{2}[C-X][A-Z]{2}", tile or "") or not 1 <= int(tile[:2]) <= 60:
+    if not re.fullmatch(r"\d{2}[C-X][A-Z]{2}", tile or "", re.ASCII) or not 1 <= int(tile[:2]) <= 60:
         raise ValueError(f"tile must be an MGRS tile id like 32TQR, got {tile!r}")
-    if not re.fullmatch(r"\d{8}T\d{6}", date or ""):
+    if not re.fullmatch(r"\d{8}T\d{6}", date or "", re.ASCII):
         raise ValueError(f"date must look like 20240715T101031, got {date!r}")
     if not 0 <= nodata_border < size:
         raise ValueError(f"nodata_border must be in [0, size), got {nodata_border}")

@@ -54,10 +54,23 @@ any_value = st.one_of(
     nasty_text,
     st.lists(st.text(max_size=10), max_size=3),
 )
-patch_ids = st.one_of(st.just(GOOD_ID), st.sampled_from([GOOD_ID[:-2] + f"{i:02d}" for i in range(5)]), any_value)
+FULL_WIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
+patch_ids = st.one_of(
+    st.just(GOOD_ID),
+    st.sampled_from([GOOD_ID[:-2] + f"{i:02d}" for i in range(5)]),
+    st.just(GOOD_ID.translate(FULL_WIDTH)),  # '\d' matches these; ids are ASCII
+    st.binary(max_size=60),  # a binary column's values
+    any_value,
+)
 s1_names = st.one_of(st.just(GOOD_S1), any_value)
 splits = st.one_of(st.sampled_from(["train", "validation", "test", "val", "Train"]), any_value)
-labels = st.one_of(st.lists(st.sampled_from(CLASS_NAMES), max_size=4), st.lists(nasty_text, max_size=3), any_value)
+labels = st.one_of(
+    st.lists(st.sampled_from(CLASS_NAMES), max_size=4),
+    st.lists(nasty_text, max_size=3),
+    st.lists(st.lists(st.sampled_from(CLASS_NAMES), max_size=2), min_size=1, max_size=3),  # nested lists
+    st.lists(st.one_of(st.integers(), st.binary(max_size=5), st.none()), min_size=1, max_size=3),
+    any_value,
+)
 rows = st.fixed_dictionaries(
     {
         "patch_id": patch_ids,

@@ -171,12 +171,11 @@ def test_rerun_is_byte_identical_and_index_path_matches(reben, dataset, tmp_path
     out2 = tmp_path / "again"
     idx = tmp_path / "indexed.parquet"
     assert main(["index", "--meta", str(reben / "metadata.parquet"), "--out", str(idx)]) == 0
-    # the index carries the URLs: no --root needed, same shards; and the multi-process runner gives the
+    # the index carries the URLs; kept outside the dataset, it needs the root named (an index
+    # never decides what may be read): same shards; and the multi-process runner gives the
     # bytes of the session dataset, which was converted in one process (tests/conftest.py)
-    assert (
-        main(["convert", "--max_failure_fraction", "1", "--meta", str(idx), "--out", str(out2), "--shard_size", "8"])
-        == 0
-    )
+    argv = ["convert", "--max_failure_fraction", "1", "--meta", str(idx), "--root", str(reben), "--out", str(out2)]
+    assert main([*argv, "--shard_size", "8"]) == 0
     a, b = _manifest(dataset), _manifest(out2)
     for split in a["splits"]:
         assert [s["sha256"] for s in a["splits"][split]["shards"]] == [

@@ -306,17 +306,31 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     assert err.count("\n") == 1 and "interrupted" in err
 
 
-def test_debug_shows_the_traceback(monkeypatch):
+@pytest.mark.parametrize(
+    "exc,code",
+    [
+        (RuntimeError("boom"), 1),
+        (OSError(28, "No space left on device"), 3),
+        (outdir.OutputBusy("--out x is in use"), 3),
+        (manifest.ManifestError("x/dataset.json is malformed"), 2),
+        (KeyboardInterrupt(), 130),
+    ],
+)
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(exc, code, monkeypatch, capsys):
     import bigearthnet_beam.beam_pipeline.index as index
 
     def broken(argv):
-        raise RuntimeError("boom")
+        raise exc
 
     monkeypatch.setattr(index, "run", broken)
-    assert main(["index", "--meta", "m", "--out", "o"]) == 1
-    with pytest.raises(RuntimeError):
-        main(["index", "--meta", "m", "--out", "o", "--debug"])
-    cli.DEBUG["on"] = False
+    assert main(["index", "--meta", "m", "--out", "o"]) == code
+    assert "Traceback" not in capsys.readouterr().err
+    try:
+        assert main(["index", "--meta", "m", "--out", "o", "--debug"]) == code
+    finally:
+        cli.DEBUG["on"] = False
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("benbeam index: ")
 
 
 @pytest.mark.parametrize(
@@ -324,7 +338,9 @@ def test_debug_shows_the_traceback(monkeypatch):
     [
         (ConnectionRefusedError(111, "Connection refused"), 3, "cannot be reached"),
         (OSError(28, "No space left on device"), 3, "disk is full"),
-        (PermissionError("Access Denied"), 3, "access refused"),
+        (PermissionError(13, "Permission denied", "/ro/out"), 3, "permission denied on /ro/out"),
+        (OSError(30, "Read-only file system", "/ro/out"), 3, "read-only file system"),
+        (FileNotFoundError(2, "No such file or directory", "/no/such"), 2, "/no/such"),
         (type("NoCredentialsError", (Exception,), {})("Unable to locate credentials"), 3, "credentials"),
         (RuntimeError("a bug"), 1, "--debug"),
     ],
@@ -432,3 +448,99 @@ def test_a_run_killed_while_writing_its_marker_is_still_recognised(tmp_path):
     (out / "theirs.txt").write_text("x")
     with pytest.raises(outdir.OutputRefused):
         outdir.check(str(out), "benbeam convert")
+
+
+# --------------------------------------------------------------------------- one mapping from types to codes
+
+
+class _Http(Exception):
+    def __init__(self, status):
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+@pytest.mark.parametrize(
+    "exc,code",
+    [
+        (RuntimeError("No space left on device"), 1),  # the words do not decide
+        (RuntimeError("Connection refused by the endpoint"), 1),
+        (ValueError("Permission denied"), 1),
+        (_Http(403), 3),
+        (_Http(503), 3),
+        (outdir.OutputRefused("--out x holds other files"), 2),
+        (outdir.OutputUnwritable("--out /ro is on a read-only file system"), 3),
+        (manifest.ManifestError("bad"), 2),
+    ],
+)
+def test_classify_decides_by_type_errno_and_status_never_by_words(exc, code):
+    assert cli.classify(exc)[0] == code
+
+
+def test_an_error_raised_from_a_full_disk_keeps_its_own_type_and_code():
+    from bigearthnet_beam.schemas import errors
+
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as e:
+            raise errors.IntegrityError("3 shards do not add up") from e
+    except errors.IntegrityError as e:
+        got = cli.classify(e)
+    assert got == (1, "3 shards do not add up")
+
+
+def test_the_projects_errors_derive_from_schemas_errors_and_keep_their_builtin_bases():
+    from bigearthnet_beam.launch.staging import StagingError
+    from bigearthnet_beam.schemas import errors
+    from bigearthnet_beam.transforms.archives import ArchiveError
+    from bigearthnet_beam.transforms.metadata import MetadataError
+
+    table = {
+        outdir.OutputRefused: (errors.InputError, ValueError),
+        outdir.OutputBusy: (errors.UnavailableError, RuntimeError),
+        MetadataError: (errors.InputError, ValueError),
+        manifest.ManifestError: (errors.InputError, ValueError),
+        ArchiveError: (errors.IntegrityError,),
+        StagingError: (errors.UnavailableError, RuntimeError),
+    }
+    for cls, bases in table.items():
+        assert all(issubclass(cls, b) for b in bases), cls
+    assert [errors.exit_code(c("x")) for c in table] == [2, 3, 2, 2, 1, 3]
+
+
+def test_predict_and_trainer_errors_map_to_their_codes():
+    from bigearthnet_beam.schemas import errors
+    from bigearthnet_beam.trainer.data import ShardError
+    from bigearthnet_beam.trainer.inference.settings import PredictEnvironmentError, PredictError
+
+    assert errors.exit_code(PredictError("x")) == 2 and isinstance(PredictError("x"), ValueError)
+    assert errors.exit_code(PredictEnvironmentError("x")) == 3 and isinstance(
+        PredictEnvironmentError("x"), PredictError
+    )
+    assert errors.exit_code(ShardError("x")) == 1
+
+
+def test_credentials_in_urls_are_never_echoed(capsys):
+    exc = ConnectionRefusedError(111, "nothing answers at http://AKIAEXAMPLE:s3cr3t@127.0.0.1:1/")
+    code, line = cli.classify(exc)
+    assert code == 3 and "s3cr3t" not in line and "AKIAEXAMPLE" not in line and "http://***@127.0.0.1:1/" in line
+    with pytest.raises(SystemExit) as e:
+        main(["convert", "--meta", "m", "--out", "ftp://user:hunter2@host/x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "hunter2" not in err and err.count("\n") == 1
+
+
+def test_a_refused_endpoint_names_the_flag_of_the_endpoint_configured():
+    from bigearthnet_beam.transforms.storage import Storage
+
+    dead = "http://127.0.0.1:9"  # the discard port: nothing listens
+    for st, flag, other in (
+        (Storage(gcs_endpoint_url=dead), "--gcs_endpoint_url", "--s3_endpoint_url"),
+        (Storage(s3_endpoint_url=dead), "--s3_endpoint_url", "--gcs_endpoint_url"),
+    ):
+        with pytest.raises(ConnectionRefusedError) as e:
+            st.probe()  # the refusal says which endpoint refused: no process-wide setting is consulted
+        code, line = cli.classify(e.value)
+        assert code == 3 and flag in line and other not in line, line
+    line = cli.classify(ConnectionRefusedError(111, "refused"))[1]  # no client, no value: both named
+    assert "--s3_endpoint_url / --gcs_endpoint_url" in line

@@ -245,6 +245,8 @@ def test_convert_of_a_hostile_index_opens_nothing_outside_and_dead_letters_every
                 "convert",
                 "--meta",
                 str(idx),
+                "--root",  # the index lies outside the dataset: the root is the one the user names
+                str(world["root"]),
                 "--out",
                 str(out),
                 "--shard_size",

@@ -35,7 +35,10 @@ def model_file(tmp_path_factory):
 def _cli(argv):
     from bigearthnet_beam.trainer.inference.cli import run
 
-    return run([str(a) for a in argv])
+    try:
+        return run([str(a) for a in argv])
+    except SystemExit as e:  # a flag refused by its type (transforms.flagtypes): argparse's exit 2
+        return e.code
 
 
 def _last_err(capsys) -> str:

@@ -10,6 +10,7 @@ import pytest
 from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.beam_pipeline.report_page import SECTIONS
 from bigearthnet_beam.schemas import manifest
+from bigearthnet_beam.transforms.progress import LOCAL_RUNNER  # what a local run records
 from tests.browser import render, require_chromium
 from tests.helpers import read_manifest as _manifest
 
@@ -32,7 +33,7 @@ def test_convert_writes_the_report_its_plots_and_the_run_record(dataset):
     n = sum(s["input"] for s in man["splits"].values())
     assert run["patches"] == n and run["seconds"] > 0
     assert run["patches_per_s"] == pytest.approx(n / run["seconds"], 0.01)
-    assert run["runner"] == "DirectRunner" and run["counters"]["patches_written"] == n - man["failures"]["total"]
+    assert run["runner"] == LOCAL_RUNNER and run["counters"]["patches_written"] == n - man["failures"]["total"]
     # the manifest does not mention run.json or the report: it stays byte-identical between runs
     assert manifest.RUN_JSON not in json.dumps(man) and manifest.REPORT_HTML not in json.dumps(man)
 

@@ -194,10 +194,10 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="layout"):
         make_tile(str(tmp_path), size=120, layout="zarr")
     assert run(["--out", str(tmp_path), "--size", "100"]) == 2
-    assert run(["--out", str(tmp_path), "--n", "0"]) == 2
-    with pytest.raises(SystemExit) as e:
-        run(["--out", str(tmp_path), "--layout", "zarr"])
-    assert e.value.code == 2
+    for bad in (["--n", "0"], ["--layout", "zarr"], ["--size", "nan"]):
+        with pytest.raises(SystemExit) as e:  # refused by the flag's type, before anything is written
+            run(["--out", str(tmp_path), *bad])
+        assert e.value.code == 2
 
 
 def test_cli_writes_distinct_tiles(tmp_path, capsys):

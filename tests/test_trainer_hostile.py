@@ -19,7 +19,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from bigearthnet_beam.beam_pipeline.cli import main  # noqa: E402
+from bigearthnet_beam.beam_pipeline.cli import DEBUG, main  # noqa: E402
 from bigearthnet_beam.schemas import manifest  # noqa: E402
 from bigearthnet_beam.trainer.config import TrainConfig  # noqa: E402
 from bigearthnet_beam.trainer.data import open_dataset, unreadable_shard  # noqa: E402
@@ -336,8 +336,11 @@ def test_an_unreachable_store_fails_in_seconds_with_one_line_and_3(command, tmp_
     assert main([*argv, *flags]) == 3
     assert time.monotonic() - t0 < 20
     assert "reached" in _one_error_line(capsys, command)
-    with pytest.raises(Exception):  # noqa: B017 - --debug: the traceback, whatever its type
-        main(["--debug", *argv, *flags])
+    try:  # --debug: the traceback, and the same exit code
+        assert main(["--debug", *argv, *flags]) == 3
+    finally:
+        DEBUG["on"] = False
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_missing_files_end_with_one_line_and_2(data, tmp_path, capsys):

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from bigearthnet_beam.trainer.run_files import write_json
+from bigearthnet_beam.transforms import flagtypes
 from bigearthnet_beam.transforms.cli_args import add_storage_args, storage_from_args
 from bigearthnet_beam.transforms.storage import Storage, is_remote, join
 
@@ -224,12 +225,14 @@ def add_evaluate_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     ap.add_argument("--data", required=True, help="converted dataset: folder or URL holding dataset.json")
     ap.add_argument("--split", default="test", help="split to score (default: %(default)s)")
-    ap.add_argument("--out", required=True, help="folder for metrics.json and the confusion matrix")
-    ap.add_argument("--batch", type=int, default=32, help="batch size (default: %(default)s)")
-    ap.add_argument("--max_patches", type=int, default=None, help="score the first N patches only")
+    ap.add_argument(
+        "--out", type=flagtypes.output, required=True, help="folder for metrics.json and the confusion matrix"
+    )
+    ap.add_argument("--batch", type=flagtypes.positive_int, default=32, help="batch size (default: %(default)s)")
+    ap.add_argument("--max_patches", type=flagtypes.positive_int, default=None, help="score the first N patches only")
     ap.add_argument(
         "--threshold",
-        type=float,
+        type=flagtypes.unit_fraction,
         default=0.5,
         help="score threshold of the multi-label head for F1 (default: %(default)s)",
     )
@@ -281,7 +284,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
 
 def evaluate_cli(argv: list[str] | None = None) -> int:
     """``benbeam evaluate ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(
+    ap = flagtypes.Parser(
         prog="benbeam evaluate", allow_abbrev=False, description="Score a trained model on a dataset split."
     )
     add_evaluate_args(ap)

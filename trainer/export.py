@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 
-from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms import flagtypes, storage
 
 CLASS_ID = "class_id"  # serving output: uint8 [N, H, W] class index, NO_DATA_ID where every raw band is 0
 NO_DATA_ID = 255
@@ -83,18 +83,19 @@ def export_model(model_path: str, out_dir: str, st: storage.Storage | None = Non
 
 def export_cli(argv: list[str] | None = None) -> int:
     """``benbeam export --model M --out DIR``; returns the exit code."""
-    import argparse
     import sys
 
     from bigearthnet_beam.transforms.cli_args import add_storage_args, storage_from_args
 
-    ap = argparse.ArgumentParser(
+    ap = flagtypes.Parser(
         prog="benbeam export",
         allow_abbrev=False,
         description="Write a trained model as a TensorFlow SavedModel serving on raw bands.",
     )
     ap.add_argument("--model", required=True, help="a .keras model written by `benbeam train` (path or URL)")
-    ap.add_argument("--out", required=True, help="folder (or URL) for the SavedModel and info.json")
+    ap.add_argument(
+        "--out", type=flagtypes.output, required=True, help="folder (or URL) for the SavedModel and info.json"
+    )
     add_storage_args(ap)
     args = ap.parse_args(argv)
     st = storage_from_args(args)

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from bigearthnet_beam.schemas import errors
 from bigearthnet_beam.schemas.bands import PATCH_SIZE
 from bigearthnet_beam.schemas.classes import IGNORE_INDEX, NUM_CLASSES
 
@@ -456,6 +457,11 @@ def load_model(path: str, compile: bool = False, st=None) -> tuple[keras.Model, 
             shutil.rmtree(tmp, ignore_errors=True)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model {path} does not exist")
+    if os.path.isdir(path) or not zipfile.is_zipfile(path):  # Keras would say "File not found"
+        raise errors.InputError(
+            f"model {path} is not a .keras model (a zip archive written by `benbeam train`); "
+            "pass the .keras file that `benbeam train --save` wrote"
+        )
     model = keras.models.load_model(path, compile=compile)
     with zipfile.ZipFile(path) as z:
         entry = z.read(INFO_ENTRY) if INFO_ENTRY in z.namelist() else None

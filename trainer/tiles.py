@@ -57,7 +57,7 @@ def normalise_band_name(text: str | None) -> str | None:
     t = text.strip().upper()
     if t in ("VV", "VH"):
         return t
-    m = re.fullmatch(r"B0?(\d{1,2}|8A)", t)
+    m = re.fullmatch(r"B0?(\d{1,2}|8A)", t, re.ASCII)
     if not m:
         return None
     g = m.group(1)
@@ -65,7 +65,7 @@ def normalise_band_name(text: str | None) -> str | None:
 
 
 def _baseline_from_name(name: str) -> int | None:
-    m = re.search(r"_N(\d{4})_", name)
+    m = re.search(r"_N(\d{4})_", name, re.ASCII)
     return int(m.group(1)) if m else None
 
 
@@ -344,7 +344,7 @@ def _safe_bands(path: str, wanted: list[str]) -> tuple[str, dict[str, tuple[str,
                 found[band] = (os.path.join(img, hit[0]), 0)  # factor from the file's pixel size
         warnings.append(L1C_WARNING.format(path=path))
     for f in (p for p, _ in found.values()):
-        m = re.match(r"(T\d{2}[A-Z]{3}_\d{8}T\d{6})_", os.path.basename(f))
+        m = re.match(r"(T\d{2}[A-Z]{3}_\d{8}T\d{6})_", os.path.basename(f), re.ASCII)
         if m:
             name = m.group(1)
             break

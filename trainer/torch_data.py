@@ -13,7 +13,10 @@
 
 Shards (local paths, ``s3://``, ``gs://``: anything ``transforms.storage`` reads) are read with the
 project's TensorFlow-free TFRecord reader (``transforms.encode.iter_records``, CRCs checked) and
-decoded by ``transforms.encode.decode_example``.
+decoded by ``transforms.encode.decode_example``; raw-encoded datasets (``convert --encoding raw``)
+are upsampled and normalised per sample in torch (``trainer.torch_raw``), by default into the same
+tensors as the normalised encoding of the same run (options: ``band_subset``, ``resampling``,
+``statistics``, as ``trainer.data.make_dataset``'s).
 
 Balance across distributed ranks (``partition``): the split is cut by record, not by shard, as
 ``torch.utils.data.DistributedSampler`` does. The shards (in an order fixed by seed and epoch, the
@@ -39,6 +42,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from bigearthnet_beam.schemas import bands, tfrecord
 from bigearthnet_beam.schemas import manifest as manifest_schema
 from bigearthnet_beam.schemas.errors import IntegrityError
+from bigearthnet_beam.trainer import torch_raw
 from bigearthnet_beam.transforms.containment import check_relative
 from bigearthnet_beam.transforms.encode import decode_example, iter_records
 from bigearthnet_beam.transforms.storage import Storage
@@ -151,6 +155,9 @@ class BenDataset(IterableDataset):
         world_size: int | None = None,
         drop_last: bool = False,
         storage: Storage | None = None,
+        band_subset=None,
+        resampling: str | None = None,
+        statistics=None,
     ):
         manifest_schema.check_split(split)  # torchgeo's "val" is refused with the hint: this format says "validation"
         # The value pickles into DataLoader worker processes with the dataset: no per-process setup.
@@ -169,6 +176,11 @@ class BenDataset(IterableDataset):
             for m, names in bands.MODALITIES.items()
             if any(c in names for c in self.channels)
         ]
+        spec = torch_raw.read_spec(
+            self.manifest, self.channels, band_subset=band_subset, resampling=resampling, statistics=statistics
+        )
+        self.raw_spec, self.raw_tensors = spec, torch_raw.raw_tensors(spec) if spec is not None else None
+        self.channels = spec.channels if spec is not None else self.channels
         self.multi_hot, self.with_ids = multi_hot, with_ids
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, int(shuffle_buffer), int(seed)
         self.rank, self.world_size = _rank_and_world(rank, world_size)
@@ -193,10 +205,14 @@ class BenDataset(IterableDataset):
     def sample(self, record: bytes) -> dict:
         """One serialised example -> the sample dict (channel-first float32 image, int64 mask)."""
         ex = decode_example(record, self.manifest["image_dtype"])
-        parts = [ex[feat][..., idx] for feat, idx in self.picks]
-        image = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+        if self.raw_spec is not None:
+            image = torch_raw.raw_image(ex, self.raw_spec, self.raw_tensors)
+        else:
+            parts = [ex[feat][..., idx] for feat, idx in self.picks]
+            image = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+            image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
         out = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)),
+            "image": image,
             "mask": torch.from_numpy(ex[tfrecord.LABEL].astype(np.int64)),
         }
         if self.multi_hot:

@@ -8,7 +8,7 @@ import sys
 
 from bigearthnet_beam.trainer.config import TrainConfig
 from bigearthnet_beam.trainer.train import train
-from bigearthnet_beam.transforms import outdir
+from bigearthnet_beam.transforms import flagtypes, outdir
 from bigearthnet_beam.transforms.cli_args import add_storage_args, positive_int, storage_from_args
 
 
@@ -23,9 +23,12 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="total epochs (a resumed run continues up to this) (default: %(default)s)",
     )
     ap.add_argument("--batch", type=positive_int, default=d.batch, help="batch size (default: %(default)s)")
-    ap.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
+    ap.add_argument(
+        "--lr", type=flagtypes.learning_rate, default=d.lr, help="Adam learning rate (default: %(default)s)"
+    )
     ap.add_argument(
         "--save",
+        type=flagtypes.output,
         default=d.save,
         help="model output path (.keras); logs, history and checkpoints go beside it (default: %(default)s)",
     )
@@ -58,7 +61,7 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--depth",
-        type=int,
+        type=flagtypes.positive_int,
         default=d.depth,
         choices=[1, 2, 3],
         help="poolings (120 -> 60 -> 30 -> 15) (default: %(default)s)",
@@ -85,7 +88,7 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
         choices=["default", "mirrored"],
         help="mirrored: tf.distribute.MirroredStrategy over all local GPUs",
     )
-    ap.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    ap.add_argument("--seed", type=flagtypes.seed, default=d.seed, help="random seed (default: %(default)s)")
     ap.add_argument(
         "--deterministic",
         action="store_true",
@@ -95,13 +98,14 @@ def add_train_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--val_split", default=d.val_split, help="split validated after each epoch (default: %(default)s)")
     ap.add_argument(
         "--shuffle_buffer",
-        type=int,
+        type=flagtypes.positive_int,
         default=d.shuffle_buffer,
         help="records in the shuffle buffer (default: %(default)s)",
     )
     ap.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard logs")
     ap.add_argument(
         "--export",
+        type=flagtypes.output,
         default=None,
         metavar="DIR",
         help="also write the best model as a TensorFlow SavedModel serving on raw bands (as `benbeam export`)",
@@ -151,7 +155,7 @@ def train_main(args: argparse.Namespace) -> int:
 
 def train_cli(argv: list[str] | None = None) -> int:
     """``benbeam train ARGV``; returns the exit code."""
-    ap = argparse.ArgumentParser(
+    ap = flagtypes.Parser(
         prog="benbeam train", allow_abbrev=False, description="Train the U-Net on a converted dataset."
     )
     add_train_args(ap)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bigearthnet_beam.schemas import errors
 from bigearthnet_beam.schemas.naming import MAP_DIR, S1_DIR, S2_DIR
 from bigearthnet_beam.transforms import storage
 from bigearthnet_beam.transforms.archive_packs import PACK_BUFFER_BYTES, PackWriter
@@ -37,7 +38,7 @@ ARCHIVE_OF: dict[str, str] = dict(ARCHIVES)
 READ_CHUNK = 1 << 20  # compressed bytes read per call (1 MiB)
 
 
-class ArchiveError(Exception):
+class ArchiveError(errors.IntegrityError):
     """A truncated or corrupt archive: the message names the archive and the byte offset."""
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from bigearthnet_beam.transforms import flagtypes
+
 
 def add_storage_args(parser, s3_endpoint: bool = True) -> None:
     """Storage flags (``storage_from_args`` turns them into a ``Storage``). Beam's own S3Options
@@ -62,20 +64,8 @@ def storage_from_args(args: argparse.Namespace, environ: dict[str, str] | None =
     return st.probe() if probe else st
 
 
-def positive_int(s: str) -> int:
-    """argparse type: an integer >= 1."""
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def nonneg_int(s: str) -> int:
-    """argparse type: an integer >= 0."""
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {s}")
-    return v
+positive_int = flagtypes.positive_int  # argparse types: one set for every command (transforms.flagtypes)
+nonneg_int = flagtypes.nonneg_int
 
 
 def unknown_pipeline_args(args: list[str]) -> list[str]:

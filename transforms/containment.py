@@ -22,7 +22,7 @@ import stat
 
 import numpy as np
 
-from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.schemas import errors, failures, manifest
 from bigearthnet_beam.schemas.bands import ALL_BANDS, PATCH_SIZE, REFERENCE_MAP_DTYPE
 
 # The largest reBEN object is a 120×120 float32 S1 band (57,600 bytes of pixels). A GeoTIFF
@@ -57,8 +57,9 @@ def _refuse(reason: str, detail: str) -> failures.PatchError:
 def check_url(url: str, root: str | None, what: str = "object") -> str:
     """The path to open for ``url`` (local: resolved) if it is contained in ``root``; raises
     PatchError (outside_root, unsupported_scheme, path_traversal) otherwise. No I/O on
-    remote URLs; local ones are resolved (``realpath``), not opened. ``root`` None: no root
-    to hold the path to (only the scheme and segment rules apply)."""
+    remote URLs; local ones are resolved (``realpath``), not opened, a relative one against
+    ``root``. ``root`` None: no root to hold the path to (only the scheme and segment rules
+    apply)."""
     url = str(url)
     got = scheme(url)
     want = scheme(root) if root is not None else got
@@ -84,9 +85,11 @@ def check_url(url: str, root: str | None, what: str = "object") -> str:
             raise _refuse("outside_root", f"{what} {url[:200]} is not under the dataset root {root}")
         return url
     real_root = os.path.realpath(root)
-    real = os.path.realpath(url)
+    # A relative object path is relative to the dataset root (never to the working directory).
+    full = url if os.path.isabs(url) else os.path.join(real_root, url)
+    real = os.path.realpath(full)
     if os.path.commonpath([real_root, real]) != real_root:
-        how = "" if os.path.abspath(url) == real else f" (it resolves to {real} through a symlink)"
+        how = "" if os.path.abspath(full) == real else f" (it resolves to {real} through a symlink)"
         raise _refuse(
             "outside_root",
             f"{what} {url[:200]} lies outside the dataset root {root}{how}; pass the "
@@ -95,23 +98,56 @@ def check_url(url: str, root: str | None, what: str = "object") -> str:
     return real
 
 
-def read_local(url: str, root: str | None, what: str = "object", max_bytes: int = MAX_OBJECT_BYTES) -> bytes:
-    """Read a contained local regular file of at most ``max_bytes``; PatchError otherwise
-    (FileNotFoundError / OSError pass through for the caller to classify)."""
+def _verdict(st: os.stat_result, url: str, what: str, max_bytes: int) -> None:
+    """The one object check on a local file's status: a regular file of 1..``max_bytes`` bytes."""
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse("not_a_file", f"{what} {url[:200]} is a {_kind(st.st_mode)}, not a regular file; it was not read")
+    if st.st_size == 0:
+        raise _refuse("empty_object", f"{what} {url} is 0 bytes")
+    if st.st_size > max_bytes:
+        raise _refuse(
+            "object_too_large",
+            f"{what} {url[:200]} is {st.st_size:,} bytes; no reBEN object exceeds "
+            f"{max_bytes:,} bytes, so it was not read",
+        )
+
+
+def _missing(url: str, what: str) -> failures.PatchError:
+    return _refuse("missing_object", f"{what} {url} does not exist")
+
+
+def check_local_object(url: str, root: str | None, what: str = "object", max_bytes: int = MAX_OBJECT_BYTES) -> int:
+    """The size of a contained local object that ``read_local`` would read; PatchError
+    otherwise (outside_root …, missing_object, not_a_file, empty_object, object_too_large,
+    read_error). ``benbeam validate`` checks with it, ``convert`` reads with ``read_local``:
+    one verdict for a symlinked folder, a FIFO or a directory in place of a band file."""
     path = check_url(url, root, what)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        st = os.stat(path)  # the path is resolved: no symlink left to follow
+    except (FileNotFoundError, NotADirectoryError):
+        raise _missing(url, what) from None
+    except OSError as e:
+        raise _refuse("read_error", f"{what} {url[:200]}: {e}") from None
+    _verdict(st, url, what, max_bytes)
+    return st.st_size
+
+
+def read_local(url: str, root: str | None, what: str = "object", max_bytes: int = MAX_OBJECT_BYTES) -> bytes:
+    """Read a contained local regular file of 1..``max_bytes`` bytes; PatchError otherwise (the
+    verdicts of ``check_local_object``, taken on the opened descriptor)."""
+    path = check_url(url, root, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        raise _missing(url, what) from None
+    except OSError as e:
+        if os.path.isdir(path):  # O_RDONLY opens a directory on some systems, refuses it on others
             raise _refuse(
-                "not_a_file", f"{what} {url[:200]} is a {_kind(st.st_mode)}, not a regular file; it was not read"
-            )
-        if st.st_size > max_bytes:
-            raise _refuse(
-                "object_too_large",
-                f"{what} {url[:200]} is {st.st_size:,} bytes; no reBEN object "
-                f"exceeds {max_bytes:,} bytes, so it was not read",
-            )
+                "not_a_file", f"{what} {url[:200]} is a directory, not a regular file; it was not read"
+            ) from None
+        raise _refuse("read_error", f"{what} {url[:200]}: {e}") from None
+    try:
+        _verdict(os.fstat(fd), url, what, max_bytes)
         chunks, left = [], max_bytes + 1
         while left > 0:  # bounded even if the file grows while it is read
             b = os.read(fd, min(left, 1 << 20))
@@ -153,11 +189,12 @@ def _kind(mode: int) -> str:
 
 def check_relative(rel: str, base: str, what: str = "file") -> str:
     """``base/rel`` for a relative path taken from a manifest, if it stays under ``base``
-    (no scheme, no absolute path, no ``..``); raises ValueError otherwise."""
+    (``schemas.manifest.path_problem``: no scheme, no absolute path, no ``..``; local: no
+    symlink out of it); raises ManifestError / ContainmentError (both ValueErrors) otherwise."""
+    problem = manifest.path_problem(rel)
     rel = str(rel)
-    parts = rel.replace("\\", "/").split("/")
-    if "://" in rel or rel.startswith(("/", "\\")) or any(s in ("..", ".", "") for s in parts):
-        raise ValueError(
+    if problem:
+        raise manifest.ManifestError(
             f"{what} path {rel[:200]!r} is not a plain relative path inside {base}; the manifest "
             "was not written by benbeam or was altered"
         )
@@ -165,5 +202,5 @@ def check_relative(rel: str, base: str, what: str = "file") -> str:
     if scheme(base) == LOCAL:
         real_base, real = os.path.realpath(base), os.path.realpath(full)
         if os.path.commonpath([real_base, real]) != real_base:
-            raise ValueError(f"{what} path {rel!r} resolves to {real}, outside {base} (a symlink)")
+            raise errors.ContainmentError(f"{what} path {rel!r} resolves to {real}, outside {base} (a symlink)")
     return full

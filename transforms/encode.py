@@ -124,6 +124,27 @@ def encode_example(
             feats[name] = _float_feature(a)
         else:
             feats[name] = _bytes_feature([np.ascontiguousarray(a, dtype=img_dt.newbyteorder("<")).data.cast("B")])
+    _common_features(feats, spec, patch_id, label, multi_hot, split, country)
+    return serialize_features(feats)
+
+
+def encode_raw_example(patch_id: str, images: dict, label, multi_hot, split: str, country: str) -> bytes:
+    """Serialised ``tf.train.Example`` of one patch in the raw encoding (``schemas.tfrecord.raw_features``):
+    ``images`` maps each of ``tfrecord.RAW_IMAGE_FEATURES`` to its native array (S2 uint16, S1 float32, CHW)."""
+    spec = tfrecord.feature_by_name(tfrecord.RAW)
+    feats: dict = {}
+    for name in tfrecord.RAW_IMAGE_FEATURES:
+        if name not in images:
+            raise ValueError(f"raw example lacks image feature {name!r}")
+        dt = np.dtype(spec[name].dtype)
+        a = _check(name, images[name], spec[name].shape, (dt,))
+        feats[name] = _bytes_feature([np.ascontiguousarray(a, dtype=dt.newbyteorder("<")).data.cast("B")])
+    _common_features(feats, spec, patch_id, label, multi_hot, split, country)
+    return serialize_features(feats)
+
+
+def _common_features(feats: dict, spec: dict, patch_id: str, label, multi_hot, split: str, country: str) -> None:
+    """Add the label map, multi-hot and text features (the same in every encoding) to ``feats``."""
     lab = _check(tfrecord.LABEL, label, spec[tfrecord.LABEL].shape, (np.dtype(np.uint8),))
     feats[tfrecord.LABEL] = _bytes_feature([np.ascontiguousarray(lab).data.cast("B")])
     mh = np.asarray(multi_hot)
@@ -136,7 +157,6 @@ def encode_example(
         if not isinstance(text, str):
             raise ValueError(f"feature {name!r} must be a string, got {type(text).__name__}")
         feats[name] = _bytes_feature([text.encode("utf-8")])
-    return serialize_features(feats)
 
 
 # --------------------------------------------------------------------------- decoding (verify, tests)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.schemas import errors, failures
 from bigearthnet_beam.schemas.classes import CLASS_INDEX
 from bigearthnet_beam.schemas.manifest import SPLIT_ALIASES, SPLITS
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS, PATCH_ID_RE, S1_NAME_RE, object_urls
@@ -25,7 +26,7 @@ OPTIONAL_COLUMNS = ("country", "s2v1_name", "contains_seasonal_snow", "contains_
 URL_COLUMNS = tuple(f"url_{k}" for k in OBJECT_KEYS)  # written by `benbeam index`
 
 
-class MetadataError(ValueError):
+class MetadataError(errors.InputError):
     """The metadata file as a whole is unusable (not a row-level problem)."""
 
 
@@ -80,29 +81,85 @@ def read_table(url: str, st: storage.Storage | None = None) -> tuple[pa.Table, s
             f"metadata file {url} lacks the column(s) {', '.join(missing)}; a reBEN metadata "
             f"parquet needs at least {', '.join(REQUIRED_COLUMNS)} (found: {', '.join(table.column_names)})"
         )
-    return table, storage.sha256_bytes(data)
+    return text_columns(table), storage.sha256_bytes(data)
+
+
+def text_columns(table: pa.Table) -> pa.Table:
+    """``table`` with its binary name columns as text: valid UTF-8 decoded, anything else
+    with its bytes escaped (``S2A\\x80…``), so that such a row is a dead letter whose detail
+    shows the id, and every stage keys and samples the same string."""
+    for name in REQUIRED_COLUMNS + OPTIONAL_COLUMNS + URL_COLUMNS:
+        if name not in table.column_names:
+            continue
+        col = table.column(name)
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            values = [None if v is None else v.decode("utf-8", "backslashreplace") for v in col.to_pylist()]
+            table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.string()))
+    return table
 
 
 ROOT_KEY = b"benbeam.root"  # parquet schema metadata: the dataset root an index's url_* columns lie under
 
 
 def declared_root(table: pa.Table) -> str | None:
-    """The dataset root an index file (``benbeam index`` output) declares, if any."""
+    """The dataset root an index file (``benbeam index`` output) says it was made for, if any.
+    Information only: objects are read from under the root the user names (``dataset_root``)."""
     meta = table.schema.metadata or {}
     v = meta.get(ROOT_KEY)
-    return v.decode("utf-8") if v else None
+    return v.decode("utf-8", "replace") if v else None
+
+
+def named_root(root: str | None, meta_url: str) -> str:
+    """The root the user named: ``--root``, else the folder of ``--meta``; a local one resolved
+    once (absolute, symlinks resolved), a URL as given without its trailing slash."""
+    named = root or storage.parent(meta_url)
+    if storage.is_remote(named):
+        return named.rstrip("/")
+    return os.path.realpath(named)
 
 
 def dataset_root(root: str | None, meta_url: str, tables=None) -> str:
-    """The root every object must lie under: ``--root``, else the root the (first) index
-    declares, else the folder of the metadata file."""
+    """The root every object must lie under: the one the user named (``named_root``), never
+    one a data file claims. An index whose declared root lies outside it (made with another
+    ``--root``) is refused here with the flag to pass, instead of every row failing later."""
+    named = named_root(root, meta_url)
     if root:
-        return root
+        return named
     for t in tables or ():
         declared = declared_root(t[0] if isinstance(t, tuple) else t)
-        if declared:
-            return declared
-    return storage.parent(meta_url)
+        if declared is None:
+            continue
+        inside = (
+            _under(os.path.realpath(declared), named)
+            if not storage.is_remote(named) and not storage.is_remote(declared)
+            else _under(declared.rstrip("/"), named)
+        )
+        if not inside:
+            raise MetadataError(
+                f"{meta_url} indexes objects under {declared[:200]}, outside the folder of --meta "
+                f"({named}); pass --root with the dataset folder to read them (objects are read only "
+                "from under the root you name, never one a file declares)"
+            )
+    return named
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_selection(
+    root: str, root_given: bool, selected: int, rows, splits: str, frac: float, verb: str, st=None
+) -> None:
+    """The input checks every command that reads the patches makes before it starts (the
+    same refusals, the same exit code 2): a named root that does not exist (under the
+    ``Storage`` ``st``), nothing selected."""
+    if root_given and not (st or storage.Storage()).exists(root):
+        raise MetadataError(f"dataset root {root} does not exist")
+    if not selected:
+        raise MetadataError(
+            f"the metadata selects no patch (rows: {', '.join(map(str, rows))}; --splits {splits}, "
+            f"--frac {frac:g}): nothing to {verb}"
+        )
 
 
 def record_columns(table: pa.Table) -> list[str]:
@@ -152,16 +209,29 @@ def check_row(row: dict, root: str | None = None) -> dict:
             f"s1_name {str(s1)[:80]!r} does not match the reBEN pattern "
             "S1[AB]_IW_GRDH_1SDV_<date>T<time>_<tile>_<x>_<y>; fix or drop the row",
         )
-    if not isinstance(split, str) or split not in SPLITS:
+    if not isinstance(split, str):
+        bad(
+            "unknown_split",
+            f"split {str(split)[:40]} is {type(split).__name__}, not a name; the split column holds "
+            f"the names {', '.join(SPLITS)}",
+        )
+    if split not in SPLITS:
         hint = (
             f"; the metadata uses {SPLIT_ALIASES[split]!r}" if isinstance(split, str) and split in SPLIT_ALIASES else ""
         )
         bad("unknown_split", f"split {str(split)[:40]!r} is unknown{hint}; use one of {', '.join(SPLITS)}")
-    if isinstance(labels, str) or not hasattr(labels, "__iter__"):
+    if isinstance(labels, (str, bytes, dict)) or not hasattr(labels, "__iter__"):
         bad("unknown_label", f"labels must be a list of class names, got {type(labels).__name__}")
     labels = list(labels)
     if not labels:
         bad("empty_labels", "the row has no labels; every reBEN patch has 1-11 of the 19 classes")
+    if not all(isinstance(lab, str) for lab in labels):
+        kinds = sorted({type(lab).__name__ for lab in labels if not isinstance(lab, str)})
+        bad(
+            "unknown_label",
+            f"labels must be a flat list of class names (text); this row's list holds {', '.join(kinds)} "
+            "(a nested list?): give each patch a list of the 19 class names",
+        )
     unknown = [lab for lab in labels if lab not in CLASS_INDEX]
     if unknown:
         bad(

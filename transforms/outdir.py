@@ -14,10 +14,13 @@ plain PUT cannot create-if-absent): do not start two runs into one bucket prefix
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import socket
+import tempfile
 
+from bigearthnet_beam.schemas import errors
 from bigearthnet_beam.transforms import storage
 
 MARKER = ".benbeam-run.json"
@@ -26,12 +29,42 @@ LOCK = ".benbeam-lock.json"
 _OWN_TOP = {"benbeam convert": ("dataset.json",)}
 
 
-class OutputRefused(ValueError):
+class OutputRefused(errors.InputError):
     """The output folder holds something this command did not write."""
 
 
-class OutputBusy(RuntimeError):
+class OutputBusy(errors.UnavailableError, RuntimeError):
     """Another live run holds the output folder's lock."""
+
+
+class OutputUnwritable(errors.UnavailableError):
+    """The output cannot be written here: a read-only file system, a refused permission (exit 3)."""
+
+
+def unwritable(out: str, e: OSError, flag: str = "--out") -> OutputUnwritable:
+    """The one line for an output location the file system refuses."""
+    why = "is on a read-only file system" if e.errno == errno.EROFS else "cannot be written (permission denied)"
+    return OutputUnwritable(f"{flag} {out} {why}; choose another {flag}")
+
+
+def check_writable(out: str, flag: str = "--out") -> None:
+    """Refuse (OutputUnwritable, nothing created) a local output whose nearest existing
+    folder cannot be written: read-only file system, permissions. Remote outputs pass."""
+    if storage.is_remote(out):
+        return
+    here = os.path.abspath(out)
+    while not os.path.lexists(here) and os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        return  # a file in the way: the command's own check says so
+    try:  # a probe file, removed at once: the only test that holds for root and every file system
+        fd, probe = tempfile.mkstemp(prefix=".benbeam-write-probe-", dir=here)
+    except OSError as e:
+        if e.errno in errors.ENVIRONMENT_ERRNOS:
+            raise unwritable(out, e, flag) from None
+        raise
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _st(st):
@@ -128,6 +161,8 @@ class Lock:
             try:
                 os.makedirs(self.out, exist_ok=True)
             except OSError as e:
+                if e.errno in errors.ENVIRONMENT_ERRNOS:
+                    raise unwritable(self.out, e) from None
                 raise OutputRefused(f"output {self.out} is not writable: it cannot be created ({e})") from None
             self.created = True
         me = {

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bigearthnet_beam.schemas import failures
+from bigearthnet_beam.schemas import failures, tfrecord
 from bigearthnet_beam.schemas.bands import BAND_BY_NAME, PATCH_SIZE, S1_NAMES, S2_NAMES
 from bigearthnet_beam.schemas.classes import map_reference, unknown_codes
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS, REFERENCE_MAP_KEY, parse_patch_id
@@ -26,12 +26,14 @@ from bigearthnet_beam.transforms.resample import upsample
 
 @dataclass
 class DecodedPatch:
-    """One decoded, checked patch on the 10 m grid: its pixels, reference-map codes and class labels."""
+    """One decoded, checked patch on the 10 m grid: its pixels, reference-map codes and class labels
+    (decoded without resampling: ``pixels`` is None and ``native`` holds the bands as they are)."""
 
     patch_id: str
-    pixels: np.ndarray  # float32 (120, 120, 14): S2 DN (schemas.bands.S2_NAMES) then VV, VH dB, 10 m grid
+    pixels: np.ndarray | None  # float32 (120, 120, 14): S2 DN (schemas.bands.S2_NAMES) then VV, VH dB, 10 m grid
     codes: np.ndarray  # uint16 (120, 120) CLC codes
     label: np.ndarray  # uint8 (120, 120) class index, 255 = ignore
+    native: dict | None = None  # tfrecord.RAW_IMAGE_FEATURES -> CHW arrays at native resolution (uint16, float32)
 
     @property
     def s2(self) -> np.ndarray:
@@ -259,7 +261,8 @@ def decode_patch(
     watchdog: Watchdog | None = None,
 ) -> DecodedPatch:
     """Decode and check the 15 objects of a patch; raises PatchError (and only PatchError:
-    whatever corrupt bytes make a decoder raise becomes a ``decode_error``).
+    whatever corrupt bytes make a decoder raise becomes a ``decode_error``). ``resampling``
+    None: no resampling, the bands kept at their native resolution (``DecodedPatch.native``).
 
     ``timeout``: seconds allowed for each object's decode (``None`` or 0: no limit); an
     object that takes longer makes the patch a ``decode_timeout`` dead letter. ``watchdog``:
@@ -326,6 +329,7 @@ def _decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str, pro
             band = BAND_BY_NAME[k]
             _check_raster(k, rasters[k], band.native_size, band.dtype, float(band.resolution_m), epsg, origin)
 
+    keep_native = resampling is None
     pixels = np.empty((PATCH_SIZE, PATCH_SIZE, len(S2_NAMES) + len(S1_NAMES)), dtype=np.float32)
     s2 = pixels[..., : len(S2_NAMES)]
     by_factor: dict[int, list[int]] = {}
@@ -339,6 +343,8 @@ def _decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str, pro
                 f"{name} holds {n} nodata (0) pixels; reBEN patches contain no S2 nodata, so the file is defective",
             )
         factor = PATCH_SIZE // arr.shape[0]
+        if keep_native:
+            continue
         if factor == 1:
             s2[..., i] = arr
         else:
@@ -356,7 +362,8 @@ def _decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str, pro
             raise failures.PatchError(
                 failures.CHECK, "s1_nan", f"{name} holds {int(arr.size - finite.sum())} NaN/infinite pixels"
             )
-        s1[..., i] = arr
+        if not keep_native:
+            s1[..., i] = arr
 
     codes = rasters[REFERENCE_MAP_KEY].array
     bad = unknown_codes(codes)
@@ -367,4 +374,8 @@ def _decode_patch(patch_id: str, objects: dict[str, bytes], resampling: str, pro
             f"reference map holds code(s) {', '.join(map(str, bad[:5]))} outside the CLC table "
             "(schemas/data/clc_metadata.json)",
         )
+    if keep_native:
+        native = {feat: np.stack([rasters[n].array for n in names]) for feat, _, names in tfrecord.S2_GROUPS}
+        native[tfrecord.S1_DB] = np.stack([rasters[n].array for n in S1_NAMES])
+        return DecodedPatch(patch_id, None, codes, map_reference(codes), native)
     return DecodedPatch(patch_id, pixels, codes, map_reference(codes))

@@ -279,7 +279,10 @@ class Watcher:
 
 
 # Runners whose workers run on this machine and inherit its environment (see the module docstring).
-LOCAL_RUNNERS = (None, "", "DirectRunner", "direct", "PrismRunner", "prism", "SwitchingDirectRunner")
+# Beam's local multi-process runner, named directly: the DirectRunner first tries to start
+# Prism (a download; a /tmp/beam-temp* folder left behind when it cannot start).
+LOCAL_RUNNER = "FnApiRunner"
+LOCAL_RUNNERS = (None, "", "DirectRunner", "direct", "FnApiRunner", "PrismRunner", "prism", "SwitchingDirectRunner")
 
 
 def watch(passes: list[Pass], runner: str | None):

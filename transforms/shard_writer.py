@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from bigearthnet_beam.schemas import failures, manifest
+from bigearthnet_beam.schemas import failures, manifest, tfrecord
 from bigearthnet_beam.schemas.classes import CLASS_INDEX, NUM_CLASSES, multi_hot
 from bigearthnet_beam.transforms import metadata as md
 from bigearthnet_beam.transforms import progress, storage
-from bigearthnet_beam.transforms.encode import ShardWriter, encode_example
+from bigearthnet_beam.transforms.encode import ShardWriter, encode_example, encode_raw_example
 from bigearthnet_beam.transforms.normalize import NormParams, normalize
 from bigearthnet_beam.transforms.patch import DEFAULT_DECODE_TIMEOUT, DecodedPatch
 from bigearthnet_beam.transforms.plan import RowPlan
@@ -47,6 +47,21 @@ class ShardConfig:
     objects: Any = (
         None  # an object source (transforms.archive_packs.PackObjects: ``.shard(key)`` -> fetcher); None: files
     )
+    encoding: str = "normalized"  # tfrecord.ENCODINGS: "raw" writes the bands losslessly, not resampled
+
+    def __post_init__(self):
+        if self.encoding not in tfrecord.ENCODINGS:
+            raise ValueError(f"encoding must be one of {tfrecord.ENCODINGS}, got {self.encoding!r}")
+
+    @property
+    def stored_dtype(self) -> str:
+        """The manifest's ``image_dtype``: the image dtype, or ``tfrecord.RAW`` for the raw encoding."""
+        return tfrecord.RAW if self.encoding == tfrecord.RAW else self.image_dtype
+
+    @property
+    def write_resampling(self) -> str | None:
+        """The resampling of the write pass: None (native resolution) for the raw encoding."""
+        return None if self.encoding == tfrecord.RAW else self.resampling
 
     def source(self, key: ShardKey):
         """The fetcher of a shard's objects (None: each patch's files)."""
@@ -54,7 +69,12 @@ class ShardConfig:
 
 
 def encode_patch(rec: dict, patch: DecodedPatch, params: NormParams, split: str, image_dtype: str) -> bytes:
-    """Normalise a decoded patch (in place) and serialise it as a ``tf.train.Example``."""
+    """Normalise a decoded patch (in place) and serialise it as a ``tf.train.Example``; a patch
+    decoded at native resolution (``image_dtype`` RAW) is serialised as it is (the raw encoding)."""
+    if image_dtype == tfrecord.RAW:
+        return encode_raw_example(
+            rec["patch_id"], patch.native, patch.label, multi_hot(rec["labels"]), split, rec["country"]
+        )
     normalize(patch.pixels, params, inplace=True)
     s2, s1 = patch.s2, patch.s1
     if image_dtype == "float16":
@@ -87,7 +107,7 @@ def write_shard(
     with ShardWriter(storage.join(config.out, rel), config.compression, config.storage) as writer:
         for rec, patch in loaded_patches(
             recs,
-            config.resampling,
+            config.write_resampling,
             config.decode_timeout,
             config.read_ahead,
             cache=config.cache,
@@ -101,7 +121,7 @@ def write_shard(
                 dead.append(patch.record(rec["patch_id"], split))
                 continue
             try:
-                data = encode_patch(rec, patch, params, split, config.image_dtype)
+                data = encode_patch(rec, patch, params, split, config.stored_dtype)
             except Exception as e:  # noqa: BLE001 - a patch that cannot be encoded is a dead letter
                 count("failed_write_encode_error")
                 dead.append(

@@ -63,6 +63,14 @@ class AccessDenied(StorageError, PermissionError):
     """An object store refused this ``Storage``'s credentials for a URL (exit 3; also a ``PermissionError``)."""
 
 
+class EndpointRefused(ConnectionRefusedError):
+    """Nothing answers at a custom endpoint of a ``Storage``; ``flag`` names the option that set it."""
+
+    def __init__(self, code: int, message: str, flag: str):
+        super().__init__(code, message)
+        self.flag = flag
+
+
 def redact_url(url: str | None) -> str | None:
     """``url`` with any ``user:password@`` replaced by ``***@`` (None stays None)."""
     if not url:
@@ -358,12 +366,14 @@ class Storage:
 
     def probe(self) -> Storage:
         """Fail in seconds when nothing answers at a custom endpoint (one TCP connect each); returns self."""
-        for url in (self.s3_endpoint_url, self.gcs_endpoint_url):
+        for url, flag in ((self.s3_endpoint_url, "--s3_endpoint_url"), (self.gcs_endpoint_url, "--gcs_endpoint_url")):
             if url:
                 try:
                     probe_endpoint(url)
                 except ConnectionRefusedError as e:
-                    raise ConnectionRefusedError(e.errno, self.redact(e.strerror or str(e))) from None
+                    raise EndpointRefused(
+                        e.errno or errno.ECONNREFUSED, self.redact(e.strerror or str(e)), flag
+                    ) from None
         return self
 
 

@@ -11,6 +11,10 @@ bytes, classes) comes from ``dataset.json``; nothing is measured twice. The file
 the layout TFDS 4.9 reads (the JSON form of its ``DatasetInfo`` proto and of
 ``FeaturesDict.to_json``), so writing them needs neither TensorFlow nor ``tensorflow-datasets``.
 
+A raw-encoded dataset (``convert --encoding raw``) gets TFDS files too: TFDS yields its features
+as stored (S2 uint16 at 10/20/60 m, S1 float32 dB, CHW), not resampled or normalised; the
+normalisation parameters are in ``info.metadata`` and ``transforms.raw_decode`` applies them.
+
 TFDS reads TFRecords without compression only: a dataset converted with ``--compression gzip``
 gets no TFDS files (``write`` says so and returns an empty list).
 """
@@ -75,9 +79,19 @@ def dataset_info_json(manifest: dict) -> dict:
             }
         )
     s2, s1 = ",".join(manifest["bands"]["s2"]), ",".join(manifest["bands"]["s1"])
+    if manifest.get("encoding") == "raw":
+        images = (
+            f"raw Sentinel-2 bands {s2} as uint16 digital numbers at their native 10, 20 and 60 m "
+            f"(s2_10m, s2_20m, s2_60m, CHW) and Sentinel-1 {s1} as float32 dB (s1_db, CHW), neither "
+            "resampled nor normalised (metadata.json 'normalization' holds the dataset's statistics)"
+        )
+    else:
+        images = (
+            f"normalised Sentinel-2 bands {s2} and Sentinel-1 {s1} as HWC {manifest['image_dtype']} arrays "
+            "on the 10 m grid"
+        )
     description = (
-        "BigEarthNet v2.0 (reBEN) patches converted by bigearthnet-beam: normalised Sentinel-2 bands "
-        f"{s2} and Sentinel-1 {s1} as HWC {manifest['image_dtype']} arrays on the 10 m grid, a 19-class "
+        f"BigEarthNet v2.0 (reBEN) patches converted by bigearthnet-beam: {images}, a 19-class "
         f"label map (uint8, {manifest['ignore_index']} = ignore) and the multi-hot of the metadata labels. "
         "Class names: metadata.json 'classes' (info.metadata['classes']). The dataset's dataset.json is the "
         "source of truth; this file is derived from it."
@@ -95,7 +109,9 @@ def dataset_info_json(manifest: dict) -> dict:
 
 def metadata_json(manifest: dict) -> dict:
     """``metadata.json`` (``info.metadata``): the class and band tables, the ignore index, the statistics."""
+    extra = {"encoding": manifest["encoding"]} if "encoding" in manifest else {}
     return {
+        **extra,
         "bands": manifest["bands"],
         "class_colors": manifest["class_colors"],
         "classes": manifest["classes"],

@@ -38,6 +38,7 @@ from bigearthnet_beam.trainer.inference.settings import SUMMARY, VIEWER, Predict
 from bigearthnet_beam.trainer.inference.tile import open_tile_at, predict_tile, print_summary
 from bigearthnet_beam.trainer.inference.viewer import write_viewer
 from bigearthnet_beam.transforms import storage
+from bigearthnet_beam.transforms.progress import LOCAL_RUNNER
 
 LOG = logging.getLogger("benbeam.predict")
 NAMESPACE = "benbeam"
@@ -162,12 +163,13 @@ def build(p: beam.Pipeline, tiles: list[str], settings: PredictSettings):
 
 
 def beam_argv(args: list[str]) -> list[str]:
-    """DirectRunner in one process unless told otherwise: TensorFlow already uses every core,
-    and each extra worker process would load its own copy of the model."""
+    """Beam's local runner in one process unless told otherwise: TensorFlow already uses every
+    core, and each extra worker process would load its own copy of the model. The local
+    runner is named directly (``options.LOCAL_RUNNER``): the DirectRunner would first try Prism."""
     joined = " ".join(args)
     extra = []
     if "--runner" not in joined:
-        extra.append("--runner=DirectRunner")
+        extra.append(f"--runner={LOCAL_RUNNER}")
     if ("--runner" not in joined or "DirectRunner" in joined) and "--direct_running_mode" not in joined:
         extra.append("--direct_running_mode=in_memory")
     return list(args) + extra

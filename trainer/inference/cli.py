@@ -13,22 +13,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
+from bigearthnet_beam.schemas import errors
 from bigearthnet_beam.trainer.inference import staging
 from bigearthnet_beam.trainer.inference.settings import (
     DEFAULTS,
     PROBS_DTYPES,
     REPORT_CSV,
     VIEWER,
-    PredictEnvironmentError,
     PredictError,
 )
-from bigearthnet_beam.transforms import outdir, storage
+from bigearthnet_beam.transforms import flagtypes, outdir, storage
 from bigearthnet_beam.transforms.cli_args import (
     add_storage_args,
-    nonneg_int,
     positive_int,
     storage_from_args,
     unknown_pipeline_args,
@@ -48,7 +48,7 @@ def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--tile", help="one tile: a Sentinel-2 L2A .SAFE folder or a multi-band GeoTIFF (path or URL)")
     src.add_argument("--input_dir", help="every tile in this folder or bucket prefix (--benchmark, or a Beam pipeline)")
-    ap.add_argument("--out", required=True, help="output folder, or an s3:// / gs:// URL")
+    ap.add_argument("--out", type=flagtypes.output, required=True, help="output folder, or an s3:// / gs:// URL")
     ap.add_argument(
         "--s1", default=None, help="Sentinel-1 VV/VH raster for --tile (needed by a model trained on S2+S1 or S1)"
     )
@@ -61,13 +61,13 @@ def add_predict_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--chunk_size",
-        type=positive_int,
+        type=flagtypes.chunk_size,
         default=DEFAULTS["chunk_size"],
         help="chunk side in px, a multiple of 128; peak memory grows with its square (default: %(default)s)",
     )
     ap.add_argument(
         "--overlap",
-        type=nonneg_int,
+        type=flagtypes.overlap,
         default=None,
         help=f"overlap of neighbouring 120-px windows, blended with a Hann weight (default: {DEFAULTS['overlap']}; "
         "an authors' classifier: 120 - --stride)",
@@ -115,9 +115,9 @@ def add_classifier_args(ap: argparse.ArgumentParser) -> None:
 
     ap.add_argument(
         "--stride",
-        type=positive_int,
+        type=flagtypes.stride,
         default=None,
-        help="authors' classifier: step of the 120-px window grid in px, 1..120, even for a model with 20 m "
+        help="authors' classifier: step of the 120-px window grid in px, 60..120, even for a model with 20 m "
         "bands (default: 120, adjacent patches); the same as --overlap 120-STRIDE",
     )
     ap.add_argument(
@@ -171,12 +171,18 @@ def _claim_out(out: str, st: storage.Storage) -> outdir.Lock:
     return outdir.claim(out, COMMAND, st)
 
 
-def _unmark_unused(out: str) -> None:
-    """After a run that wrote nothing, the marker it left alone in a local --out goes again."""
+def _unmark_unused(out: str, created: bool) -> None:
+    """After a run that wrote nothing, the marker it left alone in a local --out goes again,
+    and so does the folder itself if this run created it (no empty --out after a failure)."""
     if storage.is_remote(out) or not os.path.isdir(out):
         return
     if set(os.listdir(out)) - {outdir.LOCK} == {outdir.MARKER}:  # the lock goes when the run ends
         os.remove(os.path.join(out, outdir.MARKER))
+    if created and not set(os.listdir(out)) - {outdir.LOCK}:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, outdir.LOCK))  # released already, unless it could not be read
+        with contextlib.suppress(OSError):
+            os.rmdir(out)
 
 
 def _find_tiles(input_dir: str, st: storage.Storage) -> list[str]:
@@ -189,7 +195,7 @@ def _find_tiles(input_dir: str, st: storage.Storage) -> list[str]:
 def run(argv: list[str] | None = None) -> int:
     """``benbeam predict ARGV``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(
+    ap = flagtypes.Parser(
         prog="benbeam predict",
         allow_abbrev=False,
         description="Map whole Sentinel-2 tiles with a model trained by `benbeam train`, or with a reBEN "
@@ -212,16 +218,18 @@ def run(argv: list[str] | None = None) -> int:
     st = storage_from_args(args)
     try:
         return _run(args, beam_args, st)
-    except (PredictEnvironmentError, outdir.OutputBusy) as e:
-        print(f"benbeam predict: error: {e}", file=sys.stderr)
-        return 3
-    except (PredictError, outdir.OutputRefused) as e:
-        print(f"benbeam predict: error: {e}", file=sys.stderr)
-        return 2
+    except errors.BenBeamError as e:  # PredictError 2, PredictEnvironmentError 3, OutputRefused 2, OutputBusy 3
+        print(f"benbeam predict: error: {errors.redact(str(e))}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("benbeam predict: interrupted; no finished output was left for the tile in progress", file=sys.stderr)
         return 130
-    except (RuntimeError, OSError) as e:
+    except OSError as e:
+        if errors.exit_code(e) is not None:
+            raise  # a full disk, a read-only --out: the environment (benbeam's CLI says so, exit 3)
+        print(f"benbeam predict: error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
         print(f"benbeam predict: error: {e}", file=sys.stderr)
         return 1
 
@@ -240,11 +248,13 @@ def _run(args: argparse.Namespace, beam_args: list[str], st: storage.Storage) ->
     if args.tile and not staging.exists(args.tile, st):
         raise PredictError(f"tile {args.tile} does not exist")
     tiles = _find_tiles(args.input_dir, st) if args.input_dir else [args.tile]
+    created = not storage.is_remote(args.out) and not os.path.lexists(args.out)
     lock = _claim_out(args.out, st)
     try:
         return _predict(args, beam_args, tiles, st)
     except BaseException:
-        _unmark_unused(args.out)
+        lock.release()
+        _unmark_unused(args.out, created)
         raise
     finally:
         lock.release()

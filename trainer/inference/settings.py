@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bigearthnet_beam.schemas import errors
 from bigearthnet_beam.transforms.storage import Storage
 
 DEFAULTS = {"chunk_size": 1024, "overlap": 32, "batch_size": 16, "probs_dtype": "uint8", "preview_size": 1024}
@@ -15,12 +16,14 @@ REPORT_CSV = "benchmark_report.csv"  # per --benchmark run
 SUMMARY = "summary.json"  # per Beam run
 
 
-class PredictError(ValueError):
+class PredictError(errors.InputError):
     """A user error: bad flags, a model or tile that cannot be used, an unwritable output (exit 2)."""
 
 
-class PredictEnvironmentError(PredictError):
+class PredictEnvironmentError(PredictError, errors.UnavailableError):
     """The environment, not the input: an object store that cannot be reached or written (exit 3)."""
+
+    exit_code = errors.EXIT_ENV
 
 
 @dataclass(frozen=True)

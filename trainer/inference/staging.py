@@ -26,7 +26,7 @@ from bigearthnet_beam.trainer.inference.settings import SUMMARY, PredictEnvironm
 from bigearthnet_beam.trainer.tiles import BAND_EXTENSIONS, TILE_EXTENSIONS, find_tiles, is_tile_file
 from bigearthnet_beam.transforms import storage
 
-_SAFE_NAME = re.compile(r"S2[A-D]_MSI(?:L2A|L1C)_(\d{8}T\d{6})_N\d{4}_R\d{3}_(T\d{2}[A-Z]{3})_")
+_SAFE_NAME = re.compile(r"S2[A-D]_MSI(?:L2A|L1C)_(\d{8}T\d{6})_N\d{4}_R\d{3}_(T\d{2}[A-Z]{3})_", re.ASCII)
 
 
 def _store_call(url: str, fn, *args):
@@ -110,7 +110,7 @@ def _band_file(rel: str, bands) -> bool:
     if len(parts) < 4 or parts[0] != "GRANULE" or parts[2] != "IMG_DATA":
         return False
     name = parts[-1]
-    return name.lower().endswith(BAND_EXTENSIONS) and any(re.search(rf"_{b}(_\d+m)?\.", name) for b in bands)
+    return name.lower().endswith(BAND_EXTENSIONS) and any(re.search(rf"_{b}(_\d+m)?\.", name, re.ASCII) for b in bands)
 
 
 def fetch_tile(url: str, channels, dest_dir: str, st: storage.Storage | None = None) -> str:
