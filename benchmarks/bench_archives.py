@@ -56,7 +56,7 @@ def ensure_sample(workdir: str, n: int, workers: int) -> str:
             [
                 sys.executable,
                 "-m",
-                "beam_pipeline",
+                "bigearthnet_beam",
                 "synth",
                 "--out",
                 data,

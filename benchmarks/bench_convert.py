@@ -61,7 +61,7 @@ def _children_cpu() -> float:
 
 def run_convert(meta: str, out: str, extra: list[str]) -> tuple[float, int, float, str]:
     """(wall seconds, peak RSS of the process tree, CPU seconds of the whole tree, its output)."""
-    cmd = [sys.executable, "-m", "beam_pipeline", "convert", "--meta", meta, "--out", out, *extra]
+    cmd = [sys.executable, "-m", "bigearthnet_beam", "convert", "--meta", meta, "--out", out, *extra]
     os.sync()  # do not charge this run for flushing earlier runs' dirty pages
     cpu0 = _children_cpu()  # reaped descendants accumulate into their parents, then into us
     t0 = time.perf_counter()

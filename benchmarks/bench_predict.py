@@ -92,7 +92,7 @@ def main() -> None:
             cmd = [
                 sys.executable,
                 "-m",
-                "beam_pipeline",
+                "bigearthnet_beam",
                 "predict",
                 "--model",
                 model,

@@ -11,7 +11,7 @@ import time
 def timed_convert(meta: str, out: str, extra: list[str], cores: set[int] | None = None) -> float:
     """Run `benbeam convert` in a fresh process (after flushing earlier dirty pages), on
     ``cores`` only if given; wall seconds."""
-    cmd = [sys.executable, "-m", "beam_pipeline", "convert", "--meta", meta, "--out", out, *extra]
+    cmd = [sys.executable, "-m", "bigearthnet_beam", "convert", "--meta", meta, "--out", out, *extra]
     os.sync()
     t0 = time.perf_counter()
     pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None

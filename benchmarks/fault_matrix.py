@@ -1,7 +1,7 @@
 """The fault matrix of docs/troubleshooting.md, produced by running every fault, not written by hand.
 
 Each row injects one fault (file, object store, process, disk, input, output folder) into a
-small synthetic replica, runs the real command line (``python -m beam_pipeline``) and
+small synthetic replica, runs the real command line (``python -m bigearthnet_beam``) and
 records what the user sees (the last line on stderr), the exit code and what is on disk
 afterwards. ``--readme docs/troubleshooting.md`` replaces the table between the markers
 ``<!-- fault-matrix:start -->`` and ``<!-- fault-matrix:end -->``.
@@ -33,7 +33,7 @@ def _env() -> dict:
 def benbeam(*args, timeout=600, interrupt_when: str | None = None) -> tuple[int, str, float]:
     """(exit code, last stderr line, seconds) of one command; ``interrupt_when``: send Ctrl-C
     (SIGINT to its process group) once this file exists (the run has begun writing) — or never."""
-    cmd = [sys.executable, "-m", "beam_pipeline", *map(str, args)]
+    cmd = [sys.executable, "-m", "bigearthnet_beam", *map(str, args)]
     t0 = time.monotonic()
     p = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True
@@ -160,7 +160,7 @@ def full_disk(d: str, meta: str):
     cmd = [
         sys.executable,
         "-m",
-        "beam_pipeline",
+        "bigearthnet_beam",
         "convert",
         "--meta",
         meta,
@@ -193,7 +193,7 @@ def prepare(d: str) -> None:
 
     def run(*args):
         subprocess.run(
-            [sys.executable, "-m", "beam_pipeline", *args],
+            [sys.executable, "-m", "bigearthnet_beam", *args],
             check=True,
             env=_env(),
             stdout=subprocess.DEVNULL,
