@@ -64,7 +64,15 @@ def _break(root, row, how):
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["fifo", "directory", "empty", "symlinked_folder", "symlinked_folder_out"])
+# one kind in the fast tier, the others (a validate and a convert each, ~2 s) in the full suite
+@pytest.mark.parametrize(
+    "how",
+    ["fifo"]
+    + [
+        pytest.param(k, marks=pytest.mark.slow)
+        for k in ("directory", "empty", "symlinked_folder", "symlinked_folder_out")
+    ],
+)
 def test_validate_and_convert_give_one_verdict_per_object(replica, tmp_path, how):
     root = tmp_path / "reben"
     shutil.copytree(replica["root"], root, symlinks=True)

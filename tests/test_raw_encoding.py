@@ -183,6 +183,7 @@ def _read(url):
         return src.read(1)
 
 
+@pytest.mark.slow  # two more conversions (~10 s)
 def test_gzip_raw_and_the_archive_route_write_the_same_records(reben, runs, tmp_path):
     assert convert(reben, tmp_path / "gz", "--encoding", "raw", "--compression", "gzip") == 0
     assert convert(reben, tmp_path / "arch", "--encoding", "raw", "--archives", str(reben)) == 0

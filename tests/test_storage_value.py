@@ -178,7 +178,11 @@ def test_equal_values_share_a_filesystem_and_different_values_do_not():
     assert fa1 is fa2 and fa1 is not fb
     assert fa1.key == "k" and fa1.secret == "s1" and fb.secret == "s2"
     assert fa1.retries == 1  # one retry layer: botocore's
-    ga, gb = Storage(gcs_endpoint_url="http://127.0.0.1:7102").filesystem("gs://b"), Storage().filesystem("gs://b")
+    # anon: a default GCS client without a token would look for Google credentials (metadata server)
+    ga, gb = (
+        Storage(gcs_endpoint_url="http://127.0.0.1:7102").filesystem("gs://b"),
+        Storage(anon=True).filesystem("gs://b"),
+    )
     assert ga is not gb and ga._endpoint == "http://127.0.0.1:7102" and gb._endpoint == storage.GCS_DEFAULT_ENDPOINT
     assert type(ga).__module__ == "gcsfs.core"  # the plain client, whatever $GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT says
 
