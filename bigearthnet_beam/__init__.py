@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from bigearthnet_beam.schemas import __version__ as __version__
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports each on first use
-    from bigearthnet_beam import pretrained as pretrained
     from bigearthnet_beam.beam_pipeline.dataset import ComputeStatistics as ComputeStatistics
     from bigearthnet_beam.beam_pipeline.dataset import ConvertDataset as ConvertDataset
     from bigearthnet_beam.beam_pipeline.objects import ValidateObjects as ValidateObjects
