@@ -56,6 +56,19 @@ def tile_name(path: str) -> str:
     return os.path.basename(path.rstrip("/"))
 
 
+def tile_outcome(path: str, stage: str, summary: dict | None = None, error: BaseException | None = None):
+    """One tile's tagged, counted output: ``("ok", summary)`` or ``("failed", dead letter)``."""
+    if error is not None:
+        beam.metrics.Metrics.counter(NAMESPACE, f"tiles_failed_{stage}").inc()
+        reason = str(error) if isinstance(error, PredictError) else f"{type(error).__name__}: {error}"
+        return "failed", {"tile": tile_name(path), "path": path, "stage": stage, "reason": reason}
+    assert summary is not None
+    beam.metrics.Metrics.counter(NAMESPACE, "tiles_mapped").inc()
+    beam.metrics.Metrics.counter(NAMESPACE, "pixels_mapped").inc(summary["pixels"])
+    summary["dir"] = summary["tile"]
+    return "ok", summary
+
+
 class PredictTileFn(beam.DoFn):
     """Maps one tile per element; yields ``("ok", summary)`` or ``("failed", dead letter)``."""
 
@@ -94,14 +107,9 @@ class PredictTileFn(beam.DoFn):
                 )
                 stage = "write"
         except Exception as e:  # noqa: BLE001 - a dead letter with the reason, the other tiles go on
-            beam.metrics.Metrics.counter(NAMESPACE, f"tiles_failed_{stage}").inc()
-            reason = str(e) if isinstance(e, PredictError) else f"{type(e).__name__}: {e}"
-            yield "failed", {"tile": tile_name(path), "path": path, "stage": stage, "reason": reason}
+            yield tile_outcome(path, stage, error=e)
             return
-        beam.metrics.Metrics.counter(NAMESPACE, "tiles_mapped").inc()
-        beam.metrics.Metrics.counter(NAMESPACE, "pixels_mapped").inc(summary["pixels"])
-        summary["dir"] = summary["tile"]
-        yield "ok", summary
+        yield tile_outcome(path, stage, summary=summary)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
 from bigearthnet_beam.schemas.errors import InputError, UnavailableError
 from bigearthnet_beam.trainer.inference import staging
-from bigearthnet_beam.trainer.inference.beam import NAMESPACE, Finalize, tile_name
+from bigearthnet_beam.trainer.inference.beam import NAMESPACE, Finalize, tile_name, tile_outcome
 from bigearthnet_beam.trainer.inference.grid import window_starts
 from bigearthnet_beam.trainer.inference.plugins import load_extra
 from bigearthnet_beam.trainer.inference.pretrained_predictor import PATCH, WindowClassifier
@@ -184,14 +184,9 @@ class WriteTileMapsFn(beam.DoFn):
                 summary = predict_tile(cls, src, out_dir, extras=self._extras, progress=LOG.info, **s.tile_kwargs())
                 stage = "write"
         except Exception as e:  # noqa: BLE001 - a dead letter with the reason, the other tiles go on
-            beam.metrics.Metrics.counter(NAMESPACE, f"tiles_failed_{stage}").inc()
-            reason = str(e) if isinstance(e, PredictError) else f"{type(e).__name__}: {e}"
-            yield "failed", {"tile": tile_name(path), "path": path, "stage": stage, "reason": reason}
+            yield tile_outcome(path, stage, error=e)
             return
-        beam.metrics.Metrics.counter(NAMESPACE, "tiles_mapped").inc()
-        beam.metrics.Metrics.counter(NAMESPACE, "pixels_mapped").inc(summary["pixels"])
-        summary["dir"] = summary["tile"]
-        yield "ok", summary
+        yield tile_outcome(path, stage, summary=summary)
 
 
 def build_pretrained(p: beam.Pipeline, tiles: list[str], settings: PredictSettings, bands: tuple[str, ...]):
