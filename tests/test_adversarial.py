@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bigearthnet_beam.beam_pipeline.cli import main
@@ -320,7 +320,13 @@ def test_no_decodable_training_patch_is_a_clear_error_without_manifest(tmp_path,
     assert len(dead[0]["reasons"]) == 15  # every one of the 15 objects is missing, all listed
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    # no explain phase: it traces every line of a whole conversion (minutes under sys.settrace)
+    phases=[ph for ph in Phase if ph is not Phase.explain],
+)
 @given(
     batch=st.lists(rows, min_size=1, max_size=8),
     extra_cols=st.dictionaries(
