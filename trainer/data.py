@@ -264,11 +264,15 @@ def parse_batch(
     with_multi_hot: bool = False,
     with_ids: bool = False,
     raw_spec=None,
+    raw_xla: bool = False,
+    batch_size: int | None = None,
 ):
     """A batch of serialised examples -> ``(image float32[B,H,W,C], targets[, ids])``.
 
     ``targets`` is ``{"seg": uint8[B,H,W]}`` (255 = ignore) plus ``"multi": float32[B,19]``.
-    ``image_dtype`` ``raw``: ``raw_spec`` (a ``transforms.raw_decode.RawSpec``) makes the image.
+    ``image_dtype`` ``raw``: ``raw_spec`` (a ``transforms.raw_decode.RawSpec``) makes the image, with
+    ``raw_image`` or, ``raw_xla``, compiled with XLA (``trainer.raw_tf``; ``batch_size``: the
+    batches' size, to which a smaller last batch is padded for one compiled shape).
     """
     from bigearthnet_beam.trainer.model import MULTI, SEG
 
@@ -277,7 +281,12 @@ def parse_batch(
     if image_dtype == tfrecord.RAW:
         if raw_spec is None:
             raise ValueError("a raw-encoded dataset needs a RawSpec (transforms.raw_decode.make_spec)")
-        image = raw_image(ex, raw_spec)
+        if raw_xla:
+            from bigearthnet_beam.trainer import raw_tf
+
+            image = raw_tf.raw_image(ex, raw_spec, batch_size)
+        else:
+            image = raw_image(ex, raw_spec)
     else:
         image = _normalized_image(ex, image_dtype, modalities)
     targets = {SEG: ex[tfrecord.LABEL]}
@@ -339,6 +348,7 @@ def make_dataset(
     band_subset=None,
     resampling: str | None = None,
     statistics=None,
+    raw_xla: bool | None = None,
 ) -> tf.data.Dataset:
     """The ``tf.data`` input pipeline of one split.
 
@@ -348,6 +358,9 @@ def make_dataset(
     stream endless (for ``steps_per_epoch``). Parsing is batched (``tf.io.parse_example``)
     and runs in parallel with training. ``band_subset``, ``resampling``, ``statistics``: read-time
     options of a raw-encoded dataset (``read_spec``); the defaults give the normalised encoding's tensors.
+    ``raw_xla``: decode raw records with the XLA-compiled graph (``trainer.raw_tf``; same tensors within
+    float32 rounding); None (default): for endless streams and streams of at least
+    ``raw_tf.XLA_MIN_PATCHES`` patches, where compiling pays for itself.
     """
     spec = read_spec(ds, modalities, band_subset=band_subset, resampling=resampling, statistics=statistics)
     urls = ds.shards.get(split)
@@ -376,6 +389,11 @@ def make_dataset(
         batches = n // batch_size if drop_remainder else -(-n // batch_size)
         records = records.apply(tf.data.experimental.assert_cardinality(batches))
 
+    if spec is not None and raw_xla is None:
+        from bigearthnet_beam.trainer import raw_tf
+
+        raw_xla = raw_tf.use_xla(None if repeat else num_patches(ds, split, max_patches))
+
     def parse(serialized):
         return parse_batch(
             serialized,
@@ -384,6 +402,8 @@ def make_dataset(
             with_multi_hot=with_multi_hot,
             with_ids=with_ids,
             raw_spec=spec,
+            raw_xla=bool(raw_xla) and spec is not None,
+            batch_size=batch_size,
         )
 
     out = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)

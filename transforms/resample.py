@@ -142,3 +142,34 @@ def source_span(n_src: int, factor: int, method: str, dst_start: int, dst_stop: 
     """[lo, hi) of the source pixels that destination pixels dst_start..dst_stop-1 reach."""
     idx, _ = taps(n_src, factor, method, dst_start, dst_stop)
     return int(idx.min()), int(idx.max()) + 1
+
+
+# --------------------------------------------------------------------------- phases (banded form)
+
+
+@lru_cache(maxsize=64)
+def phases(n_src: int, factor: int, method: str) -> tuple[int, tuple[tuple[tuple[int, np.ndarray], ...], ...]]:
+    """The rows of ``weights(n_src, factor, method)`` by output phase, for a banded upsampling without
+    the (n_src·factor × n_src) matrix: ``(pad, taps)`` where ``taps[r]`` lists ``(offset, w float32[n_src])``
+    such that destination pixel ``i·factor + r`` is ``sum(w[i] * x_pad[pad + offset + i])`` over the
+    list, in order, with ``x_pad`` = ``x`` edge-padded by ``pad`` on both sides. The weights and their
+    order are ``taps()``'s, bit for bit; a tap GDAL drops at a border has weight 0 there."""
+    idx, w = taps(n_src, factor, method, 0, n_src * factor)
+    i = np.arange(n_src)
+    out, pad = [], 0
+    for r in range(factor):
+        ri, rw = idx[r::factor], w[r::factor]
+        mid = n_src // 2  # an interior row: no tap clipped
+        phase = []
+        for t in range(idx.shape[1]):
+            if not rw[:, t].any():
+                continue
+            d = int(ri[mid, t]) - mid
+            if not np.array_equal(np.clip(i + d, 0, n_src - 1), ri[:, t]):
+                raise ValueError(f"{method} x{factor} on {n_src} pixels has no banded form")
+            pad = max(pad, -d, d)
+            w_t = np.ascontiguousarray(rw[:, t])
+            w_t.setflags(write=False)
+            phase.append((d, w_t))
+        out.append(tuple(phase))
+    return pad, tuple(out)
