@@ -132,15 +132,67 @@ def plain_loop(meta: str, root: str, out_dir: str, raw: bool, dtype: str = "floa
     return result
 
 
-def read_tf(path: str, batch: int) -> float:
+def read_tf(path: str, batch: int, raw_xla: bool | None = None) -> float:
     """Patches/s of one pass over the training split through ``trainer.data.make_dataset``."""
     from bigearthnet_beam.trainer import data
 
     ds = data.open_dataset(path)
     t0, n = time.perf_counter(), 0
-    for x, _ in data.make_dataset(ds, "train", batch_size=batch):
+    for x, _ in data.make_dataset(ds, "train", batch_size=batch, raw_xla=raw_xla):
         n += int(x.shape[0])
     return n / (time.perf_counter() - t0)
+
+
+def epoch(stream) -> tuple[float, float, int]:
+    """One pass over a tf.data stream: wall seconds, this process's CPU seconds, patches."""
+    t0, c0, n = time.perf_counter(), time.process_time(), 0
+    for x, _ in stream:
+        n += int(x.shape[0])
+    return time.perf_counter() - t0, time.process_time() - c0, n
+
+
+def read_ab(workdir: str, batch: int, alternations: int) -> None:
+    """Interleaved A/B of tf.data reading: float16, raw (XLA) and raw (TensorFlow ops) in turn over the
+    same period, ``alternations`` times; each stream built once and iterated once per alternation,
+    as a training run iterates its dataset per epoch (after a warm-up pass: page cache, tracing, XLA)."""
+    import statistics
+
+    from bigearthnet_beam.trainer import data
+
+    print(
+        f"\ntf.data interleaved A/B, training split, {batch} per batch, {alternations} alternations; before: {load()}"
+    )
+    streams = {}
+    for name, path, xla in (("float16", "float16", None), ("raw (XLA)", "raw", True), ("raw (TF ops)", "raw", False)):
+        ds = data.open_dataset(os.path.join(workdir, path))
+        streams[name] = data.make_dataset(ds, "train", batch_size=batch, raw_xla=xla)
+        epoch(streams[name])
+    rates: dict[str, list[float]] = {k: [] for k in streams}
+    cpu: dict[str, list[float]] = {k: [] for k in streams}
+    for i in range(alternations):
+        for name, stream in streams.items():
+            wall, c, n = epoch(stream)
+            rates[name].append(n / wall)
+            cpu[name].append(1000 * c / n)
+        r = {k: v[-1] for k, v in rates.items()}
+        print(
+            f"  {i + 1}: float16 {r['float16']:5.0f}  raw (XLA) {r['raw (XLA)']:5.0f}  "
+            f"raw (TF ops) {r['raw (TF ops)']:5.0f} patches/s;  "
+            f"raw/float16 {r['raw (XLA)'] / r['float16']:.2f}x (XLA), "
+            f"{r['raw (TF ops)'] / r['float16']:.2f}x (TF ops);  {os.getloadavg()[0]:.2f} load"
+        )
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    ratio = lambda k: statistics.median(a / b for a, b in zip(rates[k], rates["float16"], strict=True))  # noqa: E731
+    print("  median patches/s: " + ", ".join(f"{k} {v:.0f}" for k, v in med.items()))
+    print(
+        f"  median raw/float16 of the alternations: {ratio('raw (XLA)'):.2f}x (XLA), "
+        f"{ratio('raw (TF ops)'):.2f}x (TF ops)"
+    )
+    print(
+        "  median CPU ms/patch (this process, all threads): "
+        + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in cpu.items())
+    )
+    print(f"  after: {load()}")
 
 
 def read_torch(path: str, batch: int, workers: int) -> float:
@@ -170,6 +222,14 @@ def main() -> int:
     ap.add_argument("--workdir", default="/tmp/bench-raw")
     ap.add_argument("--skip_loop", action="store_true", help="leave out the plain loops")
     ap.add_argument("--convert_only", action="store_true", help="float32 and raw conversions only")
+    ap.add_argument(
+        "--read_ab",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the interleaved tf.data A/B (N alternations) over float16 and raw datasets converted "
+        "here (converting them first if absent)",
+    )
     args = ap.parse_args()
     from bigearthnet_beam.synth.generator import generate
 
@@ -179,6 +239,12 @@ def main() -> int:
         generate(root, args.n, seed=0, workers=args.workers)
     meta = os.path.join(root, "metadata.parquet")
     print(f"bench_raw: {args.n} synthetic patches, convert --workers {args.workers}; before: {load()}")
+    if args.read_ab:
+        for v in ("float16", "raw"):
+            if not os.path.exists(os.path.join(args.workdir, v, "dataset.json")):
+                convert(meta, os.path.join(args.workdir, v), VARIANTS[v], args.workers)
+        read_ab(args.workdir, args.batch, args.read_ab)
+        return 0
 
     variants = {v: VARIANTS[v] for v in (("float32", "raw") if args.convert_only else VARIANTS)}
     conv: dict[str, list[dict]] = {v: [] for v in variants}
@@ -230,7 +296,7 @@ def main() -> int:
     for v in READ:
         path = os.path.join(args.workdir, v)
         read_tf(path, args.batch)  # warm-up: page cache, graph tracing
-        tf_rates = [read_tf(path, args.batch) for _ in range(args.repeats)]
+        tf_rates = [read_tf(path, args.batch) for _ in range(args.repeats)]  # raw: the TF-ops path (short stream)
         t0 = [read_torch(path, args.batch, 0) for _ in range(args.repeats)]
         tw = [read_torch(path, args.batch, args.workers) for _ in range(args.repeats)]
         print(
@@ -242,6 +308,7 @@ def main() -> int:
     for k, name in (("tf", "tf.data"), ("t0", "torch 0 workers"), ("tw", f"torch {args.workers} workers")):
         lo, hi = min(raw[k]) / max(f16[k]), max(raw[k]) / min(f16[k])
         print(f"  raw / float16 read rate, {name}: {lo:.2f}–{hi:.2f}x")
+    read_ab(args.workdir, args.batch, max(3, args.repeats))
     print(f"\nafter: {load()}")
     return 0
 

@@ -5,10 +5,11 @@ The whole image of a batch is one XLA computation: the cast, the banded upsampli
 and 60 m bands (``transforms.resample.phases``: per output phase, weighted sums of shifted
 slices of the edge-padded band — the conversion-time resampler's own weights, two or four taps
 instead of a 60-wide dense matrix row), the clipping and ``(x - offset) / scale`` in the order
-``transforms.normalize`` applies them, the channel order as a concatenation of slices, and the
-transpose to channels-last. XLA fuses these into a few loops that read the native bands once and
-write the image once; run as separate TensorFlow ops (``trainer.data.raw_image``) each is a pass
-over the whole image. Compiling takes 0.5-1 CPU s per batch shape, hence long streams only.
+``transforms.normalize`` applies them, and the channel order as a concatenation of slices, all
+channels-last (each band transposed at its native size). XLA fuses these into a few loops that read
+the native bands once and write the image once; run as separate TensorFlow ops
+(``trainer.data.raw_image``) each is a pass over the whole image. Compiling takes 0.5-1 CPU s per
+batch shape, hence long streams only.
 """
 
 from __future__ import annotations
@@ -107,22 +108,24 @@ def upsample_axis(x: tf.Tensor, factor: int, method: str, axis: int) -> tf.Tenso
 
 
 def _image(feats: dict, spec) -> tf.Tensor:
+    """The image of ``spec`` from the raw features, channels-last from the start: each group's bands are
+    transposed at their native size (XLA reads them in place), upsampled along height and width,
+    clipped and normalised per channel, and the runs of ``runs(spec)`` concatenated on the last axis."""
     parts = []
     for g in spec.groups:
-        x = tf.cast(_take(feats[g.feature], g.index), tf.float32)
+        x = tf.cast(tf.transpose(_take(feats[g.feature], g.index), [0, 2, 3, 1]), tf.float32)
         if g.weights is not None:
             big, n = g.weights.shape
-            x = upsample_axis(upsample_axis(x, big // n, spec.resampling, 2), big // n, spec.resampling, 3)
+            x = upsample_axis(upsample_axis(x, big // n, spec.resampling, 1), big // n, spec.resampling, 2)
         if spec.norm is not None:  # as transforms.normalize: clip (maximum, minimum), then (x - offset) / scale
             p = spec.norm.select(g.names)
-            col = lambda a: tf.constant(np.asarray(a, dtype=np.float32).reshape(-1, 1, 1))  # noqa: E731
+            vec = lambda a: tf.constant(np.asarray(a, dtype=np.float32))  # noqa: E731
             if spec.norm.clip:
-                x = tf.minimum(tf.maximum(x, col(p.lo)), col(p.hi))
-            x = (x - col(p.offset)) / col(p.scale)
+                x = tf.minimum(tf.maximum(x, vec(p.lo)), vec(p.hi))
+            x = (x - vec(p.offset)) / vec(p.scale)
         parts.append(x)
-    pieces = [_take(parts[gi], tuple(range(a, b))) for gi, a, b in runs(spec)]
-    x = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=1)
-    return tf.transpose(x, [0, 2, 3, 1])
+    pieces = [_take(parts[gi], tuple(range(a, b)), axis=3) for gi, a, b in runs(spec)]
+    return pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=3)
 
 
 def compiled(spec):
