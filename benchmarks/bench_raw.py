@@ -2,6 +2,7 @@
 (tf.data and PyTorch) and bytes per patch of float32, float16 and raw; prints figures, asserts nothing.
 
     python benchmarks/bench_raw.py [--n 1000] [--repeats 2] [--workers 2] [--workdir /tmp/bench-raw]
+    python benchmarks/bench_raw.py --n 6000 --read_ab 12    # the interleaved tf.data A/B only
 
 One synthetic replica is converted float32 (the default), ``--dtype float16``, ``--encoding raw``
 and ``--encoding raw --compression gzip`` by ``benbeam convert`` subprocesses (DirectRunner,
@@ -11,8 +12,11 @@ between the runner's processes, I/O) and file-system output blocks. A plain sing
 does the same per-patch work (statistics pass, then decode, [resample, normalise,] encode, write)
 to show the pipeline's overhead over it. Then every dataset's training split is read by
 ``trainer.data.make_dataset`` (tf.data) and through a ``torch`` DataLoader over
-``trainer.torch_data.BenDataset``, ``--repeats`` times after a warm-up pass. The machine's load
-(``os.getloadavg``) is printed before and after: on a shared machine the figures are ranges.
+``trainer.torch_data.BenDataset``, ``--repeats`` times after a warm-up pass; then an interleaved
+A/B of tf.data (``--read_ab N`` alone: float16, raw through XLA, raw through TensorFlow ops, in
+turn, N times; the rate ratio and the CPU-cost ratio per alternation and their medians). The
+machine's load (``os.getloadavg``) is printed before and after: on a shared machine the figures
+are ranges.
 """
 
 from __future__ import annotations
@@ -175,14 +179,16 @@ def read_ab(workdir: str, batch: int, alternations: int) -> None:
             rates[name].append(n / wall)
             cpu[name].append(1000 * c / n)
         r = {k: v[-1] for k, v in rates.items()}
+        c = {k: v[-1] for k, v in cpu.items()}
         print(
             f"  {i + 1}: float16 {r['float16']:5.0f}  raw (XLA) {r['raw (XLA)']:5.0f}  "
-            f"raw (TF ops) {r['raw (TF ops)']:5.0f} patches/s;  "
-            f"raw/float16 {r['raw (XLA)'] / r['float16']:.2f}x (XLA), "
-            f"{r['raw (TF ops)'] / r['float16']:.2f}x (TF ops);  {os.getloadavg()[0]:.2f} load"
+            f"raw (TF ops) {r['raw (TF ops)']:5.0f} patches/s;  raw/float16 "
+            f"{r['raw (XLA)'] / r['float16']:.2f}x (XLA), {r['raw (TF ops)'] / r['float16']:.2f}x (TF ops); "
+            f"CPU ratio {c['float16'] / c['raw (XLA)']:.2f}x (XLA);  load {os.getloadavg()[0]:.2f}"
         )
     med = {k: statistics.median(v) for k, v in rates.items()}
     ratio = lambda k: statistics.median(a / b for a, b in zip(rates[k], rates["float16"], strict=True))  # noqa: E731
+    cpu_ratio = lambda k: statistics.median(b / a for a, b in zip(cpu[k], cpu["float16"], strict=True))  # noqa: E731
     print("  median patches/s: " + ", ".join(f"{k} {v:.0f}" for k, v in med.items()))
     print(
         f"  median raw/float16 of the alternations: {ratio('raw (XLA)'):.2f}x (XLA), "
@@ -191,6 +197,10 @@ def read_ab(workdir: str, batch: int, alternations: int) -> None:
     print(
         "  median CPU ms/patch (this process, all threads): "
         + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in cpu.items())
+    )
+    print(
+        f"  median CPU ratio float16/raw of the alternations (the rate ratio on idle cores): "
+        f"{cpu_ratio('raw (XLA)'):.2f}x (XLA), {cpu_ratio('raw (TF ops)'):.2f}x (TF ops)"
     )
     print(f"  after: {load()}")
 
