@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw", help="a dataset converted with --encoding raw")
     ap.add_argument("--float16", help="the same patches converted with --dtype float16")
     ap.add_argument("--n", type=int, default=64, help="without --raw/--float16: synthetic patches to convert")
-    ap.add_argument("--replicate", type=int, default=32, help="times the train split's shards are listed")
+    ap.add_argument("--replicate", type=int, default=1024, help="times the train split's shards are listed")
     ap.add_argument("--batches", type=int, nargs=2, default=[32, 128], help="two batch sizes")
     ap.add_argument("--workers", type=int, nargs="+", default=None, help="DataLoader workers (default: 4, 8, cores-1)")
     ap.add_argument("--seconds", type=float, default=6.0, help="time per input / model figure")
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models_only", action="store_true", help=argparse.SUPPRESS)  # the CPU child process
     args = ap.parse_args(argv)
     if args.smoke:
-        args.replicate, args.batches, args.workers, args.seconds = 2, [2, 4], [0, 2], 1.0
+        args.n, args.replicate, args.batches, args.workers, args.seconds = 40, 2, [2, 4], [0, 2], 1.0
         args.steps, args.width, args.arch, args.policies = 2, 4, "resnet18", ["mixed_float16"]
     if args.models_only:
         for line in model_rates(args.width, args.batches[1], args.seconds, args.arch):
