@@ -117,7 +117,6 @@ CASES = [(m, "clipped", "all") for m in RESAMPLING_METHODS] + [
     ("cubic", "user", "one 60m band"),
     ("nearest", "clipped", "s1"),
     ("average", "user", "permuted"),
-    ("cubic", "none", "all"),
     ("cubic", "clipped", "permuted"),
 ]
 
