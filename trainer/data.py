@@ -8,8 +8,8 @@ TFRecord reader (``transforms.encode.iter_records``) for the rest (``s3://``, em
 training / evaluation input pipeline on top: interleaved shards, batched parsing with the
 feature spec of ``schemas.tfrecord``, channel selection by modality, prefetch. Raw-encoded
 datasets (``convert --encoding raw``) are upsampled and normalised here, in the graph
-(``raw_image``, from a ``transforms.raw_decode.RawSpec``): by default into the same tensors as
-the normalised encoding of the same run.
+(``raw_image``, from a ``transforms.raw_decode.RawSpec``; for long streams one XLA computation,
+``trainer.raw_tf``): by default into the same tensors as the normalised encoding of the same run.
 No augmentation here: ``--augment`` runs inside the fitted model (``trainer.augment``).
 """
 
@@ -360,7 +360,7 @@ def make_dataset(
     options of a raw-encoded dataset (``read_spec``); the defaults give the normalised encoding's tensors.
     ``raw_xla``: decode raw records with the XLA-compiled graph (``trainer.raw_tf``; same tensors within
     float32 rounding); None (default): for endless streams and streams of at least
-    ``raw_tf.XLA_MIN_PATCHES`` patches, where compiling pays for itself.
+    ``raw_tf.XLA_MIN_PATCHES`` patches, where compiling pays for itself (normalised datasets: ignored).
     """
     spec = read_spec(ds, modalities, band_subset=band_subset, resampling=resampling, statistics=statistics)
     urls = ds.shards.get(split)
