@@ -8,7 +8,7 @@ instead of a 60-wide dense matrix row), the clipping and ``(x - offset) / scale`
 ``transforms.normalize`` applies them, and the channel order as a concatenation of slices, all
 channels-last (each band transposed at its native size). XLA fuses these into a few loops that read
 the native bands once and write the image once; run as separate TensorFlow ops
-(``trainer.data.raw_image``) each is a pass over the whole image. Compiling takes 0.5-1 CPU s per
+(``trainer.data.raw_image``) each is a pass over the whole image. Compiling takes 0.2-1 CPU s per
 batch shape, hence long streams only.
 """
 
