@@ -24,6 +24,7 @@ from bigearthnet_beam.transforms.resample import upsample
 
 N = 24
 TOL = 1e-3  # normalised units
+IN_PROCESS = ["--direct_running_mode", "in_memory"]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,11 @@ def convert(reben, out, *extra):
 
 @pytest.fixture(scope="module")
 def runs(reben, tmp_path_factory):
+    # in one process (Beam's in-memory runner): the same bytes as the worker process, without its
+    # start-up (the bytes of both modes: tests/test_byte_identity.py and tests/conftest.py)
     base = tmp_path_factory.mktemp("runs")
-    assert convert(reben, base / "norm") == 0
-    assert convert(reben, base / "raw", "--encoding", "raw") == 0
+    assert convert(reben, base / "norm", *IN_PROCESS) == 0
+    assert convert(reben, base / "raw", "--encoding", "raw", *IN_PROCESS) == 0
     return base
 
 
