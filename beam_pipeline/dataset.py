@@ -166,7 +166,41 @@ def _tag(t: str):
 
 
 @dataclass
-class ConvertDataset(beam.PTransform):
+class _ShardStage(beam.PTransform):
+    """The options every stage that groups and checks metadata rows by shard takes (those of
+    ``ConvertDataset`` and ``ComputeStatistics``), checked once when the transform is built."""
+
+    root: str
+    _: KW_ONLY
+    storage: Storage | None = None
+    splits: tuple[str, ...] = DEFAULT_SPLITS
+    frac: float = 1.0
+    shard_size: int = DEFAULT_SHARD_SIZE
+    resampling: str = "bilinear"
+    stats_fraction: float = 1.0
+    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
+    cache: Any = None
+    objects: Any = None
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        self.splits = tuple(self.splits)
+        self._check()
+
+    def _check(self) -> None:
+        check_options(self.splits, self.frac, self.stats_fraction, self.shard_size, DEFAULT_CLIP_PERCENTILES, None)
+
+    def _st(self) -> Storage:
+        return self.storage if self.storage is not None else Storage()
+
+    def _checked(self, rows):
+        """Rows grouped by shard and checked: ``CheckShards``' tagged outputs."""
+        homes = rows | "GroupByShard" >> GroupByShard(self.root, self.splits, self.frac, self.shard_size)
+        return homes | "CheckShards" >> CheckShards(self.root, self.splits, self.frac)
+
+
+@dataclass
+class ConvertDataset(_ShardStage):
     """Metadata rows (``ReadMetadata``'s dicts) -> the complete dataset folder ``out``: shards,
     ``stats.json``, ``histograms.npz``, ``failures.jsonl``, ``schema.pbtxt``, the TFDS files,
     ``dataset.json`` and (``report``) ``report.html``. Returns a singleton PCollection of the manifest dict.
@@ -180,35 +214,20 @@ class ConvertDataset(beam.PTransform):
     object cache and archive packs.
     """
 
-    root: str
     out: str
     _: KW_ONLY
-    storage: Storage | None = None
-    splits: tuple[str, ...] = DEFAULT_SPLITS
-    frac: float = 1.0
-    shard_size: int = DEFAULT_SHARD_SIZE
-    resampling: str = "bilinear"
     compression: str = "none"
     image_dtype: str = "float32"
     clip: bool = True
     clip_percentiles: tuple[float, float] = DEFAULT_CLIP_PERCENTILES
     stats: str | None = None
-    stats_fraction: float = 1.0
-    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
     report: bool = True
     encoding: str = "normalized"  # "raw": each band losslessly at its own resolution (docs/raw-records.md)
     statistics: Any = None  # a statistics document, (document, histograms.npz bytes), or a singleton PCollection
-    cache: Any = None
-    objects: Any = None
 
-    def __post_init__(self) -> None:
-        super().__init__()
-        self.splits = tuple(self.splits)
+    def _check(self) -> None:
         self.clip_percentiles = (float(self.clip_percentiles[0]), float(self.clip_percentiles[1]))
         check_options(self.splits, self.frac, self.stats_fraction, self.shard_size, self.clip_percentiles, self.stats)
-
-    def _st(self) -> Storage:
-        return self.storage if self.storage is not None else Storage()
 
     def shard_config(self) -> ShardConfig:
         """What the per-shard steps share."""
@@ -251,8 +270,7 @@ class ConvertDataset(beam.PTransform):
 
         st = self._st()
         config = self.shard_config()
-        homes = rows | "GroupByShard" >> GroupByShard(self.root, self.splits, self.frac, self.shard_size)
-        checked = homes | "CheckShards" >> CheckShards(self.root, self.splits, self.frac)
+        checked = self._checked(rows)
         stats: Any
         if isinstance(self.statistics, beam.pvalue.PCollection):  # e.g. of StatisticsCombineFn
             stats = self.statistics | "GivenStatistics" >> beam.Map(_with_histograms)
@@ -299,36 +317,19 @@ class ConvertDataset(beam.PTransform):
 
 
 @dataclass
-class ComputeStatistics(beam.PTransform):
+class ComputeStatistics(_ShardStage):
     """Metadata rows -> one ``BandStatsAccumulator`` over the training split's patches, exactly
     what ``ConvertDataset`` normalises with (``transforms.statistics.stats_from_acc`` turns it
     into ``stats.json``). Options as ``ConvertDataset``'s."""
-
-    root: str
-    _: KW_ONLY
-    storage: Storage | None = None
-    splits: tuple[str, ...] = DEFAULT_SPLITS
-    frac: float = 1.0
-    shard_size: int = DEFAULT_SHARD_SIZE
-    resampling: str = "bilinear"
-    stats_fraction: float = 1.0
-    decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT
-    cache: Any = None
-    objects: Any = None
 
     def expand(self, rows):
         """The combined accumulator of the training shards."""
         config = ShardConfig(
             None,
             resampling=self.resampling,
-            storage=self.storage if self.storage is not None else Storage(),
+            storage=self._st(),
             decode_timeout=self.decode_timeout,
             cache=self.cache,
             objects=self.objects,
         )
-        splits = tuple(self.splits)
-        return (
-            rows
-            | "GroupByShard" >> GroupByShard(self.root, splits, self.frac, self.shard_size)
-            | "CheckShards" >> CheckShards(self.root, splits, self.frac)
-        )["shards"] | "ComputeBandStats" >> ComputeBandStats(config, self.stats_fraction)
+        return self._checked(rows)["shards"] | "ComputeBandStats" >> ComputeBandStats(config, self.stats_fraction)

@@ -197,6 +197,13 @@ def test_bad_options_are_refused_when_the_transform_is_made():
         bb.ConvertDataset(root="/data", out="/out", splits=("train", "val"))
     with pytest.raises(bb.InputError, match="training split"):
         bb.ConvertDataset(root="/data", out="/out", splits=("test",))
+    # the statistics stage takes the same options and refuses them the same way
+    with pytest.raises(bb.InputError, match="--frac"):
+        bb.ComputeStatistics("/data", frac=1.5)
+    with pytest.raises(bb.InputError, match="--shard_size"):
+        bb.ComputeStatistics("/data", shard_size=0)
+    with pytest.raises(bb.InputError, match="training split"):
+        bb.ComputeStatistics("/data", splits=("validation",))
 
 
 def test_the_public_names():

@@ -243,6 +243,9 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
 
 
 def _scale_for_replicas(value):
+    """``value`` / replicas of the TensorFlow distribution strategy (other Keras backends: as is)."""
+    if keras.backend.backend() != "tensorflow":
+        return value
     import tensorflow as tf
 
     n = tf.distribute.get_strategy().num_replicas_in_sync
