@@ -86,14 +86,15 @@ def converted(replica, tmp_path_factory) -> Path:
 # pytest-xdist's --dist loadfile each goes whole to one process, and started first, none of them is
 # left running alone at the end while the other process idles. Other modules keep their order.
 LONGEST_FIRST = (
-    "test_raw_encoding.py",
     "test_trainer.py",
+    "test_raw_encoding.py",
     "test_interruption.py",
     "test_packaging.py",
     "test_object_stores.py",
     "test_predict_cli.py",
     "test_archives.py",
     "test_api.py",
+    "test_gpu_figures.py",
     "test_exit_codes.py",
     "test_convert_e2e.py",
 )

@@ -222,6 +222,7 @@ def test_b_and_c_cover_what_they_claim(run):
     assert not any(k.startswith("c/train/") for k in produced)
 
 
+@pytest.mark.slow  # a whole conversion of its own
 def test_one_process_writes_the_bytes_of_the_worker_process(run_a):
     """``a`` again on Beam's in-memory runner, as tests/conftest.py and several modules convert:
     every file the same but the timings (``run.json``) and the page that shows them."""

@@ -20,10 +20,10 @@ from bigearthnet_beam.transforms import raw_decode
 from bigearthnet_beam.transforms.encode import decode_example, encode_raw_example, iter_records
 from bigearthnet_beam.transforms.normalize import NormParams, normalize
 from bigearthnet_beam.transforms.resample import upsample
+from tests.helpers import IN_PROCESS
 
 N = 24
 TOL = 1e-3  # normalised units
-IN_PROCESS = ["--direct_running_mode", "in_memory"]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def convert(reben, out, *extra):
 
 @pytest.fixture(scope="module")
 def runs(reben, tmp_path_factory):
-    # in one process (Beam's in-memory runner): the same bytes as the worker process, without its
-    # start-up (the bytes of both modes: tests/test_byte_identity.py and tests/conftest.py)
+    # in one process (Beam's in-memory runner): the bytes of the worker processes without their
+    # start-up (tests/test_byte_identity.py checks that both modes write the same bytes)
     base = tmp_path_factory.mktemp("runs")
     assert convert(reben, base / "norm", *IN_PROCESS) == 0
     assert convert(reben, base / "raw", "--encoding", "raw", *IN_PROCESS) == 0
