@@ -39,14 +39,20 @@ chromium:
 	  $$S apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$S apt-get install -y -qq chromium >/dev/null \
 	  || echo "note: could not install chromium; the browser tests will not run" >&2; }
 
+# Both test targets run on TEST_WORKERS processes (pytest-xdist; 0 runs in this process), a test
+# file at a time per process (--dist loadfile: a module's fixtures are built once); the session's
+# replica and conversion (tests/conftest.py) are built once and shared by the processes.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup chromium
-	$(BIN)/python -m pytest -q tests; rc=$$?; \
+	$(PYTEST) tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The inner loop: every test not marked slow: unit tests plus the session's shared conversion and the
 # byte-identity one (tests/conftest.py); no servers, browsers, training, kill tests or fresh environments.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow" -n 2 tests
+	$(PYTEST) -m "not slow" tests
 
 # ruff; the architecture contracts (import-linter) and the types of the public API (mypy), both
 # on the package as installed: staged by setup.py build_py, since package_dir maps the folders

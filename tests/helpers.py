@@ -14,6 +14,11 @@ from pathlib import Path
 from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.schemas import manifest
 
+# Beam's in-memory runner, in this process: for the conversions whose running mode is not what a
+# test is about. It writes the bytes of the default runner's worker processes
+# (tests/test_byte_identity.py checks it) without their start-up (~4 s a pipeline).
+IN_PROCESS = ("--direct_running_mode", "in_memory")
+
 
 def synth(out: Path, n: int, *extra: str, seed: int = 0, workers: int = 1) -> Path:
     """``benbeam synth --out OUT --n N --seed S --workers W [extra]``; the replica's folder."""

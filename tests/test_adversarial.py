@@ -24,6 +24,7 @@ from bigearthnet_beam.schemas.naming import OBJECT_KEYS, object_urls
 from bigearthnet_beam.transforms import metadata as md
 from bigearthnet_beam.transforms.patch import decode_patch, fetch_objects
 from bigearthnet_beam.transforms.plan import check_rows
+from tests.helpers import IN_PROCESS
 
 GOOD_ID = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
 GOOD_S1 = "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_26_57"
@@ -105,7 +106,7 @@ def test_any_metadata_row_is_a_clean_record_or_a_dead_letter(tmp_path_factory, b
 @pytest.fixture(scope="module")
 def patch_bytes(tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzzsrc")
-    assert main(["synth", "--out", str(d), "--n", "1", "--seed", "3"]) == 0
+    assert main(["synth", "--out", str(d), "--n", "1", "--seed", "3", "--workers", "1"]) == 0
     row = pq.read_table(d / "metadata.parquet").to_pylist()[0]
     return row["patch_id"], fetch_objects(object_urls(str(d), row["patch_id"], row["s1_name"]))
 
@@ -307,6 +308,7 @@ def test_no_decodable_training_patch_is_a_clear_error_without_manifest(tmp_path,
             str(tmp_path / "out"),
             "--workers",
             "1",
+            *IN_PROCESS,
         ]
     )
     assert rc == 1
@@ -376,6 +378,7 @@ def test_fuzzed_metadata_tables_end_to_end(tmp_path_factory, stats_json, batch, 
             str(out),
             "--workers",
             "1",
+            *IN_PROCESS,
             "--stats",
             stats_json,
         ]

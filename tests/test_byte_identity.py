@@ -120,6 +120,10 @@ EXPECTED: dict[str, str] = {  # recorded from the baseline code (commit 4855118)
 VARIANTS = ("a", "b", "c", "d")
 
 
+def _common(reben: Path) -> list[str]:
+    return ["--meta", str(reben / "metadata.parquet"), "--shard_size", "4", "--max_failure_fraction", "1"]
+
+
 def produce(base: Path, variants: tuple[str, ...] = VARIANTS) -> dict[str, str]:
     """Synth and convert under ``base`` (what is not there yet); the normalised sha256 of every
     deterministic file of the replica and of ``variants``."""
@@ -127,16 +131,7 @@ def produce(base: Path, variants: tuple[str, ...] = VARIANTS) -> dict[str, str]:
     if not reben.exists():
         argv = ["synth", "--out", str(reben), "--n", "22", "--seed", "3", "--corrupt", "0.5", "--workers", "1"]
         assert main(argv) == 0
-    common = [
-        "--meta",
-        str(reben / "metadata.parquet"),
-        "--shard_size",
-        "4",
-        "--workers",
-        "1",
-        "--max_failure_fraction",
-        "1",
-    ]
+    common = [*_common(reben), "--workers", "1"]
     stats = ["--stats", str(base / "a" / "stats.json"), "--no_report"]
     flags = {
         "a": [],
@@ -225,6 +220,27 @@ def test_b_and_c_cover_what_they_claim(run):
         assert f"{ds}/dataset.json" in produced and f"{ds}/failures.jsonl" in produced
     assert any(k.startswith("b/") and k.endswith(".tfrecord.gz") for k in produced)
     assert not any(k.startswith("c/train/") for k in produced)
+
+
+@pytest.mark.slow  # a whole conversion of its own
+def test_one_process_writes_the_bytes_of_the_worker_process(run_a):
+    """``a`` again on Beam's in-memory runner, as tests/conftest.py and several modules convert:
+    every file the same but the timings (``run.json``) and the page that shows them."""
+    base, _ = run_a
+    one = base / "a-in-memory"
+    assert main(["convert", *_common(base / "reben"), "--out", str(one), "--direct_running_mode", "in_memory"]) == 0
+
+    def files(ds: Path) -> dict[str, bytes]:
+        skip = ("run.json", "report.html")
+        return {
+            p.relative_to(ds).as_posix(): p.read_bytes().replace(str(ds).encode(), b"@out")
+            for p in sorted(ds.rglob("*"))
+            if p.is_file() and p.name not in skip
+        }
+
+    multi, single = files(base / "a"), files(one)
+    assert set(multi) == set(single) and sum(k.endswith(".tfrecord") for k in multi) >= 4
+    assert [k for k in multi if multi[k] != single[k]] == []
 
 
 def test_the_report_shows_the_pinned_data(run_a):

@@ -122,9 +122,7 @@ def test_a_relative_object_path_is_relative_to_the_root_not_the_working_folder(r
 @pytest.fixture(scope="module")
 def dataset(replica):
     out = replica["base"] / "ds"
-    assert (
-        main(["convert", "--meta", str(replica["root"] / "metadata.parquet"), "--out", str(out), "--workers", "1"]) == 0
-    )
+    assert main(["convert", "--meta", str(replica["root"] / "metadata.parquet"), "--out", str(out), *IN_PROCESS]) == 0
     return out
 
 

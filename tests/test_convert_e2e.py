@@ -19,6 +19,7 @@ from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.schemas import bands, classes, manifest, tfrecord
 from bigearthnet_beam.schemas.failures import FAULT_EXPECTATIONS, FAULT_KINDS
 from bigearthnet_beam.schemas.naming import object_urls
+from tests.helpers import IN_PROCESS
 from tests.helpers import read_failures as _failures
 from tests.helpers import read_manifest as _manifest
 
@@ -41,6 +42,7 @@ def convert(reben, out, *extra):
         str(out),
         "--shard_size",
         "8",
+        *IN_PROCESS,  # (test_rerun_is_byte_identical_and_index_path_matches runs the worker processes)
         *extra,
     ]
     return main(argv)
@@ -209,7 +211,7 @@ def test_verify_accepts_the_dataset_and_catches_one_corrupt_byte(dataset, tmp_pa
 def test_validate_reports_missing_objects_and_deep_finds_the_rest(reben, tmp_path):
     rep_path = tmp_path / "validation.json"
     # the replica fails on purpose: more than --max_failure_fraction (0.05) of it, so exit 1 after the report
-    assert main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(rep_path)]) == 1
+    assert main(["validate", "--meta", str(reben / "metadata.parquet"), "--out", str(rep_path), *IN_PROCESS]) == 1
     rep = json.loads(rep_path.read_text())
     injected = {f["patch_id"]: f["kind"] for f in json.loads((reben / "injected_faults.json").read_text())}
     shallow = {k for k, (stage, _) in FAULT_EXPECTATIONS.items() if stage == "fetch"}
@@ -231,6 +233,7 @@ def test_validate_reports_missing_objects_and_deep_finds_the_rest(reben, tmp_pat
                 "--deep",
                 "--max_failure_fraction",
                 "1",
+                *IN_PROCESS,
             ]
         )
         == 0
@@ -324,6 +327,7 @@ def test_label_disagreements_are_counted_not_failed_and_stats_fraction(reben, da
                 "8",
                 "--stats_fraction",
                 "0.5",
+                *IN_PROCESS,
             ]
         )
         == 0

@@ -17,6 +17,7 @@ from bigearthnet_beam.beam_pipeline import cli
 from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.schemas import manifest
 from bigearthnet_beam.transforms import outdir
+from tests.helpers import IN_PROCESS
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,7 @@ def _convert(replica, out, *extra):
             str(out),
             "--workers",
             "1",
+            *IN_PROCESS,
             "--no_report",
             *extra,
         ]
@@ -206,8 +208,8 @@ def test_validate_out_rules(replica, tmp_path, capsys):
     assert main(["validate", "--meta", meta, "--out", str(mine), "--workers", "1"]) == 2
     assert mine.read_text() == '{"mine": true}'
     rep = tmp_path / "v.json"
-    assert main(["validate", "--meta", meta, "--out", str(rep), "--workers", "1"]) == 0
-    assert main(["validate", "--meta", meta, "--out", str(rep), "--workers", "1"]) == 0  # its own report: rewritten
+    assert main(["validate", "--meta", meta, "--out", str(rep), "--workers", "1", *IN_PROCESS]) == 0
+    assert main(["validate", "--meta", meta, "--out", str(rep), "--workers", "1", *IN_PROCESS]) == 0  # rewritten
 
 
 # --------------------------------------------------------------------------- honest exits

@@ -24,6 +24,7 @@ from bigearthnet_beam.schemas.naming import OBJECT_KEYS
 from bigearthnet_beam.transforms import containment
 from bigearthnet_beam.transforms import metadata as md
 from bigearthnet_beam.transforms.patch import fetch_objects
+from tests.helpers import IN_PROCESS
 
 # --------------------------------------------------------------------------- audit of opened paths
 
@@ -289,6 +290,7 @@ def _stats(world, tmp_path):
                     str(world["base"] / "clean"),
                     "--workers",
                     "1",
+                    *IN_PROCESS,
                 ]
             )
             == 0

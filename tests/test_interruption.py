@@ -18,6 +18,7 @@ import pytest
 from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.schemas import manifest
 from bigearthnet_beam.transforms.encode import iter_records
+from tests.helpers import IN_PROCESS
 
 # servers, job services, clusters or killed processes: make test-fast leaves these out
 pytestmark = pytest.mark.slow
@@ -38,11 +39,11 @@ KILL_WHEN = {
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("kill")
-    assert main(["synth", "--out", str(d / "reben"), "--n", "40", "--seed", "21", "--faults", "s1_nan"]) == 0
-    assert (
-        main(["convert", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ref"), "--shard_size", "5"])
-        == 0
-    )
+    argv = ["synth", "--out", str(d / "reben"), "--n", "40", "--seed", "21", "--faults", "s1_nan", "--workers", "1"]
+    assert main(argv) == 0
+    # the reference in this process; the runs that are killed use the worker processes
+    argv = ["convert", "--meta", str(d / "reben" / "metadata.parquet"), "--out", str(d / "ref"), "--shard_size", "5"]
+    assert main([*argv, *IN_PROCESS]) == 0
     return d, json.loads((d / "ref" / manifest.MANIFEST).read_text())
 
 

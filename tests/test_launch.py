@@ -8,6 +8,7 @@ import pytest
 from bigearthnet_beam.beam_pipeline import cli
 from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.launch import staging, submit
+from tests.helpers import IN_PROCESS
 
 
 def _args(argv):
@@ -227,7 +228,7 @@ def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
     from bigearthnet_beam.beam_pipeline.options import ConvertOptions, parse
     from bigearthnet_beam.schemas import manifest
 
-    assert main(["synth", "--out", str(tmp_path / "reben"), "--n", "8", "--seed", "3"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "reben"), "--n", "8", "--seed", "3", "--workers", "1"]) == 0
     argv = [
         "--meta",
         str(tmp_path / "reben" / "metadata.parquet"),
@@ -236,6 +237,7 @@ def test_a_complete_statistics_pass_is_reused_and_then_removed(tmp_path):
         "--shard_size",
         "4",
         "--no_report",
+        *IN_PROCESS,
     ]
     assert main(["convert", *argv]) == 0
     out = tmp_path / "ds"

@@ -132,7 +132,7 @@ def test_convert_prints_overall_lines_not_shard_lines_on_a_non_terminal(tmp_path
 
     monkeypatch.setenv(progress.ENV_INTERVAL, "0.2")
     root = tmp_path / "reben"
-    assert main(["synth", "--out", str(root), "--n", "24", "--seed", "4"]) == 0
+    assert main(["synth", "--out", str(root), "--n", "24", "--seed", "4", "--workers", "1"]) == 0
     capfd.readouterr()
     argv = ["convert", "--meta", str(root / "metadata.parquet"), "--shard_size", "2", "--no_report", "--workers", "2"]
     assert main(argv + ["--out", str(tmp_path / "a")]) == 0

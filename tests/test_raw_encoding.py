@@ -20,6 +20,7 @@ from bigearthnet_beam.transforms import raw_decode
 from bigearthnet_beam.transforms.encode import decode_example, encode_raw_example, iter_records
 from bigearthnet_beam.transforms.normalize import NormParams, normalize
 from bigearthnet_beam.transforms.resample import upsample
+from tests.helpers import IN_PROCESS
 
 N = 24
 TOL = 1e-3  # normalised units
@@ -40,9 +41,11 @@ def convert(reben, out, *extra):
 
 @pytest.fixture(scope="module")
 def runs(reben, tmp_path_factory):
+    # in one process (Beam's in-memory runner): the bytes of the worker processes without their
+    # start-up (tests/test_byte_identity.py checks that both modes write the same bytes)
     base = tmp_path_factory.mktemp("runs")
-    assert convert(reben, base / "norm") == 0
-    assert convert(reben, base / "raw", "--encoding", "raw") == 0
+    assert convert(reben, base / "norm", *IN_PROCESS) == 0
+    assert convert(reben, base / "raw", "--encoding", "raw", *IN_PROCESS) == 0
     return base
 
 

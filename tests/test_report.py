@@ -12,6 +12,7 @@ from bigearthnet_beam.beam_pipeline.report_page import SECTIONS
 from bigearthnet_beam.schemas import manifest
 from bigearthnet_beam.transforms.progress import LOCAL_RUNNER  # what a local run records
 from tests.browser import render, require_chromium
+from tests.helpers import IN_PROCESS
 from tests.helpers import read_manifest as _manifest
 
 
@@ -94,6 +95,7 @@ def test_a_dataset_without_run_record_or_histograms_still_gets_a_report(replica,
                 "--stats",
                 str(dataset / manifest.STATS_JSON),
                 "--no_report",
+                *IN_PROCESS,
             ]
         )
         == 0

@@ -10,6 +10,7 @@ import pytest
 from bigearthnet_beam.schemas import bands, classes, tfrecord
 from bigearthnet_beam.schemas import manifest as manifest_schema
 from bigearthnet_beam.transforms import tfds_meta
+from tests.helpers import IN_PROCESS
 from tests.trainer_fixtures import make_tiny_dataset
 
 if os.environ.get("CI"):  # the [dev] extra has it: a CI run without it fails instead of skipping
@@ -117,7 +118,7 @@ def test_convert_writes_tfds_metadata_readable_like_the_trainer(tmp_path):
     from bigearthnet_beam.beam_pipeline.cli import main
 
     root, out = tmp_path / "reben", tmp_path / "out"
-    assert main(["synth", "--out", str(root), "--n", "14", "--seed", "3"]) == 0
+    assert main(["synth", "--out", str(root), "--n", "14", "--seed", "3", "--workers", "1"]) == 0
     assert (
         main(
             [
@@ -129,8 +130,7 @@ def test_convert_writes_tfds_metadata_readable_like_the_trainer(tmp_path):
                 "--shard_size",
                 "3",
                 "--no_report",
-                "--workers",
-                "2",
+                *IN_PROCESS,
             ]
         )
         == 0

@@ -27,6 +27,7 @@ from bigearthnet_beam.trainer.evaluate import evaluate  # noqa: E402
 from bigearthnet_beam.trainer.run_files import run_paths  # noqa: E402
 from bigearthnet_beam.trainer.train import seg_metric, train  # noqa: E402
 from bigearthnet_beam.transforms.encode import decode_example, iter_records  # noqa: E402
+from tests.helpers import IN_PROCESS  # noqa: E402
 from tests.trainer_fixtures import make_tiny_dataset  # noqa: E402
 
 FAST = dict(width=4, batch=8, tensorboard=False, verbose=0)
@@ -107,7 +108,7 @@ def test_class_weights_from_manifest_counts():
 def test_input_pipeline_yields_the_arrays_the_etl_wrote(tmp_path):
     """Real `synth` + `convert` output, read by the trainer, equals the records decoded by the ETL's own reader."""
     reben, out = tmp_path / "reben", tmp_path / "ds"
-    assert main(["synth", "--out", str(reben), "--n", "10", "--seed", "3"]) == 0
+    assert main(["synth", "--out", str(reben), "--n", "10", "--seed", "3", "--workers", "1"]) == 0
     assert (
         main(
             [
@@ -122,6 +123,7 @@ def test_input_pipeline_yields_the_arrays_the_etl_wrote(tmp_path):
                 "gzip",
                 "--dtype",
                 "float16",
+                *IN_PROCESS,
             ]
         )
         == 0
