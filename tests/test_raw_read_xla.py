@@ -159,12 +159,12 @@ def test_long_and_endless_streams_are_compiled():
 
 
 @pytest.fixture(scope="module")
-def both(replica, tmp_path_factory):
-    base = tmp_path_factory.mktemp("raw-read")
-    flags = ["--shard_size", "8", "--max_failure_fraction", "1", "--direct_running_mode", "in_memory"]
-    assert helpers.convert(replica, base / "norm", *flags) == 0
-    assert helpers.convert(replica, base / "raw", *flags, "--encoding", "raw") == 0
-    return base
+def raw_of_converted(replica, converted, tmp_path_factory):
+    """The session's ``converted`` dataset (normalised) and the same conversion with ``--encoding raw``."""
+    out = tmp_path_factory.mktemp("raw-read") / "raw"
+    flags = ["--shard_size", "8", "--max_failure_fraction", "1", *helpers.IN_PROCESS]
+    assert helpers.convert(replica, out, *flags, "--encoding", "raw") == 0
+    return converted, out
 
 
 def _read(ds, split, **opts):
@@ -175,8 +175,10 @@ def _read(ds, split, **opts):
     return np.concatenate(xs), ids
 
 
-def test_make_dataset_with_xla_reads_the_normalised_records(both):
-    raw, norm = data.open_dataset(str(both / "raw")), data.open_dataset(str(both / "norm"))
+def test_make_dataset_with_xla_reads_the_normalised_records(raw_of_converted):
+    norm_path, raw_path = raw_of_converted
+    raw, norm = data.open_dataset(str(raw_path)), data.open_dataset(str(norm_path))
+    assert raw.raw and not norm.raw
     seen = 0
     for split in raw.manifest["splits"]:
         want, want_ids = _read(norm, split)
