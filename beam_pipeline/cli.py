@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             return _main(argv)
         except KeyboardInterrupt:
             quiet.INTERRUPTED["on"] = True
+            quiet.remove_pipeline_tempdirs()
             if DEBUG["on"]:
                 traceback.print_exc()
             print(stopped, file=sys.stderr, flush=True)
