@@ -197,10 +197,9 @@ def _dispatch(cmd: str, argv: list[str]) -> int:
         # TensorFlow's C++ start-up lines (cuInit, CUDA factories) only with --verbose (or --debug)
         verbose = "--verbose" in argv
         argv = [a for a in argv if a != "--verbose"]
-        if not {"-h", "--help"} & set(argv):
-            from bigearthnet_beam.trainer.tfenv import quiet_tensorflow
+        from bigearthnet_beam.trainer.tfenv import set_verbose
 
-            quiet_tensorflow(verbose or DEBUG["on"])
+        set_verbose(verbose or DEBUG["on"])  # each command imports TensorFlow once its flags are parsed
     if cmd == "predict":
         from bigearthnet_beam.trainer.inference.cli import run
 
@@ -363,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             return _main(argv)
         except KeyboardInterrupt:
             quiet.INTERRUPTED["on"] = True
+            quiet.remove_pipeline_tempdirs()
             if DEBUG["on"]:
                 traceback.print_exc()
             print(stopped, file=sys.stderr, flush=True)

@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from bigearthnet_beam.beam_pipeline import finalize as fin
 from bigearthnet_beam.beam_pipeline.dataset import ComputeStatistics, ConvertDataset, check_options
 from bigearthnet_beam.beam_pipeline.options import ConvertOptions, description, local_runner_args, parse
-from bigearthnet_beam.beam_pipeline.quiet import worker_stderr
+from bigearthnet_beam.beam_pipeline.quiet import new_pipeline, worker_stderr
 from bigearthnet_beam.beam_pipeline.run_record import (
     print_counters,
     print_summary,
@@ -327,13 +327,13 @@ def _run(argv: list[str] | None, held: _Held) -> int:
 
                 pack_dir = archive_packs.new_pack_dir(args.out)
                 objects = archive_packs.PackObjects(pack_dir, st)
-                pa = beam.Pipeline(options=opts)
+                pa = new_pipeline(opts)
                 build_packs(pa, opts.view_as(ConvertOptions), plan, pack_dir, st)
                 results.append(("archives", pa.run()))
                 if not dry_run:
                     results[-1][1].wait_until_finish()
             if not args.stats and stats is None:  # job 1: the statistics
-                ps = beam.Pipeline(options=opts)
+                ps = new_pipeline(opts)
                 build_stats(ps, opts.view_as(ConvertOptions), plan, key, cache, objects, st)
                 results.append(("stats", ps.run()))
                 results[-1][1].wait_until_finish()
@@ -344,7 +344,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
                 )
                 if stats is None:
                     raise RuntimeError(f"the statistics job finished without writing {dest}")
-            p = beam.Pipeline(options=opts)  # job 2: the shards and the manifest
+            p = new_pipeline(opts)  # job 2: the shards and the manifest
             build(p, opts.view_as(ConvertOptions), plan, cache, stats, objects, st)
             results.append(("write", p.run()))
             if dry_run:  # DataflowRunner --dry_run: the job graphs were built and every transform pickled

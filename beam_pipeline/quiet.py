@@ -139,11 +139,31 @@ INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, the command has this long to end by it
 _GUARD: dict = {}
 
 
+def new_pipeline(options):
+    """A ``beam.Pipeline`` whose local temporary folder an interrupted command removes: Beam
+    removes it only at the end of ``run()``, which Ctrl-C during graph building never reaches."""
+    import apache_beam as beam
+
+    p = beam.Pipeline(options=options)
+    _GUARD.setdefault("tempdirs", []).append(p.local_tempdir)
+    return p
+
+
+def remove_pipeline_tempdirs() -> None:
+    """Remove the local temporary folders of this command's pipelines (``new_pipeline``); only
+    those: nothing the command did not create."""
+    import shutil
+
+    for d in _GUARD.pop("tempdirs", []):
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def _end_now(line: str) -> None:
     """End the process with the one interrupted line (unless already printed) and exit 130."""
     if not _GUARD.get("printed"):
         with contextlib.suppress(OSError, ValueError):
             print(line, file=sys.stderr, flush=True)
+    remove_pipeline_tempdirs()
     os._exit(130)
 
 

@@ -321,7 +321,7 @@ def run(argv: list[str] | None = None) -> int:
             quiet.worker_stderr(wlog),
             progress.watch([progress.Pass("validate", "validate", total)], opts.get_all_options().get("runner")),
         ):
-            with beam.Pipeline(options=opts) as p:
+            with quiet.new_pipeline(opts) as p:
                 build(p, args, root, splits, st)
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line
         msg = str(e).strip().splitlines()[-1][:500] if str(e).strip() else ""

@@ -111,6 +111,46 @@ def test_ctrl_c_is_one_line_exit_130_and_no_beam_traceback(big, tmp_path, cmd):
     assert not [p.name for p in started.iterdir()], "an interrupted run left its temporary files"
 
 
+def test_ctrl_c_while_the_graph_is_built_leaves_no_beam_pipeline_temp(tmp_path, monkeypatch):
+    # Beam removes a Pipeline's local temporary folder only at the end of run(): a Ctrl-C before
+    # run() (graph building) used to leave beam-pipeline-temp* behind
+    import tempfile
+
+    from bigearthnet_beam.beam_pipeline import convert
+    from bigearthnet_beam.synth.generator import generate
+
+    generate(str(tmp_path / "reben"), 4, seed=0, workers=1)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    foreign = tmp / "beam-pipeline-tempNOTOURS"  # another program's: must stay
+    foreign.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert, "build_stats", interrupted)
+    rc = main(["convert", "--meta", str(tmp_path / "reben" / "metadata.parquet"), "--out", str(tmp_path / "out")])
+    assert rc == 130
+    assert sorted(p.name for p in tmp.iterdir()) == [foreign.name]
+
+
+def test_only_the_commands_own_pipeline_folders_are_removed(tmp_path, monkeypatch):
+    import tempfile
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    other = tmp_path / "beam-pipeline-tempOTHER"
+    other.mkdir()
+    p = quiet.new_pipeline(PipelineOptions([]))
+    assert os.path.isdir(p.local_tempdir) and p.local_tempdir.startswith(str(tmp_path))
+    quiet.remove_pipeline_tempdirs()
+    assert not os.path.exists(p.local_tempdir) and other.is_dir()
+    quiet.remove_pipeline_tempdirs()  # a second call has nothing left to remove
+    assert other.is_dir()
+
+
 # --------------------------------------------------------------------------- /tmp/beam-temp*
 
 

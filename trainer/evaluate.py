@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from bigearthnet_beam.trainer.run_files import write_json
+from bigearthnet_beam.trainer.tfenv import quiet_tensorflow
 from bigearthnet_beam.transforms import flagtypes
 from bigearthnet_beam.transforms.cli_args import add_storage_args, storage_from_args
 from bigearthnet_beam.transforms.storage import Storage, is_remote, join
@@ -288,4 +289,9 @@ def evaluate_cli(argv: list[str] | None = None) -> int:
         prog="benbeam evaluate", allow_abbrev=False, description="Score a trained model on a dataset split."
     )
     add_evaluate_args(ap)
-    return evaluate_main(ap.parse_args(argv))
+    args = ap.parse_args(argv)
+    from bigearthnet_beam.trainer.pretrained.model import is_pretrained_ref
+
+    if not is_pretrained_ref(args.model):  # an authors' model runs on PyTorch alone
+        quiet_tensorflow()
+    return evaluate_main(args)

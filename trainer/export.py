@@ -85,6 +85,7 @@ def export_cli(argv: list[str] | None = None) -> int:
     """``benbeam export --model M --out DIR``; returns the exit code."""
     import sys
 
+    from bigearthnet_beam.trainer.tfenv import quiet_tensorflow
     from bigearthnet_beam.transforms.cli_args import add_storage_args, storage_from_args
 
     ap = flagtypes.Parser(
@@ -98,6 +99,7 @@ def export_cli(argv: list[str] | None = None) -> int:
     )
     add_storage_args(ap)
     args = ap.parse_args(argv)
+    quiet_tensorflow()
     st = storage_from_args(args)
     try:
         export_model(args.model, args.out, st)

@@ -27,7 +27,7 @@ NOISE = re.compile(
     r"|This TensorFlow binary is optimized to use available CPU instructions"
     r"|To enable the following instructions: .* in other operations, rebuild TensorFlow"
 )
-_STATE = {"done": False}
+_STATE = {"done": False, "verbose": False}
 
 
 def is_noise(line: str) -> bool:
@@ -35,8 +35,16 @@ def is_noise(line: str) -> bool:
     return bool(NOISE.search(line))
 
 
-def quiet_tensorflow(verbose: bool = False):
-    """Import TensorFlow and initialise its devices, dropping the start-up noise (module docstring); returns it."""
+def set_verbose(verbose: bool) -> None:
+    """Whether ``quiet_tensorflow()`` without an argument shows the start-up lines (``--verbose``)."""
+    _STATE["verbose"] = bool(verbose)
+
+
+def quiet_tensorflow(verbose: bool | None = None):
+    """Import TensorFlow and initialise its devices, dropping the start-up noise (module docstring); returns it.
+    The commands call it once their flags are parsed, so a refused flag never waits for TensorFlow."""
+    if verbose is None:
+        verbose = _STATE["verbose"]
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     if _STATE["done"] or verbose or "tensorflow" in sys.modules:

@@ -7,6 +7,7 @@ import dataclasses
 import sys
 
 from bigearthnet_beam.trainer.config import TrainConfig
+from bigearthnet_beam.trainer.tfenv import quiet_tensorflow
 from bigearthnet_beam.trainer.train import train
 from bigearthnet_beam.transforms import flagtypes, outdir
 from bigearthnet_beam.transforms.cli_args import add_storage_args, positive_int, storage_from_args
@@ -159,4 +160,6 @@ def train_cli(argv: list[str] | None = None) -> int:
         prog="benbeam train", allow_abbrev=False, description="Train the U-Net on a converted dataset."
     )
     add_train_args(ap)
-    return train_main(ap.parse_args(argv))
+    args = ap.parse_args(argv)
+    quiet_tensorflow()
+    return train_main(args)

@@ -26,6 +26,7 @@ from bigearthnet_beam.trainer.inference.settings import (
     VIEWER,
     PredictError,
 )
+from bigearthnet_beam.trainer.tfenv import quiet_tensorflow
 from bigearthnet_beam.transforms import flagtypes, outdir, storage
 from bigearthnet_beam.transforms.cli_args import (
     add_storage_args,
@@ -214,6 +215,10 @@ def run(argv: list[str] | None = None) -> int:
             )
         if args.tile or args.benchmark:
             ap.error("Beam pipeline options apply to --input_dir without --benchmark")
+    from bigearthnet_beam.trainer.pretrained.model import is_pretrained_ref
+
+    if not is_pretrained_ref(args.model):  # once the flags are accepted: a refused flag never waits for TensorFlow
+        quiet_tensorflow()
     # a custom endpoint nothing answers: raised, one line and exit 3 from benbeam's CLI
     st = storage_from_args(args)
     try:
