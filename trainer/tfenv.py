@@ -47,6 +47,8 @@ def quiet_tensorflow(verbose: bool | None = None):
         verbose = _STATE["verbose"]
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:  # TensorFlow's C++ INFO lines later in the run too (XLA's "Compiled cluster using XLA!"); warnings stay
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     if _STATE["done"] or verbose or "tensorflow" in sys.modules:
         import tensorflow as tf
 
