@@ -30,6 +30,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -159,7 +160,6 @@ def read_ab(workdir: str, batch: int, alternations: int) -> None:
     """Interleaved A/B of tf.data reading: float16, raw (XLA) and raw (TensorFlow ops) in turn over the
     same period, ``alternations`` times; each stream built once and iterated once per alternation,
     as a training run iterates its dataset per epoch (after a warm-up pass: page cache, tracing, XLA)."""
-    import statistics
 
     from bigearthnet_beam.trainer import data
 
@@ -273,6 +273,11 @@ def main() -> int:
             f"  {rs[0]['bytes'] / rs[0]['patches']:11,.0f}"
             f"  {1000 * per('user'):9.1f}  {1000 * per('sys'):8.1f}  {per('vcsw'):11.1f}  {per('oublock') / 2:11.1f}"
         )
+    for v, rs in conv.items():  # each repeat's ratio (the variants of one repeat run back to back)
+        if v != "float32":
+            ratio = [r["patches"] / r["wall"] / b for r, b in zip(rs, base, strict=True)]
+            listed = " ".join(f"{x:.2f}" for x in ratio)
+            print(f"  {v} / float32 per repeat: {listed}; median {statistics.median(ratio):.2f}x")
 
     print("\nfixed cost: the same commands on a --frac 0.02 sample (start-up of the runner, its worker")
     print("processes and their imports, two jobs), and the marginal cost per patch of the full runs:")
