@@ -88,6 +88,7 @@ def converted(replica, tmp_path_factory) -> Path:
 LONGEST_FIRST = (
     "test_trainer.py",
     "test_raw_encoding.py",
+    "test_raw_read_xla.py",
     "test_interruption.py",
     "test_packaging.py",
     "test_object_stores.py",

@@ -46,7 +46,7 @@ def _random_bands(rng, b, k, n, lo=0.0, hi=6000.0):
 
 @pytest.mark.parametrize("method", RESAMPLING_METHODS)
 @pytest.mark.parametrize("n, factor", [(60, 2), (20, 6)])
-@pytest.mark.parametrize("jit", [True, False])
+@pytest.mark.parametrize("jit", [pytest.param(True, marks=pytest.mark.slow), False])  # XLA: the slow tier
 def test_banded_upsampling_equals_the_conversion_time_resampler(method, n, factor, jit):
     rng = np.random.default_rng(factor)
     x = _random_bands(rng, 2, 3, n)
@@ -112,12 +112,17 @@ SUBSETS = {
 }
 
 
+# Every method on the full image in the fast tier; the statistics and band-subset variants (an XLA
+# compilation each) with the slow tests, which `make test` runs.
 CASES = [(m, "clipped", "all") for m in RESAMPLING_METHODS] + [
-    ("bilinear", "none", "permuted"),
-    ("cubic", "user", "one 60m band"),
-    ("nearest", "clipped", "s1"),
-    ("average", "user", "permuted"),
-    ("cubic", "clipped", "permuted"),
+    pytest.param(*case, marks=pytest.mark.slow)
+    for case in (
+        ("bilinear", "none", "permuted"),
+        ("cubic", "user", "one 60m band"),
+        ("nearest", "clipped", "s1"),
+        ("average", "user", "permuted"),
+        ("cubic", "clipped", "permuted"),
+    )
 ]
 
 
