@@ -55,6 +55,21 @@ def _splits(args) -> tuple[str, ...]:
     return tuple(s.strip() for s in args.splits.split(",") if s.strip())
 
 
+def _shard_options(args, st, cache, objects) -> dict:
+    """The options of parsed ConvertOptions ``args`` that both jobs' stages take (``_ShardStage``'s fields)."""
+    return {
+        "storage": st,
+        "splits": _splits(args),
+        "frac": args.frac,
+        "shard_size": args.shard_size,
+        "resampling": args.resampling,
+        "stats_fraction": args.stats_fraction,
+        "decode_timeout": args.decode_timeout,
+        "cache": cache,
+        "objects": objects,
+    }
+
+
 def _metas(args) -> tuple[str, ...]:
     return (args.meta,) + ((args.include_snow_cloud,) if args.include_snow_cloud else ())
 
@@ -76,19 +91,7 @@ def build_stats(
     _ = (
         p
         | "ReadMetadata" >> ReadMetadata(_metas(args), storage=st)
-        | "ComputeStatistics"
-        >> ComputeStatistics(
-            plan.root,
-            storage=st,
-            splits=_splits(args),
-            frac=args.frac,
-            shard_size=args.shard_size,
-            resampling=args.resampling,
-            stats_fraction=args.stats_fraction,
-            decode_timeout=args.decode_timeout,
-            cache=cache,
-            objects=objects,
-        )
+        | "ComputeStatistics" >> ComputeStatistics(plan.root, **_shard_options(args, st, cache, objects))
         | "WriteStatsPass" >> beam.Map(write_stats_pass, args.out, key, args.clip, tuple(args.clip_percentiles), st)
     )
 
@@ -98,23 +101,15 @@ def convert_dataset(args, plan: RowPlan, st, cache=None, stats: tuple[dict, byte
     return ConvertDataset(
         plan.root,
         args.out,
-        storage=st,
-        splits=_splits(args),
-        frac=args.frac,
-        shard_size=args.shard_size,
-        resampling=args.resampling,
+        **_shard_options(args, st, cache, objects),
         compression=args.compression,
         image_dtype=args.image_dtype,
         clip=args.clip,
         clip_percentiles=tuple(args.clip_percentiles),
         stats=args.stats,
-        stats_fraction=args.stats_fraction,
-        decode_timeout=args.decode_timeout,
         report=False,  # written after run.json, so that it shows this run's throughput
         encoding=args.encoding,
         statistics=None if args.stats else stats,
-        cache=cache,
-        objects=objects,
     )
 
 

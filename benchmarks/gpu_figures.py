@@ -108,7 +108,9 @@ def bytes_per_patch(root: str) -> float:
 
 def to_keras(batch: dict):
     """A ``BenDataset`` batch -> ``(image NHWC float32, {"seg": mask})``, in the DataLoader worker."""
-    return batch["image"].permute(0, 2, 3, 1).contiguous(), {"seg": batch["mask"].to(dtype=__import__("torch").uint8)}
+    import torch
+
+    return batch["image"].permute(0, 2, 3, 1).contiguous(), {"seg": batch["mask"].to(dtype=torch.uint8)}
 
 
 def loader(root: str, batch: int, workers: int, *, keras_batches: bool = False):

@@ -70,6 +70,14 @@ def number(text: str, what: str = "a finite number") -> float:
     return v
 
 
+def bounded(text: str, lo: float, hi: float, what: str, *, low_open: bool = False) -> float:
+    """A finite number in [lo, hi] ((lo, hi] with ``low_open``), else the error saying ``what``."""
+    v = number(text, what)
+    if not (lo < v if low_open else lo <= v) or v > hi:
+        raise _bad(text, what)
+    return v
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer in [1, 10^9]."""
     return integer(text, 1, MAX_COUNT, "a positive integer (at most 10^9)")
@@ -87,10 +95,7 @@ def seed(text: str) -> int:
 
 def learning_rate(text: str) -> float:
     """argparse type: a learning rate in (0, 1]."""
-    v = number(text, "a learning rate in (0, 1]")
-    if not 0 < v <= 1:
-        raise _bad(text, "a learning rate in (0, 1]")
-    return v
+    return bounded(text, 0, 1, "a learning rate in (0, 1]", low_open=True)
 
 
 def seconds(text: str) -> float:
@@ -103,26 +108,17 @@ def seconds(text: str) -> float:
 
 def unit_fraction(text: str) -> float:
     """argparse type: a fraction in [0, 1]."""
-    v = number(text, "a fraction in [0, 1]")
-    if not 0.0 <= v <= 1.0:
-        raise _bad(text, "a fraction in [0, 1]")
-    return v
+    return bounded(text, 0.0, 1.0, "a fraction in [0, 1]")
 
 
 def sample_fraction(text: str) -> float:
     """argparse type: a sampling fraction in (0, 1]."""
-    v = number(text, "a fraction in (0, 1]")
-    if not 0.0 < v <= 1.0:
-        raise _bad(text, "a fraction in (0, 1]")
-    return v
+    return bounded(text, 0.0, 1.0, "a fraction in (0, 1]", low_open=True)
 
 
 def percentile(text: str) -> float:
     """argparse type: a percentile in [0, 100]."""
-    v = number(text, "a percentile in [0, 100]")
-    if not 0.0 <= v <= 100.0:
-        raise _bad(text, "a percentile in [0, 100]")
-    return v
+    return bounded(text, 0.0, 100.0, "a percentile in [0, 100]")
 
 
 def overlap(text: str) -> int:

@@ -29,15 +29,16 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -t.sum(axis=-1, dtype=np.float32)
 
 
-def layers_from_probs(probs: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+def layers_from_probs(probs: np.ndarray, valid: np.ndarray, entropy_of=None) -> dict[str, np.ndarray]:
     """The per-pixel layers of an (h, w, K) probability cube: ``class`` (uint8, 255 where
-    not ``valid``), ``maxprob``, ``entropy``, ``gap`` (float32, NaN where not ``valid``)."""
+    not ``valid``), ``maxprob``, ``entropy`` (``entropy_of(probs)``; default: of a softmax),
+    ``gap`` (float32, NaN where not ``valid``)."""
     k = probs.shape[-1]
     cls = np.argmax(probs, axis=-1).astype(np.uint8)
     top = np.partition(probs, k - 2, axis=-1)[..., k - 2 :]  # [..., 0] second largest, [..., 1] largest
     maxprob = np.ascontiguousarray(top[..., 1])
     gap = maxprob - top[..., 0]
-    ent = entropy(probs)
+    ent = (entropy if entropy_of is None else entropy_of)(probs)
     invalid = ~valid
     cls[invalid] = NODATA_CLASS
     for a in (maxprob, gap, ent):

@@ -29,7 +29,7 @@ from bigearthnet_beam.schemas.bands import BAND_BY_NAME, S1_NAMES
 from bigearthnet_beam.schemas.classes import CLASS_NAMES, NUM_CLASSES, class_colors
 from bigearthnet_beam.schemas.errors import InputError, UnavailableError
 from bigearthnet_beam.trainer.inference.grid import Chunk, hann_1d
-from bigearthnet_beam.trainer.inference.layers import NODATA_CLASS
+from bigearthnet_beam.trainer.inference.layers import layers_from_probs
 from bigearthnet_beam.trainer.inference.settings import DEFAULTS, PredictEnvironmentError, PredictError
 from bigearthnet_beam.trainer.pretrained import authors
 
@@ -62,18 +62,9 @@ def binary_entropy_sum(probs: np.ndarray) -> np.ndarray:
 
 
 def multilabel_layers(probs: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-    """The per-pixel layers of an (h, w, 19) cube of independent label probabilities (see ``LAYER_DOC``)."""
-    k = probs.shape[-1]
-    cls = np.argmax(probs, axis=-1).astype(np.uint8)
-    top = np.partition(probs, k - 2, axis=-1)[..., k - 2 :]
-    maxprob = np.ascontiguousarray(top[..., 1])
-    gap = maxprob - top[..., 0]
-    ent = binary_entropy_sum(probs)
-    invalid = ~valid
-    cls[invalid] = NODATA_CLASS
-    for a in (maxprob, gap, ent):
-        a[invalid] = np.nan
-    return {"class": cls, "maxprob": maxprob, "entropy": ent, "gap": gap}
+    """The per-pixel layers of an (h, w, 19) cube of independent label probabilities (see ``LAYER_DOC``):
+    the U-Net's layers, with the entropy summed over the 19 independent labels."""
+    return layers_from_probs(probs, valid, entropy_of=binary_entropy_sum)
 
 
 def nearest_window(starts: np.ndarray, lo: int, hi: int, patch: int = PATCH) -> np.ndarray:
