@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from bigearthnet_beam.beam_pipeline import finalize as fin
 from bigearthnet_beam.beam_pipeline.dataset import ComputeStatistics, ConvertDataset, check_options
 from bigearthnet_beam.beam_pipeline.options import ConvertOptions, description, local_runner_args, parse
-from bigearthnet_beam.beam_pipeline.quiet import new_pipeline, worker_stderr
+from bigearthnet_beam.beam_pipeline.quiet import close_clients, new_pipeline, worker_stderr
 from bigearthnet_beam.beam_pipeline.run_record import (
     print_counters,
     print_summary,
@@ -354,6 +354,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
     except Exception as e:  # noqa: BLE001 - a failed job: one clear line, no manifest, exit 1
         return _failed(e, args, plan, st, stats, wlog)
     finally:
+        close_clients(results)
         if quiet is not None:
             progress.restore_shard_lines(quiet)
         if cache is not None:

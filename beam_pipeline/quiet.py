@@ -149,6 +149,17 @@ def new_pipeline(options):
     return p
 
 
+def close_clients(results) -> None:
+    """Close the cluster clients the command's jobs opened (Beam's DaskRunner opens one per
+    job and leaves it connected): otherwise each keeps reconnecting, and logging that it
+    cannot, for 30 s after the cluster goes away. ``results``: (name, PipelineResult) pairs."""
+    for _, result in results:
+        client = getattr(result, "client", None)
+        if client is not None and callable(getattr(client, "close", None)):
+            with contextlib.suppress(Exception):
+                client.close()
+
+
 def remove_pipeline_tempdirs() -> None:
     """Remove the local temporary folders of this command's pipelines (``new_pipeline``); only
     those: nothing the command did not create."""

@@ -127,6 +127,7 @@ def test_the_same_pipeline_on_the_dask_runner_equals_the_cli(replica):
             ]
         )
         user_pipeline(str(reben / "metadata.parquet"), str(reben), str(out), country, options)
+        distributed.default_client().close()  # the runner's client: ours to close before the cluster
     _same_as_cli(d, out)
     shutil.rmtree(out)
 

@@ -9,7 +9,7 @@ PID = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
 
 
 def test_put_then_take_gives_the_same_bytes_once(tmp_path):
-    cache = PatchCache(str(tmp_path / "c"))
+    cache = PatchCache(str(tmp_path / "c"), reserve_bytes=0)  # whatever this host's disk holds
     objs = {"B02": os.urandom(1000), "VV": b"", "reference_map": b"\n{json-like}\n" * 7}
     assert cache.put(PID, objs)
     assert cache.take(PID) == objs
@@ -33,6 +33,25 @@ def test_no_put_when_the_disk_is_near_full(tmp_path):
     assert not cache.put(PID, {"B02": b"x"})
     assert cache.take(PID) is None
     assert os.listdir(tmp_path / "c") == []  # no temporary file left behind
+
+
+def test_the_default_reserve_is_2_gib_or_5_percent_of_the_disk(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    disk = {"total": 100 << 30, "free": 0}
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: usage(disk["total"], 0, disk["free"]))
+    cache = PatchCache(str(tmp_path / "c"))  # the default reserve
+    for total, free, kept in (
+        (100 << 30, (5 << 30) + 1, True),  # 5 % of 100 GiB = 5 GiB
+        (100 << 30, 5 << 30, False),
+        (10 << 30, (2 << 30) + 1, True),  # 5 % of 10 GiB is under the 2 GiB floor
+        (10 << 30, 2 << 30, False),
+    ):
+        disk.update(total=total, free=free)
+        assert cache.put(PID, {"B02": b"x"}) is kept, (total, free)
+        assert (cache.take(PID) is not None) is kept
 
 
 def test_damaged_or_unwritable_cache_files_are_misses(tmp_path):

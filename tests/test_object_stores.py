@@ -86,7 +86,13 @@ def gcs_server():
     mp.undo()
 
 
-def _end_to_end(scheme: str, flags: list[str], st: Storage, local_run, tmp_path) -> dict:
+def _end_to_end(scheme: str, flags: list[str], st: Storage, local_run, tmp_path, monkeypatch) -> dict:
+    from bigearthnet_beam.transforms import objcache
+
+    # The cache's default reserve (2 GiB or 5 % of the disk) depends on this host's disk;
+    # test_objcache tests it. Here every fetched training patch must be kept.
+    monkeypatch.setattr(objcache, "RESERVE_BYTES", 0)
+    monkeypatch.setattr(objcache, "RESERVE_FRACTION", 0.0)
     base = f"{scheme}://bench/run"
     reben, ds = f"{base}/reben", f"{base}/ds"
     assert main(["synth", "--out", reben, "--n", str(N), "--seed", "5", "--faults", FAULTS, *flags]) == 0
@@ -176,9 +182,9 @@ def _end_to_end(scheme: str, flags: list[str], st: Storage, local_run, tmp_path)
     return man
 
 
-def test_s3_end_to_end_equals_local_disk_and_never_leaks_the_secret(s3_server, local_run, tmp_path, capfd):
+def test_s3_end_to_end_equals_local_disk_and_never_leaks_the_secret(s3_server, local_run, tmp_path, capfd, monkeypatch):
     endpoint, flags, st = s3_server
-    _end_to_end("s3", flags, st, local_run, tmp_path)
+    _end_to_end("s3", flags, st, local_run, tmp_path, monkeypatch)
     out, err = capfd.readouterr()
     assert "s3://bench/run/ds" in out  # the output was captured at all
     assert SECRET_KEY not in out + err
@@ -195,9 +201,9 @@ def test_s3_end_to_end_equals_local_disk_and_never_leaks_the_secret(s3_server, l
                     assert SECRET_KEY.encode() not in z.read(name), (key, name)
 
 
-def test_gcs_end_to_end_equals_local_disk(gcs_server, local_run, tmp_path):
+def test_gcs_end_to_end_equals_local_disk(gcs_server, local_run, tmp_path, monkeypatch):
     _, flags, st = gcs_server
-    _end_to_end("gs", flags, st, local_run, tmp_path)
+    _end_to_end("gs", flags, st, local_run, tmp_path, monkeypatch)
 
 
 def test_conversion_through_a_faulty_proxy_loses_nothing(s3_server, local_run, tmp_path, capfd):

@@ -219,4 +219,8 @@ def test_dask_cluster_gives_identical_shards(sample, tmp_path):
             )
             == 0
         )
+        # the command closed the clients its jobs opened (else each reconnects for 30 s); the
+        # workers' own clients ("Client-worker-…") are the cluster's
+        ours = {c for c in cluster.scheduler.clients if c != "fire-and-forget" and not c.startswith("Client-worker-")}
+        assert ours == set()
     _same_as_direct(sample, out)
