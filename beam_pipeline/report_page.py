@@ -186,7 +186,7 @@ def _failures_section(man: dict, failures: list[dict], plots: dict) -> str:
                 [
                     [
                         esc(str(d["patch_id"])[:120]),
-                        esc(str(d.get("split"))),
+                        esc(str(d.get("split") or "?")),
                         esc(d["stage"]),
                         esc(d["reason"]),
                         esc(str(d.get("detail", ""))[:300]),

@@ -112,3 +112,13 @@ def test_report_on_a_folder_that_is_no_dataset_is_a_clear_error(tmp_path, capsys
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "dataset.json" in err and "not a complete dataset" in err
+
+
+def test_a_dead_letter_without_a_split_is_listed_as_unknown_not_none():
+    """A row whose split is missing is dead-lettered with ``"split": null``: the page says "?"."""
+    from bigearthnet_beam.beam_pipeline.report_page import _failures_section
+
+    man = {"failures": {"file": manifest.FAILURES_JSONL}}
+    dead = [{"patch_id": "p1", "split": None, "stage": "metadata", "reason": "bad_split", "detail": "x"}]
+    page = _failures_section(man, dead, {})
+    assert '<td class="l">p1</td><td class="l">?</td>' in page and "None" not in page
