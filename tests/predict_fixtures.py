@@ -126,3 +126,19 @@ def extra_layers(probs):
 
 def bad_extra(probs):
     return probs[..., :2]
+
+
+def predict_cli(argv) -> int:
+    """``benbeam predict ARGV`` in-process; its exit code (argparse's 2 for a refused flag too)."""
+    from bigearthnet_beam.trainer.inference.cli import run
+
+    try:
+        return run([str(a) for a in argv])
+    except SystemExit as e:  # a flag refused by its type (transforms.flagtypes): argparse's exit 2
+        return e.code
+
+
+def last_err_line(capsys) -> str:
+    """The last line the command wrote to stderr ("" when none)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1] if err else ""

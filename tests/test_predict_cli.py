@@ -18,6 +18,8 @@ from bigearthnet_beam.trainer.inference.settings import REPORT_CSV, VIEWER  # no
 from bigearthnet_beam.trainer.inference.staging import s1_sidecar  # noqa: E402
 from tests.predict_fixtures import (  # noqa: E402
     K,
+    last_err_line,
+    predict_cli,
     read_band,
     save_tiny_model,
 )
@@ -30,20 +32,6 @@ def model_file(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- real tiles, through the command line
-
-
-def _cli(argv):
-    from bigearthnet_beam.trainer.inference.cli import run
-
-    try:
-        return run([str(a) for a in argv])
-    except SystemExit as e:  # a flag refused by its type (transforms.flagtypes): argparse's exit 2
-        return e.code
-
-
-def _last_err(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    return err[-1] if err else ""
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +93,7 @@ def test_model_trained_on_synthetic_patches_maps_a_synthetic_safe_tile_well_abov
 
     t = make_tile(str(tmp_path / "tiles"), size=360, seed=1, layout="safe")
     out = tmp_path / "out"
-    assert _cli(["--model", synthetic_model, "--tile", t["path"], "--out", out, "--chunk_size", 256]) == 0
+    assert predict_cli(["--model", synthetic_model, "--tile", t["path"], "--out", out, "--chunk_size", 256]) == 0
     cap = capsys.readouterr()
     assert "4/4 chunks (100%)" in cap.err and "ETA" in cap.err and "px/s" in cap.out and "peak memory" in cap.out
     cls = read_band(str(out / f"{t['name']}_class.tif"), 1)
@@ -124,13 +112,16 @@ def test_s2_s1_model_reads_the_s1_raster_or_refuses_clearly(s1_model_file, tmp_p
     from bigearthnet_beam.synth.tiles import make_tile
 
     t = make_tile(str(tmp_path / "tiles"), size=180, seed=2, layout="geotiff", s1=True, nodata_border=30)
-    assert _cli(["--model", s1_model_file, "--tile", t["path"], "--out", tmp_path / "no_s1", "--chunk_size", 128]) == 2
-    line = _last_err(capsys)
+    assert (
+        predict_cli(["--model", s1_model_file, "--tile", t["path"], "--out", tmp_path / "no_s1", "--chunk_size", 128])
+        == 2
+    )
+    line = last_err_line(capsys)
     assert line.startswith("benbeam predict: error:") and "--s1" in line and "Sentinel-1" in line
     assert not (tmp_path / "no_s1").exists() or not os.listdir(tmp_path / "no_s1")
     out = tmp_path / "out"
     assert (
-        _cli(
+        predict_cli(
             [
                 "--model",
                 s1_model_file,
@@ -192,8 +183,8 @@ def test_user_errors_exit_2_with_one_clear_line(model_file, tmp_path, capsys):
         (["--model", model_file, "--input_dir", tmp_path / "empty_dir_missing", *base], "not a folder"),
     ]
     for argv, msg in cases:
-        assert _cli(argv) == 2, argv
-        line = _last_err(capsys)
+        assert predict_cli(argv) == 2, argv
+        line = last_err_line(capsys)
         assert line.startswith("benbeam predict: error:") and msg in line, (argv, line)
     assert not (tmp_path / "out").exists() or not [f for f in os.listdir(tmp_path / "out") if f.endswith(".tif")]
 
@@ -222,7 +213,7 @@ def test_benchmark_report_and_viewer_render_every_tile_in_chromium(model_file, t
     require_chromium()
     tiles, d = two_tiles
     out = tmp_path / "bench"
-    assert _cli(["--model", model_file, "--input_dir", d, "--out", out, "--benchmark", "--chunk_size", 128]) == 0
+    assert predict_cli(["--model", model_file, "--input_dir", d, "--out", out, "--benchmark", "--chunk_size", 128]) == 0
     rows = {r["tile"]: r for r in csv.DictReader(open(out / REPORT_CSV))}
     assert sorted(rows) == sorted(t["name"] for t in tiles)
     for t in tiles:
@@ -248,7 +239,7 @@ def test_beam_pipeline_gives_the_plain_commands_bytes(model_file, two_tiles, tmp
     out = tmp_path / "beam"
     flags = ["--chunk_size", 128, "--batch_size", 4, "--save_probs", "--extra", "tests.predict_fixtures:extra_layers"]
     assert (
-        _cli(
+        predict_cli(
             [
                 "--model",
                 model_file,
@@ -270,7 +261,7 @@ def test_beam_pipeline_gives_the_plain_commands_bytes(model_file, two_tiles, tmp
     assert (out / VIEWER).is_file()
     for t in tiles:
         plain = tmp_path / "plain" / t["name"]
-        assert _cli(["--model", model_file, "--tile", t["path"], "--out", plain, *flags]) == 0
+        assert predict_cli(["--model", model_file, "--tile", t["path"], "--out", plain, *flags]) == 0
         files = sorted(f for f in os.listdir(plain) if not f.endswith("_summary.json") and f != ".benbeam-run.json")
         # 4 layers + probs + 2 extras + classmap + preview; the GDAL sidecar, 4 QGIS styles and the STAC item
         assert len(files) == 15

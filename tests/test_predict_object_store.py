@@ -15,11 +15,10 @@ tf = pytest.importorskip("tensorflow")
 
 from bigearthnet_beam.beam_pipeline.cli import main  # noqa: E402
 from bigearthnet_beam.schemas import bands  # noqa: E402
-from bigearthnet_beam.trainer.inference.cli import run  # noqa: E402
 from bigearthnet_beam.trainer.inference.staging import fetch_tile, s1_sidecar, tiles_in  # noqa: E402
 from bigearthnet_beam.trainer.model import save_model  # noqa: E402
 from bigearthnet_beam.transforms.storage import Storage  # noqa: E402
-from tests.predict_fixtures import tiny_model  # noqa: E402
+from tests.predict_fixtures import predict_cli, tiny_model  # noqa: E402
 from tests.servers import fake_gcs, seaweedfs  # noqa: E402
 
 pytestmark = [
@@ -30,10 +29,6 @@ pytestmark = [
 ACCESS_KEY = "AKIABENBEAMPREDICT01"
 SECRET_KEY = "benbeam-Predict/Secret+Never-Printed-3a1f"
 FLAGS = ["--chunk_size", "128", "--batch_size", "4", "--save_probs"]
-
-
-def _cli(argv) -> int:
-    return run([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +54,7 @@ def local(tmp_path_factory):
     ]
     for t in tiles:
         assert (
-            _cli(
+            predict_cli(
                 [
                     "--model",
                     d / "m.keras",
@@ -131,7 +126,7 @@ def test_a_tile_read_from_s3_and_mapped_to_s3_equals_the_local_run(local, s3, ca
         tile_url = f"s3://predict/in/{os.path.basename(t['path'])}"
         out = f"s3://predict/plain/{t['name']}"
         assert (
-            _cli(
+            predict_cli(
                 [
                     "--model",
                     "s3://predict/m.keras",
@@ -161,7 +156,7 @@ def test_the_beam_pipeline_in_worker_processes_reads_and_writes_s3_with_the_loca
     d, tiles = local
     out = "s3://predict/beam"
     assert (
-        _cli(
+        predict_cli(
             [
                 "--model",
                 "s3://predict/m.keras",
@@ -197,7 +192,7 @@ def test_the_benchmark_maps_tiles_from_s3_into_s3(local, s3):
     d, tiles = local
     out = "s3://predict/bench"
     assert (
-        _cli(
+        predict_cli(
             [
                 "--model",
                 "s3://predict/m.keras",
@@ -242,7 +237,7 @@ def test_only_the_files_the_model_needs_are_fetched(local, s3, tmp_path):
 def test_a_missing_tile_is_a_usage_error_and_an_unreachable_store_an_environment_error(local, s3, capsys):
     d, tiles = local
     assert (
-        _cli(
+        predict_cli(
             ["--model", d / "m.keras", "--tile", "s3://predict/in/nope.tif", "--out", d / "x", "--s3_endpoint_url", s3]
         )
         == 2
@@ -289,7 +284,7 @@ def test_a_tile_in_gcs_maps_to_gcs_with_the_local_bytes(local):
         gst.upload_tree(str(d / "tiles"), "gs://predict/in")
         out = f"gs://predict/maps/{t['name']}"
         assert (
-            _cli(
+            predict_cli(
                 [
                     "--model",
                     d / "m.keras",

@@ -21,24 +21,11 @@ from bigearthnet_beam.schemas.classes import CLASS_NAMES  # noqa: E402
 from bigearthnet_beam.trainer.inference.grid import blend_weights, window_starts  # noqa: E402
 from bigearthnet_beam.trainer.inference.pretrained_predictor import WindowClassifier  # noqa: E402
 from bigearthnet_beam.trainer.pretrained import authors  # noqa: E402
+from tests.predict_fixtures import last_err_line, predict_cli  # noqa: E402
 from tests.test_pretrained import independent_input  # noqa: E402
 
 LEX = sorted(CLASS_NAMES)
 NAME = "T32TQR_20240715T101031"
-
-
-def _cli(argv):
-    from bigearthnet_beam.trainer.inference.cli import run
-
-    try:
-        return run([str(a) for a in argv])
-    except SystemExit as e:  # a flag refused by its type (transforms.flagtypes): argparse's exit 2
-        return e.code
-
-
-def _last_err(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    return err[-1] if err else ""
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +82,9 @@ def raw_window(tile: dict, bands, r: int, c: int) -> dict:
 def test_tile_windows_are_the_authors_patches(models, tile, tmp_path):
     out = tmp_path / "out"
     argv = ["--model", models["s2"], "--tile", tile["path"], "--out", out, "--save_probs", "--probs_dtype", "float32"]
-    assert _cli(argv) == 0
+    assert predict_cli(argv) == 0
     again = tmp_path / "again"
-    assert _cli([*argv[:5], again, *argv[6:]]) == 0
+    assert predict_cli([*argv[:5], again, *argv[6:]]) == 0
     for layer in ("class", "maxprob", "entropy", "gap", "probs"):  # deterministic: the same bytes twice
         assert (out / f"{NAME}_{layer}.tif").read_bytes() == (again / f"{NAME}_{layer}.tif").read_bytes(), layer
     with rasterio.open(out / f"{NAME}_probs.tif") as ds:
@@ -255,10 +242,10 @@ def test_beam_path_runs_inference_with_the_pytorch_handler(models, tile, tmp_pat
     d = tmp_path / "in"
     make_tile(str(d), size=240, seed=8, tile="33UUP")
     make_tile(str(d), size=360, seed=5)
-    assert _cli(["--model", models["s2"], "--input_dir", d, "--out", tmp_path / "b", "--save_probs"]) == 0
+    assert predict_cli(["--model", models["s2"], "--input_dir", d, "--out", tmp_path / "b", "--save_probs"]) == 0
     summary = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert summary["mapped"] == 2 and summary["failed"] == 0
-    assert _cli(["--model", models["s2"], "--tile", tile["path"], "--out", tmp_path / "t", "--save_probs"]) == 0
+    assert predict_cli(["--model", models["s2"], "--tile", tile["path"], "--out", tmp_path / "t", "--save_probs"]) == 0
     for layer in ("probs", "class"):
         with (
             rasterio.open(tmp_path / "b" / NAME / f"{NAME}_{layer}.tif") as a,
@@ -268,7 +255,7 @@ def test_beam_path_runs_inference_with_the_pytorch_handler(models, tile, tmp_pat
             assert diff.max() <= (1 if layer == "probs" else 0), layer  # uint8 probabilities: batching may round
     assert (tmp_path / "b" / "viewer.html").exists()
     # --benchmark: the tiles one after the other, the report and the viewer
-    assert _cli(["--model", models["s2"], "--input_dir", d, "--out", tmp_path / "bm", "--benchmark"]) == 0
+    assert predict_cli(["--model", models["s2"], "--input_dir", d, "--out", tmp_path / "bm", "--benchmark"]) == 0
     report = (tmp_path / "bm" / "benchmark_report.csv").read_text().splitlines()
     assert len(report) == 3 and (tmp_path / "bm" / "viewer.html").exists()
 
@@ -285,7 +272,7 @@ def test_classifier_flag_errors(models, tile, tmp_path, capsys):
     if not torch.cuda.is_available():
         cases.append((["--model", models["s2"], *base, "--device", "cuda"], 3, "no CUDA GPU"))
     for argv, code, words in cases:
-        assert _cli(argv) == code, argv
-        line = _last_err(capsys)
+        assert predict_cli(argv) == code, argv
+        line = last_err_line(capsys)
         assert line.startswith("benbeam predict: error:") and words in line, (argv, line)
     assert not (tmp_path / "out").exists() or not glob.glob(str(tmp_path / "out" / "*.tif"))
