@@ -14,7 +14,9 @@ to show the pipeline's overhead over it. Then every dataset's training split is 
 ``trainer.data.make_dataset`` (tf.data) and through a ``torch`` DataLoader over
 ``trainer.torch_data.BenDataset``, ``--repeats`` times after a warm-up pass; then an interleaved
 A/B of tf.data (``--read_ab N`` alone: float16, raw through XLA, raw through TensorFlow ops, in
-turn, N times; the rate ratio and the CPU-cost ratio per alternation and their medians). The
+turn, N times; the rate ratio and the CPU-cost ratio per alternation and their medians), and
+with ``--torch_ab N`` the same for the DataLoader: float16, raw decoded per sample in the
+workers, raw decoded per batch in the main process (``BenDataset(decode_on="batch")``). The
 machine's load (``os.getloadavg``) is printed before and after: on a shared machine the figures
 are ranges.
 """
@@ -205,16 +207,51 @@ def read_ab(workdir: str, batch: int, alternations: int) -> None:
     print(f"  after: {load()}")
 
 
-def read_torch(path: str, batch: int, workers: int) -> float:
-    """Patches/s of one pass over the training split through a DataLoader over ``BenDataset``."""
+def read_torch(path: str, batch: int, workers: int, decode_on: str = "sample", decode: bool = True) -> float:
+    """Patches/s of one pass over the training split through a DataLoader over ``BenDataset``
+    (``decode_on="batch"``: each batch decoded by ``batch_decoder`` in this process, on the CPU;
+    with ``decode=False`` only received, as the main process does before a GPU decodes)."""
     from torch.utils.data import DataLoader
 
     from bigearthnet_beam.trainer.torch_data import BenDataset
 
+    ds = BenDataset(path, "train", decode_on=decode_on)
     t0, n = time.perf_counter(), 0
-    for b in DataLoader(BenDataset(path, "train"), batch_size=batch, num_workers=workers):
+    for b in DataLoader(ds, batch_size=batch, num_workers=workers):
+        if decode_on == "batch" and decode:
+            b = ds.batch_decoder(b)
         n += len(b["mask"])
     return n / (time.perf_counter() - t0)
+
+
+def torch_ab(workdir: str, batch: int, workers: int, alternations: int) -> None:
+    """Interleaved passes of the DataLoader: float16, raw decoded per sample in the workers, raw
+    decoded per batch in the main process, and raw received per batch but not decoded (what the
+    main process does when a GPU decodes); the main process's CPU time per patch of each (what
+    bounds a GPU's feed when the workers keep up)."""
+    variants = (
+        ("float16", "float16", "sample", True),
+        ("raw", "raw", "sample", True),
+        ("raw, per batch", "raw", "batch", True),
+        ("raw, received", "raw", "batch", False),
+    )
+    rates: dict[str, list[float]] = {name: [] for name, *_ in variants}
+    main_cpu: dict[str, list[float]] = {name: [] for name, *_ in variants}
+    for _, v, how, decode in variants:  # warm-up: page cache
+        read_torch(os.path.join(workdir, v), batch, workers, how, decode)
+    for _ in range(alternations):
+        for name, v, how, decode in variants:
+            c0 = time.process_time()
+            r = read_torch(os.path.join(workdir, v), batch, workers, how, decode)
+            n = json.load(open(os.path.join(workdir, v, "dataset.json")))["splits"]["train"]["written"]
+            rates[name].append(r)
+            main_cpu[name].append(1000 * (time.process_time() - c0) / n)
+    print(f"\ntorch DataLoader, {workers} workers, batch {batch}, {alternations} interleaved passes; {load()}")
+    for name, *_ in variants:
+        print(
+            f"  {name:15s} {rng(rates[name]):>11s} patches/s (median {statistics.median(rates[name]):,.0f})   "
+            f"main process {statistics.median(main_cpu[name]):.2f} CPU ms/patch"
+        )
 
 
 def rng(values) -> str:
@@ -240,6 +277,14 @@ def main() -> int:
         help="only the interleaved tf.data A/B (N alternations) over float16 and raw datasets converted "
         "here (converting them first if absent)",
     )
+    ap.add_argument(
+        "--torch_ab",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the interleaved PyTorch DataLoader passes (N alternations): float16, raw decoded per "
+        "sample, raw decoded per batch (converting the datasets first if absent)",
+    )
     args = ap.parse_args()
     from bigearthnet_beam.synth.generator import generate
 
@@ -249,11 +294,14 @@ def main() -> int:
         generate(root, args.n, seed=0, workers=args.workers)
     meta = os.path.join(root, "metadata.parquet")
     print(f"bench_raw: {args.n} synthetic patches, convert --workers {args.workers}; before: {load()}")
-    if args.read_ab:
+    if args.read_ab or args.torch_ab:
         for v in ("float16", "raw"):
             if not os.path.exists(os.path.join(args.workdir, v, "dataset.json")):
                 convert(meta, os.path.join(args.workdir, v), VARIANTS[v], args.workers)
-        read_ab(args.workdir, args.batch, args.read_ab)
+        if args.read_ab:
+            read_ab(args.workdir, args.batch, args.read_ab)
+        if args.torch_ab:
+            torch_ab(args.workdir, args.batch, args.workers, args.torch_ab)
         return 0
 
     variants = {v: VARIANTS[v] for v in (("float32", "raw") if args.convert_only else VARIANTS)}
@@ -318,6 +366,9 @@ def main() -> int:
             f"  {v:8s} tf.data {rng(tf_rates):>9s}   torch num_workers=0 {rng(t0):>7s}   "
             f"num_workers={args.workers} {rng(tw):>7s}"
         )
+        if v == "raw":
+            tb = [read_torch(path, args.batch, args.workers, "batch") for _ in range(args.repeats)]
+            print(f"  {'':8s} torch decode_on=batch (decoded on this CPU), num_workers={args.workers} {rng(tb):>7s}")
         conv[v].append({"tf": tf_rates, "t0": t0, "tw": tw})
     f16, raw = conv["float16"][-1], conv["raw"][-1]
     for k, name in (("tf", "tf.data"), ("t0", "torch 0 workers"), ("tw", f"torch {args.workers} workers")):

@@ -16,9 +16,11 @@ trains) runs on Keras' torch backend and is fed by the project's PyTorch reader
    (hard links to the same shard files, listed again in a copied ``dataset.json``) so an epoch is
    long enough to measure. Bytes per patch from the manifests.
 2. Input pipeline: ``DataLoader(BenDataset(shuffle=True), num_workers=W)`` patches/s per encoding,
-   batch size and worker count, after one warm-up batch per worker.
+   batch size and worker count, after one warm-up batch per worker; and raw records decoded per
+   batch on the device (``BenDataset(decode_on="batch")``: the workers send the stored bands, a
+   third of the image bytes, and ``batch_decoder`` upsamples and normalises on the GPU).
 3. Training under ``mixed_float16`` (and ``mixed_bfloat16``): ``fit`` steps/s on one batch held on
-   the device (compute only), then fed by each encoding's pipeline with the most workers. Input
+   the device (compute only), then fed by each pipeline of 2. with the most workers. Input
    bounds training when the fed rate is more than 10 % below the compute-only rate.
 4. ``predict``'s models on GPU and on CPU (a fresh process with ``CUDA_VISIBLE_DEVICES=``): the
    U-Net forward pass on 120 x 120 windows (float32, as ``predict`` runs it) and the reBEN
@@ -45,6 +47,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 PATCH = 120
+RAW_LATE = "raw, decoded on the device"  # BenDataset(decode_on="batch") + batch_decoder
 
 
 def load_line() -> str:
@@ -113,18 +116,27 @@ def to_keras(batch: dict):
     return batch["image"].permute(0, 2, 3, 1).contiguous(), {"seg": batch["mask"].to(dtype=torch.uint8)}
 
 
-def loader(root: str, batch: int, workers: int, *, keras_batches: bool = False):
-    """An endless stream of batches of the train split (a new epoch order each pass)."""
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def loader(root: str, batch: int, workers: int, *, keras_batches: bool = False, decode_on: str = "sample"):
+    """An endless stream of batches of the train split (a new epoch order each pass). With
+    ``decode_on="batch"`` (raw records) the workers send the stored bands and each batch is
+    upsampled and normalised on the device (``BenDataset.batch_decoder``)."""
     import torch
     from torch.utils.data import DataLoader
 
     from bigearthnet_beam.trainer.torch_data import BenDataset
 
-    ds = BenDataset(root, "train", shuffle=True, seed=0)
+    ds = BenDataset(root, "train", shuffle=True, seed=0, decode_on=decode_on)
+    late = decode_on == "batch"
 
     def collate(samples):
         b = torch.utils.data.default_collate(samples)
-        return to_keras(b) if keras_batches else b
+        return to_keras(b) if keras_batches and not late else b
 
     dl = DataLoader(
         ds,
@@ -136,22 +148,34 @@ def loader(root: str, batch: int, workers: int, *, keras_batches: bool = False):
         prefetch_factor=4 if workers else None,
         drop_last=True,
     )
+    dev = device()
     epoch = 0
     while True:
         ds.set_epoch(epoch)
-        yield from dl
+        for b in dl:
+            if late:
+                b = ds.batch_decoder(b, dev)
+                if keras_batches:
+                    image, y = to_keras(b)
+                    b = (image, {"seg": y["seg"].to(dev, non_blocking=True)})
+            yield b
         epoch += 1
 
 
-def input_rate(root: str, batch: int, workers: int, seconds: float) -> float:
-    """Patches/s of the training input pipeline, after one warm-up batch per worker."""
-    it = loader(root, batch, workers)
+def input_rate(root: str, batch: int, workers: int, seconds: float, decode_on: str = "sample") -> float:
+    """Patches/s of the training input pipeline, after one warm-up batch per worker (with
+    ``decode_on="batch"``: the batches decoded on the device, synchronised before the clock stops)."""
+    import torch
+
+    it = loader(root, batch, workers, decode_on=decode_on)
     for _ in range(max(1, workers)):
         next(it)
     t0, n = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
         b = next(it)
         n += int(b["image"].shape[0])
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     rate = n / (time.perf_counter() - t0)
     it.close()
     return rate
@@ -171,7 +195,7 @@ def train_rates(roots: dict, batch: int, steps: int, width: int, workers: int, p
         keras.utils.set_random_seed(0)
         model = compile_model(build_unet(len(bands.ALL_NAMES), width=width))
         first = next(loader(next(iter(roots.values())), batch, 0, keras_batches=True))
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = device()
         held = (first[0].to(dev), {"seg": first[1]["seg"].to(dev)})
 
         def repeat():
@@ -181,6 +205,7 @@ def train_rates(roots: dict, batch: int, steps: int, width: int, workers: int, p
         streams = {"compute": repeat}
         for name, root in roots.items():
             streams[name] = lambda root=root: loader(root, batch, workers, keras_batches=True)
+        streams[RAW_LATE] = lambda: loader(roots["raw"], batch, workers, keras_batches=True, decode_on="batch")
         out = {}
         for name, make in streams.items():
             stream = make()
@@ -308,9 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     for b in args.batches if "input" in sections else ():
         for w in workers:
             r = {name: input_rate(root, b, w, args.seconds) for name, root in roots.items()}
+            late = input_rate(roots["raw"], b, w, args.seconds, decode_on="batch")
             print(
                 f"  batch {b:4d}, {w:2d} workers: raw {r['raw']:8,.0f}   float16 {r['float16']:8,.0f}   "
-                f"raw/float16 {r['raw'] / r['float16']:.2f}",
+                f"raw/float16 {r['raw'] / r['float16']:.2f}   {RAW_LATE} {late:8,.0f} "
+                f"({late / r['float16']:.2f}x float16)",
                 flush=True,
             )
 
@@ -325,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             r = train_rates(roots, b, args.steps, args.width, max(workers), policy)
             c = r["compute"]
             line = f"  batch {b:4d}: compute only {c:7.2f} steps/s = {c * b:8,.0f} patches/s"
-            for name in roots:
+            for name in (*roots, RAW_LATE):
                 bound = "input-bound" if r[name] < 0.9 * c else "compute-bound"
                 line += f" | fed by {name} {r[name]:7.2f} steps/s = {r[name] * b:7,.0f} patches/s ({bound})"
             print(line, flush=True)

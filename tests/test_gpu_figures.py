@@ -24,8 +24,10 @@ def test_gpu_figures_script_runs_end_to_end_on_cpu(tmp_path):
     patterns = (
         r"raw: 2\d\d,\d{3} bytes per patch",  # at most 320 KB
         r"float16: 4\d\d,\d{3} bytes per patch",
-        r"batch +2, +2 workers: raw +[\d,]+ +float16 +[\d,]+ +raw/float16 [\d.]+",
-        r"batch +4: compute only +[\d.]+ steps/s = +[\d,]+ patches/s \| fed by raw",
+        r"batch +2, +2 workers: raw +[\d,]+ +float16 +[\d,]+ +raw/float16 [\d.]+ +raw, decoded on the device +[\d,]+ "
+        r"\([\d.]+x float16\)",
+        r"batch +4: compute only +[\d.]+ steps/s = +[\d,]+ patches/s \| fed by raw .*\| fed by raw, decoded on the "
+        r"device +[\d.]+ steps/s",
         r"U-Net \(width 4\) forward, batch 4, cpu \(\d+ threads\): [\d,]+ windows/s",
         r"authors' resnet18 \(10 ch\), batch 4, cpu",
     )

@@ -254,6 +254,61 @@ def test_torch_reads_raw_into_the_normalised_tensors_patch_by_patch(runs, normal
     print(f"torch raw vs normalised: max |diff| {worst:.2e}")
 
 
+def test_torch_decodes_whole_batches_into_the_per_sample_tensors(runs, normalised):
+    """``decode_on="batch"``: samples carry the stored bands (S2 as int16 bits), the collated batch
+    is decoded by ``ds.batch_decoder`` into the per-sample decoding's tensors, in worker processes too."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from bigearthnet_beam.trainer.torch_data import BenDataset
+
+    root = str(runs / "raw")
+    for opts in ({}, dict(resampling="nearest", statistics="none", band_subset=("B12", "VH", "B01", "B04"))):
+        seen = 0
+        for split in _man(runs / "raw")["splits"]:
+            per_sample = {s["patch_id"]: s["image"].numpy() for s in BenDataset(root, split, with_ids=True, **opts)}
+            ds = BenDataset(root, split, with_ids=True, decode_on="batch", **opts)
+            for batch in DataLoader(ds, batch_size=4, num_workers=2 if split == "train" else 0):
+                assert "image" not in batch and batch["raw"][tfrecord.S2_20M].dtype == torch.int16
+                assert batch["raw"][tfrecord.S1_DB].dtype == torch.float32
+                batch = ds.batch_decoder(batch, "cpu")
+                assert "raw" not in batch and batch["image"].shape[1:] == (len(ds.channels), 120, 120)
+                for i, pid in enumerate(batch["patch_id"]):
+                    want = per_sample[pid]
+                    scale = max(1.0, float(np.abs(want).max()))  # raw DN (statistics "none"): relative
+                    assert np.abs(batch["image"][i].numpy() - want).max() / scale <= 1e-6, pid
+                    if not opts:
+                        assert (
+                            np.abs(batch["image"][i].numpy() - _full(normalised[pid]).transpose(2, 0, 1)).max() <= TOL
+                        )
+                        np.testing.assert_array_equal(batch["mask"][i].numpy(), normalised[pid][tfrecord.LABEL])
+                    seen += 1
+        assert seen == len(normalised)
+
+
+def test_batch_decoding_keeps_every_uint16_value_and_refuses_what_it_cannot_do(runs):
+    import torch
+    from torch.utils.data import default_collate
+
+    from bigearthnet_beam.trainer import torch_raw
+    from bigearthnet_beam.trainer.torch_data import BenDataset
+
+    raw = BenDataset(str(runs / "raw"), "test", decode_on="batch", resampling="nearest", statistics="none")
+    ex = next(iter(_examples(runs / "raw", "raw").values()))
+    ex = dict(ex, **{tfrecord.S2_10M: ex[tfrecord.S2_10M].copy()})
+    ex[tfrecord.S2_10M][0, 5, 7], ex[tfrecord.S2_10M][1, 0, 0] = 65535, 32768  # int16 would read -1, -32768
+    batch = raw.batch_decoder({"raw": default_collate([torch_raw.raw_sample(ex, raw.raw_spec)] * 2)})
+    names = tfrecord.S2_GROUPS[0][2]
+    assert batch["image"][1, raw.channels.index(names[0]), 5, 7].item() == 65535.0
+    assert batch["image"][0, raw.channels.index(names[1]), 0, 0].item() == 32768.0
+    with pytest.raises(ValueError, match="needs a raw-encoded dataset"):
+        BenDataset(str(runs / "norm"), "train", decode_on="batch")
+    with pytest.raises(ValueError, match='decode_on must be "sample" or "batch"'):
+        BenDataset(str(runs / "raw"), "train", decode_on="gpu")
+    with pytest.raises(ValueError, match='no "raw" entry'):
+        raw.batch_decoder({"image": torch.zeros(1)})
+
+
 def _reference(ex, channels, method, norm: NormParams | None):
     """The image of a raw example computed with the conversion's own functions (upsample, normalize)."""
     cols = []

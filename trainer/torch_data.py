@@ -16,7 +16,11 @@ project's TensorFlow-free TFRecord reader (``transforms.encode.iter_records``, C
 decoded by ``transforms.encode.decode_example``; raw-encoded datasets (``convert --encoding raw``)
 are upsampled and normalised per sample in torch (``trainer.torch_raw``), by default into the same
 tensors as the normalised encoding of the same run (options: ``band_subset``, ``resampling``,
-``statistics``, as ``trainer.data.make_dataset``'s).
+``statistics``, as ``trainer.data.make_dataset``'s). With ``decode_on="batch"`` the samples carry
+the stored bands instead (``"raw"``, ~0.3 MB a patch instead of ~0.8 MB), and
+``ds.batch_decoder(batch, device)`` upsamples and normalises each collated batch on ``device``
+(the GPU): the DataLoader's main process, which receives and pins every batch, handles a third
+of the image bytes, and the workers skip the matrix products.
 
 Balance across distributed ranks (``partition``): the split is cut by record, not by shard, as
 ``torch.utils.data.DistributedSampler`` does. The shards (in an order fixed by seed and epoch, the
@@ -158,6 +162,7 @@ class BenDataset(IterableDataset):
         band_subset=None,
         resampling: str | None = None,
         statistics=None,
+        decode_on: str = "sample",
     ):
         manifest_schema.check_split(split)  # torchgeo's "val" is refused with the hint: this format says "validation"
         # The value pickles into DataLoader worker processes with the dataset: no per-process setup.
@@ -181,6 +186,16 @@ class BenDataset(IterableDataset):
         )
         self.raw_spec, self.raw_tensors = spec, torch_raw.raw_tensors(spec) if spec is not None else None
         self.channels = spec.channels if spec is not None else self.channels
+        if decode_on not in ("sample", "batch"):
+            raise ValueError(f'decode_on must be "sample" or "batch", got {decode_on!r}')
+        if decode_on == "batch" and spec is None:
+            raise ValueError(
+                'decode_on="batch" needs a raw-encoded dataset (`benbeam convert --encoding raw`); '
+                "normalised records are decoded already"
+            )
+        self.decode_on = decode_on
+        # decode_on="batch": samples carry "raw"; this turns a collated batch's "raw" into "image"
+        self.batch_decoder = torch_raw.RawBatchDecoder(spec) if decode_on == "batch" else None
         self.multi_hot, self.with_ids = multi_hot, with_ids
         self.shuffle, self.shuffle_buffer, self.seed = shuffle, int(shuffle_buffer), int(seed)
         self.rank, self.world_size = _rank_and_world(rank, world_size)
@@ -203,18 +218,18 @@ class BenDataset(IterableDataset):
         return stop - start
 
     def sample(self, record: bytes) -> dict:
-        """One serialised example -> the sample dict (channel-first float32 image, int64 mask)."""
+        """One serialised example -> the sample dict (channel-first float32 image, int64 mask; with
+        ``decode_on="batch"`` the stored bands as ``"raw"`` instead of the image)."""
         ex = decode_example(record, self.manifest["image_dtype"])
-        if self.raw_spec is not None:
-            image = torch_raw.raw_image(ex, self.raw_spec, self.raw_tensors)
+        if self.batch_decoder is not None:
+            out = {"raw": torch_raw.raw_sample(ex, self.raw_spec)}
+        elif self.raw_spec is not None:
+            out = {"image": torch_raw.raw_image(ex, self.raw_spec, self.raw_tensors)}
         else:
             parts = [ex[feat][..., idx] for feat, idx in self.picks]
             image = np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
-            image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
-        out = {
-            "image": image,
-            "mask": torch.from_numpy(ex[tfrecord.LABEL].astype(np.int64)),
-        }
+            out = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))}
+        out["mask"] = torch.from_numpy(ex[tfrecord.LABEL].astype(np.int64))
         if self.multi_hot:
             out["label"] = torch.from_numpy(ex[tfrecord.MULTI_HOT].astype(np.int64))
         if self.with_ids:
