@@ -64,6 +64,20 @@ def test_bad_rows_are_dead_lettered_with_actionable_reasons(tmp_path, change, re
     assert needle in e.value.detail
 
 
+def test_a_split_that_is_no_string_is_accounted_under_its_json_spelling():
+    """The accounting key of an invalid split is what the manifest's and dead letters' JSON would
+    show (a missing split is "null", not Python's "None")."""
+    assert [md.row_split({"split": v}) for v in ("train", "bogus", None, 3, 1.5, True)] == [
+        "train",
+        "bogus",
+        "null",
+        "3",
+        "1.5",
+        "true",
+    ]
+    assert md.row_split({}) == "null" and md.row_split({"split": b"x"}) == "b'x'"
+
+
 def test_sampling_is_deterministic_and_nested():
     ids = [f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{x:02d}_{y:02d}" for x in range(60) for y in range(60)]
     s001 = {i for i in ids if md.sampled(i, 0.01)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 
@@ -302,9 +303,16 @@ def selected_split(patch_id, split, splits, frac: float):
 
 
 def row_split(row: dict):
-    """The split a row is accounted under (its raw value, even when invalid)."""
+    """The split a row is accounted under: its value, even when invalid; a value that is no string
+    in its JSON spelling (``null`` for a missing split, as the manifest and dead letters are JSON),
+    or its repr where JSON has none (bytes)."""
     s = row.get("split")
-    return s if isinstance(s, str) else repr(s)
+    if isinstance(s, str):
+        return s
+    try:
+        return json.dumps(s)
+    except (TypeError, ValueError):
+        return repr(s)
 
 
 def row_key(row: dict):
