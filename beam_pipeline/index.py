@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bigearthnet_beam.beam_pipeline.options import add_storage_args
+from bigearthnet_beam.schemas import failures
 from bigearthnet_beam.schemas.naming import OBJECT_KEYS, object_urls
 from bigearthnet_beam.transforms import flagtypes, outdir
 from bigearthnet_beam.transforms import metadata as md
@@ -32,7 +33,7 @@ def index_table(table: pa.Table, root: str) -> tuple[pa.Table, list[dict]]:
             urls = object_urls(root, pid, s1)
         except ValueError as e:
             urls = None
-            errors.append({"row": i, "patch_id": pid if isinstance(pid, str) else repr(pid), "error": str(e)})
+            errors.append({"row": i, "patch_id": failures.spelling(pid), "error": str(e)})
             errors_col.append(str(e))
         else:
             errors_col.append(None)

@@ -11,6 +11,8 @@ them: tests use that mapping as ground truth.
 
 from __future__ import annotations
 
+import json
+
 # Stages, in pipeline order.
 METADATA = "metadata"  # a row of metadata.parquet is unusable
 FETCH = "fetch"  # an object could not be read from storage
@@ -93,12 +95,24 @@ def combine(errors: list) -> "PatchError":
     return PatchError(first.stage, first.reason, first.detail, tuple(rest) + first.also)
 
 
+def spelling(value) -> str:
+    """A metadata value as the key it is accounted under: a string as it is; anything else in its
+    JSON spelling (``null``, ``3``, ``true``: the manifest and dead letters are JSON, so a missing
+    value is never Python's ``None``), or its repr where JSON has none (bytes)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def dead_letter(patch_id, stage: str, reason: str, detail: str, split=None, reasons: list | None = None) -> dict:
-    """A dead-letter record; ``split`` is kept for per-split accounting; ``reasons``: every
-    failing check (default: just this one)."""
+    """A dead-letter record; ``split`` is kept for per-split accounting (None: no split known);
+    ``reasons``: every failing check (default: just this one)."""
     return {
-        "patch_id": patch_id if isinstance(patch_id, str) else repr(patch_id),
-        "split": split if isinstance(split, str) else (None if split is None else repr(split)),
+        "patch_id": spelling(patch_id),
+        "split": None if split is None else spelling(split),
         "stage": stage,
         "reason": reason,
         "detail": detail,

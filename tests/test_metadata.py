@@ -64,18 +64,16 @@ def test_bad_rows_are_dead_lettered_with_actionable_reasons(tmp_path, change, re
     assert needle in e.value.detail
 
 
-def test_a_split_that_is_no_string_is_accounted_under_its_json_spelling():
-    """The accounting key of an invalid split is what the manifest's and dead letters' JSON would
-    show (a missing split is "null", not Python's "None")."""
-    assert [md.row_split({"split": v}) for v in ("train", "bogus", None, 3, 1.5, True)] == [
-        "train",
-        "bogus",
-        "null",
-        "3",
-        "1.5",
-        "true",
-    ]
+def test_a_value_that_is_no_string_is_accounted_under_its_json_spelling():
+    """The accounting key of an invalid split or patch id is what the manifest's and dead letters'
+    JSON would show (a missing split is "null", not Python's "None")."""
+    values = ("train", "bogus", None, 3, 1.5, True)
+    want = ["train", "bogus", "null", "3", "1.5", "true"]
+    assert [md.row_split({"split": v}) for v in values] == want
+    assert [md.row_key({"patch_id": v}) for v in values] == want
     assert md.row_split({}) == "null" and md.row_split({"split": b"x"}) == "b'x'"
+    dead = failures.dead_letter(None, failures.METADATA, "missing_field", "x", split=None)
+    assert dead["patch_id"] == "null" and dead["split"] is None  # no split known: null in the JSON
 
 
 def test_sampling_is_deterministic_and_nested():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 
@@ -302,20 +301,12 @@ def selected_split(patch_id, split, splits, frac: float):
     return s
 
 
-def row_split(row: dict):
-    """The split a row is accounted under: its value, even when invalid; a value that is no string
-    in its JSON spelling (``null`` for a missing split, as the manifest and dead letters are JSON),
-    or its repr where JSON has none (bytes)."""
-    s = row.get("split")
-    if isinstance(s, str):
-        return s
-    try:
-        return json.dumps(s)
-    except (TypeError, ValueError):
-        return repr(s)
+def row_split(row: dict) -> str:
+    """The split a row is accounted under: its value, even when invalid (``failures.spelling``:
+    a missing split is ``null``)."""
+    return failures.spelling(row.get("split"))
 
 
-def row_key(row: dict):
-    """The key a row is grouped under: its patch id (repr when not a string)."""
-    pid = row.get("patch_id")
-    return pid if isinstance(pid, str) else repr(pid)
+def row_key(row: dict) -> str:
+    """The key a row is grouped under: its patch id (``failures.spelling`` when not a string)."""
+    return failures.spelling(row.get("patch_id"))
