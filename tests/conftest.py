@@ -12,7 +12,8 @@ the workers share one copy: the first that needs it builds it, under a lock, and
 checks the digest at its end (so a write by any test is caught). Helpers: ``tests/helpers.py``.
 
 Tests marked ``slow`` start servers or browsers, train, kill processes, build environments or
-run extra whole conversions; ``make test-fast`` leaves them out. The default per-test timeout
+run extra whole conversions; ``make test-fast`` leaves them out. There, a test that starts a Beam
+pipeline in this process (other than the shared conversion) fails, naming itself. The default per-test timeout
 is in ``pytest.ini``; a longer one is given with ``@pytest.mark.timeout(SECONDS)`` where needed.
 """
 
@@ -40,9 +41,54 @@ def _shared(root: Path):
     assert not diff, f"a test changed the shared read-only data under {root}: {diff[:20]}"
 
 
+# --------------------------------------------------------------------------- the fast tier's pipelines
+
+# Under `-m "not slow"` (make test-fast) every Beam pipeline started in this process is counted;
+# a test that starts one, in its body or its fixtures, fails, except the fast tier's handful:
+# the session's shared conversion and the recorded-bytes conversion of test_byte_identity (both
+# inside helpers.fast_tier_pipelines). The fast tier is unit tests on plain functions.
+_PIPELINES = helpers.PIPELINES
+
+
+def pytest_configure(config):
+    if (config.option.markexpr or "").strip() != "not slow":
+        return
+    import apache_beam as beam
+
+    run = beam.Pipeline.run
+
+    def counted(self, *args, **kwargs):
+        if not _PIPELINES["shared"]:
+            _PIPELINES["started"].append(type(self).__name__)
+        return run(self, *args, **kwargs)
+
+    beam.Pipeline.run = counted
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    started = _PIPELINES["started"]
+    if started and call.when in ("setup", "call"):
+        report = outcome.get_result()
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} started {len(started)} Beam pipeline(s) in its {call.when} (fixtures included): "
+            "the fast tier (make test-fast) starts none beyond the session's shared conversion "
+            "(tests/conftest.py); mark the test @pytest.mark.slow"
+        )
+        started.clear()
+
+
 def _built_once(tmp_path_factory, name: str, build) -> Path:
     """``build(folder)`` once per run: under pytest-xdist the first worker to ask builds it in
-    the run's shared temporary folder (under a lock) and the others use it; alone, a new folder."""
+    the run's shared temporary folder (under a lock) and the others use it; alone, a new folder.
+    Its pipelines are the fast tier's allowed ones."""
+    with helpers.fast_tier_pipelines():
+        return _build_once(tmp_path_factory, name, build)
+
+
+def _build_once(tmp_path_factory, name: str, build) -> Path:
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return build(tmp_path_factory.mktemp(name))
     shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, above every worker's gwK/

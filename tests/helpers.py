@@ -7,6 +7,7 @@ fixtures of ``tests/conftest.py``; modules that need data of their own shape bui
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -65,3 +66,19 @@ def changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
     removed = sorted(set(before) - set(after))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
     return [f"+{k}" for k in added] + [f"-{k}" for k in removed] + [f"~{k}" for k in changed]
+
+
+# The fast tier's pipeline count (tests/conftest.py): pipelines started while "shared" > 0 are
+# among the handful the fast tier allows; the others are listed in "started".
+PIPELINES: dict = {"shared": 0, "started": []}
+
+
+@contextlib.contextmanager
+def fast_tier_pipelines():
+    """Pipelines started inside are among the fast tier's handful (``make test-fast`` fails a test
+    that starts any other): the session's shared conversion and the recorded-bytes conversion."""
+    PIPELINES["shared"] += 1
+    try:
+        yield
+    finally:
+        PIPELINES["shared"] -= 1

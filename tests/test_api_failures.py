@@ -27,6 +27,7 @@ def _ours(_):
         raise bb.NoStatisticsError(["B02"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fn", "code", "kind"), [(_disk_full, 3, DISK_FULL), (_ours, 1, "NoStatisticsError")], ids=["disk", "ours"]
 )

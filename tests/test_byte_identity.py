@@ -32,6 +32,7 @@ import pytest
 
 from bigearthnet_beam.beam_pipeline import __version__
 from bigearthnet_beam.beam_pipeline.cli import main
+from tests import helpers
 
 TEXT_SUFFIXES = (".json", ".jsonl", ".pbtxt", ".html", ".svg")
 FIXED_RUN = {
@@ -181,7 +182,8 @@ def _differences(produced: dict[str, str], expected: dict[str, str]) -> list[str
 def run_a(tmp_path_factory):
     """The replica and ``a`` (statistics computed, report written): the fast tier's conversion."""
     base = tmp_path_factory.mktemp("bytes")
-    return base, produce(base, ("a",))
+    with helpers.fast_tier_pipelines():  # one of the fast tier's handful of pipelines (tests/conftest.py)
+        return base, produce(base, ("a",))
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ IN_PROCESS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
 @pytest.fixture(scope="module")
-def replica(tmp_path_factory):
+def small(tmp_path_factory):
+    """A 3-patch replica and a decodable GeoTIFF outside it (the secret a crafted input points at)."""
     base = tmp_path_factory.mktemp("root")
     root = base / "reben"
     assert main(["synth", "--out", str(root), "--n", "3", "--seed", "5", "--workers", "1"]) == 0
@@ -35,11 +36,11 @@ def replica(tmp_path_factory):
     return {"base": base, "root": root, "secret": secret}
 
 
-def _crafted(replica, path, declared: str | None, url: str):
-    """An index of the replica whose url_B02 column points at ``url`` and that declares ``declared``."""
-    idx = replica["base"] / "plain-index.parquet"
+def _crafted(small, path, declared: str | None, url: str):
+    """An index of the small replica whose url_B02 column points at ``url`` and that declares ``declared``."""
+    idx = small["base"] / "plain-index.parquet"
     if not idx.exists():
-        assert main(["index", "--meta", str(replica["root"] / "metadata.parquet"), "--out", str(idx)]) == 0
+        assert main(["index", "--meta", str(small["root"] / "metadata.parquet"), "--out", str(idx)]) == 0
     t = pq.read_table(idx)
     t = t.set_column(t.column_names.index("url_B02"), "url_B02", pa.array([url] * t.num_rows))
     meta = dict(t.schema.metadata or {})
@@ -51,68 +52,68 @@ def _crafted(replica, path, declared: str | None, url: str):
 
 
 @pytest.mark.parametrize("cmd", ["validate", "convert"])
-def test_an_index_that_declares_root_slash_is_refused_and_nothing_outside_is_opened(replica, cmd, tmp_path, capsys):
-    evil = _crafted(replica, replica["root"] / f"evil-{cmd}.parquet", "/", str(replica["secret"]))
+def test_an_index_that_declares_root_slash_is_refused_and_nothing_outside_is_opened(small, cmd, tmp_path, capsys):
+    evil = _crafted(small, small["root"] / f"evil-{cmd}.parquet", "/", str(small["secret"]))
     out = tmp_path / ("v.json" if cmd == "validate" else "out")
     with audit() as opened:
         rc = main([cmd, "--meta", str(evil), "--out", str(out), *IN_PROCESS])
     err = capsys.readouterr().err
     assert rc == 2 and "--root" in err and "never one a file declares" in err, err[-500:]
-    assert not _outside(opened, replica["root"], [os.path.realpath(replica["base"]), "/etc", "/proc"])
+    assert not _outside(opened, small["root"], [os.path.realpath(small["base"]), "/etc", "/proc"])
     assert not out.exists()
 
 
-def test_with_the_root_named_every_object_outside_it_is_a_dead_letter(replica, tmp_path, capsys):
-    for url, reason in [("/etc/passwd", "outside_root"), (str(replica["secret"]), "outside_root")]:
-        evil = _crafted(replica, tmp_path / "evil.parquet", "/", url)
+@pytest.mark.slow
+def test_with_the_root_named_every_object_outside_it_is_a_dead_letter(small, tmp_path, capsys):
+    for url, reason in [("/etc/passwd", "outside_root"), (str(small["secret"]), "outside_root")]:
+        evil = _crafted(small, tmp_path / "evil.parquet", "/", url)
         out = tmp_path / "v.json"
         out.unlink(missing_ok=True)
         with audit() as opened:
-            rc = main(["validate", "--meta", str(evil), "--root", str(replica["root"]), "--out", str(out), *IN_PROCESS])
+            rc = main(["validate", "--meta", str(evil), "--root", str(small["root"]), "--out", str(out), *IN_PROCESS])
         assert rc == 1
         rep = json.loads(out.read_text())
         assert rep["totals"] == {"patches": 3, "ok": 0, "failed": 3} and rep["by_reason"] == {reason: 3}
-        assert not _outside(opened, replica["root"], [os.path.realpath(replica["base"]), "/etc"])
+        assert not _outside(opened, small["root"], [os.path.realpath(small["base"]), "/etc"])
 
 
-def test_the_root_is_resolved_once_and_a_declared_root_never_widens_it(replica, tmp_path):
+def test_the_root_is_resolved_once_and_a_declared_root_never_widens_it(small, tmp_path):
     link = tmp_path / "link-to-reben"
-    os.symlink(replica["root"], link)
+    os.symlink(small["root"], link)
     meta = str(link / "metadata.parquet")
-    assert md.named_root(None, meta) == os.path.realpath(replica["root"])
-    assert md.named_root(str(link), "x/metadata.parquet") == os.path.realpath(replica["root"])
+    assert md.named_root(None, meta) == os.path.realpath(small["root"])
+    assert md.named_root(str(link), "x/metadata.parquet") == os.path.realpath(small["root"])
     assert md.named_root("s3://bucket/reben/", "s3://bucket/reben/metadata.parquet") == "s3://bucket/reben"
-    inside = pa.table({"a": [1]}).replace_schema_metadata(
-        {md.ROOT_KEY: str(replica["root"] / "BigEarthNet-S2").encode()}
-    )
+    inside = pa.table({"a": [1]}).replace_schema_metadata({md.ROOT_KEY: str(small["root"] / "BigEarthNet-S2").encode()})
     outside = pa.table({"a": [1]}).replace_schema_metadata({md.ROOT_KEY: b"/"})
-    assert md.dataset_root(None, meta, [inside]) == os.path.realpath(replica["root"])
+    assert md.dataset_root(None, meta, [inside]) == os.path.realpath(small["root"])
     with pytest.raises(md.MetadataError, match="--root"):
         md.dataset_root(None, meta, [outside])
-    assert md.dataset_root(str(replica["root"]), meta, [outside]) == os.path.realpath(replica["root"])
+    assert md.dataset_root(str(small["root"]), meta, [outside]) == os.path.realpath(small["root"])
     assert isinstance(md.MetadataError("x"), errors.InputError)
 
 
-def test_an_index_written_with_a_relative_root_works_from_another_folder(replica, tmp_path, monkeypatch):
-    monkeypatch.chdir(replica["base"])
+@pytest.mark.slow
+def test_an_index_written_with_a_relative_root_works_from_another_folder(small, tmp_path, monkeypatch):
+    monkeypatch.chdir(small["base"])
     idx = tmp_path / "rel-index.parquet"
     assert main(["index", "--meta", "reben/metadata.parquet", "--root", "reben", "--out", str(idx)]) == 0
     urls = pq.read_table(idx).column("url_B02").to_pylist()
-    assert all(os.path.isabs(u) and u.startswith(os.path.realpath(replica["root"])) for u in urls)
+    assert all(os.path.isabs(u) and u.startswith(os.path.realpath(small["root"])) for u in urls)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     out = tmp_path / "v.json"
-    rc = main(["validate", "--meta", str(idx), "--root", str(replica["root"]), "--out", str(out), *IN_PROCESS])
+    rc = main(["validate", "--meta", str(idx), "--root", str(small["root"]), "--out", str(out), *IN_PROCESS])
     assert rc == 0 and json.loads(out.read_text())["totals"]["ok"] == 3
 
 
-def test_a_relative_object_path_is_relative_to_the_root_not_the_working_folder(replica, tmp_path, monkeypatch):
+def test_a_relative_object_path_is_relative_to_the_root_not_the_working_folder(small, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rel = os.path.relpath(next((replica["root"] / "BigEarthNet-S2").rglob("*_B02.tif")), replica["root"])
-    assert containment.check_url(rel, str(replica["root"])) == os.path.realpath(replica["root"] / rel)
+    rel = os.path.relpath(next((small["root"] / "BigEarthNet-S2").rglob("*_B02.tif")), small["root"])
+    assert containment.check_url(rel, str(small["root"])) == os.path.realpath(small["root"] / rel)
     with pytest.raises(failures.PatchError) as e:
-        containment.check_url("../outside/secret.tif", str(replica["root"]))
+        containment.check_url("../outside/secret.tif", str(small["root"]))
     assert e.value.reason == "path_traversal"
 
 
@@ -120,10 +121,9 @@ def test_a_relative_object_path_is_relative_to_the_root_not_the_working_folder(r
 
 
 @pytest.fixture(scope="module")
-def dataset(replica):
-    out = replica["base"] / "ds"
-    assert main(["convert", "--meta", str(replica["root"] / "metadata.parquet"), "--out", str(out), *IN_PROCESS]) == 0
-    return out
+def dataset(converted):
+    """The session's conversion (tests/conftest.py; read-only: the tests tamper with copies)."""
+    return converted
 
 
 def _tampered(dataset, tmp_path, edit):
@@ -144,8 +144,8 @@ def _first_shard(man):
     ["absolute", "dotdot", "url", "symlink", "histograms", "failures_file"],
 )
 @pytest.mark.parametrize("cmd", ["report", "verify"])
-def test_report_and_verify_refuse_manifest_paths_outside_the_dataset(dataset, replica, tmp_path, how, cmd, capsys):
-    secret = str(replica["secret"])
+def test_report_and_verify_refuse_manifest_paths_outside_the_dataset(dataset, small, tmp_path, how, cmd, capsys):
+    secret = str(small["secret"])
 
     def edit(ds, man):
         if how == "absolute":

@@ -92,6 +92,7 @@ def test_merge_order_and_empty_accumulators_do_not_matter():
     assert st.extract(st.merge([])) == {n: {"count": 0} for n in ALL_NAMES}
 
 
+@pytest.mark.slow
 def test_combinefn_in_a_pipeline_with_fanout():
     patches = _patches(8, seed=2)
     expected = BandStats()

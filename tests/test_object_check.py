@@ -64,15 +64,9 @@ def _break(root, row, how):
     raise AssertionError(how)
 
 
-# one kind in the fast tier, the others (a validate and a convert each, ~2 s) in the full suite
-@pytest.mark.parametrize(
-    "how",
-    ["fifo"]
-    + [
-        pytest.param(k, marks=pytest.mark.slow)
-        for k in ("directory", "empty", "symlinked_folder", "symlinked_folder_out")
-    ],
-)
+# a validate and a convert each (~2 s): in the full suite
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["fifo", "directory", "empty", "symlinked_folder", "symlinked_folder_out"])
 def test_validate_and_convert_give_one_verdict_per_object(replica, tmp_path, how):
     root = tmp_path / "reben"
     shutil.copytree(replica["root"], root, symlinks=True)
@@ -143,6 +137,7 @@ def test_ids_and_tile_names_are_ascii():
         check_args(120, "geotiff", "L2A", "３３UUP", "20240715T101031", 0)
 
 
+@pytest.mark.slow
 def test_binary_patch_ids_are_dead_letters_and_every_row_is_accounted_for(replica, tmp_path, capsys):
     table = pq.read_table(replica["root"] / "metadata.parquet")
     ids = [p.encode() for p in table.column("patch_id").to_pylist()]

@@ -270,6 +270,7 @@ def test_beam_pipeline_gives_the_plain_commands_bytes(model_file, two_tiles, tmp
             assert (plain / f).read_bytes() == (out / t["name"] / f).read_bytes(), f
 
 
+@pytest.mark.slow
 def test_beam_transforms_pickle_and_a_bad_tile_becomes_a_dead_letter(model_file, two_tiles, tmp_path):
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline

@@ -4,6 +4,7 @@ rows each shard holds), and pickling of everything that ships to workers."""
 import pickle
 
 import apache_beam as beam
+import pytest
 from apache_beam.internal import pickler
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -41,6 +42,7 @@ def _row(i, pid, split="train", **kw):
     return r
 
 
+@pytest.mark.slow
 def test_check_rows_dead_letters_duplicates_and_bad_rows():
     rows = [_row(i, p) for i, p in enumerate(PIDS)]
     rows.append(_row(50, PIDS[3], split="test"))  # duplicate id: the later row is dropped
@@ -63,6 +65,7 @@ def test_check_rows_dead_letters_duplicates_and_bad_rows():
         assert_that(out["selected"], equal_to(["train"] * 13 + ["test", "val"]), label="selected")
 
 
+@pytest.mark.slow
 def test_check_rows_selects_splits_and_samples_deterministically():
     rows = [_row(i, p, split=("train", "validation")[i % 2]) for i, p in enumerate(PIDS)]
     keep = [p for i, p in enumerate(PIDS) if i % 2 == 0 and md.sampled(p, 0.8)]
@@ -153,6 +156,7 @@ def _tricky_rows():
     return t0, t1
 
 
+@pytest.mark.slow
 def test_grouping_rows_in_a_pipeline_gives_the_plans_shards(tmp_path):
     """GroupByShard + CheckShards on rows (ConvertDataset's way) give exactly the shards, records,
     dead letters and selected counts of the RowPlan of the same rows as files."""

@@ -101,6 +101,7 @@ def test_encode_raw_example_parses_with_tensorflow_and_refuses_wrong_dtypes():
         encode_raw_example("S2A_x", {k: v for k, v in images.items() if k != "s1_db"}, label, mh, "train", "P")
 
 
+@pytest.mark.slow
 def test_manifest_records_the_encoding_and_refuses_unknown_ones(runs):
     norm, raw = _man(runs / "norm"), _man(runs / "raw")
     assert "encoding" not in norm and norm["image_dtype"] == "float32"
@@ -117,6 +118,7 @@ def test_manifest_records_the_encoding_and_refuses_unknown_ones(runs):
     assert "encoding" not in manifest.from_dict(norm).to_dict()
 
 
+@pytest.mark.slow
 def test_readers_refuse_an_unknown_encoding_in_one_line(runs, tmp_path):
     import shutil
 
@@ -145,6 +147,7 @@ def test_dtype_with_raw_encoding_is_a_usage_error(reben, tmp_path, capsys):
 # --------------------------------------------------------------------------- the conversion
 
 
+@pytest.mark.slow
 def test_raw_run_has_the_statistics_and_dead_letters_of_the_normalised_run(runs):
     norm, raw = _man(runs / "norm"), _man(runs / "raw")
     assert raw["statistics"] == norm["statistics"]
@@ -155,6 +158,7 @@ def test_raw_run_has_the_statistics_and_dead_letters_of_the_normalised_run(runs)
         assert (a["written"], a["class_pixel_counts"]) == (b["written"], b["class_pixel_counts"])
 
 
+@pytest.mark.slow
 def test_raw_records_are_lossless_and_under_320_kb(reben, runs):
     man = _man(runs / "raw")
     written = sum(s["written"] for s in man["splits"].values())
@@ -219,6 +223,7 @@ def _full(ex):
     return np.concatenate([ex[tfrecord.S2], ex[tfrecord.S1]], -1)
 
 
+@pytest.mark.slow
 def test_tf_data_reads_raw_into_the_normalised_tensors_patch_by_patch(runs, normalised):
     from bigearthnet_beam.trainer import data
 
@@ -239,6 +244,7 @@ def test_tf_data_reads_raw_into_the_normalised_tensors_patch_by_patch(runs, norm
     print(f"tf.data raw vs normalised: max |diff| {worst:.2e} over {len(normalised)} patches")
 
 
+@pytest.mark.slow
 def test_torch_reads_raw_into_the_normalised_tensors_patch_by_patch(runs, normalised):
     from bigearthnet_beam.trainer.torch_data import BenDataset
 
@@ -254,6 +260,7 @@ def test_torch_reads_raw_into_the_normalised_tensors_patch_by_patch(runs, normal
     print(f"torch raw vs normalised: max |diff| {worst:.2e}")
 
 
+@pytest.mark.slow
 def test_torch_decodes_whole_batches_into_the_per_sample_tensors(runs, normalised):
     """``decode_on="batch"``: samples carry the stored bands (S2 as int16 bits), the collated batch
     is decoded by ``ds.batch_decoder`` into the per-sample decoding's tensors, in worker processes too."""
@@ -286,6 +293,7 @@ def test_torch_decodes_whole_batches_into_the_per_sample_tensors(runs, normalise
         assert seen == len(normalised)
 
 
+@pytest.mark.slow
 def test_batch_decoding_keeps_every_uint16_value_and_refuses_what_it_cannot_do(runs):
     import torch
     from torch.utils.data import default_collate
@@ -321,6 +329,7 @@ def _reference(ex, channels, method, norm: NormParams | None):
     return img if norm is None else normalize(img, norm)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["nearest", "cubic"])
 def test_read_time_resampling_statistics_and_band_subset(runs, method):
     from bigearthnet_beam.trainer import data
@@ -354,6 +363,7 @@ def test_read_time_resampling_statistics_and_band_subset(runs, method):
         assert seen == 2 * ds.records("validation")
 
 
+@pytest.mark.slow
 def test_read_time_options_are_refused_on_normalised_data_and_checked(runs):
     from bigearthnet_beam.trainer import data
     from bigearthnet_beam.trainer.torch_data import BenDataset
@@ -377,6 +387,7 @@ def test_read_time_options_are_refused_on_normalised_data_and_checked(runs):
 # --------------------------------------------------------------------------- verify, report, TFDS
 
 
+@pytest.mark.slow
 def test_verify_report_and_tfds_handle_raw(runs, tmp_path):
     import shutil
 

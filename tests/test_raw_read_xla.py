@@ -180,6 +180,7 @@ def _read(ds, split, **opts):
     return np.concatenate(xs), ids
 
 
+@pytest.mark.slow
 def test_make_dataset_with_xla_reads_the_normalised_records(raw_of_converted):
     norm_path, raw_path = raw_of_converted
     raw, norm = data.open_dataset(str(raw_path)), data.open_dataset(str(norm_path))
