@@ -350,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     import traceback
 
     from bigearthnet_beam.beam_pipeline import quiet
+    from bigearthnet_beam.transforms import scratch
 
     argv = list(sys.argv[1:] if argv is None else argv)
     DEBUG["on"] = "--debug" in argv
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             return _main(argv)
         except KeyboardInterrupt:
             quiet.INTERRUPTED["on"] = True
-            quiet.remove_pipeline_tempdirs()
+            scratch.remove_all()  # what the command made for itself and did not remove (transforms.scratch)
             if DEBUG["on"]:
                 traceback.print_exc()
             print(stopped, file=sys.stderr, flush=True)

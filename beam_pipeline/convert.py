@@ -35,7 +35,7 @@ from bigearthnet_beam.beam_pipeline.stats_pass import (
 )
 from bigearthnet_beam.schemas import manifest as manifest_schema
 from bigearthnet_beam.transforms import metadata as md
-from bigearthnet_beam.transforms import outdir, progress, storage, storeconfig
+from bigearthnet_beam.transforms import outdir, progress, scratch, storage, storeconfig
 from bigearthnet_beam.transforms.carried import DISK_FULL, exit_code_of, message_of
 from bigearthnet_beam.transforms.cli_args import storage_from_args
 from bigearthnet_beam.transforms.objcache import PatchCache
@@ -215,7 +215,8 @@ def object_cache(choice: str, root: str | None, opts) -> PatchCache | None:
         base = tempfile.gettempdir()
     else:
         base = choice
-    return PatchCache(os.path.join(base, f"benbeam-object-cache-{uuid.uuid4().hex[:12]}"))
+    # ours alone (a new name): removed when the run ends, or by an interrupted run's clean-up
+    return PatchCache(scratch.own(os.path.join(base, f"benbeam-object-cache-{uuid.uuid4().hex[:12]}")))
 
 
 class _Held:
@@ -359,6 +360,7 @@ def _run(argv: list[str] | None, held: _Held) -> int:
             progress.restore_shard_lines(quiet)
         if cache is not None:
             cache.remove()
+            scratch.release(cache.directory)
         if pack_dir is not None and not dry_run:
             archive_packs.remove_packs(pack_dir, st)
     remove_stats_pass(args.out, st)

@@ -15,6 +15,8 @@ import os
 import sys
 import tempfile
 
+from bigearthnet_beam.transforms import scratch
+
 DEBUG = {"on": False}  # set by the CLI from --debug
 INTERRUPTED = {"on": False}  # set by the CLI on Ctrl-C
 LOG_FILE: dict = {}  # "path": the worker log of the pipeline now running (worker_stderr)
@@ -92,7 +94,7 @@ def worker_stderr(keep: dict | None = None):
         yield keep
         return
     fd, path = tempfile.mkstemp(prefix="benbeam-workers-", suffix=".log")
-    keep["log"] = LOG_FILE["path"] = path
+    keep["log"] = LOG_FILE["path"] = scratch.own(path)
     old = sys.stderr
     swapped = []
     try:
@@ -131,6 +133,7 @@ def worker_stderr(keep: dict | None = None):
                 os.unlink(path)
             keep.pop("log", None)
             LOG_FILE.pop("path", None)
+        scratch.release(path)  # removed, or kept for the failure's message
 
 
 # --------------------------------------------------------------------------- Ctrl-C
@@ -145,7 +148,7 @@ def new_pipeline(options):
     import apache_beam as beam
 
     p = beam.Pipeline(options=options)
-    _GUARD.setdefault("tempdirs", []).append(p.local_tempdir)
+    scratch.own(p.local_tempdir)
     return p
 
 
@@ -160,21 +163,12 @@ def close_clients(results) -> None:
                 client.close()
 
 
-def remove_pipeline_tempdirs() -> None:
-    """Remove the local temporary folders of this command's pipelines (``new_pipeline``); only
-    those: nothing the command did not create."""
-    import shutil
-
-    for d in _GUARD.pop("tempdirs", []):
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def _end_now(line: str) -> None:
     """End the process with the one interrupted line (unless already printed) and exit 130."""
     if not _GUARD.get("printed"):
         with contextlib.suppress(OSError, ValueError):
             print(line, file=sys.stderr, flush=True)
-    remove_pipeline_tempdirs()
+    scratch.remove_all()  # what the command made for itself: its owners' blocks never end now
     os._exit(130)
 
 

@@ -22,6 +22,7 @@ import pytest
 from bigearthnet_beam.beam_pipeline import quiet
 from bigearthnet_beam.beam_pipeline.cli import main
 from bigearthnet_beam.beam_pipeline.options import local_runner_args
+from bigearthnet_beam.transforms import scratch
 
 # --------------------------------------------------------------------------- Beam's own tracebacks
 
@@ -145,10 +146,45 @@ def test_only_the_commands_own_pipeline_folders_are_removed(tmp_path, monkeypatc
     other.mkdir()
     p = quiet.new_pipeline(PipelineOptions([]))
     assert os.path.isdir(p.local_tempdir) and p.local_tempdir.startswith(str(tmp_path))
-    quiet.remove_pipeline_tempdirs()
+    scratch.remove_all()
     assert not os.path.exists(p.local_tempdir) and other.is_dir()
-    quiet.remove_pipeline_tempdirs()  # a second call has nothing left to remove
+    scratch.remove_all()  # a second call has nothing left to remove
     assert other.is_dir()
+
+
+def test_a_forced_end_removes_what_the_command_made_for_itself_and_nothing_else(tmp_path, monkeypatch):
+    """After Ctrl-C a runner that does not stop within the grace period ends the command by force
+    (``quiet._end_now``): no block's clean-up runs then, so the registry (``transforms.scratch``)
+    removes the pipeline's folder, the workers' log and the progress folder."""
+    import io
+    import tempfile
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from bigearthnet_beam.transforms import progress
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    others = [tmp_path / "benbeam-progress-NOTOURS", tmp_path / "beam-pipeline-tempOTHER"]
+    for o in others:
+        o.mkdir()
+    (tmp_path / "benbeam-workers-NOTOURS.log").write_text("another run's\n")
+
+    def exited(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(quiet.os, "_exit", exited)
+    quiet.new_pipeline(PipelineOptions([]))
+    with quiet.worker_stderr() as keep:
+        with progress.Watcher([progress.Pass("write", "convert: write", 10)], stream=io.StringIO(), tty=False) as w:
+            made = [keep["log"], w.folder]
+            assert all(os.path.exists(m) for m in made)
+            with pytest.raises(SystemExit) as e:
+                quiet._end_now("benbeam convert: interrupted")
+    assert e.value.code == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*(o.name for o in others), "benbeam-workers-NOTOURS.log"]
+    )
+    assert scratch.owned() == []
 
 
 # --------------------------------------------------------------------------- /tmp/beam-temp*

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from bigearthnet_beam.transforms import scratch
+
 ENV_DIR = "BENBEAM_PROGRESS_DIR"
 ENV_INTERVAL = "BENBEAM_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL_S = 10.0
@@ -202,7 +204,7 @@ class Watcher:
         if self.tty if self.tty is not None else (self.stream or sys.stderr).isatty():
             # log lines are printed above the bar instead of through it
             self._logs.enter_context(logging_redirect_tqdm())
-        self.folder = tempfile.mkdtemp(prefix="benbeam-progress-")
+        self.folder = scratch.own(tempfile.mkdtemp(prefix="benbeam-progress-"))
         self._saved_env = os.environ.get(ENV_DIR)
         os.environ[ENV_DIR] = self.folder
         self._advance(0)
@@ -225,6 +227,7 @@ class Watcher:
         else:
             os.environ[ENV_DIR] = self._saved_env
         shutil.rmtree(self.folder, ignore_errors=True)
+        scratch.release(self.folder)
         self._logs.close()
 
     def _advance(self, index: int) -> None:
