@@ -291,6 +291,10 @@ ALLOWED = {
     ("beam_pipeline/quiet.py", "_DEFAULT_HOOK"),
     ("beam_pipeline/quiet.py", "_GUARD"),
     ("trainer/tfenv.py", "_STATE"),  # TensorFlow's start-up noise silenced once per process
+    # the temporary files and folders this process made for itself, removed on every way out
+    # (a forced end after Ctrl-C included): a process's own registry, never configuration
+    ("transforms/scratch.py", "_OWNED"),
+    ("transforms/scratch.py", "_LOCK"),
     # a memo, not configuration: compiled XLA image functions keyed by the whole RawSpec value
     # (spec_key), so what a call returns never depends on what was cached before
     ("trainer/raw_tf.py", "_compiled"),
