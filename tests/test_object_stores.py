@@ -87,12 +87,13 @@ def gcs_server():
 
 
 def _end_to_end(scheme: str, flags: list[str], st: Storage, local_run, tmp_path, monkeypatch) -> dict:
-    from bigearthnet_beam.transforms import objcache
+    from bigearthnet_beam.beam_pipeline import convert
+    from bigearthnet_beam.transforms.objcache import PatchCache
 
     # The cache's default reserve (2 GiB or 5 % of the disk) depends on this host's disk;
-    # test_objcache tests it. Here every fetched training patch must be kept.
-    monkeypatch.setattr(objcache, "RESERVE_BYTES", 0)
-    monkeypatch.setattr(objcache, "RESERVE_FRACTION", 0.0)
+    # test_objcache tests it. Here every fetched training patch must be kept: the command's
+    # cache is made with no reserve, a value that travels with it to the worker processes.
+    monkeypatch.setattr(convert, "PatchCache", lambda directory: PatchCache(directory, reserve_bytes=0))
     base = f"{scheme}://bench/run"
     reben, ds = f"{base}/reben", f"{base}/ds"
     assert main(["synth", "--out", reben, "--n", str(N), "--seed", "5", "--faults", FAULTS, *flags]) == 0
