@@ -139,8 +139,8 @@ class RawBatchDecoder:
         key = str(device)
         if key not in self._tensors:
             t = raw_tensors(self.spec)
-            t["positions"] = [p if isinstance(p, slice) else p.to(device) for p in t["positions"]]
-            self._tensors[key] = {k: v if k == "positions" else v.to(device) for k, v in t.items()}
+            positions = [p if isinstance(p, slice) else p.to(device) for p in t.pop("positions")]
+            self._tensors[key] = {**{k: v.to(device) for k, v in t.items()}, "positions": positions}
         return self._tensors[key]
 
     def __call__(self, batch: dict, device=None) -> dict:
